@@ -1,0 +1,193 @@
+"""The bundled demo: real brain MR (nilearn's MNI152) and a synthetic CT phantom.
+
+``ensure_demo_data`` writes, once, two datasets in their native layouts:
+
+- ``Task900_MNI152BrainMR`` (Medical Segmentation Decathlon layout): the MNI152 2009 T1 template
+  that nilearn ships, with a label map from its grey- and white-matter probability maps inside
+  the brain mask, split into the patient's left and right hemispheres (world x < 0 is left).
+- ``Dataset901_SyntheticCTPhantom`` (nnU-Net v2 raw layout): eight synthetic torso CT volumes in
+  Hounsfield units with anatomically placed organs (body, lungs, liver, spleen, right and left
+  kidney, spine). They are stored in LPS voxel order so that reading them exercises the
+  reorientation to RAS+; the liver and right kidney lie on the patient's right.
+
+The content is a pure function of this module's version, so the files are cached.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+
+DEMO_VERSION = "demo-v1"
+CT_CASES = 8
+CT_LABELS = {
+    "background": 0,
+    "body": 1,
+    "lungs": 2,
+    "liver": 3,
+    "spleen": 4,
+    "kidney_right": 5,
+    "kidney_left": 6,
+    "spine": 7,
+}
+MR_LABELS = {
+    "0": "background",
+    "1": "grey_matter_left",
+    "2": "grey_matter_right",
+    "3": "white_matter_left",
+    "4": "white_matter_right",
+}
+
+
+def default_demo_dir() -> Path:
+    """Where the demo lives: ``$MEDGRIT_DEMO_DIR`` or the user cache."""
+    base = os.environ.get("MEDGRIT_DEMO_DIR")
+    if base:
+        return Path(base).expanduser()
+    cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
+    return cache / "medgrit" / DEMO_VERSION
+
+
+def ensure_demo_data(root: Path | None = None) -> Path:
+    """Write the demo datasets under ``root`` unless they are there already; return ``root``."""
+    root = (root or default_demo_dir()).expanduser()
+    if (root / ".complete").is_file():
+        return root
+    root.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{root.name}.", dir=root.parent))
+    try:
+        write_mni152_mr(staging / "Task900_MNI152BrainMR")
+        write_ct_phantoms(staging / "Dataset901_SyntheticCTPhantom")
+        (staging / ".complete").write_text(DEMO_VERSION + "\n")
+        if root.exists():
+            shutil.rmtree(root)  # an incomplete earlier attempt
+        os.replace(staging, root)
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging, ignore_errors=True)
+    return root
+
+
+def write_mni152_mr(folder: Path) -> None:
+    """The MNI152 T1 template and a hemisphere-split grey/white matter label map, MSD layout."""
+    from nilearn import datasets
+
+    t1 = datasets.load_mni152_template(resolution=1)
+    gm = np.asarray(datasets.load_mni152_gm_template(resolution=1).dataobj, dtype=np.float32)
+    wm = np.asarray(datasets.load_mni152_wm_template(resolution=1).dataobj, dtype=np.float32)
+    brain = np.asarray(datasets.load_mni152_brain_mask(resolution=1).dataobj) > 0
+    tissue = np.where(wm > gm, 2, 1)
+    inside = brain & (np.maximum(gm, wm) >= 0.5)
+    ijk = np.indices(gm.shape[:1]).reshape(-1)
+    world_x = t1.affine[0, 0] * ijk + t1.affine[0, 3]
+    right = (world_x >= 0)[:, None, None]
+    labels = np.where(inside, (tissue - 1) * 2 + 1 + right, 0).astype(np.uint8)
+
+    t1_data = np.asarray(t1.dataobj, dtype=np.float32)
+    t1_scaled = np.rint(t1_data / max(float(t1_data.max()), 1e-6) * 1000).astype(np.int16)
+    (folder / "imagesTr").mkdir(parents=True)
+    (folder / "labelsTr").mkdir()
+    nib.save(nib.Nifti1Image(t1_scaled, t1.affine), folder / "imagesTr" / "mni152_001.nii.gz")
+    nib.save(nib.Nifti1Image(labels, t1.affine), folder / "labelsTr" / "mni152_001.nii.gz")
+    meta = {
+        "name": "MNI152BrainMR",
+        "description": "MNI152 2009 T1 template (nilearn) with grey/white matter labels",
+        "modality": {"0": "T1"},
+        "labels": MR_LABELS,
+        "numTraining": 1,
+        "training": [
+            {"image": "./imagesTr/mni152_001.nii.gz", "label": "./labelsTr/mni152_001.nii.gz"}
+        ],
+    }
+    (folder / "dataset.json").write_text(json.dumps(meta, indent=2) + "\n")
+
+
+def _ellipsoid(
+    shape: tuple[int, int, int],
+    centre: tuple[float, float, float],
+    radii: tuple[float, float, float],
+) -> np.ndarray:
+    grids = np.ogrid[: shape[0], : shape[1], : shape[2]]
+    total = sum(((g - c) / r) ** 2 for g, c, r in zip(grids, centre, radii, strict=True))
+    return total <= 1.0
+
+
+def make_ct_phantom(
+    seed: int, shape: tuple[int, int, int] = (192, 192, 48)
+) -> tuple[np.ndarray, np.ndarray]:
+    """One synthetic torso in canonical RAS+ voxel order: (HU image int16, labels uint8).
+
+    Axis 0 runs toward the patient's right, so organs of the right side have larger x.
+    """
+    rng = np.random.default_rng(seed)
+    nx, ny, nz = shape
+    cx, cy = nx / 2 + rng.uniform(-4, 4), ny / 2 + rng.uniform(-4, 4)
+    s = rng.uniform(0.9, 1.1)
+    lab = np.zeros(shape, np.uint8)
+    body = _ellipsoid(shape, (cx, cy, nz / 2), (80 * s, 55 * s, nz * 10))
+    lab[body] = CT_LABELS["body"]
+    organs = [
+        ("lungs", (cx + 36 * s, cy + 8, nz * 0.82), (24 * s, 32 * s, nz * 0.3)),
+        ("lungs", (cx - 36 * s, cy + 8, nz * 0.82), (22 * s, 30 * s, nz * 0.3)),
+        ("liver", (cx + 34 * s, cy + 10, nz * 0.45), (34 * s, 30 * s, nz * 0.22)),
+        ("spleen", (cx - 44 * s, cy - 12, nz * 0.45), (13 * s, 18 * s, nz * 0.15)),
+        ("kidney_right", (cx + 26 * s, cy - 24, nz * 0.24), (10 * s, 14 * s, nz * 0.14)),
+        ("kidney_left", (cx - 26 * s, cy - 24, nz * 0.28), (10 * s, 14 * s, nz * 0.14)),
+        ("spine", (cx, cy - 42 * s, nz / 2), (10 * s, 10 * s, nz * 10)),
+    ]
+    hu = {
+        "body": 30,
+        "lungs": -850,
+        "liver": 65,
+        "spleen": 50,
+        "kidney_right": 150,
+        "kidney_left": 150,
+        "spine": 650,
+    }
+    image = np.full(shape, -1000.0, np.float32)
+    image[body] = hu["body"]
+    for name, centre, radii in organs:
+        jitter = tuple(c + rng.uniform(-2, 2) for c in centre)
+        mask = _ellipsoid(shape, jitter, radii) & body
+        lab[mask] = CT_LABELS[name]
+        image[mask] = hu[name]
+    image += rng.normal(0, 12, shape).astype(np.float32)
+    return np.rint(image).astype(np.int16), lab
+
+
+def write_ct_phantoms(folder: Path, cases: int = CT_CASES) -> None:
+    """Synthetic CT torsos in nnU-Net v2 raw layout, stored in LPS voxel order."""
+    (folder / "imagesTr").mkdir(parents=True)
+    (folder / "labelsTr").mkdir()
+    spacing = (2.0, 2.0, 5.0)
+    for i in range(cases):
+        image, lab = make_ct_phantom(seed=1000 + i)
+        nx, ny, _ = image.shape
+        # Voxel i runs toward the patient's left and j toward posterior (LPS).
+        affine = np.diag([-spacing[0], -spacing[1], spacing[2], 1.0])
+        affine[:3, 3] = [(nx - 1) * spacing[0] / 2, (ny - 1) * spacing[1] / 2, -120.0]
+        stored_image, stored_lab = image[::-1, ::-1, :], lab[::-1, ::-1, :]
+        case = f"phantom_{i:03d}"
+        nib.save(
+            nib.Nifti1Image(np.ascontiguousarray(stored_image), affine),
+            folder / "imagesTr" / f"{case}_0000.nii.gz",
+        )
+        nib.save(
+            nib.Nifti1Image(np.ascontiguousarray(stored_lab), affine),
+            folder / "labelsTr" / f"{case}.nii.gz",
+        )
+    meta = {
+        "name": "SyntheticCTPhantom",
+        "description": "Synthetic torso CT phantoms (not patient data)",
+        "channel_names": {"0": "CT"},
+        "labels": CT_LABELS,
+        "numTraining": cases,
+        "file_ending": ".nii.gz",
+    }
+    (folder / "dataset.json").write_text(json.dumps(meta, indent=2) + "\n")

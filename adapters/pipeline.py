@@ -1,0 +1,319 @@
+"""One shard's work: read each case, slice it, extract regions, write text, verify, make rows.
+
+This is where one image can be followed from its NIfTI file to its table rows:
+``ShardBuilder.build`` -> ``build_case`` (read, check, choose slices, intensity bounds) ->
+``build_image`` (display slice, square pixels, regions, words, conversation, verification).
+Record-level problems become reject rows with a stable reason; nothing here raises for them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from medgrit.adapters.nifti import NiftiReader, UnreadableImage, Volume
+from medgrit.adapters.png import encode_png
+from medgrit.adapters.sources import CaseRef
+from medgrit.adapters.templates import TemplateGenerator
+from medgrit.core.generation import ImageFacts, RegionFacts
+from medgrit.core.ids import image_id_for, region_id_for
+from medgrit.core.intensity import percentile_bounds, to_uint8, window_bounds
+from medgrit.core.regions import extract_regions, to_bbox_1000
+from medgrit.core.slicing import (
+    display_slice,
+    display_spacing,
+    foreground_slices,
+    select_slices,
+    square_pixels,
+)
+from medgrit.core.text import laterality_of, position_word, size_word
+from medgrit.core.verify import verify_qa
+from medgrit.schemas.config import BuildConfig
+
+
+@dataclass(frozen=True)
+class CaseTask:
+    """A case as planned: its pseudonymous id, its split and how many images it may give."""
+
+    ref: CaseRef
+    case_id: str
+    split: str
+    quota: int | None = None
+
+
+@dataclass
+class ShardRows:
+    """Rows of the four tables for one shard, in deterministic order."""
+
+    images: list[dict] = field(default_factory=list)
+    regions: list[dict] = field(default_factory=list)
+    conversations: list[dict] = field(default_factory=list)
+    rejects: list[dict] = field(default_factory=list)
+
+    def as_tables(self) -> dict[str, list[dict]]:
+        """The rows by table name."""
+        return {
+            "images": self.images,
+            "regions": self.regions,
+            "conversations": self.conversations,
+            "rejects": self.rejects,
+        }
+
+
+def case_source(ref: CaseRef, slice_index: int | None = None) -> str:
+    """Reference to the source of a reject row: dataset, label file, slice."""
+    base = f"{ref.dataset}/{Path(ref.label_path).name}"
+    return base if slice_index is None else f"{base}#slice={slice_index}"
+
+
+def select_case_slices(labels: np.ndarray, config: BuildConfig, quota: int | None) -> np.ndarray:
+    """The slice indices a case contributes under the config (and the max-images quota)."""
+    chosen = select_slices(
+        foreground_slices(labels, config.plane), config.slice_stride, config.max_slices_per_case
+    )
+    if quota is not None:
+        chosen = select_slices(chosen, 1, quota)
+    return chosen
+
+
+class ShardBuilder:
+    """Turns the cases of a shard into table rows.
+
+    Args:
+        config: the build config.
+        generator: writes conversations for images.
+        reader: reads volumes.
+    """
+
+    def __init__(
+        self,
+        config: BuildConfig,
+        generator: TemplateGenerator,
+        reader: NiftiReader | None = None,
+    ) -> None:
+        self.config = config
+        self.generator = generator
+        self.reader = reader or NiftiReader()
+
+    def build(self, cases: list[CaseTask]) -> ShardRows:
+        """All rows of a shard, cases in the given order."""
+        rows = ShardRows()
+        for task in cases:
+            self.build_case(task, rows)
+        return rows
+
+    def _reject(
+        self,
+        rows: ShardRows,
+        stage: str,
+        reason: str,
+        detail: str,
+        source: str,
+        task: CaseTask,
+        image_id: str | None = None,
+    ) -> None:
+        rows.rejects.append(
+            {
+                "stage": stage,
+                "reason": reason,
+                "detail": detail,
+                "source": source,
+                "dataset": task.ref.dataset,
+                "case_id": task.case_id,
+                "image_id": image_id,
+            }
+        )
+
+    def read_case(self, task: CaseTask, rows: ShardRows) -> tuple[Volume, Volume] | None:
+        """Read and check the image and label volumes; None (and a reject row) on failure."""
+        ref = task.ref
+        try:
+            image = self.reader.read(ref.image_path, channel=ref.channel)
+            labels = self.reader.read(ref.label_path, as_labels=True)
+        except UnreadableImage as exc:
+            self._reject(rows, "load", exc.reason, exc.detail, case_source(ref), task)
+            return None
+        if image.data.shape != labels.data.shape:
+            self._reject(
+                rows,
+                "load",
+                "shape_mismatch",
+                f"image {image.data.shape} vs labels {labels.data.shape}",
+                case_source(ref),
+                task,
+            )
+            return None
+        if not labels.data.any():
+            self._reject(
+                rows,
+                "load",
+                "empty_label_map",
+                "the label map has no foreground",
+                case_source(ref),
+                task,
+            )
+            return None
+        return image, labels
+
+    def build_case(self, task: CaseTask, rows: ShardRows) -> None:
+        """Rows of one case appended to ``rows``."""
+        volumes = self.read_case(task, rows)
+        if volumes is None:
+            return
+        image, labels = volumes
+        if task.ref.modality == "ct":
+            bounds = window_bounds(*self.config.ct_window)
+        else:
+            bounds = percentile_bounds(image.data, *self.config.percentiles)
+        spacing = display_spacing(image.spacing, self.config.plane)
+        names = dict(task.ref.labels)
+        for index in select_case_slices(labels.data, self.config, task.quota):
+            pixels = display_slice(image.data, self.config.plane, int(index))
+            label_map = display_slice(labels.data, self.config.plane, int(index))
+            pixels, label_map = square_pixels(pixels, label_map, spacing)
+            self.build_image(task, int(index), to_uint8(pixels, bounds), label_map, names, rows)
+
+    def build_image(
+        self,
+        task: CaseTask,
+        index: int,
+        pixels: np.ndarray,
+        label_map: np.ndarray,
+        names: dict[int, str],
+        rows: ShardRows,
+    ) -> None:
+        """Rows of one 2D image appended to ``rows``."""
+        ref, config = task.ref, self.config
+        height, width = label_map.shape
+        image_id = image_id_for(task.case_id, config.plane, index)
+        source = case_source(ref, index)
+        extraction = extract_regions(label_map, min_area=config.min_area)
+        for label_id, area in zip(
+            extraction.dropped_label_id, extraction.dropped_area, strict=True
+        ):
+            name = names.get(int(label_id), f"label {int(label_id)}")
+            self._reject(
+                rows,
+                "regions",
+                "below_min_area",
+                f"{name}: {int(area)} px < {config.min_area}",
+                source,
+                task,
+                image_id,
+            )
+        table = extraction.regions
+        known = np.isin(table.label_id, list(names))
+        for label_id in np.unique(table.label_id[~known]):
+            self._reject(
+                rows,
+                "regions",
+                "unknown_label",
+                f"label value {int(label_id)} is not in dataset.json",
+                source,
+                task,
+                image_id,
+            )
+        if not known.any():
+            self._reject(
+                rows,
+                "regions",
+                "no_regions",
+                "no region left after filtering",
+                source,
+                task,
+                image_id,
+            )
+            return
+        boxes_1000 = to_bbox_1000(table.bbox, width, height)
+        facts: list[RegionFacts] = []
+        region_rows: list[dict] = []
+        for row in np.flatnonzero(known):
+            bbox = tuple(int(v) for v in table.bbox[row])
+            label = names[int(table.label_id[row])]
+            fact = RegionFacts(
+                region_id=region_id_for(image_id, len(facts)),
+                label=label,
+                label_id=int(table.label_id[row]),
+                instance=int(table.instance[row]),
+                bbox_1000=tuple(int(v) for v in boxes_1000[row]),  # type: ignore[arg-type]
+                area=int(table.area[row]),
+                position=position_word(bbox, width, height),  # type: ignore[arg-type]
+                size=size_word(int(table.area[row]), width, height),
+            )
+            facts.append(fact)
+            region_rows.append(
+                {
+                    "region_id": fact.region_id,
+                    "image_id": image_id,
+                    "label": label,
+                    "label_id": fact.label_id,
+                    "instance": fact.instance,
+                    "bbox": list(bbox),
+                    "bbox_1000": list(fact.bbox_1000),
+                    "area": fact.area,
+                    "position": fact.position,
+                    "size": fact.size,
+                    "laterality": laterality_of(label),
+                }
+            )
+
+        image_facts = ImageFacts(image_id, ref.modality, config.plane, width, height)
+        by_id = {f.region_id: f for f in facts}
+        accepted = []
+        for qa in self.generator.generate(image_facts, facts):
+            reason = verify_qa(qa, by_id)
+            if reason is None:
+                accepted.append(qa)
+            else:
+                self._reject(
+                    rows, "verify", reason, f"{qa.task}: {qa.answer[:200]}", source, task, image_id
+                )
+
+        rows.images.append(
+            {
+                "image_id": image_id,
+                "dataset": ref.dataset,
+                "case_id": task.case_id,
+                "modality": ref.modality,
+                "plane": config.plane,
+                "slice_index": index,
+                "width": width,
+                "height": height,
+                "split": task.split,
+                "image": {"bytes": encode_png(pixels), "path": f"{image_id}.png"},
+            }
+        )
+        rows.regions.extend(region_rows)
+        if not accepted:
+            self._reject(
+                rows,
+                "verify",
+                "empty_conversation",
+                "no turn passed verification",
+                source,
+                task,
+                image_id,
+            )
+            return
+        rows.conversations.append(
+            {
+                "conversation_id": f"{image_id}-c0",
+                "image_id": image_id,
+                "split": task.split,
+                "qa": [
+                    {
+                        "task": qa.task,
+                        "question": qa.question,
+                        "answer": qa.answer,
+                        "region_ids": list(qa.region_ids),
+                    }
+                    for qa in accepted
+                ],
+                "generator": self.generator.name,
+                "template_hash": self.generator.template_hash,
+                "prompt_hash": None,
+                "prompt_tokens": 0,
+                "completion_tokens": 0,
+            }
+        )

@@ -1,0 +1,230 @@
+"""Segmentation sources on disk: nnU-Net v2 raw and Medical Segmentation Decathlon layouts.
+
+A source spec is ``KIND:PATH``. Opening a source reads its ``dataset.json`` and lists its cases;
+it does not read any image. Problems a user must fix (missing path, unknown kind, malformed
+dataset.json) raise :class:`SourceError` with a one-line message. Problems with single cases
+(a missing image file) surface later as reject rows.
+
+nnU-Net v2: ``dataset.json`` with ``channel_names`` {"0": "CT"}, ``labels`` {name: id},
+``file_ending``; images ``imagesTr/{case}_{XXXX}{ending}``, labels ``labelsTr/{case}{ending}``.
+MSD: ``dataset.json`` with ``modality`` {"0": "CT"}, ``labels`` {id: name} and a ``training`` list
+of {"image": "./imagesTr/x.nii.gz", "label": "./labelsTr/x.nii.gz"}; multi-channel images are 4D.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from medgrit.core.text import readable_label_name
+
+NIFTI_ENDINGS = (".nii.gz", ".nii")
+
+
+class SourceError(Exception):
+    """A source a user must fix; the message is one line that says how."""
+
+
+@dataclass(frozen=True)
+class CaseRef:
+    """One image/label pair of a source (the case name is never written to the tables)."""
+
+    source: str
+    dataset: str
+    case: str
+    image_path: str
+    label_path: str
+    modality: str
+    channel: int
+    labels: tuple[tuple[int, str], ...]
+
+
+@dataclass(frozen=True)
+class Source:
+    """An opened source: its name, modality, label names and cases in sorted order."""
+
+    spec: str
+    kind: str
+    root: str
+    dataset: str
+    modality: str
+    labels: tuple[tuple[int, str], ...]
+    cases: tuple[CaseRef, ...]
+
+
+def parse_source_spec(spec: str) -> tuple[str, str]:
+    """Split ``KIND:PATH`` (``demo`` alone is allowed)."""
+    kind, _, path = spec.partition(":")
+    return kind, path
+
+
+def modality_from_channel(name: str) -> str | None:
+    """Modality key from an nnU-Net channel name or MSD modality string, or None if unclear."""
+    n = name.strip().lower()
+    if n in ("ct", "cta", "cect", "nect") or n.startswith("ct"):
+        return "ct"
+    if n in ("pet", "pt", "suv") or n.startswith("pet"):
+        return "pet"
+    mr_words = (
+        "mr",
+        "mri",
+        "t1",
+        "t2",
+        "flair",
+        "adc",
+        "dwi",
+        "pd",
+        "swi",
+        "bold",
+        "hbv",
+        "cine",
+        "t1w",
+        "t2w",
+        "t1gd",
+        "t1ce",
+    )
+    if n in mr_words or n.startswith(("mr", "t1", "t2")):
+        return "mr"
+    return None
+
+
+def _load_json(path: Path) -> dict:
+    if not path.is_file():
+        raise SourceError(f"no dataset.json in {path.parent}: is this the dataset's root folder?")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise SourceError(
+            f"malformed dataset.json at {path}: {exc.msg if hasattr(exc, 'msg') else exc}"
+        ) from None
+    if not isinstance(data, dict):
+        raise SourceError(f"malformed dataset.json at {path}: expected a JSON object")
+    return data
+
+
+def _modality(channels: object, path: Path, key: str, override: str | None) -> str:
+    if override:
+        return override
+    if not isinstance(channels, dict) or not channels:
+        raise SourceError(f"malformed dataset.json at {path}: '{key}' must map channel -> name")
+    first = str(channels.get("0", next(iter(channels.values()))))
+    modality = modality_from_channel(first)
+    if modality is None:
+        raise SourceError(
+            f"cannot tell the modality of channel {first!r} in {path}; pass --modality ct|mr|pet"
+        )
+    return modality
+
+
+def _labels(pairs: list[tuple[int, str]]) -> tuple[tuple[int, str], ...]:
+    return tuple(sorted((i, readable_label_name(n)) for i, n in pairs if i != 0))
+
+
+def open_nnunet(spec: str, root: Path, modality: str | None = None) -> Source:
+    """Open an nnU-Net v2 raw dataset folder."""
+    meta_path = root / "dataset.json"
+    meta = _load_json(meta_path)
+    raw_labels = meta.get("labels")
+    if not isinstance(raw_labels, dict) or not raw_labels:
+        raise SourceError(f"malformed dataset.json at {meta_path}: 'labels' must map name -> id")
+    pairs = []
+    for name, value in raw_labels.items():
+        if isinstance(value, bool) or not isinstance(value, int | list):
+            raise SourceError(
+                f"malformed dataset.json at {meta_path}: label {name!r} has id {value!r}"
+            )
+        if isinstance(value, int):  # region-based (list) labels overlap: not a label map
+            pairs.append((value, str(name)))
+    mod = _modality(
+        meta.get("channel_names", meta.get("modality")), meta_path, "channel_names", modality
+    )
+    ending = meta.get("file_ending", ".nii.gz")
+    if ending not in NIFTI_ENDINGS:
+        raise SourceError(f"file_ending {ending!r} in {meta_path} is not supported; use NIfTI")
+    labels_dir = root / "labelsTr"
+    if not labels_dir.is_dir():
+        raise SourceError(f"no labelsTr folder in {root}: not an nnU-Net raw dataset")
+    dataset = str(meta.get("name") or root.name)
+    labels = _labels(pairs)
+    cases = []
+    for label_file in sorted(labels_dir.glob(f"*{ending}")):
+        case = label_file.name[: -len(ending)]
+        image = root / "imagesTr" / f"{case}_0000{ending}"
+        cases.append(CaseRef(spec, dataset, case, str(image), str(label_file), mod, 0, labels))
+    return Source(spec, "nnunet", str(root), dataset, mod, labels, tuple(cases))
+
+
+def open_msd(spec: str, root: Path, modality: str | None = None) -> Source:
+    """Open a Medical Segmentation Decathlon task folder."""
+    meta_path = root / "dataset.json"
+    meta = _load_json(meta_path)
+    raw_labels = meta.get("labels")
+    training = meta.get("training")
+    if not isinstance(raw_labels, dict) or not raw_labels:
+        raise SourceError(f"malformed dataset.json at {meta_path}: 'labels' must map id -> name")
+    if not isinstance(training, list):
+        raise SourceError(f"malformed dataset.json at {meta_path}: 'training' must be a list")
+    try:
+        pairs = [(int(k), str(v)) for k, v in raw_labels.items()]
+    except ValueError:
+        raise SourceError(
+            f"malformed dataset.json at {meta_path}: label ids must be integers"
+        ) from None
+    mod = _modality(meta.get("modality"), meta_path, "modality", modality)
+    dataset = str(meta.get("name") or root.name)
+    labels = _labels(pairs)
+    cases = []
+    for entry in training:
+        if not isinstance(entry, dict) or "image" not in entry or "label" not in entry:
+            raise SourceError(
+                f"malformed dataset.json at {meta_path}: each training entry needs image and label"
+            )
+        image = (root / str(entry["image"])).resolve()
+        label = (root / str(entry["label"])).resolve()
+        name = label.name
+        case = next((name[: -len(e)] for e in NIFTI_ENDINGS if name.endswith(e)), name)
+        cases.append(CaseRef(spec, dataset, case, str(image), str(label), mod, 0, labels))
+    cases.sort(key=lambda c: c.case)
+    return Source(spec, "msd", str(root), dataset, mod, labels, tuple(cases))
+
+
+def open_sources(
+    specs: list[str], demo_dir: Path | None = None, modality: str | None = None
+) -> list[Source]:
+    """Open every source spec, in order (``demo`` expands to the bundled demo sources).
+
+    Raises:
+        SourceError: on the first source a user must fix.
+    """
+    out: list[Source] = []
+    for spec in specs:
+        kind, path = parse_source_spec(spec)
+        if kind == "demo":
+            from medgrit.adapters.demo import ensure_demo_data
+
+            root = ensure_demo_data(Path(path) if path else demo_dir)
+            out.append(
+                open_msd(f"msd:{root / 'Task900_MNI152BrainMR'}", root / "Task900_MNI152BrainMR")
+            )
+            out.append(
+                open_nnunet(
+                    f"nnunet:{root / 'Dataset901_SyntheticCTPhantom'}",
+                    root / "Dataset901_SyntheticCTPhantom",
+                )
+            )
+            continue
+        if kind not in ("nnunet", "msd"):
+            raise SourceError(
+                f"unknown source kind {kind!r} in {spec!r}; use nnunet:PATH, msd:PATH or demo"
+            )
+        if not path:
+            raise SourceError(f"source {spec!r} needs a path: {kind}:PATH")
+        root = Path(path).expanduser()
+        if not root.exists():
+            raise SourceError(f"source path does not exist: {root}")
+        if not root.is_dir():
+            raise SourceError(f"source path is not a folder: {root}")
+        opener = open_nnunet if kind == "nnunet" else open_msd
+        out.append(opener(spec, root.resolve(), modality))
+    return out

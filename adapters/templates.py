@@ -1,0 +1,142 @@
+"""Jinja templates of ``prompts/`` and the template generator that renders planned turns.
+
+Templates load from the installed ``medgrit.prompts`` package with ``StrictUndefined``, so a
+missing variable is an error, never an empty string. Each template exports two lists,
+``questions`` and ``answers``; a turn's variants index into them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from functools import cached_property
+
+import jinja2
+from medgrit.core.generation import QA, ImageFacts, RegionFacts, TurnPlan, plan_conversation
+from medgrit.core.text import MODALITY_NAMES, format_box, laterality_of
+
+TEMPLATE_FILES: dict[str, str] = {"VG": "vg.j2", "ROC": "roc.j2", "RC": "rc.j2", "MIA": "mia.j2"}
+
+
+def make_environment() -> jinja2.Environment:
+    """The Jinja environment over the packaged ``medgrit.prompts`` templates."""
+    env = jinja2.Environment(
+        loader=jinja2.PackageLoader("medgrit.prompts", ""),
+        undefined=jinja2.StrictUndefined,
+        autoescape=False,
+        keep_trailing_newline=False,
+    )
+    env.filters["with_article"] = with_article
+    env.filters["capitalize_first"] = lambda text: text[:1].upper() + text[1:]
+    return env
+
+
+def with_article(phrase: str) -> str:
+    """``phrase`` preceded by "a" or "an" (by its first letter; "MRI" and "X-ray" take "an")."""
+    first = phrase[:1]
+    vowel_sound = first.lower() in "aeiou" or (first in "FHLMNRSX" and phrase[1:2].isupper())
+    vowel_sound = vowel_sound or phrase.startswith("X-")
+    return f"{'an' if vowel_sound else 'a'} {phrase}"
+
+
+def render_phrasings(env: jinja2.Environment, task: str, **variables: object) -> tuple[list, list]:
+    """All question and answer phrasings of ``task`` for the given variables."""
+    module = env.get_template(TEMPLATE_FILES[task]).make_module(vars=variables)
+    return list(module.questions), list(module.answers)  # type: ignore[attr-defined]
+
+
+class TemplateGenerator:
+    """The default generator: conversations from templates, no network.
+
+    Args:
+        seed: build seed; each image combines it with its id.
+        max_region_turns: region-level turns per conversation (after the MIA turn).
+    """
+
+    name = "template"
+
+    def __init__(self, seed: int = 0, max_region_turns: int = 3) -> None:
+        self.seed = seed
+        self.max_region_turns = max_region_turns
+        self.env = make_environment()
+
+    @cached_property
+    def template_hashes(self) -> dict[str, str]:
+        """sha256 of each template's source, by file name."""
+        out = {}
+        for name in sorted(TEMPLATE_FILES.values()):
+            source, _, _ = self.env.loader.get_source(self.env, name)  # type: ignore[union-attr]
+            out[name] = hashlib.sha256(source.encode()).hexdigest()
+        return out
+
+    @cached_property
+    def template_hash(self) -> str:
+        """One sha256 over all template hashes (stored on each conversation row)."""
+        joined = "".join(f"{k}:{v}\n" for k, v in self.template_hashes.items())
+        return hashlib.sha256(joined.encode()).hexdigest()
+
+    @cached_property
+    def variants(self) -> dict[str, tuple[int, int]]:
+        """Number of question and answer phrasings per task."""
+        sample = {
+            "label": "x",
+            "boxes": ["b"],
+            "box": "b",
+            "modality": "m",
+            "plane": "p",
+            "position": "center",
+            "size": "small",
+            "side": None,
+            "regions": [],
+        }
+        out = {}
+        for task in TEMPLATE_FILES:
+            q, a = render_phrasings(self.env, task, **sample)
+            out[task] = (len(q), len(a))
+        return out
+
+    def generate(self, image: ImageFacts, regions: list[RegionFacts]) -> list[QA]:
+        """One conversation for an image, as QA turns (empty when it has no regions)."""
+        plans = plan_conversation(
+            image, regions, self.seed, self.variants, max_region_turns=self.max_region_turns
+        )
+        by_id = {r.region_id: r for r in regions}
+        return [self.render_turn(image, plan, by_id) for plan in plans]
+
+    def render_turn(self, image: ImageFacts, plan: TurnPlan, by_id: dict[str, RegionFacts]) -> QA:
+        """Render one planned turn to a question and an answer."""
+        refs = [by_id[rid] for rid in plan.region_ids]
+        common = {"modality": MODALITY_NAMES[image.modality], "plane": image.plane}
+        if plan.task == "MIA":
+            listed = [
+                {
+                    "label": r.label,
+                    "box": format_box(r.bbox_1000),
+                    "position": r.position,
+                    "size": r.size,
+                }
+                for r in refs
+            ]
+            variables = {**common, "regions": listed}
+        elif plan.task == "VG":
+            variables = {
+                **common,
+                "label": refs[0].label,
+                "boxes": [format_box(r.bbox_1000) for r in refs],
+            }
+        else:
+            r = refs[0]
+            variables = {
+                **common,
+                "label": r.label,
+                "box": format_box(r.bbox_1000),
+                "position": r.position,
+                "size": r.size,
+                "side": laterality_of(r.label),
+            }
+        questions, answers = render_phrasings(self.env, plan.task, **variables)
+        return QA(
+            task=plan.task,
+            question=questions[plan.question_variant],
+            answer=answers[plan.answer_variant],
+            region_ids=plan.region_ids,
+        )

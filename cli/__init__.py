@@ -1,0 +1,236 @@
+"""The ``medgrit`` command line: one command per user intent, over the library and flows.
+
+Errors a user can fix (a missing path, an unknown source kind, a bad flag, a malformed
+dataset.json) print one line and exit with code 2, before anything is written. Prefect is
+imported only by commands that run a flow, so these checks answer at once.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+from pathlib import Path
+from typing import Annotated, NoReturn
+
+import typer
+from medgrit.schemas.config import BuildConfig
+from pydantic import ValidationError
+
+app = typer.Typer(
+    name="medgrit",
+    help="Build refer-and-ground (Med-GRIT-style) instruction datasets from medical segmentations.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+EXIT_USER_ERROR = 2
+
+
+def fail(message: str, code: int = EXIT_USER_ERROR) -> NoReturn:
+    """Print one error line to stderr and exit."""
+    typer.echo(f"medgrit: error: {message}", err=True)
+    raise typer.Exit(code)
+
+
+def _pair(text: str | None, flag: str) -> tuple[float, float] | None:
+    if text is None:
+        return None
+    parts = text.split(",")
+    try:
+        a, b = (float(p) for p in parts)
+    except ValueError:
+        fail(f"{flag} takes two numbers separated by a comma, e.g. {flag} 40,400")
+    return a, b
+
+
+def _config_error(exc: ValidationError) -> NoReturn:
+    err = exc.errors()[0]
+    where = ".".join(str(p) for p in err.get("loc", ()) if not isinstance(p, int))
+    msg = err.get("msg", "invalid value").removeprefix("Value error, ")
+    fail(f"{where.replace('_', '-')}: {msg}" if where else msg)
+
+
+def _run_build(config: BuildConfig) -> None:
+    from medgrit.flows.build import BuildFailed, build_dataset
+    from prefect.task_runners import ThreadPoolTaskRunner
+
+    flow = build_dataset.with_options(task_runner=ThreadPoolTaskRunner(max_workers=config.workers))
+    try:
+        manifest = flow(config=config)
+    except BuildFailed as exc:
+        typer.echo(_summary_text(Path(config.out)))
+        fail(str(exc), code=1)
+    typer.echo(_summary_text(Path(config.out)))
+    typer.echo(f"dataset written to {Path(config.out).resolve()} ({manifest['status']})")
+
+
+def _summary_text(out: Path) -> str:
+    from medgrit.adapters.manifest import read_manifest
+    from medgrit.core.summary import render_summary
+
+    manifest = read_manifest(out)
+    totals = manifest.get("totals") or {
+        "rows": {},
+        "images_by_modality": {},
+        "images_by_split": {},
+        "qa_by_modality_task": {},
+        "rejects_by_reason": {},
+    }
+    shards = manifest["shards"]
+    done = sum(s["status"] == "done" for s in shards)
+    failed = [s["id"] for s in shards if s["status"] == "failed"]
+    return render_summary(str(out), totals.get("rows", {}), totals, done, len(shards), failed)
+
+
+@app.command()
+def build(
+    sources: Annotated[
+        list[str] | None,
+        typer.Argument(help="Sources as KIND:PATH (nnunet, msd) or 'demo'. Default: demo."),
+    ] = None,
+    out: Annotated[Path, typer.Option("--out", "-o", help="Dataset directory to write.")] = ...,  # type: ignore[assignment]
+    max_images: Annotated[int | None, typer.Option(help="Take at most N images (trials).")] = None,
+    seed: Annotated[int, typer.Option(help="Seed of phrasing and task choices.")] = 0,
+    plane: Annotated[str, typer.Option(help="Slice plane: axial, coronal or sagittal.")] = "axial",
+    slice_stride: Annotated[int, typer.Option(help="Take every N-th slice with foreground.")] = 1,
+    max_slices_per_case: Annotated[
+        int | None, typer.Option(help="At most N slices per case, spread evenly.")
+    ] = None,
+    min_area: Annotated[int, typer.Option(help="Drop region instances under N pixels.")] = 16,
+    ct_window: Annotated[
+        str | None, typer.Option(help="CT window LEVEL,WIDTH in HU (default 40,400).")
+    ] = None,
+    percentiles: Annotated[
+        str | None, typer.Option(help="MR/PET intensity percentiles LOW,HIGH (default 0.5,99.5).")
+    ] = None,
+    modality: Annotated[
+        str | None, typer.Option(help="Modality (ct, mr, pet) when dataset.json does not say.")
+    ] = None,
+    test_fraction: Annotated[float, typer.Option(help="Share of cases held out as test.")] = 0.11,
+    cases_per_shard: Annotated[int, typer.Option(help="Cases per shard.")] = 4,
+    workers: Annotated[int, typer.Option(help="Shards built at once.")] = 2,
+    overwrite: Annotated[
+        bool, typer.Option(help="Replace an existing medgrit dataset in --out.")
+    ] = False,
+) -> None:
+    """Build a dataset from segmentation sources (the bundled demo when none is given)."""
+    from medgrit.adapters.sources import SourceError, open_sources
+
+    fields: dict = {
+        "sources": list(sources or ["demo"]),
+        "out": str(out),
+        "max_images": max_images,
+        "seed": seed,
+        "plane": plane,
+        "slice_stride": slice_stride,
+        "max_slices_per_case": max_slices_per_case,
+        "min_area": min_area,
+        "modality": modality,
+        "test_fraction": test_fraction,
+        "cases_per_shard": cases_per_shard,
+        "workers": workers,
+    }
+    if ct_window is not None:
+        fields["ct_window"] = _pair(ct_window, "--ct-window")
+    if percentiles is not None:
+        fields["percentiles"] = _pair(percentiles, "--percentiles")
+    try:
+        config = BuildConfig(**fields)
+    except ValidationError as exc:
+        _config_error(exc)
+    try:
+        opened = open_sources(config.sources, modality=config.modality)
+    except SourceError as exc:
+        fail(str(exc))
+    if not any(s.cases for s in opened):
+        fail("the sources hold no cases (no label files found)")
+    if out.exists() and not out.is_dir():
+        fail(f"--out {out} is a file, not a folder")
+    if out.is_dir() and any(out.iterdir()):
+        if not (out / "dataset.json").is_file():
+            fail(f"--out {out} is not empty and holds no medgrit dataset; choose another folder")
+        if not overwrite:
+            fail(
+                f"--out {out} already holds a dataset: use `medgrit resume {out}`, "
+                "or --overwrite to replace it"
+            )
+        shutil.rmtree(out)
+    _run_build(config)
+
+
+@app.command()
+def resume(
+    out: Annotated[Path, typer.Argument(help="Dataset directory of an interrupted build.")],
+) -> None:
+    """Finish an interrupted or failed build: only shards not yet done are built."""
+    from medgrit.adapters.manifest import ManifestError, read_manifest
+
+    try:
+        manifest = read_manifest(out)
+    except ManifestError as exc:
+        fail(str(exc))
+    try:
+        config = BuildConfig(**manifest["config"])
+    except (ValidationError, KeyError, TypeError):
+        fail(f"{out}/dataset.json holds no valid build config")
+    _run_build(config)
+
+
+@app.command()
+def status(
+    out: Annotated[Path, typer.Argument(help="Dataset directory.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Show how far a build got: shards done, pending and failed, and the totals."""
+    from medgrit.adapters.manifest import ManifestError, read_manifest
+
+    try:
+        manifest = read_manifest(out)
+    except ManifestError as exc:
+        fail(str(exc))
+    shards = manifest.get("shards", [])
+    counts = {k: sum(s.get("status") == k for s in shards) for k in ("done", "pending", "failed")}
+    if as_json:
+        typer.echo(json.dumps({"shards": counts, "totals": manifest.get("totals")}, indent=2))
+        return
+    typer.echo(
+        f"shards: {counts['done']} done, {counts['pending']} pending, "
+        f"{counts['failed']} failed (of {len(shards)})"
+    )
+    for s in shards:
+        if s.get("status") == "failed":
+            typer.echo(f"  {s['id']}: {s.get('error', 'failed')}")
+    if manifest.get("totals"):
+        typer.echo(_summary_text(out))
+
+
+@app.command()
+def validate(out: Annotated[Path, typer.Argument(help="Dataset directory.")]) -> None:
+    """Check a dataset against the data contract (files, schemas, boxes, text, splits)."""
+    from medgrit.adapters.manifest import ManifestError
+    from medgrit.adapters.validate import validate_dataset
+
+    try:
+        problems = validate_dataset(out)
+    except ManifestError as exc:
+        fail(str(exc))
+    for p in problems[:50]:
+        typer.echo(p)
+    if problems:
+        typer.echo(f"{len(problems)} problem(s) found", err=True)
+        raise typer.Exit(1)
+    typer.echo(f"{out}: valid")
+
+
+def main() -> None:
+    """Entry point of the ``medgrit`` console script."""
+    from medgrit.flows.prefect_env import apply_prefect_defaults
+
+    apply_prefect_defaults()
+    try:
+        app()
+    except KeyboardInterrupt:
+        typer.echo("medgrit: interrupted; `medgrit resume` continues the build", err=True)
+        sys.exit(130)

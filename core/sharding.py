@@ -1,0 +1,79 @@
+"""Deterministic plans: which cases form which shard, which cases are test, how many images each.
+
+Everything here depends only on the ordered case list and the config, never on run order, so a
+rerun or a resume draws the same plan.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+
+from medgrit.core.ids import unit_hash
+
+
+def plan_shards(n_cases: int, cases_per_shard: int) -> list[tuple[int, int]]:
+    """Contiguous [start, stop) case ranges of ``cases_per_shard`` cases (the last may be short)."""
+    if cases_per_shard < 1:
+        raise ValueError("cases_per_shard must be >= 1")
+    return [(s, min(s + cases_per_shard, n_cases)) for s in range(0, n_cases, cases_per_shard)]
+
+
+def shard_name(index: int) -> str:
+    """Zero-padded shard id used in file names (``part-00003.parquet``)."""
+    return f"{index:05d}"
+
+
+def assign_splits(
+    case_ids: Sequence[str], groups: Sequence[str], test_fraction: float, seed: int = 0
+) -> list[str]:
+    """``train`` or ``test`` per case, split by case and stratified by group (dataset).
+
+    Within each group the cases are ordered by a keyed hash of their id and the first
+    ``round(n * test_fraction)`` go to test, at least one when the group has two or more cases
+    and the fraction is positive, and never all of them.
+
+    Args:
+        case_ids: pseudonymous case ids.
+        groups: the group (dataset) of each case, same length.
+        test_fraction: share of cases held out, in [0, 1).
+        seed: split seed.
+    """
+    if not 0.0 <= test_fraction < 1.0:
+        raise ValueError("test_fraction must be in [0, 1)")
+    if len(case_ids) != len(groups):
+        raise ValueError("case_ids and groups differ in length")
+    members: dict[str, list[int]] = {}
+    for i, g in enumerate(groups):
+        members.setdefault(g, []).append(i)
+    out = ["train"] * len(case_ids)
+    for idx in members.values():
+        n = len(idx)
+        if n < 2 or test_fraction == 0.0:
+            continue
+        k = min(max(1, round(n * test_fraction)), n - 1)
+        ranked = sorted(idx, key=lambda i: (unit_hash("split", seed, case_ids[i]), case_ids[i]))
+        for i in ranked[:k]:
+            out[i] = "test"
+    return out
+
+
+def allocate_images(counts: Iterable[int], n_cases: int, max_images: int) -> list[int]:
+    """Share a cap of ``max_images`` over cases taken in order.
+
+    Each case gets ``min(available, ceil(remaining / cases_left))``, so the budget spreads over
+    cases and what a small case leaves rolls on to the next. ``counts`` is consumed lazily: it is
+    only read until the budget is spent.
+
+    Returns:
+        Images to take per case, for the cases read (cases after the returned list get none).
+    """
+    out: list[int] = []
+    remaining, left = max_images, n_cases
+    for available in counts:
+        if remaining <= 0 or left <= 0:
+            break
+        take = min(int(available), -(-remaining // left))
+        out.append(take)
+        remaining -= take
+        left -= 1
+    return out

@@ -1,0 +1,81 @@
+"""Counts of a build (per shard and in total) and their markdown summary."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+
+def shard_stats(tables: dict[str, list[dict]]) -> dict:
+    """Counts of one shard's rows: images and QA per modality and task, rejects per reason."""
+    modality_of = {r["image_id"]: r["modality"] for r in tables["images"]}
+    images = Counter(r["modality"] for r in tables["images"])
+    qa: dict[str, Counter] = {}
+    for conv in tables["conversations"]:
+        per = qa.setdefault(modality_of[conv["image_id"]], Counter())
+        per.update(turn["task"] for turn in conv["qa"])
+    splits = Counter(r["split"] for r in tables["images"])
+    return {
+        "images_by_modality": dict(sorted(images.items())),
+        "images_by_split": dict(sorted(splits.items())),
+        "qa_by_modality_task": {m: dict(sorted(c.items())) for m, c in sorted(qa.items())},
+        "rejects_by_reason": dict(sorted(Counter(r["reason"] for r in tables["rejects"]).items())),
+    }
+
+
+def merge_stats(stats: list[dict]) -> dict:
+    """Totals over shard stats."""
+    images: Counter = Counter()
+    splits: Counter = Counter()
+    rejects: Counter = Counter()
+    qa: dict[str, Counter] = {}
+    for s in stats:
+        images.update(s.get("images_by_modality", {}))
+        splits.update(s.get("images_by_split", {}))
+        rejects.update(s.get("rejects_by_reason", {}))
+        for modality, per in s.get("qa_by_modality_task", {}).items():
+            qa.setdefault(modality, Counter()).update(per)
+    return {
+        "images_by_modality": dict(sorted(images.items())),
+        "images_by_split": dict(sorted(splits.items())),
+        "qa_by_modality_task": {m: dict(sorted(c.items())) for m, c in sorted(qa.items())},
+        "rejects_by_reason": dict(sorted(rejects.items())),
+    }
+
+
+def render_summary(
+    out_dir: str,
+    rows: dict[str, int],
+    totals: dict,
+    shards_done: int,
+    shards_total: int,
+    failed: list[str],
+) -> str:
+    """A short markdown summary of a build (for the CLI and the Prefect artifact)."""
+    tasks = ("VG", "ROC", "RC", "MIA")
+    lines = [
+        f"## medgrit dataset `{out_dir}`",
+        "",
+        f"- shards: {shards_done}/{shards_total} done"
+        + (f", failed: {', '.join(failed)}" if failed else ""),
+        f"- images: {rows.get('images', 0)} "
+        + "("
+        + ", ".join(f"{k} {v}" for k, v in totals["images_by_split"].items())
+        + ")",
+        f"- regions: {rows.get('regions', 0)}",
+        f"- conversations: {rows.get('conversations', 0)}",
+        f"- rejects: {rows.get('rejects', 0)}",
+        "",
+        "| modality | images | " + " | ".join(tasks) + " | QA |",
+        "|---|---:|" + "---:|" * (len(tasks) + 1),
+    ]
+    qa = totals["qa_by_modality_task"]
+    for modality, n_images in totals["images_by_modality"].items():
+        per = qa.get(modality, {})
+        counts = [per.get(t, 0) for t in tasks]
+        lines.append(
+            f"| {modality} | {n_images} | " + " | ".join(map(str, counts)) + f" | {sum(counts)} |"
+        )
+    if totals["rejects_by_reason"]:
+        lines += ["", "| reject reason | rows |", "|---|---:|"]
+        lines += [f"| {k} | {v} |" for k, v in totals["rejects_by_reason"].items()]
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,86 @@
+"""The one typed configuration of a build.
+
+A pydantic model: Prefect validates it as a flow parameter and draws its form in the UI.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+SOURCE_KINDS: tuple[str, ...] = ("nnunet", "msd", "demo")
+
+
+class BuildConfig(BaseModel):
+    """Everything that decides the contents of a dataset build.
+
+    The same sources, config and seed give identical table contents.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    sources: list[str] = Field(
+        default_factory=lambda: ["demo"],
+        description="Sources as KIND:PATH (nnunet, msd) or 'demo'.",
+    )
+    out: str = Field(description="Dataset directory to write.")
+    seed: int = Field(0, description="Seed of phrasing and task choices.")
+    plane: Literal["axial", "coronal", "sagittal"] = "axial"
+    slice_stride: int = Field(1, ge=1, description="Take every N-th slice with foreground.")
+    max_slices_per_case: int | None = Field(
+        None, ge=1, description="At most this many slices per case, spread evenly."
+    )
+    max_images: int | None = Field(
+        None, ge=1, description="At most this many images in all (for trials)."
+    )
+    min_area: int = Field(16, ge=1, description="Drop region instances with fewer pixels.")
+    ct_window: tuple[float, float] = Field(
+        (40.0, 400.0), description="CT window (level, width) in HU; soft tissue by default."
+    )
+    percentiles: tuple[float, float] = Field(
+        (0.5, 99.5), description="Intensity percentiles mapped to 0 and 255 for MR and PET."
+    )
+    test_fraction: float = Field(0.11, ge=0.0, lt=1.0, description="Share of cases held out.")
+    split_seed: int = Field(0, description="Seed of the case-level train/test split.")
+    cases_per_shard: int = Field(4, ge=1, description="Cases per shard (one Prefect task each).")
+    max_region_turns: int = Field(3, ge=0, description="Region-level turns per conversation.")
+    modality: Literal["ct", "mr", "pet"] | None = Field(
+        None, description="Modality of every source, when dataset.json does not tell."
+    )
+    generator: Literal["template"] = "template"
+    workers: int = Field(2, ge=1, description="Shards processed at once.")
+
+    @field_validator("sources")
+    @classmethod
+    def _check_sources(cls, value: list[str]) -> list[str]:
+        if not value:
+            raise ValueError(
+                "give at least one source, e.g. 'demo' or 'nnunet:/data/Dataset001_Liver'"
+            )
+        for spec in value:
+            kind = spec.split(":", 1)[0]
+            if kind not in SOURCE_KINDS:
+                raise ValueError(
+                    f"unknown source kind {kind!r} in {spec!r}; "
+                    f"use one of {', '.join(SOURCE_KINDS)}"
+                    " as KIND:PATH"
+                )
+            if kind != "demo" and (":" not in spec or not spec.split(":", 1)[1]):
+                raise ValueError(f"source {spec!r} needs a path: {kind}:PATH")
+        return value
+
+    @field_validator("percentiles")
+    @classmethod
+    def _check_percentiles(cls, value: tuple[float, float]) -> tuple[float, float]:
+        lo, hi = value
+        if not 0.0 <= lo < hi <= 100.0:
+            raise ValueError("percentiles must satisfy 0 <= low < high <= 100, e.g. 0.5,99.5")
+        return value
+
+    @field_validator("ct_window")
+    @classmethod
+    def _check_window(cls, value: tuple[float, float]) -> tuple[float, float]:
+        if value[1] <= 0:
+            raise ValueError("CT window width must be positive, e.g. 40,400 (level,width)")
+        return value

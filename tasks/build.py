@@ -1,0 +1,97 @@
+"""Prefect tasks of the build flow: thin wrappers over the adapters and pure logic.
+
+One task per shard (never per slice or region). Only infrastructure failures (``OSError``: disk,
+network file systems) are retried; record-level problems are already reject rows.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from medgrit.adapters.demo import default_demo_dir
+from medgrit.adapters.nifti import NiftiReader, UnreadableImage
+from medgrit.adapters.parquet import ParquetShardWriter
+from medgrit.adapters.pipeline import CaseTask, ShardBuilder, select_case_slices
+from medgrit.adapters.sources import Source, open_sources
+from medgrit.adapters.templates import TemplateGenerator
+from medgrit.core.ids import pseudonymise_case
+from medgrit.core.sharding import allocate_images, assign_splits, plan_shards, shard_name
+from medgrit.core.summary import shard_stats
+from medgrit.schemas.config import BuildConfig
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+
+
+def _retry_on_os_error(task, task_run, state) -> bool:
+    """Retry only infrastructure failures: an OSError from disk or a network file system."""
+    try:
+        state.result()
+    except OSError:
+        return True
+    except Exception:  # noqa: BLE001 - anything else is a bug and must not be retried
+        return False
+    return False
+
+
+@task(name="discover_sources", cache_policy=NO_CACHE)
+def discover_sources(config: BuildConfig) -> list[Source]:
+    """Open every source of the config and list its cases (reads only dataset.json files)."""
+    return open_sources(config.sources, demo_dir=default_demo_dir(), modality=config.modality)
+
+
+def _count_slices(cases: list, config: BuildConfig):
+    reader = NiftiReader()
+    for ref in cases:
+        try:
+            labels = reader.read(ref.label_path, as_labels=True).data
+        except UnreadableImage:
+            yield 1  # keep the case: its reject row is written by its shard
+            continue
+        yield int(select_case_slices(labels, config, None).size) if labels.any() else 1
+
+
+@task(name="plan_build", cache_policy=NO_CACHE)
+def plan_build(sources: list[Source], config: BuildConfig) -> list[tuple[str, list[CaseTask]]]:
+    """Case ids, splits, image quotas and shards, deterministic from the case list and config.
+
+    With ``max_images`` the label maps of the first cases are read to spread the cap.
+    """
+    refs = [ref for source in sources for ref in source.cases]
+    case_ids = [pseudonymise_case(ref.dataset, ref.case) for ref in refs]
+    splits = assign_splits(
+        case_ids, [ref.dataset for ref in refs], config.test_fraction, config.split_seed
+    )
+    quotas: list[int | None] = [None] * len(refs)
+    if config.max_images is not None:
+        taken = allocate_images(_count_slices(refs, config), len(refs), config.max_images)
+        quotas = [*taken, *([0] * (len(refs) - len(taken)))]
+    cases = [
+        CaseTask(ref, cid, split, quota)
+        for ref, cid, split, quota in zip(refs, case_ids, splits, quotas, strict=True)
+        if quota != 0
+    ]
+    return [
+        (shard_name(i), cases[start:stop])
+        for i, (start, stop) in enumerate(plan_shards(len(cases), config.cases_per_shard))
+    ]
+
+
+@task(
+    name="build_shard",
+    cache_policy=NO_CACHE,
+    retries=2,
+    retry_delay_seconds=[2, 10],
+    retry_condition_fn=_retry_on_os_error,
+)
+def build_shard(shard: str, cases: list[CaseTask], config: BuildConfig) -> dict:
+    """Build and write one shard; returns its manifest entry (files, row counts, stats)."""
+    generator = TemplateGenerator(seed=config.seed, max_region_turns=config.max_region_turns)
+    rows = ShardBuilder(config, generator).build(cases)
+    tables = rows.as_tables()
+    written = ParquetShardWriter(Path(config.out)).write_shard(shard, tables)
+    return {
+        "rows": {name: f.rows for name, f in written.items()},
+        "files": {f.path: f.sha256 for f in written.values()},
+        "stats": shard_stats(tables),
+        "tokens": {"prompt": 0, "completion": 0},
+    }
