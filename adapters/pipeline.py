@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+
 from medgrit.adapters.nifti import NiftiReader, UnreadableImage, Volume
 from medgrit.adapters.png import encode_png
 from medgrit.adapters.sources import CaseRef

@@ -11,6 +11,7 @@ import hashlib
 from functools import cached_property
 
 import jinja2
+
 from medgrit.core.generation import QA, ImageFacts, RegionFacts, TurnPlan, plan_conversation
 from medgrit.core.text import MODALITY_NAMES, format_box, laterality_of
 

@@ -13,6 +13,7 @@ from collections import defaultdict
 from pathlib import Path
 
 import pyarrow.parquet as pq
+
 from medgrit.adapters.manifest import read_manifest
 from medgrit.adapters.parquet import sha256_file
 from medgrit.core.generation import QA, RegionFacts

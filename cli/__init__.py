@@ -14,8 +14,9 @@ from pathlib import Path
 from typing import Annotated, NoReturn
 
 import typer
-from medgrit.schemas.config import BuildConfig
 from pydantic import ValidationError
+
+from medgrit.schemas.config import BuildConfig
 
 app = typer.Typer(
     name="medgrit",
@@ -53,8 +54,9 @@ def _config_error(exc: ValidationError) -> NoReturn:
 
 
 def _run_build(config: BuildConfig) -> None:
-    from medgrit.flows.build import BuildFailed, build_dataset
     from prefect.task_runners import ThreadPoolTaskRunner
+
+    from medgrit.flows.build import BuildFailed, build_dataset
 
     flow = build_dataset.with_options(task_runner=ThreadPoolTaskRunner(max_workers=config.workers))
     try:

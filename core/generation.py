@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+
 from medgrit.core.ids import derive_seed
 
 TASKS: tuple[str, ...] = ("VG", "ROC", "RC", "MIA")

@@ -15,6 +15,10 @@ import datetime as _dt  # noqa: E402
 import socket  # noqa: E402
 from pathlib import Path  # noqa: E402
 
+from prefect import flow, get_run_logger  # noqa: E402
+from prefect.artifacts import create_markdown_artifact  # noqa: E402
+from prefect.futures import as_completed  # noqa: E402
+
 from medgrit.adapters.manifest import MANIFEST, read_manifest, write_manifest  # noqa: E402
 from medgrit.adapters.parquet import sha256_file  # noqa: E402
 from medgrit.adapters.templates import TemplateGenerator  # noqa: E402
@@ -22,9 +26,6 @@ from medgrit.core.summary import merge_stats, render_summary  # noqa: E402
 from medgrit.schemas.config import BuildConfig  # noqa: E402
 from medgrit.schemas.tables import SCHEMA_VERSION, TABLES  # noqa: E402
 from medgrit.tasks.build import build_shard, discover_sources, plan_build  # noqa: E402
-from prefect import flow, get_run_logger  # noqa: E402
-from prefect.artifacts import create_markdown_artifact  # noqa: E402
-from prefect.futures import as_completed  # noqa: E402
 
 try:
     from importlib.metadata import version as _version

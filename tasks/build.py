@@ -8,6 +8,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+
 from medgrit.adapters.demo import default_demo_dir
 from medgrit.adapters.nifti import NiftiReader, UnreadableImage
 from medgrit.adapters.parquet import ParquetShardWriter
@@ -18,8 +21,6 @@ from medgrit.core.ids import pseudonymise_case
 from medgrit.core.sharding import allocate_images, assign_splits, plan_shards, shard_name
 from medgrit.core.summary import shard_stats
 from medgrit.schemas.config import BuildConfig
-from prefect import task
-from prefect.cache_policies import NO_CACHE
 
 
 def _retry_on_os_error(task, task_run, state) -> bool:

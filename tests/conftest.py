@@ -1,0 +1,163 @@
+"""Shared fixtures: real data converted to source layouts, and one real Prefect server.
+
+The Prefect server is started once per test session (``prefect server start`` on a free port
+with its own PREFECT_HOME); CLI runs in subprocesses reach it through PREFECT_API_URL.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+MRICRON = Path("/usr/share/mricron/templates")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def demo_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The bundled demo sources, written once per session."""
+    from medgrit.adapters.demo import ensure_demo_data
+
+    return ensure_demo_data(tmp_path_factory.mktemp("demo") / "demo-data")
+
+
+@pytest.fixture(scope="session")
+def aal_nnunet(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Debian mricron-data's AAL atlas on the Colin27 T1, as an nnU-Net v2 raw dataset."""
+    atlas, t1, names = MRICRON / "aal.nii.gz", MRICRON / "ch2.nii.gz", MRICRON / "aal.nii.txt"
+    if not atlas.is_file():
+        pytest.fail("Debian's mricron-data is missing: apt-get install mricron-data")
+    root = tmp_path_factory.mktemp("nnunet") / "Dataset101_AAL"
+    (root / "imagesTr").mkdir(parents=True)
+    (root / "labelsTr").mkdir()
+    shutil.copy(t1, root / "imagesTr" / "colin27_0000.nii.gz")
+    shutil.copy(atlas, root / "labelsTr" / "colin27.nii.gz")
+    labels = {"background": 0}
+    for line in names.read_text().splitlines():
+        parts = line.split()
+        if len(parts) >= 2:
+            labels[parts[1]] = int(parts[0])
+    meta = {
+        "channel_names": {"0": "T1"},
+        "labels": labels,
+        "numTraining": 1,
+        "file_ending": ".nii.gz",
+        "name": "AAL_Colin27",
+    }
+    (root / "dataset.json").write_text(json.dumps(meta))
+    return root
+
+
+@pytest.fixture(scope="session")
+def prefect_server(tmp_path_factory: pytest.TempPathFactory):
+    """A real Prefect server on 127.0.0.1 for the whole session; yields its API URL."""
+    home = tmp_path_factory.mktemp("prefect-home")
+    port = _free_port()
+    env = {
+        **os.environ,
+        "PREFECT_HOME": str(home),
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "DO_NOT_TRACK": "1",
+    }
+    env.pop("PREFECT_API_URL", None)
+    log = (home / "server.log").open("w")
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "prefect",
+            "server",
+            "start",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--no-services",
+        ],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    url = f"http://127.0.0.1:{port}/api"
+    deadline = time.monotonic() + 240
+    while True:
+        try:
+            with urllib.request.urlopen(f"{url}/health", timeout=2) as response:
+                if response.status == 200:
+                    break
+        except OSError:
+            pass
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            tail = (home / "server.log").read_text()[-2000:]
+            pytest.fail(f"Prefect server did not start: {tail}")
+        time.sleep(0.5)
+    yield url
+    proc.terminate()
+    try:
+        proc.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+    log.close()
+
+
+@pytest.fixture(scope="session")
+def cli_env(prefect_server: str, demo_dir: Path) -> dict[str, str]:
+    """Environment for ``medgrit`` subprocesses: the session's Prefect server and demo data."""
+    env = {
+        **os.environ,
+        "PREFECT_API_URL": prefect_server,
+        "MEDGRIT_DEMO_DIR": str(demo_dir),
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    }
+    return env
+
+
+def run_cli(*args: str, env: dict[str, str], timeout: float = 600) -> subprocess.CompletedProcess:
+    """Run the installed ``medgrit`` console script in a subprocess."""
+    exe = shutil.which("medgrit") or "medgrit"
+    return subprocess.run(
+        [exe, *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        stdin=subprocess.DEVNULL,
+        check=False,
+    )
+
+
+@pytest.fixture(scope="session")
+def medgrit(cli_env: dict[str, str]):
+    """Run ``medgrit ARGS`` against the session's Prefect server; returns the CompletedProcess."""
+
+    def run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+        return run_cli(*args, env={**cli_env, **(env or {})})
+
+    return run
+
+
+@pytest.fixture(scope="session")
+def medgrit_offline(demo_dir: Path):
+    """Run ``medgrit ARGS`` with no Prefect server (for user errors that exit before Prefect)."""
+    env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
+    env["MEDGRIT_DEMO_DIR"] = str(demo_dir)
+
+    def run(*args: str) -> subprocess.CompletedProcess:
+        return run_cli(*args, env=env, timeout=120)
+
+    return run

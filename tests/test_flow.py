@@ -1,0 +1,66 @@
+"""The Prefect flow in-process against the session's real Prefect server."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+
+import pytest
+from prefect.client.orchestration import get_client
+from prefect.settings import PREFECT_API_URL, temporary_settings
+
+from medgrit.flows.build import BuildFailed, build_dataset
+from medgrit.schemas.config import BuildConfig
+
+
+@pytest.fixture
+def on_server(prefect_server: str, demo_dir: Path, monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setenv("MEDGRIT_DEMO_DIR", str(demo_dir))
+    with temporary_settings(updates={PREFECT_API_URL: prefect_server}):
+        yield prefect_server
+
+
+async def _latest_artifact(key: str) -> str:
+    async with get_client() as client:
+        artifact = await client.read_latest_artifacts()
+        matches = [a for a in artifact if a.key == key]
+        return matches[0].data if matches else ""
+
+
+def test_flow_writes_manifest_and_summary_artifact(on_server: str, tmp_path: Path) -> None:
+    config = BuildConfig(out=str(tmp_path / "ds"), max_images=12, cases_per_shard=2)
+    manifest = build_dataset(config)
+    assert manifest["status"] == "complete"
+    assert manifest["totals"]["rows"]["images"] == 12
+    on_disk = json.loads((tmp_path / "ds" / "dataset.json").read_text())
+    assert on_disk["totals"] == manifest["totals"]
+    assert "created_at" in on_disk and "host" in on_disk
+    summary = asyncio.run(_latest_artifact("medgrit-build-summary"))
+    assert "images: 12" in summary and "| ct |" in summary
+
+
+def test_flow_validates_its_config_parameter(on_server: str, tmp_path: Path) -> None:
+    manifest = build_dataset(config={"out": str(tmp_path / "ds"), "max_images": 3})
+    assert manifest["totals"]["rows"]["images"] == 3
+    with pytest.raises(Exception, match="plane"):
+        build_dataset(config={"out": str(tmp_path / "x"), "plane": "oblique"})
+
+
+def test_failed_shard_is_recorded_and_the_rest_is_kept(on_server: str, tmp_path: Path) -> None:
+    out = tmp_path / "ds"
+    blocker = out / "images" / "part-00001.parquet"
+    blocker.mkdir(parents=True)  # the rename onto it fails: an infrastructure error
+    config = BuildConfig(out=str(out), max_images=9, cases_per_shard=1)
+    with pytest.raises(BuildFailed, match="00001"):
+        build_dataset(config)
+    manifest = json.loads((out / "dataset.json").read_text())
+    status = {s["id"]: s["status"] for s in manifest["shards"]}
+    assert status["00001"] == "failed" and "IsADirectoryError" in manifest["shards"][1]["error"]
+    assert all(v == "done" for k, v in status.items() if k != "00001")
+    assert manifest["status"] == "incomplete"
+
+    blocker.rmdir()
+    manifest = build_dataset(config)
+    assert manifest["status"] == "complete"
+    assert manifest["totals"]["rows"]["images"] == 9
