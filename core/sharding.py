@@ -69,8 +69,10 @@ def allocate_images(counts: Iterable[int], n_cases: int, max_images: int) -> lis
     """
     out: list[int] = []
     remaining, left = max_images, n_cases
-    for available in counts:
-        if remaining <= 0 or left <= 0:
+    counts = iter(counts)
+    while remaining > 0 and left > 0:
+        available = next(counts, None)
+        if available is None:
             break
         take = min(int(available), -(-remaining // left))
         out.append(take)

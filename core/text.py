@@ -121,11 +121,11 @@ def format_ref(name: str) -> str:
 
 
 BOX_PATTERN = re.compile(r"<box>\((-?\d+),(-?\d+)\),\((-?\d+),(-?\d+)\)</box>")
-ANY_BOX_TAG = re.compile(r"<box>.*?</box>", re.DOTALL)
 
 
 def parse_boxes(text: str) -> tuple[list[tuple[int, int, int, int]], int]:
     """Boxes written in Qwen-VL syntax in ``text``, and how many ``<box>`` tags were malformed."""
     boxes = [tuple(int(v) for v in m.groups()) for m in BOX_PATTERN.finditer(text)]
-    malformed = len(ANY_BOX_TAG.findall(text)) - len(boxes)
+    # Unclosed or stray tags count too (an answer cut off inside a box).
+    malformed = max(text.count("<box>"), text.count("</box>")) - len(boxes)
     return boxes, malformed  # type: ignore[return-value]
