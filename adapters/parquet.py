@@ -70,6 +70,15 @@ class ParquetShardWriter:
             tmp.unlink(missing_ok=True)
         return WrittenFile(rel, arrow.num_rows, sha256_file(final))
 
+    def remove_temporaries(self) -> list[str]:
+        """Delete temporary part files an interrupted run left behind; returns their paths."""
+        removed = []
+        for table in TABLES:
+            for tmp in sorted((self.out_dir / table).glob(".part-*.parquet.tmp-*")):
+                tmp.unlink(missing_ok=True)
+                removed.append(str(tmp.relative_to(self.out_dir)))
+        return removed
+
     def write_shard(self, shard: str, tables: dict[str, list[dict]]) -> dict[str, WrittenFile]:
         """Write all four tables of a shard; returns the written files by table name."""
         return {name: self.write_table(name, shard, tables.get(name, [])) for name in TABLES}

@@ -20,7 +20,7 @@ from prefect.artifacts import create_markdown_artifact  # noqa: E402
 from prefect.futures import as_completed  # noqa: E402
 
 from medgrit.adapters.manifest import MANIFEST, read_manifest, write_manifest  # noqa: E402
-from medgrit.adapters.parquet import sha256_file  # noqa: E402
+from medgrit.adapters.parquet import ParquetShardWriter, sha256_file  # noqa: E402
 from medgrit.adapters.templates import TemplateGenerator  # noqa: E402
 from medgrit.core.summary import merge_stats, render_summary  # noqa: E402
 from medgrit.schemas.config import BuildConfig  # noqa: E402
@@ -138,6 +138,8 @@ def build_dataset(config: BuildConfig) -> dict:
                 if _shard_done(out, old):
                     entry.update(old)
     write_manifest(out, manifest)
+    for leftover in ParquetShardWriter(out).remove_temporaries():
+        logger.info("removed %s left by an interrupted run", leftover)
 
     pending = [
         (s, c) for (s, c), e in zip(plan, manifest["shards"], strict=True) if e["status"] != "done"

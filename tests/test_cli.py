@@ -15,7 +15,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from medgrit.adapters.demo import make_ct_phantom
+from medgrit.adapters.demo import CT_LABELS, make_ct_phantom
 from medgrit.adapters.png import decode_png
 from medgrit.core.regions import to_bbox_1000
 from medgrit.core.text import parse_boxes
@@ -148,6 +148,8 @@ def test_resume_rebuilds_only_missing_shards(demo_build, medgrit, tmp_path: Path
     for rel in lost["files"]:
         (copy / rel).unlink()
     lost["status"] = "failed"
+    stale = copy / "images" / f".part-{lost['id']}.parquet.tmp-12345"
+    stale.write_bytes(b"half a file")
     kept = manifest["shards"][0]["files"]
     mtimes = {rel: (copy / rel).stat().st_mtime_ns for rel in kept}
     (copy / "dataset.json").write_text(json.dumps(manifest))
@@ -158,6 +160,7 @@ def test_resume_rebuilds_only_missing_shards(demo_build, medgrit, tmp_path: Path
     assert result.returncode == 0, result.stderr[-2000:]
     assert f"{len(manifest['shards'])} shards planned, 1 to build" in result.stderr
     assert {rel: (copy / rel).stat().st_mtime_ns for rel in kept} == mtimes
+    assert not stale.exists()
     for table in TABLES:
         assert _read(copy, table) == _read(out, table)
 
@@ -174,18 +177,8 @@ def broken_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("broken") / "Dataset050_Broken"
     (root / "imagesTr").mkdir(parents=True)
     (root / "labelsTr").mkdir()
-    labels = {
-        "background": 0,
-        "body": 1,
-        "lungs": 2,
-        "liver": 3,
-        "spleen": 4,
-        "kidney_right": 5,
-        "kidney_left": 6,
-        "spine": 7,
-    }
     (root / "dataset.json").write_text(
-        json.dumps({"channel_names": {"0": "CT"}, "labels": labels, "file_ending": ".nii.gz"})
+        json.dumps({"channel_names": {"0": "CT"}, "labels": CT_LABELS, "file_ending": ".nii.gz"})
     )
     for i, case in enumerate(["good_a", "good_b", "truncated", "mismatch", "empty"]):
         image, lab = make_ct_phantom(seed=i, shape=(96, 96, 12))
