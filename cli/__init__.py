@@ -174,7 +174,7 @@ def resume(
     except ManifestError as exc:
         fail(str(exc))
     try:
-        config = BuildConfig(**manifest["config"])
+        config = BuildConfig(**{**manifest["config"], "out": str(out)})
     except (ValidationError, KeyError, TypeError):
         fail(f"{out}/dataset.json holds no valid build config")
     _run_build(config)

@@ -52,6 +52,11 @@ def _shard_done(out: Path, entry: dict) -> bool:
     )
 
 
+def _content_config(config: dict) -> dict:
+    """The settings that decide table contents (not where they go or how fast)."""
+    return {k: v for k, v in config.items() if k not in ("out", "workers")}
+
+
 def _new_manifest(
     config: BuildConfig, sources: list, plan: list, generator: TemplateGenerator
 ) -> dict:
@@ -130,7 +135,7 @@ def build_dataset(config: BuildConfig) -> dict:
     manifest = _new_manifest(config, sources, plan, generator)
     if (out / MANIFEST).is_file():
         previous = read_manifest(out)
-        if previous.get("config") == manifest["config"] and [
+        if _content_config(previous.get("config", {})) == _content_config(manifest["config"]) and [
             (s["id"], s["cases"]) for s in previous.get("shards", [])
         ] == [(s["id"], s["cases"]) for s in manifest["shards"]]:
             manifest["created_at"] = previous.get("created_at", manifest["created_at"])
