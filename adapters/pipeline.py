@@ -13,9 +13,10 @@ from pathlib import Path
 
 import numpy as np
 
-from medgrit.adapters.nifti import NiftiReader, UnreadableImage, Volume
+from medgrit.adapters.cases import CaseRef, LoadedCase, PlanarImage
+from medgrit.adapters.nifti import UnreadableImage
 from medgrit.adapters.png import encode_png
-from medgrit.adapters.sources import CaseRef
+from medgrit.adapters.sources import load_case
 from medgrit.adapters.templates import TemplateGenerator
 from medgrit.core.generation import ImageFacts, RegionFacts
 from medgrit.core.ids import image_id_for, region_id_for
@@ -69,13 +70,46 @@ def case_source(ref: CaseRef, slice_index: int | None = None) -> str:
 
 
 def select_case_slices(labels: np.ndarray, config: BuildConfig, quota: int | None) -> np.ndarray:
-    """The slice indices a case contributes under the config (and the max-images quota)."""
-    chosen = select_slices(
-        foreground_slices(labels, config.plane), config.slice_stride, config.max_slices_per_case
-    )
+    """The slice indices a volume contributes under the config (and the max-images quota)."""
+    return _apply_quota(foreground_slices(labels, config.plane), config, quota)
+
+
+def select_planar_images(
+    images: tuple[PlanarImage, ...], config: BuildConfig, quota: int | None
+) -> list[PlanarImage]:
+    """The 2D images of a planar case to take (those with foreground, stride, cap, quota)."""
+    with_foreground = np.array([i for i, im in enumerate(images) if im.labels.any()], dtype=int)
+    return [images[i] for i in _apply_quota(with_foreground, config, quota)]
+
+
+def _apply_quota(indices: np.ndarray, config: BuildConfig, quota: int | None) -> np.ndarray:
+    chosen = select_slices(indices, config.slice_stride, config.max_slices_per_case)
     if quota is not None:
         chosen = select_slices(chosen, 1, quota)
     return chosen
+
+
+def count_case_images(ref: CaseRef, config: BuildConfig) -> int:
+    """How many images a case would give without a quota (reads the case; 1 if unreadable)."""
+    try:
+        loaded = load_case(ref)
+    except UnreadableImage:
+        return 1  # keep the case in the plan: its shard writes the reject row
+    if loaded.label_volume is not None:
+        labels = loaded.label_volume.data
+        return int(select_case_slices(labels, config, None).size) if labels.any() else 1
+    return max(1, len(select_planar_images(loaded.images, config, None)))
+
+
+def intensity_bounds(kind: str, values: np.ndarray, config: BuildConfig) -> tuple[float, float]:
+    """Bounds mapped to 0 and 255 for an intensity kind (see ``medgrit.adapters.cases``)."""
+    if kind == "hu":
+        return window_bounds(*config.ct_window)
+    if kind == "suv":
+        return config.pet_suv_window
+    if kind == "percentile":
+        return percentile_bounds(values, *config.percentiles)
+    raise ValueError(f"no bounds for intensity kind {kind!r}")
 
 
 class ShardBuilder:
@@ -84,18 +118,11 @@ class ShardBuilder:
     Args:
         config: the build config.
         generator: writes conversations for images.
-        reader: reads volumes.
     """
 
-    def __init__(
-        self,
-        config: BuildConfig,
-        generator: TemplateGenerator,
-        reader: NiftiReader | None = None,
-    ) -> None:
+    def __init__(self, config: BuildConfig, generator: TemplateGenerator) -> None:
         self.config = config
         self.generator = generator
-        self.reader = reader or NiftiReader()
 
     def build(self, cases: list[CaseTask]) -> ShardRows:
         """All rows of a shard, cases in the given order."""
@@ -126,68 +153,98 @@ class ShardBuilder:
             }
         )
 
-    def read_case(self, task: CaseTask, rows: ShardRows) -> tuple[Volume, Volume] | None:
-        """Read and check the image and label volumes; None (and a reject row) on failure."""
+    def load(self, task: CaseTask, rows: ShardRows) -> LoadedCase | None:
+        """Load and check a case; None (and a reject row) when nothing of it is usable."""
         ref = task.ref
         try:
-            image = self.reader.read(ref.image_path, channel=ref.channel)
-            labels = self.reader.read(ref.label_path, as_labels=True)
+            loaded = load_case(ref)
         except UnreadableImage as exc:
             self._reject(rows, "load", exc.reason, exc.detail, case_source(ref), task)
             return None
+        for reason, detail, index in loaded.rejects:
+            self._reject(rows, "load", reason, detail, case_source(ref, index), task)
+        if loaded.volume is None:
+            return loaded
+        image, labels = loaded.volume, loaded.label_volume
+        if labels is None:
+            raise TypeError(f"loader of {ref.format!r} returned a volume without labels")
         if image.data.shape != labels.data.shape:
-            self._reject(
-                rows,
-                "load",
-                "shape_mismatch",
-                f"image {image.data.shape} vs labels {labels.data.shape}",
-                case_source(ref),
-                task,
-            )
+            detail = f"image {image.data.shape} vs labels {labels.data.shape}"
+            self._reject(rows, "load", "shape_mismatch", detail, case_source(ref), task)
             return None
         if not labels.data.any():
-            self._reject(
-                rows,
-                "load",
-                "empty_label_map",
-                "the label map has no foreground",
-                case_source(ref),
-                task,
-            )
+            detail = "the label map has no foreground"
+            self._reject(rows, "load", "empty_label_map", detail, case_source(ref), task)
             return None
-        return image, labels
+        return loaded
 
     def build_case(self, task: CaseTask, rows: ShardRows) -> None:
         """Rows of one case appended to ``rows``."""
-        volumes = self.read_case(task, rows)
-        if volumes is None:
+        loaded = self.load(task, rows)
+        if loaded is None:
             return
-        image, labels = volumes
-        if task.ref.modality == "ct":
-            bounds = window_bounds(*self.config.ct_window)
-        else:
-            bounds = percentile_bounds(image.data, *self.config.percentiles)
-        spacing = display_spacing(image.spacing, self.config.plane)
-        names = dict(task.ref.labels)
+        names = {**dict(task.ref.labels), **dict(loaded.label_names)}
+        if loaded.volume is None:
+            for planar in loaded.images:
+                if not planar.labels.any():
+                    self._reject(
+                        rows,
+                        "load",
+                        "empty_label_map",
+                        "the mask has no foreground",
+                        case_source(task.ref, planar.slice_index),
+                        task,
+                    )
+            for planar in select_planar_images(loaded.images, self.config, task.quota):
+                pixels = planar.pixels
+                if loaded.intensity != "display":
+                    bounds = intensity_bounds(loaded.intensity, pixels, self.config)
+                    pixels = to_uint8(pixels, bounds)
+                self.build_image(
+                    task,
+                    loaded.modality,
+                    planar.plane,
+                    planar.slice_index,
+                    pixels,
+                    planar.labels,
+                    names,
+                    rows,
+                )
+            return
+        image, labels = loaded.volume, loaded.label_volume
+        plane = self.config.plane
+        bounds = intensity_bounds(loaded.intensity, image.data, self.config)
+        spacing = display_spacing(image.spacing, plane)
         for index in select_case_slices(labels.data, self.config, task.quota):
-            pixels = display_slice(image.data, self.config.plane, int(index))
-            label_map = display_slice(labels.data, self.config.plane, int(index))
+            pixels = display_slice(image.data, plane, int(index))
+            label_map = display_slice(labels.data, plane, int(index))
             pixels, label_map = square_pixels(pixels, label_map, spacing)
-            self.build_image(task, int(index), to_uint8(pixels, bounds), label_map, names, rows)
+            self.build_image(
+                task,
+                loaded.modality,
+                plane,
+                int(index),
+                to_uint8(pixels, bounds),
+                label_map,
+                names,
+                rows,
+            )
 
     def build_image(
         self,
         task: CaseTask,
+        modality: str,
+        plane: str,
         index: int,
         pixels: np.ndarray,
         label_map: np.ndarray,
         names: dict[int, str],
         rows: ShardRows,
     ) -> None:
-        """Rows of one 2D image appended to ``rows``."""
+        """Rows of one 2D image (8-bit grey or RGB pixels, label map) appended to ``rows``."""
         ref, config = task.ref, self.config
         height, width = label_map.shape
-        image_id = image_id_for(task.case_id, config.plane, index)
+        image_id = image_id_for(task.case_id, plane, index)
         source = case_source(ref, index)
         extraction = extract_regions(label_map, min_area=config.min_area)
         for label_id, area in zip(
@@ -259,7 +316,7 @@ class ShardBuilder:
                 }
             )
 
-        image_facts = ImageFacts(image_id, ref.modality, config.plane, width, height)
+        image_facts = ImageFacts(image_id, modality, plane, width, height)
         by_id = {f.region_id: f for f in facts}
         accepted = []
         for qa in self.generator.generate(image_facts, facts):
@@ -276,8 +333,8 @@ class ShardBuilder:
                 "image_id": image_id,
                 "dataset": ref.dataset,
                 "case_id": task.case_id,
-                "modality": ref.modality,
-                "plane": config.plane,
+                "modality": modality,
+                "plane": plane,
                 "slice_index": index,
                 "width": width,
                 "height": height,

@@ -14,43 +14,16 @@ of {"image": "./imagesTr/x.nii.gz", "label": "./labelsTr/x.nii.gz"}; multi-chann
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from collections.abc import Callable
 from pathlib import Path
 
+from medgrit.adapters.cases import CaseRef, LoadedCase, Source, SourceError
+from medgrit.adapters.nifti import NiftiReader
 from medgrit.core.text import readable_label_name
 
+__all__ = ["CaseRef", "Source", "SourceError", "load_case", "open_sources"]
+
 NIFTI_ENDINGS = (".nii.gz", ".nii")
-
-
-class SourceError(Exception):
-    """A source a user must fix; the message is one line that says how."""
-
-
-@dataclass(frozen=True)
-class CaseRef:
-    """One image/label pair of a source (the case name is never written to the tables)."""
-
-    source: str
-    dataset: str
-    case: str
-    image_path: str
-    label_path: str
-    modality: str
-    channel: int
-    labels: tuple[tuple[int, str], ...]
-
-
-@dataclass(frozen=True)
-class Source:
-    """An opened source: its name, modality, label names and cases in sorted order."""
-
-    spec: str
-    kind: str
-    root: str
-    dataset: str
-    modality: str
-    labels: tuple[tuple[int, str], ...]
-    cases: tuple[CaseRef, ...]
 
 
 def parse_source_spec(spec: str) -> tuple[str, str]:
@@ -151,7 +124,18 @@ def open_nnunet(spec: str, root: Path, modality: str | None = None) -> Source:
     for label_file in sorted(labels_dir.glob(f"*{ending}")):
         case = label_file.name[: -len(ending)]
         image = root / "imagesTr" / f"{case}_0000{ending}"
-        cases.append(CaseRef(spec, dataset, case, str(image), str(label_file), mod, 0, labels))
+        cases.append(
+            CaseRef(
+                source=spec,
+                dataset=dataset,
+                case=case,
+                format="nifti",
+                image_path=str(image),
+                label_path=str(label_file),
+                modality=mod,
+                labels=labels,
+            )
+        )
     return Source(spec, "nnunet", str(root), dataset, mod, labels, tuple(cases))
 
 
@@ -184,7 +168,18 @@ def open_msd(spec: str, root: Path, modality: str | None = None) -> Source:
         label = (root / str(entry["label"])).resolve()
         name = label.name
         case = next((name[: -len(e)] for e in NIFTI_ENDINGS if name.endswith(e)), name)
-        cases.append(CaseRef(spec, dataset, case, str(image), str(label), mod, 0, labels))
+        cases.append(
+            CaseRef(
+                source=spec,
+                dataset=dataset,
+                case=case,
+                format="nifti",
+                image_path=str(image),
+                label_path=str(label),
+                modality=mod,
+                labels=labels,
+            )
+        )
     cases.sort(key=lambda c: c.case)
     return Source(spec, "msd", str(root), dataset, mod, labels, tuple(cases))
 
@@ -228,3 +223,29 @@ def open_sources(
         opener = open_nnunet if kind == "nnunet" else open_msd
         out.append(opener(spec, root.resolve(), modality))
     return out
+
+
+def load_nifti_case(ref: CaseRef) -> LoadedCase:
+    """Read a NIfTI image/label pair into canonical volumes.
+
+    Raises:
+        UnreadableImage: see :class:`medgrit.adapters.nifti.NiftiReader`.
+    """
+    reader = NiftiReader()
+    image = reader.read(ref.image_path, channel=ref.channel)
+    labels = reader.read(ref.label_path, as_labels=True)
+    intensity = "hu" if ref.modality == "ct" else "percentile"
+    return LoadedCase(ref.modality, intensity, volume=image, label_volume=labels)
+
+
+def _loaders() -> dict[str, Callable[[CaseRef], LoadedCase]]:
+    return {"nifti": load_nifti_case}
+
+
+def load_case(ref: CaseRef) -> LoadedCase:
+    """Load one case with the loader its format names.
+
+    Raises:
+        UnreadableImage: when the case cannot be read (the pipeline makes it a reject row).
+    """
+    return _loaders()[ref.format](ref)

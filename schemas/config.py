@@ -41,6 +41,9 @@ class BuildConfig(BaseModel):
     percentiles: tuple[float, float] = Field(
         (0.5, 99.5), description="Intensity percentiles mapped to 0 and 255 for MR and PET."
     )
+    pet_suv_window: tuple[float, float] = Field(
+        (0.0, 10.0), description="SUV range mapped to 0 and 255 for PET with SUV tags."
+    )
     test_fraction: float = Field(0.11, ge=0.0, lt=1.0, description="Share of cases held out.")
     split_seed: int = Field(0, description="Seed of the case-level train/test split.")
     cases_per_shard: int = Field(4, ge=1, description="Cases per shard (one Prefect task each).")

@@ -12,9 +12,8 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from medgrit.adapters.demo import default_demo_dir
-from medgrit.adapters.nifti import NiftiReader, UnreadableImage
 from medgrit.adapters.parquet import ParquetShardWriter
-from medgrit.adapters.pipeline import CaseTask, ShardBuilder, select_case_slices
+from medgrit.adapters.pipeline import CaseTask, ShardBuilder, count_case_images
 from medgrit.adapters.sources import Source, open_sources
 from medgrit.adapters.templates import TemplateGenerator
 from medgrit.core.ids import pseudonymise_case
@@ -40,17 +39,6 @@ def discover_sources(config: BuildConfig) -> list[Source]:
     return open_sources(config.sources, demo_dir=default_demo_dir(), modality=config.modality)
 
 
-def _count_slices(cases: list, config: BuildConfig):
-    reader = NiftiReader()
-    for ref in cases:
-        try:
-            labels = reader.read(ref.label_path, as_labels=True).data
-        except UnreadableImage:
-            yield 1  # keep the case: its reject row is written by its shard
-            continue
-        yield int(select_case_slices(labels, config, None).size) if labels.any() else 1
-
-
 @task(name="plan_build", cache_policy=NO_CACHE)
 def plan_build(sources: list[Source], config: BuildConfig) -> list[tuple[str, list[CaseTask]]]:
     """Case ids, splits, image quotas and shards, deterministic from the case list and config.
@@ -64,7 +52,9 @@ def plan_build(sources: list[Source], config: BuildConfig) -> list[tuple[str, li
     )
     quotas: list[int | None] = [None] * len(refs)
     if config.max_images is not None:
-        taken = allocate_images(_count_slices(refs, config), len(refs), config.max_images)
+        taken = allocate_images(
+            (count_case_images(ref, config) for ref in refs), len(refs), config.max_images
+        )
         quotas = [*taken, *([0] * (len(refs) - len(taken)))]
     cases = [
         CaseTask(ref, cid, split, quota)

@@ -1,0 +1,117 @@
+"""The case model shared by all sources: what discovery lists and what a loader returns.
+
+Discovery (``open_*`` functions) reads only metadata and lists :class:`CaseRef` objects. During a
+shard, the loader named by ``CaseRef.format`` turns one ref into a :class:`LoadedCase`: either a
+canonical RAS+ volume with its label volume (NIfTI, DICOM series) or a list of 2D images already
+in display orientation (single DICOM images, SA-Med2D-20M slices, image folders).
+
+Privacy: a ``CaseRef`` holds file paths and, for DICOM, *pseudonymous* case and patient keys; no
+DICOM attribute value other than whitelisted technical ones (modality, spacing, orientation)
+leaves a loader.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from medgrit.adapters.nifti import Volume
+
+
+class SourceError(Exception):
+    """A source a user must fix; the message is one line that says how."""
+
+
+@dataclass(frozen=True)
+class CaseRef:
+    """One case of a source, as discovered (nothing here is written to the tables).
+
+    Attributes:
+        source: the source spec it came from (``KIND:PATH``).
+        dataset: dataset name (from the source's metadata or folder name).
+        case: the case's name in the source; for DICOM a keyed pseudonym.
+        format: which loader reads it: ``nifti``, ``dicom``, ``samed2d`` or ``images``.
+        image_path: the image file (for a DICOM series, its first file).
+        label_path: the label file (label map, SEG, RTSTRUCT or mask PNG).
+        modality: modality key (``ct``, ``mr``, ``xray``, ...).
+        channel: channel kept from multi-channel images.
+        labels: (label id, readable name) pairs known at discovery.
+        members: further files of the case (the files of a DICOM series, the slices of a 2D
+            case as "image|mask|mask..." strings); loader-specific.
+        patient: the key the train/test split groups by (patient); empty means the case.
+    """
+
+    source: str
+    dataset: str
+    case: str
+    format: str
+    image_path: str
+    label_path: str
+    modality: str
+    channel: int = 0
+    labels: tuple[tuple[int, str], ...] = ()
+    members: tuple[str, ...] = ()
+    patient: str = ""
+
+
+@dataclass(frozen=True)
+class Source:
+    """An opened source: its name, modality, label names and cases in sorted order."""
+
+    spec: str
+    kind: str
+    root: str
+    dataset: str
+    modality: str
+    labels: tuple[tuple[int, str], ...]
+    cases: tuple[CaseRef, ...]
+
+
+@dataclass(frozen=True)
+class PlanarImage:
+    """One 2D image of a case, in display orientation.
+
+    Attributes:
+        slice_index: its index within the case (0 for single images).
+        pixels: (H, W) float intensities, or (H, W) / (H, W, 3) uint8 ready for display.
+        labels: (H, W) unsigned integer label map on the same grid.
+        plane: ``2d`` for projection and photographic images, else the slice plane.
+    """
+
+    slice_index: int
+    pixels: np.ndarray
+    labels: np.ndarray
+    plane: str = "2d"
+
+
+# How a loaded case's intensities map to 8 bits: a CT window in HU, a SUV window, per-volume
+# (or per-image) percentiles, or pixels that are already 8-bit display values.
+INTENSITY_KINDS = ("hu", "suv", "percentile", "display")
+
+
+@dataclass(frozen=True)
+class LoadedCase:
+    """What a loader returns for one case.
+
+    Exactly one of ``volume`` (with ``label_volume``) or ``images`` is set.
+
+    Attributes:
+        modality: modality key (a loader may refine the discovered one, e.g. from DICOM).
+        intensity: one of ``INTENSITY_KINDS``.
+        volume: canonical RAS+ image volume (see ``medgrit.core.slicing``).
+        label_volume: label volume on the same grid.
+        images: 2D images for planar cases.
+        label_names: label names found while loading (SEG segments, RTSTRUCT ROIs); they add
+            to or replace the discovered names.
+        rejects: (reason, detail, slice_index or None) for parts of the case that were
+            dropped while loading (a mask of the wrong size, an unreadable slice).
+    """
+
+    modality: str
+    intensity: str
+    volume: Volume | None = None
+    label_volume: Volume | None = None
+    images: tuple[PlanarImage, ...] = ()
+    label_names: tuple[tuple[int, str], ...] = ()
+    rejects: tuple[tuple[str, str, int | None], ...] = ()
