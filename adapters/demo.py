@@ -23,8 +23,11 @@ from pathlib import Path
 
 import nibabel as nib
 import numpy as np
+from PIL import Image
 
-DEMO_VERSION = "demo-v1"
+from medgrit.core import phantoms
+
+DEMO_VERSION = "demo-v2"
 CT_CASES = 8
 CT_LABELS = {
     "background": 0,
@@ -64,6 +67,8 @@ def ensure_demo_data(root: Path | None = None) -> Path:
     try:
         write_mni152_mr(staging / "Task900_MNI152BrainMR")
         write_ct_phantoms(staging / "Dataset901_SyntheticCTPhantom")
+        write_planar_demos(staging)
+        write_dicom_demos(staging)
         (staging / ".complete").write_text(DEMO_VERSION + "\n")
         if root.exists():
             shutil.rmtree(root)  # an incomplete earlier attempt
@@ -191,3 +196,155 @@ def write_ct_phantoms(folder: Path, cases: int = CT_CASES) -> None:
         "file_ending": ".nii.gz",
     }
     (folder / "dataset.json").write_text(json.dumps(meta, indent=2) + "\n")
+
+
+# 2D demo datasets in the image-folder layout: (folder, modality, phantom, cases, labels).
+PLANAR_DEMOS = (
+    (
+        "SyntheticEndoscopyPhantom",
+        "endoscopy",
+        phantoms.endoscopy_phantom,
+        6,
+        phantoms.ENDOSCOPY_LABELS,
+    ),
+    (
+        "SyntheticDermoscopyPhantom",
+        "dermoscopy",
+        phantoms.dermoscopy_phantom,
+        6,
+        phantoms.DERMOSCOPY_LABELS,
+    ),
+    ("SyntheticFundusPhantom", "fundus", phantoms.fundus_phantom, 4, phantoms.FUNDUS_LABELS),
+)
+
+
+def _write_image_folder(
+    folder: Path,
+    modality: str,
+    labels: dict[int, str],
+    items: list[tuple[str, np.ndarray, np.ndarray]],
+    name: str,
+) -> None:
+    (folder / "images").mkdir(parents=True)
+    (folder / "masks").mkdir()
+    for stem, pixels, label_map in items:
+        Image.fromarray(pixels).save(folder / "images" / f"{stem}.png")
+        Image.fromarray(label_map).save(folder / "masks" / f"{stem}.png")
+    meta = {
+        "name": name,
+        "modality": modality,
+        "masks": "label_map",
+        "labels": {str(k): v for k, v in labels.items()},
+    }
+    (folder / "labels.json").write_text(json.dumps(meta, indent=2) + "\n")
+
+
+def write_planar_demos(root: Path) -> None:
+    """Endoscopy, dermoscopy and fundus demos as RGB PNG folders with label-map masks.
+
+    Besides the synthetic phantoms, ``RetinaPhotograph`` holds scikit-image's real fundus
+    photograph with a rough optic-disc mask (its largest very bright blob).
+    """
+    for folder, modality, make, cases, labels in PLANAR_DEMOS:
+        items = [(f"{modality}_{i:03d}", *make(seed=2000 + i)) for i in range(cases)]
+        _write_image_folder(root / folder, modality, labels, items, folder)
+    from skimage import data
+
+    retina = np.asarray(Image.fromarray(data.retina()).resize((512, 512), Image.BILINEAR))
+    disc = phantoms.optic_disc_mask(retina).astype(np.uint8)
+    _write_image_folder(
+        root / "RetinaPhotograph",
+        "fundus",
+        {1: "optic disc"},
+        [("retina_000", retina, disc)],
+        "RetinaPhotograph",
+    )
+
+
+DICOM_DEMOS = ("SyntheticPETPhantom", "SyntheticChestXrayPhantom", "SyntheticUltrasoundPhantom")
+
+
+def write_dicom_demos(root: Path, cases: int = 3, images: int = 6) -> None:
+    """PET as DICOM series with SEG; chest X-ray (CR, MONOCHROME1) and ultrasound as single DICOM
+    images with PNG label maps and a ``labels.json``. Patient attributes are synthetic."""
+    from medgrit.adapters.dicom_writer import (
+        write_mask_png,
+        write_seg,
+        write_series,
+        write_single_image,
+    )
+
+    pet = root / "SyntheticPETPhantom"
+    for i in range(cases):
+        suv, labels = phantoms.pet_phantom(seed=3000 + i)
+        patient = {"PatientName": f"Synthetic^PET{i:03d}", "PatientID": f"SYNTH-PET-{i:03d}"}
+        files = write_series(
+            suv,
+            (4.0, 4.0, 4.0),
+            pet / f"case_{i:03d}",
+            modality="PT",
+            patient=patient,
+            pet_suv={
+                "weight_kg": 72.0,
+                "dose_bq": 3.5e8,
+                "injection_time": "093000",
+                "series_time": "103000",
+            },
+            seed=f"demo-pet-{i}",
+        )
+        write_seg(
+            labels,
+            phantoms.PET_LABELS,
+            files,
+            pet / f"case_{i:03d}" / "seg.dcm",
+            seed=f"demo-pet-seg-{i}",
+        )
+
+    planar = (
+        (
+            "SyntheticChestXrayPhantom",
+            "CR",
+            "MONOCHROME1",
+            phantoms.chest_xray_phantom,
+            phantoms.XRAY_LABELS,
+        ),
+        (
+            "SyntheticUltrasoundPhantom",
+            "US",
+            "MONOCHROME2",
+            phantoms.ultrasound_phantom,
+            phantoms.ULTRASOUND_LABELS,
+        ),
+    )
+    for folder, modality, photometric, make, names in planar:
+        (root / folder).mkdir(parents=True)
+        for i in range(images):
+            pixels, labels = make(seed=4000 + i)
+            stem = f"{modality.lower()}_{i:03d}"
+            patient = {
+                "PatientName": f"Synthetic^{modality}{i:03d}",
+                "PatientID": f"SYNTH-{modality}-{i:03d}",
+            }
+            write_single_image(
+                pixels,
+                root / folder / f"{stem}.dcm",
+                modality=modality,
+                photometric=photometric,
+                patient=patient,
+                seed=f"demo-{stem}",
+            )
+            write_mask_png(labels, root / folder / f"{stem}_mask.png")
+        labels_json = {str(k): v for k, v in names.items()}
+        (root / folder / "labels.json").write_text(json.dumps(labels_json, indent=2) + "\n")
+
+
+def demo_source_specs(root: Path) -> list[str]:
+    """The source specs of the demo written under ``root`` (see :func:`ensure_demo_data`)."""
+    specs = [
+        f"msd:{root / 'Task900_MNI152BrainMR'}",
+        f"nnunet:{root / 'Dataset901_SyntheticCTPhantom'}",
+    ]
+    specs += [f"dicom:{root / folder}" for folder in DICOM_DEMOS]
+    specs += [f"images:{root / folder}" for folder, *_ in PLANAR_DEMOS]
+    specs.append(f"images:{root / 'RetinaPhotograph'}")
+    return specs

@@ -267,7 +267,7 @@ class ShardBuilder:
                 rows,
                 "regions",
                 "unknown_label",
-                f"label value {int(label_id)} is not in dataset.json",
+                f"label value {int(label_id)} has no name in the source",
                 source,
                 task,
                 image_id,

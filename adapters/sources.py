@@ -77,12 +77,13 @@ def _load_json(path: Path) -> dict:
 
 
 def _modality(channels: object, path: Path, key: str, override: str | None) -> str:
-    if override:
-        return override
+    """The modality the metadata names; ``override`` fills in only where it names none."""
     if not isinstance(channels, dict) or not channels:
+        if override:
+            return override
         raise SourceError(f"malformed dataset.json at {path}: '{key}' must map channel -> name")
     first = str(channels.get("0", next(iter(channels.values()))))
-    modality = modality_from_channel(first)
+    modality = modality_from_channel(first) or override
     if modality is None:
         raise SourceError(
             f"cannot tell the modality of channel {first!r} in {path}; pass --modality ct|mr|pet"
@@ -184,10 +185,41 @@ def open_msd(spec: str, root: Path, modality: str | None = None) -> Source:
     return Source(spec, "msd", str(root), dataset, mod, labels, tuple(cases))
 
 
+def _demo_sources(root: Path, key: bytes) -> list[Source]:
+    from medgrit.adapters.demo import demo_source_specs, ensure_demo_data
+
+    ensure_demo_data(root)
+    return [_open_one(spec, None, key) for spec in demo_source_specs(root)]
+
+
+def _open_one(spec: str, modality: str | None, key: bytes) -> Source:
+    kind, path = parse_source_spec(spec)
+    if kind not in SOURCE_OPENERS:
+        kinds = ", ".join(f"{k}:PATH" for k in SOURCE_OPENERS)
+        raise SourceError(f"unknown source kind {kind!r} in {spec!r}; use {kinds} or demo")
+    if not path:
+        raise SourceError(f"source {spec!r} needs a path: {kind}:PATH")
+    root = Path(path).expanduser()
+    if not root.exists():
+        raise SourceError(f"source path does not exist: {root}")
+    if not root.is_dir():
+        raise SourceError(f"source path is not a folder: {root}")
+    return SOURCE_OPENERS[kind](spec, root.resolve(), modality, key)
+
+
 def open_sources(
-    specs: list[str], demo_dir: Path | None = None, modality: str | None = None
+    specs: list[str],
+    demo_dir: Path | None = None,
+    modality: str | None = None,
+    key: bytes = b"",
 ) -> list[Source]:
     """Open every source spec, in order (``demo`` expands to the bundled demo sources).
+
+    Args:
+        specs: ``KIND:PATH`` strings, or ``demo`` / ``demo:PATH``.
+        demo_dir: where the demo lives (default: the user cache).
+        modality: modality for sources whose metadata does not say.
+        key: pseudonymisation key for sources that hash identifiers while listing (DICOM).
 
     Raises:
         SourceError: on the first source a user must fix.
@@ -196,32 +228,12 @@ def open_sources(
     for spec in specs:
         kind, path = parse_source_spec(spec)
         if kind == "demo":
-            from medgrit.adapters.demo import ensure_demo_data
+            from medgrit.adapters.demo import default_demo_dir
 
-            root = ensure_demo_data(Path(path) if path else demo_dir)
-            out.append(
-                open_msd(f"msd:{root / 'Task900_MNI152BrainMR'}", root / "Task900_MNI152BrainMR")
-            )
-            out.append(
-                open_nnunet(
-                    f"nnunet:{root / 'Dataset901_SyntheticCTPhantom'}",
-                    root / "Dataset901_SyntheticCTPhantom",
-                )
-            )
-            continue
-        if kind not in ("nnunet", "msd"):
-            raise SourceError(
-                f"unknown source kind {kind!r} in {spec!r}; use nnunet:PATH, msd:PATH or demo"
-            )
-        if not path:
-            raise SourceError(f"source {spec!r} needs a path: {kind}:PATH")
-        root = Path(path).expanduser()
-        if not root.exists():
-            raise SourceError(f"source path does not exist: {root}")
-        if not root.is_dir():
-            raise SourceError(f"source path is not a folder: {root}")
-        opener = open_nnunet if kind == "nnunet" else open_msd
-        out.append(opener(spec, root.resolve(), modality))
+            root = Path(path) if path else (demo_dir or default_demo_dir())
+            out.extend(_demo_sources(root, key))
+        else:
+            out.append(_open_one(spec, modality, key))
     return out
 
 
@@ -238,8 +250,45 @@ def load_nifti_case(ref: CaseRef) -> LoadedCase:
     return LoadedCase(ref.modality, intensity, volume=image, label_volume=labels)
 
 
+def _open_dicom(spec: str, root: Path, modality: str | None, key: bytes) -> Source:
+    from medgrit.adapters.dicom import open_dicom
+
+    return open_dicom(spec, root, key, modality)
+
+
+def _open_samed2d(spec: str, root: Path, modality: str | None, key: bytes) -> Source:
+    from medgrit.adapters.samed2d import open_samed2d
+
+    return open_samed2d(spec, root, modality)
+
+
+def _open_images(spec: str, root: Path, modality: str | None, key: bytes) -> Source:
+    from medgrit.adapters.image_folder import open_image_folder
+
+    return open_image_folder(spec, root, modality)
+
+
+SOURCE_OPENERS: dict[str, Callable[[str, Path, str | None, bytes], Source]] = {
+    "nnunet": lambda spec, root, modality, key: open_nnunet(spec, root, modality),
+    "msd": lambda spec, root, modality, key: open_msd(spec, root, modality),
+    "dicom": _open_dicom,
+    "samed2d": _open_samed2d,
+    "images": _open_images,
+}
+
+
 def _loaders() -> dict[str, Callable[[CaseRef], LoadedCase]]:
-    return {"nifti": load_nifti_case}
+    # Imported on use: each format's dependencies load only when a case of it is read.
+    from medgrit.adapters.dicom import load_dicom_case
+    from medgrit.adapters.image_folder import load_image_folder_case
+    from medgrit.adapters.samed2d import load_samed2d_case
+
+    return {
+        "nifti": load_nifti_case,
+        "dicom": load_dicom_case,
+        "samed2d": load_samed2d_case,
+        "images": load_image_folder_case,
+    }
 
 
 def load_case(ref: CaseRef) -> LoadedCase:
@@ -248,4 +297,6 @@ def load_case(ref: CaseRef) -> LoadedCase:
     Raises:
         UnreadableImage: when the case cannot be read (the pipeline makes it a reject row).
     """
+    if ref.format == "nifti":
+        return load_nifti_case(ref)
     return _loaders()[ref.format](ref)

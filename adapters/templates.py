@@ -39,6 +39,19 @@ def with_article(phrase: str) -> str:
     return f"{'an' if vowel_sound else 'a'} {phrase}"
 
 
+def view_variables(modality: str, plane: str) -> dict[str, str]:
+    """Template variables that name the kind of image (``2d`` images have no plane words)."""
+    name = MODALITY_NAMES[modality]
+    if plane == "2d":
+        return {"modality": name, "view": name, "frame": "image", "plane_phrase": ""}
+    return {
+        "modality": name,
+        "view": f"{plane} {name}",
+        "frame": "slice",
+        "plane_phrase": f" in the {plane} plane",
+    }
+
+
 def render_phrasings(env: jinja2.Environment, task: str, **variables: object) -> tuple[list, list]:
     """All question and answer phrasings of ``task`` for the given variables."""
     module = env.get_template(TEMPLATE_FILES[task]).make_module(vars=variables)
@@ -82,8 +95,7 @@ class TemplateGenerator:
             "label": "x",
             "boxes": ["b"],
             "box": "b",
-            "modality": "m",
-            "plane": "p",
+            **view_variables("ct", "axial"),
             "position": "center",
             "size": "small",
             "side": None,
@@ -106,7 +118,7 @@ class TemplateGenerator:
     def render_turn(self, image: ImageFacts, plan: TurnPlan, by_id: dict[str, RegionFacts]) -> QA:
         """Render one planned turn to a question and an answer."""
         refs = [by_id[rid] for rid in plan.region_ids]
-        common = {"modality": MODALITY_NAMES[image.modality], "plane": image.plane}
+        common = view_variables(image.modality, image.plane)
         if plan.task == "MIA":
             listed = [
                 {

@@ -108,7 +108,15 @@ def build(
         str | None, typer.Option(help="MR/PET intensity percentiles LOW,HIGH (default 0.5,99.5).")
     ] = None,
     modality: Annotated[
-        str | None, typer.Option(help="Modality (ct, mr, pet) when dataset.json does not say.")
+        str | None,
+        typer.Option(help="Modality key (ct, mr, xray, pet, ...) when the source does not say."),
+    ] = None,
+    key_file: Annotated[
+        Path | None,
+        typer.Option(
+            help="Pseudonymisation key file, outside --out "
+            "(default $MEDGRIT_KEY_FILE or ~/.config/medgrit/pseudonym.key)."
+        ),
     ] = None,
     test_fraction: Annotated[float, typer.Option(help="Share of cases held out as test.")] = 0.11,
     cases_per_shard: Annotated[int, typer.Option(help="Cases per shard.")] = 4,
@@ -130,6 +138,7 @@ def build(
         "max_slices_per_case": max_slices_per_case,
         "min_area": min_area,
         "modality": modality,
+        "key_file": str(key_file) if key_file else None,
         "test_fraction": test_fraction,
         "cases_per_shard": cases_per_shard,
         "workers": workers,
@@ -142,10 +151,18 @@ def build(
         config = BuildConfig(**fields)
     except ValidationError as exc:
         _config_error(exc)
+    from medgrit.adapters.keys import default_key_file, is_inside, load_or_create_key
+
+    key_path = Path(config.key_file).expanduser() if config.key_file else default_key_file()
+    if is_inside(key_path, out):
+        fail(f"the pseudonymisation key {key_path} must be kept outside --out {out}")
     try:
-        opened = open_sources(config.sources, modality=config.modality)
+        key = load_or_create_key(key_path)
+        opened = open_sources(config.sources, modality=config.modality, key=key)
     except SourceError as exc:
         fail(str(exc))
+    except (OSError, ValueError) as exc:
+        fail(f"cannot use the pseudonymisation key {key_path}: {exc}")
     if not any(s.cases for s in opened):
         fail("the sources hold no cases (no label files found)")
     if out.exists() and not out.is_dir():
@@ -224,6 +241,20 @@ def validate(out: Annotated[Path, typer.Argument(help="Dataset directory.")]) ->
         typer.echo(f"{len(problems)} problem(s) found", err=True)
         raise typer.Exit(1)
     typer.echo(f"{out}: valid")
+
+
+@app.command("demo-data")
+def demo_data(
+    out: Annotated[Path, typer.Argument(help="Folder to write the demo sources into.")],
+) -> None:
+    """Write the demo sources (all eight modalities, in their native layouts) to a folder."""
+    from medgrit.adapters.demo import demo_source_specs, ensure_demo_data
+
+    if out.exists() and any(out.iterdir()) and not (out / ".complete").is_file():
+        fail(f"{out} is not empty; choose a new folder")
+    root = ensure_demo_data(out)
+    typer.echo(f"demo sources written to {root.resolve()}; build them with:")
+    typer.echo("  medgrit build " + " ".join(demo_source_specs(root)) + " --out DIR")
 
 
 def main() -> None:

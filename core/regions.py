@@ -89,7 +89,8 @@ def extract_regions(label_map: np.ndarray, min_area: int = 1) -> Extraction:
         if labels.size and labels.min() < 0:
             raise ValueError("label map holds negative values")
         labels = labels.astype(np.uint32 if labels.max(initial=0) > 65535 else np.uint16)
-    labels = np.ascontiguousarray(labels)
+    # cc3d wants a writable C-contiguous buffer (decoded images are often read-only views).
+    labels = np.require(labels, requirements=["C", "W"])
 
     components, n = cc3d.connected_components(labels, connectivity=8, return_N=True)
     if n == 0:

@@ -17,7 +17,7 @@ MODALITY_NAMES: dict[str, str] = {
     "pet": "PET",
     "endoscopy": "endoscopy",
     "dermoscopy": "dermoscopy",
-    "fundus": "fundus photograph",
+    "fundus": "fundus",
     "ultrasound": "ultrasound",
 }
 MODALITIES: tuple[str, ...] = tuple(MODALITY_NAMES)

@@ -57,6 +57,18 @@ def _content_config(config: dict) -> dict:
     return {k: v for k, v in config.items() if k not in ("out", "workers")}
 
 
+def _datasets_of(source) -> dict:
+    """Per dataset of a source: case count, modalities and label names known at discovery."""
+    out: dict[str, dict] = {}
+    for case in source.cases:
+        entry = out.setdefault(case.dataset, {"cases": 0, "modalities": [], "labels": {}})
+        entry["cases"] += 1
+        if case.modality not in entry["modalities"]:
+            entry["modalities"].append(case.modality)
+        entry["labels"].update({str(i): n for i, n in case.labels})
+    return out
+
+
 def _new_manifest(
     config: BuildConfig, sources: list, plan: list, generator: TemplateGenerator
 ) -> dict:
@@ -70,8 +82,8 @@ def _new_manifest(
                 "kind": s.kind,
                 "dataset": s.dataset,
                 "modality": s.modality,
-                "labels": {str(i): n for i, n in s.labels},
                 "cases": len(s.cases),
+                "datasets": _datasets_of(s),
             }
             for s in sources
         ],

@@ -9,7 +9,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-SOURCE_KINDS: tuple[str, ...] = ("nnunet", "msd", "demo")
+SOURCE_KINDS: tuple[str, ...] = ("nnunet", "msd", "dicom", "samed2d", "images", "demo")
+Modality = Literal["ct", "mr", "xray", "pet", "endoscopy", "dermoscopy", "fundus", "ultrasound"]
 
 
 class BuildConfig(BaseModel):
@@ -42,14 +43,19 @@ class BuildConfig(BaseModel):
         (0.5, 99.5), description="Intensity percentiles mapped to 0 and 255 for MR and PET."
     )
     pet_suv_window: tuple[float, float] = Field(
-        (0.0, 10.0), description="SUV range mapped to 0 and 255 for PET with SUV tags."
+        (0.0, 6.0), description="SUV range mapped to 0 and 255 for PET with SUV tags."
     )
     test_fraction: float = Field(0.11, ge=0.0, lt=1.0, description="Share of cases held out.")
     split_seed: int = Field(0, description="Seed of the case-level train/test split.")
     cases_per_shard: int = Field(4, ge=1, description="Cases per shard (one Prefect task each).")
     max_region_turns: int = Field(3, ge=0, description="Region-level turns per conversation.")
-    modality: Literal["ct", "mr", "pet"] | None = Field(
-        None, description="Modality of every source, when dataset.json does not tell."
+    modality: Modality | None = Field(
+        None, description="Modality of every source, when its metadata does not tell."
+    )
+    key_file: str | None = Field(
+        None,
+        description="Pseudonymisation key file, kept outside the dataset directory "
+        "(default: $MEDGRIT_KEY_FILE or ~/.config/medgrit/pseudonym.key).",
     )
     generator: Literal["template"] = "template"
     workers: int = Field(2, ge=1, description="Shards processed at once.")

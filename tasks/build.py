@@ -12,6 +12,7 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from medgrit.adapters.demo import default_demo_dir
+from medgrit.adapters.keys import load_or_create_key
 from medgrit.adapters.parquet import ParquetShardWriter
 from medgrit.adapters.pipeline import CaseTask, ShardBuilder, count_case_images
 from medgrit.adapters.sources import Source, open_sources
@@ -35,8 +36,18 @@ def _retry_on_os_error(task, task_run, state) -> bool:
 
 @task(name="discover_sources", cache_policy=NO_CACHE)
 def discover_sources(config: BuildConfig) -> list[Source]:
-    """Open every source of the config and list its cases (reads only dataset.json files)."""
-    return open_sources(config.sources, demo_dir=default_demo_dir(), modality=config.modality)
+    """Open every source of the config and list its cases (reads metadata, not images)."""
+    return open_sources(
+        config.sources,
+        demo_dir=default_demo_dir(),
+        modality=config.modality,
+        key=build_key(config),
+    )
+
+
+def build_key(config: BuildConfig) -> bytes:
+    """The pseudonymisation key of a build (created on first use; never written to OUT)."""
+    return load_or_create_key(Path(config.key_file) if config.key_file else None)
 
 
 @task(name="plan_build", cache_policy=NO_CACHE)
@@ -45,11 +56,27 @@ def plan_build(sources: list[Source], config: BuildConfig) -> list[tuple[str, li
 
     With ``max_images`` the label maps of the first cases are read to spread the cap.
     """
+    key = build_key(config)
     refs = [ref for source in sources for ref in source.cases]
-    case_ids = [pseudonymise_case(ref.dataset, ref.case) for ref in refs]
-    splits = assign_splits(
-        case_ids, [ref.dataset for ref in refs], config.test_fraction, config.split_seed
+    case_ids = [pseudonymise_case(ref.dataset, ref.case, key) for ref in refs]
+    # Split by patient: all cases of one patient land on the same side.
+    patients = [
+        (ref.dataset, pseudonymise_case(ref.dataset, ref.patient or ref.case, key)) for ref in refs
+    ]
+    unique = sorted(set(patients))
+    patient_split = dict(
+        zip(
+            unique,
+            assign_splits(
+                [p for _, p in unique],
+                [d for d, _ in unique],
+                config.test_fraction,
+                config.split_seed,
+            ),
+            strict=True,
+        )
     )
+    splits = [patient_split[p] for p in patients]
     quotas: list[int | None] = [None] * len(refs)
     if config.max_images is not None:
         taken = allocate_images(

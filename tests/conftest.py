@@ -27,6 +27,14 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.fixture(scope="session", autouse=True)
+def pseudonym_key(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A pseudonymisation key for the session, outside every dataset directory."""
+    path = tmp_path_factory.mktemp("key") / "pseudonym.key"
+    os.environ["MEDGRIT_KEY_FILE"] = str(path)
+    return path
+
+
 @pytest.fixture(scope="session")
 def demo_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The bundled demo sources, written once per session."""

@@ -325,3 +325,11 @@ def test_bbox_1000_is_in_range_and_monotone(data, width, height):
     # A larger pixel coordinate never maps to a smaller text coordinate.
     bigger = to_bbox_1000(np.minimum(box + 1, [width, height, width, height]), width, height)
     assert (bigger >= out).all()
+
+
+def test_read_only_maps_are_accepted() -> None:
+    label_map = np.zeros((6, 6), np.uint8)
+    label_map[1:3, 2:5] = 4
+    label_map.flags.writeable = False
+    table = extract_regions(label_map).regions
+    assert table.bbox.tolist() == [[2, 1, 5, 3]]

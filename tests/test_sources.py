@@ -116,8 +116,23 @@ def test_open_sources_user_errors(tmp_path: Path) -> None:
         open_sources([f"msd:{tmp_path}"])
 
 
-def test_demo_expands_to_real_mr_and_ct_phantom(demo_dir: Path) -> None:
+def test_demo_expands_to_all_eight_modalities(demo_dir: Path) -> None:
     sources = open_sources(["demo"], demo_dir=demo_dir)
-    assert [(s.kind, s.modality) for s in sources] == [("msd", "mr"), ("nnunet", "ct")]
+    assert [(s.kind, s.modality) for s in sources[:2]] == [("msd", "mr"), ("nnunet", "ct")]
+    modalities = {case.modality for s in sources for case in s.cases}
+    assert modalities == {
+        "ct",
+        "mr",
+        "xray",
+        "pet",
+        "endoscopy",
+        "dermoscopy",
+        "fundus",
+        "ultrasound",
+    }
     ct_labels = {name for _, name in sources[1].labels}
     assert {"body", "lungs", "liver", "spleen", "left kidney", "right kidney", "spine"} == ct_labels
+    synthetic = {
+        s.dataset for s in sources if s.dataset not in ("MNI152BrainMR", "RetinaPhotograph")
+    }
+    assert all("Synthetic" in name for name in synthetic)

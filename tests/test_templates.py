@@ -13,6 +13,7 @@ from medgrit.adapters.templates import (
     TemplateGenerator,
     make_environment,
     render_phrasings,
+    view_variables,
     with_article,
 )
 from medgrit.core.generation import ImageFacts, RegionFacts
@@ -35,7 +36,7 @@ def env() -> jinja2.Environment:
 
 def test_vg_golden_render(env):
     questions, answers = render_phrasings(
-        env, "VG", label="liver", boxes=[LIVER_BOX, SECOND_BOX], modality="CT", plane="axial"
+        env, "VG", label="liver", boxes=[LIVER_BOX, SECOND_BOX], **view_variables("ct", "axial")
     )
 
     assert len(questions) == 5
@@ -52,14 +53,14 @@ def test_vg_golden_render(env):
 
 def test_roc_golden_render(env):
     questions, answers = render_phrasings(
-        env, "ROC", label="spleen", box=LIVER_BOX, modality="MRI", plane="coronal"
+        env, "ROC", label="spleen", box=LIVER_BOX, **view_variables("mr", "coronal")
     )
 
     assert questions == [
         "What is the structure in <box>(100,200),(450,600)</box>?",
         "Which organ or tissue does the region <box>(100,200),(450,600)</box> show?",
         "Identify the object inside <box>(100,200),(450,600)</box> in this MRI image.",
-        "What is shown at <box>(100,200),(450,600)</box> in this coronal slice?",
+        "What is shown at <box>(100,200),(450,600)</box> in this coronal MRI slice?",
     ]
     assert answers == [
         "<ref>spleen</ref><box>(100,200),(450,600)</box>",
@@ -74,8 +75,7 @@ def test_rc_golden_render_with_patient_side(env):
         "RC",
         label="left kidney",
         box=KIDNEY_BOX,
-        modality="CT",
-        plane="axial",
+        **view_variables("ct", "axial"),
         position="middle right",
         size="small",
         side="left",
@@ -88,7 +88,7 @@ def test_rc_golden_render_with_patient_side(env):
     )
     assert answers[2] == (
         "The left kidney, on the patient's left side: a small structure in the middle right "
-        "of the CT image (axial plane)."
+        "of the CT image in the axial plane."
     )
 
 
@@ -98,8 +98,7 @@ def test_rc_golden_render_without_side(env):
         "RC",
         label="liver",
         box=LIVER_BOX,
-        modality="MRI",
-        plane="coronal",
+        **view_variables("mr", "coronal"),
         position="upper left",
         size="large",
         side=None,
@@ -109,7 +108,7 @@ def test_rc_golden_render_without_side(env):
         "This large region is the liver, in the upper left part of this coronal MRI image.",
         "In this coronal MRI slice, <box>(100,200),(450,600)</box> contains the liver; "
         "it is large in size and lies in the upper left of the image.",
-        "The liver: a large structure in the upper left of the MRI image (coronal plane).",
+        "The liver: a large structure in the upper left of the MRI image in the coronal plane.",
     ]
 
 
@@ -119,7 +118,9 @@ def test_mia_golden_render(env):
         {"label": "left kidney", "box": KIDNEY_BOX, "position": "middle right", "size": "small"},
     ]
 
-    questions, answers = render_phrasings(env, "MIA", modality="CT", plane="axial", regions=regions)
+    questions, answers = render_phrasings(
+        env, "MIA", **view_variables("ct", "axial"), regions=regions
+    )
 
     assert questions[0] == "Describe this medical image."
     assert answers[0] == (
@@ -135,7 +136,7 @@ def test_mia_golden_render(env):
 
 
 def test_mia_article_follows_the_modality(env):
-    _, answers = render_phrasings(env, "MIA", modality="MRI", plane="sagittal", regions=[])
+    _, answers = render_phrasings(env, "MIA", **view_variables("mr", "sagittal"), regions=[])
 
     assert answers[0].startswith("This is a sagittal MRI image.")
     assert answers[1].startswith("An MRI image in the sagittal plane")
@@ -310,3 +311,29 @@ def test_template_hash_is_stable_and_covers_every_template():
     assert a.template_hash == b.template_hash
     assert len(a.template_hash) == 64
     assert sorted(a.template_hashes) == sorted(TEMPLATE_FILES.values())
+
+
+def test_2d_images_are_described_without_plane_words() -> None:
+    env = make_environment()
+    regions = [{"label": "polyp", "box": LIVER_BOX, "position": "upper right", "size": "small"}]
+    _, answers = render_phrasings(env, "MIA", **view_variables("endoscopy", "2d"), regions=regions)
+    assert answers[0] == (
+        "This is an endoscopy image. Visible structures: "
+        "the <ref>polyp</ref><box>(100,200),(450,600)</box> (small, upper right)."
+    )
+    assert answers[2].startswith("The image is an endoscopy image.")
+    questions, answers = render_phrasings(
+        env,
+        "RC",
+        label="left lung",
+        box=LIVER_BOX,
+        **view_variables("xray", "2d"),
+        position="middle right",
+        size="large",
+        side="left",
+    )
+    assert answers[2] == (
+        "The left lung, on the patient's left side: a large structure in the middle right of "
+        "the X-ray image."
+    )
+    assert not any("2d" in text or "slice" in text for text in questions + answers)

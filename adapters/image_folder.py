@@ -1,0 +1,487 @@
+"""Image folders: 2D photographs or scans with masks, described by a small ``labels.json``.
+
+Layout of an ``images:PATH`` source (Kvasir-SEG, ISIC, BUSI and the like, once arranged so)::
+
+    PATH/labels.json
+    PATH/images/{stem}.{png,jpg,jpeg,tif,tiff,bmp}
+    PATH/masks/{stem}.png                      "masks": "label_map"
+    PATH/masks/{stem}_{label}.png              "masks": "per_class" (one binary mask per label)
+
+``labels.json``::
+
+    {"modality": "endoscopy", "labels": {"1": "polyp"}, "masks": "per_class",
+     "cases": "stem", "name": "Kvasir-SEG"}
+
+- ``modality`` (a key of ``medgrit.core.text.MODALITIES``): required unless ``--modality`` is
+  given; when both are given, ``labels.json`` wins (the flag is for sources that do not say).
+- ``labels``: label id (integer > 0, as a string key) -> name; names go through
+  ``readable_label_name``.
+- ``masks``: ``label_map`` or ``per_class`` (required).
+  - ``label_map``: ``masks/{stem}.{png,tif,tiff,bmp}`` holds label ids (palette PNGs: the palette
+    index). When ``labels`` declares a single label, a mask with one non-zero value (0/255 or
+    0/1 binary masks) maps that value to the label. A JPEG mask is lossy: it is accepted only
+    with a single label and is thresholded at 128.
+  - ``per_class``: ``masks/{stem}_{label}.{ext}``, ``label`` being the name as written in
+    ``labels`` or its id; binary masks: lossless ones are foreground where > 0, JPEG ones where
+    >= 128 (colour masks: the brightest channel). Where masks overlap the higher label id wins.
+- ``cases`` (optional): ``stem`` (default: each image is its own case) or a regular expression
+  with one group, searched in each stem, whose match is the case (patient): the images of one
+  case share its train/test split.
+- ``name`` (optional): the dataset name (default: the folder name).
+
+Files in ``images/`` with other suffixes, hidden files and subfolders are not part of the source.
+
+Loaded images (``PlanarImage``, plane ``2d``, in the orientation stored, rows top to bottom):
+``pixels`` is (H, W) uint8 grey or (H, W, 3) uint8 RGB with intensity ``display`` (RGBA / LA
+lose alpha; palette, CMYK and other modes become RGB). 16-bit, 32-bit and float grey images
+become (H, W) float32 and the case's intensity is ``percentile``; since the intensity is per
+case, the 8-bit images of such a case are then float32 too. ``labels`` is an (H, W) uint8 (or
+wider when ids need it) label map on the same grid. ``slice_index`` is the image's position in
+its case, images sorted by stem.
+
+Rejects (``LoadedCase.rejects``, one per image): ``mask_missing`` (no mask for the image),
+``mask_shape_mismatch`` (mask size differs from the image's), ``mask_unreadable``,
+``image_unreadable`` and ``file_missing``. Problems a user must fix (no ``labels.json``, an
+unknown modality, malformed JSON, a bad ``cases`` pattern) raise ``SourceError``.
+
+The PIL readers here (``read_planar_image``, ``read_mask``) are shared with the SA-Med2D-20M
+loader.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import struct
+import zlib
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from medgrit.adapters.cases import CaseRef, LoadedCase, PlanarImage, Source, SourceError
+from medgrit.adapters.nifti import UnreadableImage
+from medgrit.core.text import MODALITIES, readable_label_name
+
+__all__ = [
+    "IMAGE_SUFFIXES",
+    "LABELS_JSON",
+    "load_image_folder_case",
+    "open_image_folder",
+    "read_mask",
+    "read_planar_image",
+]
+
+LABELS_JSON = "labels.json"
+IMAGE_SUFFIXES: tuple[str, ...] = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
+LOSSY_SUFFIXES: tuple[str, ...] = (".jpg", ".jpeg")
+MASK_MODES: tuple[str, ...] = ("label_map", "per_class")
+# A label-map entry of a member string; per-class entries carry the label id instead.
+LABEL_MAP_KEY = "map"
+JPEG_THRESHOLD = 128
+
+# What Pillow raises on truncated, corrupt or hostile files.
+_PIL_ERRORS = (
+    OSError,
+    ValueError,
+    SyntaxError,
+    EOFError,
+    struct.error,
+    zlib.error,
+    Image.DecompressionBombError,
+)
+_HIGH_DEPTH_GREY = ("I;16", "I;16B", "I;16L", "I;16N", "I", "F")
+
+
+# --------------------------------------------------------------------------- reading pixels
+
+
+def read_planar_image(path: str | Path) -> np.ndarray:
+    """Read one 2D image file.
+
+    Returns:
+        (H, W) uint8 grey, (H, W, 3) uint8 RGB, or (H, W) float32 for 16-bit, 32-bit and float
+        grey images.
+
+    Raises:
+        UnreadableImage: ``file_missing``, or ``image_unreadable`` (corrupt, truncated,
+            multi-frame).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise UnreadableImage("file_missing", f"no such file: {path.name}")
+    try:
+        with Image.open(path) as image:
+            frames = getattr(image, "n_frames", 1)
+            if frames > 1:
+                raise UnreadableImage(
+                    "image_unreadable", f"{path.name} has {frames} frames; expected one 2D image"
+                )
+            image.load()
+            mode = image.mode
+            if mode in ("L", "RGB"):
+                return np.asarray(image)
+            if mode in ("1", "LA"):
+                return np.asarray(image.convert("L"))
+            if mode in _HIGH_DEPTH_GREY:
+                return np.asarray(image).astype(np.float32)
+            return np.asarray(image.convert("RGB"))
+    except _PIL_ERRORS as exc:
+        raise UnreadableImage("image_unreadable", f"{path.name}: {exc}") from exc
+
+
+def read_mask(path: str | Path, binary: bool) -> np.ndarray:
+    """Read one mask file as an (H, W) integer array.
+
+    Palette images give their palette index; grey images their value. Colour masks: for a
+    ``binary`` mask the brightest channel, else the common value of equal channels.
+
+    Raises:
+        UnreadableImage: ``mask_missing`` or ``mask_unreadable``.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise UnreadableImage("mask_missing", f"no such mask file: {path.name}")
+    try:
+        with Image.open(path) as image:
+            image.load()
+            mode = image.mode
+            if mode == "1":
+                return np.asarray(image).astype(np.uint8)
+            if mode in ("RGB", "RGBA", "LA", "RGBX", "CMYK", "YCbCr", "PA"):
+                image = image.convert("RGB") if mode in ("CMYK", "YCbCr", "PA") else image
+                values = np.asarray(image)
+                colour = values[..., : 1 if mode == "LA" else 3]
+                if binary:
+                    return colour.max(axis=-1)
+                if (colour == colour[..., :1]).all():
+                    return np.ascontiguousarray(colour[..., 0])
+                raise UnreadableImage(
+                    "mask_unreadable",
+                    f"{path.name} is a colour image; save label maps as single-channel images",
+                )
+            values = np.asarray(image)
+    except _PIL_ERRORS as exc:
+        raise UnreadableImage("mask_unreadable", f"{path.name}: {exc}") from exc
+    if values.dtype.kind == "f":
+        if binary:
+            return (values > 0).astype(np.uint8)
+        if not np.all(np.isfinite(values)) or not np.array_equal(values, np.rint(values)):
+            raise UnreadableImage("mask_unreadable", f"{path.name} holds non-integer labels")
+        values = values.astype(np.int64)
+    if values.size and values.min() < 0:
+        raise UnreadableImage("mask_unreadable", f"{path.name} holds negative values")
+    return values
+
+
+def foreground(mask: np.ndarray, path: str | Path) -> np.ndarray:
+    """Boolean foreground of a binary mask: > 0, or >= 128 for lossy JPEG files."""
+    if str(path).lower().endswith(LOSSY_SUFFIXES):
+        return mask >= JPEG_THRESHOLD
+    return mask > 0
+
+
+def label_dtype(max_label: int) -> type[np.unsignedinteger]:
+    """The smallest unsigned dtype holding label ids up to ``max_label``."""
+    for dtype in (np.uint8, np.uint16, np.uint32):
+        if max_label <= np.iinfo(dtype).max:
+            return dtype
+    raise ValueError(f"label id {max_label} is too large")
+
+
+# --------------------------------------------------------------------------- discovery
+
+
+def _config_error(path: Path, problem: str) -> SourceError:
+    return SourceError(f"{path}: {problem}")
+
+
+def _read_labels_json(root: Path) -> tuple[Path, dict]:
+    path = root / LABELS_JSON
+    if not path.is_file():
+        raise SourceError(
+            f"no {LABELS_JSON} in {root}: add one like "
+            '{"modality": "endoscopy", "labels": {"1": "polyp"}, "masks": "label_map"}'
+        )
+    try:
+        meta = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise _config_error(path, f"malformed JSON: {exc.msg} (line {exc.lineno})") from None
+    except UnicodeDecodeError as exc:
+        raise _config_error(path, f"not UTF-8 text: {exc.reason}") from None
+    if not isinstance(meta, dict):
+        raise _config_error(path, "expected a JSON object")
+    return path, meta
+
+
+def _modality(meta: dict, path: Path, override: str | None) -> str:
+    value = meta.get("modality")
+    if value is None:
+        if override is None:
+            keys = ", ".join(MODALITIES)
+            raise _config_error(path, f'add "modality" (one of {keys}) or pass --modality')
+        value = override
+    if value not in MODALITIES:
+        raise _config_error(
+            path, f"modality {value!r} is not one of {', '.join(MODALITIES)}; fix it"
+        )
+    return str(value)
+
+
+def _labels(meta: dict, path: Path) -> dict[int, str]:
+    raw = meta.get("labels")
+    if not isinstance(raw, dict) or not raw:
+        raise _config_error(path, '"labels" must map label id -> name, e.g. {"1": "polyp"}')
+    labels: dict[int, str] = {}
+    for key, name in raw.items():
+        try:
+            label_id = int(key)
+        except ValueError:
+            raise _config_error(path, f"label id {key!r} is not an integer") from None
+        if label_id < 0 or label_id > np.iinfo(np.uint32).max:
+            raise _config_error(path, f"label id {key!r} is out of range")
+        if not isinstance(name, str) or not name.strip():
+            raise _config_error(path, f"label {key!r} needs a name")
+        if label_id != 0:  # 0 is the background, named or not
+            labels[label_id] = name
+    if not labels:
+        raise _config_error(path, '"labels" names no structure (only the background)')
+    return labels
+
+
+def _case_pattern(meta: dict, path: Path) -> re.Pattern[str] | None:
+    raw = meta.get("cases", "stem")
+    if raw == "stem":
+        return None
+    if not isinstance(raw, str):
+        raise _config_error(path, '"cases" must be "stem" or a regular expression')
+    try:
+        pattern = re.compile(raw)
+    except re.error as exc:
+        raise _config_error(path, f'"cases" is not a valid regular expression: {exc}') from None
+    if pattern.groups != 1:
+        raise _config_error(
+            path, f'"cases" needs exactly one group that captures the case, got {pattern.groups}'
+        )
+    return pattern
+
+
+def _list_files(folder: Path) -> dict[str, str]:
+    """Stem -> file name of the image files in ``folder`` (no recursion, no hidden files)."""
+    found: dict[str, str] = {}
+    with os.scandir(folder) as entries:
+        for entry in entries:
+            name = entry.name
+            if name.startswith(".") or not entry.is_file():
+                continue
+            stem, suffix = os.path.splitext(name)
+            if suffix.lower() not in IMAGE_SUFFIXES:
+                continue
+            if stem in found:
+                first, second = sorted((found[stem], name))
+                raise SourceError(
+                    f"{folder} holds both {first} and {second}: keep one file per stem"
+                )
+            found[stem] = name
+    return found
+
+
+def _case_of(stem: str, pattern: re.Pattern[str] | None) -> str | None:
+    if pattern is None:
+        return stem
+    match = pattern.search(stem)
+    return match.group(1) if match and match.group(1) else None
+
+
+def open_image_folder(spec: str, root: Path, modality: str | None = None) -> Source:
+    """Open an image folder: read ``labels.json`` and list file names (no image is read).
+
+    Args:
+        spec: the source spec (``images:PATH``).
+        root: the folder.
+        modality: modality key used when ``labels.json`` has none.
+
+    Raises:
+        SourceError: a missing or malformed ``labels.json``, an unknown modality, missing
+            ``images/`` folder, a ``cases`` pattern that does not match every stem, or two
+            files with the same stem.
+    """
+    path, meta = _read_labels_json(root)
+    mod = _modality(meta, path, modality)
+    raw_labels = _labels(meta, path)
+    mode = meta.get("masks")
+    if mode not in MASK_MODES:
+        raise _config_error(path, f'set "masks" to "label_map" or "per_class" (got {mode!r})')
+    pattern = _case_pattern(meta, path)
+    dataset = meta.get("name") or root.name
+    if not isinstance(dataset, str):
+        raise _config_error(path, '"name" must be a string')
+
+    images_dir, masks_dir = root / "images", root / "masks"
+    if not images_dir.is_dir():
+        raise SourceError(f"no images/ folder in {root}: put the images in {images_dir}")
+    images = _list_files(images_dir)
+    if not images:
+        raise SourceError(f"{images_dir} holds no {'/'.join(IMAGE_SUFFIXES)} files")
+    masks = _list_files(masks_dir) if masks_dir.is_dir() else {}
+
+    unmatched = sorted(s for s in images if _case_of(s, pattern) is None)
+    if unmatched:
+        raise _config_error(
+            path,
+            f'"cases" pattern matches no case in {unmatched[0]!r} '
+            f'({len(unmatched)} image(s) in all); fix the pattern or use "stem"',
+        )
+    mask_keys: list[tuple[str, str]] = []  # (entry key, mask stem suffix) per label
+    if mode == "per_class":
+        for label_id, name in sorted(raw_labels.items()):
+            mask_keys.append((str(label_id), f"_{name}"))
+            mask_keys.append((str(label_id), f"_{label_id}"))
+
+    by_case: dict[str, list[tuple[str, str]]] = {}
+    for stem in sorted(images):
+        image_path = str(images_dir / images[stem])
+        entries: list[str] = []
+        if mode == "label_map":
+            if stem in masks:
+                entries.append(f"{LABEL_MAP_KEY}={masks_dir / masks[stem]}")
+        else:
+            seen: set[str] = set()
+            for key, suffix in mask_keys:
+                mask = masks.get(stem + suffix)
+                if mask is not None and key not in seen:
+                    seen.add(key)
+                    entries.append(f"{key}={masks_dir / mask}")
+        member = "|".join([image_path, *entries])
+        if member.count("|") != len(entries):
+            raise SourceError(f"file names under {root} must not contain '|': rename them")
+        case = _case_of(stem, pattern)
+        by_case.setdefault(case, []).append((stem, member))  # type: ignore[arg-type]
+
+    labels = tuple(sorted((i, readable_label_name(n)) for i, n in raw_labels.items()))
+    cases = []
+    for case in sorted(by_case):
+        members = tuple(member for _, member in by_case[case])
+        cases.append(
+            CaseRef(
+                source=spec,
+                dataset=dataset,
+                case=case,
+                format="images",
+                image_path=members[0].split("|", 1)[0],
+                # Names the case in reject rows; masks are listed per image in ``members``.
+                label_path=str(masks_dir / case),
+                modality=mod,
+                labels=labels,
+                members=members,
+                patient=case,
+            )
+        )
+    return Source(spec, "images", str(root), dataset, mod, labels, tuple(cases))
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def _label_map_from_file(
+    path: str, labels: dict[int, str], shape: tuple[int, int], dtype: type
+) -> np.ndarray:
+    """The label map of a ``label_map`` mask (raises UnreadableImage on a bad mask)."""
+    name = Path(path).name
+    lossy = path.lower().endswith(LOSSY_SUFFIXES)
+    if lossy and len(labels) != 1:
+        raise UnreadableImage(
+            "mask_unreadable", f"{name}: JPEG masks are lossy; save label maps as PNG"
+        )
+    mask = read_mask(path, binary=lossy)
+    if mask.shape != shape:
+        raise UnreadableImage("mask_shape_mismatch", f"{name}: mask {mask.shape} vs image {shape}")
+    if len(labels) == 1:
+        (only,) = labels
+        if lossy:
+            return (foreground(mask, path) * only).astype(dtype)
+        values = np.unique(mask)
+        nonzero = values[values != 0]
+        if nonzero.size == 1 and int(nonzero[0]) != only:
+            return ((mask != 0) * only).astype(dtype)
+    top = max(int(mask.max(initial=0)), *labels)
+    return mask.astype(label_dtype(top), copy=False)
+
+
+def _per_class_map(
+    entries: list[tuple[int, str]],
+    shape: tuple[int, int],
+    dtype: type,
+    index: int,
+    rejects: list[tuple[str, str, int | None]],
+) -> np.ndarray | None:
+    """Paint binary masks in ascending label id (higher ids win); None if none was usable."""
+    label_map = np.zeros(shape, dtype=dtype)
+    painted = 0
+    for label_id, path in sorted(entries):
+        try:
+            mask = read_mask(path, binary=True)
+        except UnreadableImage as exc:
+            rejects.append((exc.reason, exc.detail, index))
+            continue
+        if mask.shape != shape:
+            detail = f"{Path(path).name}: mask {mask.shape} vs image {shape}"
+            rejects.append(("mask_shape_mismatch", detail, index))
+            continue
+        label_map[foreground(mask, path)] = label_id
+        painted += 1
+    return label_map if painted else None
+
+
+def load_image_folder_case(ref: CaseRef) -> LoadedCase:
+    """Read the images and masks of one image-folder case (see the module docstring).
+
+    Raises:
+        UnreadableImage: ``case_empty`` when the ref lists no image.
+    """
+    if not ref.members:
+        raise UnreadableImage("case_empty", f"case {ref.case} lists no image")
+    labels = dict(ref.labels)
+    dtype = label_dtype(max(labels, default=0))
+    rejects: list[tuple[str, str, int | None]] = []
+    kept: list[tuple[int, np.ndarray, np.ndarray]] = []
+    for index, member in enumerate(ref.members):
+        image_path, *entries = member.split("|")
+        name = Path(image_path).name
+        if not entries:
+            rejects.append(("mask_missing", f"{name}: no mask for this image in masks/", index))
+            continue
+        try:
+            pixels = read_planar_image(image_path)
+        except UnreadableImage as exc:
+            rejects.append((exc.reason, exc.detail, index))
+            continue
+        shape = pixels.shape[:2]
+        parsed = [entry.partition("=") for entry in entries]
+        if parsed[0][0] == LABEL_MAP_KEY:
+            try:
+                label_map = _label_map_from_file(parsed[0][2], labels, shape, dtype)
+            except UnreadableImage as exc:
+                rejects.append((exc.reason, exc.detail, index))
+                continue
+        else:
+            per_class = [(int(key), path) for key, _, path in parsed]
+            painted = _per_class_map(per_class, shape, dtype, index, rejects)
+            if painted is None:
+                continue
+            label_map = painted
+        kept.append((index, pixels, label_map))
+
+    high_depth = any(pixels.dtype != np.uint8 for _, pixels, _ in kept)
+    intensity = "percentile" if high_depth else "display"
+    images = tuple(
+        PlanarImage(
+            slice_index=index,
+            pixels=pixels.astype(np.float32) if high_depth else pixels,
+            labels=label_map,
+            plane="2d",
+        )
+        for index, pixels, label_map in kept
+    )
+    return LoadedCase(ref.modality, intensity, images=images, rejects=tuple(rejects))

@@ -1,0 +1,456 @@
+"""SA-Med2D-20M (the release BiRD's Med-GRIT-270k was built from): 2D slices with binary masks.
+
+Layout of the unpacked release (``SAMed2Dv1/``; ``samed2d:PATH`` points at it; the two JSON files
+may also sit in ``PATH/annotations/``, as some toolkits move them)::
+
+    SAMed2D_v1.json                    {"images/<image>.png": ["masks/<mask>.png", ...], ...}
+    SAMed2D_v1_class_mapping_id.json   {"<dataset>": {"<class name>": <class index>, ...}, ...}
+    images/{modality_sub}--{dataset}--{case}--{axis}_{slice}.png
+    masks/{image stem}--{class:04d}_{instance:03d}.png      one binary mask per instance
+
+e.g. ``images/ct_00--AbdomenCT1K--Case_00011--x_0040.png`` and
+``masks/ct_00--AbdomenCT1K--Case_00011--x_0041--0000_001.png``. Paths in ``SAMed2D_v1.json``
+are relative to the folder holding ``images/``. The class index in a mask name is the 0-based
+index of ``SAMed2D_v1_class_mapping_id.json`` for that dataset.
+
+Conventions:
+
+- Axis letters: ``x`` -> sagittal, ``y`` -> coronal, ``z`` -> axial, i.e. the slice is taken
+  at a fixed index of the first, second or third axis of the source volume's array (x, y, z
+  of a NIfTI volume in RAS-like storage). The release does not document the letters; this is
+  the array-axis reading, not checked against the release's slicing code, and a volume stored
+  in another axis order would be mislabelled. ``2d_none`` marks an image that is 2D at source:
+  plane ``2d``, slice index 0. The release stores slices as it cut them; medgrit does not
+  reorient them, so the radiological display convention is not guaranteed for these images.
+- Cases: one ``CaseRef`` per volume = (dataset, case, sub-modality); ``case`` is
+  ``{case}--{modality_sub}`` (a patient's sequences, e.g. BraTS T1 and FLAIR, or autoPET CT and
+  PET, are separate volumes with the same slice numbers), ``patient`` the release's case name,
+  so all volumes of a patient share the train/test split. ``members`` holds one string per
+  slice, ``"{image path}|{mask path}|..."`` with absolute paths, sorted by axis (x, y, z, 2D)
+  then slice number. ``image_path`` is the ``SAMed2D_v1.json`` that lists the case (the loader
+  finds the class mapping next to it) and ``label_path`` the case's file-name prefix under
+  ``masks/`` (it names the case in reject rows). Cases are sorted by dataset, case,
+  sub-modality. The ``Source`` is named ``SA-Med2D-20M``; its modality is ``mixed`` when the
+  cases have several, and its ``labels`` are empty when they come from several datasets (label
+  ids are per dataset; each ``CaseRef.labels`` holds its dataset's).
+- Modality from the file-name prefix: ``ct_*`` ct, ``mr_*`` mr, ``pet_*`` pet, ``x_ray`` xray,
+  ``endoscopy_*``, ``dermoscopy_*``, ``fundus_photography`` fundus, ``ultrasound_*``. An unknown
+  prefix takes ``--modality`` when given, else opening fails.
+- Labels: label id = class index + 1 (so class 0 is not background). Names come from the class
+  mapping through ``readable_label_name``. Classes medgrit will not name are dropped with a
+  reject reason: ``composite_label`` (``union_*`` merges of other classes), ``generic_label``
+  (``class``, ``class_3``: no anatomical name) and ``fragment_label`` (a bare ``left`` /
+  ``right``).
+- Label maps: masks are painted in ascending (class, instance) order, so where masks overlap the
+  higher class id wins. Mask foreground is any non-zero pixel.
+- Pixels: the release's 8-bit PNGs, as stored: (H, W) uint8 grey or (H, W, 3) uint8 RGB,
+  intensity ``display`` (the release already normalised them). Labels: (H, W) uint8 (uint16 if
+  a dataset has more than 255 classes) on the same grid.
+
+Rejects (``LoadedCase.rejects``): per slice ``file_missing`` / ``image_unreadable`` (the slice is
+dropped; so are non-8-bit images); per mask ``mask_missing``, ``mask_unreadable``,
+``mask_shape_mismatch`` and ``mask_name_malformed``; a slice whose masks were all dropped is
+dropped. Masks of filtered classes and of classes missing from the class mapping
+(``unknown_label``) give one reject per case and class (slice None), with the count of masks
+dropped. Known quirks of the release that
+medgrit does not repair: masks listed in ``SAMed2D_v1.json`` but absent from ``masks/``,
+inverted optic-disc masks in ``ichallenge_adam_task2``, and ACDC's whole-ventricle class that
+overlaps the cavity classes.
+
+Opening reads the two JSON files only; no image or mask is opened, so opening the full release
+(4.6M images, 19.7M masks) costs the JSON parse and string work.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from collections import Counter
+from functools import lru_cache
+from itertools import pairwise
+from pathlib import Path
+from typing import NamedTuple
+
+import numpy as np
+
+from medgrit.adapters.cases import CaseRef, LoadedCase, PlanarImage, Source, SourceError
+from medgrit.adapters.image_folder import label_dtype, read_mask, read_planar_image
+from medgrit.adapters.nifti import UnreadableImage
+from medgrit.core.text import MODALITIES, readable_label_name
+
+__all__ = [
+    "CLASS_MAPPING_JSON",
+    "INDEX_JSON",
+    "SliceName",
+    "label_filter_reason",
+    "load_samed2d_case",
+    "modality_of_prefix",
+    "open_samed2d",
+    "parse_image_name",
+]
+
+INDEX_JSON = "SAMed2D_v1.json"
+CLASS_MAPPING_JSON = "SAMed2D_v1_class_mapping_id.json"
+RELEASE_NAME = "SA-Med2D-20M"
+PLANES: dict[str, str] = {"x": "sagittal", "y": "coronal", "z": "axial"}
+_PLANE_ORDER: dict[str, int] = {"sagittal": 0, "coronal": 1, "axial": 2, "2d": 3}
+_TWO_D = "2d_none"
+_PREFIX_MODALITIES: dict[str, str] = {
+    "ct": "ct",
+    "mr": "mr",
+    "pet": "pet",
+    "endoscopy": "endoscopy",
+    "dermoscopy": "dermoscopy",
+    "ultrasound": "ultrasound",
+}
+_WHOLE_PREFIXES: dict[str, str] = {"x_ray": "xray", "fundus_photography": "fundus"}
+_GENERIC = re.compile(r"class[\W_]*\d*", re.IGNORECASE)
+_MASK_TAIL = re.compile(r"(\d+)_(\d+)")
+
+
+class SliceName(NamedTuple):
+    """The parts of an SA-Med2D-20M image file name."""
+
+    sub_modality: str
+    dataset: str
+    case: str
+    plane: str
+    slice_index: int
+
+
+def parse_image_name(path: str) -> SliceName | None:
+    """Parse ``.../{sub}--{dataset}--{case}--{axis}_{slice}.png``; None if it does not fit."""
+    name = path.rsplit("/", 1)[-1]
+    if not name.endswith(".png"):
+        return None
+    parts = name[:-4].split("--")
+    if len(parts) < 4 or not all(parts):
+        return None
+    where = parts[-1]
+    if where == _TWO_D:
+        plane, index = "2d", 0
+    else:
+        axis, _, number = where.partition("_")
+        if axis not in PLANES or not number.isdigit():
+            return None
+        plane, index = PLANES[axis], int(number)
+    return SliceName(parts[0], parts[1], "--".join(parts[2:-1]), plane, index)
+
+
+def modality_of_prefix(sub_modality: str) -> str | None:
+    """Modality key of a file-name prefix (``mr_flair`` -> ``mr``), or None if unknown."""
+    whole = _WHOLE_PREFIXES.get(sub_modality)
+    if whole is not None:
+        return whole
+    return _PREFIX_MODALITIES.get(sub_modality.split("_", 1)[0])
+
+
+def label_filter_reason(raw: str) -> str | None:
+    """Reject reason for a class name medgrit does not use, or None for a usable name."""
+    name = raw.strip()
+    if name.lower().startswith("union_"):
+        return "composite_label"
+    if _GENERIC.fullmatch(name):
+        return "generic_label"
+    if name.lower() in ("left", "right"):
+        return "fragment_label"
+    return None
+
+
+# --------------------------------------------------------------------------- discovery
+
+
+def _find_index(root: Path) -> tuple[Path, Path]:
+    """(path of SAMed2D_v1.json, folder its paths are relative to)."""
+    for folder, data_root in (
+        (root, root),
+        (root / "annotations", root),
+        (root / "SAMed2Dv1", root / "SAMed2Dv1"),
+    ):
+        if (folder / INDEX_JSON).is_file():
+            return folder / INDEX_JSON, data_root
+    raise SourceError(
+        f"no {INDEX_JSON} in {root} (nor in annotations/ or SAMed2Dv1/): point samed2d: at the "
+        "unpacked SAMed2Dv1 folder"
+    )
+
+
+def _read_json(path: Path) -> object:
+    try:
+        with path.open("rb") as handle:
+            return json.load(handle)
+    except json.JSONDecodeError as exc:
+        raise SourceError(
+            f"malformed {path.name} at {path}: {exc.msg} (line {exc.lineno})"
+        ) from None
+    except UnicodeDecodeError as exc:
+        raise SourceError(f"malformed {path.name} at {path}: not UTF-8 ({exc.reason})") from None
+
+
+def _read_class_mapping(path: Path) -> dict[str, dict[int, str]]:
+    """Dataset -> {label id (class index + 1): raw class name}."""
+    if not path.is_file():
+        raise SourceError(
+            f"no {CLASS_MAPPING_JSON} next to {INDEX_JSON} in {path.parent}: it names the "
+            "classes; copy it from the release"
+        )
+    raw = _read_json(path)
+    if not isinstance(raw, dict):
+        raise SourceError(f"malformed {path.name} at {path}: expected {{dataset: {{name: id}}}}")
+    mapping: dict[str, dict[int, str]] = {}
+    for dataset, classes in raw.items():
+        if not isinstance(classes, dict):
+            raise SourceError(
+                f"malformed {path.name} at {path}: {dataset!r} must map class name -> index"
+            )
+        by_id: dict[int, str] = {}
+        for name, index in classes.items():
+            try:
+                class_index = int(index)
+            except (TypeError, ValueError):
+                class_index = -1
+            if isinstance(index, bool) or class_index < 0:
+                raise SourceError(
+                    f"malformed {path.name} at {path}: class {name!r} of {dataset!r} has "
+                    f"index {index!r}; expected an integer >= 0"
+                )
+            by_id.setdefault(class_index + 1, str(name))  # first name wins on a shared index
+        mapping[str(dataset)] = by_id
+    return mapping
+
+
+def _dataset_labels(classes: dict[int, str]) -> tuple[tuple[int, str], ...]:
+    return tuple(
+        sorted(
+            (label_id, readable_label_name(name))
+            for label_id, name in classes.items()
+            if label_filter_reason(name) is None
+        )
+    )
+
+
+def open_samed2d(spec: str, root: Path, modality: str | None = None) -> Source:
+    """Open an unpacked SA-Med2D-20M release (or a subset with the same layout).
+
+    Reads ``SAMed2D_v1.json`` and the class mapping, parses file names and groups slices into
+    volumes; no image or mask file is opened.
+
+    Args:
+        spec: the source spec (``samed2d:PATH``).
+        root: the ``SAMed2Dv1`` folder.
+        modality: modality key for file-name prefixes medgrit does not know.
+
+    Raises:
+        SourceError: a missing or malformed JSON file, an image name that does not follow the
+            release's pattern, a dataset missing from the class mapping, or an unknown
+            modality prefix without ``--modality``.
+    """
+    if modality is not None and modality not in MODALITIES:
+        raise SourceError(f"unknown modality {modality!r}; use one of {', '.join(MODALITIES)}")
+    index_path, data_root = _find_index(root)
+    index = _read_json(index_path)
+    if not isinstance(index, dict) or not index:
+        raise SourceError(
+            f"malformed {INDEX_JSON} at {index_path}: expected a non-empty object mapping "
+            "image path -> list of mask paths"
+        )
+    mapping = _read_class_mapping(index_path.with_name(CLASS_MAPPING_JSON))
+
+    prefix = str(data_root) + os.sep
+    volumes: dict[tuple[str, str, str], list[tuple[int, int, str]]] = {}
+    bad_names: list[str] = []
+    for key, masks in index.items():
+        parsed = parse_image_name(key)
+        if parsed is None:
+            bad_names.append(key)
+            continue
+        if not isinstance(masks, list):
+            raise SourceError(
+                f"malformed {INDEX_JSON} at {index_path}: {key!r} must map to a list of mask paths"
+            )
+        try:
+            member = "|".join(
+                [key if key[0] == "/" else prefix + key]
+                + [m if m[:1] == "/" else prefix + m for m in masks]
+            )
+        except TypeError:
+            raise SourceError(
+                f"malformed {INDEX_JSON} at {index_path}: masks of {key!r} must be path strings"
+            ) from None
+        if member.count("|") != len(masks):
+            raise SourceError(f"paths in {index_path} must not contain '|': {key!r}")
+        order = _PLANE_ORDER[parsed.plane]
+        volume = (parsed.dataset, parsed.case, parsed.sub_modality)
+        volumes.setdefault(volume, []).append((order, parsed.slice_index, member))
+    if bad_names:
+        raise SourceError(
+            f"malformed {INDEX_JSON} at {index_path}: {len(bad_names)} image name(s) do not follow "
+            f"{{modality}}--{{dataset}}--{{case}}--{{x|y|z}}_{{slice}}.png, e.g. {bad_names[0]!r}"
+        )
+
+    datasets = sorted({dataset for dataset, _, _ in volumes})
+    missing = [d for d in datasets if d not in mapping]
+    if missing:
+        raise SourceError(
+            f"{CLASS_MAPPING_JSON} has no classes for dataset(s) {', '.join(missing)}; "
+            "use the mapping file of the same release"
+        )
+    labels_of = {d: _dataset_labels(mapping[d]) for d in datasets}
+    modality_of: dict[str, str] = {}
+    for sub in sorted({sub for _, _, sub in volumes}):
+        found = modality_of_prefix(sub) or modality
+        if found is None:
+            raise SourceError(
+                f"unknown modality prefix {sub!r} in {index_path}; pass --modality "
+                f"({', '.join(MODALITIES)})"
+            )
+        modality_of[sub] = found
+
+    masks_prefix = str(data_root / "masks") + os.sep
+    cases = []
+    for dataset, case, sub in sorted(volumes):
+        slices = sorted(volumes[(dataset, case, sub)])
+        for before, after in pairwise(slices):
+            if before[:2] == after[:2]:
+                raise SourceError(
+                    f"malformed {INDEX_JSON} at {index_path}: two images of {sub}--{dataset}--"
+                    f"{case} have slice {after[1]} of one plane (zero padding differs?)"
+                )
+        cases.append(
+            CaseRef(
+                source=spec,
+                dataset=dataset,
+                case=f"{case}--{sub}",
+                format="samed2d",
+                image_path=str(index_path),
+                label_path=f"{masks_prefix}{sub}--{dataset}--{case}",
+                modality=modality_of[sub],
+                labels=labels_of[dataset],
+                members=tuple(member for _, _, member in slices),
+                patient=case,
+            )
+        )
+    modalities = sorted(set(modality_of.values()))
+    source_modality = modalities[0] if len(modalities) == 1 else "mixed"
+    # Label ids are per dataset: a release of several datasets has no single label table.
+    source_labels = labels_of[datasets[0]] if len(datasets) == 1 else ()
+    return Source(
+        spec, "samed2d", str(root), RELEASE_NAME, source_modality, source_labels, tuple(cases)
+    )
+
+
+# --------------------------------------------------------------------------- loading
+
+
+@lru_cache(maxsize=8)
+def _class_names(mapping_path: str) -> dict[str, dict[int, str]]:
+    return _read_class_mapping(Path(mapping_path))
+
+
+def _mask_class(mask_path: str, image_stem: str) -> tuple[int, int] | None:
+    """(class index, instance) from ``{image stem}--{class}_{instance}.png``, or None."""
+    name = mask_path.rsplit("/", 1)[-1]
+    if not name.endswith(".png"):
+        return None
+    stem = name[:-4]
+    head, sep, tail = stem.rpartition("--")
+    match = _MASK_TAIL.fullmatch(tail)
+    if not sep or match is None or head != image_stem:
+        return None
+    return int(match.group(1)), int(match.group(2))
+
+
+def load_samed2d_case(ref: CaseRef) -> LoadedCase:
+    """Read the slices and masks of one SA-Med2D-20M volume (see the module docstring).
+
+    Raises:
+        UnreadableImage: ``case_empty`` when the ref lists no slice, ``class_mapping_missing``
+            when the class mapping next to ``SAMed2D_v1.json`` cannot be read.
+    """
+    if not ref.members:
+        raise UnreadableImage("case_empty", f"case {ref.case} lists no slice")
+    usable = dict(ref.labels)
+    dtype = label_dtype(max(usable, default=0))
+    rejects: list[tuple[str, str, int | None]] = []
+    dropped: Counter[int] = Counter()  # masks of classes medgrit does not use, by label id
+    images: list[PlanarImage] = []
+    for member in ref.members:
+        image_path, *mask_paths = member.split("|")
+        parsed = parse_image_name(image_path)
+        if parsed is None:  # only a hand-made ref gets here: open_samed2d checked every name
+            raise UnreadableImage("image_unreadable", f"not an SA-Med2D-20M name: {image_path}")
+        index = parsed.slice_index
+        where = f"{parsed.plane} slice {index}"
+        try:
+            pixels = read_planar_image(image_path)
+        except UnreadableImage as exc:
+            rejects.append((exc.reason, f"{where}: {exc.detail}", index))
+            continue
+        if pixels.dtype != np.uint8:
+            detail = f"{where}: {Path(image_path).name} is not 8-bit as the release's PNGs are"
+            rejects.append(("image_unreadable", detail, index))
+            continue
+        shape = pixels.shape[:2]
+        image_stem = image_path.rsplit("/", 1)[-1][:-4]
+        classes = []
+        for mask_path in mask_paths:
+            found = _mask_class(mask_path, image_stem)
+            if found is None:
+                name = mask_path.rsplit("/", 1)[-1]
+                detail = f"{where}: {name} does not end in --{{class}}_{{instance}}.png"
+                rejects.append(("mask_name_malformed", detail, index))
+                continue
+            label_id = found[0] + 1
+            if label_id in usable:
+                classes.append((found, mask_path))
+            else:
+                dropped[label_id] += 1
+        label_map = np.zeros(shape, dtype=dtype)
+        painted = 0
+        for (class_index, _), mask_path in sorted(classes):
+            try:
+                mask = read_mask(mask_path, binary=True)
+            except UnreadableImage as exc:
+                rejects.append((exc.reason, f"{where}: {exc.detail}", index))
+                continue
+            if mask.shape != shape:
+                name = mask_path.rsplit("/", 1)[-1]
+                detail = f"{where}: {name} is {mask.shape}, the image {shape}"
+                rejects.append(("mask_shape_mismatch", detail, index))
+                continue
+            label_map[mask > 0] = class_index + 1
+            painted += 1
+        if mask_paths and not painted:
+            continue  # every mask was dropped; the rejects above and below say why
+        images.append(PlanarImage(index, pixels, label_map, parsed.plane))
+
+    if dropped:
+        rejects.extend(_dropped_class_rejects(ref, dropped))
+    return LoadedCase(ref.modality, "display", images=tuple(images), rejects=tuple(rejects))
+
+
+def _dropped_class_rejects(
+    ref: CaseRef, dropped: Counter[int]
+) -> list[tuple[str, str, int | None]]:
+    """One reject per class medgrit does not use, with the count of masks dropped."""
+    mapping_path = str(Path(ref.image_path).with_name(CLASS_MAPPING_JSON))
+    try:
+        classes = _class_names(mapping_path).get(ref.dataset, {})
+    except SourceError as exc:
+        raise UnreadableImage("class_mapping_missing", str(exc)) from exc
+    out: list[tuple[str, str, int | None]] = []
+    for label_id in sorted(dropped):
+        raw = classes.get(label_id)
+        count = dropped[label_id]
+        if raw is None:
+            detail = (
+                f"class {label_id - 1:04d} is not in {CLASS_MAPPING_JSON} for {ref.dataset}: "
+                f"{count} mask(s) dropped"
+            )
+            out.append(("unknown_label", detail, None))
+        else:
+            reason = label_filter_reason(raw) or "unknown_label"
+            detail = f"{raw!r} (class {label_id - 1:04d}): {count} mask(s) dropped"
+            out.append((reason, detail, None))
+    return out
