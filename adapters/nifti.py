@@ -77,7 +77,7 @@ class NiftiReader:
                 data = np.asanyarray(canonical.dataobj)
                 if data.dtype.kind == "f":
                     data = np.rint(data)
-                data = _smallest_label_dtype(data)
+                data = as_label_array(data)
             else:
                 data = canonical.get_fdata(dtype=np.float32)
         except UnreadableImage:
@@ -88,7 +88,12 @@ class NiftiReader:
         return Volume(data=data, spacing=zooms, affine=canonical.affine)  # type: ignore[arg-type]
 
 
-def _smallest_label_dtype(data: np.ndarray) -> np.ndarray:
+def as_label_array(data: np.ndarray) -> np.ndarray:
+    """Labels in the smallest unsigned dtype that holds them.
+
+    Raises:
+        UnreadableImage: for negative labels (``negative_label``) or ids past 2**32.
+    """
     if data.size and data.min() < 0:
         raise UnreadableImage("negative_label", "label map holds negative values")
     top = int(data.max(initial=0))

@@ -64,14 +64,17 @@ class ShardRows:
 
 
 def case_source(ref: CaseRef, slice_index: int | None = None) -> str:
-    """Reference to the source of a reject row: dataset, label file, slice."""
-    base = f"{ref.dataset}/{Path(ref.label_path).name}"
+    """Reference to the source of a reject row: dataset, label file (for DICOM, whose file
+    names may carry identifiers, the case pseudonym), slice."""
+    name = ref.case if ref.format == "dicom" else Path(ref.label_path).name
+    base = f"{ref.dataset}/{name}"
     return base if slice_index is None else f"{base}#slice={slice_index}"
 
 
 def select_case_slices(labels: np.ndarray, config: BuildConfig, quota: int | None) -> np.ndarray:
     """The slice indices a volume contributes under the config (and the max-images quota)."""
-    return _apply_quota(foreground_slices(labels, config.plane), config, quota)
+    slices = foreground_slices(labels, config.plane, min_pixels=config.min_area)
+    return _apply_quota(slices, config, quota)
 
 
 def select_planar_images(

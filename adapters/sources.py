@@ -95,6 +95,27 @@ def _labels(pairs: list[tuple[int, str]]) -> tuple[tuple[int, str], ...]:
     return tuple(sorted((i, readable_label_name(n)) for i, n in pairs if i != 0))
 
 
+def _nifti_case(
+    spec: str,
+    dataset: str,
+    case: str,
+    image: Path,
+    label: Path,
+    modality: str,
+    labels: tuple[tuple[int, str], ...],
+) -> CaseRef:
+    return CaseRef(
+        source=spec,
+        dataset=dataset,
+        case=case,
+        format="nifti",
+        image_path=str(image),
+        label_path=str(label),
+        modality=modality,
+        labels=labels,
+    )
+
+
 def open_nnunet(spec: str, root: Path, modality: str | None = None) -> Source:
     """Open an nnU-Net v2 raw dataset folder."""
     meta_path = root / "dataset.json"
@@ -125,18 +146,7 @@ def open_nnunet(spec: str, root: Path, modality: str | None = None) -> Source:
     for label_file in sorted(labels_dir.glob(f"*{ending}")):
         case = label_file.name[: -len(ending)]
         image = root / "imagesTr" / f"{case}_0000{ending}"
-        cases.append(
-            CaseRef(
-                source=spec,
-                dataset=dataset,
-                case=case,
-                format="nifti",
-                image_path=str(image),
-                label_path=str(label_file),
-                modality=mod,
-                labels=labels,
-            )
-        )
+        cases.append(_nifti_case(spec, dataset, case, image, label_file, mod, labels))
     return Source(spec, "nnunet", str(root), dataset, mod, labels, tuple(cases))
 
 
@@ -169,18 +179,7 @@ def open_msd(spec: str, root: Path, modality: str | None = None) -> Source:
         label = (root / str(entry["label"])).resolve()
         name = label.name
         case = next((name[: -len(e)] for e in NIFTI_ENDINGS if name.endswith(e)), name)
-        cases.append(
-            CaseRef(
-                source=spec,
-                dataset=dataset,
-                case=case,
-                format="nifti",
-                image_path=str(image),
-                label_path=str(label),
-                modality=mod,
-                labels=labels,
-            )
-        )
+        cases.append(_nifti_case(spec, dataset, case, image, label, mod, labels))
     cases.sort(key=lambda c: c.case)
     return Source(spec, "msd", str(root), dataset, mod, labels, tuple(cases))
 

@@ -62,12 +62,15 @@ def allocate_images(counts: Iterable[int], n_cases: int, max_images: int) -> lis
 
     Each case gets ``min(available, ceil(remaining / cases_left))``, so the budget spreads over
     cases and what a small case leaves rolls on to the next. ``counts`` is consumed lazily: it is
-    only read until the budget is spent.
+    only read until the budget is spent. What is still unspent after the last case is shared
+    over the cases that have images to spare, in rounds, so the cap is reached whenever the
+    cases hold enough images.
 
     Returns:
         Images to take per case, for the cases read (cases after the returned list get none).
     """
     out: list[int] = []
+    seen: list[int] = []
     remaining, left = max_images, n_cases
     counts = iter(counts)
     while remaining > 0 and left > 0:
@@ -75,7 +78,17 @@ def allocate_images(counts: Iterable[int], n_cases: int, max_images: int) -> lis
         if available is None:
             break
         take = min(int(available), -(-remaining // left))
+        seen.append(int(available))
         out.append(take)
         remaining -= take
         left -= 1
+    while remaining > 0:
+        spare = [i for i, (n, t) in enumerate(zip(seen, out, strict=True)) if n > t]
+        if not spare:
+            break
+        share = -(-remaining // len(spare))
+        for i in spare:
+            extra = min(seen[i] - out[i], share, remaining)
+            out[i] += extra
+            remaining -= extra
     return out

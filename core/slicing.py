@@ -45,23 +45,27 @@ def display_spacing(spacing: tuple[float, float, float], plane: Plane) -> tuple[
     return {"axial": (sy, sx), "coronal": (sz, sx), "sagittal": (sz, sy)}[plane]
 
 
-def foreground_slices(labels: np.ndarray, plane: Plane) -> np.ndarray:
-    """Indices of the slices along ``plane`` that hold any non-zero label, ascending."""
+def foreground_slices(labels: np.ndarray, plane: Plane, min_pixels: int = 1) -> np.ndarray:
+    """Indices of the slices along ``plane`` with at least ``min_pixels`` labelled pixels."""
     axis = PLANE_AXIS[plane]
     other = tuple(a for a in range(3) if a != axis)
-    return np.flatnonzero(np.any(labels != 0, axis=other))
+    return np.flatnonzero(np.count_nonzero(labels, axis=other) >= min_pixels)
 
 
 def select_slices(indices: np.ndarray, stride: int = 1, cap: int | None = None) -> np.ndarray:
-    """Every ``stride``-th index, then at most ``cap`` of them spread evenly (deterministic)."""
+    """Every ``stride``-th index, then at most ``cap`` of them spread evenly (deterministic).
+
+    The cap takes the centre of each of ``cap`` equal runs, so a cap of one takes the middle
+    slice and the edge slices of a structure (where it is smallest) come last.
+    """
     if stride < 1:
         raise ValueError("stride must be >= 1")
     chosen = np.asarray(indices)[::stride]
     if cap is not None and chosen.size > cap:
         if cap <= 0:
             return chosen[:0]
-        picks = np.linspace(0, chosen.size - 1, cap).round().astype(int)
-        chosen = chosen[np.unique(picks)]
+        picks = ((np.arange(cap) + 0.5) * chosen.size / cap).astype(int)
+        chosen = chosen[picks]
     return chosen
 
 

@@ -51,11 +51,20 @@ def test_demo_build_meets_the_data_contract(demo_build) -> None:
     regions = _read(out, "regions")
     conversations = _read(out, "conversations")
     assert len(images) == 60
-    assert {i["modality"] for i in images} == {"ct", "mr"}
+    assert {i["modality"] for i in images} == {
+        "ct",
+        "mr",
+        "xray",
+        "pet",
+        "endoscopy",
+        "dermoscopy",
+        "fundus",
+        "ultrasound",
+    }
     by_image = {}
     for image in images:
         pixels = decode_png(image["image"]["bytes"])
-        assert pixels.shape == (image["height"], image["width"])
+        assert pixels.shape[:2] == (image["height"], image["width"])
         assert image["image"]["path"] == f"{image['image_id']}.png"
     for r in regions:
         image = next(i for i in images if i["image_id"] == r["image_id"])

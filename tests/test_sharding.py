@@ -167,9 +167,11 @@ def test_whole_cap_is_used_when_later_cases_have_room(counts, cap):
     assert sum(allocate_images(counts, n_cases=len(counts), max_images=cap)) == cap
 
 
-def test_leftovers_roll_forward_only():
-    # Single pass: the image the last case cannot take is not handed back to earlier cases.
-    assert allocate_images([7, 0, 3, 12, 1], n_cases=5, max_images=9) == [2, 0, 3, 2, 1]
+def test_unspent_budget_goes_back_to_cases_with_spare_images():
+    # The last case cannot take its share: the image goes back to the first case with spares.
+    assert allocate_images([7, 0, 3, 12, 1], n_cases=5, max_images=9) == [3, 0, 3, 2, 1]
+    assert sum(allocate_images([1, 1, 40, 1, 1, 1], n_cases=6, max_images=30)) == 30
+    assert allocate_images([2, 2], n_cases=2, max_images=10) == [2, 2]
 
 
 def test_small_cap_gives_one_image_to_each_of_the_first_cases():

@@ -123,13 +123,14 @@ def test_select_slices_takes_every_stride_th_index():
     assert select_slices(np.array([2, 5, 7, 11, 12]), stride=2).tolist() == [2, 7, 12]
 
 
-def test_select_slices_cap_spreads_evenly_including_both_ends():
-    assert select_slices(np.arange(10, 20), cap=4).tolist() == [10, 13, 16, 19]
-    assert select_slices(np.arange(101), cap=5).tolist() == [0, 25, 50, 75, 100]
+def test_select_slices_cap_takes_the_centre_of_equal_runs():
+    assert select_slices(np.arange(10, 20), cap=4).tolist() == [11, 13, 16, 18]
+    assert select_slices(np.arange(101), cap=5).tolist() == [10, 30, 50, 70, 90]
+    assert select_slices(np.arange(7), cap=1).tolist() == [3]
 
 
 def test_select_slices_applies_stride_before_cap():
-    assert select_slices(np.arange(20), stride=2, cap=4).tolist() == [0, 6, 12, 18]
+    assert select_slices(np.arange(20), stride=2, cap=4).tolist() == [2, 6, 12, 16]
 
 
 def test_select_slices_cap_above_count_keeps_everything():
@@ -142,7 +143,7 @@ def test_select_slices_cap_gives_exactly_cap_distinct_sorted_indices(cap):
 
     assert out.size == cap
     assert np.all(np.diff(out) > 0)
-    assert out[0] == 10
+    assert 10 <= out[0] and out[-1] <= 29
 
 
 def test_select_slices_zero_cap_gives_nothing():
@@ -206,3 +207,10 @@ def test_square_pixels_leaves_nearly_square_pixels_alone():
     new_image, new_labels = square_pixels(image, labels, (1.0, 1.005))
 
     assert new_image is image and new_labels is labels
+
+
+def test_foreground_slices_can_require_a_minimum_of_labelled_pixels():
+    labels = np.zeros((4, 4, 3), np.uint8)
+    labels[0, 0, 0] = 1
+    labels[:2, :2, 2] = 1
+    assert foreground_slices(labels, "axial", min_pixels=4).tolist() == [2]
