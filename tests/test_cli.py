@@ -299,3 +299,26 @@ def test_build_runs_on_an_ephemeral_prefect_server(demo_dir: Path, tmp_path: Pat
     result = run_cli("build", "--out", str(out), "--max-images", "5", env=env)
     assert result.returncode == 0, result.stderr[-3000:]
     assert len(_read(out, "images")) == 5
+
+
+def test_demo_data_writes_every_layout(medgrit_offline, tmp_path: Path) -> None:
+    out = tmp_path / "demo-sources"
+    result = medgrit_offline("demo-data", str(out))
+    assert result.returncode == 0, result.stderr
+    assert "medgrit build" in result.stdout
+    expected = {
+        "Task900_MNI152BrainMR": "dataset.json",
+        "Dataset901_SyntheticCTPhantom": "dataset.json",
+        "SyntheticPETPhantom": "case_000/seg.dcm",
+        "SyntheticChestXrayPhantom": "labels.json",
+        "SyntheticUltrasoundPhantom": "labels.json",
+        "SyntheticEndoscopyPhantom": "labels.json",
+        "SyntheticDermoscopyPhantom": "labels.json",
+        "SyntheticFundusPhantom": "labels.json",
+        "RetinaPhotograph": "labels.json",
+    }
+    for folder, marker in expected.items():
+        assert (out / folder / marker).is_file(), folder
+        assert str(out / folder) in result.stdout
+    again = medgrit_offline("demo-data", str(out))
+    assert again.returncode == 0
