@@ -1,8 +1,10 @@
 """One shard's work: read each case, slice it, extract regions, write text, verify, make rows.
 
-This is where one image can be followed from its NIfTI file to its table rows:
-``ShardBuilder.build`` -> ``build_case`` (read, check, choose slices, intensity bounds) ->
-``build_image`` (display slice, square pixels, regions, words, conversation, verification).
+This is where one image can be followed from its source file to its table rows:
+``ShardBuilder.build`` -> ``build_case`` (load, check, choose slices, intensity bounds) ->
+``build_image`` (display slice, square pixels, regions, words; image and region rows) ->
+``write_conversations`` (the generator writes every image's turns at once, so an LLM can take
+them concurrently) -> ``write_conversation`` (verification, conversation row).
 Record-level problems become reject rows with a stable reason; nothing here raises for them.
 """
 
@@ -17,8 +19,7 @@ from medgrit.adapters.cases import CaseRef, LoadedCase, PlanarImage
 from medgrit.adapters.nifti import UnreadableImage
 from medgrit.adapters.png import encode_png
 from medgrit.adapters.sources import load_case
-from medgrit.adapters.templates import TemplateGenerator
-from medgrit.core.generation import ImageFacts, RegionFacts
+from medgrit.core.generation import Generated, Generator, ImageFacts, RegionFacts
 from medgrit.core.ids import image_id_for, region_id_for
 from medgrit.core.intensity import percentile_bounds, to_uint8, window_bounds
 from medgrit.core.regions import extract_regions, to_bbox_1000
@@ -42,6 +43,16 @@ class CaseTask:
     case_id: str
     split: str
     quota: int | None = None
+
+
+@dataclass(frozen=True)
+class PendingImage:
+    """An image whose rows are written and whose conversation is still to be generated."""
+
+    task: CaseTask
+    source: str
+    image: ImageFacts
+    regions: list[RegionFacts]
 
 
 @dataclass
@@ -123,15 +134,17 @@ class ShardBuilder:
         generator: writes conversations for images.
     """
 
-    def __init__(self, config: BuildConfig, generator: TemplateGenerator) -> None:
+    def __init__(self, config: BuildConfig, generator: Generator) -> None:
         self.config = config
         self.generator = generator
+        self.pending: list[PendingImage] = []
 
     def build(self, cases: list[CaseTask]) -> ShardRows:
         """All rows of a shard, cases in the given order."""
         rows = ShardRows()
         for task in cases:
             self.build_case(task, rows)
+        self.write_conversations(rows)
         return rows
 
     def _reject(
@@ -319,18 +332,6 @@ class ShardBuilder:
                 }
             )
 
-        image_facts = ImageFacts(image_id, modality, plane, width, height)
-        by_id = {f.region_id: f for f in facts}
-        accepted = []
-        for qa in self.generator.generate(image_facts, facts):
-            reason = verify_qa(qa, by_id)
-            if reason is None:
-                accepted.append(qa)
-            else:
-                self._reject(
-                    rows, "verify", reason, f"{qa.task}: {qa.answer[:200]}", source, task, image_id
-                )
-
         rows.images.append(
             {
                 "image_id": image_id,
@@ -346,6 +347,31 @@ class ShardBuilder:
             }
         )
         rows.regions.extend(region_rows)
+        self.pending.append(
+            PendingImage(task, source, ImageFacts(image_id, modality, plane, width, height), facts)
+        )
+
+    def write_conversations(self, rows: ShardRows) -> None:
+        """Generate, verify and append the conversations of every pending image."""
+        pending, self.pending = self.pending, []
+        results = self.generator.generate_all([(p.image, p.regions) for p in pending])
+        for item, result in zip(pending, results, strict=True):
+            self.write_conversation(item, result, rows)
+
+    def write_conversation(self, item: PendingImage, result: Generated, rows: ShardRows) -> None:
+        """Verify one image's generated turns and append its conversation row."""
+        task, source, image_id = item.task, item.source, item.image.image_id
+        for reason, detail in result.rejects:
+            self._reject(rows, "generate", reason, detail, source, task, image_id)
+        by_id = {f.region_id: f for f in item.regions}
+        accepted = []
+        for qa in result.turns:
+            reason = verify_qa(qa, by_id)
+            if reason is None:
+                accepted.append(qa)
+            else:
+                detail = f"{qa.task}: {qa.answer[:200]}"
+                self._reject(rows, "verify", reason, detail, source, task, image_id)
         if not accepted:
             self._reject(
                 rows,
@@ -373,8 +399,8 @@ class ShardBuilder:
                 ],
                 "generator": self.generator.name,
                 "template_hash": self.generator.template_hash,
-                "prompt_hash": None,
-                "prompt_tokens": 0,
-                "completion_tokens": 0,
+                "prompt_hash": result.prompt_hash,
+                "prompt_tokens": result.prompt_tokens,
+                "completion_tokens": result.completion_tokens,
             }
         )

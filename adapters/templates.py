@@ -12,7 +12,14 @@ from functools import cached_property
 
 import jinja2
 
-from medgrit.core.generation import QA, ImageFacts, RegionFacts, TurnPlan, plan_conversation
+from medgrit.core.generation import (
+    QA,
+    Generated,
+    ImageFacts,
+    RegionFacts,
+    TurnPlan,
+    plan_conversation,
+)
 from medgrit.core.text import MODALITY_NAMES, format_box, laterality_of
 
 TEMPLATE_FILES: dict[str, str] = {"VG": "vg.j2", "ROC": "roc.j2", "RC": "rc.j2", "MIA": "mia.j2"}
@@ -106,6 +113,10 @@ class TemplateGenerator:
             q, a = render_phrasings(self.env, task, **sample)
             out[task] = (len(q), len(a))
         return out
+
+    def generate_all(self, items: list[tuple[ImageFacts, list[RegionFacts]]]) -> list[Generated]:
+        """Conversations for many images (no network: one after the other)."""
+        return [Generated(turns=tuple(self.generate(image, regions))) for image, regions in items]
 
     def generate(self, image: ImageFacts, regions: list[RegionFacts]) -> list[QA]:
         """One conversation for an image, as QA turns (empty when it has no regions)."""

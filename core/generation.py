@@ -8,7 +8,8 @@ RC (referring captioning: box -> description) and MIA (medical image analysis: w
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Protocol
 
 import numpy as np
 
@@ -51,6 +52,30 @@ class QA:
     question: str
     answer: str
     region_ids: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Generated:
+    """A generator's output for one image: candidate turns (verified again before writing),
+    the hash of the prompt that produced them, tokens spent, and turns or requests it dropped
+    as (reason, detail)."""
+
+    turns: tuple[QA, ...]
+    prompt_hash: str | None = None
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    rejects: tuple[tuple[str, str], ...] = field(default_factory=tuple)
+
+
+class Generator(Protocol):
+    """Writes conversations for many images at once (a shard's worth)."""
+
+    name: str
+    template_hash: str
+
+    def generate_all(
+        self, items: list[tuple[ImageFacts, list[RegionFacts]]]
+    ) -> list[Generated]: ...
 
 
 @dataclass(frozen=True)
