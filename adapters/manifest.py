@@ -16,8 +16,11 @@ atomically on every update.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
+import threading
+from collections.abc import Callable
 from pathlib import Path
 
 MANIFEST = "dataset.json"
@@ -55,3 +58,35 @@ def write_manifest(out_dir: str | Path, manifest: dict) -> None:
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+_LOCK = threading.Lock()
+
+
+def update_manifest(out_dir: str | Path, change: Callable[[dict], None]) -> dict:
+    """Read, change and write ``dataset.json`` as one step.
+
+    Shard tasks (threads) and the flow both record things here (batch ids, shard results);
+    a thread lock and an ``flock`` on ``.dataset.json.lock`` keep their updates from crossing.
+    A missing manifest starts as an empty object.
+    """
+    out = Path(out_dir)
+    with _LOCK, (out / f".{MANIFEST}.lock").open("w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        manifest = read_manifest(out) if (out / MANIFEST).is_file() else {}
+        change(manifest)
+        write_manifest(out, manifest)
+        return manifest
+
+
+def record_batch(out_dir: str | Path, shard: str, batch_id: str) -> None:
+    """Add an LLM batch id to a shard's entry, so a resumed build polls it, not resubmits."""
+
+    def change(manifest: dict) -> None:
+        for entry in manifest.get("shards", []):
+            if entry.get("id") == shard:
+                batches = entry.setdefault("batches", [])
+                if batch_id not in batches:
+                    batches.append(batch_id)
+
+    update_manifest(out_dir, change)

@@ -366,7 +366,7 @@ class ShardBuilder:
         by_id = {f.region_id: f for f in item.regions}
         accepted = []
         for qa in result.turns:
-            reason = verify_qa(qa, by_id)
+            reason = verify_qa(qa, by_id, self.generator.text_rules)
             if reason is None:
                 accepted.append(qa)
             else:

@@ -58,7 +58,9 @@ def _run_build(config: BuildConfig) -> None:
 
     from medgrit.flows.build import BuildFailed, build_dataset
 
-    flow = build_dataset.with_options(task_runner=ThreadPoolTaskRunner(max_workers=config.workers))
+    # LLM shards share one provider limit: run them one at a time, each saturating it.
+    workers = 1 if config.generator == "llm" else config.workers
+    flow = build_dataset.with_options(task_runner=ThreadPoolTaskRunner(max_workers=workers))
     try:
         manifest = flow(config=config)
     except BuildFailed as exc:
@@ -83,7 +85,10 @@ def _summary_text(out: Path) -> str:
     shards = manifest["shards"]
     done = sum(s["status"] == "done" for s in shards)
     failed = [s["id"] for s in shards if s["status"] == "failed"]
-    return render_summary(str(out), totals.get("rows", {}), totals, done, len(shards), failed)
+    llm = totals.get("llm") if manifest["config"].get("generator") == "llm" else None
+    return render_summary(
+        str(out), totals.get("rows", {}), totals, done, len(shards), failed, llm=llm
+    )
 
 
 @app.command()
@@ -124,6 +129,32 @@ def build(
     overwrite: Annotated[
         bool, typer.Option(help="Replace an existing medgrit dataset in --out.")
     ] = False,
+    generator: Annotated[
+        str, typer.Option(help="template (no network) or llm (an OpenAI-compatible endpoint).")
+    ] = "template",
+    llm_model: Annotated[str | None, typer.Option(help="LLM model name.")] = None,
+    llm_base_url: Annotated[
+        str | None,
+        typer.Option(envvar="OPENAI_BASE_URL", help="OpenAI-compatible endpoint URL."),
+    ] = None,
+    llm_api_key_block: Annotated[
+        str | None,
+        typer.Option(help="Prefect Secret block with the API key (else $OPENAI_API_KEY)."),
+    ] = None,
+    llm_temperature: Annotated[float, typer.Option(help="Sampling temperature.")] = 0.2,
+    llm_max_tokens: Annotated[int, typer.Option(help="Max completion tokens.")] = 1024,
+    llm_rpm: Annotated[int, typer.Option(help="Requests per minute allowed.")] = 500,
+    llm_tpm: Annotated[int, typer.Option(help="Tokens per minute allowed.")] = 200_000,
+    llm_concurrency: Annotated[int, typer.Option(help="Requests in flight at most.")] = 32,
+    llm_price_input: Annotated[float, typer.Option(help="USD per 1M prompt tokens.")] = 0.0,
+    llm_price_output: Annotated[float, typer.Option(help="USD per 1M completion tokens.")] = 0.0,
+    llm_response_format: Annotated[
+        str, typer.Option(help="json_schema, json_object or none (what the server supports).")
+    ] = "json_schema",
+    llm_retry_invalid: Annotated[
+        int, typer.Option(help="Ask again with the error fed back, this many times.")
+    ] = 1,
+    llm_batch: Annotated[bool, typer.Option(help="Use the OpenAI Batch API.")] = False,
 ) -> None:
     """Build a dataset from segmentation sources (the bundled demo when none is given)."""
     from medgrit.adapters.sources import SourceError, open_sources
@@ -147,6 +178,23 @@ def build(
         fields["ct_window"] = _pair(ct_window, "--ct-window")
     if percentiles is not None:
         fields["percentiles"] = _pair(percentiles, "--percentiles")
+    fields["generator"] = generator
+    if llm_model is not None:
+        fields["llm"] = {
+            "model": llm_model,
+            "base_url": llm_base_url,
+            "api_key_block": llm_api_key_block,
+            "temperature": llm_temperature,
+            "max_tokens": llm_max_tokens,
+            "requests_per_minute": llm_rpm,
+            "tokens_per_minute": llm_tpm,
+            "max_concurrency": llm_concurrency,
+            "price_input_per_million": llm_price_input,
+            "price_output_per_million": llm_price_output,
+            "response_format": llm_response_format,
+            "retry_invalid": llm_retry_invalid,
+            "batch": llm_batch,
+        }
     try:
         config = BuildConfig(**fields)
     except ValidationError as exc:
@@ -163,6 +211,11 @@ def build(
         fail(str(exc))
     except (OSError, ValueError) as exc:
         fail(f"cannot use the pseudonymisation key {key_path}: {exc}")
+    if config.llm is not None and config.generator == "llm" and not config.llm.api_key_block:
+        import os
+
+        if not os.environ.get("OPENAI_API_KEY"):
+            fail("--generator llm needs an API key: set OPENAI_API_KEY or --llm-api-key-block")
     if not any(s.cases for s in opened):
         fail("the sources hold no cases (no label files found)")
     if out.exists() and not out.is_dir():

@@ -72,6 +72,7 @@ class Generator(Protocol):
 
     name: str
     template_hash: str
+    text_rules: object  # a medgrit.core.verify.TextRules, or None for no text rules
 
     def generate_all(
         self, items: list[tuple[ImageFacts, list[RegionFacts]]]

@@ -49,8 +49,12 @@ def render_summary(
     shards_done: int,
     shards_total: int,
     failed: list[str],
+    llm: dict | None = None,
 ) -> str:
-    """A short markdown summary of a build (for the CLI and the Prefect artifact)."""
+    """A short markdown summary of a build (for the CLI and the Prefect artifact).
+
+    ``llm`` holds what an LLM build sent and spent (requests, cache hits, tokens, cost).
+    """
     tasks = ("VG", "ROC", "RC", "MIA")
     lines = [
         f"## medgrit dataset `{out_dir}`",
@@ -64,6 +68,16 @@ def render_summary(
         f"- regions: {rows.get('regions', 0)}",
         f"- conversations: {rows.get('conversations', 0)}",
         f"- rejects: {rows.get('rejects', 0)}",
+        *(
+            [
+                f"- LLM: {llm.get('requests', 0)} requests sent, {llm.get('cache_hits', 0)} "
+                f"answered from the cache, {llm.get('prompt', 0)} prompt + "
+                f"{llm.get('completion', 0)} completion tokens, "
+                f"estimated cost ${llm.get('cost_usd', 0):.4f}"
+            ]
+            if llm is not None
+            else []
+        ),
         "",
         "| modality | images | " + " | ".join(tasks) + " | QA |",
         "|---|---:|" + "---:|" * (len(tasks) + 1),

@@ -19,9 +19,13 @@ from prefect import flow, get_run_logger  # noqa: E402
 from prefect.artifacts import create_markdown_artifact  # noqa: E402
 from prefect.futures import as_completed  # noqa: E402
 
-from medgrit.adapters.manifest import MANIFEST, read_manifest, write_manifest  # noqa: E402
+from medgrit.adapters.manifest import MANIFEST, read_manifest, update_manifest  # noqa: E402
 from medgrit.adapters.parquet import ParquetShardWriter, sha256_file  # noqa: E402
-from medgrit.adapters.templates import TemplateGenerator  # noqa: E402
+from medgrit.adapters.templates import (  # noqa: E402
+    TemplateGenerator,
+    combined_hash,
+    template_hashes,
+)
 from medgrit.core.summary import merge_stats, render_summary  # noqa: E402
 from medgrit.schemas.config import BuildConfig  # noqa: E402
 from medgrit.schemas.tables import SCHEMA_VERSION, TABLES  # noqa: E402
@@ -52,6 +56,56 @@ def _shard_done(out: Path, entry: dict) -> bool:
     )
 
 
+def _save(out: Path, manifest: dict) -> None:
+    """Write the flow's manifest, keeping batch ids that shard tasks recorded meanwhile."""
+
+    def change(on_disk: dict) -> None:
+        recorded = {s.get("id"): s.get("batches", []) for s in on_disk.get("shards", [])}
+        for entry in manifest["shards"]:
+            merged = list(
+                dict.fromkeys([*entry.get("batches", []), *recorded.get(entry["id"], [])])
+            )
+            if merged:
+                entry["batches"] = merged
+        on_disk.clear()
+        on_disk.update(manifest)
+
+    update_manifest(out, change)
+
+
+def _llm_totals(shards: list[dict]) -> dict:
+    """Requests, tokens and cost over all shards (what this build sent and spent)."""
+    keys = ("requests", "cache_hits", "prompt", "completion", "cost_usd")
+    totals = {k: 0 for k in keys}
+    for shard in shards:
+        for k in keys:
+            totals[k] += shard.get("tokens", {}).get(k, 0)
+    totals["cost_usd"] = round(totals["cost_usd"], 6)
+    return totals
+
+
+def _generator_info(config: BuildConfig) -> dict:
+    """Generator name, template hashes and (for an LLM) model, for the manifest."""
+    if config.generator == "llm" and config.llm is not None:
+        from medgrit.adapters.llm_generator import PROMPT_FILES
+
+        hashes = template_hashes(list(PROMPT_FILES))
+        return {
+            "name": "llm",
+            "model": config.llm.model,
+            "base_url": config.llm.base_url,
+            "batch": config.llm.batch,
+            "template_hash": combined_hash(hashes),
+            "templates": hashes,
+        }
+    generator = TemplateGenerator(seed=config.seed, max_region_turns=config.max_region_turns)
+    return {
+        "name": generator.name,
+        "template_hash": generator.template_hash,
+        "templates": generator.template_hashes,
+    }
+
+
 def _content_config(config: dict) -> dict:
     """The settings that decide table contents (not where they go or how fast)."""
     return {k: v for k, v in config.items() if k not in ("out", "workers")}
@@ -69,9 +123,7 @@ def _datasets_of(source) -> dict:
     return out
 
 
-def _new_manifest(
-    config: BuildConfig, sources: list, plan: list, generator: TemplateGenerator
-) -> dict:
+def _new_manifest(config: BuildConfig, sources: list, plan: list, generator: dict) -> dict:
     return {
         "schema_version": SCHEMA_VERSION,
         "medgrit_version": MEDGRIT_VERSION,
@@ -87,11 +139,7 @@ def _new_manifest(
             }
             for s in sources
         ],
-        "generator": {
-            "name": generator.name,
-            "template_hash": generator.template_hash,
-            "templates": generator.template_hashes,
-        },
+        "generator": generator,
         "tables": sorted(TABLES),
         "shards": [
             {
@@ -122,9 +170,18 @@ def _finalise(out: Path, manifest: dict) -> str:
     failed = [s["id"] for s in manifest["shards"] if s["status"] == "failed"]
     manifest["totals"] = {"rows": rows, **totals}
     manifest["status"] = "complete" if len(done) == len(manifest["shards"]) else "incomplete"
+    manifest["totals"]["llm"] = _llm_totals(manifest["shards"])
     manifest["updated_at"] = _now()
-    write_manifest(out, manifest)
-    return render_summary(str(out), rows, totals, len(done), len(manifest["shards"]), failed)
+    _save(out, manifest)
+    return render_summary(
+        str(out),
+        rows,
+        totals,
+        len(done),
+        len(manifest["shards"]),
+        failed,
+        llm=manifest["totals"]["llm"] if manifest["config"]["generator"] == "llm" else None,
+    )
 
 
 @flow(name="build_dataset", log_prints=False)
@@ -141,10 +198,9 @@ def build_dataset(config: BuildConfig) -> dict:
     out = Path(config.out)
     sources = discover_sources(config)
     plan = plan_build(sources, config)
-    generator = TemplateGenerator(seed=config.seed, max_region_turns=config.max_region_turns)
     out.mkdir(parents=True, exist_ok=True)
 
-    manifest = _new_manifest(config, sources, plan, generator)
+    manifest = _new_manifest(config, sources, plan, _generator_info(config))
     if (out / MANIFEST).is_file():
         previous = read_manifest(out)
         if _content_config(previous.get("config", {})) == _content_config(manifest["config"]) and [
@@ -154,7 +210,9 @@ def build_dataset(config: BuildConfig) -> dict:
             for entry, old in zip(manifest["shards"], previous["shards"], strict=True):
                 if _shard_done(out, old):
                     entry.update(old)
-    write_manifest(out, manifest)
+                elif old.get("batches"):
+                    entry["batches"] = list(old["batches"])  # resumed, not resubmitted
+    _save(out, manifest)
     for leftover in ParquetShardWriter(out).remove_temporaries():
         logger.info("removed %s left by an interrupted run", leftover)
 
@@ -162,13 +220,13 @@ def build_dataset(config: BuildConfig) -> dict:
         (s, c) for (s, c), e in zip(plan, manifest["shards"], strict=True) if e["status"] != "done"
     ]
     total = len(plan)
+    entries = {e["id"]: e for e in manifest["shards"]}
     logger.info(
         "%d shards planned, %d to build, %d already done", total, len(pending), total - len(pending)
     )
-    entries = {e["id"]: e for e in manifest["shards"]}
     futures = {
         build_shard.with_options(task_run_name=f"build_shard-{shard}").submit(
-            shard, cases, config
+            shard, cases, config, entries[shard].get("batches", [])
         ): shard
         for shard, cases in pending
     }
@@ -194,7 +252,7 @@ def build_dataset(config: BuildConfig) -> dict:
                 result["rows"]["rejects"],
             )
         manifest["updated_at"] = _now()
-        write_manifest(out, manifest)
+        _save(out, manifest)
 
     summary = _finalise(out, manifest)
     create_markdown_artifact(

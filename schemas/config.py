@@ -7,10 +7,41 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 SOURCE_KINDS: tuple[str, ...] = ("nnunet", "msd", "dicom", "samed2d", "images", "demo")
 Modality = Literal["ct", "mr", "xray", "pet", "endoscopy", "dermoscopy", "fundus", "ultrasound"]
+
+
+class LLMConfig(BaseModel):
+    """Settings of the LLM generator. The API key is never part of the config: it comes from
+    ``OPENAI_API_KEY`` or a Prefect Secret block named here, and is never logged or written."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    model: str = Field(description="Model name, e.g. gpt-4o-mini.")
+    base_url: str | None = Field(
+        None, description="OpenAI-compatible endpoint (default: OPENAI_BASE_URL or OpenAI)."
+    )
+    api_key_block: str | None = Field(
+        None, description="Name of a Prefect Secret block holding the API key."
+    )
+    temperature: float = Field(0.2, ge=0.0, le=2.0)
+    max_tokens: int = Field(1024, ge=64)
+    requests_per_minute: int = Field(500, ge=1)
+    tokens_per_minute: int = Field(200_000, ge=100)
+    max_concurrency: int = Field(32, ge=1)
+    timeout_s: float = Field(60.0, gt=0)
+    price_input_per_million: float = Field(0.0, ge=0.0, description="USD per 1M prompt tokens.")
+    price_output_per_million: float = Field(
+        0.0, ge=0.0, description="USD per 1M completion tokens."
+    )
+    response_format: Literal["json_schema", "json_object", "none"] = "json_schema"
+    retry_invalid: int = Field(
+        1, ge=0, le=3, description="Retries of an invalid answer, with the error fed back."
+    )
+    batch: bool = Field(False, description="Use the Batch API (half price, hours of latency).")
+    batch_poll_s: float = Field(30.0, gt=0)
 
 
 class BuildConfig(BaseModel):
@@ -57,7 +88,10 @@ class BuildConfig(BaseModel):
         description="Pseudonymisation key file, kept outside the dataset directory "
         "(default: $MEDGRIT_KEY_FILE or ~/.config/medgrit/pseudonym.key).",
     )
-    generator: Literal["template"] = "template"
+    generator: Literal["template", "llm"] = Field(
+        "template", description="template (no network) or llm (an OpenAI-compatible endpoint)."
+    )
+    llm: LLMConfig | None = Field(None, description="Settings of --generator llm.")
     workers: int = Field(2, ge=1, description="Shards processed at once.")
 
     @field_validator("sources")
@@ -78,6 +112,12 @@ class BuildConfig(BaseModel):
             if kind != "demo" and (":" not in spec or not spec.split(":", 1)[1]):
                 raise ValueError(f"source {spec!r} needs a path: {kind}:PATH")
         return value
+
+    @model_validator(mode="after")
+    def _check_generator(self) -> BuildConfig:
+        if self.generator == "llm" and self.llm is None:
+            raise ValueError("--generator llm needs --llm-model NAME")
+        return self
 
     @field_validator("percentiles")
     @classmethod

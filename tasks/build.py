@@ -6,6 +6,7 @@ network file systems) are retried; record-level problems are already reject rows
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from prefect import task
@@ -13,14 +14,16 @@ from prefect.cache_policies import NO_CACHE
 
 from medgrit.adapters.demo import default_demo_dir
 from medgrit.adapters.keys import load_or_create_key
+from medgrit.adapters.manifest import record_batch
 from medgrit.adapters.parquet import ParquetShardWriter
 from medgrit.adapters.pipeline import CaseTask, ShardBuilder, count_case_images
 from medgrit.adapters.sources import Source, open_sources
 from medgrit.adapters.templates import TemplateGenerator
+from medgrit.core.generation import Generator
 from medgrit.core.ids import pseudonymise_case
 from medgrit.core.sharding import allocate_images, assign_splits, plan_shards, shard_name
 from medgrit.core.summary import shard_stats
-from medgrit.schemas.config import BuildConfig
+from medgrit.schemas.config import BuildConfig, LLMConfig
 
 
 def _retry_on_os_error(task, task_run, state) -> bool:
@@ -101,15 +104,51 @@ def plan_build(sources: list[Source], config: BuildConfig) -> list[tuple[str, li
     retry_delay_seconds=[2, 10],
     retry_condition_fn=_retry_on_os_error,
 )
-def build_shard(shard: str, cases: list[CaseTask], config: BuildConfig) -> dict:
-    """Build and write one shard; returns its manifest entry (files, row counts, stats)."""
-    generator = TemplateGenerator(seed=config.seed, max_region_turns=config.max_region_turns)
+def build_shard(
+    shard: str, cases: list[CaseTask], config: BuildConfig, known_batches: list[str] | None = None
+) -> dict:
+    """Build and write one shard; returns its manifest entry (files, row counts, stats, tokens)."""
+    generator = make_generator(config, shard, known_batches or [])
     rows = ShardBuilder(config, generator).build(cases)
     tables = rows.as_tables()
     written = ParquetShardWriter(Path(config.out)).write_shard(shard, tables)
+    spend = getattr(generator, "spend", None)
     return {
         "rows": {name: f.rows for name, f in written.items()},
         "files": {f.path: f.sha256 for f in written.values()},
         "stats": shard_stats(tables),
-        "tokens": {"prompt": 0, "completion": 0},
+        "tokens": spend.as_dict() if spend else {"prompt": 0, "completion": 0},
     }
+
+
+def resolve_api_key(llm: LLMConfig) -> str:
+    """The LLM API key: from a Prefect Secret block when named, else ``OPENAI_API_KEY``.
+
+    Raises:
+        LookupError: when neither holds a key.
+    """
+    if llm.api_key_block:
+        from prefect.blocks.system import Secret
+
+        return str(Secret.load(llm.api_key_block).get())
+    key = os.environ.get("OPENAI_API_KEY", "")
+    if not key:
+        raise LookupError("no API key: set OPENAI_API_KEY or pass --llm-api-key-block NAME")
+    return key
+
+
+def make_generator(config: BuildConfig, shard: str, known_batches: list[str]) -> Generator:
+    """The build's generator for one shard (templates, or an LLM endpoint)."""
+    if config.generator == "template" or config.llm is None:
+        return TemplateGenerator(seed=config.seed, max_region_turns=config.max_region_turns)
+    from medgrit.adapters.llm_generator import LLMGenerator
+
+    out = Path(config.out)
+    return LLMGenerator(
+        config.llm,
+        resolve_api_key(config.llm),
+        out / "llm" / "cache",
+        max_region_turns=config.max_region_turns,
+        known_batches=known_batches,
+        on_batch=lambda batch_id: record_batch(out, shard, batch_id),
+    )

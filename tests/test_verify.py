@@ -6,7 +6,7 @@ import pytest
 
 from medgrit.core.generation import QA, RegionFacts
 from medgrit.core.text import format_box, format_ref
-from medgrit.core.verify import verify_qa
+from medgrit.core.verify import TextRules, verify_qa
 
 IMAGE = "3f2a9c01d4e5b6a7-a0042"
 
@@ -197,3 +197,21 @@ def test_unknown_task_is_rejected(task):
     turn = qa(task, "Where is the liver?", f"<ref>liver</ref>{box(LIVER)}", LIVER)
 
     assert verify_qa(turn, REGIONS) == "unknown_task"
+
+
+def test_text_rules_bound_lengths_and_catch_copied_instructions() -> None:
+    instructions = (
+        "You write instruction data for a medical vision-language model that can refer to "
+        "and ground image regions."
+    )
+    rules = TextRules.for_instructions(instructions)
+    region = RegionFacts("r", "liver", 1, 0, (10, 10, 50, 50), 100, "center", "small")
+    good = QA("ROC", "What is in <box>(10,10),(50,50)</box>?", "It is the liver.", ("r",))
+    assert verify_qa(good, {"r": region}, rules) is None
+    copied = QA("ROC", good.question,
+                "The liver. I write instruction data for a medical vision-language model.",
+                ("r",))
+    assert verify_qa(copied, {"r": region}, rules) == "copied_instructions"
+    long_answer = QA("ROC", good.question, "The liver " + "x" * 3000, ("r",))
+    assert verify_qa(long_answer, {"r": region}, rules) == "answer_too_long"
+    assert verify_qa(long_answer, {"r": region}) is None  # templates: no text rules
