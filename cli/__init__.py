@@ -155,6 +155,12 @@ def build(
         int, typer.Option(help="Ask again with the error fed back, this many times.")
     ] = 1,
     llm_batch: Annotated[bool, typer.Option(help="Use the OpenAI Batch API.")] = False,
+    llm_batch_poll_s: Annotated[
+        float, typer.Option(help="Seconds between polls of a batch's status.")
+    ] = 30.0,
+    llm_timeout_s: Annotated[
+        float, typer.Option(help="Seconds before a request times out.")
+    ] = 60.0,
 ) -> None:
     """Build a dataset from segmentation sources (the bundled demo when none is given)."""
     from medgrit.adapters.sources import SourceError, open_sources
@@ -194,6 +200,8 @@ def build(
             "response_format": llm_response_format,
             "retry_invalid": llm_retry_invalid,
             "batch": llm_batch,
+            "batch_poll_s": llm_batch_poll_s,
+            "timeout_s": llm_timeout_s,
         }
     try:
         config = BuildConfig(**fields)
