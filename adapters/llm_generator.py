@@ -1,0 +1,350 @@
+"""The LLM generator: conversations written by any OpenAI-compatible endpoint, then verified.
+
+For each image the model gets only text facts (modality, view, regions with their Qwen-VL boxes,
+position, size and side; see ``medgrit.schemas.llm``) rendered with ``prompts/llm_system.j2``
+and ``prompts/llm_user.j2``, and answers with one JSON conversation. All images of a shard are
+asked at once: concurrently through :class:`OpenAICompatibleClient` (rate-limited, retried), or
+through the Batch API. Each answer is parsed with pydantic and every turn is verified
+(``medgrit.core.verify``, with length and copy rules); an answer that fails is asked again with
+the failure fed back (``retry_invalid`` times), and what still fails becomes reject rows.
+
+Cache: every answer that parses is stored, content-addressed by the request, inside the dataset
+directory; a rerun or a resume answers those requests from the cache and sends nothing. Table
+rows record the tokens of the answers they use, so a rerun from the cache writes identical
+tables; what a run actually spent is in :meth:`LLMGenerator.spend`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from pydantic import ValidationError
+
+from medgrit.adapters.llm_client import (
+    ChatRequest,
+    ChatResult,
+    LLMSettings,
+    OpenAICompatibleClient,
+    request_hash,
+)
+from medgrit.adapters.response_cache import ResponseCache
+from medgrit.adapters.templates import (
+    combined_hash,
+    make_environment,
+    template_hashes,
+    view_variables,
+)
+from medgrit.core.generation import QA, TASKS, Generated, ImageFacts, RegionFacts
+from medgrit.core.text import laterality_of
+from medgrit.core.verify import TextRules, verify_qa
+from medgrit.schemas.config import LLMConfig
+from medgrit.schemas.llm import (
+    ImagePromptFacts,
+    LLMConversation,
+    PromptRegion,
+    response_json_schema,
+)
+
+PROMPT_FILES = ("llm_system.j2", "llm_user.j2")
+# Failures of the endpoint rather than of an answer: the shard fails and a resume asks again
+# (answers already received are cached and not paid twice).
+INFRASTRUCTURE_ERRORS = frozenset(
+    {"rate_limited", "server_error", "timeout", "connection_error", "failed", "expired"}
+)
+
+
+class LLMUnavailable(RuntimeError):
+    """The endpoint kept failing (after the client's retries) for some requests of a shard."""
+
+
+MAX_PROMPT_REGIONS = 16
+
+
+def settings_from_config(config: LLMConfig, share: int = 1) -> LLMSettings:
+    """Client settings of an LLM config (limits divided by ``share`` concurrent users)."""
+    return LLMSettings(
+        model=config.model,
+        base_url=config.base_url,
+        temperature=config.temperature,
+        max_tokens=config.max_tokens,
+        requests_per_minute=max(1, config.requests_per_minute // share),
+        tokens_per_minute=max(1, config.tokens_per_minute // share),
+        max_concurrency=config.max_concurrency,
+        timeout_s=config.timeout_s,
+        price_input_per_million=config.price_input_per_million,
+        price_output_per_million=config.price_output_per_million,
+        response_format=config.response_format,
+    )
+
+
+@dataclass
+class _Item:
+    """One image on its way through the rounds of asking and checking."""
+
+    image: ImageFacts
+    regions: list[RegionFacts]
+    ids: dict[str, str]
+    facts_json: str
+    prompt_hash: str = ""
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    turns: tuple[QA, ...] = ()
+    feedback: str | None = None
+    rejects: list[tuple[str, str]] = field(default_factory=list)
+    done: bool = False
+
+
+@dataclass
+class Spend:
+    """What a run sent and spent (cache hits cost nothing)."""
+
+    requests: int = 0
+    cache_hits: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cost_usd: float = 0.0
+    batches: list[str] = field(default_factory=list)
+
+    def as_dict(self) -> dict:
+        """JSON-ready counts for the manifest."""
+        return {
+            "requests": self.requests,
+            "cache_hits": self.cache_hits,
+            "prompt": self.prompt_tokens,
+            "completion": self.completion_tokens,
+            "cost_usd": round(self.cost_usd, 6),
+        }
+
+
+class LLMGenerator:
+    """Conversations from an OpenAI-compatible endpoint (see the module docstring).
+
+    Args:
+        config: LLM settings of the build.
+        api_key: the endpoint's key (held in memory only).
+        cache_dir: response cache folder inside the dataset directory.
+        max_region_turns: region turns asked for after the MIA turn.
+        known_batches: batch ids recorded by an interrupted run (reused, not resubmitted).
+        on_batch: called with each new batch id as soon as it exists.
+    """
+
+    name = "llm"
+
+    def __init__(
+        self,
+        config: LLMConfig,
+        api_key: str,
+        cache_dir: Path,
+        max_region_turns: int = 3,
+        known_batches: Sequence[str] = (),
+        on_batch: Callable[[str], None] | None = None,
+    ) -> None:
+        self.config = config
+        self.settings = settings_from_config(config)
+        self._api_key = api_key
+        self.cache = ResponseCache(cache_dir)
+        self.max_region_turns = max_region_turns
+        self.known_batches = list(known_batches)
+        self.on_batch = on_batch
+        self.env = make_environment()
+        self.system_prompt = self.env.get_template("llm_system.j2").render(tasks=list(TASKS))
+        self.text_rules = TextRules.for_instructions(self.system_prompt)
+        self.spend = Spend()
+        self.template_hashes = template_hashes(list(PROMPT_FILES))
+        self.template_hash = combined_hash(self.template_hashes)
+
+    def __repr__(self) -> str:  # never show the key
+        return f"LLMGenerator(model={self.settings.model!r}, base_url={self.settings.base_url!r})"
+
+    def _response_format(self) -> dict | None:
+        if self.config.response_format == "json_schema":
+            return response_json_schema()
+        if self.config.response_format == "json_object":
+            return {"type": "json_object"}
+        return None
+
+    def _item(self, image: ImageFacts, regions: list[RegionFacts]) -> _Item:
+        shown = sorted(regions, key=lambda r: (r.instance > 0, -r.area, r.label_id, r.instance))
+        shown = sorted(shown[:MAX_PROMPT_REGIONS], key=lambda r: (r.label_id, r.instance))
+        ids = {f"r{i}": r.region_id for i, r in enumerate(shown)}
+        facts = ImagePromptFacts(
+            modality=view_variables(image.modality, image.plane)["modality"],
+            view=view_variables(image.modality, image.plane)["view"],
+            regions=[
+                PromptRegion(
+                    id=f"r{i}",
+                    label=r.label,
+                    box=r.bbox_1000,
+                    position=r.position,
+                    size=r.size,
+                    side=laterality_of(r.label),
+                )  # type: ignore[arg-type]
+                for i, r in enumerate(shown)
+            ],
+        )
+        return _Item(image, regions, ids, facts.model_dump_json())
+
+    def request_for(self, item: _Item, attempt: int) -> ChatRequest:
+        """The chat request of an image's ``attempt``-th answer (0 = first ask)."""
+        user = self.env.get_template("llm_user.j2").render(
+            facts_json=item.facts_json, turns=1 + self.max_region_turns, feedback=item.feedback
+        )
+        return ChatRequest(
+            custom_id=f"{item.image.image_id}-a{attempt}",
+            messages=(
+                {"role": "system", "content": self.system_prompt},
+                {"role": "user", "content": user},
+            ),
+            response_format=self._response_format(),
+        )
+
+    def parse(self, content: str, item: _Item) -> tuple[QA, ...] | None:
+        """Turns of an answer, region ids mapped back; None when it is not the asked JSON."""
+        try:
+            conversation = LLMConversation.model_validate_json(content)
+        except ValidationError:
+            return None
+        return tuple(
+            QA(
+                turn.task,
+                turn.question,
+                turn.answer,
+                tuple(item.ids.get(rid, rid) for rid in turn.region_ids),
+            )
+            for turn in conversation.conversation
+        )
+
+    def _check(self, item: _Item, turns: tuple[QA, ...]) -> list[str]:
+        by_id = {r.region_id: r for r in item.regions}
+        problems = []
+        for number, qa in enumerate(turns, 1):
+            reason = verify_qa(qa, by_id, self.text_rules)
+            if reason:
+                problems.append(f"turn {number} ({qa.task}): {reason}")
+        return problems
+
+    def generate_all(self, items: list[tuple[ImageFacts, list[RegionFacts]]]) -> list[Generated]:
+        """Conversations for all images of a shard (requests run concurrently)."""
+        states = [self._item(image, regions) for image, regions in items]
+        asyncio.run(self._rounds(states))
+        return [
+            Generated(
+                turns=s.turns,
+                prompt_hash=s.prompt_hash,
+                prompt_tokens=s.prompt_tokens,
+                completion_tokens=s.completion_tokens,
+                rejects=tuple(s.rejects),
+            )
+            for s in states
+        ]
+
+    async def _ask(self, requests: list[ChatRequest]) -> list[ChatResult]:
+        cached: dict[int, ChatResult] = {}
+        todo: list[tuple[int, ChatRequest]] = []
+        for i, request in enumerate(requests):
+            key = request_hash(self.settings, request)
+            record = self.cache.get(key)
+            if record is not None:
+                cached[i] = ChatResult(
+                    request.custom_id,
+                    record["content"],
+                    record["prompt_tokens"],
+                    record["completion_tokens"],
+                    key,
+                    from_cache=True,
+                )
+            else:
+                todo.append((i, request))
+        self.spend.cache_hits += len(cached)
+        fresh: list[ChatResult] = []
+        if todo:
+            pending = [r for _, r in todo]
+            if self.config.batch:
+                from medgrit.adapters.llm_batch import BatchRunner
+
+                runner = BatchRunner(
+                    self.settings, self._api_key, poll_interval_s=self.config.batch_poll_s
+                )
+                fresh = await runner.run(
+                    pending, known_batch_ids=self.known_batches, on_batch=self._record_batch
+                )
+            else:
+                async with OpenAICompatibleClient(self.settings, self._api_key) as client:
+                    fresh = await client.complete_all(pending)
+        results: list[ChatResult | None] = [None] * len(requests)
+        for i, result in cached.items():
+            results[i] = result
+        for (i, _), result in zip(todo, fresh, strict=True):
+            results[i] = result
+            if result.content is not None and not result.from_cache:
+                self.spend.requests += 1
+                self.spend.prompt_tokens += result.prompt_tokens
+                self.spend.completion_tokens += result.completion_tokens
+        self.spend.cost_usd = (
+            self.spend.prompt_tokens * self.config.price_input_per_million
+            + self.spend.completion_tokens * self.config.price_output_per_million
+        ) / 1e6
+        return results  # type: ignore[return-value]
+
+    def _record_batch(self, batch_id: str) -> None:
+        self.spend.batches.append(batch_id)
+        self.known_batches.append(batch_id)
+        if self.on_batch is not None:
+            self.on_batch(batch_id)
+
+    async def _rounds(self, states: list[_Item]) -> None:
+        for attempt in range(1 + self.config.retry_invalid):
+            active = [s for s in states if not s.done]
+            if not active:
+                return
+            requests = [self.request_for(s, attempt) for s in active]
+            results = await self._ask(requests)
+            last = attempt == self.config.retry_invalid
+            unavailable: list[str] = []
+            for state, result in zip(active, results, strict=True):
+                if attempt == 0:
+                    state.prompt_hash = result.request_hash
+                if result.content is None:
+                    error = result.error or "failed"
+                    if error in INFRASTRUCTURE_ERRORS:
+                        unavailable.append(error)
+                    else:
+                        state.rejects.append((f"llm_{error}", f"attempt {attempt + 1}: no answer"))
+                    state.done = True
+                    continue
+                state.prompt_tokens += result.prompt_tokens
+                state.completion_tokens += result.completion_tokens
+                turns = self.parse(result.content, state)
+                if turns is None:
+                    problems = ["the answer is not a JSON object of the requested shape"]
+                else:
+                    if not result.from_cache:
+                        self.cache.put(
+                            result.request_hash,
+                            {
+                                "content": result.content,
+                                "prompt_tokens": result.prompt_tokens,
+                                "completion_tokens": result.completion_tokens,
+                                "model": self.settings.model,
+                            },
+                        )
+                    problems = self._check(state, turns)
+                    state.turns = turns
+                if not problems:
+                    state.done = True
+                elif last:
+                    if turns is None:
+                        state.rejects.append(("invalid_json", result.content[:200]))
+                    state.done = True
+                else:
+                    state.feedback = "; ".join(problems)
+                    state.turns = ()
+            if unavailable:
+                counts = {e: unavailable.count(e) for e in sorted(set(unavailable))}
+                raise LLMUnavailable(
+                    f"{len(unavailable)} request(s) got no answer after retries ({counts}); "
+                    "answers received so far are cached: resume the build to ask again"
+                )
