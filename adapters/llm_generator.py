@@ -52,7 +52,15 @@ PROMPT_FILES = ("llm_system.j2", "llm_user.j2")
 # Failures of the endpoint rather than of an answer: the shard fails and a resume asks again
 # (answers already received are cached and not paid twice).
 INFRASTRUCTURE_ERRORS = frozenset(
-    {"rate_limited", "server_error", "timeout", "connection_error", "failed", "expired"}
+    {
+        "rate_limited",
+        "server_error",
+        "timeout",
+        "connection_error",
+        "failed",
+        "expired",
+        "authentication_error",
+    }
 )
 
 
