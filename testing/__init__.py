@@ -1,1 +1,1 @@
-"""Test infrastructure shipped with medgrit: an OpenAI-compatible server for tests and benchmarks."""
+"""An OpenAI-compatible server for medgrit's tests and benchmarks."""

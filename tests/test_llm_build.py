@@ -178,3 +178,34 @@ def test_batch_mode_gives_the_same_conversations(llm_server, medgrit, tmp_path: 
     assert any(s.get("batches") for s in manifest["shards"])  # batch ids are recorded
     assert _rows(batch, "conversations") == _rows(online, "conversations")
     assert _rows(batch, "rejects") == _rows(online, "rejects")
+
+
+def test_api_key_from_a_prefect_secret_block(
+    llm_server, medgrit, prefect_server: str, tmp_path: Path
+) -> None:
+    from prefect.blocks.system import Secret
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    llm_server.configure(ServerConfig(api_key=API_KEY))
+    with temporary_settings(updates={PREFECT_API_URL: prefect_server}):
+        Secret(value=API_KEY).save("medgrit-test-llm-key", overwrite=True)
+    out = tmp_path / "out"
+    result = medgrit(
+        "build",
+        "--out",
+        str(out),
+        "--max-images",
+        "3",
+        "--generator",
+        "llm",
+        "--llm-model",
+        "m",
+        "--llm-base-url",
+        llm_server.base_url,
+        "--llm-api-key-block",
+        "medgrit-test-llm-key",
+        env={"OPENAI_API_KEY": ""},
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert len(_rows(out, "conversations")) == 3
+    assert API_KEY not in result.stdout + result.stderr
