@@ -208,9 +208,12 @@ def test_text_rules_bound_lengths_and_catch_copied_instructions() -> None:
     region = RegionFacts("r", "liver", 1, 0, (10, 10, 50, 50), 100, "center", "small")
     good = QA("ROC", "What is in <box>(10,10),(50,50)</box>?", "It is the liver.", ("r",))
     assert verify_qa(good, {"r": region}, rules) is None
-    copied = QA("ROC", good.question,
-                "The liver. I write instruction data for a medical vision-language model.",
-                ("r",))
+    copied = QA(
+        "ROC",
+        good.question,
+        "The liver. I write instruction data for a medical vision-language model.",
+        ("r",),
+    )
     assert verify_qa(copied, {"r": region}, rules) == "copied_instructions"
     long_answer = QA("ROC", good.question, "The liver " + "x" * 3000, ("r",))
     assert verify_qa(long_answer, {"r": region}, rules) == "answer_too_long"

@@ -1,0 +1,548 @@
+"""Async client for OpenAI-compatible chat endpoints, at the provider's rate limit.
+
+One :class:`OpenAICompatibleClient` serves all requests of a shard: :meth:`complete_all` runs
+them concurrently and returns one :class:`ChatResult` per request, in input order. Each request:
+
+1. cache lookup (when a :class:`ResponseCache` is given): a hit sends nothing;
+2. a slot of the connection pool (``max_concurrency`` requests in flight at most);
+3. the shared RPM/TPM limiter (:mod:`medgrit.core.ratelimit`): its token cost is estimated as
+   ``ceil(chars / 4) + max_tokens`` and corrected from ``usage`` after the call; the
+   ``x-ratelimit-*`` headers of every response (429s included) lower the limits and levels when
+   the server is stricter than the settings;
+4. the call, through ``openai.AsyncOpenAI`` with the SDK's own retries off (``max_retries=0``,
+   so retries are not multiplied and every 429 reaches the limiter) and an HTTP connection pool
+   of ``max_concurrency`` connections. The body is serialised once per request and sent with
+   the SDK's generic ``post(..., cast_to=<http response>)``, which returns the raw response
+   (headers included) with the SDK's auth, base URL, timeout and error classes: the typed
+   ``chat.completions.with_raw_response.create`` walks its parameter annotations on every call
+   and cost more client CPU than everything else per request (about 1 ms of 3).
+
+Retries (tenacity, ``max_attempts`` attempts, exponential backoff with full jitter, capped at
+``MAX_BACKOFF_S`` seconds) happen only for failures of the infrastructure, which a later attempt
+can fix: 429 (rate limited), 5xx (server error), timeouts (``timeout_s`` seconds per attempt)
+and connection errors, plus an HTTP body that is not a chat completion (a proxy's error page).
+A 429 is retried no sooner than its ``retry-after-ms`` / ``Retry-After`` (seconds or HTTP
+date), and pauses the shared limiter for as long, so the other requests wait too. Other 4xx
+answers are final: the same request would fail again. A request that fails for good becomes a
+``ChatResult`` with ``content=None`` and a stable snake_case ``error``: ``rate_limited``,
+``server_error``, ``timeout``, ``connection_error``, ``malformed_response``, ``bad_request``
+(400, 404, 409, 422, ...), ``authentication_error`` (401, 403: the key or its permissions;
+every other request fails the same way) or ``api_error``.
+
+The client never caches by itself: the caller validates an answer and then calls
+:meth:`OpenAICompatibleClient.store`, so only valid answers are cached.
+
+The API key is held by the SDK client only: it is not part of :class:`LLMSettings`, not in any
+``repr``, and the client's log messages and error reasons never contain it.
+
+Units: times in seconds, limits per minute, prices in USD per million tokens.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import logging
+import random
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any
+
+import httpx
+import openai
+from tenacity import (
+    AsyncRetrying,
+    RetryCallState,
+    retry_if_exception,
+    stop_after_attempt,
+    wait_random_exponential,
+)
+
+from medgrit.adapters.response_cache import ResponseCache
+from medgrit.core.ratelimit import (
+    Grant,
+    RateLimiter,
+    RateLimitHeaders,
+    estimate_tokens,
+    parse_retry_after,
+)
+
+try:  # openai >= 3 runs on httpx2; older releases on httpx
+    import httpx2 as _httpx2
+except ImportError:  # pragma: no cover - depends on the installed SDK
+    _httpx2 = None
+
+log = logging.getLogger(__name__)
+
+MAX_BACKOFF_S = 30.0
+"""Cap of one exponential backoff wait (a Retry-After may ask for longer and is honoured)."""
+BACKOFF_MULTIPLIER_S = 0.5
+"""Scale of the backoff: after attempt n, wait uniform(0, min(cap, 0.5 * 2**(n-1))) seconds."""
+
+RESPONSE_FORMATS = ("json_schema", "json_object", "none")
+
+
+@dataclass(frozen=True)
+class LLMSettings:
+    """Endpoint, sampling and limit settings of one model (never the API key).
+
+    Attributes:
+        model: model name sent with every request.
+        base_url: endpoint; ``None`` uses ``OPENAI_BASE_URL`` or the SDK default (OpenAI).
+        temperature, max_tokens: sampling parameters (part of the cache key).
+        requests_per_minute, tokens_per_minute: the account's limits; the client paces at them
+            and adopts lower ones from the server's ``x-ratelimit-*`` headers.
+        max_concurrency: requests in flight at most (also the connection pool size).
+        timeout_s: seconds one attempt may take before it counts as a timeout.
+        max_attempts: attempts per request for infrastructure failures (1 = no retry).
+        price_input_per_million, price_output_per_million: USD per 1M prompt/completion tokens.
+        response_format: the structured-output mode the caller builds ``ChatRequest.
+            response_format`` for: ``json_schema``, ``json_object`` or ``none``.
+    """
+
+    model: str
+    base_url: str | None = None
+    temperature: float = 0.2
+    max_tokens: int = 1024
+    requests_per_minute: int = 500
+    tokens_per_minute: int = 200_000
+    max_concurrency: int = 32
+    timeout_s: float = 60.0
+    max_attempts: int = 6
+    price_input_per_million: float = 0.0
+    price_output_per_million: float = 0.0
+    response_format: str = "json_schema"
+
+    def __post_init__(self) -> None:
+        if not self.model:
+            raise ValueError("LLM model is empty: pass a model name such as gpt-4o-mini")
+        for name in ("max_tokens", "requests_per_minute", "tokens_per_minute", "max_concurrency"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"LLM {name} must be >= 1, got {getattr(self, name)}")
+        if self.max_attempts < 1:
+            raise ValueError(f"LLM max_attempts must be >= 1, got {self.max_attempts}")
+        if self.timeout_s <= 0:
+            raise ValueError(f"LLM timeout_s must be positive, got {self.timeout_s}")
+        if self.response_format not in RESPONSE_FORMATS:
+            raise ValueError(
+                f"LLM response_format must be one of {', '.join(RESPONSE_FORMATS)}, "
+                f"got {self.response_format!r}"
+            )
+
+
+@dataclass(frozen=True)
+class ChatRequest:
+    """One chat completion to ask for.
+
+    Attributes:
+        custom_id: the caller's id, returned with the result (unique within one call).
+        messages: ``({"role": "system", "content": ...}, {"role": "user", "content": ...})``.
+        response_format: passed through as the ``response_format`` argument (``None``: omitted).
+    """
+
+    custom_id: str
+    messages: tuple[dict[str, str], ...]
+    response_format: dict | None = None
+
+
+@dataclass(frozen=True)
+class ChatResult:
+    """The answer to one :class:`ChatRequest`.
+
+    ``content`` is ``None`` when the request failed for good; ``error`` then says why (see the
+    module docstring). Token counts are the server's ``usage`` (the cached ones on a hit).
+    """
+
+    custom_id: str
+    content: str | None
+    prompt_tokens: int
+    completion_tokens: int
+    request_hash: str
+    from_cache: bool = False
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class Usage:
+    """What a client sent and received so far.
+
+    Attributes:
+        requests_sent: HTTP requests sent (every attempt counts).
+        prompt_tokens, completion_tokens: tokens of the answered requests (server ``usage``).
+        retries: attempts after the first one.
+        rate_limited: 429 answers received.
+        cache_hits: requests answered from the cache (nothing sent).
+    """
+
+    requests_sent: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    retries: int = 0
+    rate_limited: int = 0
+    cache_hits: int = 0
+
+
+def estimate_cost(settings: LLMSettings, usage: Usage) -> float:
+    """USD for ``usage`` at the settings' prices per million tokens."""
+    return (
+        usage.prompt_tokens * settings.price_input_per_million
+        + usage.completion_tokens * settings.price_output_per_million
+    ) / 1e6
+
+
+def request_hash(settings: LLMSettings, request: ChatRequest) -> str:
+    """sha256 hex of the canonical JSON of (model, temperature, max_tokens, response_format,
+    messages): the response cache key. ``custom_id`` is not part of it."""
+    canonical = json.dumps(
+        {
+            "model": settings.model,
+            "temperature": settings.temperature,
+            "max_tokens": settings.max_tokens,
+            "response_format": request.response_format,
+            "messages": request.messages,
+        },
+        sort_keys=True,
+        separators=(",", ":"),
+        ensure_ascii=False,
+    )
+    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+
+
+def chat_body(settings: LLMSettings, request: ChatRequest) -> dict[str, Any]:
+    """The JSON body of ``POST /v1/chat/completions`` for ``request`` (also a batch line's)."""
+    body: dict[str, Any] = {
+        "model": settings.model,
+        "messages": list(request.messages),
+        "temperature": settings.temperature,
+        "max_tokens": settings.max_tokens,
+    }
+    if request.response_format is not None:
+        body["response_format"] = request.response_format
+    return body
+
+
+class AsyncRateLimiter:
+    """The pure :class:`RateLimiter` on the event loop: ``await acquire(tokens)``.
+
+    Waiters queue on a FIFO lock; only the head sleeps (for the time the limiter names) and asks
+    again, so a grant costs O(1) and nobody polls.
+
+    Args:
+        limiter: the pure limiter (shared state).
+        clock: monotonic seconds (``time.monotonic``).
+    """
+
+    def __init__(self, limiter: RateLimiter, clock: Any = time.monotonic) -> None:
+        self.limiter = limiter
+        self.clock = clock
+        self._lock = asyncio.Lock()
+
+    async def acquire(self, tokens: int) -> Grant:
+        """Wait until a request costing ``tokens`` may start, spend it, and return the grant."""
+        limiter, clock = self.limiter, self.clock
+        async with self._lock:
+            wait = limiter.delay(tokens, clock())
+            while wait > 0:
+                await asyncio.sleep(wait)
+                wait = limiter.delay(tokens, clock())
+            return limiter.take(tokens, clock())
+
+
+class RequestFailure(Exception):
+    """One attempt failed; ``reason`` is the stable snake_case name of why.
+
+    ``retryable``: a later attempt can succeed (429, 5xx, timeout, connection error, an
+    unreadable body); ``retry_after``: seconds the server asked to wait, if it did.
+    """
+
+    def __init__(self, reason: str, retryable: bool, retry_after: float | None = None) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.retryable = retryable
+        self.retry_after = retry_after
+
+
+def _is_retryable(error: BaseException) -> bool:
+    return isinstance(error, RequestFailure) and error.retryable
+
+
+def status_reason(status: int) -> str:
+    """The ``ChatResult.error`` reason of an HTTP error status."""
+    if status == 429:
+        return "rate_limited"
+    if status >= 500:
+        return "server_error"
+    if status in (401, 403):
+        return "authentication_error"
+    return "bad_request"
+
+
+_BACKOFF = wait_random_exponential(multiplier=BACKOFF_MULTIPLIER_S, max=MAX_BACKOFF_S)
+
+
+def backoff_wait(retry_state: RetryCallState) -> float:
+    """Seconds before the next attempt: full-jitter exponential, or at least ``Retry-After``.
+
+    The jitter spreads retries of requests that failed together; a server-named wait is a
+    floor (plus up to 10% jitter so the retries do not all arrive at once).
+    """
+    outcome = retry_state.outcome
+    error = outcome.exception() if outcome is not None else None
+    retry_after = error.retry_after if isinstance(error, RequestFailure) else None
+    if retry_after is not None:
+        return retry_after * (1.0 + 0.1 * random.random())
+    return _BACKOFF(retry_state)
+
+
+def make_retrying(max_attempts: int) -> AsyncRetrying:
+    """The retry policy (see the module docstring) for one call; reraises the last failure."""
+    return AsyncRetrying(
+        stop=stop_after_attempt(max_attempts),
+        wait=backoff_wait,
+        retry=retry_if_exception(_is_retryable),
+        reraise=True,
+    )
+
+
+def classify_error(error: openai.OpenAIError, wall_now: float) -> RequestFailure:
+    """Map an SDK exception to a :class:`RequestFailure` (``wall_now``: for HTTP dates)."""
+    if isinstance(error, openai.APITimeoutError):
+        return RequestFailure("timeout", True)
+    if isinstance(error, openai.APIConnectionError):
+        return RequestFailure("connection_error", True)
+    if isinstance(error, openai.APIStatusError):
+        status = error.status_code
+        retryable = status == 429 or status >= 500
+        retry_after = parse_retry_after(error.response.headers, wall_now) if retryable else None
+        return RequestFailure(status_reason(status), retryable, retry_after)
+    if isinstance(error, openai.APIResponseValidationError):
+        return RequestFailure("malformed_response", True)
+    return RequestFailure("api_error", False)
+
+
+def make_http_client(max_connections: int) -> Any:
+    """The SDK's default async HTTP client with a pool of ``max_connections`` connections."""
+    if _httpx2 is not None and issubclass(openai.DefaultAsyncHttpxClient, _httpx2.AsyncClient):
+        limits: Any = _httpx2.Limits(
+            max_connections=max_connections, max_keepalive_connections=max_connections
+        )
+    else:  # pragma: no cover - openai < 3
+        limits = httpx.Limits(
+            max_connections=max_connections, max_keepalive_connections=max_connections
+        )
+    return openai.DefaultAsyncHttpxClient(limits=limits)
+
+
+def _response_class() -> type:
+    """The HTTP response class of the SDK's transport (``cast_to`` it for the raw response)."""
+    if _httpx2 is not None and issubclass(openai.DefaultAsyncHttpxClient, _httpx2.AsyncClient):
+        return _httpx2.Response
+    return httpx.Response  # pragma: no cover - openai < 3
+
+
+def redact(text: str, secret: str) -> str:
+    """``text`` with every occurrence of ``secret`` replaced (for log lines from server text)."""
+    return text.replace(secret, "***") if secret else text
+
+
+class OpenAICompatibleClient:
+    """Rate-limited, retrying chat completions against any OpenAI-compatible endpoint.
+
+    Use as ``async with OpenAICompatibleClient(settings, key) as client: results = await
+    client.complete_all(requests)``. One instance per event loop.
+
+    Args:
+        settings: model, limits, retries and prices.
+        api_key: the endpoint's key; kept by the SDK client only, never logged.
+        cache: answers to look up before sending (and to :meth:`store` valid ones in).
+    """
+
+    def __init__(
+        self, settings: LLMSettings, api_key: str, cache: ResponseCache | None = None
+    ) -> None:
+        self.settings = settings
+        self.cache = cache
+        self._secret = api_key
+        self._client = openai.AsyncOpenAI(
+            api_key=api_key,
+            base_url=settings.base_url,
+            max_retries=0,
+            timeout=settings.timeout_s,
+            http_client=make_http_client(settings.max_concurrency),
+        )
+        self.limiter = AsyncRateLimiter(
+            RateLimiter(
+                settings.requests_per_minute,
+                settings.tokens_per_minute,
+                time.monotonic(),
+            )
+        )
+        self._slots = asyncio.Semaphore(settings.max_concurrency)
+        self._post = self._client.post
+        self._response_class = _response_class()
+        self._requests_sent = 0
+        self._prompt_tokens = 0
+        self._completion_tokens = 0
+        self._retries = 0
+        self._rate_limited = 0
+        self._cache_hits = 0
+
+    def __repr__(self) -> str:
+        return (
+            f"OpenAICompatibleClient(model={self.settings.model!r}, "
+            f"base_url={str(self._client.base_url)!r})"
+        )
+
+    async def __aenter__(self) -> OpenAICompatibleClient:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        """Close the HTTP connections."""
+        await self._client.close()
+
+    # -- accounting ----------------------------------------------------------------------------
+
+    @property
+    def usage(self) -> Usage:
+        """Counts so far (a snapshot)."""
+        return Usage(
+            requests_sent=self._requests_sent,
+            prompt_tokens=self._prompt_tokens,
+            completion_tokens=self._completion_tokens,
+            retries=self._retries,
+            rate_limited=self._rate_limited,
+            cache_hits=self._cache_hits,
+        )
+
+    def cost(self, usage: Usage | None = None) -> float:
+        """USD for ``usage`` (default: this client's) at the settings' prices."""
+        return estimate_cost(self.settings, self.usage if usage is None else usage)
+
+    # -- cache ---------------------------------------------------------------------------------
+
+    def store(self, request: ChatRequest, result: ChatResult) -> None:
+        """Cache ``result`` as the answer to ``request``; call only for answers judged valid.
+
+        Raises:
+            ValueError: the result has no content (a failure is never cached).
+            RuntimeError: the client has no cache.
+        """
+        if result.content is None:
+            raise ValueError(f"request {request.custom_id!r} has no answer to cache")
+        if self.cache is None:
+            raise RuntimeError("this client has no response cache; pass cache=ResponseCache(...)")
+        key = result.request_hash or request_hash(self.settings, request)
+        self.cache.put(
+            key,
+            {
+                "content": result.content,
+                "prompt_tokens": result.prompt_tokens,
+                "completion_tokens": result.completion_tokens,
+                "model": self.settings.model,
+            },
+        )
+
+    # -- requests ------------------------------------------------------------------------------
+
+    async def complete_all(self, requests: Sequence[ChatRequest]) -> list[ChatResult]:
+        """All ``requests`` concurrently (bounded by ``max_concurrency``), results in input order.
+
+        A request that fails for good gives a result with ``error`` set; nothing is raised for
+        it. Unexpected exceptions (bugs) cancel the other requests and propagate.
+        """
+        async with asyncio.TaskGroup() as group:
+            tasks = [group.create_task(self.complete(request)) for request in requests]
+        return [task.result() for task in tasks]
+
+    async def complete(self, request: ChatRequest) -> ChatResult:
+        """One request: cache lookup (a hit sends nothing), then the limiter, then the call."""
+        key = request_hash(self.settings, request)
+        if self.cache is not None:
+            record = self.cache.get(key)
+            if record is not None:
+                self._cache_hits += 1
+                return ChatResult(
+                    request.custom_id,
+                    record["content"],
+                    int(record.get("prompt_tokens", 0)),
+                    int(record.get("completion_tokens", 0)),
+                    key,
+                    from_cache=True,
+                )
+        settings = self.settings
+        body = json.dumps(chat_body(settings, request), ensure_ascii=False).encode("utf-8")
+        tokens = estimate_tokens(request.messages, settings.max_tokens)
+        attempts = 0
+
+        async def once() -> tuple[str, int, int]:
+            nonlocal attempts
+            attempts += 1
+            if attempts > 1:
+                self._retries += 1
+            return await self._attempt(body, tokens)
+
+        try:
+            content, prompt, completion = await make_retrying(settings.max_attempts)(once)
+        except RequestFailure as failure:
+            log.warning("LLM request %s failed for good: %s", request.custom_id, failure.reason)
+            return ChatResult(request.custom_id, None, 0, 0, key, error=failure.reason)
+        return ChatResult(request.custom_id, content, prompt, completion, key)
+
+    async def _attempt(self, body: bytes, tokens: int) -> tuple[str, int, int]:
+        """One HTTP call inside a pool slot, after the limiter; raises RequestFailure."""
+        limiter = self.limiter.limiter
+        clock = self.limiter.clock
+        async with self._slots:
+            grant = await self.limiter.acquire(tokens)
+            self._requests_sent += 1
+            try:
+                raw = await self._post(
+                    "/chat/completions", cast_to=self._response_class, content=body
+                )
+            except openai.OpenAIError as error:
+                failure = classify_error(error, time.time())
+                response = getattr(error, "response", None)
+                now = clock()
+                limited = failure.reason == "rate_limited"
+                if response is not None:
+                    # A 429 took nothing at the server: adopt its limits, not its levels.
+                    headers = RateLimitHeaders.from_headers(response.headers)
+                    limiter.observe(None if limited else grant, headers, now)
+                if limited:
+                    self._rate_limited += 1
+                    limiter.pause(failure.retry_after or 0.0, now)
+                log.info(
+                    "LLM attempt failed (%s): %s",
+                    failure.reason,
+                    redact(str(error), self._secret)[:200],
+                )
+                raise failure from None
+        now = clock()
+        limiter.observe(grant, RateLimitHeaders.from_headers(raw.headers), now)
+        try:
+            data = json.loads(raw.content)
+            message = data["choices"][0]["message"]
+            usage = data.get("usage") or {}
+            prompt = int(usage.get("prompt_tokens") or 0)
+            completion = int(usage.get("completion_tokens") or 0)
+        except (ValueError, TypeError, KeyError, IndexError, AttributeError):
+            raise RequestFailure("malformed_response", True) from None
+        if usage:
+            limiter.settle(grant, prompt + completion, now)
+        content = message.get("content") if isinstance(message, dict) else None
+        if not isinstance(content, str):
+            raise RequestFailure("empty_content", False)
+        self._prompt_tokens += prompt
+        self._completion_tokens += completion
+        return content, prompt, completion

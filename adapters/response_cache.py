@@ -1,0 +1,79 @@
+"""Content-addressed cache of LLM answers, stored inside the dataset directory.
+
+Layout: ``<folder>/<key[:2]>/<key>.json``, one JSON record per request, where ``key`` is the
+request's :func:`medgrit.adapters.llm_client.request_hash` (sha256 hex of the model, sampling
+parameters and messages). A record is ``{"content", "prompt_tokens", "completion_tokens",
+"model"}``. Only answers the pipeline judged valid are stored, so a rerun or a resume sends no
+request whose valid answer is known.
+
+Writes are atomic (a unique temporary file in the same folder, then ``os.replace``), so a reader,
+a concurrent writer thread or an interrupted run never sees half a record. Two writers of the
+same key write the same content; the last replace wins.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import tempfile
+from pathlib import Path
+
+_KEY = re.compile(r"[0-9a-f]{8,128}")
+
+
+class ResponseCache:
+    """A folder of JSON answer records addressed by request hash.
+
+    Args:
+        folder: where the records live (the pipeline passes ``OUT/llm/cache``); created on
+            the first write.
+    """
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = Path(folder)
+
+    def __repr__(self) -> str:
+        return f"ResponseCache({str(self.folder)!r})"
+
+    def path(self, key: str) -> Path:
+        """The record file of ``key``.
+
+        Raises:
+            ValueError: ``key`` is not a lower-case hex digest.
+        """
+        if not _KEY.fullmatch(key):
+            raise ValueError(f"cache keys are lower-case hex digests, got {key!r}")
+        return self.folder / key[:2] / f"{key}.json"
+
+    def get(self, key: str) -> dict | None:
+        """The record stored under ``key``, or ``None`` when there is none.
+
+        A record that cannot be read as a JSON object (a foreign file) counts as absent.
+        """
+        try:
+            text = self.path(key).read_text(encoding="utf-8")
+        except FileNotFoundError:
+            return None
+        try:
+            record = json.loads(text)
+        except json.JSONDecodeError:
+            return None
+        return record if isinstance(record, dict) else None
+
+    def put(self, key: str, record: dict) -> None:
+        """Store ``record`` under ``key`` atomically (temp file + ``os.replace``)."""
+        target = self.path(key)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        data = json.dumps(record, ensure_ascii=False, sort_keys=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{key[:16]}.", suffix=".tmp", dir=target.parent)
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as handle:
+                handle.write(data)
+            os.replace(tmp, target)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+    def __contains__(self, key: str) -> bool:
+        return self.path(key).is_file()

@@ -1,0 +1,1287 @@
+"""An OpenAI-compatible HTTP server for tests and benchmarks of the LLM generator.
+
+It speaks the parts of the OpenAI REST API that ``medgrit build --generator llm`` uses, over real
+HTTP (Starlette on uvicorn), so the real ``openai`` SDK talks to it unchanged:
+
+- ``POST /v1/chat/completions`` (non-streaming). The last user message must hold one line
+  ``Image facts (JSON): {...}`` (:class:`medgrit.schemas.llm.ImagePromptFacts`); the answer is a
+  valid :class:`medgrit.schemas.llm.LLMConversation` built from those facts: an MIA turn that
+  lists the regions, then VG / ROC / RC turns that use each region's exact box and label. The
+  number of turns follows ``conversation of N turns`` in the prompt (default 4).
+  ``usage.prompt_tokens`` is ceil(characters of all message contents / 4) and
+  ``usage.completion_tokens`` ceil(characters of the answer / 4); an answer longer than
+  ``max_tokens`` is cut there with ``finish_reason: "length"``.
+- ``POST /v1/files`` (multipart), ``GET /v1/files/{id}``, ``GET /v1/files/{id}/content``,
+  ``DELETE /v1/files/{id}``; ``POST /v1/batches``, ``GET /v1/batches/{id}``,
+  ``POST /v1/batches/{id}/cancel``. A batch answers its JSONL lines in the background (outside
+  the online rate limits) after ``batch_delay_s``; ``batch_fail_rate`` of its lines fail with
+  status 500 (error file) and ``batch_expire`` ends it ``expired`` after half its lines: those
+  are in the output and error files, the rest are missing.
+- ``GET /stats`` and ``POST /stats/reset`` (counters, see :meth:`ProviderSimulator.stats`),
+  ``POST /admin/config`` (replace the configuration of a running server), ``GET /health``.
+  These three are not under ``/v1`` and need no key.
+
+Rate limits work like OpenAI's requests-per-minute and tokens-per-minute limits, each a token
+bucket holding one second's worth (capacity ``max(1, limit / 60)``, refilled at ``limit / 60``
+per second). A request costs one request and ``prompt_tokens + max_tokens`` tokens (max_tokens
+from ``max_completion_tokens`` or ``max_tokens``, else ``default_max_tokens``); a request bigger
+than the whole bucket passes when the bucket is full and leaves it in debt, so the long-run rate
+still equals the limit. Over a limit the answer is HTTP 429 with ``Retry-After`` (seconds, a float
+string), ``retry-after-ms`` and an ``{"error": {"type": "requests"|"tokens",
+"code": "rate_limit_exceeded"}}`` body; 429s consume nothing. Every chat response carries
+``x-ratelimit-limit-*`` (the per-minute limit), ``x-ratelimit-remaining-*`` (what the bucket holds
+now, at most one second's worth) and ``x-ratelimit-reset-*`` (time until the bucket is full, as
+``"0.05s"``, ``"1s"``, ``"6m0s"``) for requests and tokens, unless that limit is off (``None``).
+
+Faults are drawn per request at configurable rates. Transport faults (HTTP 500, HTTP 503, a hang
+of ``hang_s`` seconds that ends in 504) come from one RNG seeded with ``seed``, so a retried
+request can succeed. Content faults (a truncated JSON string, an invented box, a wrong label in an
+ROC answer or a swapped patient side) are part of the answer: with ``deterministic`` (the default)
+the answer, faults included, is a function of the messages and ``seed`` alone, so the same
+request gives the same answer online and in a batch. Latency (uniform in ``latency_ms``) is
+``asyncio.sleep``, so requests overlap as they do at a provider.
+
+``duplicate_requests`` in the stats counts chat requests (online or batch lines) whose body, as
+canonical JSON, equals one the server already accepted and answered (not counting 429s or
+transport faults): a resumed build that re-sends a paid request shows up there.
+
+Start it in a separate process with :func:`serve` (a context manager) or from the shell with
+``python -m medgrit.testing.openai_server --port 8000 --rpm 1200``. The API key, when set, is
+compared in constant time and never logged; :func:`serve` passes the configuration through the
+child's stdin, never its command line, and the child exits when that pipe closes (the parent
+exited or died).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import hashlib
+import hmac
+import json
+import logging
+import math
+import os
+import random
+import re
+import select
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+import uvicorn
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from medgrit.core.text import format_box, format_ref, laterality_of, strip_laterality
+from medgrit.schemas.llm import FACTS_MARKER, ImagePromptFacts, PromptRegion
+
+log = logging.getLogger(__name__)
+
+READY_PREFIX = "medgrit-openai-server ready at "
+TRANSPORT_FAULTS: tuple[str, ...] = ("http_500", "http_503", "hang")
+CONTENT_FAULTS: tuple[str, ...] = ("malformed_json", "invented_box", "wrong_label")
+MAX_MIA_REGIONS = 8
+_TURNS_PATTERN = re.compile(r"conversation of (\d+) turns")
+_DECOY_LABELS = ("liver", "spleen", "pancreas", "stomach", "aorta", "tumor", "polyp", "optic disc")
+
+
+class ServerConfig(BaseModel):
+    """Behaviour of the test server: limits, latency, faults, batches, auth."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    rpm: int | None = Field(None, ge=1, description="Requests per minute; None: no limit.")
+    tpm: int | None = Field(None, ge=1, description="Tokens per minute; None: no limit.")
+    default_max_tokens: int = Field(1024, ge=1, description="Token cost of a request's answer.")
+    latency_ms: tuple[float, float] = Field((0.0, 0.0), description="Uniform latency range.")
+    fail_500_rate: float = Field(0.0, ge=0.0, le=1.0)
+    fail_503_rate: float = Field(0.0, ge=0.0, le=1.0)
+    hang_rate: float = Field(0.0, ge=0.0, le=1.0)
+    hang_s: float = Field(30.0, ge=0.0, description="How long a hung request sleeps (then 504).")
+    malformed_json_rate: float = Field(0.0, ge=0.0, le=1.0)
+    invented_box_rate: float = Field(0.0, ge=0.0, le=1.0)
+    wrong_label_rate: float = Field(0.0, ge=0.0, le=1.0)
+    seed: int = 0
+    deterministic: bool = Field(
+        True, description="The answer (content faults included) depends only on messages+seed."
+    )
+    api_key: SecretStr | None = Field(None, description="Required bearer key; None: no auth.")
+    batch_delay_s: float = Field(0.0, ge=0.0, description="Time a batch spends in_progress.")
+    batch_fail_rate: float = Field(0.0, ge=0.0, le=1.0, description="Share of lines failing.")
+    batch_expire: bool = Field(False, description="Batches expire after half their lines.")
+
+    @model_validator(mode="after")
+    def _check(self) -> ServerConfig:
+        low, high = self.latency_ms
+        if not 0 <= low <= high:
+            raise ValueError("latency_ms must be (min, max) with 0 <= min <= max")
+        if self.fail_500_rate + self.fail_503_rate + self.hang_rate > 1.0 + 1e-9:
+            raise ValueError("fail_500_rate + fail_503_rate + hang_rate must be at most 1")
+        if self.malformed_json_rate + self.invented_box_rate + self.wrong_label_rate > 1.0 + 1e-9:
+            raise ValueError(
+                "malformed_json_rate + invented_box_rate + wrong_label_rate must be at most 1"
+            )
+        return self
+
+    def to_json(self) -> str:
+        """The configuration as JSON, key included (for the child process's stdin only)."""
+        data = self.model_dump(mode="json")
+        data["api_key"] = self.api_key.get_secret_value() if self.api_key else None
+        return json.dumps(data)
+
+
+# --------------------------------------------------------------------------------------------
+# Pure helpers: durations, token estimates, answers built from facts, faults.
+
+
+def format_duration(seconds: float) -> str:
+    """OpenAI's reset duration text: ``0s``, ``0.05s``, ``1s``, ``12.5s``, ``6m0s``, ``1h2m3s``."""
+    seconds = max(0.0, seconds)
+    if seconds < 60:
+        text = f"{seconds:.3f}".rstrip("0").rstrip(".")
+        return f"{text or '0'}s"
+    whole = int(seconds)
+    hours, rest = divmod(whole, 3600)
+    minutes, secs = divmod(rest, 60)
+    frac = f"{secs + (seconds - whole):.3f}".rstrip("0").rstrip(".")
+    return (f"{hours}h" if hours else "") + f"{minutes}m{frac}s"
+
+
+def _content_text(content: Any) -> str:
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):  # content parts: count the text ones
+        return "".join(p.get("text", "") for p in content if isinstance(p, dict))
+    return ""
+
+
+def estimate_prompt_tokens(messages: list[dict]) -> int:
+    """ceil(total characters of all message contents / 4)."""
+    chars = sum(len(_content_text(m.get("content"))) for m in messages if isinstance(m, dict))
+    return math.ceil(chars / 4)
+
+
+def find_facts(messages: list[dict]) -> tuple[ImagePromptFacts, int]:
+    """The image facts and asked number of turns in the last user message.
+
+    Raises:
+        ValueError: no user message, no ``Image facts (JSON):`` line, or facts that do not follow
+            :class:`ImagePromptFacts`.
+    """
+    for message in reversed(messages):
+        if isinstance(message, dict) and message.get("role") == "user":
+            text = _content_text(message.get("content"))
+            break
+    else:
+        raise ValueError("no user message")
+    start = text.find(FACTS_MARKER)
+    if start < 0:
+        raise ValueError(f"the last user message has no '{FACTS_MARKER}' line")
+    end = text.find("\n", start)
+    line = text[start + len(FACTS_MARKER) : end if end >= 0 else len(text)]
+    try:
+        facts = ImagePromptFacts.model_validate_json(line)
+    except ValidationError as exc:
+        raise ValueError(f"image facts do not follow ImagePromptFacts: {exc}") from exc
+    if not facts.regions:
+        raise ValueError("image facts list no regions")
+    match = _TURNS_PATTERN.search(text)
+    turns = min(max(int(match.group(1)), 1), 16) if match else 4
+    return facts, turns
+
+
+def build_conversation(facts: ImagePromptFacts, turns: int, rng: random.Random) -> list[dict]:
+    """A valid conversation about ``facts``: one MIA turn, then ``turns - 1`` region turns.
+
+    Every box is a region's own box, ROC answers name the label, RC answers give position, size
+    and the patient's side, and no side word is put before a lateral label other than its own.
+    """
+    regions = facts.regions
+    view = facts.view
+    listed = regions[:MAX_MIA_REGIONS]
+    items = ", ".join(f"{format_ref(r.label)}{format_box(r.box)}" for r in listed)
+    count = f"{len(listed)} labelled structure{'s' if len(listed) > 1 else ''}"
+    out = [
+        {
+            "task": "MIA",
+            "question": rng.choice(
+                (
+                    f"What does this {view} image show?",
+                    "Describe this image and list the structures you can see.",
+                    f"Which structures are visible in this {view} image?",
+                )
+            ),
+            "answer": f"This {view} image shows {count}: {items}.",
+            "region_ids": [r.id for r in listed],
+        }
+    ]
+    order = list(regions)
+    rng.shuffle(order)
+    start = rng.randrange(3)
+    for i in range(turns - 1):
+        task = ("VG", "ROC", "RC")[(start + i) % 3]
+        out.append(_region_turn(task, order[i % len(order)], regions, view, rng))
+    return out
+
+
+def _region_turn(
+    task: str, region: PromptRegion, regions: list[PromptRegion], view: str, rng: random.Random
+) -> dict:
+    box = format_box(region.box)
+    label = region.label
+    if task == "VG":
+        same = [r for r in regions if r.label == label]
+        question = rng.choice(
+            (
+                f"Where is the {label} in this image?",
+                f"Locate the {label}.",
+                f"Can you find the {label}? Give its box.",
+            )
+        )
+        answer = format_ref(label) + "".join(format_box(r.box) for r in same)
+        return {
+            "task": "VG",
+            "question": question,
+            "answer": answer,
+            "region_ids": [r.id for r in same],
+        }
+    if task == "ROC":
+        question = rng.choice(
+            (
+                f"What is the structure in {box}?",
+                f"Which structure does the region {box} contain?",
+                f"Name the region at {box}.",
+            )
+        )
+        answer = rng.choice((f"This is the {label}.", f"The region shows the {label}."))
+        return {"task": "ROC", "question": question, "answer": answer, "region_ids": [region.id]}
+    question = rng.choice(
+        (f"Describe the region {box}.", f"What can you tell me about the region {box}?")
+    )
+    side = f", on the patient's {region.side} side" if region.side else ""
+    answer = (
+        f"The region {box} is the {label}, a {region.size} structure in the {region.position} "
+        f"part of this {view} image{side}."
+    )
+    return {"task": "RC", "question": question, "answer": answer, "region_ids": [region.id]}
+
+
+def invent_box(known: set[tuple[int, ...]], near: tuple[int, ...], rng: random.Random) -> tuple:
+    """A plausible box in [0, 1000) near ``near`` that is none of the ``known`` boxes."""
+    x0, y0, x1, y1 = near
+    for _ in range(64):
+        dx, dy = rng.randint(-60, 60), rng.randint(-60, 60)
+        box = (
+            min(max(x0 + dx, 0), 998),
+            min(max(y0 + dy, 0), 998),
+            min(max(x1 + dx, 1), 999),
+            min(max(y1 + dy, 1), 999),
+        )
+        if box[0] < box[2] and box[1] < box[3] and box not in known:
+            return box
+    while True:
+        a, b = sorted(rng.sample(range(1000), 2))
+        c, d = sorted(rng.sample(range(1000), 2))
+        if (a, c, b, d) not in known:
+            return (a, c, b, d)
+
+
+def wrong_label_for(region: PromptRegion, regions: list[PromptRegion], rng: random.Random) -> str:
+    """A label that an ROC answer about ``region`` must not give: the other side, or another."""
+    side = laterality_of(region.label)
+    if side:
+        return f"{'right' if side == 'left' else 'left'} {strip_laterality(region.label)}"
+    own = region.label.lower()
+    others = sorted({r.label for r in regions if own not in r.label.lower()})
+    return rng.choice(others or [d for d in _DECOY_LABELS if own not in d] or ["unknown mass"])
+
+
+def apply_content_fault(
+    fault: str, turns: list[dict], facts: ImagePromptFacts, rng: random.Random
+) -> None:
+    """Spoil ``turns`` in place with an invented box or a wrong ROC label."""
+    regions = facts.regions
+    if fault == "invented_box":
+        known = {tuple(r.box) for r in regions}
+        with_box = [t for t in turns if "<box>" in t["answer"]]
+        turn = rng.choice(with_box)
+        region = next(r for r in regions if r.id in turn["region_ids"])
+        fake = format_box(invent_box(known, tuple(region.box), rng))
+        turn["answer"] = turn["answer"].replace(format_box(region.box), fake, 1)
+    elif fault == "wrong_label":
+        roc = [t for t in turns if t["task"] == "ROC"]
+        if not roc:
+            region = rng.choice(regions)
+            turns[-1] = _region_turn("ROC", region, regions, facts.view, rng)
+            roc = [turns[-1]]
+        turn = rng.choice(roc)
+        region = next(r for r in regions if r.id == turn["region_ids"][0])
+        turn["answer"] = f"This is the {wrong_label_for(region, regions, rng)}."
+
+
+def has_feedback(messages: list) -> bool:
+    """Whether the last message feeds back why a previous answer was rejected."""
+    last = messages[-1] if messages else None
+    text = _content_text(last.get("content")) if isinstance(last, dict) else ""
+    return "previous answer was rejected" in text
+
+
+def _canonical(obj: Any) -> bytes:
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+# --------------------------------------------------------------------------------------------
+# Rate limiting.
+
+
+class TokenBucket:
+    """One OpenAI-style limit: holds one second's worth, refills ``limit / 60`` per second."""
+
+    def __init__(self, limit_per_minute: int, now: float) -> None:
+        self.limit = limit_per_minute
+        self.rate = limit_per_minute / 60.0
+        self.capacity = max(1.0, self.rate)
+        self.level = self.capacity
+        self.updated = now
+
+    def refill(self, now: float) -> None:
+        """Add what accrued since the last call."""
+        self.level = min(self.capacity, self.level + (now - self.updated) * self.rate)
+        self.updated = now
+
+    def wait_for(self, cost: float) -> float:
+        """Seconds until ``cost`` can pass (0: now). A cost above capacity waits for a full
+        bucket."""
+        need = min(cost, self.capacity)
+        return 0.0 if self.level >= need - 1e-9 else (need - self.level) / self.rate
+
+    def reset_in(self) -> float:
+        """Seconds until the bucket is full again."""
+        return max(0.0, (self.capacity - self.level) / self.rate)
+
+
+class RateLimiter:
+    """The requests and tokens buckets of one server, checked together."""
+
+    def __init__(self, rpm: int | None, tpm: int | None) -> None:
+        now = time.monotonic()
+        self.requests = TokenBucket(rpm, now) if rpm else None
+        self.tokens = TokenBucket(tpm, now) if tpm else None
+
+    def acquire(self, tokens: int) -> tuple[str | None, float]:
+        """Take one request and ``tokens``; or the limit that refused (``requests``/``tokens``)
+        and the seconds to wait. A refused request takes nothing."""
+        now = time.monotonic()
+        for kind, bucket, cost in (("requests", self.requests, 1), ("tokens", self.tokens, tokens)):
+            if bucket is not None:
+                bucket.refill(now)
+                wait = bucket.wait_for(cost)
+                if wait > 0:
+                    return kind, wait
+        if self.requests is not None:
+            self.requests.level -= 1
+        if self.tokens is not None:
+            self.tokens.level -= tokens
+        return None, 0.0
+
+    def headers(self) -> dict[str, str]:
+        """The ``x-ratelimit-*`` headers for the current state."""
+        out: dict[str, str] = {}
+        for kind, bucket in (("requests", self.requests), ("tokens", self.tokens)):
+            if bucket is not None:
+                out[f"x-ratelimit-limit-{kind}"] = str(bucket.limit)
+                out[f"x-ratelimit-remaining-{kind}"] = str(max(0, int(bucket.level)))
+                out[f"x-ratelimit-reset-{kind}"] = format_duration(bucket.reset_in())
+        return out
+
+
+# --------------------------------------------------------------------------------------------
+# The server.
+
+
+def _json(payload: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
+    return Response(
+        json.dumps(payload, ensure_ascii=False).encode(),
+        status_code=status,
+        headers=headers,
+        media_type="application/json",
+    )
+
+
+def _error(
+    status: int, message: str, type_: str, code: str | None, headers: dict | None = None
+) -> Response:
+    body = {"error": {"message": message, "type": type_, "param": None, "code": code}}
+    return _json(body, status, headers)
+
+
+@dataclass
+class _Outcome:
+    """A chat answer: the completion body, or an error status and message."""
+
+    status: int
+    body: dict
+    fault: str | None = None
+
+
+@dataclass
+class _Batch:
+    data: dict
+    lines: list[dict]
+    cancel: asyncio.Event
+
+
+class ProviderSimulator:
+    """State and handlers of the server (one per process; see the module docstring).
+
+    Args:
+        config: limits, latency, faults and batch behaviour.
+    """
+
+    def __init__(self, config: ServerConfig) -> None:
+        self.files: dict[str, dict] = {}
+        self.file_data: dict[str, bytes] = {}
+        self.batches: dict[str, _Batch] = {}
+        self._tasks: set[asyncio.Task] = set()
+        self._prefix = os.urandom(4).hex()
+        self._counter = 0
+        self.in_flight = 0
+        self.configure(config)
+        self.reset_stats()
+
+    def configure(self, config: ServerConfig) -> None:
+        """Replace the configuration; rate limit buckets start full."""
+        self.config = config
+        self.rng = random.Random(config.seed)
+        self.limiter = RateLimiter(config.rpm, config.tpm)
+        key = config.api_key.get_secret_value() if config.api_key else None
+        self._auth = f"Bearer {key}".encode() if key else None
+
+    def reset_stats(self) -> None:
+        """Zero every counter and forget the bodies seen."""
+        self.counters: dict[str, int] = {}
+        self.requests_by_endpoint: dict[str, int] = {}
+        self.faults = dict.fromkeys(TRANSPORT_FAULTS + CONTENT_FAULTS, 0)
+        self.seen_bodies: set[bytes] = set()
+        self.max_in_flight = self.in_flight  # requests still open are not forgotten
+
+    def stats(self) -> dict:
+        """Counters since start or the last reset.
+
+        ``requests`` by endpoint, ``status_<code>`` per HTTP status of chat requests,
+        ``rate_limited_requests`` / ``rate_limited_tokens`` (429s by limit), ``faults`` by kind,
+        ``batch_lines_*``, ``prompt_tokens`` / ``completion_tokens`` answered,
+        ``feedback_requests`` (prompts that carry "previous answer was rejected"),
+        ``duplicate_requests``, and ``max_in_flight`` (most chat requests open at once).
+        """
+        return {
+            "requests": dict(self.requests_by_endpoint),
+            **self.counters,
+            "status_200": self.counters.get("status_200", 0),
+            "status_429": self.counters.get("status_429", 0),
+            "faults": dict(self.faults),
+            "duplicate_requests": self.counters.get("duplicate_requests", 0),
+            "in_flight": self.in_flight,
+            "max_in_flight": self.max_in_flight,
+        }
+
+    def _count(self, name: str, n: int = 1) -> None:
+        self.counters[name] = self.counters.get(name, 0) + n
+
+    def _hit(self, endpoint: str) -> None:
+        self.requests_by_endpoint[endpoint] = self.requests_by_endpoint.get(endpoint, 0) + 1
+
+    def _new_id(self, prefix: str) -> str:
+        self._counter += 1
+        return f"{prefix}{self._prefix}{self._counter:010d}"
+
+    def _authorized(self, request: Request) -> bool:
+        if self._auth is None:
+            return True
+        given = request.headers.get("authorization", "").encode()
+        return hmac.compare_digest(given, self._auth)
+
+    def _unauthorized(self, headers: dict | None = None) -> Response:
+        self._count("status_401")
+        message = "Incorrect API key provided."
+        return _error(401, message, "invalid_request_error", "invalid_api_key", headers)
+
+    def _mark_answered(self, body: dict) -> None:
+        digest = hashlib.sha256(_canonical(body)).digest()
+        if digest in self.seen_bodies:
+            self._count("duplicate_requests")
+        else:
+            self.seen_bodies.add(digest)
+
+    # -- answers --------------------------------------------------------------------------
+
+    def answer(self, body: dict, prompt_tokens: int) -> _Outcome:
+        """The completion for a chat request body (no limits, latency or transport faults)."""
+        messages = body.get("messages")
+        try:
+            if not isinstance(messages, list):
+                raise ValueError("'messages' must be a list")
+            facts, turns = find_facts(messages)
+        except ValueError as exc:
+            return _Outcome(
+                400,
+                {
+                    "error": {
+                        "message": str(exc),
+                        "type": "invalid_request_error",
+                        "param": "messages",
+                        "code": None,
+                    }
+                },
+            )
+        config = self.config
+        if config.deterministic:
+            digest = hashlib.sha256(config.seed.to_bytes(8, "little", signed=True))
+            digest.update(_canonical(messages))
+            rng = random.Random(int.from_bytes(digest.digest()[:8], "little"))
+        else:
+            rng = random.Random(self.rng.getrandbits(64))
+        fault = None
+        draw = rng.random()
+        for name, rate in (
+            ("malformed_json", config.malformed_json_rate),
+            ("invented_box", config.invented_box_rate),
+            ("wrong_label", config.wrong_label_rate),
+        ):
+            if draw < rate:
+                fault = name
+                break
+            draw -= rate
+        conversation = build_conversation(facts, turns, rng)
+        if fault in ("invented_box", "wrong_label"):
+            apply_content_fault(fault, conversation, facts, rng)
+        content = json.dumps({"conversation": conversation}, ensure_ascii=False)
+        if fault == "malformed_json":
+            content = content[: max(1, len(content) // 2)]
+        max_tokens = body.get("max_completion_tokens") or body.get("max_tokens")
+        completion_tokens = math.ceil(len(content) / 4)
+        finish = "stop"
+        if isinstance(max_tokens, int) and completion_tokens > max_tokens:
+            content, completion_tokens, finish = content[: max_tokens * 4], max_tokens, "length"
+        completion = {
+            "id": self._new_id("chatcmpl-"),
+            "object": "chat.completion",
+            "created": int(time.time()),
+            "model": str(body.get("model", "medgrit-test")),
+            "system_fingerprint": "fp_medgrit_test",
+            "choices": [
+                {
+                    "index": 0,
+                    "message": {"role": "assistant", "content": content, "refusal": None},
+                    "logprobs": None,
+                    "finish_reason": finish,
+                }
+            ],
+            "usage": {
+                "prompt_tokens": prompt_tokens,
+                "completion_tokens": completion_tokens,
+                "total_tokens": prompt_tokens + completion_tokens,
+            },
+        }
+        return _Outcome(200, completion, fault)
+
+    def _record_answer(self, outcome: _Outcome, body: dict) -> None:
+        if outcome.fault:
+            self.faults[outcome.fault] += 1
+        if outcome.status == 200:
+            self._mark_answered(body)
+            usage = outcome.body["usage"]
+            self._count("prompt_tokens", usage["prompt_tokens"])
+            self._count("completion_tokens", usage["completion_tokens"])
+            if has_feedback(body["messages"]):
+                self._count("feedback_requests")
+
+    async def chat_completions(self, request: Request) -> Response:
+        """``POST /v1/chat/completions``."""
+        self._hit("chat_completions")
+        if not self._authorized(request):
+            return self._unauthorized(self.limiter.headers())
+        try:
+            body = json.loads(await request.body())
+        except ValueError:
+            body = None
+        if not isinstance(body, dict) or not isinstance(body.get("messages"), list):
+            self._count("status_400")
+            return _error(
+                400,
+                "The body must be JSON with a 'messages' list.",
+                "invalid_request_error",
+                None,
+                self.limiter.headers(),
+            )
+        messages = body["messages"]
+        prompt_tokens = estimate_prompt_tokens(messages)
+        max_tokens = body.get("max_completion_tokens") or body.get("max_tokens")
+        if not isinstance(max_tokens, int):
+            max_tokens = self.config.default_max_tokens
+        limiter = self.limiter
+        refused, wait = limiter.acquire(prompt_tokens + max_tokens)
+        headers = limiter.headers()
+        if refused:
+            self._count("status_429")
+            self._count(f"rate_limited_{refused}")
+            headers["retry-after"] = f"{wait:.3f}"
+            headers["retry-after-ms"] = str(math.ceil(wait * 1000))
+            limit = headers[f"x-ratelimit-limit-{refused}"]
+            return _error(
+                429,
+                f"Rate limit reached for {refused} per min (limit {limit}). "
+                f"Please try again in {format_duration(wait)}.",
+                refused,
+                "rate_limit_exceeded",
+                headers,
+            )
+        self.in_flight += 1
+        self.max_in_flight = max(self.max_in_flight, self.in_flight)
+        try:
+            return await self._answer_online(body, prompt_tokens, headers)
+        finally:
+            self.in_flight -= 1
+
+    async def _answer_online(self, body: dict, prompt_tokens: int, headers: dict) -> Response:
+        config = self.config
+        low, high = config.latency_ms
+        if high > 0:
+            await asyncio.sleep(self.rng.uniform(low, high) / 1000.0)
+        draw = self.rng.random()
+        for name, rate in (
+            ("http_500", config.fail_500_rate),
+            ("http_503", config.fail_503_rate),
+            ("hang", config.hang_rate),
+        ):
+            if draw < rate:
+                self.faults[name] += 1
+                return await self._transport_fault(name, headers)
+            draw -= rate
+        outcome = self.answer(body, prompt_tokens)
+        self._count(f"status_{outcome.status}")
+        self._record_answer(outcome, body)
+        headers["x-request-id"] = self._new_id("req_")
+        return _json(outcome.body, outcome.status, headers)
+
+    async def _transport_fault(self, name: str, headers: dict) -> Response:
+        if name == "hang":
+            await asyncio.sleep(self.config.hang_s)
+            self._count("status_504")
+            return _error(
+                504, "The request hung (injected fault).", "server_error", "timeout", headers
+            )
+        status = 500 if name == "http_500" else 503
+        self._count(f"status_{status}")
+        message = (
+            "The server had an error while processing your request (injected fault)."
+            if status == 500
+            else "The engine is currently overloaded, please try again later (injected fault)."
+        )
+        return _error(status, message, "server_error", None, headers)
+
+    # -- files ----------------------------------------------------------------------------
+
+    def _store_file(self, data: bytes, filename: str, purpose: str) -> dict:
+        file_id = self._new_id("file-")
+        meta = {
+            "id": file_id,
+            "object": "file",
+            "bytes": len(data),
+            "created_at": int(time.time()),
+            "filename": filename,
+            "purpose": purpose,
+            "status": "processed",
+            "expires_at": None,
+            "status_details": None,
+        }
+        self.files[file_id] = meta
+        self.file_data[file_id] = data
+        return meta
+
+    async def create_file(self, request: Request) -> Response:
+        """``POST /v1/files`` (multipart: ``file`` and ``purpose``)."""
+        self._hit("files_create")
+        if not self._authorized(request):
+            return self._unauthorized()
+        try:
+            fields = parse_multipart(request.headers.get("content-type", ""), await request.body())
+        except ValueError as exc:
+            return _error(400, str(exc), "invalid_request_error", None)
+        if "file" not in fields or "purpose" not in fields:
+            return _error(
+                400, "Both 'file' and 'purpose' are required.", "invalid_request_error", None
+            )
+        filename, data = fields["file"]
+        purpose = fields["purpose"][1].decode()
+        return _json(self._store_file(data, filename or "upload.jsonl", purpose))
+
+    def _file_or_404(self, request: Request) -> str | Response:
+        file_id = request.path_params["file_id"]
+        if file_id not in self.files:
+            return _error(
+                404, f"No such File object: {file_id}", "invalid_request_error", "not_found"
+            )
+        return file_id
+
+    async def retrieve_file(self, request: Request) -> Response:
+        """``GET /v1/files/{file_id}``."""
+        self._hit("files_retrieve")
+        if not self._authorized(request):
+            return self._unauthorized()
+        found = self._file_or_404(request)
+        return found if isinstance(found, Response) else _json(self.files[found])
+
+    async def file_content(self, request: Request) -> Response:
+        """``GET /v1/files/{file_id}/content``."""
+        self._hit("files_content")
+        if not self._authorized(request):
+            return self._unauthorized()
+        found = self._file_or_404(request)
+        if isinstance(found, Response):
+            return found
+        return Response(self.file_data[found], media_type="application/octet-stream")
+
+    async def delete_file(self, request: Request) -> Response:
+        """``DELETE /v1/files/{file_id}``."""
+        self._hit("files_delete")
+        if not self._authorized(request):
+            return self._unauthorized()
+        found = self._file_or_404(request)
+        if isinstance(found, Response):
+            return found
+        del self.files[found], self.file_data[found]
+        return _json({"id": found, "object": "file", "deleted": True})
+
+    # -- batches --------------------------------------------------------------------------
+
+    async def create_batch(self, request: Request) -> Response:
+        """``POST /v1/batches``: validates the input file and starts answering it."""
+        self._hit("batches_create")
+        if not self._authorized(request):
+            return self._unauthorized()
+        try:
+            params = json.loads(await request.body())
+        except ValueError:
+            return _error(400, "The body is not valid JSON.", "invalid_request_error", None)
+        file_id = params.get("input_file_id")
+        if file_id not in self.files:
+            return _error(
+                400, f"No such File object: {file_id}", "invalid_request_error", "invalid_file"
+            )
+        if params.get("endpoint") != "/v1/chat/completions":
+            return _error(
+                400,
+                "Only /v1/chat/completions batches are supported.",
+                "invalid_request_error",
+                "invalid_endpoint",
+            )
+        now = int(time.time())
+        batch_id = self._new_id("batch_")
+        data = {
+            "id": batch_id,
+            "object": "batch",
+            "endpoint": params["endpoint"],
+            "errors": None,
+            "input_file_id": file_id,
+            "completion_window": str(params.get("completion_window", "24h")),
+            "status": "validating",
+            "output_file_id": None,
+            "error_file_id": None,
+            "created_at": now,
+            "in_progress_at": None,
+            "expires_at": now + 24 * 3600,
+            "finalizing_at": None,
+            "completed_at": None,
+            "failed_at": None,
+            "expired_at": None,
+            "cancelling_at": None,
+            "cancelled_at": None,
+            "request_counts": {"total": 0, "completed": 0, "failed": 0},
+            "metadata": params.get("metadata"),
+        }
+        lines, errors = _parse_batch_input(self.file_data[file_id])
+        if errors:
+            data.update(status="failed", failed_at=now, errors={"object": "list", "data": errors})
+        else:
+            data["request_counts"]["total"] = len(lines)
+        batch = _Batch(data, lines, asyncio.Event())
+        self.batches[batch_id] = batch
+        if not errors:
+            task = asyncio.create_task(self._run_batch(batch))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+        return _json(data)
+
+    async def retrieve_batch(self, request: Request) -> Response:
+        """``GET /v1/batches/{batch_id}``."""
+        self._hit("batches_retrieve")
+        if not self._authorized(request):
+            return self._unauthorized()
+        batch = self.batches.get(request.path_params["batch_id"])
+        if batch is None:
+            return _error(404, "No such batch.", "invalid_request_error", "not_found")
+        return _json(batch.data)
+
+    async def cancel_batch(self, request: Request) -> Response:
+        """``POST /v1/batches/{batch_id}/cancel``: ``cancelling``, then ``cancelled``."""
+        self._hit("batches_cancel")
+        if not self._authorized(request):
+            return self._unauthorized()
+        batch = self.batches.get(request.path_params["batch_id"])
+        if batch is None:
+            return _error(404, "No such batch.", "invalid_request_error", "not_found")
+        if batch.data["status"] in ("validating", "in_progress", "finalizing"):
+            batch.data.update(status="cancelling", cancelling_at=int(time.time()))
+            batch.cancel.set()
+        return _json(batch.data)
+
+    async def _run_batch(self, batch: _Batch) -> None:
+        try:
+            await self._process_batch(batch)
+        except Exception:  # a server bug: fail the batch visibly instead of hanging it
+            log.exception("batch %s failed", batch.data["id"])
+            error = {"code": "server_error", "line": None, "message": "internal error"}
+            batch.data.update(
+                status="failed",
+                failed_at=int(time.time()),
+                errors={"object": "list", "data": [error]},
+            )
+
+    async def _process_batch(self, batch: _Batch) -> None:
+        data = batch.data
+        data.update(status="in_progress", in_progress_at=int(time.time()))
+        if self.config.batch_delay_s > 0:
+            try:
+                await asyncio.wait_for(batch.cancel.wait(), self.config.batch_delay_s)
+            except TimeoutError:
+                pass
+        lines = batch.lines
+        stop = len(lines) // 2 if self.config.batch_expire else len(lines)
+        outputs: list[bytes] = []
+        errors: list[bytes] = []
+        counts = data["request_counts"]
+        for i, line in enumerate(lines[:stop]):
+            if batch.cancel.is_set():
+                break
+            if i % 50 == 49:
+                await asyncio.sleep(0)  # let online requests through
+            record = self._answer_batch_line(line)
+            ok = record["response"]["status_code"] == 200
+            (outputs if ok else errors).append(json.dumps(record, ensure_ascii=False).encode())
+            counts["completed" if ok else "failed"] += 1
+        data.update(status="finalizing", finalizing_at=int(time.time()))
+        if outputs:
+            name = f"{data['id']}_output.jsonl"
+            meta = self._store_file(b"\n".join(outputs) + b"\n", name, "batch_output")
+            data["output_file_id"] = meta["id"]
+        if errors:
+            name = f"{data['id']}_error.jsonl"
+            meta = self._store_file(b"\n".join(errors) + b"\n", name, "batch_output")
+            data["error_file_id"] = meta["id"]
+        now = int(time.time())
+        if batch.cancel.is_set():
+            data.update(status="cancelled", cancelled_at=now)
+        elif self.config.batch_expire:
+            data.update(status="expired", expired_at=now)
+            self._count("batch_lines_expired", len(lines) - stop)
+        else:
+            data.update(status="completed", completed_at=now)
+
+    def _answer_batch_line(self, line: dict) -> dict:
+        self._count("batch_lines")
+        request_id = self._new_id("req_")
+        record = {"id": self._new_id("batch_req_"), "custom_id": line["custom_id"], "error": None}
+        if self.rng.random() < self.config.batch_fail_rate:
+            self._count("batch_lines_failed")
+            body = {
+                "error": {
+                    "message": "The server had an error (injected batch fault).",
+                    "type": "server_error",
+                    "param": None,
+                    "code": None,
+                }
+            }
+            record["response"] = {"status_code": 500, "request_id": request_id, "body": body}
+            return record
+        body = line["body"]
+        outcome = self.answer(body, estimate_prompt_tokens(body.get("messages") or []))
+        if outcome.status == 200:
+            self._count("batch_lines_completed")
+            self._record_answer(outcome, body)
+        else:
+            self._count("batch_lines_failed")
+        record["response"] = {
+            "status_code": outcome.status,
+            "request_id": request_id,
+            "body": outcome.body,
+        }
+        return record
+
+    # -- test endpoints -------------------------------------------------------------------
+
+    async def get_stats(self, request: Request) -> Response:
+        """``GET /stats``."""
+        return _json(self.stats())
+
+    async def post_stats_reset(self, request: Request) -> Response:
+        """``POST /stats/reset``."""
+        self.reset_stats()
+        return _json(self.stats())
+
+    async def post_config(self, request: Request) -> Response:
+        """``POST /admin/config``: a full :class:`ServerConfig` as JSON."""
+        try:
+            config = ServerConfig.model_validate_json(await request.body())
+        except ValidationError as exc:
+            return _error(400, str(exc), "invalid_request_error", None)
+        self.configure(config)
+        return _json({"ok": True})
+
+    async def health(self, request: Request) -> Response:
+        """``GET /health``."""
+        return _json({"ok": True})
+
+
+def _parse_batch_input(data: bytes) -> tuple[list[dict], list[dict]]:
+    """Lines of a batch input file, and OpenAI-style validation errors."""
+    lines: list[dict] = []
+    errors: list[dict] = []
+    seen: set[str] = set()
+    for number, raw in enumerate(data.splitlines(), 1):
+        if not raw.strip():
+            continue
+        try:
+            line = json.loads(raw)
+        except ValueError:
+            errors.append(
+                {
+                    "code": "invalid_json_line",
+                    "line": number,
+                    "message": "This line is not parseable as valid JSON.",
+                }
+            )
+            continue
+        problem = None
+        if not isinstance(line, dict) or not isinstance(line.get("custom_id"), str):
+            problem = ("missing_custom_id", "Each line needs a string custom_id.")
+        elif line["custom_id"] in seen:
+            problem = ("duplicate_custom_id", f"custom_id {line['custom_id']!r} repeats.")
+        elif line.get("url") != "/v1/chat/completions" or line.get("method", "POST") != "POST":
+            problem = ("invalid_url", "The url must be /v1/chat/completions with POST.")
+        elif not isinstance(line.get("body"), dict):
+            problem = ("missing_body", "Each line needs a body object.")
+        if problem:
+            errors.append({"code": problem[0], "line": number, "message": problem[1]})
+            continue
+        seen.add(line["custom_id"])
+        lines.append(line)
+    if not lines and not errors:
+        errors.append({"code": "empty_file", "line": None, "message": "The file has no lines."})
+    return lines, errors
+
+
+def parse_multipart(content_type: str, body: bytes) -> dict[str, tuple[str | None, bytes]]:
+    """Fields of a ``multipart/form-data`` body: name -> (filename or None, bytes).
+
+    Raises:
+        ValueError: not multipart, or no boundary.
+    """
+    match = re.search(r'boundary="?([^";]+)"?', content_type)
+    if not content_type.startswith("multipart/form-data") or not match:
+        raise ValueError("Expected a multipart/form-data body with a boundary.")
+    delimiter = b"--" + match.group(1).encode()
+    fields: dict[str, tuple[str | None, bytes]] = {}
+    for part in body.split(delimiter)[1:]:
+        if part.startswith(b"--"):
+            break
+        part = part.removeprefix(b"\r\n").removesuffix(b"\r\n")
+        head, sep, data = part.partition(b"\r\n\r\n")
+        if not sep:
+            continue
+        header_text = head.decode("utf-8", "replace")
+        name = re.search(r'\bname="([^"]*)"', header_text)
+        filename = re.search(r'\bfilename="([^"]*)"', header_text)
+        if name:
+            fields[name.group(1)] = (filename.group(1) if filename else None, data)
+    return fields
+
+
+def create_app(config: ServerConfig) -> Starlette:
+    """The ASGI app of a server with ``config`` (its state is ``app.state.simulator``)."""
+    sim = ProviderSimulator(config)
+    routes = [
+        Route("/v1/chat/completions", sim.chat_completions, methods=["POST"]),
+        Route("/v1/files", sim.create_file, methods=["POST"]),
+        Route("/v1/files/{file_id}", sim.retrieve_file, methods=["GET"]),
+        Route("/v1/files/{file_id}", sim.delete_file, methods=["DELETE"]),
+        Route("/v1/files/{file_id}/content", sim.file_content, methods=["GET"]),
+        Route("/v1/batches", sim.create_batch, methods=["POST"]),
+        Route("/v1/batches/{batch_id}", sim.retrieve_batch, methods=["GET"]),
+        Route("/v1/batches/{batch_id}/cancel", sim.cancel_batch, methods=["POST"]),
+        Route("/stats", sim.get_stats, methods=["GET"]),
+        Route("/stats/reset", sim.post_stats_reset, methods=["POST"]),
+        Route("/admin/config", sim.post_config, methods=["POST"]),
+        Route("/health", sim.health, methods=["GET"]),
+    ]
+    app = Starlette(routes=routes)
+    app.state.simulator = sim
+    return app
+
+
+# --------------------------------------------------------------------------------------------
+# Running it in a separate process.
+
+
+@dataclass
+class RunningServer:
+    """A server started by :func:`serve`."""
+
+    url: str
+    process: subprocess.Popen
+
+    @property
+    def base_url(self) -> str:
+        """The OpenAI base URL, ``http://127.0.0.1:PORT/v1``."""
+        return f"{self.url}/v1"
+
+    @property
+    def port(self) -> int:
+        """The TCP port it listens on."""
+        return int(self.url.rsplit(":", 1)[1])
+
+    def stats(self) -> dict:
+        """``GET /stats``."""
+        return httpx.get(f"{self.url}/stats", timeout=10).raise_for_status().json()
+
+    def reset_stats(self) -> dict:
+        """``POST /stats/reset``; returns the zeroed stats."""
+        return httpx.post(f"{self.url}/stats/reset", timeout=10).raise_for_status().json()
+
+    def configure(self, config: ServerConfig) -> None:
+        """Replace the running server's configuration (buckets start full; stats are kept)."""
+        httpx.post(
+            f"{self.url}/admin/config",
+            content=config.to_json(),
+            headers={"content-type": "application/json"},
+            timeout=10,
+        ).raise_for_status()
+
+
+def _wait_ready(process: subprocess.Popen, timeout_s: float) -> str:
+    deadline = time.monotonic() + timeout_s
+    buffer = b""
+    stdout = process.stdout
+    assert stdout is not None  # created with stdout=PIPE
+    while time.monotonic() < deadline:
+        ready, _, _ = select.select([stdout], [], [], 0.1)
+        if ready:
+            chunk = os.read(stdout.fileno(), 4096)
+            if not chunk:
+                break
+            buffer += chunk
+            for line in buffer.decode("utf-8", "replace").splitlines():
+                if line.startswith(READY_PREFIX):
+                    return line[len(READY_PREFIX) :].strip().removesuffix("/v1")
+        if process.poll() is not None:
+            break
+    code = process.poll()
+    raise RuntimeError(
+        f"the test OpenAI server did not start (exit code {code}); see its stderr"
+        if code is not None
+        else f"the test OpenAI server did not report ready within {timeout_s:.0f} s"
+    )
+
+
+def _stop(process: subprocess.Popen) -> None:
+    if process.stdin is not None and not process.stdin.closed:
+        try:
+            process.stdin.close()  # the child's stdin watcher starts a graceful exit
+        except OSError:
+            pass
+    for step in (process.terminate, process.kill):
+        try:
+            process.wait(3)
+            break
+        except subprocess.TimeoutExpired:
+            step()
+    else:
+        process.wait(5)
+    if process.stdout is not None:
+        process.stdout.close()
+
+
+@contextmanager
+def serve(
+    config: ServerConfig | None = None,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    startup_timeout_s: float = 30.0,
+    log_path: str | os.PathLike[str] | None = None,
+    log_level: str = "warning",
+) -> Iterator[RunningServer]:
+    """Run the server in a child process for the duration of the ``with`` block.
+
+    The configuration (API key included) goes to the child through its stdin, never its command
+    line; the child exits when that pipe closes, so it also stops if this process dies.
+
+    Args:
+        config: server behaviour (default: no limits, no latency, no faults).
+        host: interface to bind.
+        port: TCP port; 0 picks a free one.
+        startup_timeout_s: how long to wait for the child to listen.
+        log_path: file that receives the child's stderr (default: this process's stderr).
+        log_level: uvicorn's log level in the child.
+
+    Yields:
+        The running server (``.base_url``, ``.stats()``, ``.configure()``).
+
+    Raises:
+        RuntimeError: the child exited or did not get ready in time.
+    """
+    config = config or ServerConfig()
+    command = [
+        sys.executable,
+        "-m",
+        "medgrit.testing.openai_server",
+        "--host",
+        host,
+        "--port",
+        str(port),
+        "--config-json",
+        "-",
+        "--watch-stdin",
+        "--log-level",
+        log_level,
+    ]
+    log = open(log_path, "ab") if log_path is not None else None
+    try:
+        process = subprocess.Popen(
+            command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log
+        )
+        try:
+            assert process.stdin is not None  # created with stdin=PIPE
+            process.stdin.write(config.to_json().encode() + b"\n")
+            process.stdin.flush()
+            url = _wait_ready(process, startup_timeout_s)
+            yield RunningServer(url=url, process=process)
+        finally:
+            _stop(process)
+    finally:
+        if log is not None:
+            log.close()
+
+
+async def _serve_until_exit(server: uvicorn.Server, sock: socket.socket, url: str) -> None:
+    task = asyncio.create_task(server.serve(sockets=[sock]))
+    while not server.started and not task.done():
+        await asyncio.sleep(0.01)
+    if server.started:
+        print(f"{READY_PREFIX}{url}/v1", flush=True)
+    await task
+
+
+def _watch_stdin(server: uvicorn.Server) -> None:
+    """Ask the server to exit once stdin reaches EOF (the parent closed it or died)."""
+
+    def watch() -> None:
+        while sys.stdin.buffer.read(65536):
+            pass
+        server.should_exit = True
+
+    threading.Thread(target=watch, name="stdin-watch", daemon=True).start()
+
+
+def _parse_latency(text: str) -> tuple[float, float]:
+    low, _, high = text.partition(",")
+    try:
+        return float(low), float(high or low)
+    except ValueError:
+        raise argparse.ArgumentTypeError("expected MIN,MAX in milliseconds, e.g. 50,300") from None
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Command line: ``python -m medgrit.testing.openai_server --help``."""
+    parser = argparse.ArgumentParser(
+        prog="python -m medgrit.testing.openai_server",
+        description="OpenAI-compatible test server: chat completions built from the prompt's "
+        "image facts, files and batches, RPM/TPM limits, latency and fault injection.",
+    )
+    parser.add_argument("--host", default="127.0.0.1", help="interface (default 127.0.0.1)")
+    parser.add_argument("--port", type=int, default=8000, help="TCP port; 0 picks a free one")
+    parser.add_argument(
+        "--config-json",
+        metavar="JSON",
+        help="a ServerConfig as JSON, or '-' to read one line of it from stdin",
+    )
+    parser.add_argument("--rpm", type=int, help="requests per minute")
+    parser.add_argument("--tpm", type=int, help="tokens per minute")
+    parser.add_argument("--latency-ms", type=_parse_latency, metavar="MIN,MAX")
+    parser.add_argument("--seed", type=int)
+    parser.add_argument(
+        "--api-key-env", metavar="VAR", help="require the bearer key held in this variable"
+    )
+    parser.add_argument(
+        "--watch-stdin", action="store_true", help="exit when stdin reaches end of file"
+    )
+    parser.add_argument("--log-level", default="warning", help="uvicorn log level")
+    args = parser.parse_args(argv)
+
+    raw = args.config_json
+    if raw == "-":
+        raw = sys.stdin.buffer.readline().decode()
+    try:
+        data = json.loads(raw) if raw else {}
+        for field, value in (
+            ("rpm", args.rpm),
+            ("tpm", args.tpm),
+            ("latency_ms", args.latency_ms),
+            ("seed", args.seed),
+        ):
+            if value is not None:
+                data[field] = value
+        if args.api_key_env:
+            if args.api_key_env not in os.environ:
+                parser.error(f"environment variable {args.api_key_env} is not set")
+            data["api_key"] = os.environ[args.api_key_env]
+        config = ServerConfig.model_validate(data)
+    except (ValueError, ValidationError) as exc:
+        parser.error(f"invalid configuration: {exc}")
+
+    # proto=IPPROTO_TCP: asyncio sets TCP_NODELAY on accepted sockets only then; without it,
+    # Nagle holds each response's body behind its headers for a delayed ACK (about 40 ms).
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    sock.bind((args.host, args.port))
+    url = f"http://{args.host}:{sock.getsockname()[1]}"
+    server = uvicorn.Server(
+        uvicorn.Config(
+            create_app(config),
+            log_level=args.log_level,
+            access_log=False,
+            lifespan="off",
+            backlog=4096,
+            timeout_graceful_shutdown=1,
+            timeout_keep_alive=30,
+        )
+    )
+    if args.watch_stdin:
+        _watch_stdin(server)
+    asyncio.run(_serve_until_exit(server, sock, url))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

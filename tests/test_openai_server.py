@@ -1,0 +1,569 @@
+"""The OpenAI-compatible test server, through the real ``openai`` SDK over HTTP on 127.0.0.1.
+
+What a test of the LLM generator relies on: answers built from the prompt's image facts pass
+verification; RPM and TPM limits answer 429 with ``Retry-After`` and ``x-ratelimit-*`` headers;
+each injected fault shows up; files and batches round-trip (expiry and cancellation included);
+``/stats`` counts duplicate requests; a configured key is enforced and never leaks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import openai
+import pytest
+from pydantic import ValidationError
+
+from medgrit.adapters.templates import make_environment
+from medgrit.core.generation import QA, TASKS, RegionFacts
+from medgrit.core.verify import TextRules, verify_qa
+from medgrit.schemas.llm import ImagePromptFacts, LLMConversation
+from medgrit.testing.openai_server import (
+    RunningServer,
+    ServerConfig,
+    TokenBucket,
+    format_duration,
+    serve,
+)
+
+ENV = make_environment()
+SYSTEM = ENV.get_template("llm_system.j2").render(tasks=list(TASKS))
+RULES = TextRules.for_instructions(SYSTEM)
+
+KIDNEYS = {
+    "modality": "CT",
+    "view": "axial CT",
+    "regions": [
+        {"id": "r0", "label": "liver", "box": [100, 200, 450, 600], "position": "middle left",
+         "size": "large", "side": None},
+        {"id": "r1", "label": "left kidney", "box": [600, 500, 750, 700],
+         "position": "lower right", "size": "small", "side": "left"},
+        {"id": "r2", "label": "right kidney", "box": [250, 500, 400, 700],
+         "position": "lower left", "size": "small", "side": "right"},
+    ],
+}  # fmt: skip
+LESIONS = {  # two instances of one label, and a 2D image
+    "modality": "dermoscopy",
+    "view": "dermoscopy",
+    "regions": [
+        {"id": "r0", "label": "lesion", "box": [10, 10, 200, 220], "position": "upper left",
+         "size": "medium"},
+        {"id": "r1", "label": "lesion", "box": [700, 650, 990, 980], "position": "lower right",
+         "size": "small"},
+    ],
+}  # fmt: skip
+BRAIN = {
+    "modality": "MRI",
+    "view": "coronal MRI",
+    "regions": [
+        {"id": f"r{i}", "label": f"{side} {part}", "box": [50 + 100 * i, 100, 140 + 100 * i, 300],
+         "position": "center", "size": "small", "side": side}
+        for i, (side, part) in enumerate(
+            [(s, p) for p in ("grey matter", "white matter", "caudate", "putamen")
+             for s in ("left", "right")]
+        )
+    ],
+}  # fmt: skip
+SINGLE = {
+    "modality": "X-ray",
+    "view": "X-ray",
+    "regions": [{"id": "r0", "label": "right lung", "box": [80, 120, 480, 860],
+                 "position": "middle left", "size": "large", "side": "right"}],
+}  # fmt: skip
+
+
+def user_prompt(facts: dict, turns: int = 4, feedback: str | None = None) -> str:
+    """The user prompt as the LLM generator renders it."""
+    return ENV.get_template("llm_user.j2").render(
+        facts_json=json.dumps(facts), turns=turns, feedback=feedback
+    )
+
+
+def messages(facts: dict, turns: int = 4, feedback: str | None = None) -> list[dict]:
+    return [
+        {"role": "system", "content": SYSTEM},
+        {"role": "user", "content": user_prompt(facts, turns, feedback)},
+    ]
+
+
+def region_facts(facts: dict) -> dict[str, RegionFacts]:
+    """The prompt's regions as verification sees them (prompt ids as region ids)."""
+    return {
+        r["id"]: RegionFacts(
+            region_id=r["id"],
+            label=r["label"],
+            label_id=i + 1,
+            instance=1,
+            bbox_1000=tuple(r["box"]),
+            area=400,
+            position=r["position"],
+            size=r["size"],
+        )
+        for i, r in enumerate(facts["regions"])
+    }
+
+
+def turn_reasons(content: str, facts: dict) -> list[str | None]:
+    """Verification result of every turn of an answer (None: the turn passes)."""
+    conversation = LLMConversation.model_validate_json(content)
+    regions = region_facts(facts)
+    return [
+        verify_qa(QA(t.task, t.question, t.answer, tuple(t.region_ids)), regions, RULES)
+        for t in conversation.conversation
+    ]
+
+
+def client_for(server: RunningServer, **kwargs) -> openai.OpenAI:
+    return openai.OpenAI(base_url=server.base_url, api_key="sk-test", max_retries=0, **kwargs)
+
+
+def ask(client: openai.OpenAI, facts: dict = KIDNEYS, **kwargs):
+    return client.chat.completions.create(model="gpt-test", messages=messages(facts), **kwargs)
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[RunningServer]:
+    with serve() as running:
+        yield running
+
+
+@pytest.fixture
+def fresh(server: RunningServer):
+    """Configure the shared server for one test and zero its counters."""
+
+    def configure(**fields) -> RunningServer:
+        server.configure(ServerConfig(**fields))
+        server.reset_stats()
+        return server
+
+    return configure
+
+
+# --- answers ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("facts", [KIDNEYS, LESIONS, BRAIN, SINGLE], ids=lambda f: f["view"])
+@pytest.mark.parametrize("turns", [1, 4, 7])
+def test_answers_are_valid_conversations_built_from_the_facts(fresh, facts, turns) -> None:
+    client = client_for(fresh())
+    completion = client.chat.completions.create(
+        model="gpt-test", messages=messages(facts, turns), response_format={"type": "json_object"}
+    )
+    content = completion.choices[0].message.content
+    assert completion.object == "chat.completion"
+    assert completion.model == "gpt-test"
+    assert completion.choices[0].finish_reason == "stop"
+    assert turn_reasons(content, facts) == [None] * turns
+    tasks = [t.task for t in LLMConversation.model_validate_json(content).conversation]
+    assert tasks[0] == "MIA"
+    if turns >= 4:
+        assert set(tasks) == {"MIA", "VG", "ROC", "RC"}
+    chars = sum(len(m["content"]) for m in messages(facts, turns))
+    assert completion.usage.prompt_tokens == -(-chars // 4)
+    assert completion.usage.completion_tokens == -(-len(content) // 4)
+
+
+def test_rc_answers_name_position_size_and_patient_side(fresh) -> None:
+    content = ask(client_for(fresh()), KIDNEYS).choices[0].message.content
+    rc = [t for t in LLMConversation.model_validate_json(content).conversation if t.task == "RC"]
+    assert rc
+    for turn in rc:
+        region = next(r for r in KIDNEYS["regions"] if r["id"] == turn.region_ids[0])
+        assert region["position"] in turn.answer and region["size"] in turn.answer
+        if region["side"]:
+            assert f"the patient's {region['side']} side" in turn.answer
+
+
+def test_same_request_gives_the_same_answer_unless_nondeterministic(fresh) -> None:
+    client = client_for(fresh(seed=7))
+    first, second = (ask(client).choices[0].message.content for _ in range(2))
+    assert first == second
+    fresh(seed=8)
+    assert ask(client).choices[0].message.content != first  # the seed changes the answer
+    fresh(seed=7, deterministic=False)
+    answers = {ask(client).choices[0].message.content for _ in range(6)}
+    assert len(answers) > 1
+
+
+def test_answer_longer_than_max_tokens_is_cut(fresh) -> None:
+    completion = ask(client_for(fresh()), max_tokens=20)
+    assert completion.choices[0].finish_reason == "length"
+    assert completion.usage.completion_tokens == 20
+    assert len(completion.choices[0].message.content) == 80
+
+
+def test_request_without_image_facts_is_a_400(fresh) -> None:
+    client = client_for(fresh())
+    with pytest.raises(openai.BadRequestError, match="Image facts"):
+        client.chat.completions.create(
+            model="gpt-test", messages=[{"role": "user", "content": "hello"}]
+        )
+
+
+# --- rate limits ------------------------------------------------------------------------------
+
+
+def test_rpm_limit_answers_429_with_retry_after_and_headers(fresh) -> None:
+    client = client_for(fresh(rpm=60))  # a bucket of 1 request, refilled 1 per second
+    raw = client.chat.completions.with_raw_response.create(
+        model="gpt-test", messages=messages(KIDNEYS)
+    )
+    assert raw.headers["x-ratelimit-limit-requests"] == "60"
+    assert raw.headers["x-ratelimit-remaining-requests"] == "0"
+    assert raw.headers["x-ratelimit-reset-requests"].endswith("s")
+    with pytest.raises(openai.RateLimitError) as caught:
+        ask(client)
+    response = caught.value.response
+    assert response.status_code == 429
+    wait = float(response.headers["retry-after"])
+    assert 0.5 < wait <= 1.0
+    assert int(response.headers["retry-after-ms"]) == pytest.approx(wait * 1000, abs=1)
+    assert response.headers["x-ratelimit-remaining-requests"] == "0"
+    assert "x-ratelimit-limit-tokens" not in response.headers  # no token limit configured
+    error = response.json()["error"]
+    assert (error["type"], error["code"]) == ("requests", "rate_limit_exceeded")
+    time.sleep(wait)
+    ask(client)  # Retry-After was enough
+
+
+def test_rate_limited_requests_are_counted_and_consume_nothing(fresh) -> None:
+    server = fresh(rpm=60)  # capacity 1, one per second
+    client = client_for(server)
+    ask(client)
+    for _ in range(3):
+        with pytest.raises(openai.RateLimitError):
+            ask(client)
+    stats = server.stats()
+    assert stats["status_200"] == 1 and stats["status_429"] == 3
+    assert stats["rate_limited_requests"] == 3
+    assert stats["duplicate_requests"] == 0  # the refused repeats were never answered
+
+
+def test_tpm_limit_binds_on_tokens(fresh) -> None:
+    server = fresh(tpm=300_000)  # a bucket of 5,000 tokens
+    client = client_for(server)
+    ask(client, max_tokens=2000)
+    ask(client, max_tokens=2000)  # about 2,800 tokens each: the third does not fit
+    with pytest.raises(openai.RateLimitError) as caught:
+        ask(client, max_tokens=2000)
+    response = caught.value.response
+    assert response.json()["error"]["type"] == "tokens"
+    assert response.headers["x-ratelimit-limit-tokens"] == "300000"
+    assert int(response.headers["x-ratelimit-remaining-tokens"]) < 2800
+    assert float(response.headers["retry-after"]) > 0
+    assert server.stats()["rate_limited_tokens"] == 1
+
+
+def test_limits_hold_the_long_run_rate(fresh) -> None:
+    server = fresh(rpm=1200)  # 20 per second, bucket of 20
+    client = client_for(server)
+    start = time.monotonic()
+    while time.monotonic() - start < 1.0:
+        try:
+            ask(client, facts=SINGLE)
+        except openai.RateLimitError:
+            pass
+    assert 20 <= server.stats()["status_200"] <= 41  # a full bucket plus one second's refill
+
+
+def test_bucket_and_duration_text() -> None:
+    bucket = TokenBucket(60, now=0.0)
+    assert bucket.capacity == 1 and bucket.wait_for(1) == 0
+    bucket.level -= 1
+    assert bucket.wait_for(1) == pytest.approx(1.0)
+    bucket.refill(0.5)
+    assert bucket.reset_in() == pytest.approx(0.5)
+    big = TokenBucket(6000, now=0.0)  # capacity 100: a request of 250 waits for a full bucket
+    big.level = 40
+    assert big.wait_for(250) == pytest.approx(0.6)
+    assert [format_duration(s) for s in (0, 0.05, 1, 12.5, 360, 3723)] == [
+        "0s", "0.05s", "1s", "12.5s", "6m0s", "1h2m3s"
+    ]  # fmt: skip
+
+
+# --- faults -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("rate", "error", "status"),
+    [("fail_500_rate", openai.InternalServerError, 500),
+     ("fail_503_rate", openai.InternalServerError, 503)],
+)  # fmt: skip
+def test_server_errors(fresh, rate, error, status) -> None:
+    server = fresh(rpm=6000, **{rate: 1.0})
+    with pytest.raises(error) as caught:
+        ask(client_for(server))
+    assert caught.value.status_code == status
+    assert caught.value.response.headers["x-ratelimit-limit-requests"] == "6000"
+    assert caught.value.response.json()["error"]["type"] == "server_error"
+    assert server.stats()["faults"][f"http_{status}"] == 1
+
+
+def test_hung_request_runs_past_the_client_timeout(fresh) -> None:
+    server = fresh(hang_rate=1.0, hang_s=5)
+    start = time.monotonic()
+    with pytest.raises(openai.APITimeoutError):
+        ask(client_for(server, timeout=0.3))
+    assert time.monotonic() - start < 2
+    assert server.stats()["faults"]["hang"] == 1
+
+
+def test_malformed_json_answer(fresh) -> None:
+    server = fresh(malformed_json_rate=1.0)
+    content = ask(client_for(server)).choices[0].message.content
+    with pytest.raises(ValidationError):
+        LLMConversation.model_validate_json(content)
+    assert content.startswith('{"conversation"')
+    assert server.stats()["faults"]["malformed_json"] == 1
+
+
+@pytest.mark.parametrize("facts", [KIDNEYS, LESIONS, SINGLE], ids=lambda f: f["view"])
+def test_invented_box_is_caught_by_verification(fresh, facts) -> None:
+    server = fresh(invented_box_rate=1.0)
+    content = ask(client_for(server), facts).choices[0].message.content
+    reasons = turn_reasons(content, facts)
+    assert reasons.count("unknown_box") == 1 and reasons.count(None) == len(reasons) - 1
+    assert server.stats()["faults"]["invented_box"] == 1
+
+
+@pytest.mark.parametrize("facts", [KIDNEYS, LESIONS, BRAIN, SINGLE], ids=lambda f: f["view"])
+def test_wrong_label_is_caught_by_verification(fresh, facts) -> None:
+    server = fresh(wrong_label_rate=1.0)
+    for turns in (2, 4):
+        completion = client_for(server).chat.completions.create(
+            model="gpt-test", messages=messages(facts, turns)
+        )
+        reasons = turn_reasons(completion.choices[0].message.content, facts)
+        wrong = [r for r in reasons if r is not None]
+        assert len(wrong) == 1 and wrong[0] in ("roc_label_missing", "laterality_mismatch")
+
+
+def test_latency_overlaps_across_concurrent_requests(fresh) -> None:
+    server = fresh(latency_ms=(200, 250))
+
+    async def run() -> float:
+        client = openai.AsyncOpenAI(base_url=server.base_url, api_key="k", max_retries=0)
+        start = time.monotonic()
+        await asyncio.gather(
+            *(client.chat.completions.create(model="m", messages=messages(SINGLE))
+              for _ in range(20))
+        )  # fmt: skip
+        await client.close()
+        return time.monotonic() - start
+
+    elapsed = asyncio.run(run())
+    assert 0.2 <= elapsed < 1.5  # concurrent, not 20 x 0.2 s one after the other
+    assert server.stats()["max_in_flight"] > 1
+
+
+# --- files and batches ------------------------------------------------------------------------
+
+
+def batch_lines(facts_list: list[dict]) -> list[dict]:
+    return [
+        {"custom_id": f"img-{i}", "method": "POST", "url": "/v1/chat/completions",
+         "body": {"model": "gpt-test", "messages": messages(facts, 4), "max_tokens": 1024}}
+        for i, facts in enumerate(facts_list)
+    ]  # fmt: skip
+
+
+def run_batch(client: openai.OpenAI, lines: list[dict], cancel: bool = False):
+    data = "".join(json.dumps(line) + "\n" for line in lines).encode()
+    uploaded = client.files.create(file=("requests.jsonl", data), purpose="batch")
+    assert uploaded.purpose == "batch" and uploaded.bytes == len(data)
+    assert client.files.retrieve(uploaded.id).filename == "requests.jsonl"
+    assert client.files.content(uploaded.id).content == data
+    batch = client.batches.create(
+        input_file_id=uploaded.id, endpoint="/v1/chat/completions", completion_window="24h"
+    )
+    if cancel:
+        batch = client.batches.cancel(batch.id)
+        assert batch.status == "cancelling"
+    deadline = time.monotonic() + 10
+    while batch.status not in ("completed", "expired", "failed", "cancelled"):
+        assert time.monotonic() < deadline, batch.status
+        time.sleep(0.05)
+        batch = client.batches.retrieve(batch.id)
+    return batch
+
+
+def read_jsonl(client: openai.OpenAI, file_id: str | None) -> dict[str, dict]:
+    if file_id is None:
+        return {}
+    text = client.files.content(file_id).text
+    return {rec["custom_id"]: rec for rec in map(json.loads, text.splitlines())}
+
+
+def test_batch_round_trip_matches_online_answers(fresh) -> None:
+    server = fresh(batch_delay_s=0.1, seed=3)
+    client = client_for(server)
+    lines = batch_lines([KIDNEYS, LESIONS, BRAIN, SINGLE])
+    batch = run_batch(client, lines)
+    assert batch.status == "completed" and batch.error_file_id is None
+    assert batch.request_counts.total == 4 and batch.request_counts.completed == 4
+    output = read_jsonl(client, batch.output_file_id)
+    assert set(output) == {line["custom_id"] for line in lines}
+    for line in lines:
+        record = output[line["custom_id"]]
+        assert record["error"] is None and record["response"]["status_code"] == 200
+        completion = openai.types.chat.ChatCompletion.model_validate(record["response"]["body"])
+        online = client.chat.completions.create(**line["body"])
+        assert completion.choices[0].message.content == online.choices[0].message.content
+    stats = server.stats()
+    assert stats["batch_lines"] == 4 and stats["requests"]["batches_create"] == 1
+    # The online repeats of the batch's requests were answered twice: paid twice.
+    assert stats["duplicate_requests"] == 4
+
+
+def test_batch_failed_lines_go_to_the_error_file(fresh) -> None:
+    client = client_for(fresh(batch_fail_rate=0.5, seed=1))
+    lines = batch_lines([KIDNEYS, LESIONS, BRAIN, SINGLE] * 3)
+    batch = run_batch(client, lines)
+    output = read_jsonl(client, batch.output_file_id)
+    errors = read_jsonl(client, batch.error_file_id)
+    assert batch.status == "completed" and output and errors
+    assert set(output) | set(errors) == {line["custom_id"] for line in lines}
+    assert not set(output) & set(errors)
+    assert all(rec["response"]["status_code"] == 500 for rec in errors.values())
+    counts = batch.request_counts
+    assert (counts.completed, counts.failed) == (len(output), len(errors))
+
+
+def test_expired_batch_keeps_finished_lines_and_drops_the_rest(fresh) -> None:
+    client = client_for(fresh(batch_expire=True))
+    lines = batch_lines([KIDNEYS, LESIONS, BRAIN, SINGLE, KIDNEYS, LESIONS])
+    batch = run_batch(client, lines)
+    assert batch.status == "expired" and batch.expired_at is not None
+    output = read_jsonl(client, batch.output_file_id)
+    assert sorted(output) == ["img-0", "img-1", "img-2"]
+    assert batch.request_counts.total == 6 and batch.request_counts.completed == 3
+
+
+def test_cancelled_batch(fresh) -> None:
+    client = client_for(fresh(batch_delay_s=30))
+    batch = run_batch(client, batch_lines([KIDNEYS, SINGLE]), cancel=True)
+    assert batch.status == "cancelled" and batch.output_file_id is None
+
+
+def test_invalid_batch_input_fails_validation(fresh) -> None:
+    client = client_for(fresh())
+    lines = batch_lines([KIDNEYS, KIDNEYS])
+    lines[1]["custom_id"] = lines[0]["custom_id"]
+    batch = run_batch(client, lines)
+    assert batch.status == "failed"
+    assert batch.errors.data[0].code == "duplicate_custom_id"
+
+
+def test_unknown_file_is_a_404(fresh) -> None:
+    with pytest.raises(openai.NotFoundError):
+        client_for(fresh()).files.retrieve("file-missing")
+
+
+# --- stats ------------------------------------------------------------------------------------
+
+
+def test_stats_count_duplicate_requests(fresh) -> None:
+    server = fresh()
+    client = client_for(server)
+    ask(client, KIDNEYS)
+    ask(client, LESIONS)
+    assert server.stats()["duplicate_requests"] == 0
+    ask(client, KIDNEYS)
+    client.chat.completions.create(
+        model="gpt-test", messages=messages(KIDNEYS, feedback="turn 2 (ROC): roc_label_missing")
+    )
+    stats = server.stats()
+    assert stats["duplicate_requests"] == 1
+    assert stats["feedback_requests"] == 1
+    assert stats["requests"]["chat_completions"] == 4 and stats["status_200"] == 4
+    assert server.reset_stats()["duplicate_requests"] == 0
+
+
+# --- auth, process and command line -----------------------------------------------------------
+
+
+def test_key_is_required_and_never_leaks(tmp_path: Path) -> None:
+    key = "sk-medgrit-secret-0123456789"
+    log = tmp_path / "server.log"
+    with serve(ServerConfig(api_key=key), log_path=log, log_level="debug") as server:
+        good = openai.OpenAI(base_url=server.base_url, api_key=key, max_retries=0)
+        ask(good)
+        with pytest.raises(openai.AuthenticationError):
+            ask(openai.OpenAI(base_url=server.base_url, api_key="sk-wrong", max_retries=0))
+        assert httpx.get(f"{server.base_url}/files/x").status_code == 401  # no header at all
+        cmdline = Path(f"/proc/{server.process.pid}/cmdline").read_bytes()
+        stats = json.dumps(server.stats())
+    assert key not in cmdline.decode() and key not in stats
+    assert key not in repr(ServerConfig(api_key=key))
+    assert key not in log.read_text()
+
+
+def _accepts(port: int) -> bool:
+    with socket.socket() as sock:
+        sock.settimeout(0.5)
+        return sock.connect_ex(("127.0.0.1", port)) == 0
+
+
+def test_server_stops_with_its_context_and_its_parent() -> None:
+    with serve() as server:
+        port = server.port
+        assert _accepts(port)
+    assert server.process.poll() is not None and not _accepts(port)
+
+    parent = subprocess.Popen(
+        [sys.executable, "-c", textwrap.dedent("""
+            import time
+            from medgrit.testing.openai_server import serve
+            with serve() as server:
+                print(server.port, flush=True)
+                time.sleep(60)
+        """)],
+        stdout=subprocess.PIPE,
+        text=True,
+    )  # fmt: skip
+    port = int(parent.stdout.readline())
+    assert _accepts(port)
+    parent.send_signal(signal.SIGKILL)
+    parent.wait()
+    deadline = time.monotonic() + 10
+    while _accepts(port):
+        assert time.monotonic() < deadline, "the server outlived its parent"
+        time.sleep(0.1)
+
+
+def test_command_line_help() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "medgrit.testing.openai_server", "--help"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    for flag in ("--port", "--rpm", "--tpm", "--latency-ms", "--config-json", "--api-key-env"):
+        assert flag in result.stdout
+
+
+def test_invalid_config_is_one_clear_error() -> None:
+    with pytest.raises(ValidationError, match="at most 1"):
+        ServerConfig(fail_500_rate=0.6, fail_503_rate=0.6)
+    result = subprocess.run(
+        [sys.executable, "-m", "medgrit.testing.openai_server", "--config-json",
+         '{"hang_rate": 2}'],
+        capture_output=True,
+        text=True,
+    )  # fmt: skip
+    assert result.returncode == 2 and "invalid configuration" in result.stderr
+
+
+def test_facts_fixtures_follow_the_contract() -> None:
+    for facts in (KIDNEYS, LESIONS, BRAIN, SINGLE):
+        ImagePromptFacts.model_validate(facts)
