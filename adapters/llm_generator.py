@@ -28,6 +28,8 @@ from medgrit.adapters.llm_client import (
     ChatResult,
     LLMSettings,
     OpenAICompatibleClient,
+    Usage,
+    estimate_cost,
     request_hash,
 )
 from medgrit.adapters.response_cache import ResponseCache
@@ -291,10 +293,13 @@ class LLMGenerator:
                 self.spend.requests += 1
                 self.spend.prompt_tokens += result.prompt_tokens
                 self.spend.completion_tokens += result.completion_tokens
-        self.spend.cost_usd = (
-            self.spend.prompt_tokens * self.config.price_input_per_million
-            + self.spend.completion_tokens * self.config.price_output_per_million
-        ) / 1e6
+        self.spend.cost_usd = estimate_cost(
+            self.settings,
+            Usage(
+                prompt_tokens=self.spend.prompt_tokens,
+                completion_tokens=self.spend.completion_tokens,
+            ),
+        )
         return results  # type: ignore[return-value]
 
     def _record_batch(self, batch_id: str) -> None:
