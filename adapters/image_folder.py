@@ -62,6 +62,7 @@ from PIL import Image
 
 from medgrit.adapters.cases import CaseRef, LoadedCase, PlanarImage, Source, SourceError
 from medgrit.adapters.nifti import UnreadableImage
+from medgrit.core.regions import label_dtype
 from medgrit.core.text import MODALITIES, readable_label_name
 
 __all__ = [
@@ -180,14 +181,6 @@ def foreground(mask: np.ndarray, path: str | Path) -> np.ndarray:
     if str(path).lower().endswith(LOSSY_SUFFIXES):
         return mask >= JPEG_THRESHOLD
     return mask > 0
-
-
-def label_dtype(max_label: int) -> type[np.unsignedinteger]:
-    """The smallest unsigned dtype holding label ids up to ``max_label``."""
-    for dtype in (np.uint8, np.uint16, np.uint32):
-        if max_label <= np.iinfo(dtype).max:
-            return dtype
-    raise ValueError(f"label id {max_label} is too large")
 
 
 # --------------------------------------------------------------------------- discovery

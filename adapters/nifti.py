@@ -16,6 +16,8 @@ import nibabel as nib
 import numpy as np
 from nibabel.filebasedimages import ImageFileError
 
+from medgrit.core.regions import label_dtype
+
 
 class UnreadableImage(Exception):
     """A file that cannot be read as an image; ``reason`` is a reject reason code."""
@@ -96,8 +98,8 @@ def as_label_array(data: np.ndarray) -> np.ndarray:
     """
     if data.size and data.min() < 0:
         raise UnreadableImage("negative_label", "label map holds negative values")
-    top = int(data.max(initial=0))
-    for dtype in (np.uint8, np.uint16, np.uint32):
-        if top <= np.iinfo(dtype).max:
-            return data.astype(dtype, copy=False)
-    raise UnreadableImage("unsupported_shape", f"label value {top} is too large")
+    try:
+        dtype = label_dtype(int(data.max(initial=0)))
+    except ValueError as exc:
+        raise UnreadableImage("unsupported_shape", str(exc)) from None
+    return data.astype(dtype, copy=False)

@@ -75,8 +75,9 @@ from typing import NamedTuple
 import numpy as np
 
 from medgrit.adapters.cases import CaseRef, LoadedCase, PlanarImage, Source, SourceError
-from medgrit.adapters.image_folder import label_dtype, read_mask, read_planar_image
+from medgrit.adapters.image_folder import read_mask, read_planar_image
 from medgrit.adapters.nifti import UnreadableImage
+from medgrit.core.regions import label_dtype
 from medgrit.core.text import MODALITIES, readable_label_name
 
 __all__ = [

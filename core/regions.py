@@ -158,6 +158,18 @@ def extract_regions(label_map: np.ndarray, min_area: int = 1) -> Extraction:
     return Extraction(table, dropped_label, dropped_area)
 
 
+def label_dtype(max_label: int) -> type[np.unsignedinteger]:
+    """The smallest unsigned dtype holding label ids up to ``max_label``.
+
+    Raises:
+        ValueError: for ids past 2**32 - 1.
+    """
+    for dtype in (np.uint8, np.uint16, np.uint32):
+        if max_label <= np.iinfo(dtype).max:
+            return dtype
+    raise ValueError(f"label value {max_label} is too large")
+
+
 def to_bbox_1000(bbox: np.ndarray, width: int, height: int) -> np.ndarray:
     """Convert half-open pixel boxes (N, 4) to Qwen-VL integers in [0, 1000).
 
