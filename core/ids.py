@@ -5,10 +5,12 @@ from __future__ import annotations
 import hashlib
 import hmac
 
+from medgrit.core.fsnames import name_bytes
+
 
 def derive_seed(*parts: object) -> int:
     """A 64-bit seed from any printable parts (stable across runs, machines and Python versions)."""
-    digest = hashlib.sha256("\x1f".join(str(p) for p in parts).encode()).digest()
+    digest = hashlib.sha256(name_bytes("\x1f".join(str(p) for p in parts))).digest()
     return int.from_bytes(digest[:8], "big")
 
 
@@ -23,7 +25,7 @@ def pseudonymise_case(dataset: str, case: str, key: bytes = b"") -> str:
     With an empty key this is a plain hash, which is stable but guessable from the source names;
     a secret key kept outside the dataset directory makes it unlinkable.
     """
-    mac = hmac.new(key, f"{dataset}\x1f{case}".encode(), hashlib.sha256)
+    mac = hmac.new(key, name_bytes(f"{dataset}\x1f{case}"), hashlib.sha256)
     return mac.hexdigest()[:16]
 
 

@@ -7,7 +7,16 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    field_serializer,
+    field_validator,
+    model_validator,
+)
+
+from medgrit.core.fsnames import from_portable, to_portable
 
 SOURCE_KINDS: tuple[str, ...] = ("nnunet", "msd", "dicom", "samed2d", "images", "demo")
 Modality = Literal["ct", "mr", "xray", "pet", "endoscopy", "dermoscopy", "fundus", "ultrasound"]
@@ -17,7 +26,7 @@ class LLMConfig(BaseModel):
     """Settings of the LLM generator. The API key is never part of the config: it comes from
     ``OPENAI_API_KEY`` or a Prefect Secret block named here, and is never logged or written."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     model: str = Field(description="Model name, e.g. gpt-4o-mini.")
     base_url: str | None = Field(
@@ -50,7 +59,7 @@ class BuildConfig(BaseModel):
     The same sources, config and seed give identical table contents.
     """
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     sources: list[str] = Field(
         default_factory=lambda: ["demo"],
@@ -93,6 +102,24 @@ class BuildConfig(BaseModel):
     )
     llm: LLMConfig | None = Field(None, description="Settings of --generator llm.")
     workers: int = Field(2, ge=1, description="Shards processed at once.")
+
+    @field_validator("sources", "out", "key_file", mode="before")
+    @classmethod
+    def _read_paths(cls, value: object) -> object:
+        # Paths may hold any bytes a file system allows; JSON carries them in portable form.
+        if isinstance(value, str):
+            return from_portable(value)
+        if isinstance(value, list):
+            return [from_portable(v) if isinstance(v, str) else v for v in value]
+        return value
+
+    @field_serializer("sources", when_used="json")
+    def _write_sources(self, value: list[str]) -> list[str]:
+        return [to_portable(v) for v in value]
+
+    @field_serializer("out", "key_file", when_used="json")
+    def _write_path(self, value: str | None) -> str | None:
+        return None if value is None else to_portable(value)
 
     @field_validator("sources")
     @classmethod
