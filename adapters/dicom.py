@@ -14,9 +14,10 @@ pixels; ``force=True`` only for files without the DICM preamble) and lists one c
   (``{"1": "left lung"}``) in the image's folder, else the root: a *planar case*.
 
 Image series without a mask are not cases; files that are not DICOM (PNG, JSON, ...) and
-DICOMDIRs are skipped. A file with the DICM preamble whose header cannot be parsed becomes a case
-(``members == (BROKEN,)``) that fails to load with ``dicom_unreadable``; a SEG or RTSTRUCT whose
-series is absent becomes a case with ``members == ()`` that fails with
+DICOMDIRs are skipped. A file with the DICM preamble (or a ``.dcm``/``.dicom``/``.ima`` name, or
+an empty file with no suffix, or a link that cannot be followed) whose header cannot be parsed
+becomes a case (``members == (BROKEN,)``) that fails to load with ``dicom_unreadable``; a SEG or
+RTSTRUCT whose series is absent becomes a case with ``members == ()`` that fails with
 ``referenced_series_missing``. Volume cases list the series' files, sorted, in ``members``;
 planar cases hold ``"{frame}|{mask path}"`` strings there.
 
@@ -81,7 +82,7 @@ from pathlib import Path
 import numpy as np
 import pydicom
 from nibabel.orientations import apply_orientation, inv_ornt_aff, io_orientation
-from PIL import Image, UnidentifiedImageError
+from PIL import UnidentifiedImageError
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 from pydicom.multival import MultiValue
@@ -89,7 +90,9 @@ from pydicom.pixels import apply_color_lut, convert_color_space
 from pydicom.pixels import pixel_array as decode_pixels
 
 from medgrit.adapters.cases import CaseRef, LoadedCase, PlanarImage, Source, SourceError
+from medgrit.adapters.limits import MAX_VOXELS, check_pixels, open_image
 from medgrit.adapters.nifti import UnreadableImage, Volume, as_label_array
+from medgrit.core.fsnames import escape_name
 from medgrit.core.ids import pseudonymise_case
 from medgrit.core.text import MODALITIES, readable_label_name
 
@@ -136,6 +139,7 @@ _SOP_CLASS_MODALITIES: dict[str, str] = {
 _DICOMDIR_SOP_CLASS = "1.2.840.10008.1.3.10"
 _NOT_IMAGES = ("SEG", "RTSTRUCT", "RTPLAN", "RTDOSE", "RTRECORD", "PR", "SR", "KO", "REG")
 _ORIENTATION_TOL = 1e-4
+_DICOM_SUFFIXES = (".dcm", ".dicom", ".ima")
 _MASK_FRAME = re.compile(r"_mask_(\d+)\.png$")
 # ``members`` of a case made for a file that claims to be DICOM but cannot be parsed.
 BROKEN = "<unparseable DICOM header>"
@@ -254,28 +258,30 @@ def _read_header(path: Path) -> _Header | str | None:
 def _read_header_quietly(path: Path) -> _Header | str | None:
     """The header of ``path``; None if it is not DICOM; ``"broken"`` if it claims to be but
     cannot be parsed."""
+    named = path.suffix.lower() in _DICOM_SUFFIXES
     try:
         with path.open("rb") as handle:
             head = handle.read(132)
     except OSError:
-        return None
+        return "broken" if named else None  # e.g. a link that cannot be followed
     claims = _claims_dicom(head)
     if not claims and not _looks_like_raw_dicom(head):
-        return None
+        # A file named as DICOM, or an empty file with no suffix, is a broken DICOM file.
+        return "broken" if named or (not head and not path.suffix) else None
     try:
         ds = _silenced_read(path, force=not claims)
     except _READ_ERRORS:
-        return "broken" if claims else None
+        return "broken" if claims or named else None
     meta = getattr(ds, "file_meta", None)
     if meta is not None and str(meta.get("MediaStorageSOPClassUID", "")) == _DICOMDIR_SOP_CLASS:
         return None
     sop_uid = str(ds.get("SOPInstanceUID", "") or "")
     if not sop_uid:
-        return "broken" if claims else None
+        return "broken" if claims or named else None
     try:
         return _summarise(path, ds, sop_uid)
     except _ATTRIBUTE_ERRORS:
-        return "broken" if claims else None
+        return "broken" if claims or named else None
 
 
 def _summarise(path: Path, ds: Dataset, sop_uid: str) -> _Header:
@@ -345,7 +351,9 @@ def _modality_of_classes(classes: list[str]) -> str | None:
 
 def _walk(root: Path) -> Iterator[Path]:
     for path in sorted(root.rglob("*")):
-        if path.is_file() and not path.name.startswith("."):
+        if path.name.startswith("."):
+            continue
+        if path.is_file() or (path.is_symlink() and not path.exists()):
             yield path
 
 
@@ -457,7 +465,7 @@ def open_dicom(spec: str, root: Path, key: bytes, modality: str | None = None) -
         if header.kind == "image" and header.sop_uid not in series_of:  # copies count once
             series[header.series_uid].append(header)
             series_of[header.sop_uid] = header.series_uid
-    dataset = root.name
+    dataset = escape_name(root.name)  # a display name: folders may hold any bytes
     label_files = _LabelFiles(root)
 
     def image_modality(header: _Header) -> str:
@@ -670,6 +678,18 @@ def _pixels(ds: Dataset, role: str, index: int | None = None) -> np.ndarray:
     if not any(k in ds for k in ("PixelData", "FloatPixelData", "DoubleFloatPixelData")):
         raise UnreadableImage("missing_pixel_data", f"{role} has no pixel data")
     try:
+        declared = (
+            int(ds.get("NumberOfFrames", 1) or 1) if index is None else 1,
+            int(ds.get("Rows", 0) or 0),
+            int(ds.get("Columns", 0) or 0),
+            int(ds.get("SamplesPerPixel", 1) or 1),
+        )
+    except _ATTRIBUTE_ERRORS:
+        raise UnreadableImage(
+            "dicom_unreadable", f"{role} has malformed image dimensions"
+        ) from None
+    check_pixels(declared, role, limit=MAX_VOXELS)
+    try:
         if index is None:
             return decode_pixels(ds, as_rgb=False)
         return decode_pixels(ds, index=index, as_rgb=False)
@@ -855,6 +875,7 @@ def read_series(paths: list[Path]) -> tuple[SeriesGrid, np.ndarray, Dataset]:
     affine[:3, 1] = col_cos * row_mm
     affine[:3, 2] = slice_vector
     affine[:3, 3] = frames[0].position
+    check_pixels((cols, rows, len(frames)), "image series", limit=MAX_VOXELS)
     image = np.empty((cols, rows, len(frames)), dtype=np.float32)
     by_file: dict[int, list[tuple[int, _Frame]]] = defaultdict(list)
     for s, f in enumerate(frames):
@@ -1219,14 +1240,15 @@ def read_mask_png(path: Path) -> np.ndarray:
     """A label-map PNG (pixel value = label id) as an (H, W) unsigned integer array.
 
     Raises:
-        UnreadableImage: ``mask_unreadable`` for a missing, corrupt or colour PNG.
+        UnreadableImage: ``mask_unreadable`` for a missing, corrupt or colour PNG; ``too_large``
+            for one over the pixel limit (checked before decoding).
     """
     try:
-        with Image.open(path) as image:
+        with open_image(path, "mask PNG") as image:
             image.load()
             mode = image.mode
             data = np.asarray(image)
-    except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as exc:
+    except (OSError, UnidentifiedImageError, ValueError, SyntaxError, EOFError) as exc:
         raise UnreadableImage(
             "mask_unreadable", f"mask PNG cannot be read ({type(exc).__name__})"
         ) from None

@@ -61,7 +61,9 @@ import numpy as np
 from PIL import Image
 
 from medgrit.adapters.cases import CaseRef, LoadedCase, PlanarImage, Source, SourceError
-from medgrit.adapters.nifti import UnreadableImage
+from medgrit.adapters.limits import open_image
+from medgrit.adapters.nifti import UnreadableImage, as_label_array, library_message
+from medgrit.core.fsnames import escape_name
 from medgrit.core.regions import label_dtype
 from medgrit.core.text import MODALITIES, readable_label_name
 
@@ -98,6 +100,15 @@ _HIGH_DEPTH_GREY = ("I;16", "I;16B", "I;16L", "I;16N", "I", "F")
 # --------------------------------------------------------------------------- reading pixels
 
 
+def _link_problem(path: Path) -> str:
+    """Why a symbolic link cannot be read (a loop, or a target that is missing)."""
+    try:
+        path.stat()
+    except OSError as exc:
+        return f"symbolic link cannot be followed ({exc.strerror})"
+    return "symbolic link does not point to a file"
+
+
 def read_planar_image(path: str | Path) -> np.ndarray:
     """Read one 2D image file.
 
@@ -110,14 +121,17 @@ def read_planar_image(path: str | Path) -> np.ndarray:
             multi-frame).
     """
     path = Path(path)
+    name = escape_name(path.name)
     if not path.is_file():
-        raise UnreadableImage("file_missing", f"no such file: {path.name}")
+        if path.is_symlink():
+            raise UnreadableImage("image_unreadable", f"{name}: {_link_problem(path)}")
+        raise UnreadableImage("file_missing", f"no such file: {name}")
     try:
-        with Image.open(path) as image:
+        with open_image(path) as image:
             frames = getattr(image, "n_frames", 1)
             if frames > 1:
                 raise UnreadableImage(
-                    "image_unreadable", f"{path.name} has {frames} frames; expected one 2D image"
+                    "image_unreadable", f"{name} has {frames} frames; expected one 2D image"
                 )
             image.load()
             mode = image.mode
@@ -129,7 +143,7 @@ def read_planar_image(path: str | Path) -> np.ndarray:
                 return np.asarray(image).astype(np.float32)
             return np.asarray(image.convert("RGB"))
     except _PIL_ERRORS as exc:
-        raise UnreadableImage("image_unreadable", f"{path.name}: {exc}") from exc
+        raise UnreadableImage("image_unreadable", f"{name}: {library_message(exc, path)}") from exc
 
 
 def read_mask(path: str | Path, binary: bool) -> np.ndarray:
@@ -142,10 +156,13 @@ def read_mask(path: str | Path, binary: bool) -> np.ndarray:
         UnreadableImage: ``mask_missing`` or ``mask_unreadable``.
     """
     path = Path(path)
+    name = escape_name(path.name)
     if not path.is_file():
-        raise UnreadableImage("mask_missing", f"no such mask file: {path.name}")
+        if path.is_symlink():
+            raise UnreadableImage("mask_unreadable", f"{name}: {_link_problem(path)}")
+        raise UnreadableImage("mask_missing", f"no such mask file: {name}")
     try:
-        with Image.open(path) as image:
+        with open_image(path) as image:
             image.load()
             mode = image.mode
             if mode == "1":
@@ -160,19 +177,19 @@ def read_mask(path: str | Path, binary: bool) -> np.ndarray:
                     return np.ascontiguousarray(colour[..., 0])
                 raise UnreadableImage(
                     "mask_unreadable",
-                    f"{path.name} is a colour image; save label maps as single-channel images",
+                    f"{name} is a colour image; save label maps as single-channel images",
                 )
             values = np.asarray(image)
     except _PIL_ERRORS as exc:
-        raise UnreadableImage("mask_unreadable", f"{path.name}: {exc}") from exc
+        raise UnreadableImage("mask_unreadable", f"{name}: {library_message(exc, path)}") from exc
     if values.dtype.kind == "f":
         if binary:
+            if not np.all(np.isfinite(values)):
+                raise UnreadableImage("non_finite_label", f"{name} holds NaN or infinite values")
             return (values > 0).astype(np.uint8)
-        if not np.all(np.isfinite(values)) or not np.array_equal(values, np.rint(values)):
-            raise UnreadableImage("mask_unreadable", f"{path.name} holds non-integer labels")
-        values = values.astype(np.int64)
+        values = as_label_array(values, name)
     if values.size and values.min() < 0:
-        raise UnreadableImage("mask_unreadable", f"{path.name} holds negative values")
+        raise UnreadableImage("mask_unreadable", f"{name} holds negative values")
     return values
 
 
@@ -266,15 +283,19 @@ def _list_files(folder: Path) -> dict[str, str]:
     with os.scandir(folder) as entries:
         for entry in entries:
             name = entry.name
-            if name.startswith(".") or not entry.is_file():
-                continue
             stem, suffix = os.path.splitext(name)
-            if suffix.lower() not in IMAGE_SUFFIXES:
+            if name.startswith(".") or suffix.lower() not in IMAGE_SUFFIXES:
                 continue
+            try:
+                if not entry.is_file():
+                    continue
+            except OSError:
+                pass  # a link that cannot be followed: listed, so that loading rejects it
             if stem in found:
                 first, second = sorted((found[stem], name))
                 raise SourceError(
-                    f"{folder} holds both {first} and {second}: keep one file per stem"
+                    f"{escape_name(str(folder))} holds both {escape_name(first)} and "
+                    f"{escape_name(second)}: keep one file per stem"
                 )
             found[stem] = name
     return found
@@ -307,7 +328,7 @@ def open_image_folder(spec: str, root: Path, modality: str | None = None) -> Sou
     if mode not in MASK_MODES:
         raise _config_error(path, f'set "masks" to "label_map" or "per_class" (got {mode!r})')
     pattern = _case_pattern(meta, path)
-    dataset = meta.get("name") or root.name
+    dataset = meta.get("name") or escape_name(root.name)
     if not isinstance(dataset, str):
         raise _config_error(path, '"name" must be a string')
 
@@ -381,7 +402,7 @@ def _label_map_from_file(
     path: str, labels: dict[int, str], shape: tuple[int, int], dtype: type
 ) -> np.ndarray:
     """The label map of a ``label_map`` mask (raises UnreadableImage on a bad mask)."""
-    name = Path(path).name
+    name = escape_name(Path(path).name)
     lossy = path.lower().endswith(LOSSY_SUFFIXES)
     if lossy and len(labels) != 1:
         raise UnreadableImage(
@@ -419,7 +440,7 @@ def _per_class_map(
             rejects.append((exc.reason, exc.detail, index))
             continue
         if mask.shape != shape:
-            detail = f"{Path(path).name}: mask {mask.shape} vs image {shape}"
+            detail = f"{escape_name(Path(path).name)}: mask {mask.shape} vs image {shape}"
             rejects.append(("mask_shape_mismatch", detail, index))
             continue
         label_map[foreground(mask, path)] = label_id
@@ -441,7 +462,7 @@ def load_image_folder_case(ref: CaseRef) -> LoadedCase:
     kept: list[tuple[int, np.ndarray, np.ndarray]] = []
     for index, member in enumerate(ref.members):
         image_path, *entries = member.split("|")
-        name = Path(image_path).name
+        name = escape_name(Path(image_path).name)
         if not entries:
             rejects.append(("mask_missing", f"{name}: no mask for this image in masks/", index))
             continue

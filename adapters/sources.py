@@ -19,6 +19,7 @@ from pathlib import Path
 
 from medgrit.adapters.cases import CaseRef, LoadedCase, Source, SourceError
 from medgrit.adapters.nifti import NiftiReader
+from medgrit.core.fsnames import escape_name
 from medgrit.core.text import readable_label_name
 
 __all__ = ["CaseRef", "Source", "SourceError", "load_case", "open_sources"]
@@ -140,7 +141,7 @@ def open_nnunet(spec: str, root: Path, modality: str | None = None) -> Source:
     labels_dir = root / "labelsTr"
     if not labels_dir.is_dir():
         raise SourceError(f"no labelsTr folder in {root}: not an nnU-Net raw dataset")
-    dataset = str(meta.get("name") or root.name)
+    dataset = str(meta.get("name") or escape_name(root.name))
     labels = _labels(pairs)
     cases = []
     for label_file in sorted(labels_dir.glob(f"*{ending}")):
@@ -167,7 +168,7 @@ def open_msd(spec: str, root: Path, modality: str | None = None) -> Source:
             f"malformed dataset.json at {meta_path}: label ids must be integers"
         ) from None
     mod = _modality(meta.get("modality"), meta_path, "modality", modality)
-    dataset = str(meta.get("name") or root.name)
+    dataset = str(meta.get("name") or escape_name(root.name))
     labels = _labels(pairs)
     cases = []
     for entry in training:
@@ -187,7 +188,13 @@ def open_msd(spec: str, root: Path, modality: str | None = None) -> Source:
 def _demo_sources(root: Path, key: bytes) -> list[Source]:
     from medgrit.adapters.demo import demo_source_specs, ensure_demo_data
 
-    ensure_demo_data(root)
+    try:
+        ensure_demo_data(root)
+    except FileExistsError:
+        raise SourceError(
+            f"the demo folder {escape_name(str(root))} holds something else; point "
+            "$MEDGRIT_DEMO_DIR (or demo:PATH) at a new folder"
+        ) from None
     return [_open_one(spec, None, key) for spec in demo_source_specs(root)]
 
 
