@@ -41,6 +41,7 @@ from typing import Any
 
 import openai
 
+from medgrit.adapters.interrupt import check_stop
 from medgrit.adapters.llm_client import (
     ChatRequest,
     ChatResult,
@@ -54,6 +55,7 @@ from medgrit.adapters.llm_client import (
     status_reason,
 )
 from medgrit.adapters.response_cache import ResponseCache
+from medgrit.core.failures import InfrastructureError
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +72,7 @@ RESUBMITTABLE = frozenset(
 """Reasons a line is submitted again: a new attempt can fix them (as online retries)."""
 
 
-class BatchError(RuntimeError):
+class BatchError(InfrastructureError, RuntimeError):
     """A Batch API control call (upload, create, retrieve, download) failed after retries.
 
     Attributes:
@@ -355,7 +357,9 @@ class BatchRunner:
     async def _wait(self, batch: Any) -> Any:
         """Poll every ``poll_interval_s`` until the batch reaches a terminal status."""
         while batch.status not in TERMINAL:
-            await asyncio.sleep(self.poll_interval_s)
+            for _ in range(max(1, int(self.poll_interval_s / 0.25))):
+                check_stop()  # the batch goes on at the provider; a resume polls it again
+                await asyncio.sleep(min(0.25, self.poll_interval_s))
             batch = await self._call(self._api.batches.retrieve, batch.id)
         return batch
 

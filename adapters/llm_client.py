@@ -61,6 +61,7 @@ from tenacity import (
     wait_random_exponential,
 )
 
+from medgrit.adapters.interrupt import stop_requested
 from medgrit.adapters.response_cache import ResponseCache
 from medgrit.core.ratelimit import (
     Grant,
@@ -504,7 +505,11 @@ class OpenAICompatibleClient:
         limiter = self.limiter.limiter
         clock = self.limiter.clock
         async with self._slots:
+            if stop_requested():  # the build is stopping: send nothing new
+                raise RequestFailure("stopped", False)
             grant = await self.limiter.acquire(tokens)
+            if stop_requested():
+                raise RequestFailure("stopped", False)
             self._requests_sent += 1
             try:
                 raw = await self._post(

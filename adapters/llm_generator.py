@@ -23,6 +23,7 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
+from medgrit.adapters.interrupt import check_stop
 from medgrit.adapters.llm_client import (
     ChatRequest,
     ChatResult,
@@ -39,6 +40,7 @@ from medgrit.adapters.templates import (
     template_hashes,
     view_variables,
 )
+from medgrit.core.failures import InfrastructureError
 from medgrit.core.generation import QA, TASKS, Generated, ImageFacts, RegionFacts
 from medgrit.core.text import laterality_of
 from medgrit.core.verify import TextRules, verify_qa
@@ -62,11 +64,12 @@ INFRASTRUCTURE_ERRORS = frozenset(
         "failed",
         "expired",
         "authentication_error",
+        "stopped",  # the build is stopping (SIGTERM, SIGINT)
     }
 )
 
 
-class LLMUnavailable(RuntimeError):
+class LLMUnavailable(InfrastructureError, RuntimeError):
     """The endpoint kept failing (after the client's retries) for some requests of a shard."""
 
 
@@ -355,6 +358,8 @@ class LLMGenerator:
                 else:
                     state.feedback = "; ".join(problems)
                     state.turns = ()
+            if "stopped" in unavailable:
+                check_stop()  # answers that arrived are cached above; raises BuildInterrupted
             if unavailable:
                 counts = {e: unavailable.count(e) for e in sorted(set(unavailable))}
                 raise LLMUnavailable(

@@ -6,10 +6,17 @@ This is where one image can be followed from its source file to its table rows:
 ``write_conversations`` (the generator writes every image's turns at once, so an LLM can take
 them concurrently) -> ``write_conversation`` (verification, conversation row).
 Record-level problems become reject rows with a stable reason; nothing here raises for them.
+Each case (and within it each image) runs under a guard: an exception that is not an
+infrastructure failure (``medgrit.core.failures``) rolls back that record's rows and becomes one
+reject row (its ``UnreadableImage`` reason, else ``unexpected_error`` with the exception's class),
+so one bad record never sinks the shard. The builder checks for a stop request between records.
+NaN and infinite intensities are left out of the mapping and counted (``ShardRows.non_finite``);
+an image that shows nothing after mapping is ``blank_image``.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -19,9 +26,17 @@ from medgrit.adapters.cases import CaseRef, LoadedCase, PlanarImage
 from medgrit.adapters.nifti import UnreadableImage
 from medgrit.adapters.png import encode_png
 from medgrit.adapters.sources import load_case
+from medgrit.core.failures import fails_the_shard
+from medgrit.core.fsnames import escape_name
 from medgrit.core.generation import Generated, Generator, ImageFacts, RegionFacts
 from medgrit.core.ids import image_id_for, region_id_for
-from medgrit.core.intensity import percentile_bounds, to_uint8, window_bounds
+from medgrit.core.intensity import (
+    count_non_finite,
+    is_blank,
+    percentile_bounds,
+    to_uint8,
+    window_bounds,
+)
 from medgrit.core.regions import extract_regions, to_bbox_1000
 from medgrit.core.slicing import (
     display_slice,
@@ -63,6 +78,7 @@ class ShardRows:
     regions: list[dict] = field(default_factory=list)
     conversations: list[dict] = field(default_factory=list)
     rejects: list[dict] = field(default_factory=list)
+    non_finite: int = 0  # NaN or infinite intensities left out of the mapping
 
     def as_tables(self) -> dict[str, list[dict]]:
         """The rows by table name."""
@@ -78,8 +94,16 @@ def case_source(ref: CaseRef, slice_index: int | None = None) -> str:
     """Reference to the source of a reject row: dataset, label file (for DICOM, whose file
     names may carry identifiers, the case pseudonym), slice."""
     name = ref.case if ref.format == "dicom" else Path(ref.label_path).name
-    base = f"{ref.dataset}/{name}"
+    base = escape_name(f"{ref.dataset}/{name}")
     return base if slice_index is None else f"{base}#slice={slice_index}"
+
+
+def error_detail(exc: Exception, ref: CaseRef) -> str:
+    """What a reject row says of an unexpected exception: its class, and for formats whose
+    messages cannot quote patient data (not DICOM) its message, escaped and cut short."""
+    if ref.format == "dicom":
+        return type(exc).__name__
+    return f"{type(exc).__name__}: {escape_name(' '.join(str(exc).split()))}"[:300]
 
 
 def select_case_slices(labels: np.ndarray, config: BuildConfig, quota: int | None) -> np.ndarray:
@@ -107,12 +131,14 @@ def count_case_images(ref: CaseRef, config: BuildConfig) -> int:
     """How many images a case would give without a quota (reads the case; 1 if unreadable)."""
     try:
         loaded = load_case(ref)
-    except UnreadableImage:
+        if loaded.label_volume is not None:
+            labels = loaded.label_volume.data
+            return max(1, int(select_case_slices(labels, config, None).size))
+        return max(1, len(select_planar_images(loaded.images, config, None)))
+    except Exception as exc:
+        if fails_the_shard(exc):
+            raise
         return 1  # keep the case in the plan: its shard writes the reject row
-    if loaded.label_volume is not None:
-        labels = loaded.label_volume.data
-        return int(select_case_slices(labels, config, None).size) if labels.any() else 1
-    return max(1, len(select_planar_images(loaded.images, config, None)))
 
 
 def intensity_bounds(kind: str, values: np.ndarray, config: BuildConfig) -> tuple[float, float]:
@@ -134,18 +160,60 @@ class ShardBuilder:
         generator: writes conversations for images.
     """
 
-    def __init__(self, config: BuildConfig, generator: Generator) -> None:
+    def __init__(
+        self,
+        config: BuildConfig,
+        generator: Generator,
+        check_stop: Callable[[], None] = lambda: None,
+    ) -> None:
         self.config = config
         self.generator = generator
+        self.check_stop = check_stop
         self.pending: list[PendingImage] = []
 
     def build(self, cases: list[CaseTask]) -> ShardRows:
         """All rows of a shard, cases in the given order."""
         rows = ShardRows()
         for task in cases:
-            self.build_case(task, rows)
+            self.check_stop()
+            self.guarded(rows, task, "load", None, lambda task=task: self.build_case(task, rows))
+        self.check_stop()
         self.write_conversations(rows)
         return rows
+
+    def guarded(
+        self,
+        rows: ShardRows,
+        task: CaseTask,
+        stage: str,
+        index: int | None,
+        work: Callable[[], None],
+        image_id: str | None = None,
+    ) -> None:
+        """Run one record's ``work``; on a record-level exception drop what it added to
+        ``rows`` and write one reject row instead (infrastructure failures propagate)."""
+        marks = (
+            len(rows.images),
+            len(rows.regions),
+            len(rows.conversations),
+            len(rows.rejects),
+            len(self.pending),
+            rows.non_finite,
+        )
+        try:
+            work()
+        except Exception as exc:
+            if fails_the_shard(exc):
+                raise
+            del rows.images[marks[0] :], rows.regions[marks[1] :]
+            del rows.conversations[marks[2] :], rows.rejects[marks[3] :]
+            del self.pending[marks[4] :]
+            rows.non_finite = marks[5]
+            if isinstance(exc, UnreadableImage):
+                reason, detail = exc.reason, exc.detail
+            else:
+                reason, detail = "unexpected_error", error_detail(exc, task.ref)
+            self._reject(rows, stage, reason, detail, case_source(task.ref, index), task, image_id)
 
     def _reject(
         self,
@@ -195,7 +263,7 @@ class ShardBuilder:
         return loaded
 
     def build_case(self, task: CaseTask, rows: ShardRows) -> None:
-        """Rows of one case appended to ``rows``."""
+        """Rows of one case appended to ``rows`` (each image under its own guard)."""
         loaded = self.load(task, rows)
         if loaded is None:
             return
@@ -212,39 +280,71 @@ class ShardBuilder:
                         task,
                     )
             for planar in select_planar_images(loaded.images, self.config, task.quota):
-                pixels = planar.pixels
-                if loaded.intensity != "display":
-                    bounds = intensity_bounds(loaded.intensity, pixels, self.config)
-                    pixels = to_uint8(pixels, bounds)
-                self.build_image(
-                    task,
-                    loaded.modality,
-                    planar.plane,
-                    planar.slice_index,
-                    pixels,
-                    planar.labels,
-                    names,
+                self.check_stop()
+                self.guarded(
                     rows,
+                    task,
+                    "image",
+                    planar.slice_index,
+                    lambda planar=planar: self.build_planar(task, loaded, planar, names, rows),
+                    image_id_for(task.case_id, planar.plane, planar.slice_index),
                 )
             return
         image, labels = loaded.volume, loaded.label_volume
         plane = self.config.plane
+        rows.non_finite += count_non_finite(image.data)
         bounds = intensity_bounds(loaded.intensity, image.data, self.config)
         spacing = display_spacing(image.spacing, plane)
-        for index in select_case_slices(labels.data, self.config, task.quota):
-            pixels = display_slice(image.data, plane, int(index))
-            label_map = display_slice(labels.data, plane, int(index))
-            pixels, label_map = square_pixels(pixels, label_map, spacing)
-            self.build_image(
-                task,
-                loaded.modality,
-                plane,
-                int(index),
-                to_uint8(pixels, bounds),
-                label_map,
-                names,
-                rows,
-            )
+        chosen = select_case_slices(labels.data, self.config, task.quota)
+        if chosen.size == 0:
+            detail = f"no {plane} slice holds {self.config.min_area} labelled pixels (--min-area)"
+            self._reject(rows, "load", "no_regions", detail, case_source(task.ref), task)
+            return
+        for index in chosen:
+            self.check_stop()
+
+            def work(index: int = int(index)) -> None:
+                pixels = display_slice(image.data, plane, index)
+                label_map = display_slice(labels.data, plane, index)
+                pixels, label_map = square_pixels(pixels, label_map, spacing)
+                self.build_image(
+                    task,
+                    loaded.modality,
+                    plane,
+                    index,
+                    to_uint8(pixels, bounds),
+                    label_map,
+                    names,
+                    rows,
+                )
+
+            image_id = image_id_for(task.case_id, plane, int(index))
+            self.guarded(rows, task, "image", int(index), work, image_id)
+
+    def build_planar(
+        self,
+        task: CaseTask,
+        loaded: LoadedCase,
+        planar: PlanarImage,
+        names: dict[int, str],
+        rows: ShardRows,
+    ) -> None:
+        """Rows of one 2D image of a planar case (intensity mapping, then :meth:`build_image`)."""
+        pixels = planar.pixels
+        if loaded.intensity != "display":
+            rows.non_finite += count_non_finite(pixels)
+            bounds = intensity_bounds(loaded.intensity, pixels, self.config)
+            pixels = to_uint8(pixels, bounds)
+        self.build_image(
+            task,
+            loaded.modality,
+            planar.plane,
+            planar.slice_index,
+            pixels,
+            planar.labels,
+            names,
+            rows,
+        )
 
     def build_image(
         self,
@@ -262,6 +362,9 @@ class ShardBuilder:
         height, width = label_map.shape
         image_id = image_id_for(task.case_id, plane, index)
         source = case_source(ref, index)
+        if is_blank(pixels):
+            value = int(pixels.flat[0]) if pixels.size else 0
+            raise UnreadableImage("blank_image", f"every pixel is {value} after intensity mapping")
         extraction = extract_regions(label_map, min_area=config.min_area)
         for label_id, area in zip(
             extraction.dropped_label_id, extraction.dropped_area, strict=True
@@ -352,14 +455,69 @@ class ShardBuilder:
         )
 
     def write_conversations(self, rows: ShardRows) -> None:
-        """Generate, verify and append the conversations of every pending image."""
-        pending, self.pending = self.pending, []
-        results = self.generator.generate_all([(p.image, p.regions) for p in pending])
-        for item, result in zip(pending, results, strict=True):
-            self.write_conversation(item, result, rows)
+        """Generate, verify and append the conversations of every pending image.
 
-    def write_conversation(self, item: PendingImage, result: Generated, rows: ShardRows) -> None:
-        """Verify one image's generated turns and append its conversation row."""
+        An image left without a conversation (its turns all failed, or writing them failed) is
+        dropped from the image and region rows: every image written has one conversation.
+        """
+        pending, self.pending = self.pending, []
+        items = [(p.image, p.regions) for p in pending]
+        try:
+            results: list[Generated | None] = list(self.generator.generate_all(items))
+        except Exception as exc:
+            if fails_the_shard(exc):
+                raise
+            results = [self._generate_one(item, rows) for item in pending]
+        dropped: set[str] = set()
+        for item, result in zip(pending, results, strict=True):
+            if result is None or not self._write_guarded(item, result, rows):
+                dropped.add(item.image.image_id)
+        if dropped:
+            rows.images[:] = [r for r in rows.images if r["image_id"] not in dropped]
+            rows.regions[:] = [r for r in rows.regions if r["image_id"] not in dropped]
+
+    def _generate_one(self, item: PendingImage, rows: ShardRows) -> Generated | None:
+        """One image's conversation alone (after the shard's batch failed); None on failure."""
+        try:
+            return self.generator.generate_all([(item.image, item.regions)])[0]
+        except Exception as exc:
+            if fails_the_shard(exc):
+                raise
+            detail = error_detail(exc, item.task.ref)
+            self._reject(
+                rows,
+                "generate",
+                "unexpected_error",
+                detail,
+                item.source,
+                item.task,
+                item.image.image_id,
+            )
+            return None
+
+    def _write_guarded(self, item: PendingImage, result: Generated, rows: ShardRows) -> bool:
+        marks = (len(rows.conversations), len(rows.rejects))
+        try:
+            return self.write_conversation(item, result, rows)
+        except Exception as exc:
+            if fails_the_shard(exc):
+                raise
+            del rows.conversations[marks[0] :], rows.rejects[marks[1] :]
+            detail = error_detail(exc, item.task.ref)
+            self._reject(
+                rows,
+                "verify",
+                "unexpected_error",
+                detail,
+                item.source,
+                item.task,
+                item.image.image_id,
+            )
+            return False
+
+    def write_conversation(self, item: PendingImage, result: Generated, rows: ShardRows) -> bool:
+        """Verify one image's generated turns and append its conversation row; False (and an
+        ``empty_conversation`` reject) when no turn passed."""
         task, source, image_id = item.task, item.source, item.image.image_id
         for reason, detail in result.rejects:
             self._reject(rows, "generate", reason, detail, source, task, image_id)
@@ -382,7 +540,7 @@ class ShardBuilder:
                 task,
                 image_id,
             )
-            return
+            return False
         rows.conversations.append(
             {
                 "conversation_id": f"{image_id}-c0",
@@ -404,3 +562,4 @@ class ShardBuilder:
                 "completion_tokens": result.completion_tokens,
             }
         )
+        return True

@@ -28,7 +28,9 @@ def merge_stats(stats: list[dict]) -> dict:
     splits: Counter = Counter()
     rejects: Counter = Counter()
     qa: dict[str, Counter] = {}
+    non_finite = 0
     for s in stats:
+        non_finite += int(s.get("non_finite_values", 0))
         images.update(s.get("images_by_modality", {}))
         splits.update(s.get("images_by_split", {}))
         rejects.update(s.get("rejects_by_reason", {}))
@@ -39,6 +41,7 @@ def merge_stats(stats: list[dict]) -> dict:
         "images_by_split": dict(sorted(splits.items())),
         "qa_by_modality_task": {m: dict(sorted(c.items())) for m, c in sorted(qa.items())},
         "rejects_by_reason": dict(sorted(rejects.items())),
+        "non_finite_values": non_finite,
     }
 
 
@@ -68,6 +71,14 @@ def render_summary(
         f"- regions: {rows.get('regions', 0)}",
         f"- conversations: {rows.get('conversations', 0)}",
         f"- rejects: {rows.get('rejects', 0)}",
+        *(
+            [
+                f"- non-finite intensities (NaN, inf) left out of the mapping: "
+                f"{totals['non_finite_values']}"
+            ]
+            if totals.get("non_finite_values")
+            else []
+        ),
         *(
             [
                 f"- LLM: {llm.get('requests', 0)} requests sent, {llm.get('cache_hits', 0)} "

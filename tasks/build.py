@@ -1,7 +1,8 @@
 """Prefect tasks of the build flow: thin wrappers over the adapters and pure logic.
 
 One task per shard (never per slice or region). Only infrastructure failures (``OSError``: disk,
-network file systems) are retried; record-level problems are already reject rows.
+network file systems) are retried, and not a full disk, which waiting does not fix; record-level
+problems are already reject rows.
 """
 
 from __future__ import annotations
@@ -13,12 +14,14 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from medgrit.adapters.demo import default_demo_dir
+from medgrit.adapters.interrupt import check_stop
 from medgrit.adapters.keys import load_or_create_key
 from medgrit.adapters.manifest import record_batch
 from medgrit.adapters.parquet import ParquetShardWriter
 from medgrit.adapters.pipeline import CaseTask, ShardBuilder, count_case_images
 from medgrit.adapters.sources import Source, open_sources
 from medgrit.adapters.templates import TemplateGenerator
+from medgrit.core.failures import is_disk_full
 from medgrit.core.generation import Generator
 from medgrit.core.ids import pseudonymise_case
 from medgrit.core.sharding import allocate_images, assign_splits, plan_shards, shard_name
@@ -27,11 +30,12 @@ from medgrit.schemas.config import BuildConfig, LLMConfig
 
 
 def _retry_on_os_error(task, task_run, state) -> bool:
-    """Retry only infrastructure failures: an OSError from disk or a network file system."""
+    """Retry only infrastructure failures: an OSError from disk or a network file system,
+    except a full disk (a retry fills it again)."""
     try:
         state.result()
-    except OSError:
-        return True
+    except OSError as exc:
+        return not is_disk_full(exc)
     except Exception:  # noqa: BLE001 - anything else is a bug and must not be retried
         return False
     return False
@@ -109,14 +113,17 @@ def build_shard(
 ) -> dict:
     """Build and write one shard; returns its manifest entry (files, row counts, stats, tokens)."""
     generator = make_generator(config, shard, known_batches or [])
-    rows = ShardBuilder(config, generator).build(cases)
+    rows = ShardBuilder(config, generator, check_stop=check_stop).build(cases)
     tables = rows.as_tables()
+    check_stop()
     written = ParquetShardWriter(Path(config.out)).write_shard(shard, tables)
     spend = getattr(generator, "spend", None)
+    stats = shard_stats(tables)
+    stats["non_finite_values"] = rows.non_finite
     return {
         "rows": {name: f.rows for name, f in written.items()},
         "files": {f.path: f.sha256 for f in written.values()},
-        "stats": shard_stats(tables),
+        "stats": stats,
         "tokens": spend.as_dict() if spend else {"prompt": 0, "completion": 0},
     }
 
