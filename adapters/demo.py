@@ -15,6 +15,7 @@ The content is a pure function of this module's version, so the files are cached
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
@@ -58,10 +59,22 @@ def default_demo_dir() -> Path:
 
 
 def ensure_demo_data(root: Path | None = None) -> Path:
-    """Write the demo datasets under ``root`` unless they are there already; return ``root``."""
+    """Write the demo datasets under ``root`` unless they are there already; return ``root``.
+
+    The demo is written beside ``root`` and renamed into place when complete. A ``root`` that
+    exists without the demo's completion marker is used only when empty: nothing that is
+    already there is ever deleted.
+
+    Raises:
+        FileExistsError: ``root`` is a file, or a folder that holds something else.
+    """
     root = (root or default_demo_dir()).expanduser()
     if (root / ".complete").is_file():
         return root
+    if root.exists() and (not root.is_dir() or any(root.iterdir())):
+        raise FileExistsError(
+            errno.EEXIST, "exists and holds no medgrit demo; choose another folder", str(root)
+        )
     root.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{root.name}.", dir=root.parent))
     try:
@@ -71,8 +84,12 @@ def ensure_demo_data(root: Path | None = None) -> Path:
         write_dicom_demos(staging)
         (staging / ".complete").write_text(DEMO_VERSION + "\n")
         if root.exists():
-            shutil.rmtree(root)  # an incomplete earlier attempt
-        os.replace(staging, root)
+            root.rmdir()  # empty (checked above); fails rather than delete anything
+        try:
+            os.replace(staging, root)
+        except OSError:
+            if not (root / ".complete").is_file():
+                raise  # else another process finished the same demo first: use it
     finally:
         if staging.exists():
             shutil.rmtree(staging, ignore_errors=True)

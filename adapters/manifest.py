@@ -2,7 +2,8 @@
 
 Layout (schema version 1)::
 
-    {"schema_version": 1, "medgrit_version": ..., "config": {...BuildConfig...},
+    {"format": "medgrit-dataset", "schema_version": 1, "medgrit_version": ...,
+     "config": {...BuildConfig...},
      "sources": [{"spec", "kind", "dataset", "modality", "labels", "cases"}],
      "generator": {"name", "template_hash", "templates": {file: sha256}},
      "shards": [{"id", "cases": [{"source", "case", "split", "quota"}], "status",
@@ -10,8 +11,10 @@ Layout (schema version 1)::
                  "finished_at"}],
      "totals": {...}, "created_at", "updated_at", "host"}
 
-Wall-clock times and the host name live only here, never in table rows. The file is replaced
-atomically on every update.
+Wall-clock times and the host name live only here, never in table rows. The file is strict
+JSON (no NaN or Infinity) and is replaced atomically on every update. :func:`read_manifest`
+accepts only a manifest medgrit wrote (see ``medgrit.adapters.dataset_dir``) whose structure it
+can use; anything else is a :class:`ManifestError` with a one-line message.
 """
 
 from __future__ import annotations
@@ -23,35 +26,106 @@ import threading
 from collections.abc import Callable
 from pathlib import Path
 
-MANIFEST = "dataset.json"
+from medgrit.adapters.dataset_dir import (
+    FORMAT_MARKER,
+    KNOWN_SCHEMA_VERSIONS,
+    MANIFEST,
+    manifest_is_medgrit,
+    temp_suffix,
+)
+from medgrit.core.fsnames import escape_name
+
+__all__ = [
+    "FORMAT_MARKER",
+    "MANIFEST",
+    "ManifestError",
+    "read_manifest",
+    "record_batch",
+    "update_manifest",
+    "write_manifest",
+]
 
 
 class ManifestError(Exception):
-    """The directory has no readable manifest."""
+    """The directory has no manifest medgrit can use; the message is one line."""
+
+
+def _reject_constant(name: str) -> float:
+    raise ValueError(f"not strict JSON: {name}")
 
 
 def read_manifest(out_dir: str | Path) -> dict:
-    """Load ``dataset.json`` of a dataset directory.
+    """Load and check ``dataset.json`` of a dataset directory.
 
     Raises:
-        ManifestError: when it is missing or not valid JSON.
+        ManifestError: when it is missing, unreadable, not strict JSON, not written by
+            medgrit, of an unknown schema version, or without a usable shard list.
     """
+    where = escape_name(str(out_dir))
     path = Path(out_dir) / MANIFEST
     if not path.is_file():
-        raise ManifestError(f"no {MANIFEST} in {out_dir}: not a medgrit dataset directory")
+        raise ManifestError(f"no {MANIFEST} in {where}: not a medgrit dataset directory")
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        data = json.loads(path.read_text(encoding="utf-8"), parse_constant=_reject_constant)
     except json.JSONDecodeError as exc:
-        raise ManifestError(f"{path} is not valid JSON: {exc.msg}") from None
+        raise ManifestError(f"{where}/{MANIFEST} is not valid JSON: {exc.msg}") from None
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise ManifestError(f"{where}/{MANIFEST} is not valid JSON: {exc}") from None
+    except OSError as exc:
+        raise ManifestError(f"cannot read {where}/{MANIFEST}: {exc.strerror}") from None
+    if not manifest_is_medgrit(data):
+        raise ManifestError(
+            f"{where}/{MANIFEST} is not a medgrit manifest (no {FORMAT_MARKER!r} marker); "
+            "is this a source folder?"
+        )
+    version = data.get("schema_version")
+    if version not in KNOWN_SCHEMA_VERSIONS:
+        known = ", ".join(map(str, KNOWN_SCHEMA_VERSIONS))
+        raise ManifestError(
+            f"{where}/{MANIFEST} has schema_version {version!r}; this medgrit reads {known}"
+        )
+    shards = data.get("shards")
+    if not isinstance(shards, list) or not all(
+        isinstance(s, dict) and isinstance(s.get("id"), str) and isinstance(s.get("status"), str)
+        for s in shards
+    ):
+        raise ManifestError(f"{where}/{MANIFEST} has no valid 'shards' list (id and status each)")
+    if not isinstance(data.get("config"), dict):
+        raise ManifestError(f"{where}/{MANIFEST} has no build 'config' object")
+    for shard in shards:
+        _check_files(shard, f"{where}/{MANIFEST}")
+    return data
+
+
+_TABLES = ("images", "regions", "conversations", "rejects")
+
+
+def _check_files(shard: dict, where: str) -> None:
+    """A shard's files must be ``{table}/part-{id}.parquet``: never a path that leaves the
+    dataset directory (absolute, ``..``) or names another file."""
+    files = shard.get("files", {})
+    if not isinstance(files, dict):
+        raise ManifestError(f"{where}: shard {shard['id']} 'files' must map path -> sha256")
+    allowed = {f"{table}/part-{shard['id']}.parquet" for table in _TABLES}
+    for rel in files:
+        if rel not in allowed:
+            raise ManifestError(
+                f"{where}: shard {shard['id']} names the file {escape_name(str(rel))!r}; "
+                f"its parts are {{table}}/part-{shard['id']}.parquet inside the dataset"
+            )
 
 
 def write_manifest(out_dir: str | Path, manifest: dict) -> None:
-    """Write ``dataset.json`` atomically (temp file, fsync, rename)."""
+    """Write ``dataset.json`` atomically (temp file, fsync, rename) as strict JSON.
+
+    Raises:
+        ValueError: a value is NaN or infinite (a bug: no such value may reach the file).
+    """
     path = Path(out_dir) / MANIFEST
-    tmp = path.with_name(f".{MANIFEST}.tmp-{os.getpid()}")
+    tmp = path.with_name(f".{MANIFEST}{temp_suffix()}")
     try:
         with tmp.open("w", encoding="utf-8") as handle:
-            json.dump(manifest, handle, indent=2, sort_keys=False)
+            json.dump(manifest, handle, indent=2, sort_keys=False, allow_nan=False)
             handle.write("\n")
             handle.flush()
             os.fsync(handle.fileno())

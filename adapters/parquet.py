@@ -15,6 +15,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from medgrit.adapters.dataset_dir import is_stale_temporary, temp_suffix
 from medgrit.schemas.tables import TABLES
 
 
@@ -60,10 +61,12 @@ class ParquetShardWriter:
         rel = part_path(table, shard)
         final = self.out_dir / rel
         final.parent.mkdir(parents=True, exist_ok=True)
-        tmp = final.with_name(f".{final.name}.tmp-{os.getpid()}")
+        tmp = final.with_name(f".{final.name}{temp_suffix()}")
         try:
-            pq.write_table(arrow, tmp, compression=self.compression, row_group_size=1024)
-            with tmp.open("rb") as handle:
+            # A file object, not a path: pyarrow's paths must be UTF-8, folders may not be.
+            with tmp.open("wb") as handle:
+                pq.write_table(arrow, handle, compression=self.compression, row_group_size=1024)
+                handle.flush()
                 os.fsync(handle.fileno())
             os.replace(tmp, final)
         finally:
@@ -71,12 +74,17 @@ class ParquetShardWriter:
         return WrittenFile(rel, arrow.num_rows, sha256_file(final))
 
     def remove_temporaries(self) -> list[str]:
-        """Delete temporary part files an interrupted run left behind; returns their paths."""
+        """Delete temporary part files that writers now gone left behind; returns their paths.
+
+        A temporary file names its writer (see ``medgrit.adapters.dataset_dir``): the files of
+        this process and of live processes on this host are kept.
+        """
         removed = []
         for table in TABLES:
             for tmp in sorted((self.out_dir / table).glob(".part-*.parquet.tmp-*")):
-                tmp.unlink(missing_ok=True)
-                removed.append(str(tmp.relative_to(self.out_dir)))
+                if is_stale_temporary(tmp.name):
+                    tmp.unlink(missing_ok=True)
+                    removed.append(str(tmp.relative_to(self.out_dir)))
         return removed
 
     def write_shard(self, shard: str, tables: dict[str, list[dict]]) -> dict[str, WrittenFile]:

@@ -1,21 +1,25 @@
 """The ``medgrit`` command line: one command per user intent, over the library and flows.
 
 Errors a user can fix (a missing path, an unknown source kind, a bad flag, a malformed
-dataset.json) print one line and exit with code 2, before anything is written. Prefect is
-imported only by commands that run a flow, so these checks answer at once.
+dataset.json, an --out that cannot be written or is being written by another process) print one
+line and exit with code 2, before anything is written. Prefect is imported only by commands that
+run a flow, so these checks answer at once. A build that fails later (shards that failed, a full
+disk) prints one line and exits with code 1; SIGINT and SIGTERM stop it cleanly with 130 and 143.
 """
 
 from __future__ import annotations
 
 import json
-import shutil
+import os
 import sys
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Annotated, NoReturn
 
 import typer
 from pydantic import ValidationError
 
+from medgrit.core.fsnames import escape_name
 from medgrit.schemas.config import BuildConfig
 
 app = typer.Typer(
@@ -30,9 +34,13 @@ EXIT_USER_ERROR = 2
 
 
 def fail(message: str, code: int = EXIT_USER_ERROR) -> NoReturn:
-    """Print one error line to stderr and exit."""
-    typer.echo(f"medgrit: error: {message}", err=True)
+    """Print one error line to stderr (names escaped) and exit."""
+    typer.echo(f"medgrit: error: {' '.join(escape_name(message).split())}", err=True)
     raise typer.Exit(code)
+
+
+def _shown(path: Path | str) -> str:
+    return escape_name(str(path))
 
 
 def _pair(text: str | None, flag: str) -> tuple[float, float] | None:
@@ -53,21 +61,64 @@ def _config_error(exc: ValidationError) -> NoReturn:
     fail(f"{where.replace('_', '-')}: {msg}" if where else msg)
 
 
-def _run_build(config: BuildConfig) -> None:
+def _run_flow(config: BuildConfig) -> dict:
+    """Run the build flow; the failures a user can act on end in one line."""
     from prefect.task_runners import ThreadPoolTaskRunner
 
+    from medgrit.adapters.dataset_dir import DatasetBusy
+    from medgrit.core.failures import is_disk_full
     from medgrit.flows.build import BuildFailed, build_dataset
 
+    out = Path(config.out)
     # LLM shards share one provider limit: run them one at a time, each saturating it.
     workers = 1 if config.generator == "llm" else config.workers
     flow = build_dataset.with_options(task_runner=ThreadPoolTaskRunner(max_workers=workers))
     try:
-        manifest = flow(config=config)
+        return flow(config=config)
     except BuildFailed as exc:
-        typer.echo(_summary_text(Path(config.out)))
+        typer.echo(_summary_text(out))
         fail(str(exc), code=1)
-    typer.echo(_summary_text(Path(config.out)))
-    typer.echo(f"dataset written to {Path(config.out).resolve()} ({manifest['status']})")
+    except DatasetBusy as exc:
+        fail(str(exc))
+    except OSError as exc:
+        if is_disk_full(exc):
+            fail(
+                f"no space left on {_mount_point(out)} (the disk holding {_shown(out)}); "
+                f"free some space, then run `medgrit resume {_shown(out)}`",
+                code=1,
+            )
+        where = exc.filename or out
+        fail(
+            f"cannot write {_shown(where)}: {exc.strerror or exc}; "
+            f"fix it, then run `medgrit resume {_shown(out)}`",
+            code=1,
+        )
+
+
+def _mount_point(path: Path) -> str:
+    """The mount point of the file system holding ``path`` (for messages about the disk)."""
+    current = path.resolve()
+    while not current.exists() and current != current.parent:
+        current = current.parent
+    device = current.stat().st_dev
+    while current != current.parent and current.parent.stat().st_dev == device:
+        current = current.parent
+    return _shown(current)
+
+
+def _report(out: Path, manifest: dict) -> None:
+    """Print the summary of a finished build; exit 1 when it kept no image at all."""
+    typer.echo(_summary_text(out))
+    rows = (manifest.get("totals") or {}).get("rows", {})
+    if not rows.get("images"):
+        reasons = (manifest.get("totals") or {}).get("rejects_by_reason", {})
+        why = ", ".join(f"{k}: {v}" for k, v in sorted(reasons.items(), key=lambda kv: -kv[1]))
+        fail(
+            f"the build kept no image from its sources ({why or 'no rejects'}); "
+            f"see the rejects table in {_shown(out)}",
+            code=1,
+        )
+    typer.echo(f"dataset written to {_shown(out.resolve())} ({manifest['status']})")
 
 
 def _summary_text(out: Path) -> str:
@@ -87,7 +138,7 @@ def _summary_text(out: Path) -> str:
     failed = [s["id"] for s in shards if s["status"] == "failed"]
     llm = totals.get("llm") if manifest["config"].get("generator") == "llm" else None
     return render_summary(
-        str(out), totals.get("rows", {}), totals, done, len(shards), failed, llm=llm
+        _shown(out), totals.get("rows", {}), totals, done, len(shards), failed, llm=llm
     )
 
 
@@ -214,30 +265,161 @@ def build(
         fail(f"the pseudonymisation key {key_path} must be kept outside --out {out}")
     try:
         key = load_or_create_key(key_path)
+    except (OSError, ValueError) as exc:
+        fail(f"cannot use the pseudonymisation key {key_path}: {_reason(exc)}")
+    try:
         opened = open_sources(config.sources, modality=config.modality, key=key)
     except SourceError as exc:
         fail(str(exc))
-    except (OSError, ValueError) as exc:
-        fail(f"cannot use the pseudonymisation key {key_path}: {exc}")
+    except OSError as exc:
+        fail(f"cannot read the sources: {_reason(exc)}")
     if config.llm is not None and config.generator == "llm" and not config.llm.api_key_block:
-        import os
-
         if not os.environ.get("OPENAI_API_KEY"):
             fail("--generator llm needs an API key: set OPENAI_API_KEY or --llm-api-key-block")
     if not any(s.cases for s in opened):
         fail("the sources hold no cases (no label files found)")
-    if out.exists() and not out.is_dir():
-        fail(f"--out {out} is a file, not a folder")
-    if out.is_dir() and any(out.iterdir()):
-        if not (out / "dataset.json").is_file():
-            fail(f"--out {out} is not empty and holds no medgrit dataset; choose another folder")
-        if not overwrite:
-            fail(
-                f"--out {out} already holds a dataset: use `medgrit resume {out}`, "
-                "or --overwrite to replace it"
+    replace = _check_out(out, [Path(s.root) for s in opened], overwrite)
+    if replace:
+        _build_replacing(config, out)
+        return
+    with ExitStack() as stack:
+        _take_out(out, stack)
+        _report(out, _run_flow(config))
+
+
+def _reason(exc: BaseException) -> str:
+    if isinstance(exc, OSError) and exc.strerror:
+        where = f": {_shown(exc.filename)}" if exc.filename else ""
+        return f"{exc.strerror}{where}"
+    return str(exc)
+
+
+def _check_out(out: Path, source_roots: list[Path], overwrite: bool) -> bool:
+    """Check --out before anything is written; True when it holds a dataset to replace."""
+    from medgrit.adapters.dataset_dir import foreign_entries, is_medgrit_dataset
+    from medgrit.adapters.keys import is_inside
+
+    existing = out
+    while not existing.exists() and not existing.is_symlink() and existing != existing.parent:
+        existing = existing.parent
+    if existing.exists() and not existing.is_dir():
+        if existing == out:
+            fail(f"--out {_shown(out)} is a file, not a folder")
+        fail(f"--out {_shown(out)} lies under {_shown(existing)}, which is a file, not a folder")
+    for root in source_roots:
+        if is_inside(out, root) or is_inside(root, out):
+            relation = (
+                "is"
+                if out.resolve() == root.resolve()
+                else ("lies inside" if is_inside(out, root) else "contains")
             )
-        shutil.rmtree(out)
-    _run_build(config)
+            fail(
+                f"--out {_shown(out)} {relation} the source folder {_shown(root)}; "
+                "write the dataset to another folder (sources are never written)"
+            )
+    for parent in out.resolve().parents:
+        if is_medgrit_dataset(parent):
+            fail(
+                f"--out {_shown(out)} lies inside the dataset {_shown(parent)}; "
+                "choose a folder outside it"
+            )
+    if not (out.is_dir() and any(out.iterdir())):
+        return False
+    if not is_medgrit_dataset(out):
+        fail(
+            f"--out {_shown(out)} is not empty and holds no medgrit dataset; choose another folder"
+        )
+    if not overwrite:
+        fail(
+            f"--out {_shown(out)} already holds a dataset: use `medgrit resume {_shown(out)}`, "
+            "or --overwrite to replace it"
+        )
+    foreign = foreign_entries(out)
+    if foreign:
+        listed = ", ".join(foreign[:3]) + (
+            f" and {len(foreign) - 3} more" if len(foreign) > 3 else ""
+        )
+        fail(
+            f"--out {_shown(out)} holds files medgrit did not write ({listed}); "
+            "move them out, or choose another folder"
+        )
+    return True
+
+
+_writing: list[Path] = []  # the dataset being written, for the message of a stopped build
+
+
+def _take_out(out: Path, stack: ExitStack) -> None:
+    """Create --out (when missing) and hold its writer lock until ``stack`` closes."""
+    from medgrit.adapters.dataset_dir import DatasetBusy, hold_dataset
+
+    _writing[:] = [out]
+    created = not out.exists()
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        stack.enter_context(hold_dataset(out))
+    except DatasetBusy as exc:
+        fail(str(exc))
+    except OSError as exc:
+        if created:
+            _remove_empty(out)
+        fail(f"cannot write to --out {_shown(out)}: {exc.strerror or exc}")
+
+
+def _remove_empty(folder: Path) -> None:
+    try:
+        (folder / ".medgrit.lock").unlink(missing_ok=True)
+        folder.rmdir()
+    except OSError:
+        pass
+
+
+def _build_replacing(config: BuildConfig, out: Path) -> None:
+    """--overwrite: build beside ``out`` and swap the new dataset in once it is complete."""
+    from medgrit.adapters.dataset_dir import prepare_staging, swap_in
+    from medgrit.adapters.manifest import update_manifest
+
+    with ExitStack() as stack:
+        _take_out(out, stack)
+        try:
+            staging = prepare_staging(out)
+        except OSError as exc:
+            fail(f"cannot prepare the replacement of {_shown(out)}: {_reason(exc)}")
+        _take_out(staging, stack)
+        _share_llm_cache(out, staging)
+        try:
+            manifest = _run_flow(config.model_copy(update={"out": str(staging)}))
+        except typer.Exit as exc:
+            if exc.exit_code == 1:
+                typer.echo(
+                    f"medgrit: {_shown(out)} is unchanged; run the same command again to "
+                    "finish the new dataset and replace it",
+                    err=True,
+                )
+            raise
+        if not (manifest.get("totals") or {}).get("rows", {}).get("images"):
+            _report(staging, manifest)  # exits 1: nothing to replace the dataset with
+        swap_in(staging, out)
+
+        def retarget(on_disk: dict) -> None:
+            on_disk.setdefault("config", {})["out"] = config.model_dump(mode="json")["out"]
+
+        update_manifest(out, retarget)
+        _report(out, manifest)
+
+
+def _share_llm_cache(old: Path, new: Path) -> None:
+    """Hard-link the old dataset's LLM answers into the new one (answers are keyed by content,
+    so a rebuild asks again only what changed)."""
+    import shutil
+
+    cache = old / "llm" / "cache"
+    if not cache.is_dir() or (new / "llm").exists():
+        return
+    try:
+        shutil.copytree(cache, new / "llm" / "cache", copy_function=os.link)
+    except OSError:
+        shutil.rmtree(new / "llm", ignore_errors=True)  # a plain rebuild then
 
 
 @app.command()
@@ -255,7 +437,9 @@ def resume(
         config = BuildConfig(**{**manifest["config"], "out": str(out)})
     except (ValidationError, KeyError, TypeError):
         fail(f"{out}/dataset.json holds no valid build config")
-    _run_build(config)
+    with ExitStack() as stack:
+        _take_out(out, stack)
+        _report(out, _run_flow(config))
 
 
 @app.command()
@@ -297,11 +481,11 @@ def validate(out: Annotated[Path, typer.Argument(help="Dataset directory.")]) ->
     except ManifestError as exc:
         fail(str(exc))
     for p in problems[:50]:
-        typer.echo(p)
+        typer.echo(escape_name(p))
     if problems:
         typer.echo(f"{len(problems)} problem(s) found", err=True)
         raise typer.Exit(1)
-    typer.echo(f"{out}: valid")
+    typer.echo(f"{_shown(out)}: valid")
 
 
 @app.command("demo-data")
@@ -311,20 +495,41 @@ def demo_data(
     """Write the demo sources (all eight modalities, in their native layouts) to a folder."""
     from medgrit.adapters.demo import demo_source_specs, ensure_demo_data
 
+    if out.exists() and not out.is_dir():
+        fail(f"{_shown(out)} is a file, not a folder; choose a new folder")
     if out.exists() and any(out.iterdir()) and not (out / ".complete").is_file():
-        fail(f"{out} is not empty; choose a new folder")
-    root = ensure_demo_data(out)
-    typer.echo(f"demo sources written to {root.resolve()}; build them with:")
-    typer.echo("  medgrit build " + " ".join(demo_source_specs(root)) + " --out DIR")
+        fail(f"{_shown(out)} is not empty; choose a new folder")
+    try:
+        root = ensure_demo_data(out)
+    except OSError as exc:
+        fail(f"cannot write the demo sources to {_shown(out)}: {_reason(exc)}")
+    typer.echo(f"demo sources written to {_shown(root.resolve())}; build them with:")
+    typer.echo("  medgrit build " + _shown(" ".join(demo_source_specs(root))) + " --out DIR")
 
 
 def main() -> None:
     """Entry point of the ``medgrit`` console script."""
+    from medgrit.adapters.interrupt import exit_code, install_stop_handlers, signalled
     from medgrit.flows.prefect_env import apply_prefect_defaults
 
     apply_prefect_defaults()
+    install_stop_handlers()
     try:
-        app()
-    except KeyboardInterrupt:
-        typer.echo("medgrit: interrupted; `medgrit resume` continues the build", err=True)
-        sys.exit(130)
+        code = app(standalone_mode=False, prog_name="medgrit")
+    except typer.TyperException as exc:  # click's usage errors: one line, exit 2
+        message = exc.format_message() if hasattr(exc, "format_message") else str(exc)
+        ctx = getattr(exc, "ctx", None)
+        hint = f" (see `{ctx.command_path} --help`)" if ctx is not None else ""
+        typer.echo(f"medgrit: error: {escape_name(' '.join(message.split()))}{hint}", err=True)
+        sys.exit(getattr(exc, "exit_code", EXIT_USER_ERROR) or EXIT_USER_ERROR)
+    except (KeyboardInterrupt, typer.Abort):
+        code = 130
+    except BaseException:  # Prefect's TerminationSignal after a SIGTERM, among others
+        if not signalled():
+            raise
+        code = 130
+    if signalled() or code == 130:  # Typer turns KeyboardInterrupt into exit code 130
+        where = _shown(_writing[0]) if _writing else "DIR"
+        typer.echo(f"medgrit: stopped; `medgrit resume {where}` continues the build", err=True)
+        sys.exit(exit_code())
+    sys.exit(code if isinstance(code, int) else 0)

@@ -1,8 +1,12 @@
 """The build flow: sources -> shard plan -> one task per shard -> manifest and summary.
 
-``build_dataset`` takes one :class:`BuildConfig`. It writes ``dataset.json`` before any shard
-runs and after each shard finishes, so an interrupted build can be resumed: a rerun over the same
-directory and config skips the shards whose files are present with their recorded sha256.
+``build_dataset`` takes one :class:`BuildConfig`. It holds the dataset's writer lock for the
+whole run (a second writer fails at once), writes ``dataset.json`` before any shard runs and after
+each shard finishes, so an interrupted build can be resumed: a rerun over the same directory and
+config skips the shards whose files are present with their recorded sha256. A full disk stops the
+build with :class:`DiskFull` (the manifest keeps what finished; ``medgrit resume`` goes on).
+Names from the sources are escaped wherever people or other tools read them (manifest, logs,
+artifacts).
 """
 
 from __future__ import annotations
@@ -18,14 +22,29 @@ from pathlib import Path  # noqa: E402
 from prefect import flow, get_run_logger  # noqa: E402
 from prefect.artifacts import create_markdown_artifact  # noqa: E402
 from prefect.futures import as_completed  # noqa: E402
+from prefect.states import Failed  # noqa: E402
 
-from medgrit.adapters.manifest import MANIFEST, read_manifest, update_manifest  # noqa: E402
+from medgrit.adapters.dataset_dir import hold_dataset  # noqa: E402
+from medgrit.adapters.interrupt import (  # noqa: E402
+    clear_stop,
+    request_stop,
+    signalled,
+    stop_on_signals,
+)
+from medgrit.adapters.manifest import (  # noqa: E402
+    FORMAT_MARKER,
+    MANIFEST,
+    read_manifest,
+    update_manifest,
+)
 from medgrit.adapters.parquet import ParquetShardWriter, sha256_file  # noqa: E402
 from medgrit.adapters.templates import (  # noqa: E402
     TemplateGenerator,
     combined_hash,
     template_hashes,
 )
+from medgrit.core.failures import StopRequested, is_disk_full  # noqa: E402
+from medgrit.core.fsnames import escape_name  # noqa: E402
 from medgrit.core.summary import merge_stats, render_summary  # noqa: E402
 from medgrit.schemas.config import BuildConfig  # noqa: E402
 from medgrit.schemas.tables import SCHEMA_VERSION, TABLES  # noqa: E402
@@ -41,6 +60,10 @@ except Exception:  # noqa: BLE001 - running from a source tree without metadata
 
 class BuildFailed(RuntimeError):
     """Some shards failed after their retries; the manifest says which."""
+
+
+class DiskFull(OSError):
+    """The disk holding the dataset is full; the manifest keeps the shards that finished."""
 
 
 def _now() -> str:
@@ -115,7 +138,9 @@ def _datasets_of(source) -> dict:
     """Per dataset of a source: case count, modalities and label names known at discovery."""
     out: dict[str, dict] = {}
     for case in source.cases:
-        entry = out.setdefault(case.dataset, {"cases": 0, "modalities": [], "labels": {}})
+        entry = out.setdefault(
+            escape_name(case.dataset), {"cases": 0, "modalities": [], "labels": {}}
+        )
         entry["cases"] += 1
         if case.modality not in entry["modalities"]:
             entry["modalities"].append(case.modality)
@@ -125,14 +150,15 @@ def _datasets_of(source) -> dict:
 
 def _new_manifest(config: BuildConfig, sources: list, plan: list, generator: dict) -> dict:
     return {
+        "format": FORMAT_MARKER,
         "schema_version": SCHEMA_VERSION,
         "medgrit_version": MEDGRIT_VERSION,
         "config": config.model_dump(mode="json"),
         "sources": [
             {
-                "spec": s.spec,
+                "spec": escape_name(s.spec),
                 "kind": s.kind,
-                "dataset": s.dataset,
+                "dataset": escape_name(s.dataset),
                 "modality": s.modality,
                 "cases": len(s.cases),
                 "datasets": _datasets_of(s),
@@ -146,8 +172,8 @@ def _new_manifest(config: BuildConfig, sources: list, plan: list, generator: dic
                 "id": shard,
                 "cases": [
                     {
-                        "source": c.ref.source,
-                        "case": c.ref.case,
+                        "source": escape_name(c.ref.source),
+                        "case": escape_name(c.ref.case),
                         "case_id": c.case_id,
                         "split": c.split,
                         "quota": c.quota,
@@ -163,6 +189,40 @@ def _new_manifest(config: BuildConfig, sources: list, plan: list, generator: dic
     }
 
 
+def _record(future, entry: dict, shard: str, finished: int, total: int, logger) -> int:
+    """Record a finished shard task in its manifest entry; 1 when it is done, else 0."""
+    try:
+        result = future.result()
+    except StopRequested:
+        return 0  # stopped, not failed: it stays pending for the resume
+    except Exception as exc:  # noqa: BLE001 - record it, keep the other shards
+        message = escape_name(f"{type(exc).__name__}: {exc}")[:500]
+        entry.update(status="failed", error=message)
+        logger.error("shard %s failed: %s", shard, message)
+        return 0
+    entry.update(status="done", finished_at=_now(), **result)
+    entry.pop("error", None)
+    logger.info(
+        "shard %s done (%d/%d): %d images, %d rejects",
+        shard,
+        finished + 1,
+        total,
+        result["rows"]["images"],
+        result["rows"]["rejects"],
+    )
+    return 1
+
+
+def _disk_full_of(future) -> OSError | None:
+    try:
+        future.result()
+    except OSError as exc:
+        return exc if is_disk_full(exc) else None
+    except Exception:  # noqa: BLE001 - only a full disk matters here
+        return None
+    return None
+
+
 def _finalise(out: Path, manifest: dict) -> str:
     done = [s for s in manifest["shards"] if s["status"] == "done"]
     rows = {t: sum(s["rows"][t] for s in done) for t in TABLES}
@@ -174,7 +234,7 @@ def _finalise(out: Path, manifest: dict) -> str:
     manifest["updated_at"] = _now()
     _save(out, manifest)
     return render_summary(
-        str(out),
+        escape_name(str(out)),
         rows,
         totals,
         len(done),
@@ -193,18 +253,33 @@ def build_dataset(config: BuildConfig) -> dict:
 
     Raises:
         BuildFailed: when shards failed after their retries (the others are kept).
+        DiskFull: when the disk holding the dataset filled up.
+        DatasetBusy: when another process is writing the dataset.
     """
-    logger = get_run_logger()
     out = Path(config.out)
+    out.mkdir(parents=True, exist_ok=True)
+    if not signalled():
+        clear_stop()  # a stop left by an earlier flow run of this process
+    with hold_dataset(out), stop_on_signals():
+        try:
+            return _build_locked(config, out)
+        except (BuildFailed, DiskFull) as exc:
+            # An expected end, not a crash: the run is Failed with this message and no
+            # traceback; calling the flow still raises ``exc``.
+            return Failed(message=escape_name(str(exc)), data=exc)  # type: ignore[return-value]
+
+
+def _build_locked(config: BuildConfig, out: Path) -> dict:
+    logger = get_run_logger()
+    shown = escape_name(str(out))
     sources = discover_sources(config)
     plan = plan_build(sources, config)
-    out.mkdir(parents=True, exist_ok=True)
 
     manifest = _new_manifest(config, sources, plan, _generator_info(config))
     if (out / MANIFEST).is_file():
         previous = read_manifest(out)
         if _content_config(previous.get("config", {})) == _content_config(manifest["config"]) and [
-            (s["id"], s["cases"]) for s in previous.get("shards", [])
+            (s["id"], s.get("cases")) for s in previous.get("shards", [])
         ] == [(s["id"], s["cases"]) for s in manifest["shards"]]:
             manifest["created_at"] = previous.get("created_at", manifest["created_at"])
             for entry, old in zip(manifest["shards"], previous["shards"], strict=True):
@@ -212,9 +287,14 @@ def build_dataset(config: BuildConfig) -> dict:
                     entry.update(old)
                 elif old.get("batches"):
                     entry["batches"] = list(old["batches"])  # resumed, not resubmitted
-    _save(out, manifest)
+    try:
+        _save(out, manifest)
+    except OSError as exc:
+        if is_disk_full(exc):
+            raise DiskFull(exc.errno, exc.strerror, str(out / MANIFEST)) from exc
+        raise
     for leftover in ParquetShardWriter(out).remove_temporaries():
-        logger.info("removed %s left by an interrupted run", leftover)
+        logger.info("removed %s left by an interrupted run", escape_name(leftover))
 
     pending = [
         (s, c) for (s, c), e in zip(plan, manifest["shards"], strict=True) if e["status"] != "done"
@@ -231,37 +311,48 @@ def build_dataset(config: BuildConfig) -> dict:
         for shard, cases in pending
     }
     finished = total - len(pending)
-    for future in as_completed(list(futures)):
-        shard = futures[future]
-        entry = entries[shard]
+    disk_full: OSError | None = None
+    try:
+        for future in as_completed(list(futures)):
+            shard = futures[future]
+            finished += _record(future, entries[shard], shard, finished, total, logger)
+            if entries[shard]["status"] == "failed" and disk_full is None:
+                disk_full = _disk_full_of(future)
+            manifest["updated_at"] = _now()
+            try:
+                _save(out, manifest)
+            except OSError as exc:
+                if not is_disk_full(exc):
+                    raise
+                disk_full = disk_full or exc  # keep collecting: running shards finish or fail
+    except BaseException:
+        # Stopped (a signal) or broken: keep what finished, so a resume does not redo it.
+        request_stop()
+        for future, shard in futures.items():
+            if entries[shard]["status"] != "done" and future.state.is_completed():
+                finished += _record(future, entries[shard], shard, finished, total, logger)
         try:
-            result = future.result()
-        except Exception as exc:  # noqa: BLE001 - record it, keep the other shards
-            entry.update(status="failed", error=f"{type(exc).__name__}: {exc}"[:500])
-            logger.error("shard %s failed: %s", shard, entry["error"])
-        else:
-            entry.update(status="done", finished_at=_now(), **result)
-            entry.pop("error", None)
-            finished += 1
-            logger.info(
-                "shard %s done (%d/%d): %d images, %d rejects",
-                shard,
-                finished,
-                total,
-                result["rows"]["images"],
-                result["rows"]["rejects"],
-            )
-        manifest["updated_at"] = _now()
-        _save(out, manifest)
+            _save(out, manifest)
+        except OSError:
+            pass  # the last manifest written stays valid
+        raise
 
+    if disk_full is not None:
+        try:
+            _finalise(out, manifest)
+        except OSError:
+            pass  # the last manifest that fitted stays; resume recomputes the rest
+        raise DiskFull(disk_full.errno or 28, disk_full.strerror or "No space left", shown)
     summary = _finalise(out, manifest)
     create_markdown_artifact(
-        key="medgrit-build-summary", markdown=summary, description=f"medgrit build of {out}"
+        key="medgrit-build-summary",
+        markdown=escape_name(summary),
+        description=f"medgrit build of {shown}",
     )
     failed = [s["id"] for s in manifest["shards"] if s["status"] == "failed"]
     if failed:
         raise BuildFailed(
             f"{len(failed)} shard(s) failed ({', '.join(failed)}); "
-            f"run `medgrit resume {out}` to retry them"
+            f"run `medgrit resume {shown}` to retry them"
         )
     return manifest

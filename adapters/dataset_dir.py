@@ -1,0 +1,271 @@
+"""The dataset directory: who may write it, what in it is medgrit's, and how it is replaced.
+
+- One writer at a time. :func:`hold_dataset` takes an exclusive ``flock`` on ``OUT/.medgrit.lock``
+  for a whole build or resume. The OS drops it when the process dies, so a killed writer never
+  blocks the next one; a second writer meets :class:`DatasetBusy` at once. Within one process
+  the lock is re-entrant (the CLI takes it before Prefect starts, the flow again inside).
+- Ownership. A directory is a medgrit dataset when its ``dataset.json`` carries medgrit's marker
+  (``"format": "medgrit-dataset"``, or the ``medgrit_version`` of manifests written before the
+  marker) and a schema version this code reads; never because a file has that name (every
+  nnU-Net and MSD source has a ``dataset.json``). :func:`foreign_entries` lists what in a dataset
+  directory medgrit did not write.
+- Replacing (``build --overwrite``). The new dataset is built in a staging folder beside OUT
+  (:func:`staging_dir`) and exchanged with OUT only once complete (:func:`swap_in`); the old one
+  is deleted after the exchange. A killed overwrite leaves OUT as it was, and running the same
+  command again resumes the staging folder.
+- Temporary files carry their owner (:func:`temp_suffix`: host, process id, random token), so
+  cleanup (:func:`is_stale_temporary`) never removes the files of a live writer.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import errno
+import fcntl
+import json
+import os
+import re
+import secrets
+import shutil
+import socket
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from medgrit.core.fsnames import escape_name
+
+MANIFEST = "dataset.json"
+FORMAT_MARKER = "medgrit-dataset"
+KNOWN_SCHEMA_VERSIONS: tuple[int, ...] = (1,)
+LOCK_FILE = ".medgrit.lock"
+STAGING_MARKER = ".medgrit-staging"
+TABLE_DIRS: tuple[str, ...] = ("images", "regions", "conversations", "rejects")
+# Everything medgrit writes at the top of a dataset directory.
+_OWN_TOP = {MANIFEST, LOCK_FILE, STAGING_MARKER, f".{MANIFEST}.lock", "llm", *TABLE_DIRS}
+_OWN_TOP_PATTERN = re.compile(rf"^\.{re.escape(MANIFEST)}\.tmp-.+$")
+_OWN_PART_PATTERN = re.compile(
+    r"^(part-[0-9A-Za-z_-]+\.parquet|\.part-[0-9A-Za-z_-]+\.parquet\.tmp-.+)$"
+)
+
+
+class DatasetBusy(Exception):
+    """Another process is writing the dataset directory."""
+
+
+def manifest_is_medgrit(data: object) -> bool:
+    """Whether a parsed ``dataset.json`` is one medgrit wrote (its marker, not its name)."""
+    if not isinstance(data, dict):
+        return False
+    return data.get("format") == FORMAT_MARKER or (
+        "medgrit_version" in data and "schema_version" in data and "shards" in data
+    )
+
+
+def is_medgrit_dataset(out: Path) -> bool:
+    """Whether ``out`` holds a dataset medgrit wrote (a readable manifest with its marker)."""
+    try:
+        data = json.loads((out / MANIFEST).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return manifest_is_medgrit(data)
+
+
+def foreign_entries(out: Path) -> list[str]:
+    """Entries of a dataset directory that medgrit did not write (escaped, sorted).
+
+    Tables may hold only part files and their temporaries; ``llm/`` is medgrit's cache.
+    """
+    foreign: list[str] = []
+    with os.scandir(out) as entries:
+        for entry in entries:
+            name = entry.name
+            if name not in _OWN_TOP and not _OWN_TOP_PATTERN.match(name):
+                foreign.append(escape_name(name))
+            elif name in TABLE_DIRS:
+                if not entry.is_dir(follow_symlinks=False):
+                    foreign.append(escape_name(name))
+                    continue
+                with os.scandir(entry.path) as parts:
+                    for part in parts:
+                        if not _OWN_PART_PATTERN.match(part.name) or not part.is_file(
+                            follow_symlinks=False
+                        ):
+                            foreign.append(escape_name(f"{name}/{part.name}"))
+    return sorted(foreign)
+
+
+# --------------------------------------------------------------------------- the lock
+
+_held: dict[str, tuple[int, int]] = {}  # real path of the lock file -> (fd, depth)
+_held_guard = threading.Lock()
+
+
+def _owner_text() -> str:
+    return f"pid {os.getpid()} on {socket.gethostname()}"
+
+
+@contextmanager
+def hold_dataset(out: Path) -> Iterator[None]:
+    """Hold the dataset's writer lock for the ``with`` block (re-entrant within a process).
+
+    Raises:
+        DatasetBusy: another process holds it.
+        OSError: the lock file cannot be created (a read-only or missing folder).
+    """
+    path = Path(out) / LOCK_FILE
+    key = os.path.realpath(path)
+    with _held_guard:
+        if key in _held:
+            fd, depth = _held[key]
+            _held[key] = (fd, depth + 1)
+        else:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError as exc:
+                holder = _read_owner(fd)
+                os.close(fd)
+                if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                    raise DatasetBusy(
+                        f"{escape_name(str(out))} is being written by another medgrit process"
+                        f"{f' ({holder})' if holder else ''}; wait for it to finish"
+                    ) from None
+                raise
+            os.ftruncate(fd, 0)
+            os.write(fd, (_owner_text() + "\n").encode())
+            _held[key] = (fd, 1)
+    try:
+        yield
+    finally:
+        with _held_guard:
+            fd, depth = _held[key]
+            if depth > 1:
+                _held[key] = (fd, depth - 1)
+            else:
+                del _held[key]
+                os.close(fd)  # closing the last descriptor releases the flock
+
+
+def _read_owner(fd: int) -> str:
+    try:
+        return os.pread(fd, 200, 0).decode("utf-8", "replace").strip()
+    except OSError:
+        return ""
+
+
+# --------------------------------------------------------------------------- temporaries
+
+_TOKEN = secrets.token_hex(4)
+_TEMP_OWNER = re.compile(r"\.tmp-(?:(?P<host>[A-Za-z0-9_.]+)~)?(?P<pid>\d+)(?:~[0-9a-f]+)?$")
+
+
+def _host_token() -> str:
+    return re.sub(r"[^A-Za-z0-9_.]", "_", socket.gethostname()) or "host"
+
+
+def temp_suffix() -> str:
+    """Suffix of a temporary file written by this process: ``.tmp-{host}~{pid}~{token}``."""
+    return f".tmp-{_host_token()}~{os.getpid()}~{_TOKEN}"
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def is_stale_temporary(name: str) -> bool:
+    """Whether a temporary file was left by a writer that is gone (never this process's own,
+    never one whose process is alive on this host)."""
+    match = _TEMP_OWNER.search(name)
+    if match is None:
+        return True
+    host, pid = match.group("host"), int(match.group("pid"))
+    if host is not None and host != _host_token():
+        return True  # another machine's writer cannot hold this dataset's lock now
+    return pid != os.getpid() and not _pid_alive(pid)
+
+
+# --------------------------------------------------------------------------- replacing
+
+
+def staging_dir(out: Path) -> Path:
+    """Where ``build --overwrite`` builds the dataset that replaces ``out``."""
+    return out.parent / f".{out.name}.medgrit-overwrite"
+
+
+def prepare_staging(out: Path) -> Path:
+    """The staging folder of an overwrite of ``out``, created (and marked) when missing.
+
+    A staging folder left by a killed overwrite is kept: the build resumes it. Old datasets
+    that an interrupted swap left half-deleted beside ``out`` are removed.
+
+    Raises:
+        FileExistsError: the path exists and is not medgrit's staging folder.
+    """
+    for trash in out.parent.glob(f".{_glob_escape(out.name)}.medgrit-trash-*"):
+        shutil.rmtree(trash, ignore_errors=True)
+    staging = staging_dir(out)
+    if staging.exists() and not (staging / STAGING_MARKER).is_file():
+        raise FileExistsError(
+            f"{escape_name(str(staging))} exists and is not medgrit's; move it away"
+        )
+    staging.mkdir(exist_ok=True)
+    (staging / STAGING_MARKER).write_text(f"replaces {escape_name(str(out))}\n", encoding="utf-8")
+    return staging
+
+
+def _glob_escape(text: str) -> str:
+    return re.sub(r"([\[\]*?])", r"[\1]", text)
+
+
+_RENAME_EXCHANGE = 2
+_AT_FDCWD = -100
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap two paths atomically (Linux ``renameat2``); False where that is not supported."""
+    libc_name = ctypes.util.find_library("c")
+    if libc_name is None:
+        return False
+    libc = ctypes.CDLL(libc_name, use_errno=True)
+    renameat2 = getattr(libc, "renameat2", None)
+    if renameat2 is None:
+        return False
+    renameat2.argtypes = [
+        ctypes.c_int,
+        ctypes.c_char_p,
+        ctypes.c_int,
+        ctypes.c_char_p,
+        ctypes.c_uint,
+    ]
+    result = renameat2(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE)
+    if result == 0:
+        return True
+    code = ctypes.get_errno()
+    if code in (errno.EINVAL, errno.ENOSYS, errno.ENOTSUP):
+        return False
+    raise OSError(code, os.strerror(code), str(a))
+
+
+def swap_in(staging: Path, out: Path) -> None:
+    """Put the complete dataset in ``staging`` at ``out`` and delete the one it replaces.
+
+    The two folders are exchanged in one atomic step where the file system allows it, else by
+    two renames; the old dataset is renamed aside before it is deleted, so an interruption
+    leaves either dataset whole at ``out``.
+    """
+    (staging / STAGING_MARKER).unlink(missing_ok=True)
+    trash = out.parent / f".{out.name}.medgrit-trash-{secrets.token_hex(4)}"
+    if _exchange(staging, out):
+        os.rename(staging, trash)
+    else:
+        os.rename(out, trash)
+        os.rename(staging, out)
+    shutil.rmtree(trash, ignore_errors=True)
