@@ -1,24 +1,41 @@
 """Checks a dataset directory against the data contract (what ``medgrit validate`` runs).
 
-Reads every part listed in ``dataset.json`` and checks: files present with their recorded sha256
-and row counts; each table's schema equals the contract; ids unique and references resolvable;
-boxes inside the image and ``bbox_1000`` in [0, 1000); every conversation turn passes
-:func:`medgrit.core.verify.verify_qa`; splits agree between images and conversations and no case
-is in both splits.
+Contents, not only hashes. The manifest must be medgrit's, of a known schema version, with shard
+ids ``00000..N-1`` in order and part paths of the form ``{table}/part-{shard}.parquet`` (never a
+path outside the dataset). Every done shard lists one part per table; each part is present with
+its recorded sha256, row count and the contract's schema; no part file lies in a table folder
+unless the manifest lists it. Within each shard: image, region and conversation ids are unique;
+every image decodes as a PNG of its recorded width and height; every image has exactly one
+conversation and every conversation an image; regions belong to an image of the shard, with
+boxes inside it and ``bbox_1000`` equal to the conversion of ``bbox``; every turn passes
+:func:`medgrit.core.verify.verify_qa`; the shard's recorded stats equal its tables. Over the
+dataset: image ids are unique, no case is in both splits, and ``totals`` equal the tables.
+
+Shards are read one at a time, so memory stays bounded by the largest shard.
 """
 
 from __future__ import annotations
 
+import io
+import re
 from collections import defaultdict
 from pathlib import Path
 
+import pyarrow as pa
 import pyarrow.parquet as pq
+from PIL import Image
 
 from medgrit.adapters.manifest import read_manifest
-from medgrit.adapters.parquet import sha256_file
+from medgrit.adapters.parquet import part_path, sha256_file
 from medgrit.core.generation import QA, RegionFacts
+from medgrit.core.regions import to_bbox_1000
+from medgrit.core.sharding import shard_name
+from medgrit.core.summary import merge_stats, shard_stats
 from medgrit.core.verify import verify_qa
 from medgrit.schemas.tables import TABLES
+
+_PART = re.compile(r"^part-(?P<shard>[0-9A-Za-z_-]+)\.parquet$")
+_STAT_KEYS = ("images_by_modality", "images_by_split", "qa_by_modality_task", "rejects_by_reason")
 
 
 def read_table(out_dir: str | Path, table: str) -> list[dict]:
@@ -27,54 +44,167 @@ def read_table(out_dir: str | Path, table: str) -> list[dict]:
     manifest = read_manifest(out)
     rows: list[dict] = []
     for shard in manifest["shards"]:
-        rel = f"{table}/part-{shard['id']}.parquet"
+        rel = part_path(table, shard["id"])
         if shard.get("status") == "done" and (out / rel).is_file():
-            rows.extend(pq.read_table(out / rel, schema=TABLES[table]).to_pylist())
+            with (out / rel).open("rb") as handle:  # pyarrow's own paths must be UTF-8
+                rows.extend(pq.read_table(handle, schema=TABLES[table]).to_pylist())
     return rows
 
 
 def validate_dataset(out_dir: str | Path) -> list[str]:
-    """Problems found in a dataset directory (empty when it meets the contract)."""
+    """Problems found in a dataset directory (empty when it meets the contract).
+
+    Raises:
+        ManifestError: the manifest is missing, malformed, not medgrit's, of an unknown schema
+            version, or names files outside the dataset.
+    """
     out = Path(out_dir)
     manifest = read_manifest(out)
     problems: list[str] = []
-    for shard in manifest.get("shards", []):
-        if shard.get("status") != "done":
-            problems.append(f"shard {shard['id']} is {shard.get('status')}")
+    shards = manifest["shards"]
+    expected_ids = [shard_name(i) for i in range(len(shards))]
+    if [s["id"] for s in shards] != expected_ids:
+        problems.append(
+            "shard ids are not 00000..N-1 in order: a shard was removed from or added to "
+            "dataset.json"
+        )
+    problems += _unlisted_parts(out, shards)
+    not_done = [s["id"] for s in shards if s["status"] != "done"]
+    for shard_id in not_done:
+        status = next(s["status"] for s in shards if s["id"] == shard_id)
+        problems.append(f"shard {shard_id} is {status}")
+    if manifest.get("status") == "complete" and not_done:
+        problems.append("dataset.json says complete, but not every shard is done")
+
+    image_ids: set[str] = set()
+    case_splits: dict[tuple[str, str], set[str]] = defaultdict(set)
+    rows_total = {t: 0 for t in TABLES}
+    stats: list[dict] = []
+    for shard in shards:
+        if shard["status"] != "done":
             continue
-        for rel, digest in shard["files"].items():
-            path = out / rel
-            if not path.is_file():
-                problems.append(f"{rel}: missing")
+        found = _check_shard(out, shard, image_ids, case_splits, rows_total, stats)
+        problems += found
+    for (dataset, case_id), splits in sorted(case_splits.items()):
+        if len(splits) > 1:
+            problems.append(f"case {dataset}/{case_id} is in both splits")
+    problems += _check_totals(manifest, rows_total, stats)
+    return problems
+
+
+def _unlisted_parts(out: Path, shards: list[dict]) -> list[str]:
+    listed = {rel for s in shards for rel in (s.get("files") or {})}
+    problems = []
+    for table in TABLES:
+        folder = out / table
+        if not folder.is_dir():
+            continue
+        for path in sorted(folder.iterdir()):
+            rel = f"{table}/{path.name}"
+            if rel in listed:
                 continue
-            if sha256_file(path) != digest:
-                problems.append(f"{rel}: sha256 differs from dataset.json")
-            table = rel.split("/", 1)[0]
-            schema = pq.read_schema(path)
+            if path.name.startswith(".part-") and ".tmp-" in path.name:
+                problems.append(f"{rel}: temporary file of an interrupted run")
+            else:
+                problems.append(f"{rel}: not listed in dataset.json")
+    return problems
+
+
+def _read_part(out: Path, shard: dict, table: str, problems: list[str]) -> pa.Table | None:
+    rel = part_path(table, shard["id"])
+    files = shard.get("files") or {}
+    if rel not in files:
+        problems.append(f"shard {shard['id']}: dataset.json lists no {table} part")
+        return None
+    path = out / rel
+    if not path.is_file():
+        problems.append(f"{rel}: missing")
+        return None
+    if sha256_file(path) != files[rel]:
+        problems.append(f"{rel}: sha256 differs from dataset.json")
+    try:
+        with path.open("rb") as handle:  # pyarrow's own paths must be UTF-8
+            parquet = pq.ParquetFile(handle)
+            schema = parquet.schema_arrow
             if not schema.equals(TABLES[table], check_metadata=False):
                 problems.append(f"{rel}: schema differs from the contract")
-            rows = pq.ParquetFile(path).metadata.num_rows
-            if rows != shard["rows"][table]:
-                problems.append(f"{rel}: {rows} rows, dataset.json says {shard['rows'][table]}")
-    if problems:
-        return problems
+                return None
+            recorded = (shard.get("rows") or {}).get(table)
+            if parquet.metadata.num_rows != recorded:
+                problems.append(
+                    f"{rel}: {parquet.metadata.num_rows} rows, dataset.json says {recorded}"
+                )
+            return parquet.read()
+    except (OSError, pa.ArrowException) as exc:
+        problems.append(f"{rel}: not a readable Parquet file ({type(exc).__name__})")
+        return None
 
-    images = {r["image_id"]: r for r in read_table(out, "images")}
-    regions = read_table(out, "regions")
-    conversations = read_table(out, "conversations")
-    if sum(s["rows"]["images"] for s in manifest["shards"]) != len(images):
-        problems.append("image_id values are not unique")
+
+def _png_size(data: bytes | None) -> tuple[int, int] | str:
+    """(width, height) of PNG bytes that decode fully, else why not."""
+    if not data:
+        return "no image bytes"
+    if not data.startswith(b"\x89PNG\r\n\x1a\n"):
+        return "image bytes are not a PNG"
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            image.load()
+            if image.mode not in ("L", "RGB"):
+                return f"PNG mode {image.mode}, expected L or RGB"
+            return image.size
+    except (OSError, ValueError, SyntaxError, EOFError) as exc:
+        return f"PNG does not decode ({type(exc).__name__})"
+
+
+def _check_shard(
+    out: Path,
+    shard: dict,
+    image_ids: set[str],
+    case_splits: dict[tuple[str, str], set[str]],
+    rows_total: dict[str, int],
+    stats: list[dict],
+) -> list[str]:
+    problems: list[str] = []
+    tables = {t: _read_part(out, shard, t, problems) for t in TABLES}
+    if any(t is None for t in tables.values()):
+        return problems
+    sid = shard["id"]
+    for name, table in tables.items():
+        rows_total[name] += table.num_rows  # type: ignore[union-attr]
+
+    images: dict[str, dict] = {}
+    for row in tables["images"].to_pylist():  # type: ignore[union-attr]
+        image_id = row["image_id"]
+        if image_id in image_ids or image_id in images:
+            problems.append(f"image {image_id}: duplicate id")
+        size = _png_size(row["image"]["bytes"])
+        if isinstance(size, str):
+            problems.append(f"image {image_id}: {size}")
+        elif size != (row["width"], row["height"]):
+            problems.append(
+                f"image {image_id}: PNG is {size[0]}x{size[1]}, the row says "
+                f"{row['width']}x{row['height']}"
+            )
+        row["image"] = None  # keep the bytes out of memory once checked
+        images[image_id] = row
+        case_splits[(row["dataset"], row["case_id"])].add(row["split"])
+    image_ids.update(images)
+
     by_image: dict[str, dict[str, RegionFacts]] = defaultdict(dict)
-    for r in regions:
+    for r in tables["regions"].to_pylist():  # type: ignore[union-attr]
         image = images.get(r["image_id"])
         if image is None:
             problems.append(f"region {r['region_id']}: unknown image {r['image_id']}")
             continue
+        width, height = image["width"], image["height"]
         x0, y0, x1, y1 = r["bbox"]
-        if not (0 <= x0 < x1 <= image["width"] and 0 <= y0 < y1 <= image["height"]):
+        if not (0 <= x0 < x1 <= width and 0 <= y0 < y1 <= height):
             problems.append(f"region {r['region_id']}: bbox {r['bbox']} outside the image")
-        if not all(0 <= v < 1000 for v in r["bbox_1000"]):
-            problems.append(f"region {r['region_id']}: bbox_1000 {r['bbox_1000']} out of range")
+        elif list(r["bbox_1000"]) != to_bbox_1000(r["bbox"], width, height).tolist():
+            problems.append(
+                f"region {r['region_id']}: bbox_1000 {r['bbox_1000']} is not the conversion "
+                f"of bbox {r['bbox']}"
+            )
         if r["region_id"] in by_image[r["image_id"]]:
             problems.append(f"region {r['region_id']}: duplicate id")
         by_image[r["image_id"]][r["region_id"]] = RegionFacts(
@@ -82,27 +212,66 @@ def validate_dataset(out_dir: str | Path) -> list[str]:
             r["label"],
             r["label_id"],
             r["instance"],
-            tuple(r["bbox_1000"]),
+            tuple(r["bbox_1000"]),  # type: ignore[arg-type]
             r["area"],
             r["position"],
             r["size"],
         )
-    case_splits: dict[tuple[str, str], set[str]] = defaultdict(set)
-    for image in images.values():
-        case_splits[(image["dataset"], image["case_id"])].add(image["split"])
-    for (dataset, case_id), splits in case_splits.items():
-        if len(splits) > 1:
-            problems.append(f"case {dataset}/{case_id} is in both splits")
+
+    conversations = tables["conversations"].to_pylist()  # type: ignore[union-attr]
+    per_image: dict[str, int] = defaultdict(int)
+    seen_conversations: set[str] = set()
     for conv in conversations:
+        cid = conv["conversation_id"]
+        if cid in seen_conversations:
+            problems.append(f"conversation {cid}: duplicate id")
+        seen_conversations.add(cid)
         image = images.get(conv["image_id"])
         if image is None:
-            problems.append(f"conversation {conv['conversation_id']}: unknown image")
+            problems.append(f"conversation {cid}: unknown image {conv['image_id']}")
             continue
+        per_image[conv["image_id"]] += 1
         if conv["split"] != image["split"]:
-            problems.append(f"conversation {conv['conversation_id']}: split differs from image")
+            problems.append(f"conversation {cid}: split differs from image")
+        if not conv["qa"]:
+            problems.append(f"conversation {cid}: no turns")
         for turn in conv["qa"]:
             qa = QA(turn["task"], turn["question"], turn["answer"], tuple(turn["region_ids"]))
             reason = verify_qa(qa, by_image[conv["image_id"]])
             if reason:
-                problems.append(f"conversation {conv['conversation_id']}: {turn['task']} {reason}")
+                problems.append(f"conversation {cid}: {turn['task']} {reason}")
+    for image_id in images:
+        count = per_image.get(image_id, 0)
+        if count != 1:
+            problems.append(f"image {image_id}: {count} conversations, expected exactly one")
+
+    rejects = tables["rejects"].select(["reason"]).to_pylist()  # type: ignore[union-attr]
+    known = [c for c in conversations if c["image_id"] in images]
+    recomputed = shard_stats(
+        {"images": list(images.values()), "conversations": known, "rejects": rejects}
+    )
+    recorded = shard.get("stats") or {}
+    for key in _STAT_KEYS:
+        if recorded.get(key) != recomputed[key]:
+            problems.append(f"shard {sid}: {key} in dataset.json differ from its tables")
+    stats.append(recomputed)
+    return problems
+
+
+def _check_totals(manifest: dict, rows_total: dict[str, int], stats: list[dict]) -> list[str]:
+    totals = manifest.get("totals")
+    if totals is None:
+        return [] if manifest.get("status") != "complete" else ["dataset.json has no totals"]
+    problems = []
+    recorded_rows = totals.get("rows") or {}
+    for table, count in rows_total.items():
+        if recorded_rows.get(table) != count:
+            problems.append(
+                f"totals: {recorded_rows.get(table)} {table} in dataset.json, "
+                f"the tables hold {count}"
+            )
+    merged = merge_stats(stats)
+    for key in _STAT_KEYS:
+        if totals.get(key) != merged[key]:
+            problems.append(f"totals: {key} in dataset.json differ from the tables")
     return problems
