@@ -183,13 +183,17 @@ def _pid_alive(pid: int) -> bool:
 def is_stale_temporary(name: str) -> bool:
     """Whether a temporary file was left by a writer that is gone (never this process's own,
     never one whose process is alive on this host)."""
+    if name.endswith(temp_suffix()):
+        return False  # this process's own
     match = _TEMP_OWNER.search(name)
     if match is None:
         return True
     host, pid = match.group("host"), int(match.group("pid"))
     if host is not None and host != _host_token():
         return True  # another machine's writer cannot hold this dataset's lock now
-    return pid != os.getpid() and not _pid_alive(pid)
+    if pid == os.getpid():
+        return True  # an earlier process that had this pid (its token differs)
+    return not _pid_alive(pid)
 
 
 # --------------------------------------------------------------------------- replacing
@@ -203,7 +207,8 @@ def staging_dir(out: Path) -> Path:
 def prepare_staging(out: Path) -> Path:
     """The staging folder of an overwrite of ``out``, created (and marked) when missing.
 
-    A staging folder left by a killed overwrite is kept: the build resumes it. Old datasets
+    A staging folder left by a killed overwrite (marked, or holding a medgrit dataset: the old
+    one, when the swap was cut short) is kept: the build resumes or rebuilds it. Old datasets
     that an interrupted swap left half-deleted beside ``out`` are removed.
 
     Raises:
@@ -212,7 +217,8 @@ def prepare_staging(out: Path) -> Path:
     for trash in out.parent.glob(f".{_glob_escape(out.name)}.medgrit-trash-*"):
         shutil.rmtree(trash, ignore_errors=True)
     staging = staging_dir(out)
-    if staging.exists() and not (staging / STAGING_MARKER).is_file():
+    ours = (staging / STAGING_MARKER).is_file() or is_medgrit_dataset(staging)
+    if staging.exists() and not ours:
         raise FileExistsError(
             f"{escape_name(str(staging))} exists and is not medgrit's; move it away"
         )
@@ -261,11 +267,11 @@ def swap_in(staging: Path, out: Path) -> None:
     two renames; the old dataset is renamed aside before it is deleted, so an interruption
     leaves either dataset whole at ``out``.
     """
-    (staging / STAGING_MARKER).unlink(missing_ok=True)
     trash = out.parent / f".{out.name}.medgrit-trash-{secrets.token_hex(4)}"
     if _exchange(staging, out):
         os.rename(staging, trash)
     else:
         os.rename(out, trash)
         os.rename(staging, out)
+    (out / STAGING_MARKER).unlink(missing_ok=True)  # after the swap: a crash before keeps it
     shutil.rmtree(trash, ignore_errors=True)

@@ -92,6 +92,7 @@ from pydicom.pixels import pixel_array as decode_pixels
 from medgrit.adapters.cases import CaseRef, LoadedCase, PlanarImage, Source, SourceError
 from medgrit.adapters.limits import MAX_VOXELS, check_pixels, open_image
 from medgrit.adapters.nifti import UnreadableImage, Volume, as_label_array
+from medgrit.core.failures import fails_the_shard
 from medgrit.core.fsnames import escape_name
 from medgrit.core.ids import pseudonymise_case
 from medgrit.core.text import MODALITIES, readable_label_name
@@ -262,7 +263,9 @@ def _read_header_quietly(path: Path) -> _Header | str | None:
     try:
         with path.open("rb") as handle:
             head = handle.read(132)
-    except OSError:
+    except OSError as exc:
+        if fails_the_shard(exc):
+            raise  # the disk or the network: discovery must not skip files for it
         return "broken" if named else None  # e.g. a link that cannot be followed
     claims = _claims_dicom(head)
     if not claims and not _looks_like_raw_dicom(head):
@@ -270,7 +273,9 @@ def _read_header_quietly(path: Path) -> _Header | str | None:
         return "broken" if named or (not head and not path.suffix) else None
     try:
         ds = _silenced_read(path, force=not claims)
-    except _READ_ERRORS:
+    except _READ_ERRORS as exc:
+        if fails_the_shard(exc):
+            raise
         return "broken" if claims or named else None
     meta = getattr(ds, "file_meta", None)
     if meta is not None and str(meta.get("MediaStorageSOPClassUID", "")) == _DICOMDIR_SOP_CLASS:
@@ -668,6 +673,8 @@ def _read_full(path: Path, role: str) -> Dataset:
     try:
         return pydicom.dcmread(path, force=True)
     except _READ_ERRORS as exc:
+        if fails_the_shard(exc):
+            raise
         raise UnreadableImage(
             "dicom_unreadable", f"{role} cannot be read ({type(exc).__name__})"
         ) from None
@@ -688,12 +695,15 @@ def _pixels(ds: Dataset, role: str, index: int | None = None) -> np.ndarray:
         raise UnreadableImage(
             "dicom_unreadable", f"{role} has malformed image dimensions"
         ) from None
+    check_pixels(declared[1:3], role)  # one frame: the 2D limit of the PNG readers
     check_pixels(declared, role, limit=MAX_VOXELS)
     try:
         if index is None:
             return decode_pixels(ds, as_rgb=False)
         return decode_pixels(ds, index=index, as_rgb=False)
     except _READ_ERRORS as exc:
+        if fails_the_shard(exc):
+            raise
         syntax = str(getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", "?"))
         raise UnreadableImage(
             "dicom_unreadable",
@@ -1249,6 +1259,8 @@ def read_mask_png(path: Path) -> np.ndarray:
             mode = image.mode
             data = np.asarray(image)
     except (OSError, UnidentifiedImageError, ValueError, SyntaxError, EOFError) as exc:
+        if fails_the_shard(exc):
+            raise
         raise UnreadableImage(
             "mask_unreadable", f"mask PNG cannot be read ({type(exc).__name__})"
         ) from None

@@ -63,6 +63,7 @@ from PIL import Image
 from medgrit.adapters.cases import CaseRef, LoadedCase, PlanarImage, Source, SourceError
 from medgrit.adapters.limits import open_image
 from medgrit.adapters.nifti import UnreadableImage, as_label_array, library_message
+from medgrit.core.failures import fails_the_shard
 from medgrit.core.fsnames import escape_name
 from medgrit.core.regions import label_dtype
 from medgrit.core.text import MODALITIES, readable_label_name
@@ -143,6 +144,8 @@ def read_planar_image(path: str | Path) -> np.ndarray:
                 return np.asarray(image).astype(np.float32)
             return np.asarray(image.convert("RGB"))
     except _PIL_ERRORS as exc:
+        if fails_the_shard(exc):
+            raise  # the disk or the network, not this file
         raise UnreadableImage("image_unreadable", f"{name}: {library_message(exc, path)}") from exc
 
 
@@ -181,6 +184,8 @@ def read_mask(path: str | Path, binary: bool) -> np.ndarray:
                 )
             values = np.asarray(image)
     except _PIL_ERRORS as exc:
+        if fails_the_shard(exc):
+            raise
         raise UnreadableImage("mask_unreadable", f"{name}: {library_message(exc, path)}") from exc
     if values.dtype.kind == "f":
         if binary:
@@ -328,9 +333,10 @@ def open_image_folder(spec: str, root: Path, modality: str | None = None) -> Sou
     if mode not in MASK_MODES:
         raise _config_error(path, f'set "masks" to "label_map" or "per_class" (got {mode!r})')
     pattern = _case_pattern(meta, path)
-    dataset = meta.get("name") or escape_name(root.name)
+    dataset = meta.get("name") or root.name
     if not isinstance(dataset, str):
         raise _config_error(path, '"name" must be a string')
+    dataset = escape_name(dataset)  # a display name; names may hold any bytes
 
     images_dir, masks_dir = root / "images", root / "masks"
     if not images_dir.is_dir():

@@ -91,8 +91,10 @@ def stop_on_signals() -> Iterator[None]:
         already = _stop.is_set()
         request_stop(signum)
         handler = previous[signum]
-        if handler is _on_signal and already:
-            return
+        if handler is _on_signal:  # the CLI's: interrupt the main thread once
+            if already:
+                return
+            raise KeyboardInterrupt
         if callable(handler):
             handler(signum, frame)
         elif handler == signal.SIG_DFL:

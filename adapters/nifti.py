@@ -18,6 +18,7 @@ import nibabel as nib
 import numpy as np
 from nibabel.filebasedimages import ImageFileError
 
+from medgrit.core.failures import fails_the_shard
 from medgrit.core.fsnames import escape_name
 from medgrit.core.regions import label_dtype
 
@@ -106,6 +107,8 @@ class NiftiReader:
         except UnreadableImage:
             raise
         except (OSError, EOFError, ValueError, zlib.error, ImageFileError) as exc:
+            if fails_the_shard(exc):
+                raise  # the disk or the network, not this file
             raise UnreadableImage(
                 "nifti_unreadable", f"{name}: {library_message(exc, path)}"
             ) from exc

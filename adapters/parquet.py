@@ -87,6 +87,19 @@ class ParquetShardWriter:
                     removed.append(str(tmp.relative_to(self.out_dir)))
         return removed
 
+    def remove_parts_except(self, keep: set[str]) -> list[str]:
+        """Delete part files the manifest does not list (``keep``: relative paths), such as the
+        parts of an earlier build with another config; returns their paths. Call it holding
+        the dataset's lock."""
+        removed = []
+        for table in TABLES:
+            for part in sorted((self.out_dir / table).glob("part-*.parquet")):
+                rel = f"{table}/{part.name}"
+                if rel not in keep:
+                    part.unlink(missing_ok=True)
+                    removed.append(rel)
+        return removed
+
     def write_shard(self, shard: str, tables: dict[str, list[dict]]) -> dict[str, WrittenFile]:
         """Write all four tables of a shard; returns the written files by table name."""
         return {name: self.write_table(name, shard, tables.get(name, [])) for name in TABLES}

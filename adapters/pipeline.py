@@ -103,7 +103,17 @@ def error_detail(exc: Exception, ref: CaseRef) -> str:
     messages cannot quote patient data (not DICOM) its message, escaped and cut short."""
     if ref.format == "dicom":
         return type(exc).__name__
-    return f"{type(exc).__name__}: {escape_name(' '.join(str(exc).split()))}"[:300]
+    text = str(exc)
+    if isinstance(exc, OSError) and exc.filename:
+        text = f"[Errno {exc.errno}] {exc.strerror}: {Path(str(exc.filename)).name}"
+    # Reject rows name files, not the folders a user keeps them in.
+    for path in sorted({ref.image_path, ref.label_path, _source_root(ref)} - {""}, key=len)[::-1]:
+        text = text.replace(str(Path(path).parent) + "/", "").replace(path, Path(path).name)
+    return f"{type(exc).__name__}: {escape_name(' '.join(text.split()))}"[:300]
+
+
+def _source_root(ref: CaseRef) -> str:
+    return ref.source.partition(":")[2]
 
 
 def select_case_slices(labels: np.ndarray, config: BuildConfig, quota: int | None) -> np.ndarray:
@@ -305,6 +315,10 @@ class ShardBuilder:
 
             def work(index: int = int(index)) -> None:
                 pixels = display_slice(image.data, plane, index)
+                if pixels.dtype.kind == "f" and not np.isfinite(pixels).all():
+                    # Not-a-number stays one pixel: set to the bottom of the mapping before
+                    # resampling, it maps to 0 as NaN would, without spreading.
+                    pixels = np.where(np.isfinite(pixels), pixels, np.float32(bounds[0]))
                 label_map = display_slice(labels.data, plane, index)
                 pixels, label_map = square_pixels(pixels, label_map, spacing)
                 self.build_image(

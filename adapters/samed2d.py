@@ -77,6 +77,7 @@ import numpy as np
 from medgrit.adapters.cases import CaseRef, LoadedCase, PlanarImage, Source, SourceError
 from medgrit.adapters.image_folder import read_mask, read_planar_image
 from medgrit.adapters.nifti import UnreadableImage
+from medgrit.core.fsnames import escape_name
 from medgrit.core.regions import label_dtype
 from medgrit.core.text import MODALITIES, readable_label_name
 
@@ -321,7 +322,7 @@ def open_samed2d(spec: str, root: Path, modality: str | None = None) -> Source:
         cases.append(
             CaseRef(
                 source=spec,
-                dataset=dataset,
+                dataset=escape_name(dataset),
                 case=f"{case}--{sub}",
                 format="samed2d",
                 image_path=str(index_path),

@@ -141,7 +141,7 @@ def open_nnunet(spec: str, root: Path, modality: str | None = None) -> Source:
     labels_dir = root / "labelsTr"
     if not labels_dir.is_dir():
         raise SourceError(f"no labelsTr folder in {root}: not an nnU-Net raw dataset")
-    dataset = str(meta.get("name") or escape_name(root.name))
+    dataset = escape_name(str(meta.get("name") or root.name))
     labels = _labels(pairs)
     cases = []
     for label_file in sorted(labels_dir.glob(f"*{ending}")):
@@ -168,7 +168,7 @@ def open_msd(spec: str, root: Path, modality: str | None = None) -> Source:
             f"malformed dataset.json at {meta_path}: label ids must be integers"
         ) from None
     mod = _modality(meta.get("modality"), meta_path, "modality", modality)
-    dataset = str(meta.get("name") or escape_name(root.name))
+    dataset = escape_name(str(meta.get("name") or root.name))
     labels = _labels(pairs)
     cases = []
     for entry in training:

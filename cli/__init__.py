@@ -66,7 +66,8 @@ def _run_flow(config: BuildConfig) -> dict:
     from prefect.task_runners import ThreadPoolTaskRunner
 
     from medgrit.adapters.dataset_dir import DatasetBusy
-    from medgrit.core.failures import is_disk_full
+    from medgrit.adapters.interrupt import signalled
+    from medgrit.core.failures import StopRequested, is_disk_full
     from medgrit.flows.build import BuildFailed, build_dataset
 
     out = Path(config.out)
@@ -80,6 +81,10 @@ def _run_flow(config: BuildConfig) -> dict:
         fail(str(exc), code=1)
     except DatasetBusy as exc:
         fail(str(exc))
+    except StopRequested:
+        if signalled():
+            raise KeyboardInterrupt from None  # main() says how to continue
+        fail(f"the build stopped; run `medgrit resume {_shown(out)}` to finish it", code=1)
     except OSError as exc:
         if is_disk_full(exc):
             fail(
@@ -87,9 +92,9 @@ def _run_flow(config: BuildConfig) -> dict:
                 f"free some space, then run `medgrit resume {_shown(out)}`",
                 code=1,
             )
-        where = exc.filename or out
+        where = f" ({_shown(exc.filename)})" if exc.filename else ""
         fail(
-            f"cannot write {_shown(where)}: {exc.strerror or exc}; "
+            f"the build of {_shown(out)} failed: {exc.strerror or exc}{where}; "
             f"fix it, then run `medgrit resume {_shown(out)}`",
             code=1,
         )
@@ -284,6 +289,11 @@ def build(
         return
     with ExitStack() as stack:
         _take_out(out, stack)
+        if any(entry.name != ".medgrit.lock" for entry in out.iterdir()):
+            fail(
+                f"--out {_shown(out)} was filled by another process meanwhile; "
+                "choose another folder"
+            )
         _report(out, _run_flow(config))
 
 
@@ -376,11 +386,16 @@ def _remove_empty(folder: Path) -> None:
 
 def _build_replacing(config: BuildConfig, out: Path) -> None:
     """--overwrite: build beside ``out`` and swap the new dataset in once it is complete."""
-    from medgrit.adapters.dataset_dir import prepare_staging, swap_in
+    from medgrit.adapters.dataset_dir import foreign_entries, prepare_staging, swap_in
+    from medgrit.adapters.interrupt import signalled
     from medgrit.adapters.manifest import update_manifest
 
+    shown = out
+    out = out.resolve()  # replace the folder itself, not a link to it
     with ExitStack() as stack:
         _take_out(out, stack)
+        if foreign_entries(out):  # checked again now that no other writer can add any
+            fail(f"--out {_shown(shown)} holds files medgrit did not write; choose another folder")
         try:
             staging = prepare_staging(out)
         except OSError as exc:
@@ -397,6 +412,12 @@ def _build_replacing(config: BuildConfig, out: Path) -> None:
                     err=True,
                 )
             raise
+        if signalled() or manifest.get("status") != "complete":
+            fail(
+                f"the new dataset is not complete; {_shown(shown)} is unchanged: run the same "
+                "command again to finish it and replace the old one",
+                code=1,
+            )
         if not (manifest.get("totals") or {}).get("rows", {}).get("images"):
             _report(staging, manifest)  # exits 1: nothing to replace the dataset with
         swap_in(staging, out)

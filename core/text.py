@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import re
 
+from medgrit.core.fsnames import escape_name
+
 MODALITY_NAMES: dict[str, str] = {
     "ct": "CT",
     "mr": "MRI",
@@ -53,8 +55,10 @@ def readable_label_name(raw: str) -> str:
 
     Laterality tokens (``left``, ``right``, ``l``, ``r``, ``lt``, ``rt``) at either end move to
     the front;
-    separators become spaces; common anatomical abbreviations are expanded.
+    separators become spaces; common anatomical abbreviations are expanded. Characters that are
+    not UTF-8 (lone surrogates from file names or JSON) come out as ``\\xNN`` escapes.
     """
+    raw = escape_name(raw)
     tokens = [t for t in re.split(r"[\s_\-./]+", _CAMEL.sub(" ", raw.strip())) if t]
     tokens = [t.lower() for t in tokens]
     side = None

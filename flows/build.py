@@ -26,10 +26,12 @@ from prefect.states import Failed  # noqa: E402
 
 from medgrit.adapters.dataset_dir import hold_dataset  # noqa: E402
 from medgrit.adapters.interrupt import (  # noqa: E402
+    BuildInterrupted,
     clear_stop,
     request_stop,
     signalled,
     stop_on_signals,
+    stop_requested,
 )
 from medgrit.adapters.manifest import (  # noqa: E402
     FORMAT_MARKER,
@@ -189,6 +191,15 @@ def _new_manifest(config: BuildConfig, sources: list, plan: list, generator: dic
     }
 
 
+def shard_error(exc: BaseException) -> str:
+    """What the manifest and the logs say of a failed shard: the error's class and message,
+    escaped; for OSError its number and text only, never the path (DICOM file names may carry
+    identifiers)."""
+    if isinstance(exc, OSError) and exc.strerror:
+        return f"{type(exc).__name__}: [Errno {exc.errno}] {exc.strerror}"
+    return escape_name(f"{type(exc).__name__}: {exc}")[:500]
+
+
 def _record(future, entry: dict, shard: str, finished: int, total: int, logger) -> int:
     """Record a finished shard task in its manifest entry; 1 when it is done, else 0."""
     try:
@@ -196,7 +207,7 @@ def _record(future, entry: dict, shard: str, finished: int, total: int, logger) 
     except StopRequested:
         return 0  # stopped, not failed: it stays pending for the resume
     except Exception as exc:  # noqa: BLE001 - record it, keep the other shards
-        message = escape_name(f"{type(exc).__name__}: {exc}")[:500]
+        message = shard_error(exc)
         entry.update(status="failed", error=message)
         logger.error("shard %s failed: %s", shard, message)
         return 0
@@ -263,7 +274,7 @@ def build_dataset(config: BuildConfig) -> dict:
     with hold_dataset(out), stop_on_signals():
         try:
             return _build_locked(config, out)
-        except (BuildFailed, DiskFull) as exc:
+        except (BuildFailed, DiskFull, BuildInterrupted) as exc:
             # An expected end, not a crash: the run is Failed with this message and no
             # traceback; calling the flow still raises ``exc``.
             return Failed(message=escape_name(str(exc)), data=exc)  # type: ignore[return-value]
@@ -293,8 +304,12 @@ def _build_locked(config: BuildConfig, out: Path) -> dict:
         if is_disk_full(exc):
             raise DiskFull(exc.errno, exc.strerror, str(out / MANIFEST)) from exc
         raise
-    for leftover in ParquetShardWriter(out).remove_temporaries():
+    writer = ParquetShardWriter(out)
+    for leftover in writer.remove_temporaries():
         logger.info("removed %s left by an interrupted run", escape_name(leftover))
+    listed = {rel for e in manifest["shards"] if e["status"] == "done" for rel in e["files"]}
+    for stale in writer.remove_parts_except(listed):
+        logger.info("removed %s of an earlier build with another config", escape_name(stale))
 
     pending = [
         (s, c) for (s, c), e in zip(plan, manifest["shards"], strict=True) if e["status"] != "done"
@@ -318,6 +333,8 @@ def _build_locked(config: BuildConfig, out: Path) -> dict:
             finished += _record(future, entries[shard], shard, finished, total, logger)
             if entries[shard]["status"] == "failed" and disk_full is None:
                 disk_full = _disk_full_of(future)
+                if disk_full is not None:
+                    request_stop()  # the shards not yet started would only fail the same way
             manifest["updated_at"] = _now()
             try:
                 _save(out, manifest)
@@ -325,6 +342,7 @@ def _build_locked(config: BuildConfig, out: Path) -> dict:
                 if not is_disk_full(exc):
                     raise
                 disk_full = disk_full or exc  # keep collecting: running shards finish or fail
+                request_stop()
     except BaseException:
         # Stopped (a signal) or broken: keep what finished, so a resume does not redo it.
         request_stop()
@@ -337,6 +355,8 @@ def _build_locked(config: BuildConfig, out: Path) -> dict:
             pass  # the last manifest written stays valid
         raise
 
+    if stop_requested() and disk_full is None:
+        raise BuildInterrupted("the build was asked to stop")  # never finalise a stopped build
     if disk_full is not None:
         try:
             _finalise(out, manifest)

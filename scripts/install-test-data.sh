@@ -23,3 +23,11 @@ echo "install-test-data: installing ${need[*]}" >&2
 export DEBIAN_FRONTEND=noninteractive
 "${sudo[@]}" apt-get update -qq
 "${sudo[@]}" apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+for file in /usr/share/mricron/templates/aal.nii.gz \
+            /usr/share/doc/invesalius-examples/examples/Cranium.inv3; do
+  if [ ! -f "$file" ]; then
+    echo "install-test-data: $file is still missing after the install" \
+         "(does dpkg exclude /usr/share/doc here? see /etc/dpkg/dpkg.cfg.d)" >&2
+    exit 2
+  fi
+done

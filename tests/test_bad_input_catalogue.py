@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from collections import Counter
 from pathlib import Path
 
@@ -93,6 +94,9 @@ def test_every_bad_record_is_one_reject_and_every_good_one_is_kept(
         len(c.reasons) for g in ("nnunet", "images", "samed2d") for c in catalogue[g]
     ) + len(catalogue["dicom"])
 
+    # Reject rows name files, never the folders that hold them.
+    assert not [r["detail"] for r in rejects if str(root) in r["detail"]]
+
     # Each image has its conversation; nothing half-written; the dataset validates.
     assert len(_rows(out, "conversations")) == len(images)
     assert not list(out.rglob("*.tmp-*"))
@@ -105,14 +109,35 @@ def test_every_bad_record_is_one_reject_and_every_good_one_is_kept(
     )
 
 
-def test_readme_documents_every_reject_reason(catalogue: dict, medgrit, tmp_path: Path) -> None:
+def _reasons_in_code() -> set[str]:
+    """Every reject reason the code can write, read from its source."""
+    root = README.parent
+    text = "\n".join(
+        p.read_text() for folder in ("adapters", "core") for p in (root / folder).glob("*.py")
+    )
+    patterns = [
+        r'UnreadableImage\(\s*"([a-z_]+)"',
+        r'rejects\.append\(\s*\(\s*"([a-z_]+)"',
+        r'_reject\(\s*rows,\s*"[a-z]+",\s*"([a-z_]+)"',
+        r'reason, detail = "([a-z_]+)"',
+        r'out\.append\(\(\s*"([a-z_]+)"',
+    ]
+    found = {m for pattern in patterns for m in re.findall(pattern, text)}
+    for module in ("core/verify.py", "adapters/samed2d.py"):  # reasons that functions return
+        found |= set(re.findall(r'return "([a-z_]+_[a-z_]+)"', (root / module).read_text()))
+    return found
+
+
+def test_readme_documents_every_reject_reason(catalogue: dict) -> None:
     reasons = {
         reason
         for group in ("nnunet", "images", "samed2d")
         for case in catalogue[group]
         for reason in case.reasons
     } | set(catalogue["dicom"])
-    reasons |= {"unexpected_error", "empty_conversation", "unknown_box", "malformed_box"}
+    in_code = _reasons_in_code()
+    assert reasons <= in_code and {"unexpected_error", "blank_image", "too_large"} <= in_code
+    reasons |= in_code
     table = README.read_text()
     missing = sorted(r for r in reasons if f"`{r}`" not in table)
     assert not missing, f"README's reject table lacks {missing}"

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 
 import pytest
@@ -77,10 +77,13 @@ def test_cleanup_keeps_the_temporaries_of_live_writers(tmp_path: Path) -> None:
         theirs = images / f".part-00001.parquet{host}~{live.pid}~abcd"
         gone = images / f".part-00002.parquet{host}~{dead.pid}~abcd"
         legacy = images / f".part-00003.parquet.tmp-{dead.pid}"
-        for path in (mine, theirs, gone, legacy):
+        reused_pid = images / f".part-00004.parquet{host}~{os.getpid()}~0000dead"
+        for path in (mine, theirs, gone, legacy, reused_pid):
             path.write_bytes(b"partial")
         removed = ParquetShardWriter(tmp_path).remove_temporaries()
-        assert sorted(removed) == sorted([f"images/{gone.name}", f"images/{legacy.name}"])
+        assert sorted(removed) == sorted(
+            [f"images/{gone.name}", f"images/{legacy.name}", f"images/{reused_pid.name}"]
+        )
         assert mine.exists() and theirs.exists()
         assert not is_stale_temporary(theirs.name) and is_stale_temporary(gone.name)
     finally:
@@ -142,6 +145,5 @@ def test_lock_file_names_its_holder(tmp_path: Path) -> None:
     with hold_dataset(tmp_path):
         text = (tmp_path / ".medgrit.lock").read_text()
     assert text.startswith("pid ") and " on " in text
-    time.sleep(0)  # released: a later writer may hold it
-    with hold_dataset(tmp_path):
+    with hold_dataset(tmp_path):  # released: a later writer may hold it
         pass

@@ -506,6 +506,27 @@ def test_sigterm_stops_cleanly_stops_prefect_and_resume_gives_the_same_tables(
     assert _tables(out) == _tables(reference)
 
 
+def test_ctrl_c_during_an_overwrite_keeps_the_old_dataset(
+    reference: Path, ct_source: Path, slow_llm, cli_env: dict[str, str], tmp_path: Path
+) -> None:
+    out = tmp_path / "ds"
+    shutil.copytree(reference, out)
+    before = _contents(out)
+    llm = ["--generator", "llm", "--llm-model", "m", "--llm-base-url", slow_llm.base_url]
+    proc = _popen(
+        ["build", f"nnunet:{ct_source}", "--out", str(out), "--overwrite", *llm],
+        {**cli_env, "OPENAI_API_KEY": "sk-test"},
+    )
+    staging = tmp_path / ".ds.medgrit-overwrite"
+    _wait_for(lambda: (staging / "dataset.json").is_file(), proc)
+    time.sleep(1.0)
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 130, stderr[-3000:]
+    assert len([x for x in stderr.splitlines() if x.startswith("medgrit:")]) == 1, stderr
+    assert _contents(out) == before
+
+
 def test_sigint_stops_with_130(
     ct_source: Path, slow_llm, cli_env: dict[str, str], tmp_path: Path
 ) -> None:

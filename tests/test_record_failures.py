@@ -151,6 +151,39 @@ def test_non_finite_values_take_no_part_in_the_mapping() -> None:
         to_uint8(volume, (0.0, float("nan")))
 
 
+def test_nan_stays_one_pixel_when_pixels_are_made_square(tmp_path: Path) -> None:
+    rng = np.random.default_rng(4)
+    image = rng.normal(40, 10, (40, 12, 1)).astype(np.float32)  # 1 x 5 mm pixels
+    holes = rng.random(image.shape) < 0.02
+    image[holes] = np.nan
+    labels = np.zeros(image.shape, np.uint8)
+    labels[5:35, 2:10, 0] = 1
+    root = tmp_path / "aniso"
+    (root / "imagesTr").mkdir(parents=True)
+    (root / "labelsTr").mkdir()
+    affine = np.diag([1.0, 5.0, 1.0, 1.0])
+    nib.save(nib.Nifti1Image(image, affine), root / "imagesTr" / "a_0000.nii.gz")
+    nib.save(nib.Nifti1Image(labels, affine), root / "labelsTr" / "a.nii.gz")
+    ref = CaseRef(
+        source="nnunet:x",
+        dataset="D",
+        case="a",
+        format="nifti",
+        image_path=str(root / "imagesTr" / "a_0000.nii.gz"),
+        label_path=str(root / "labelsTr" / "a.nii.gz"),
+        modality="ct",
+        labels=((1, "liver"),),
+    )
+    rows = ShardBuilder(BuildConfig(out="unused"), TemplateGenerator()).build(_tasks([ref]))
+    from medgrit.adapters.png import decode_png
+
+    assert len(rows.images) == 1, rows.rejects
+    row = rows.images[0]
+    pixels = decode_png(row["image"]["bytes"])
+    assert pixels.shape == (60, 40)  # 12 rows of 5 mm became 60 of 1 mm
+    assert 0 < np.count_nonzero(pixels == 0) <= 5 * int(holes.sum())
+
+
 def test_failure_classes() -> None:
     assert fails_the_shard(OSError(errno.ENOSPC, "full"))
     assert fails_the_shard(OSError(errno.EIO, "io"))
