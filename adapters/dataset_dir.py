@@ -83,6 +83,8 @@ def foreign_entries(out: Path) -> list[str]:
             name = entry.name
             if name not in _OWN_TOP and not _OWN_TOP_PATTERN.match(name):
                 foreign.append(escape_name(name))
+            elif name == "llm":
+                foreign += _foreign_in_cache(Path(entry.path))
             elif name in TABLE_DIRS:
                 if not entry.is_dir(follow_symlinks=False):
                     foreign.append(escape_name(name))
@@ -94,6 +96,31 @@ def foreign_entries(out: Path) -> list[str]:
                         ):
                             foreign.append(escape_name(f"{name}/{part.name}"))
     return sorted(foreign)
+
+
+_CACHE_DIR = re.compile(r"^[0-9a-f]{2}$")
+_CACHE_FILE = re.compile(r"^([0-9a-f]{64}\.json|\.[0-9a-f]{16}\..+\.tmp)$")
+
+
+def _foreign_in_cache(llm: Path) -> list[str]:
+    """What in ``llm/`` is not the response cache (``cache/{2 hex}/{sha256}.json``)."""
+    if llm.is_symlink() or not llm.is_dir():
+        return ["llm"]
+    foreign = [f"llm/{escape_name(p.name)}" for p in llm.iterdir() if p.name != "cache"]
+    cache = llm / "cache"
+    if not cache.exists():
+        return foreign
+    if cache.is_symlink() or not cache.is_dir():
+        return [*foreign, "llm/cache"]
+    for folder in cache.iterdir():
+        rel = f"llm/cache/{escape_name(folder.name)}"
+        if not _CACHE_DIR.match(folder.name) or folder.is_symlink() or not folder.is_dir():
+            foreign.append(rel)
+            continue
+        for item in folder.iterdir():
+            if not _CACHE_FILE.match(item.name) or item.is_symlink() or not item.is_file():
+                foreign.append(f"{rel}/{escape_name(item.name)}")
+    return foreign
 
 
 # --------------------------------------------------------------------------- the lock

@@ -493,8 +493,12 @@ def open_dicom(spec: str, root: Path, key: bytes, modality: str | None = None) -
 
     cases: list[CaseRef] = []
     orphans: list[_Header] = []  # masks whose image series is absent
+    masks_seen: set[str] = set()
     for header in headers:
         if header.kind in ("seg", "rtstruct"):
+            if header.sop_uid in masks_seen:
+                continue  # a copy of a mask already listed
+            masks_seen.add(header.sop_uid)
             # The referenced series, else the series of a referenced instance.
             candidates = [*header.ref_series, *(series_of.get(i, "") for i in header.ref_instances)]
             images = next((series[s] for s in candidates if s in series), None)

@@ -126,6 +126,8 @@ def read_planar_image(path: str | Path) -> np.ndarray:
     if not path.is_file():
         if path.is_symlink():
             raise UnreadableImage("image_unreadable", f"{name}: {_link_problem(path)}")
+        if path.exists():  # a folder, a device, a pipe
+            raise UnreadableImage("image_unreadable", f"{name} is not a regular file")
         raise UnreadableImage("file_missing", f"no such file: {name}")
     try:
         with open_image(path) as image:
@@ -163,6 +165,8 @@ def read_mask(path: str | Path, binary: bool) -> np.ndarray:
     if not path.is_file():
         if path.is_symlink():
             raise UnreadableImage("mask_unreadable", f"{name}: {_link_problem(path)}")
+        if path.exists():
+            raise UnreadableImage("mask_unreadable", f"{name} is not a regular file")
         raise UnreadableImage("mask_missing", f"no such mask file: {name}")
     try:
         with open_image(path) as image:

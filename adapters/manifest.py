@@ -69,8 +69,8 @@ def read_manifest(out_dir: str | Path) -> dict:
         data = json.loads(path.read_text(encoding="utf-8"), parse_constant=_reject_constant)
     except json.JSONDecodeError as exc:
         raise ManifestError(f"{where}/{MANIFEST} is not valid JSON: {exc.msg}") from None
-    except (UnicodeDecodeError, ValueError) as exc:
-        raise ManifestError(f"{where}/{MANIFEST} is not valid JSON: {exc}") from None
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+        raise ManifestError(f"{where}/{MANIFEST} is not valid JSON: {str(exc)[:200]}") from None
     except OSError as exc:
         raise ManifestError(f"cannot read {where}/{MANIFEST}: {exc.strerror}") from None
     if not manifest_is_medgrit(data):
@@ -79,7 +79,7 @@ def read_manifest(out_dir: str | Path) -> dict:
             "is this a source folder?"
         )
     version = data.get("schema_version")
-    if version not in KNOWN_SCHEMA_VERSIONS:
+    if isinstance(version, bool) or version not in KNOWN_SCHEMA_VERSIONS:
         known = ", ".join(map(str, KNOWN_SCHEMA_VERSIONS))
         raise ManifestError(
             f"{where}/{MANIFEST} has schema_version {version!r}; this medgrit reads {known}"
@@ -94,6 +94,17 @@ def read_manifest(out_dir: str | Path) -> dict:
         raise ManifestError(f"{where}/{MANIFEST} has no build 'config' object")
     for shard in shards:
         _check_files(shard, f"{where}/{MANIFEST}")
+        for key in ("rows", "stats", "tokens"):
+            if key in shard and not isinstance(shard[key], dict):
+                raise ManifestError(
+                    f"{where}/{MANIFEST}: shard {shard['id']} '{key}' is not an object"
+                )
+    totals = data.get("totals")
+    if totals is not None and not (
+        isinstance(totals, dict)
+        and all(isinstance(v, dict) for k, v in totals.items() if k != "non_finite_values")
+    ):
+        raise ManifestError(f"{where}/{MANIFEST}: 'totals' is not an object of objects")
     return data
 
 

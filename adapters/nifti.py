@@ -80,6 +80,8 @@ class NiftiReader:
         path = Path(path)
         name = escape_name(path.name)
         if not path.is_file():
+            if path.exists() or path.is_symlink():  # a folder, a device, a pipe, a bad link
+                raise UnreadableImage("nifti_unreadable", f"{name} is not a regular file")
             raise UnreadableImage("file_missing", f"no such file: {name}")
         try:
             image = nib.load(str(path))

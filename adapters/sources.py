@@ -72,6 +72,10 @@ def _load_json(path: Path) -> dict:
         raise SourceError(
             f"malformed dataset.json at {path}: {exc.msg if hasattr(exc, 'msg') else exc}"
         ) from None
+    except (RecursionError, ValueError) as exc:  # nested too deep, integers too long
+        raise SourceError(
+            f"malformed dataset.json at {path}: {type(exc).__name__}: {str(exc)[:100]}"
+        ) from None
     if not isinstance(data, dict):
         raise SourceError(f"malformed dataset.json at {path}: expected a JSON object")
     return data
@@ -92,8 +96,32 @@ def _modality(channels: object, path: Path, key: str, override: str | None) -> s
     return modality
 
 
-def _labels(pairs: list[tuple[int, str]]) -> tuple[tuple[int, str], ...]:
-    return tuple(sorted((i, readable_label_name(n)) for i, n in pairs if i != 0))
+MAX_LABEL_ID = 2**32 - 1
+MAX_LABEL_NAME = 200
+
+
+def _labels(pairs: list[tuple[int, str]], path: Path) -> tuple[tuple[int, str], ...]:
+    """Readable (id, name) pairs of a label list, background left out.
+
+    Raises:
+        SourceError: an id out of range or given twice, or a name that is empty or too long.
+    """
+    names: dict[int, str] = {}
+    for label_id, name in pairs:
+        where = f"malformed dataset.json at {escape_name(str(path))}"
+        if not 0 <= label_id <= MAX_LABEL_ID:
+            raise SourceError(f"{where}: label id {label_id} is outside 0..{MAX_LABEL_ID}")
+        if not name.strip() or len(name) > MAX_LABEL_NAME:
+            raise SourceError(
+                f"{where}: label {label_id} needs a name of 1 to {MAX_LABEL_NAME} characters"
+            )
+        if label_id in names and label_id != 0:
+            raise SourceError(
+                f"{where}: label id {label_id} is given to both {escape_name(names[label_id])!r} "
+                f"and {escape_name(name)!r}"
+            )
+        names[label_id] = name
+    return tuple(sorted((i, readable_label_name(n)) for i, n in names.items() if i != 0))
 
 
 def _nifti_case(
@@ -142,7 +170,7 @@ def open_nnunet(spec: str, root: Path, modality: str | None = None) -> Source:
     if not labels_dir.is_dir():
         raise SourceError(f"no labelsTr folder in {root}: not an nnU-Net raw dataset")
     dataset = escape_name(str(meta.get("name") or root.name))
-    labels = _labels(pairs)
+    labels = _labels(pairs, meta_path)
     cases = []
     for label_file in sorted(labels_dir.glob(f"*{ending}")):
         case = label_file.name[: -len(ending)]
@@ -169,7 +197,7 @@ def open_msd(spec: str, root: Path, modality: str | None = None) -> Source:
         ) from None
     mod = _modality(meta.get("modality"), meta_path, "modality", modality)
     dataset = escape_name(str(meta.get("name") or root.name))
-    labels = _labels(pairs)
+    labels = _labels(pairs, meta_path)
     cases = []
     for entry in training:
         if not isinstance(entry, dict) or "image" not in entry or "label" not in entry:
@@ -240,7 +268,43 @@ def open_sources(
             out.extend(_demo_sources(root, key))
         else:
             out.append(_open_one(spec, modality, key))
+    check_distinct(out)
     return out
+
+
+def check_distinct(sources: list[Source]) -> None:
+    """Refuse sources that overlap: one folder given twice (or through a link), or two
+    sources holding a case of the same name in a dataset of the same name, whose ids would
+    collide.
+
+    Raises:
+        SourceError: naming the sources that overlap.
+    """
+    roots: dict[str, str] = {}
+    for source in sources:
+        real = str(Path(source.root).resolve())
+        if real in roots:
+            raise SourceError(
+                f"{escape_name(source.spec)} is the same folder as {escape_name(roots[real])}; "
+                "give each source once"
+            )
+        roots[real] = source.spec
+    seen: dict[tuple[str, str], str] = {}
+    for source in sources:
+        for case in source.cases:
+            key = (case.dataset, case.case)
+            if key in seen and seen[key] == source.spec:
+                raise SourceError(
+                    f"{escape_name(source.spec)} lists case {escape_name(case.case)!r} twice; "
+                    "give each case once"
+                )
+            if key in seen:
+                raise SourceError(
+                    f"{escape_name(seen[key])} and {escape_name(source.spec)} both hold case "
+                    f"{escape_name(case.case)!r} of dataset {case.dataset!r} (a copy?); "
+                    "give each case once, or name the datasets apart"
+                )
+            seen[key] = source.spec
 
 
 def load_nifti_case(ref: CaseRef) -> LoadedCase:

@@ -5,11 +5,14 @@ ids ``00000..N-1`` in order and part paths of the form ``{table}/part-{shard}.pa
 path outside the dataset). Every done shard lists one part per table; each part is present with
 its recorded sha256, row count and the contract's schema; no part file lies in a table folder
 unless the manifest lists it. Within each shard: image, region and conversation ids are unique;
-every image decodes as a PNG of its recorded width and height; every image has exactly one
-conversation and every conversation an image; regions belong to an image of the shard, with
-boxes inside it and ``bbox_1000`` equal to the conversion of ``bbox``; every turn passes
+every image decodes as a PNG of its recorded width and height that is not blank, and its id is
+that of its case, plane and slice; every image has exactly one conversation and every
+conversation an image; regions belong to an image of the shard, with boxes inside it,
+``bbox_1000`` equal to the conversion of ``bbox``, an area that fits the box, and the position,
+size and side words their box, area and label give; every turn passes
 :func:`medgrit.core.verify.verify_qa`; the shard's recorded stats equal its tables. Over the
-dataset: image ids are unique, no case is in both splits, and ``totals`` equal the tables.
+dataset: the build config is valid, image ids are unique, no case is in both splits, and
+``totals`` equal the tables.
 
 Shards are read one at a time, so memory stays bounded by the largest shard.
 """
@@ -21,17 +24,23 @@ import re
 from collections import defaultdict
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image
+from pydantic import ValidationError
 
 from medgrit.adapters.manifest import read_manifest
 from medgrit.adapters.parquet import part_path, sha256_file
 from medgrit.core.generation import QA, RegionFacts
+from medgrit.core.ids import image_id_for
+from medgrit.core.intensity import is_blank
 from medgrit.core.regions import to_bbox_1000
 from medgrit.core.sharding import shard_name
 from medgrit.core.summary import merge_stats, shard_stats
+from medgrit.core.text import laterality_of, position_word, size_word
 from medgrit.core.verify import verify_qa
+from medgrit.schemas.config import BuildConfig
 from medgrit.schemas.tables import TABLES
 
 _PART = re.compile(r"^part-(?P<shard>[0-9A-Za-z_-]+)\.parquet$")
@@ -61,6 +70,10 @@ def validate_dataset(out_dir: str | Path) -> list[str]:
     out = Path(out_dir)
     manifest = read_manifest(out)
     problems: list[str] = []
+    try:
+        BuildConfig(**manifest["config"])
+    except (ValidationError, TypeError) as exc:
+        problems.append(f"dataset.json: the build config is not valid ({str(exc).splitlines()[0]})")
     shards = manifest["shards"]
     expected_ids = [shard_name(i) for i in range(len(shards))]
     if [s["id"] for s in shards] != expected_ids:
@@ -153,9 +166,31 @@ def _png_size(data: bytes | None) -> tuple[int, int] | str:
             image.load()
             if image.mode not in ("L", "RGB"):
                 return f"PNG mode {image.mode}, expected L or RGB"
+            if is_blank(np.asarray(image)):
+                return "the image is blank (one value everywhere)"
             return image.size
     except (OSError, ValueError, SyntaxError, EOFError) as exc:
         return f"PNG does not decode ({type(exc).__name__})"
+
+
+def _region_words(r: dict, width: int, height: int) -> list[str]:
+    """A region's derived values against its box and label: bbox_1000, area, and the position,
+    size and side words the text uses."""
+    found = []
+    rid, bbox = r["region_id"], r["bbox"]
+    if list(r["bbox_1000"]) != to_bbox_1000(bbox, width, height).tolist():
+        found.append(f"region {rid}: bbox_1000 {r['bbox_1000']} is not the conversion of {bbox}")
+    box_area = (bbox[2] - bbox[0]) * (bbox[3] - bbox[1])
+    if not 1 <= r["area"] <= box_area:
+        found.append(f"region {rid}: area {r['area']} does not fit its box ({box_area} px)")
+        return found
+    if r["position"] != position_word(tuple(bbox), width, height):
+        found.append(f"region {rid}: position {r['position']!r} is not its box's")
+    if r["size"] != size_word(r["area"], width, height):
+        found.append(f"region {rid}: size {r['size']!r} is not its area's")
+    if r["laterality"] != laterality_of(r["label"]):
+        found.append(f"region {rid}: laterality {r['laterality']!r} is not its label's")
+    return found
 
 
 def _check_shard(
@@ -179,6 +214,8 @@ def _check_shard(
         image_id = row["image_id"]
         if image_id in image_ids or image_id in images:
             problems.append(f"image {image_id}: duplicate id")
+        if image_id != image_id_for(row["case_id"], row["plane"], row["slice_index"]):
+            problems.append(f"image {image_id}: id does not match its case, plane and slice")
         size = _png_size(row["image"]["bytes"])
         if isinstance(size, str):
             problems.append(f"image {image_id}: {size}")
@@ -202,11 +239,10 @@ def _check_shard(
         x0, y0, x1, y1 = r["bbox"]
         if not (0 <= x0 < x1 <= width and 0 <= y0 < y1 <= height):
             problems.append(f"region {r['region_id']}: bbox {r['bbox']} outside the image")
-        elif list(r["bbox_1000"]) != to_bbox_1000(r["bbox"], width, height).tolist():
-            problems.append(
-                f"region {r['region_id']}: bbox_1000 {r['bbox_1000']} is not the conversion "
-                f"of bbox {r['bbox']}"
-            )
+        else:
+            problems += _region_words(r, width, height)
+        if not r["region_id"].startswith(f"{r['image_id']}-r"):
+            problems.append(f"region {r['region_id']}: id does not name its image")
         if r["region_id"] in by_image[r["image_id"]]:
             problems.append(f"region {r['region_id']}: duplicate id")
         by_image[r["image_id"]][r["region_id"]] = RegionFacts(

@@ -61,21 +61,26 @@ def _config_error(exc: ValidationError) -> NoReturn:
     fail(f"{where.replace('_', '-')}: {msg}" if where else msg)
 
 
-def _run_flow(config: BuildConfig) -> dict:
-    """Run the build flow; the failures a user can act on end in one line."""
+def _run_flow(config: BuildConfig, fresh: bool = False) -> dict:
+    """Run the build flow; the failures a user can act on end in one line.
+
+    ``fresh``: the folder is medgrit's staging folder, rebuilt from scratch when it holds
+    another build (else a changed plan is a user error)."""
     from prefect.task_runners import ThreadPoolTaskRunner
 
     from medgrit.adapters.dataset_dir import DatasetBusy
     from medgrit.adapters.interrupt import signalled
     from medgrit.core.failures import StopRequested, is_disk_full
-    from medgrit.flows.build import BuildFailed, build_dataset
+    from medgrit.flows.build import BuildFailed, DatasetMismatch, build_dataset
 
     out = Path(config.out)
     # LLM shards share one provider limit: run them one at a time, each saturating it.
     workers = 1 if config.generator == "llm" else config.workers
     flow = build_dataset.with_options(task_runner=ThreadPoolTaskRunner(max_workers=workers))
     try:
-        return flow(config=config)
+        return flow(config=config, rebuild_if_changed=fresh)
+    except DatasetMismatch as exc:
+        fail(str(exc))
     except BuildFailed as exc:
         typer.echo(_summary_text(out))
         fail(str(exc), code=1)
@@ -219,10 +224,11 @@ def build(
     ] = 60.0,
 ) -> None:
     """Build a dataset from segmentation sources (the bundled demo when none is given)."""
-    from medgrit.adapters.sources import SourceError, open_sources
-
+    if not str(out).strip():
+        fail("--out needs a folder name")
     fields: dict = {
-        "sources": list(sources or ["demo"]),
+        # Absolute paths: a resume from another directory must read the same sources.
+        "sources": [_absolute_spec(spec) for spec in (sources or ["demo"])],
         "out": str(out),
         "max_images": max_images,
         "seed": seed,
@@ -231,7 +237,7 @@ def build(
         "max_slices_per_case": max_slices_per_case,
         "min_area": min_area,
         "modality": modality,
-        "key_file": str(key_file) if key_file else None,
+        "key_file": str(key_file.expanduser().absolute()) if key_file else None,
         "test_fraction": test_fraction,
         "cases_per_shard": cases_per_shard,
         "workers": workers,
@@ -263,38 +269,94 @@ def build(
         config = BuildConfig(**fields)
     except ValidationError as exc:
         _config_error(exc)
-    from medgrit.adapters.keys import default_key_file, is_inside, load_or_create_key
+    opened = _open_checked(config, out)
+    replace = _check_out(out, [Path(s.root) for s in opened], overwrite)
+    if replace:
+        _build_replacing(config, out)
+        return
+    with ExitStack() as stack:
+        _take_out(out, stack, "build")
+        if _holds_more_than_locks(out):
+            fail(
+                f"--out {_shown(out)} was filled by another process meanwhile; "
+                "choose another folder"
+            )
+        _create_key(config)
+        _report(out, _run_flow(config))
 
-    key_path = Path(config.key_file).expanduser() if config.key_file else default_key_file()
+
+def _absolute_spec(spec: str) -> str:
+    kind, sep, path = spec.partition(":")
+    if not sep or not path:
+        return spec  # ``demo``, or an error BuildConfig names
+    return f"{kind}:{Path(path).expanduser().absolute()}"
+
+
+def _key_path(config: BuildConfig) -> Path:
+    from medgrit.adapters.keys import default_key_file
+
+    return Path(config.key_file).expanduser() if config.key_file else default_key_file()
+
+
+def _open_checked(config: BuildConfig, out: Path) -> list:
+    """Open the sources and check them, the key and the API key; nothing is written.
+
+    A key file that does not exist yet is created only once every check has passed (see
+    :func:`_create_key`); until then a throwaway key lists the cases.
+    """
+    import secrets
+
+    from medgrit.adapters.keys import is_inside, load_or_create_key
+    from medgrit.adapters.sources import SourceError, open_sources
+
+    key_path = _key_path(config)
     if is_inside(key_path, out):
-        fail(f"the pseudonymisation key {key_path} must be kept outside --out {out}")
+        fail(
+            f"the pseudonymisation key {_shown(key_path)} must be kept outside --out {_shown(out)}"
+        )
     try:
-        key = load_or_create_key(key_path)
+        key = load_or_create_key(key_path) if key_path.exists() else secrets.token_bytes(32)
     except (OSError, ValueError) as exc:
-        fail(f"cannot use the pseudonymisation key {key_path}: {_reason(exc)}")
+        fail(f"cannot use the pseudonymisation key {_shown(key_path)}: {_reason(exc)}")
     try:
         opened = open_sources(config.sources, modality=config.modality, key=key)
     except SourceError as exc:
         fail(str(exc))
     except OSError as exc:
         fail(f"cannot read the sources: {_reason(exc)}")
+    except (RecursionError, ValueError) as exc:
+        fail(f"cannot read the sources: {type(exc).__name__}: {str(exc)[:200]}")
+    for source in opened:
+        if is_inside(key_path, Path(source.root)):
+            fail(
+                f"the pseudonymisation key {_shown(key_path)} lies inside the source folder "
+                f"{_shown(source.root)}; keep it elsewhere (sources are never written)"
+            )
     if config.llm is not None and config.generator == "llm" and not config.llm.api_key_block:
         if not os.environ.get("OPENAI_API_KEY"):
             fail("--generator llm needs an API key: set OPENAI_API_KEY or --llm-api-key-block")
     if not any(s.cases for s in opened):
         fail("the sources hold no cases (no label files found)")
-    replace = _check_out(out, [Path(s.root) for s in opened], overwrite)
-    if replace:
-        _build_replacing(config, out)
-        return
-    with ExitStack() as stack:
-        _take_out(out, stack)
-        if any(entry.name != ".medgrit.lock" for entry in out.iterdir()):
-            fail(
-                f"--out {_shown(out)} was filled by another process meanwhile; "
-                "choose another folder"
-            )
-        _report(out, _run_flow(config))
+    return opened
+
+
+def _create_key(config: BuildConfig) -> None:
+    from medgrit.adapters.keys import load_or_create_key
+
+    key_path = _key_path(config)
+    try:
+        load_or_create_key(key_path)
+    except (OSError, ValueError) as exc:
+        fail(f"cannot use the pseudonymisation key {_shown(key_path)}: {_reason(exc)}")
+
+
+_LOCK_FILES = (".medgrit.lock", ".dataset.json.lock")
+
+
+def _holds_more_than_locks(folder: Path) -> bool:
+    """Whether a folder holds anything besides medgrit's lock files (a build stopped before
+    it wrote its manifest leaves only those)."""
+    return any(entry.name not in _LOCK_FILES for entry in folder.iterdir())
 
 
 def _reason(exc: BaseException) -> str:
@@ -333,7 +395,7 @@ def _check_out(out: Path, source_roots: list[Path], overwrite: bool) -> bool:
                 f"--out {_shown(out)} lies inside the dataset {_shown(parent)}; "
                 "choose a folder outside it"
             )
-    if not (out.is_dir() and any(out.iterdir())):
+    if not (out.is_dir() and _holds_more_than_locks(out)):
         return False
     if not is_medgrit_dataset(out):
         fail(
@@ -356,14 +418,16 @@ def _check_out(out: Path, source_roots: list[Path], overwrite: bool) -> bool:
     return True
 
 
-_writing: list[Path] = []  # the dataset being written, for the message of a stopped build
+# The dataset being written and how, for the message of a stopped build.
+_writing: list[tuple[Path, str]] = []
 
 
-def _take_out(out: Path, stack: ExitStack) -> None:
+def _take_out(out: Path, stack: ExitStack, mode: str) -> None:
     """Create --out (when missing) and hold its writer lock until ``stack`` closes."""
     from medgrit.adapters.dataset_dir import DatasetBusy, hold_dataset
 
-    _writing[:] = [out]
+    if not _writing:
+        _writing.append((out, mode))
     created = not out.exists()
     try:
         out.mkdir(parents=True, exist_ok=True)
@@ -378,7 +442,8 @@ def _take_out(out: Path, stack: ExitStack) -> None:
 
 def _remove_empty(folder: Path) -> None:
     try:
-        (folder / ".medgrit.lock").unlink(missing_ok=True)
+        for name in _LOCK_FILES:
+            (folder / name).unlink(missing_ok=True)
         folder.rmdir()
     except OSError:
         pass
@@ -393,17 +458,18 @@ def _build_replacing(config: BuildConfig, out: Path) -> None:
     shown = out
     out = out.resolve()  # replace the folder itself, not a link to it
     with ExitStack() as stack:
-        _take_out(out, stack)
+        _take_out(out, stack, "overwrite")
         if foreign_entries(out):  # checked again now that no other writer can add any
             fail(f"--out {_shown(shown)} holds files medgrit did not write; choose another folder")
         try:
             staging = prepare_staging(out)
         except OSError as exc:
             fail(f"cannot prepare the replacement of {_shown(out)}: {_reason(exc)}")
-        _take_out(staging, stack)
+        _take_out(staging, stack, "overwrite")
         _share_llm_cache(out, staging)
+        _create_key(config)
         try:
-            manifest = _run_flow(config.model_copy(update={"out": str(staging)}))
+            manifest = _run_flow(config.model_copy(update={"out": str(staging)}), fresh=True)
         except typer.Exit as exc:
             if exc.exit_code == 1:
                 typer.echo(
@@ -457,9 +523,11 @@ def resume(
     try:
         config = BuildConfig(**{**manifest["config"], "out": str(out)})
     except (ValidationError, KeyError, TypeError):
-        fail(f"{out}/dataset.json holds no valid build config")
+        fail(f"{_shown(out)}/dataset.json holds no valid build config")
+    _open_checked(config, out)
     with ExitStack() as stack:
-        _take_out(out, stack)
+        _take_out(out, stack, "resume")
+        _create_key(config)
         _report(out, _run_flow(config))
 
 
@@ -528,6 +596,17 @@ def demo_data(
     typer.echo("  medgrit build " + _shown(" ".join(demo_source_specs(root))) + " --out DIR")
 
 
+def _continue_hint() -> str:
+    if not _writing:
+        return "nothing was written"
+    out, mode = _writing[0]
+    if mode == "overwrite":
+        return f"{_shown(out)} is unchanged; run the same command again to replace it"
+    if not (out / "dataset.json").is_file():
+        return "run the same command again to build the dataset"
+    return f"`medgrit resume {_shown(out)}` continues the build"
+
+
 def main() -> None:
     """Entry point of the ``medgrit`` console script."""
     from medgrit.adapters.interrupt import exit_code, install_stop_handlers, signalled
@@ -550,7 +629,6 @@ def main() -> None:
             raise
         code = 130
     if signalled() or code == 130:  # Typer turns KeyboardInterrupt into exit code 130
-        where = _shown(_writing[0]) if _writing else "DIR"
-        typer.echo(f"medgrit: stopped; `medgrit resume {where}` continues the build", err=True)
+        typer.echo(f"medgrit: stopped; {_continue_hint()}", err=True)
         sys.exit(exit_code())
     sys.exit(code if isinstance(code, int) else 0)

@@ -64,6 +64,11 @@ class BuildFailed(RuntimeError):
     """Some shards failed after their retries; the manifest says which."""
 
 
+class DatasetMismatch(RuntimeError):
+    """The dataset directory holds a build of other sources or settings: finishing it would
+    replace its finished shards (a user error; ``--overwrite`` replaces a dataset)."""
+
+
 class DiskFull(OSError):
     """The disk holding the dataset is full; the manifest keeps the shards that finished."""
 
@@ -200,6 +205,19 @@ def shard_error(exc: BaseException) -> str:
     return escape_name(f"{type(exc).__name__}: {exc}")[:500]
 
 
+def _mismatch(previous: dict, manifest: dict, same_config: bool, shown: str) -> str:
+    if not same_config:
+        what = "the build settings differ from the ones it was built with"
+    else:
+        before = sum(len(s.get("cases") or []) for s in previous["shards"])
+        now = sum(len(s["cases"]) for s in manifest["shards"])
+        what = f"its sources changed since it was built ({before} cases then, {now} now)"
+    return (
+        f"{shown} holds another build: {what}; nothing was changed. Restore the sources, "
+        "build into a new folder, or replace it with `medgrit build ... --overwrite`"
+    )
+
+
 def _record(future, entry: dict, shard: str, finished: int, total: int, logger) -> int:
     """Record a finished shard task in its manifest entry; 1 when it is done, else 0."""
     try:
@@ -256,8 +274,14 @@ def _finalise(out: Path, manifest: dict) -> str:
 
 
 @flow(name="build_dataset", log_prints=False)
-def build_dataset(config: BuildConfig) -> dict:
+def build_dataset(config: BuildConfig, rebuild_if_changed: bool = False) -> dict:
     """Build (or resume) a Med-GRIT-style dataset directory from segmentation sources.
+
+    Args:
+        config: the build config.
+        rebuild_if_changed: when the directory holds a build whose config or plan differs,
+            start afresh (for medgrit's own staging folders); by default that is
+            :class:`DatasetMismatch`, so finished shards are never thrown away.
 
     Returns:
         The final manifest (also written to ``OUT/dataset.json``).
@@ -266,6 +290,7 @@ def build_dataset(config: BuildConfig) -> dict:
         BuildFailed: when shards failed after their retries (the others are kept).
         DiskFull: when the disk holding the dataset filled up.
         DatasetBusy: when another process is writing the dataset.
+        DatasetMismatch: see ``rebuild_if_changed``.
     """
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -273,14 +298,14 @@ def build_dataset(config: BuildConfig) -> dict:
         clear_stop()  # a stop left by an earlier flow run of this process
     with hold_dataset(out), stop_on_signals():
         try:
-            return _build_locked(config, out)
-        except (BuildFailed, DiskFull, BuildInterrupted) as exc:
+            return _build_locked(config, out, rebuild_if_changed)
+        except (BuildFailed, DiskFull, BuildInterrupted, DatasetMismatch) as exc:
             # An expected end, not a crash: the run is Failed with this message and no
             # traceback; calling the flow still raises ``exc``.
             return Failed(message=escape_name(str(exc)), data=exc)  # type: ignore[return-value]
 
 
-def _build_locked(config: BuildConfig, out: Path) -> dict:
+def _build_locked(config: BuildConfig, out: Path, rebuild_if_changed: bool) -> dict:
     logger = get_run_logger()
     shown = escape_name(str(out))
     sources = discover_sources(config)
@@ -289,15 +314,19 @@ def _build_locked(config: BuildConfig, out: Path) -> dict:
     manifest = _new_manifest(config, sources, plan, _generator_info(config))
     if (out / MANIFEST).is_file():
         previous = read_manifest(out)
-        if _content_config(previous.get("config", {})) == _content_config(manifest["config"]) and [
-            (s["id"], s.get("cases")) for s in previous.get("shards", [])
-        ] == [(s["id"], s["cases"]) for s in manifest["shards"]]:
+        same_config = _content_config(previous["config"]) == _content_config(manifest["config"])
+        same_plan = [(s["id"], s.get("cases")) for s in previous["shards"]] == [
+            (s["id"], s["cases"]) for s in manifest["shards"]
+        ]
+        if same_config and same_plan:
             manifest["created_at"] = previous.get("created_at", manifest["created_at"])
             for entry, old in zip(manifest["shards"], previous["shards"], strict=True):
                 if _shard_done(out, old):
                     entry.update(old)
                 elif old.get("batches"):
                     entry["batches"] = list(old["batches"])  # resumed, not resubmitted
+        elif not rebuild_if_changed:
+            raise DatasetMismatch(_mismatch(previous, manifest, same_config, shown))
     try:
         _save(out, manifest)
     except OSError as exc:

@@ -115,6 +115,15 @@ def test_foreign_entries_are_what_medgrit_did_not_write(tmp_path: Path) -> None:
     (tmp_path / "NOTES.txt").write_text("my notes")
     (tmp_path / "images" / "thumbnail.png").write_bytes(b"")
     assert foreign_entries(tmp_path) == ["NOTES.txt", "images/thumbnail.png"]
+    (tmp_path / "llm" / "notes.txt").write_text("mine")
+    (tmp_path / "llm" / "cache" / "ab" / "mine.json").write_text("{}")
+    (tmp_path / "llm" / "cache" / "ab" / f"{'a' * 64}.json").write_text("{}")
+    assert foreign_entries(tmp_path) == [
+        "NOTES.txt",
+        "images/thumbnail.png",
+        "llm/cache/ab/mine.json",
+        "llm/notes.txt",
+    ]
 
 
 def test_swap_in_replaces_the_old_dataset_whole(tmp_path: Path) -> None:

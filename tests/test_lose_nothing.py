@@ -546,3 +546,154 @@ def test_sigint_stops_with_130(
     assert not list(out.rglob("*.tmp-*"))
     resumed = run_cli("resume", str(out), env={**cli_env, "OPENAI_API_KEY": "sk-test"})
     assert resumed.returncode == 0, resumed.stderr[-3000:]
+
+
+# --------------------------------------------------------------------------- resume is safe
+
+
+def _run_in(cwd: Path, *args: str, env: dict[str, str]) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [shutil.which("medgrit") or "medgrit", *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+
+
+def test_resume_reads_the_sources_it_was_built_from_wherever_it_runs(
+    ct_source: Path, reference: Path, cli_env: dict[str, str], tmp_path: Path
+) -> None:
+    here = tmp_path / "here"
+    (here / "src").mkdir(parents=True)
+    shutil.copytree(ct_source, here / "src" / ct_source.name)
+    elsewhere = tmp_path / "elsewhere"
+    write_ct_source(elsewhere / "src" / ct_source.name, cases=2)  # same relative name
+    out = tmp_path / "ds"
+    built = _run_in(
+        here,
+        "build",
+        f"nnunet:src/{ct_source.name}",
+        "--out",
+        str(out),
+        "--cases-per-shard",
+        "1",
+        env=cli_env,
+    )
+    assert built.returncode == 0, built.stderr[-2000:]
+    manifest = json.loads((out / "dataset.json").read_text())
+    assert manifest["config"]["sources"] == [f"nnunet:{here / 'src' / ct_source.name}"]
+    shard = manifest["shards"][2]
+    for rel in shard["files"]:
+        (out / rel).unlink()
+    resumed = _run_in(elsewhere, "resume", str(out), env=cli_env)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert _tables(out) == _tables(reference)
+
+
+def test_resume_never_throws_away_finished_shards_when_the_sources_changed(
+    ct_source: Path, reference: Path, medgrit, tmp_path: Path
+) -> None:
+    source = tmp_path / "Dataset080_CT"
+    shutil.copytree(ct_source, source)
+    out = tmp_path / "ds"
+    assert (
+        medgrit("build", f"nnunet:{source}", "--out", str(out), "--cases-per-shard", "1").returncode
+        == 0
+    )
+    manifest = json.loads((out / "dataset.json").read_text())
+    manifest["shards"][-1]["status"] = "failed"
+    (out / "dataset.json").write_text(json.dumps(manifest))
+    before = _contents(out)
+
+    extra = write_ct_source(tmp_path / "more", cases=7)  # the source gains a case
+    shutil.copy(extra / "imagesTr" / "case006_0000.nii.gz", source / "imagesTr")
+    shutil.copy(extra / "labelsTr" / "case006.nii.gz", source / "labelsTr")
+    changed = medgrit("resume", str(out))
+    assert changed.returncode == 2 and "its sources changed" in _one_line(changed)
+    assert _contents(out) == before
+
+    shutil.rmtree(source / "labelsTr")
+    (source / "labelsTr").mkdir()  # a share that is not mounted
+    empty = medgrit("resume", str(out))
+    assert empty.returncode == 2 and "hold no cases" in _one_line(empty)
+    shutil.rmtree(source)
+    gone = medgrit("resume", str(out))
+    assert gone.returncode == 2 and "does not exist" in _one_line(gone)
+    assert _contents(out) == before
+
+
+def test_a_build_stopped_before_its_manifest_can_be_run_again(
+    ct_source: Path, reference: Path, medgrit, tmp_path: Path
+) -> None:
+    out = tmp_path / "ds"
+    out.mkdir()
+    (out / ".medgrit.lock").write_text("pid 1 on elsewhere\n")  # all a very early stop leaves
+    result = medgrit("build", f"nnunet:{ct_source}", "--out", str(out), "--cases-per-shard", "1")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert _tables(out) == _tables(reference)
+
+
+def test_overlapping_sources_are_refused(ct_source: Path, medgrit_offline, tmp_path: Path) -> None:
+    link = tmp_path / "link"
+    link.symlink_to(ct_source)
+    copy = tmp_path / "copy" / ct_source.name
+    shutil.copytree(ct_source, copy)
+    for second, words in (
+        (ct_source, "same folder"),
+        (link, "same folder"),
+        (copy, "both hold case"),
+    ):
+        out = tmp_path / "never"
+        result = medgrit_offline(
+            "build", f"nnunet:{ct_source}", f"nnunet:{second}", "--out", str(out)
+        )
+        assert result.returncode == 2 and words in _one_line(result)
+        assert not out.exists()
+
+
+def test_a_key_is_never_written_into_a_source_or_by_a_failed_command(
+    ct_source: Path, tmp_path: Path
+) -> None:
+    env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
+    inside = ct_source / "labelsTr" / "pseudonym.key"
+    result = run_cli(
+        "build",
+        f"nnunet:{ct_source}",
+        "--out",
+        str(tmp_path / "ds"),
+        env={**env, "MEDGRIT_KEY_FILE": str(inside)},
+    )
+    assert result.returncode == 2 and "inside the source folder" in _one_line(result)
+    assert not inside.exists()
+    fresh_key = tmp_path / "keys" / "k"
+    result = run_cli(
+        "build",
+        "nnunet:/no/such/source",
+        "--out",
+        str(tmp_path / "ds"),
+        env={**env, "MEDGRIT_KEY_FILE": str(fresh_key)},
+    )
+    assert result.returncode == 2 and not fresh_key.parent.exists()
+
+
+@pytest.mark.parametrize(
+    "labels",
+    [
+        {"background": 0, "liver": 1, "spleen": 1},
+        {"background": 0, "": 1},
+        {"background": 0, "liver": -1},
+        {"background": 0, "liver": 2**40},
+    ],
+    ids=["same-id-twice", "empty-name", "negative-id", "huge-id"],
+)
+def test_a_label_list_that_would_mislabel_is_refused(
+    medgrit_offline, tmp_path: Path, labels: dict
+) -> None:
+    root = write_ct_source(tmp_path / "Dataset083_Bad", cases=1)
+    meta = json.loads((root / "dataset.json").read_text())
+    (root / "dataset.json").write_text(json.dumps({**meta, "labels": labels}))
+    result = medgrit_offline("build", f"nnunet:{root}", "--out", str(tmp_path / "never"))
+    assert result.returncode == 2 and "malformed dataset.json" in _one_line(result)

@@ -106,7 +106,65 @@ def _image_twice(out: Path) -> None:
     rewrite(out, "images", "00001", lambda rows: rows + first)
 
 
+def _blank_png(rows: list[dict]) -> list[dict]:
+    import io
+
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.new("L", (rows[0]["width"], rows[0]["height"])).save(buffer, format="PNG")
+    rows[0]["image"]["bytes"] = buffer.getvalue()
+    return rows
+
+
+def _set(field: str, value) -> Callable[[list[dict]], list[dict]]:
+    def change(rows: list[dict]) -> list[dict]:
+        rows[0][field] = value(rows[0]) if callable(value) else value
+        return rows
+
+    return change
+
+
+def _manifest_edit(change: Callable[[dict], None]) -> Callable[[Path], None]:
+    def apply(out: Path) -> None:
+        manifest = _manifest(out)
+        change(manifest)
+        _save(out, manifest)
+
+    return apply
+
+
 DAMAGE: dict[str, tuple[Callable[[Path], None], str]] = {
+    "blank-png": (lambda o: rewrite(o, "images", "00000", _blank_png), "blank"),
+    "case-id-of-image": (
+        lambda o: rewrite(o, "images", "00000", _set("case_id", "0" * 16)),
+        "does not match its case",
+    ),
+    "area-larger-than-box": (
+        lambda o: rewrite(o, "regions", "00000", _set("area", lambda r: r["area"] * 100)),
+        "does not fit its box",
+    ),
+    "position-word": (
+        lambda o: rewrite(o, "regions", "00000", _set("position", "nowhere")),
+        "position 'nowhere'",
+    ),
+    "size-word": (
+        lambda o: rewrite(
+            o,
+            "regions",
+            "00000",
+            _set("size", lambda r: "tiny" if r["size"] != "tiny" else "large"),
+        ),
+        "is not its area's",
+    ),
+    "laterality": (
+        lambda o: rewrite(o, "regions", "00000", _set("laterality", "left")),
+        "is not its label's",
+    ),
+    "invalid-config": (
+        _manifest_edit(lambda m: m["config"].update(workers="two")),
+        "build config is not valid",
+    ),
     "bytes-not-png": (lambda o: rewrite(o, "images", "00000", _not_png), "not a PNG"),
     "truncated-png": (lambda o: rewrite(o, "images", "00000", _truncated_png), "does not decode"),
     "wrong-width": (lambda o: rewrite(o, "images", "00000", _wrong_width), "the row says"),
@@ -124,7 +182,7 @@ DAMAGE: dict[str, tuple[Callable[[Path], None], str]] = {
     ),
     "bbox-1000": (
         lambda o: rewrite(o, "regions", "00000", _bbox_1000),
-        "is not the conversion of bbox",
+        "is not the conversion of",
     ),
     "image-in-two-shards": (_image_twice, "duplicate id"),
     "unlisted-part": (_extra_part, "not listed in dataset.json"),
@@ -160,6 +218,13 @@ MALFORMED: dict[str, Callable[[dict], object]] = {
     "no-shards": lambda m: {k: v for k, v in m.items() if k != "shards"},
     "shards-not-a-list": lambda m: {**m, "shards": {"00000": {}}},
     "unknown-schema-version": lambda m: {**m, "schema_version": 7},
+    "schema-version-true": lambda m: {**m, "schema_version": True},
+    "rows-not-an-object": lambda m: {
+        **m,
+        "shards": [{**m["shards"][0], "rows": [1, 2]}, *m["shards"][1:]],
+    },
+    "totals-not-an-object": lambda m: {**m, "totals": []},
+    "nested-too-deep": lambda m: m,
     "no-marker": lambda m: {k: v for k, v in m.items() if k not in ("format", "medgrit_version")},
     "file-outside": lambda m: {
         **m,
@@ -177,7 +242,10 @@ def test_a_manifest_medgrit_cannot_use_is_one_line_and_exit_2(
 ) -> None:
     out = tmp_path / "ds"
     shutil.copytree(built, out)
-    (out / "dataset.json").write_text(json.dumps(MALFORMED[kind](_manifest(out))))
+    if kind == "nested-too-deep":
+        (out / "dataset.json").write_text("[" * 200_000 + "]" * 200_000)
+    else:
+        (out / "dataset.json").write_text(json.dumps(MALFORMED[kind](_manifest(out))))
     with pytest.raises(ManifestError):
         validate_dataset(out)
     for command in ("validate", "status", "resume"):
