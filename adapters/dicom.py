@@ -69,6 +69,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import re
 import struct
 import threading
@@ -493,12 +494,8 @@ def open_dicom(spec: str, root: Path, key: bytes, modality: str | None = None) -
 
     cases: list[CaseRef] = []
     orphans: list[_Header] = []  # masks whose image series is absent
-    masks_seen: set[str] = set()
     for header in headers:
         if header.kind in ("seg", "rtstruct"):
-            if header.sop_uid in masks_seen:
-                continue  # a copy of a mask already listed
-            masks_seen.add(header.sop_uid)
             # The referenced series, else the series of a referenced instance.
             candidates = [*header.ref_series, *(series_of.get(i, "") for i in header.ref_instances)]
             images = next((series[s] for s in candidates if s in series), None)
@@ -584,6 +581,7 @@ def open_dicom(spec: str, root: Path, key: bytes, modality: str | None = None) -
             f"no DICOM SEG, RTSTRUCT or masked single image under {root}: image series alone "
             "are not cases"
         )
+    cases = _distinct_cases(cases, root, key)
     cases.sort(key=lambda c: (c.case, c.label_path))
     return Source(
         spec=spec,
@@ -594,6 +592,22 @@ def open_dicom(spec: str, root: Path, key: bytes, modality: str | None = None) -
         labels=_merge_labels(cases),
         cases=tuple(cases),
     )
+
+
+def _distinct_cases(cases: list[CaseRef], root: Path, key: bytes) -> list[CaseRef]:
+    """Cases whose pseudonyms collide (files that share their UIDs, as copies and derived
+    objects do) get the file's path inside the source folded into theirs, in file order."""
+    from dataclasses import replace
+
+    seen: set[str] = set()
+    out: list[CaseRef] = []
+    for ref in sorted(cases, key=lambda c: c.label_path):
+        if ref.case in seen:
+            where = os.fsencode(Path(ref.label_path).relative_to(root)).hex()
+            ref = replace(ref, case=_pseudonym("case", [ref.case, where], key))
+        seen.add(ref.case)
+        out.append(ref)
+    return out
 
 
 def _merge_labels(cases: list[CaseRef]) -> tuple[tuple[int, str], ...]:

@@ -95,7 +95,7 @@ class ParquetShardWriter:
         for table in TABLES:
             for part in sorted((self.out_dir / table).glob("part-*.parquet")):
                 rel = f"{table}/{part.name}"
-                if rel not in keep:
+                if rel not in keep and part.is_file() and not part.is_symlink():
                     part.unlink(missing_ok=True)
                     removed.append(rel)
         return removed

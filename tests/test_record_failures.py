@@ -285,3 +285,20 @@ def test_infrastructure_errors_still_fail_the_shard(tmp_path: Path) -> None:
     generator = _FailsFor("case0-a0000", OSError(errno.ENOSPC, "No space left on device"))
     with pytest.raises(OSError):
         ShardBuilder(config, generator).build(_tasks(cases))
+
+
+def test_dicom_files_that_share_their_uids_are_distinct_cases(tmp_path: Path) -> None:
+    import shutil
+
+    from pydicom.data import get_testdata_file
+
+    from medgrit.adapters.sources import open_sources
+
+    root = tmp_path / "Liver"
+    root.mkdir()
+    for name in ("liver.dcm", "liver_1frame.dcm"):  # derived files with the same UIDs
+        shutil.copy(get_testdata_file(name), root / name)
+    (source,) = open_sources([f"dicom:{root}"], key=b"k" * 32)
+    assert len({c.case for c in source.cases}) == 2
+    (again,) = open_sources([f"dicom:{root}"], key=b"k" * 32)
+    assert [c.case for c in again.cases] == [c.case for c in source.cases]
