@@ -497,16 +497,7 @@ class ShardBuilder:
         except Exception as exc:
             if fails_the_shard(exc):
                 raise
-            detail = error_detail(exc, item.task.ref)
-            self._reject(
-                rows,
-                "generate",
-                "unexpected_error",
-                detail,
-                item.source,
-                item.task,
-                item.image.image_id,
-            )
+            self._reject_unexpected(rows, "generate", item, exc)
             return None
 
     def _write_guarded(self, item: PendingImage, result: Generated, rows: ShardRows) -> bool:
@@ -517,17 +508,16 @@ class ShardBuilder:
             if fails_the_shard(exc):
                 raise
             del rows.conversations[marks[0] :], rows.rejects[marks[1] :]
-            detail = error_detail(exc, item.task.ref)
-            self._reject(
-                rows,
-                "verify",
-                "unexpected_error",
-                detail,
-                item.source,
-                item.task,
-                item.image.image_id,
-            )
+            self._reject_unexpected(rows, "verify", item, exc)
             return False
+
+    def _reject_unexpected(
+        self, rows: ShardRows, stage: str, item: PendingImage, exc: Exception
+    ) -> None:
+        detail = error_detail(exc, item.task.ref)
+        self._reject(
+            rows, stage, "unexpected_error", detail, item.source, item.task, item.image.image_id
+        )
 
     def write_conversation(self, item: PendingImage, result: Generated, rows: ShardRows) -> bool:
         """Verify one image's generated turns and append its conversation row; False (and an
