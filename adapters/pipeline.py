@@ -22,10 +22,9 @@ from pathlib import Path
 
 import numpy as np
 
-from medgrit.adapters.cases import CaseRef, LoadedCase, PlanarImage
-from medgrit.adapters.nifti import UnreadableImage
-from medgrit.adapters.png import encode_png
 from medgrit.adapters.sources import load_case
+from medgrit.adapters.store.png import encode_png
+from medgrit.core.cases import CaseRef, LoadedCase, PlanarImage, UnreadableImage
 from medgrit.core.failures import fails_the_shard
 from medgrit.core.fsnames import escape_name
 from medgrit.core.generation import Generated, Generator, ImageFacts, RegionFacts
@@ -152,7 +151,7 @@ def count_case_images(ref: CaseRef, config: BuildConfig) -> int:
 
 
 def intensity_bounds(kind: str, values: np.ndarray, config: BuildConfig) -> tuple[float, float]:
-    """Bounds mapped to 0 and 255 for an intensity kind (see ``medgrit.adapters.cases``)."""
+    """Bounds mapped to 0 and 255 for an intensity kind (see ``medgrit.core.cases``)."""
     if kind == "hu":
         return window_bounds(*config.ct_window)
     if kind == "suv":

@@ -30,7 +30,7 @@ Settings (``--only`` picks some):
 The baselines run on a capped subset (``--baseline-requests``, default 300) and stop at
 ``--baseline-time-limit`` seconds (default 90), so that the whole run stays under about 12
 minutes; their rows say how many requests they finished. The client under test is
-``medgrit.adapters.llm_client.OpenAICompatibleClient`` (``complete_all``).
+``medgrit.adapters.llm.client.OpenAICompatibleClient`` (``complete_all``).
 
 Requests are the generator's real prompts: ``prompts/llm_system.j2`` and ``prompts/llm_user.j2``
 rendered over random image facts (2-8 regions, all eight modalities), with the JSON schema
@@ -65,8 +65,8 @@ from tenacity import (
     wait_random_exponential,
 )
 
-from medgrit.adapters.llm_client import ChatRequest, LLMSettings, OpenAICompatibleClient
-from medgrit.adapters.templates import make_environment, view_variables
+from medgrit.adapters.llm.client import ChatRequest, LLMSettings, OpenAICompatibleClient
+from medgrit.adapters.text.templates import make_environment, view_variables
 from medgrit.core.generation import TASKS
 from medgrit.core.text import MODALITIES, laterality_of
 from medgrit.schemas.llm import ImagePromptFacts, PromptRegion, response_json_schema

@@ -9,7 +9,7 @@ One ``images:`` source of ``--images`` synthetic 512x512 RGB photographs with la
    (Prefect's ephemeral server start included), wall time;
 2. **hash-only** - what a check of files alone costs: the sha256 of every part file plus its
    Parquet row count, compared with ``dataset.json`` (the floor of any validation);
-3. **validate** - ``medgrit.adapters.validate.validate_dataset(OUT)`` in process: every PNG
+3. **validate** - ``medgrit.adapters.store.validate.validate_dataset(OUT)`` in process: every PNG
    decoded, ids, conversations, boxes and words, every turn verified, stats and totals.
 
 It reports seconds, milliseconds per image, ``validate / hash-only`` and ``validate / build``,
@@ -117,7 +117,7 @@ def main(argv: list[str] | None = None) -> None:
     if result.returncode != 0:
         raise SystemExit(result.stderr[-3000:])
 
-    from medgrit.adapters.validate import validate_dataset
+    from medgrit.adapters.store.validate import validate_dataset
 
     started = time.perf_counter()
     hash_only(out)

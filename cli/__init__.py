@@ -68,8 +68,8 @@ def _run_flow(config: BuildConfig, fresh: bool = False) -> dict:
     another build (else a changed plan is a user error)."""
     from prefect.task_runners import ThreadPoolTaskRunner
 
-    from medgrit.adapters.dataset_dir import DatasetBusy
-    from medgrit.adapters.interrupt import signalled
+    from medgrit.adapters.runtime.interrupt import signalled
+    from medgrit.adapters.store.dataset_dir import DatasetBusy
     from medgrit.core.failures import StopRequested, is_disk_full
     from medgrit.flows.build import BuildFailed, DatasetMismatch, build_dataset
 
@@ -132,7 +132,7 @@ def _report(out: Path, manifest: dict) -> None:
 
 
 def _summary_text(out: Path) -> str:
-    from medgrit.adapters.manifest import read_manifest
+    from medgrit.adapters.store.manifest import read_manifest
     from medgrit.core.summary import render_summary
 
     manifest = read_manifest(out)
@@ -293,7 +293,7 @@ def _absolute_spec(spec: str) -> str:
 
 
 def _key_path(config: BuildConfig) -> Path:
-    from medgrit.adapters.keys import default_key_file
+    from medgrit.adapters.runtime.keys import default_key_file
 
     return Path(config.key_file).expanduser() if config.key_file else default_key_file()
 
@@ -306,7 +306,7 @@ def _open_checked(config: BuildConfig, out: Path) -> list:
     """
     import secrets
 
-    from medgrit.adapters.keys import is_inside, load_or_create_key
+    from medgrit.adapters.runtime.keys import is_inside, load_or_create_key
     from medgrit.adapters.sources import SourceError, open_sources
 
     key_path = _key_path(config)
@@ -341,7 +341,7 @@ def _open_checked(config: BuildConfig, out: Path) -> list:
 
 
 def _create_key(config: BuildConfig) -> None:
-    from medgrit.adapters.keys import load_or_create_key
+    from medgrit.adapters.runtime.keys import load_or_create_key
 
     key_path = _key_path(config)
     try:
@@ -368,8 +368,8 @@ def _reason(exc: BaseException) -> str:
 
 def _check_out(out: Path, source_roots: list[Path], overwrite: bool) -> bool:
     """Check --out before anything is written; True when it holds a dataset to replace."""
-    from medgrit.adapters.dataset_dir import foreign_entries, is_medgrit_dataset
-    from medgrit.adapters.keys import is_inside
+    from medgrit.adapters.runtime.keys import is_inside
+    from medgrit.adapters.store.dataset_dir import foreign_entries, is_medgrit_dataset
 
     existing = out
     while not existing.exists() and not existing.is_symlink() and existing != existing.parent:
@@ -424,7 +424,7 @@ _writing: list[tuple[Path, str]] = []
 
 def _take_out(out: Path, stack: ExitStack, mode: str) -> None:
     """Create --out (when missing) and hold its writer lock until ``stack`` closes."""
-    from medgrit.adapters.dataset_dir import DatasetBusy, hold_dataset
+    from medgrit.adapters.store.dataset_dir import DatasetBusy, hold_dataset
 
     if not _writing:
         _writing.append((out, mode))
@@ -451,9 +451,9 @@ def _remove_empty(folder: Path) -> None:
 
 def _build_replacing(config: BuildConfig, out: Path) -> None:
     """--overwrite: build beside ``out`` and swap the new dataset in once it is complete."""
-    from medgrit.adapters.dataset_dir import foreign_entries, prepare_staging, swap_in
-    from medgrit.adapters.interrupt import signalled
-    from medgrit.adapters.manifest import update_manifest
+    from medgrit.adapters.runtime.interrupt import signalled
+    from medgrit.adapters.store.dataset_dir import foreign_entries, prepare_staging, swap_in
+    from medgrit.adapters.store.manifest import update_manifest
 
     shown = out
     out = out.resolve()  # replace the folder itself, not a link to it
@@ -514,7 +514,7 @@ def resume(
     out: Annotated[Path, typer.Argument(help="Dataset directory of an interrupted build.")],
 ) -> None:
     """Finish an interrupted or failed build: only shards not yet done are built."""
-    from medgrit.adapters.manifest import ManifestError, read_manifest
+    from medgrit.adapters.store.manifest import ManifestError, read_manifest
 
     try:
         manifest = read_manifest(out)
@@ -537,7 +537,7 @@ def status(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """Show how far a build got: shards done, pending and failed, and the totals."""
-    from medgrit.adapters.manifest import ManifestError, read_manifest
+    from medgrit.adapters.store.manifest import ManifestError, read_manifest
 
     try:
         manifest = read_manifest(out)
@@ -562,8 +562,8 @@ def status(
 @app.command()
 def validate(out: Annotated[Path, typer.Argument(help="Dataset directory.")]) -> None:
     """Check a dataset against the data contract (files, schemas, boxes, text, splits)."""
-    from medgrit.adapters.manifest import ManifestError
-    from medgrit.adapters.validate import validate_dataset
+    from medgrit.adapters.store.manifest import ManifestError
+    from medgrit.adapters.store.validate import validate_dataset
 
     try:
         problems = validate_dataset(out)
@@ -582,7 +582,7 @@ def demo_data(
     out: Annotated[Path, typer.Argument(help="Folder to write the demo sources into.")],
 ) -> None:
     """Write the demo sources (all eight modalities, in their native layouts) to a folder."""
-    from medgrit.adapters.demo import demo_source_specs, ensure_demo_data
+    from medgrit.adapters.synthetic.demo import demo_source_specs, ensure_demo_data
 
     if out.exists() and not out.is_dir():
         fail(f"{_shown(out)} is a file, not a folder; choose a new folder")
@@ -609,7 +609,7 @@ def _continue_hint() -> str:
 
 def main() -> None:
     """Entry point of the ``medgrit`` console script."""
-    from medgrit.adapters.interrupt import exit_code, install_stop_handlers, signalled
+    from medgrit.adapters.runtime.interrupt import exit_code, install_stop_handlers, signalled
     from medgrit.flows.prefect_env import apply_prefect_defaults
 
     apply_prefect_defaults()

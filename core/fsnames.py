@@ -9,6 +9,8 @@ see (``bad\\xff.png``).
 
 from __future__ import annotations
 
+from pathlib import Path
+
 
 def name_bytes(text: str) -> bytes:
     """The bytes a name stands for (the file system's own bytes for undecodable names)."""
@@ -56,3 +58,12 @@ def from_portable(text: str) -> str:
     if not any(low <= ord(c) <= high for c in text):
         return text
     return "".join(chr(ord(c) - _PORTABLE_BASE) if low <= ord(c) <= high else c for c in text)
+
+
+def library_message(exc: BaseException, path: Path) -> str:
+    """What a library said about ``path``, with the file's folders left out and names escaped
+    (reject rows name the file, not where the user keeps it)."""
+    text = str(exc)
+    for spelled in {str(path), str(path.absolute()), str(path.resolve())}:
+        text = text.replace(spelled, path.name)
+    return escape_name(text)

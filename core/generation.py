@@ -1,7 +1,7 @@
 """What each image's conversation asks about, chosen deterministically from a seed.
 
 This module plans conversations (which tasks, which regions, which phrasing); the text itself comes
-from the Jinja templates in ``prompts/`` (see ``medgrit.adapters.templates``). Tasks:
+from the Jinja templates in ``prompts/`` (see ``medgrit.adapters.text.templates``). Tasks:
 VG (visual grounding: name -> box), ROC (referring object classification: box -> name),
 RC (referring captioning: box -> description) and MIA (medical image analysis: whole image).
 """

@@ -1,7 +1,7 @@
 """Client-side rate limiting for OpenAI-compatible APIs: requests and tokens per minute.
 
 Pure logic: no clock, no sleeping, no I/O. Every method takes ``now``, a monotonic time in
-seconds, from the caller (the async wrapper in :mod:`medgrit.adapters.llm_client` passes
+seconds, from the caller (the async wrapper in :mod:`medgrit.adapters.llm.client` passes
 ``time.monotonic()``; tests pass a fake clock). Durations are seconds, limits are per minute as
 providers state them, bucket levels are requests or tokens.
 

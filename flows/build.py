@@ -24,8 +24,7 @@ from prefect.artifacts import create_markdown_artifact  # noqa: E402
 from prefect.futures import as_completed  # noqa: E402
 from prefect.states import Failed  # noqa: E402
 
-from medgrit.adapters.dataset_dir import hold_dataset  # noqa: E402
-from medgrit.adapters.interrupt import (  # noqa: E402
+from medgrit.adapters.runtime.interrupt import (  # noqa: E402
     BuildInterrupted,
     clear_stop,
     request_stop,
@@ -33,14 +32,15 @@ from medgrit.adapters.interrupt import (  # noqa: E402
     stop_on_signals,
     stop_requested,
 )
-from medgrit.adapters.manifest import (  # noqa: E402
+from medgrit.adapters.store.dataset_dir import hold_dataset  # noqa: E402
+from medgrit.adapters.store.manifest import (  # noqa: E402
     FORMAT_MARKER,
     MANIFEST,
     read_manifest,
     update_manifest,
 )
-from medgrit.adapters.parquet import ParquetShardWriter, sha256_file  # noqa: E402
-from medgrit.adapters.templates import (  # noqa: E402
+from medgrit.adapters.store.parquet import ParquetShardWriter, sha256_file  # noqa: E402
+from medgrit.adapters.text.templates import (  # noqa: E402
     TemplateGenerator,
     combined_hash,
     template_hashes,
@@ -117,7 +117,7 @@ def _llm_totals(shards: list[dict]) -> dict:
 def _generator_info(config: BuildConfig) -> dict:
     """Generator name, template hashes and (for an LLM) model, for the manifest."""
     if config.generator == "llm" and config.llm is not None:
-        from medgrit.adapters.llm_generator import PROMPT_FILES
+        from medgrit.adapters.llm.generator import PROMPT_FILES
 
         hashes = template_hashes(list(PROMPT_FILES))
         return {

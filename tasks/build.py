@@ -13,14 +13,14 @@ from pathlib import Path
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from medgrit.adapters.demo import default_demo_dir
-from medgrit.adapters.interrupt import check_stop
-from medgrit.adapters.keys import load_or_create_key
-from medgrit.adapters.manifest import record_batch
-from medgrit.adapters.parquet import ParquetShardWriter
 from medgrit.adapters.pipeline import CaseTask, ShardBuilder, count_case_images
+from medgrit.adapters.runtime.interrupt import check_stop
+from medgrit.adapters.runtime.keys import load_or_create_key
 from medgrit.adapters.sources import Source, open_sources
-from medgrit.adapters.templates import TemplateGenerator
+from medgrit.adapters.store.manifest import record_batch
+from medgrit.adapters.store.parquet import ParquetShardWriter
+from medgrit.adapters.synthetic.demo import default_demo_dir
+from medgrit.adapters.text.templates import TemplateGenerator
 from medgrit.core.failures import is_disk_full
 from medgrit.core.generation import Generator
 from medgrit.core.ids import pseudonymise_case
@@ -148,7 +148,7 @@ def make_generator(config: BuildConfig, shard: str, known_batches: list[str]) ->
     """The build's generator for one shard (templates, or an LLM endpoint)."""
     if config.generator == "template" or config.llm is None:
         return TemplateGenerator(seed=config.seed, max_region_turns=config.max_region_turns)
-    from medgrit.adapters.llm_generator import LLMGenerator
+    from medgrit.adapters.llm.generator import LLMGenerator
 
     out = Path(config.out)
     return LLMGenerator(

@@ -23,13 +23,13 @@ import nibabel as nib
 import numpy as np
 from PIL import Image
 
-from medgrit.adapters.dicom_writer import (
+from medgrit.adapters.sources.limits import MAX_PIXELS
+from medgrit.adapters.synthetic.dicom_writer import (
     write_mask_png,
     write_seg,
     write_series,
     write_single_image,
 )
-from medgrit.adapters.limits import MAX_PIXELS
 
 
 @dataclass(frozen=True)

@@ -38,7 +38,7 @@ def pseudonym_key(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def demo_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The bundled demo sources, written once per session."""
-    from medgrit.adapters.demo import ensure_demo_data
+    from medgrit.adapters.synthetic.demo import ensure_demo_data
 
     return ensure_demo_data(tmp_path_factory.mktemp("demo") / "demo-data")
 

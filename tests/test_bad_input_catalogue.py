@@ -113,7 +113,7 @@ def _reasons_in_code() -> set[str]:
     """Every reject reason the code can write, read from its source."""
     root = README.parent
     text = "\n".join(
-        p.read_text() for folder in ("adapters", "core") for p in (root / folder).glob("*.py")
+        p.read_text() for folder in ("adapters", "core") for p in (root / folder).rglob("*.py")
     )
     patterns = [
         r'UnreadableImage\(\s*"([a-z_]+)"',
@@ -123,7 +123,7 @@ def _reasons_in_code() -> set[str]:
         r'out\.append\(\(\s*"([a-z_]+)"',
     ]
     found = {m for pattern in patterns for m in re.findall(pattern, text)}
-    for module in ("core/verify.py", "adapters/samed2d.py"):  # reasons that functions return
+    for module in ("core/verify.py", "adapters/sources/samed2d.py"):  # reasons that functions return
         found |= set(re.findall(r'return "([a-z_]+_[a-z_]+)"', (root / module).read_text()))
     return found
 

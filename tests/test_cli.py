@@ -15,8 +15,8 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from medgrit.adapters.demo import CT_LABELS, make_ct_phantom
-from medgrit.adapters.png import decode_png
+from medgrit.adapters.store.png import decode_png
+from medgrit.adapters.synthetic.demo import CT_LABELS, make_ct_phantom
 from medgrit.core.regions import to_bbox_1000
 from medgrit.core.text import parse_boxes
 from medgrit.schemas.tables import TABLES

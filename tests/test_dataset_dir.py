@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from medgrit.adapters.dataset_dir import (
+from medgrit.adapters.store.dataset_dir import (
     DatasetBusy,
     foreign_entries,
     hold_dataset,
@@ -21,13 +21,13 @@ from medgrit.adapters.dataset_dir import (
     swap_in,
     temp_suffix,
 )
-from medgrit.adapters.parquet import ParquetShardWriter
+from medgrit.adapters.store.parquet import ParquetShardWriter
 
 HOLDER = textwrap.dedent(
     """
     import sys, time
     from pathlib import Path
-    from medgrit.adapters.dataset_dir import hold_dataset
+    from medgrit.adapters.store.dataset_dir import hold_dataset
     with hold_dataset(Path(sys.argv[1])):
         print("held", flush=True)
         time.sleep(float(sys.argv[2]))

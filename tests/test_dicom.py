@@ -1,8 +1,9 @@
 """DICOM source: pydicom-data's real files and synthetic series, SEG, RTSTRUCT and PNG masks.
 
-Pins the contract of ``medgrit.adapters.dicom``: canonical RAS+ volumes identical to the same data
-read from NIfTI, slices sorted by position, label ids = SegmentNumber / ROINumber, holes kept,
-stable reject reasons, SUV, and no DICOM identifying value in anything returned or logged.
+Pins the contract of ``medgrit.adapters.sources.dicom``: canonical RAS+ volumes identical to the
+same data read from NIfTI, slices sorted by position, label ids = SegmentNumber / ROINumber,
+holes kept, stable reject reasons, SUV, and no DICOM identifying value in anything returned or
+logged.
 """
 
 from __future__ import annotations
@@ -21,9 +22,9 @@ from pydicom.data import get_testdata_file
 from pydicom.sr.codedict import codes
 from skimage.draw import polygon as draw_polygon
 
-from medgrit.adapters.cases import CaseRef, LoadedCase, SourceError
-from medgrit.adapters.dicom import fill_even_odd, load_dicom_case, open_dicom, suv_factor
-from medgrit.adapters.dicom_writer import (
+from medgrit.adapters.sources.dicom import fill_even_odd, load_dicom_case, open_dicom, suv_factor
+from medgrit.adapters.sources.nifti import NiftiReader
+from medgrit.adapters.synthetic.dicom_writer import (
     series_affine,
     write_mask_png,
     write_rtstruct,
@@ -31,7 +32,7 @@ from medgrit.adapters.dicom_writer import (
     write_series,
     write_single_image,
 )
-from medgrit.adapters.nifti import NiftiReader, UnreadableImage
+from medgrit.core.cases import CaseRef, LoadedCase, SourceError, UnreadableImage
 from medgrit.core.regions import extract_regions
 from medgrit.core.slicing import display_slice
 

@@ -15,8 +15,8 @@ from PIL import Image
 from scipy import ndimage
 from skimage import data
 
-from medgrit.adapters.cases import SourceError
-from medgrit.adapters.image_folder import load_image_folder_case, open_image_folder
+from medgrit.adapters.sources.image_folder import load_image_folder_case, open_image_folder
+from medgrit.core.cases import SourceError
 
 
 def _folder(root: Path, meta: dict | None, images: dict[str, np.ndarray | bytes]) -> Path:

@@ -19,9 +19,10 @@ from pathlib import Path
 import pytest
 from tenacity import wait_random_exponential
 
-from medgrit.adapters import llm_client
-from medgrit.adapters.llm_batch import BatchError, BatchRunner
-from medgrit.adapters.llm_client import (
+from medgrit.adapters.llm import client as llm_client
+from medgrit.adapters.llm.batch import BatchError, BatchRunner
+from medgrit.adapters.llm.cache import ResponseCache
+from medgrit.adapters.llm.client import (
     ChatRequest,
     ChatResult,
     LLMSettings,
@@ -29,7 +30,6 @@ from medgrit.adapters.llm_client import (
     Usage,
     request_hash,
 )
-from medgrit.adapters.response_cache import ResponseCache
 from medgrit.schemas.llm import FACTS_MARKER, LLMConversation
 from medgrit.testing.openai_server import ServerConfig, serve
 

@@ -248,7 +248,7 @@ def _strict(name: str) -> float:
 
 
 def test_nan_voxels_are_left_out_of_the_mapping_not_painted_black(medgrit, tmp_path: Path) -> None:
-    from medgrit.adapters.png import decode_png
+    from medgrit.adapters.store.png import decode_png
 
     root, holes = _mr_source(tmp_path / "Dataset081_MR", 0.03, all_nan_case=True)
     out = tmp_path / "ds"
@@ -399,7 +399,7 @@ def test_a_build_that_keeps_no_image_says_so(medgrit, tmp_path: Path) -> None:
 
 
 def test_an_empty_dicom_file_is_a_reject_not_skipped(medgrit, tmp_path: Path) -> None:
-    from medgrit.adapters.dicom_writer import write_mask_png, write_single_image
+    from medgrit.adapters.synthetic.dicom_writer import write_mask_png, write_single_image
 
     root = tmp_path / "CXR"
     root.mkdir()

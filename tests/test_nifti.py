@@ -9,10 +9,11 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from medgrit.adapters.nifti import NiftiReader, UnreadableImage
 from medgrit.adapters.pipeline import CaseTask, ShardBuilder
 from medgrit.adapters.sources import open_msd, open_nnunet
-from medgrit.adapters.templates import TemplateGenerator
+from medgrit.adapters.sources.nifti import NiftiReader
+from medgrit.adapters.text.templates import TemplateGenerator
+from medgrit.core.cases import UnreadableImage
 from medgrit.core.regions import extract_regions
 from medgrit.core.slicing import display_slice
 from medgrit.schemas.config import BuildConfig
@@ -108,7 +109,7 @@ def test_ct_phantom_is_windowed_and_liver_is_on_the_image_left(demo_dir: Path) -
     for region in liver:
         width = next(i["width"] for i in rows.images if i["image_id"] == region["image_id"])
         assert (region["bbox"][0] + region["bbox"][2]) / 2 < width / 2
-    from medgrit.adapters.png import decode_png
+    from medgrit.adapters.store.png import decode_png
 
     pixels = decode_png(rows.images[1]["image"]["bytes"])
     assert pixels.dtype == np.uint8 and pixels.ndim == 2

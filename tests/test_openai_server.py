@@ -24,7 +24,7 @@ import openai
 import pytest
 from pydantic import ValidationError
 
-from medgrit.adapters.templates import make_environment
+from medgrit.adapters.text.templates import make_environment
 from medgrit.core.generation import QA, TASKS, RegionFacts
 from medgrit.core.verify import TextRules, verify_qa
 from medgrit.schemas.llm import ImagePromptFacts, LLMConversation

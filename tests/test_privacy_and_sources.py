@@ -13,8 +13,8 @@ import pydicom
 import pytest
 from PIL import Image
 
-from medgrit.adapters.demo import CT_LABELS, make_ct_phantom
-from medgrit.adapters.dicom_writer import (
+from medgrit.adapters.synthetic.demo import CT_LABELS, make_ct_phantom
+from medgrit.adapters.synthetic.dicom_writer import (
     write_mask_png,
     write_seg,
     write_series,

@@ -17,8 +17,8 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from medgrit.adapters.dicom import load_dicom_case, open_dicom
-from medgrit.adapters.dicom_writer import write_seg, write_series
+from medgrit.adapters.sources.dicom import load_dicom_case, open_dicom
+from medgrit.adapters.synthetic.dicom_writer import write_seg, write_series
 
 CRANIUM = Path("/usr/share/doc/invesalius-examples/examples/Cranium.inv3")
 

@@ -16,12 +16,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from medgrit.adapters.cases import CaseRef
-from medgrit.adapters.image_folder import read_mask, read_planar_image
-from medgrit.adapters.limits import MAX_PIXELS
-from medgrit.adapters.nifti import MAX_VOXELS, NiftiReader, UnreadableImage
 from medgrit.adapters.pipeline import CaseTask, ShardBuilder, count_case_images
-from medgrit.adapters.templates import TemplateGenerator
+from medgrit.adapters.sources.image_folder import read_mask, read_planar_image
+from medgrit.adapters.sources.limits import MAX_PIXELS
+from medgrit.adapters.sources.nifti import MAX_VOXELS, NiftiReader
+from medgrit.adapters.text.templates import TemplateGenerator
+from medgrit.core.cases import CaseRef, UnreadableImage
 from medgrit.core.failures import InfrastructureError, fails_the_shard, is_disk_full
 from medgrit.core.intensity import count_non_finite, is_blank, percentile_bounds, to_uint8
 from medgrit.schemas.config import BuildConfig
@@ -118,7 +118,7 @@ def test_images_and_masks_over_the_pixel_limit_are_too_large(tmp_path: Path) -> 
         with pytest.raises(UnreadableImage) as info:
             reader(_png_header(tmp_path / name, side, side))
         assert info.value.reason == "too_large"
-    from medgrit.adapters.dicom import read_mask_png
+    from medgrit.adapters.sources.dicom import read_mask_png
 
     with pytest.raises(UnreadableImage) as info:
         read_mask_png(_png_header(tmp_path / "dicom_mask.png", 3 * side, side))
@@ -175,7 +175,7 @@ def test_nan_stays_one_pixel_when_pixels_are_made_square(tmp_path: Path) -> None
         labels=((1, "liver"),),
     )
     rows = ShardBuilder(BuildConfig(out="unused"), TemplateGenerator()).build(_tasks([ref]))
-    from medgrit.adapters.png import decode_png
+    from medgrit.adapters.store.png import decode_png
 
     assert len(rows.images) == 1, rows.rejects
     row = rows.images[0]

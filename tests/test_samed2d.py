@@ -14,8 +14,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from medgrit.adapters.cases import SourceError
-from medgrit.adapters.samed2d import (
+from medgrit.adapters.sources.samed2d import (
     SliceName,
     label_filter_reason,
     load_samed2d_case,
@@ -23,6 +22,7 @@ from medgrit.adapters.samed2d import (
     open_samed2d,
     parse_image_name,
 )
+from medgrit.core.cases import SourceError
 
 MAPPING = {
     "AbdomenCT1K": {"liver": 0, "kidney_left": 1, "spleen": 2, "union_liver_spleen": 3},

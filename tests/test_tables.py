@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from medgrit.adapters.parquet import ParquetShardWriter, part_path, sha256_file
+from medgrit.adapters.store.parquet import ParquetShardWriter, part_path, sha256_file
 from medgrit.schemas.tables import TABLES, schema_for
 
 text = st.text(max_size=24)

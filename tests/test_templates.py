@@ -8,7 +8,7 @@ import jinja2
 import numpy as np
 import pytest
 
-from medgrit.adapters.templates import (
+from medgrit.adapters.text.templates import (
     TEMPLATE_FILES,
     TemplateGenerator,
     make_environment,

@@ -19,8 +19,8 @@ import pyarrow.parquet as pq
 import pytest
 from catalogue import write_ct_source
 
-from medgrit.adapters.manifest import ManifestError
-from medgrit.adapters.validate import validate_dataset
+from medgrit.adapters.store.manifest import ManifestError
+from medgrit.adapters.store.validate import validate_dataset
 from medgrit.schemas.tables import TABLES
 
 pytestmark = pytest.mark.slow

@@ -1,7 +1,7 @@
 """Content-addressed cache of LLM answers, stored inside the dataset directory.
 
 Layout: ``<folder>/<key[:2]>/<key>.json``, one JSON record per request, where ``key`` is the
-request's :func:`medgrit.adapters.llm_client.request_hash` (sha256 hex of the model, sampling
+request's :func:`medgrit.adapters.llm.client.request_hash` (sha256 hex of the model, sampling
 parameters and messages). A record is ``{"content", "prompt_tokens", "completion_tokens",
 "model"}``. Only answers the pipeline judged valid are stored, so a rerun or a resume sends no
 request whose valid answer is known.

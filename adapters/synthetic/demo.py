@@ -284,7 +284,7 @@ DICOM_DEMOS = ("SyntheticPETPhantom", "SyntheticChestXrayPhantom", "SyntheticUlt
 def write_dicom_demos(root: Path, cases: int = 3, images: int = 6) -> None:
     """PET as DICOM series with SEG; chest X-ray (CR, MONOCHROME1) and ultrasound as single DICOM
     images with PNG label maps and a ``labels.json``. Patient attributes are synthetic."""
-    from medgrit.adapters.dicom_writer import (
+    from medgrit.adapters.synthetic.dicom_writer import (
         write_mask_png,
         write_seg,
         write_series,

@@ -22,7 +22,7 @@ RTSTRUCT whose series is absent becomes a case with ``members == ()`` that fails
 planar cases hold ``"{frame}|{mask path}"`` strings there.
 
 Volume cases load (:func:`load_dicom_case`) as canonical RAS+ :class:`Volume` objects exactly
-like ``medgrit.adapters.nifti`` (nibabel's closest-canonical reorientation): data shape
+like ``medgrit.adapters.sources.nifti`` (nibabel's closest-canonical reorientation): data shape
 (X, Y, Z), axis 0 toward the patient's Right, 1 Anterior, 2 Superior; spacing in mm; the affine
 maps voxels to RAS+ mm. The DICOM grid is built in LPS, the frame of DICOM patient coordinates:
 voxel (c, r, s) = column c, row r of slice s lies at
@@ -90,12 +90,20 @@ from pydicom.multival import MultiValue
 from pydicom.pixels import apply_color_lut, convert_color_space
 from pydicom.pixels import pixel_array as decode_pixels
 
-from medgrit.adapters.cases import CaseRef, LoadedCase, PlanarImage, Source, SourceError
-from medgrit.adapters.limits import MAX_VOXELS, check_pixels, open_image
-from medgrit.adapters.nifti import UnreadableImage, Volume, as_label_array
+from medgrit.adapters.sources.limits import MAX_VOXELS, check_pixels, open_image
+from medgrit.core.cases import (
+    CaseRef,
+    LoadedCase,
+    PlanarImage,
+    Source,
+    SourceError,
+    UnreadableImage,
+    Volume,
+)
 from medgrit.core.failures import fails_the_shard
 from medgrit.core.fsnames import escape_name
 from medgrit.core.ids import pseudonymise_case
+from medgrit.core.label_maps import as_label_array
 from medgrit.core.text import MODALITIES, readable_label_name
 
 __all__ = [
@@ -439,7 +447,7 @@ def open_dicom(spec: str, root: Path, key: bytes, modality: str | None = None) -
     Args:
         spec: the source spec (``dicom:PATH``).
         root: the folder.
-        key: the pseudonymisation key (see ``medgrit.adapters.keys``).
+        key: the pseudonymisation key (see ``medgrit.adapters.runtime.keys``).
         modality: modality key for every case, overriding the DICOM Modality.
 
     Returns:

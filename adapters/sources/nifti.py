@@ -11,50 +11,20 @@ from __future__ import annotations
 
 import math
 import zlib
-from dataclasses import dataclass
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 from nibabel.filebasedimages import ImageFileError
 
+from medgrit.core.cases import UnreadableImage, Volume
 from medgrit.core.failures import fails_the_shard
-from medgrit.core.fsnames import escape_name
-from medgrit.core.regions import label_dtype
-
-
-class UnreadableImage(Exception):
-    """A file that cannot be read as an image; ``reason`` is a reject reason code."""
-
-    def __init__(self, reason: str, detail: str) -> None:
-        detail = " ".join(detail.split())  # one line, whatever the library said
-        super().__init__(detail)
-        self.reason = reason
-        self.detail = detail
-
-
-@dataclass(frozen=True)
-class Volume:
-    """A canonical RAS+ volume.
-
-    Attributes:
-        data: (X, Y, Z) array, as stored (labels stay integer, images keep their dtype scaled
-            by the NIfTI slope/intercept when present).
-        spacing: voxel size in mm along each axis.
-        affine: 4x4 voxel-to-world (RAS+ mm) matrix of ``data``.
-    """
-
-    data: np.ndarray
-    spacing: tuple[float, float, float]
-    affine: np.ndarray
-
+from medgrit.core.fsnames import escape_name, library_message
+from medgrit.core.label_maps import as_label_array
 
 # The largest volume read (1 Gi voxels, 4 GiB as float32), checked on the header before any
 # voxel is allocated: a header may declare far more than its file holds.
 MAX_VOXELS = 1 << 30
-# Labels within this distance of an integer are that integer (float label maps written by
-# resampling tools); farther ones are fractional and rejected, never rounded.
-LABEL_TOLERANCE = 1e-3
 
 
 class NiftiReader:
@@ -118,15 +88,6 @@ class NiftiReader:
         return Volume(data=data, spacing=zooms, affine=canonical.affine)  # type: ignore[arg-type]
 
 
-def library_message(exc: BaseException, path: Path) -> str:
-    """What a library said about ``path``, with the file's folders left out and names escaped
-    (reject rows name the file, not where the user keeps it)."""
-    text = str(exc)
-    for spelled in {str(path), str(path.absolute()), str(path.resolve())}:
-        text = text.replace(spelled, path.name)
-    return escape_name(text)
-
-
 def _three_d(image, name: str, channel: int, as_labels: bool):
     """The 3D image of a NIfTI file: one channel of a 4D image; axes of size 1 past the third
     dropped; label maps with channels refused."""
@@ -146,59 +107,3 @@ def _three_d(image, name: str, channel: int, as_labels: bool):
             raise UnreadableImage("unsupported_shape", f"{name} has no channel {channel}")
         return image.slicer[..., channel]
     return image
-
-
-def as_label_array(data: np.ndarray, name: str = "label map") -> np.ndarray:
-    """Labels in the smallest unsigned dtype that holds them, never altered.
-
-    Float labels are accepted only when every value is a whole number (within
-    ``LABEL_TOLERANCE``); nothing is rounded away or cast silently.
-
-    Raises:
-        UnreadableImage: ``complex_label``, ``non_finite_label`` (NaN or infinite values),
-            ``fractional_label``, ``negative_label``, ``unsupported_dtype`` or
-            ``unsupported_shape`` (ids past 2**32).
-    """
-    kind = data.dtype.kind
-    if kind == "c":
-        raise UnreadableImage("complex_label", f"{name} holds complex labels")
-    if kind == "b":
-        data = data.astype(np.uint8)
-    elif kind == "f":
-        data = _whole_labels(data, name)
-    elif kind not in "iu":
-        raise UnreadableImage("unsupported_dtype", f"{name} holds {data.dtype} values, not labels")
-    if data.size and data.min() < 0:
-        raise UnreadableImage("negative_label", f"{name} holds negative values")
-    try:
-        dtype = label_dtype(int(data.max(initial=0)))
-    except ValueError as exc:
-        raise UnreadableImage("unsupported_shape", str(exc)) from None
-    return data.astype(dtype, copy=False)
-
-
-def _whole_labels(data: np.ndarray, name: str) -> np.ndarray:
-    """Float labels as int64, checked slab by slab (bounded extra memory on large maps)."""
-    out = np.empty(data.shape, dtype=np.int64)
-    flat_in, flat_out = data.reshape(-1), out.reshape(-1)
-    step = 1 << 22
-    for start in range(0, flat_in.size, step):
-        block = flat_in[start : start + step]
-        finite = np.isfinite(block)
-        if not finite.all():
-            bad = int(block.size - np.count_nonzero(finite))
-            raise UnreadableImage(
-                "non_finite_label", f"{name} holds NaN or infinite labels ({bad}+ voxels)"
-            )
-        whole = np.rint(block)
-        off = np.abs(block - whole) > LABEL_TOLERANCE
-        if off.any():
-            example = float(block[np.argmax(off)])
-            raise UnreadableImage(
-                "fractional_label",
-                f"{name} holds fractional labels (e.g. {example:g}); labels must be whole numbers",
-            )
-        if whole.size and np.abs(whole).max() > np.iinfo(np.uint32).max:
-            raise UnreadableImage("unsupported_shape", f"{name} holds label ids past 2**32")
-        flat_out[start : start + step] = whole.astype(np.int64)
-    return out

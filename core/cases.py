@@ -16,7 +16,31 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from medgrit.adapters.nifti import Volume
+
+class UnreadableImage(Exception):
+    """A file that cannot be read as an image; ``reason`` is a reject reason code."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        detail = " ".join(detail.split())  # one line, whatever the library said
+        super().__init__(detail)
+        self.reason = reason
+        self.detail = detail
+
+
+@dataclass(frozen=True)
+class Volume:
+    """A canonical RAS+ volume.
+
+    Attributes:
+        data: (X, Y, Z) array, as stored (labels stay integer, images keep their dtype scaled
+            by the NIfTI slope/intercept when present).
+        spacing: voxel size in mm along each axis.
+        affine: 4x4 voxel-to-world (RAS+ mm) matrix of ``data``.
+    """
+
+    data: np.ndarray
+    spacing: tuple[float, float, float]
+    affine: np.ndarray
 
 
 class SourceError(Exception):

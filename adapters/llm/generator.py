@@ -23,8 +23,8 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from medgrit.adapters.interrupt import check_stop
-from medgrit.adapters.llm_client import (
+from medgrit.adapters.llm.cache import ResponseCache
+from medgrit.adapters.llm.client import (
     ChatRequest,
     ChatResult,
     LLMSettings,
@@ -33,8 +33,8 @@ from medgrit.adapters.llm_client import (
     estimate_cost,
     request_hash,
 )
-from medgrit.adapters.response_cache import ResponseCache
-from medgrit.adapters.templates import (
+from medgrit.adapters.runtime.interrupt import check_stop
+from medgrit.adapters.text.templates import (
     combined_hash,
     make_environment,
     template_hashes,
@@ -276,7 +276,7 @@ class LLMGenerator:
         if todo:
             pending = [r for _, r in todo]
             if self.config.batch:
-                from medgrit.adapters.llm_batch import BatchRunner
+                from medgrit.adapters.llm.batch import BatchRunner
 
                 runner = BatchRunner(
                     self.settings, self._api_key, poll_interval_s=self.config.batch_poll_s

@@ -15,7 +15,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from medgrit.adapters.dataset_dir import is_stale_temporary, temp_suffix
+from medgrit.adapters.store.dataset_dir import is_stale_temporary, temp_suffix
 from medgrit.schemas.tables import TABLES
 
 
@@ -76,7 +76,7 @@ class ParquetShardWriter:
     def remove_temporaries(self) -> list[str]:
         """Delete temporary part files that writers now gone left behind; returns their paths.
 
-        A temporary file names its writer (see ``medgrit.adapters.dataset_dir``): the files of
+        A temporary file names its writer (see ``medgrit.adapters.store.dataset_dir``): the files of
         this process and of live processes on this host are kept.
         """
         removed = []

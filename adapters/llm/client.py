@@ -61,8 +61,8 @@ from tenacity import (
     wait_random_exponential,
 )
 
-from medgrit.adapters.interrupt import stop_requested
-from medgrit.adapters.response_cache import ResponseCache
+from medgrit.adapters.llm.cache import ResponseCache
+from medgrit.adapters.runtime.interrupt import stop_requested
 from medgrit.core.ratelimit import (
     Grant,
     RateLimiter,

@@ -32,8 +32,8 @@ import pyarrow.parquet as pq
 from PIL import Image
 from pydantic import ValidationError
 
-from medgrit.adapters.manifest import read_manifest
-from medgrit.adapters.parquet import part_path, sha256_file
+from medgrit.adapters.store.manifest import read_manifest
+from medgrit.adapters.store.parquet import part_path, sha256_file
 from medgrit.core.generation import QA, RegionFacts
 from medgrit.core.ids import image_id_for
 from medgrit.core.intensity import is_blank

@@ -60,11 +60,18 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from medgrit.adapters.cases import CaseRef, LoadedCase, PlanarImage, Source, SourceError
-from medgrit.adapters.limits import open_image
-from medgrit.adapters.nifti import UnreadableImage, as_label_array, library_message
+from medgrit.adapters.sources.limits import open_image
+from medgrit.core.cases import (
+    CaseRef,
+    LoadedCase,
+    PlanarImage,
+    Source,
+    SourceError,
+    UnreadableImage,
+)
 from medgrit.core.failures import fails_the_shard
-from medgrit.core.fsnames import escape_name
+from medgrit.core.fsnames import escape_name, library_message
+from medgrit.core.label_maps import as_label_array
 from medgrit.core.regions import label_dtype
 from medgrit.core.text import MODALITIES, readable_label_name
 

@@ -41,8 +41,8 @@ from typing import Any
 
 import openai
 
-from medgrit.adapters.interrupt import check_stop
-from medgrit.adapters.llm_client import (
+from medgrit.adapters.llm.cache import ResponseCache
+from medgrit.adapters.llm.client import (
     ChatRequest,
     ChatResult,
     LLMSettings,
@@ -54,7 +54,7 @@ from medgrit.adapters.llm_client import (
     request_hash,
     status_reason,
 )
-from medgrit.adapters.response_cache import ResponseCache
+from medgrit.adapters.runtime.interrupt import check_stop
 from medgrit.core.failures import InfrastructureError
 
 log = logging.getLogger(__name__)

@@ -15,7 +15,8 @@ from pathlib import Path
 
 from PIL import Image
 
-from medgrit.adapters.nifti import MAX_VOXELS, UnreadableImage
+from medgrit.adapters.sources.nifti import MAX_VOXELS
+from medgrit.core.cases import UnreadableImage
 from medgrit.core.fsnames import escape_name
 
 __all__ = ["MAX_PIXELS", "MAX_VOXELS", "check_pixels", "open_image"]

@@ -17,8 +17,8 @@ import json
 from collections.abc import Callable
 from pathlib import Path
 
-from medgrit.adapters.cases import CaseRef, LoadedCase, Source, SourceError
-from medgrit.adapters.nifti import NiftiReader
+from medgrit.adapters.sources.nifti import NiftiReader
+from medgrit.core.cases import CaseRef, LoadedCase, Source, SourceError
 from medgrit.core.fsnames import escape_name
 from medgrit.core.text import readable_label_name
 
@@ -214,7 +214,7 @@ def open_msd(spec: str, root: Path, modality: str | None = None) -> Source:
 
 
 def _demo_sources(root: Path, key: bytes) -> list[Source]:
-    from medgrit.adapters.demo import demo_source_specs, ensure_demo_data
+    from medgrit.adapters.synthetic.demo import demo_source_specs, ensure_demo_data
 
     try:
         ensure_demo_data(root)
@@ -262,7 +262,7 @@ def open_sources(
     for spec in specs:
         kind, path = parse_source_spec(spec)
         if kind == "demo":
-            from medgrit.adapters.demo import default_demo_dir
+            from medgrit.adapters.synthetic.demo import default_demo_dir
 
             root = Path(path) if path else (demo_dir or default_demo_dir())
             out.extend(_demo_sources(root, key))
@@ -311,7 +311,7 @@ def load_nifti_case(ref: CaseRef) -> LoadedCase:
     """Read a NIfTI image/label pair into canonical volumes.
 
     Raises:
-        UnreadableImage: see :class:`medgrit.adapters.nifti.NiftiReader`.
+        UnreadableImage: see :class:`medgrit.adapters.sources.nifti.NiftiReader`.
     """
     reader = NiftiReader()
     image = reader.read(ref.image_path, channel=ref.channel)
@@ -321,19 +321,19 @@ def load_nifti_case(ref: CaseRef) -> LoadedCase:
 
 
 def _open_dicom(spec: str, root: Path, modality: str | None, key: bytes) -> Source:
-    from medgrit.adapters.dicom import open_dicom
+    from medgrit.adapters.sources.dicom import open_dicom
 
     return open_dicom(spec, root, key, modality)
 
 
 def _open_samed2d(spec: str, root: Path, modality: str | None, key: bytes) -> Source:
-    from medgrit.adapters.samed2d import open_samed2d
+    from medgrit.adapters.sources.samed2d import open_samed2d
 
     return open_samed2d(spec, root, modality)
 
 
 def _open_images(spec: str, root: Path, modality: str | None, key: bytes) -> Source:
-    from medgrit.adapters.image_folder import open_image_folder
+    from medgrit.adapters.sources.image_folder import open_image_folder
 
     return open_image_folder(spec, root, modality)
 
@@ -349,9 +349,9 @@ SOURCE_OPENERS: dict[str, Callable[[str, Path, str | None, bytes], Source]] = {
 
 def _loaders() -> dict[str, Callable[[CaseRef], LoadedCase]]:
     # Imported on use: each format's dependencies load only when a case of it is read.
-    from medgrit.adapters.dicom import load_dicom_case
-    from medgrit.adapters.image_folder import load_image_folder_case
-    from medgrit.adapters.samed2d import load_samed2d_case
+    from medgrit.adapters.sources.dicom import load_dicom_case
+    from medgrit.adapters.sources.image_folder import load_image_folder_case
+    from medgrit.adapters.sources.samed2d import load_samed2d_case
 
     return {
         "nifti": load_nifti_case,

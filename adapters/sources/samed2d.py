@@ -74,9 +74,15 @@ from typing import NamedTuple
 
 import numpy as np
 
-from medgrit.adapters.cases import CaseRef, LoadedCase, PlanarImage, Source, SourceError
-from medgrit.adapters.image_folder import read_mask, read_planar_image
-from medgrit.adapters.nifti import UnreadableImage
+from medgrit.adapters.sources.image_folder import read_mask, read_planar_image
+from medgrit.core.cases import (
+    CaseRef,
+    LoadedCase,
+    PlanarImage,
+    Source,
+    SourceError,
+    UnreadableImage,
+)
 from medgrit.core.fsnames import escape_name
 from medgrit.core.regions import label_dtype
 from medgrit.core.text import MODALITIES, readable_label_name

@@ -13,8 +13,8 @@ Layout (schema version 1)::
 
 Wall-clock times and the host name live only here, never in table rows. The file is strict
 JSON (no NaN or Infinity) and is replaced atomically on every update. :func:`read_manifest`
-accepts only a manifest medgrit wrote (see ``medgrit.adapters.dataset_dir``) whose structure it
-can use; anything else is a :class:`ManifestError` with a one-line message.
+accepts only a manifest medgrit wrote (see ``medgrit.adapters.store.dataset_dir``) whose
+structure it can use; anything else is a :class:`ManifestError` with a one-line message.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ import threading
 from collections.abc import Callable
 from pathlib import Path
 
-from medgrit.adapters.dataset_dir import (
+from medgrit.adapters.store.dataset_dir import (
     FORMAT_MARKER,
     KNOWN_SCHEMA_VERSIONS,
     MANIFEST,

@@ -1,0 +1,1 @@
+"""Process-level concerns: stop requests and signals, the pseudonymisation key file."""

@@ -1,0 +1,2 @@
+"""The dataset store: Parquet shards, the manifest and completion records, the dataset folder,
+validation."""

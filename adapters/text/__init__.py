@@ -1,0 +1,1 @@
+"""Jinja prompt environment and the template generator."""
