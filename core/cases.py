@@ -1,18 +1,22 @@
-"""The case model shared by all sources: what discovery lists and what a loader returns.
+"""The case model shared by all sources: what discovery lists and what a reader returns.
 
-Discovery (``open_*`` functions) reads only metadata and lists :class:`CaseRef` objects. During a
-shard, the loader named by ``CaseRef.format`` turns one ref into a :class:`LoadedCase`: either a
-canonical RAS+ volume with its label volume (NIfTI, DICOM series) or a list of 2D images already
-in display orientation (single DICOM images, SA-Med2D-20M slices, image folders).
+Discovery (each format's opener) reads only metadata and lists :class:`Case` objects, one
+frozen subclass per format with the files that format reads. During a shard, the reader the
+source registry names for ``Case.format`` turns one case into a :class:`LoadedCase`: either a
+canonical RAS+ :class:`Volume` with its label volume (NIfTI, DICOM series) or a list of
+:class:`PlanarImage` already in display orientation (single DICOM images, SA-Med2D-20M slices,
+image folders). A reader that cannot read a case raises :class:`UnreadableImage`, whose reason
+becomes a reject row.
 
-Privacy: a ``CaseRef`` holds file paths and, for DICOM, *pseudonymous* case and patient keys; no
+Privacy: a case holds file paths and, for DICOM, *pseudonymous* case and patient keys; no
 DICOM attribute value other than whitelisted technical ones (modality, spacing, orientation)
-leaves a loader.
+leaves a reader.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
 
@@ -47,36 +51,44 @@ class SourceError(Exception):
     """A source a user must fix; the message is one line that says how."""
 
 
-@dataclass(frozen=True)
-class CaseRef:
-    """One case of a source, as discovered (nothing here is written to the tables).
+@dataclass(frozen=True, kw_only=True)
+class Case:
+    """What every case has, whatever its format (nothing here is written to the tables).
+
+    Each source format subclasses it with the files it reads (``NiftiCase``,
+    ``DicomSeriesCase``, ...); the format's reader takes exactly that type.
 
     Attributes:
         source: the source spec it came from (``KIND:PATH``).
         dataset: dataset name (from the source's metadata or folder name).
         case: the case's name in the source; for DICOM a keyed pseudonym.
-        format: which loader reads it: ``nifti``, ``dicom``, ``samed2d`` or ``images``.
-        image_path: the image file (for a DICOM series, its first file).
-        label_path: the label file (label map, SEG, RTSTRUCT or mask PNG).
         modality: modality key (``ct``, ``mr``, ``xray``, ...).
-        channel: channel kept from multi-channel images.
         labels: (label id, readable name) pairs known at discovery.
-        members: further files of the case (the files of a DICOM series, the slices of a 2D
-            case as "image|mask|mask..." strings); loader-specific.
         patient: the key the train/test split groups by (patient); empty means the case.
     """
+
+    # Which reader of the source registry reads this type (``medgrit.adapters.sources``).
+    format: ClassVar[str] = ""
+    # Whether messages about its files may quote patient data (DICOM): reject rows then give
+    # only an exception's class.
+    identifying: ClassVar[bool] = False
 
     source: str
     dataset: str
     case: str
-    format: str
-    image_path: str
-    label_path: str
     modality: str
-    channel: int = 0
     labels: tuple[tuple[int, str], ...] = ()
-    members: tuple[str, ...] = ()
     patient: str = ""
+
+    @property
+    def reference(self) -> str:
+        """The name reject rows give the case (a file name, or for DICOM the pseudonym)."""
+        return self.case
+
+    @property
+    def message_paths(self) -> tuple[str, ...]:
+        """Paths whose folders are cut out of library messages quoted in reject rows."""
+        return ()
 
 
 @dataclass(frozen=True)
@@ -89,7 +101,7 @@ class Source:
     dataset: str
     modality: str
     labels: tuple[tuple[int, str], ...]
-    cases: tuple[CaseRef, ...]
+    cases: tuple[Case, ...]
 
 
 @dataclass(frozen=True)

@@ -123,7 +123,10 @@ def _reasons_in_code() -> set[str]:
         r'out\.append\(\(\s*"([a-z_]+)"',
     ]
     found = {m for pattern in patterns for m in re.findall(pattern, text)}
-    for module in ("core/verify.py", "adapters/sources/samed2d.py"):  # reasons that functions return
+    for module in (
+        "core/verify.py",
+        "adapters/sources/samed2d.py",
+    ):  # reasons that functions return
         found |= set(re.findall(r'return "([a-z_]+_[a-z_]+)"', (root / module).read_text()))
     return found
 

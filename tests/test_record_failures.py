@@ -19,9 +19,9 @@ from PIL import Image
 from medgrit.adapters.pipeline import CaseTask, ShardBuilder, count_case_images
 from medgrit.adapters.sources.image_folder import read_mask, read_planar_image
 from medgrit.adapters.sources.limits import MAX_PIXELS
-from medgrit.adapters.sources.nifti import MAX_VOXELS, NiftiReader
+from medgrit.adapters.sources.nifti import MAX_VOXELS, NiftiCase, NiftiReader
 from medgrit.adapters.text.templates import TemplateGenerator
-from medgrit.core.cases import CaseRef, UnreadableImage
+from medgrit.core.cases import UnreadableImage
 from medgrit.core.failures import InfrastructureError, fails_the_shard, is_disk_full
 from medgrit.core.intensity import count_non_finite, is_blank, percentile_bounds, to_uint8
 from medgrit.schemas.config import BuildConfig
@@ -164,13 +164,12 @@ def test_nan_stays_one_pixel_when_pixels_are_made_square(tmp_path: Path) -> None
     affine = np.diag([1.0, 5.0, 1.0, 1.0])
     nib.save(nib.Nifti1Image(image, affine), root / "imagesTr" / "a_0000.nii.gz")
     nib.save(nib.Nifti1Image(labels, affine), root / "labelsTr" / "a.nii.gz")
-    ref = CaseRef(
+    ref = NiftiCase(
         source="nnunet:x",
         dataset="D",
         case="a",
-        format="nifti",
-        image_path=str(root / "imagesTr" / "a_0000.nii.gz"),
-        label_path=str(root / "labelsTr" / "a.nii.gz"),
+        image=str(root / "imagesTr" / "a_0000.nii.gz"),
+        label=str(root / "labelsTr" / "a.nii.gz"),
         modality="ct",
         labels=((1, "liver"),),
     )
@@ -200,18 +199,17 @@ def test_failure_classes() -> None:
         assert is_disk_full(outer)
 
 
-def _ct_case(root: Path, name: str, image: np.ndarray, labels: np.ndarray) -> CaseRef:
+def _ct_case(root: Path, name: str, image: np.ndarray, labels: np.ndarray) -> NiftiCase:
     (root / "imagesTr").mkdir(parents=True, exist_ok=True)
     (root / "labelsTr").mkdir(exist_ok=True)
     image_path = _nii(root / "imagesTr" / f"{name}_0000.nii.gz", image)
     label_path = _nii(root / "labelsTr" / f"{name}.nii.gz", labels)
-    return CaseRef(
+    return NiftiCase(
         source=f"nnunet:{root}",
         dataset="Synthetic",
         case=name,
-        format="nifti",
-        image_path=str(image_path),
-        label_path=str(label_path),
+        image=str(image_path),
+        label=str(label_path),
         modality="ct",
         labels=((1, "liver"), (2, "spleen")),
     )

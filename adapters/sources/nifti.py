@@ -11,13 +11,15 @@ from __future__ import annotations
 
 import math
 import zlib
+from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 import nibabel as nib
 import numpy as np
 from nibabel.filebasedimages import ImageFileError
 
-from medgrit.core.cases import UnreadableImage, Volume
+from medgrit.core.cases import Case, LoadedCase, UnreadableImage, Volume
 from medgrit.core.failures import fails_the_shard
 from medgrit.core.fsnames import escape_name, library_message
 from medgrit.core.label_maps import as_label_array
@@ -107,3 +109,41 @@ def _three_d(image, name: str, channel: int, as_labels: bool):
             raise UnreadableImage("unsupported_shape", f"{name} has no channel {channel}")
         return image.slicer[..., channel]
     return image
+
+
+@dataclass(frozen=True, kw_only=True)
+class NiftiCase(Case):
+    """A NIfTI image and its label map (nnU-Net and Decathlon layouts).
+
+    Attributes:
+        image: the image file (``.nii`` or ``.nii.gz``).
+        label: the label map file, on the image's grid.
+        channel: the channel kept from a 4D (multi-channel) image.
+    """
+
+    format: ClassVar[str] = "nifti"
+
+    image: str
+    label: str
+    channel: int = 0
+
+    @property
+    def reference(self) -> str:
+        return Path(self.label).name
+
+    @property
+    def message_paths(self) -> tuple[str, ...]:
+        return (self.image, self.label)
+
+
+def read_case(case: NiftiCase) -> LoadedCase:
+    """Read a NIfTI image/label pair into canonical volumes (CT in HU, others by percentile).
+
+    Raises:
+        UnreadableImage: see :class:`NiftiReader`.
+    """
+    reader = NiftiReader()
+    image = reader.read(case.image, channel=case.channel)
+    labels = reader.read(case.label, as_labels=True)
+    intensity = "hu" if case.modality == "ct" else "percentile"
+    return LoadedCase(case.modality, intensity, volume=image, label_volume=labels)
