@@ -224,7 +224,7 @@ def _phantom(seed: int) -> tuple[np.ndarray, np.ndarray]:
     return image, labels
 
 
-def _tasks(cases: list[CaseRef]) -> list[CaseTask]:
+def _tasks(cases: list[NiftiCase]) -> list[CaseTask]:
     return [CaseTask(ref, f"case{i}", "train") for i, ref in enumerate(cases)]
 
 
