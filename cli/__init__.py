@@ -306,8 +306,9 @@ def _open_checked(config: BuildConfig, out: Path) -> list:
     """
     import secrets
 
+    from medgrit.adapters.build import open_build_sources
     from medgrit.adapters.runtime.keys import is_inside, load_or_create_key
-    from medgrit.adapters.sources import SourceError, open_sources
+    from medgrit.adapters.sources import SourceError
 
     key_path = _key_path(config)
     if is_inside(key_path, out):
@@ -319,7 +320,7 @@ def _open_checked(config: BuildConfig, out: Path) -> list:
     except (OSError, ValueError) as exc:
         fail(f"cannot use the pseudonymisation key {_shown(key_path)}: {_reason(exc)}")
     try:
-        opened = open_sources(config.sources, modality=config.modality, key=key)
+        opened = open_build_sources(config, key)
     except SourceError as exc:
         fail(str(exc))
     except OSError as exc:

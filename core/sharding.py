@@ -6,9 +6,12 @@ rerun or a resume draws the same plan.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
-from medgrit.core.ids import unit_hash
+from medgrit.core.cases import Case
+from medgrit.core.ids import pseudonymise_case, unit_hash
+from medgrit.core.pipeline import CaseTask
+from medgrit.schemas.config import BuildConfig
 
 
 def plan_shards(n_cases: int, cases_per_shard: int) -> list[tuple[int, int]]:
@@ -92,3 +95,50 @@ def allocate_images(counts: Iterable[int], n_cases: int, max_images: int) -> lis
             out[i] += extra
             remaining -= extra
     return out
+
+
+def plan_build(
+    cases: Sequence[Case],
+    config: BuildConfig,
+    key: bytes,
+    count_images: Callable[[Case], int],
+) -> list[tuple[str, list[CaseTask]]]:
+    """Case ids, splits, image quotas and shards, deterministic from the case list and config.
+
+    Args:
+        cases: every case of the build's sources, in source order.
+        config: the build config.
+        key: the pseudonymisation key.
+        count_images: how many images a case gives without a quota; called (on the first
+            cases only) when ``config.max_images`` spreads a cap.
+    """
+    case_ids = [pseudonymise_case(c.dataset, c.case, key) for c in cases]
+    # Split by patient: all cases of one patient land on the same side.
+    patients = [(c.dataset, pseudonymise_case(c.dataset, c.patient or c.case, key)) for c in cases]
+    unique = sorted(set(patients))
+    patient_split = dict(
+        zip(
+            unique,
+            assign_splits(
+                [p for _, p in unique],
+                [d for d, _ in unique],
+                config.test_fraction,
+                config.split_seed,
+            ),
+            strict=True,
+        )
+    )
+    splits = [patient_split[p] for p in patients]
+    quotas: list[int | None] = [None] * len(cases)
+    if config.max_images is not None:
+        taken = allocate_images((count_images(c) for c in cases), len(cases), config.max_images)
+        quotas = [*taken, *([0] * (len(cases) - len(taken)))]
+    tasks = [
+        CaseTask(case, cid, split, quota)
+        for case, cid, split, quota in zip(cases, case_ids, splits, quotas, strict=True)
+        if quota != 0
+    ]
+    return [
+        (shard_name(i), tasks[start:stop])
+        for i, (start, stop) in enumerate(plan_shards(len(tasks), config.cases_per_shard))
+    ]

@@ -1,1 +1,1 @@
-"""An OpenAI-compatible server for medgrit's tests and benchmarks."""
+"""Test helpers users may reuse: an OpenAI-compatible fake provider (the ``testing`` extra)."""

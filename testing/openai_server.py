@@ -50,6 +50,11 @@ Start it in a separate process with :func:`serve` (a context manager) or from th
 compared in constant time and never logged; :func:`serve` passes the configuration through the
 child's stdin, never its command line, and the child exits when that pipe closes (the parent
 exited or died).
+
+It needs the ``testing`` extra (``pip install 'medgrit[testing]'``, part of the ``test`` extra);
+nothing of medgrit's build imports it. It is one module, over the usual size, on purpose: it runs
+as its own process with ``python -m``, and the API it fakes (chat, files, batches, faults,
+limits) is one contract whose parts share the same request model and answer rules.
 """
 
 from __future__ import annotations
@@ -76,12 +81,19 @@ from dataclasses import dataclass
 from typing import Any
 
 import httpx
-import uvicorn
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
-from starlette.applications import Starlette
-from starlette.requests import Request
-from starlette.responses import Response
-from starlette.routing import Route
+
+try:
+    import uvicorn
+    from starlette.applications import Starlette
+    from starlette.requests import Request
+    from starlette.responses import Response
+    from starlette.routing import Route
+except ImportError as exc:  # the base install leaves the fake provider's web stack out
+    raise ImportError(
+        "the fake OpenAI-compatible provider needs the testing extra: "
+        "pip install 'medgrit[testing]'"
+    ) from exc
 
 from medgrit.core.text import format_box, format_ref, laterality_of, strip_laterality
 from medgrit.schemas.llm import FACTS_MARKER, ImagePromptFacts, PromptRegion

@@ -118,7 +118,7 @@ def _reasons_in_code() -> set[str]:
     patterns = [
         r'UnreadableImage\(\s*"([a-z_]+)"',
         r'rejects\.append\(\s*\(\s*"([a-z_]+)"',
-        r'_reject\(\s*rows,\s*"[a-z]+",\s*"([a-z_]+)"',
+        r'Reject\(\s*"[a-z]+",\s*"([a-z_]+)"',
         r'reason, detail = "([a-z_]+)"',
         r'out\.append\(\(\s*"([a-z_]+)"',
     ]

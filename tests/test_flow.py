@@ -64,3 +64,40 @@ def test_failed_shard_is_recorded_and_the_rest_is_kept(on_server: str, tmp_path:
     manifest = build_dataset(config)
     assert manifest["status"] == "complete"
     assert manifest["totals"]["rows"]["images"] == 9
+
+
+def _tables(out: Path) -> dict[str, list[dict]]:
+    import pyarrow.parquet as pq
+
+    tables = {}
+    for name in ("images", "regions", "conversations", "rejects"):
+        rows = [
+            r for p in sorted((out / name).glob("*.parquet")) for r in pq.read_table(p).to_pylist()
+        ]
+        tables[name] = rows
+    return tables
+
+
+def test_a_plain_loop_builds_the_same_tables_as_the_prefect_flow(
+    on_server: str, tmp_path: Path
+) -> None:
+    from medgrit.adapters.build import LoopMapper, ThreadMapper, run_build
+
+    settings = {"max_images": 10, "cases_per_shard": 2}
+    flow_out, loop_out, pool_out = tmp_path / "flow", tmp_path / "loop", tmp_path / "pool"
+    build_dataset(BuildConfig(out=str(flow_out), **settings))
+    manifest = run_build(BuildConfig(out=str(loop_out), **settings), LoopMapper())
+    run_build(BuildConfig(out=str(pool_out), cases_per_shard=3, max_images=10), ThreadMapper(2))
+    assert manifest["status"] == "complete" and manifest["totals"]["rows"]["images"] == 10
+    flow_tables = _tables(flow_out)
+    assert flow_tables["images"] and flow_tables == _tables(loop_out)
+    assert (
+        json.loads((loop_out / "dataset.json").read_text())["totals"]
+        == json.loads((flow_out / "dataset.json").read_text())["totals"]
+    )
+    pool_tables = _tables(pool_out)  # other shards, same rows
+    for name, rows in flow_tables.items():
+        key = sorted(rows, key=lambda r: json.dumps(r, sort_keys=True, default=str))
+        assert key == sorted(
+            pool_tables[name], key=lambda r: json.dumps(r, sort_keys=True, default=str)
+        )

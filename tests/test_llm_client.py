@@ -377,7 +377,7 @@ def test_the_api_key_never_appears_in_logs_reprs_or_errors(server, configure, ca
     assert KEY not in text
     assert KEY not in caplog.text
     assert KEY not in str(raised.value) and raised.value.reason == "authentication_error"
-    assert any(r.name.startswith("medgrit.adapters.llm_") for r in caplog.records)
+    assert any(r.name.startswith("medgrit.adapters.llm.") for r in caplog.records)
 
 
 # --- batches ---------------------------------------------------------------------------------

@@ -9,11 +9,12 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from medgrit.adapters.pipeline import CaseTask, ShardBuilder
-from medgrit.adapters.sources import open_msd, open_nnunet
+from medgrit.adapters.build import SHARD_IO
 from medgrit.adapters.sources.nifti import NiftiReader
+from medgrit.adapters.sources.nnunet import open_msd, open_nnunet
 from medgrit.adapters.text.templates import TemplateGenerator
 from medgrit.core.cases import UnreadableImage
+from medgrit.core.pipeline import CaseTask, build_shard_rows
 from medgrit.core.regions import extract_regions
 from medgrit.core.slicing import display_slice
 from medgrit.schemas.config import BuildConfig
@@ -102,7 +103,9 @@ def test_ct_phantom_is_windowed_and_liver_is_on_the_image_left(demo_dir: Path) -
     source = open_nnunet("nnunet:demo", demo_dir / "Dataset901_SyntheticCTPhantom")
     case = source.cases[0]
     config = BuildConfig(out="unused", max_slices_per_case=3)
-    rows = ShardBuilder(config, TemplateGenerator()).build([CaseTask(case, "case0", "train")])
+    rows = build_shard_rows(
+        [CaseTask(case, "case0", "train")], config, TemplateGenerator(), SHARD_IO
+    )
     assert len(rows.images) == 3 and not [r for r in rows.rejects if r["stage"] == "load"]
     liver = [r for r in rows.regions if r["label"] == "liver"]
     assert liver, "the liver appears in the chosen slices"

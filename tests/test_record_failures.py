@@ -16,7 +16,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from medgrit.adapters.pipeline import CaseTask, ShardBuilder, count_case_images
+from medgrit.adapters.build import SHARD_IO
+from medgrit.adapters.sources import load_case
 from medgrit.adapters.sources.image_folder import read_mask, read_planar_image
 from medgrit.adapters.sources.limits import MAX_PIXELS
 from medgrit.adapters.sources.nifti import MAX_VOXELS, NiftiCase, NiftiReader
@@ -24,6 +25,7 @@ from medgrit.adapters.text.templates import TemplateGenerator
 from medgrit.core.cases import UnreadableImage
 from medgrit.core.failures import InfrastructureError, fails_the_shard, is_disk_full
 from medgrit.core.intensity import count_non_finite, is_blank, percentile_bounds, to_uint8
+from medgrit.core.pipeline import CaseTask, build_shard_rows, count_case_images
 from medgrit.schemas.config import BuildConfig
 
 AFFINE = np.diag([1.0, 1.0, 2.0, 1.0])
@@ -173,7 +175,7 @@ def test_nan_stays_one_pixel_when_pixels_are_made_square(tmp_path: Path) -> None
         modality="ct",
         labels=((1, "liver"),),
     )
-    rows = ShardBuilder(BuildConfig(out="unused"), TemplateGenerator()).build(_tasks([ref]))
+    rows = build_shard_rows(_tasks([ref]), BuildConfig(out="unused"), TemplateGenerator(), SHARD_IO)
     from medgrit.adapters.store.png import decode_png
 
     assert len(rows.images) == 1, rows.rejects
@@ -237,7 +239,9 @@ def test_one_bad_case_becomes_one_reject_and_the_shard_goes_on(tmp_path: Path) -
     blank = _ct_case(tmp_path, "blank", np.full_like(image, -1000), labels)
     good2 = _ct_case(tmp_path, "good2", *_phantom(2))
     config = BuildConfig(out=str(tmp_path / "out"))
-    rows = ShardBuilder(config, TemplateGenerator()).build(_tasks([good, inf_labels, blank, good2]))
+    rows = build_shard_rows(
+        _tasks([good, inf_labels, blank, good2]), config, TemplateGenerator(), SHARD_IO
+    )
     kept = {r["case_id"] for r in rows.images}
     assert kept == {"case0", "case3"}
     assert len(rows.conversations) == len(rows.images) == 6
@@ -246,7 +250,9 @@ def test_one_bad_case_becomes_one_reject_and_the_shard_goes_on(tmp_path: Path) -
     blank_rows = [r for r in rows.rejects if r["case_id"] == "case2"]
     assert {r["reason"] for r in blank_rows} == {"blank_image"} and len(blank_rows) == 3
     assert all(r["image_id"].startswith("case2-a") for r in blank_rows)
-    assert count_case_images(inf_labels, config) == 1  # planning keeps it for its reject row
+    assert (
+        count_case_images(inf_labels, config, load_case) == 1
+    )  # planning keeps it for its reject row
 
 
 class _FailsFor:
@@ -268,7 +274,7 @@ def test_a_generator_error_for_one_image_drops_only_that_image(tmp_path: Path) -
     cases = [_ct_case(tmp_path, f"c{i}", *_phantom(i)) for i in range(2)]
     config = BuildConfig(out=str(tmp_path / "out"))
     generator = _FailsFor("case1-a0001", KeyError("a template variable"))
-    rows = ShardBuilder(config, generator).build(_tasks(cases))
+    rows = build_shard_rows(_tasks(cases), config, generator, SHARD_IO)
     assert len(rows.images) == 5 and "case1-a0001" not in {r["image_id"] for r in rows.images}
     assert {r["image_id"] for r in rows.regions} == {r["image_id"] for r in rows.images}
     assert [(r["stage"], r["reason"], r["image_id"]) for r in rows.rejects] == [
@@ -282,7 +288,7 @@ def test_infrastructure_errors_still_fail_the_shard(tmp_path: Path) -> None:
     config = BuildConfig(out=str(tmp_path / "out"))
     generator = _FailsFor("case0-a0000", OSError(errno.ENOSPC, "No space left on device"))
     with pytest.raises(OSError):
-        ShardBuilder(config, generator).build(_tasks(cases))
+        build_shard_rows(_tasks(cases), config, generator, SHARD_IO)
 
 
 def test_dicom_files_that_share_their_uids_are_distinct_cases(tmp_path: Path) -> None:

@@ -7,13 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from medgrit.adapters.sources import (
-    SourceError,
-    modality_from_channel,
-    open_msd,
-    open_nnunet,
-    open_sources,
-)
+from medgrit.adapters.sources import SourceError, open_sources
+from medgrit.adapters.sources.nnunet import modality_from_channel, open_msd, open_nnunet
 
 
 def _nnunet(root: Path, meta: dict, cases: list[str]) -> Path:

@@ -1,0 +1,416 @@
+"""A build in plain Python: preflight, plan, shards through any mapper, the manifest.
+
+:func:`run_build` builds (or resumes) a dataset directory: it holds the dataset's writer lock,
+opens the sources once (:func:`prepare_build`, shared with the CLI's checks), plans the shards
+(pure, ``medgrit.core.sharding``), keeps the manifest (``medgrit.adapters.store.bookkeeping``) and
+runs every pending shard through a :class:`ShardMapper`: :class:`LoopMapper` in-process, a thread
+pool, or the Prefect flow's task runner (``medgrit.flows.build``). Each shard is
+:func:`build_one_shard`: the pure shard pipeline (``medgrit.core.pipeline``) with the real I/O
+passed in, then the Parquet writer. The mapper changes how shards run, never what they hold.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import as_completed as _futures_completed
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+from medgrit.adapters.runtime.interrupt import (
+    BuildInterrupted,
+    check_stop,
+    clear_stop,
+    request_stop,
+    signalled,
+    stop_on_signals,
+    stop_requested,
+)
+from medgrit.adapters.runtime.keys import load_or_create_key
+from medgrit.adapters.sources import Source, load_case, open_sources
+from medgrit.adapters.store.bookkeeping import (
+    BuildFailed,
+    DiskFull,
+    finalise,
+    new_manifest,
+    now,
+    record_outcome,
+    resume_from,
+    save_manifest,
+)
+from medgrit.adapters.store.dataset_dir import hold_dataset
+from medgrit.adapters.store.manifest import record_batch
+from medgrit.adapters.store.parquet import ParquetShardWriter
+from medgrit.adapters.store.png import encode_png
+from medgrit.adapters.synthetic.demo import default_demo_dir
+from medgrit.adapters.text.templates import TemplateGenerator, combined_hash, template_hashes
+from medgrit.core.failures import is_disk_full
+from medgrit.core.fsnames import escape_name
+from medgrit.core.generation import Generator
+from medgrit.core.pipeline import CaseTask, ShardIO, build_shard_rows, count_case_images
+from medgrit.core.sharding import plan_build
+from medgrit.core.summary import shard_stats
+from medgrit.schemas.config import BuildConfig, LLMConfig
+
+SHARD_IO = ShardIO(load=load_case, encode_png=encode_png, check_stop=check_stop)
+
+# -- preflight -------------------------------------------------------------------------------
+
+
+def build_key(config: BuildConfig) -> bytes:
+    """The pseudonymisation key of a build (created on first use; never written to OUT)."""
+    return load_or_create_key(Path(config.key_file) if config.key_file else None)
+
+
+_opened: dict[tuple, list[Source]] = {}
+
+
+def open_build_sources(config: BuildConfig, key: bytes) -> list[Source]:
+    """The sources of a build, opened once per process for the same sources, modality and key
+    (the CLI's checks and the flow share them).
+
+    Raises:
+        SourceError: a source a user must fix.
+    """
+    memo = (tuple(config.sources), config.modality, key)
+    if memo not in _opened:
+        _opened.clear()  # one build's listing at a time
+        _opened[memo] = open_sources(
+            config.sources, demo_dir=default_demo_dir(), modality=config.modality, key=key
+        )
+    return _opened[memo]
+
+
+@dataclass(frozen=True)
+class PreparedBuild:
+    """A build ready to run: its sources opened and its shards planned."""
+
+    sources: list[Source]
+    plan: list[tuple[str, list[CaseTask]]]
+
+
+def prepare_build(config: BuildConfig) -> PreparedBuild:
+    """Open the sources (see :func:`open_build_sources`) and plan the shards."""
+    key = build_key(config)
+    sources = open_build_sources(config, key)
+    cases = [case for source in sources for case in source.cases]
+    plan = plan_build(cases, config, key, lambda c: count_case_images(c, config, load_case))
+    return PreparedBuild(sources, plan)
+
+
+# -- one shard -------------------------------------------------------------------------------
+
+
+def resolve_api_key(llm: LLMConfig) -> str:
+    """The LLM API key: from a Prefect Secret block when named, else ``OPENAI_API_KEY``.
+
+    Raises:
+        LookupError: when neither holds a key.
+    """
+    if llm.api_key_block:
+        from prefect.blocks.system import Secret
+
+        return str(Secret.load(llm.api_key_block).get())
+    key = os.environ.get("OPENAI_API_KEY", "")
+    if not key:
+        raise LookupError("no API key: set OPENAI_API_KEY or pass --llm-api-key-block NAME")
+    return key
+
+
+def make_generator(config: BuildConfig, shard: str, known_batches: list[str]) -> Generator:
+    """The build's generator for one shard (templates, or an LLM endpoint)."""
+    if config.generator == "template" or config.llm is None:
+        return TemplateGenerator(seed=config.seed, max_region_turns=config.max_region_turns)
+    from medgrit.adapters.llm.generator import LLMGenerator
+
+    out = Path(config.out)
+    return LLMGenerator(
+        config.llm,
+        resolve_api_key(config.llm),
+        out / "llm" / "cache",
+        max_region_turns=config.max_region_turns,
+        known_batches=known_batches,
+        on_batch=lambda batch_id: record_batch(out, shard, batch_id),
+    )
+
+
+def generator_info(config: BuildConfig) -> dict:
+    """Generator name, template hashes and (for an LLM) model, for the manifest."""
+    if config.generator == "llm" and config.llm is not None:
+        from medgrit.adapters.llm.generator import PROMPT_FILES
+
+        hashes = template_hashes(list(PROMPT_FILES))
+        return {
+            "name": "llm",
+            "model": config.llm.model,
+            "base_url": config.llm.base_url,
+            "batch": config.llm.batch,
+            "template_hash": combined_hash(hashes),
+            "templates": hashes,
+        }
+    generator = TemplateGenerator(seed=config.seed, max_region_turns=config.max_region_turns)
+    return {
+        "name": generator.name,
+        "template_hash": generator.template_hash,
+        "templates": generator.template_hashes,
+    }
+
+
+@dataclass(frozen=True)
+class ShardJob:
+    """One shard to build: its id, its cases, the config and batches already submitted."""
+
+    shard: str
+    cases: list[CaseTask]
+    config: BuildConfig
+    known_batches: list[str] = field(default_factory=list)
+
+
+def build_one_shard(job: ShardJob) -> dict:
+    """Build and write one shard; returns its manifest entry (files, row counts, stats, tokens)."""
+    generator = make_generator(job.config, job.shard, job.known_batches)
+    rows = build_shard_rows(job.cases, job.config, generator, SHARD_IO)
+    tables = rows.as_tables()
+    check_stop()
+    written = ParquetShardWriter(Path(job.config.out)).write_shard(job.shard, tables)
+    spend = getattr(generator, "spend", None)
+    stats = shard_stats(tables)
+    stats["non_finite_values"] = rows.non_finite
+    return {
+        "rows": {name: f.rows for name, f in written.items()},
+        "files": {f.path: f.sha256 for f in written.values()},
+        "stats": stats,
+        "tokens": spend.as_dict() if spend else {"prompt": 0, "completion": 0},
+    }
+
+
+# -- mappers ---------------------------------------------------------------------------------
+
+
+class ShardFuture(Protocol):
+    """A submitted shard: ``result()`` returns its entry or raises what it raised."""
+
+    def result(self) -> dict: ...
+
+    def done(self) -> bool: ...
+
+
+class ShardMapper(Protocol):
+    """Runs shards: ``submit`` hands one over, ``as_completed`` yields them as they finish."""
+
+    def submit(self, job: ShardJob) -> ShardFuture: ...
+
+    def as_completed(self, futures: list[ShardFuture]) -> Iterator[ShardFuture]: ...
+
+
+class _Deferred:
+    """A shard the loop mapper runs when its turn comes."""
+
+    def __init__(self, job: ShardJob, work: Callable[[ShardJob], dict]) -> None:
+        self.job, self.work = job, work
+        self.outcome: dict | BaseException | None = None
+
+    def run(self) -> None:
+        try:
+            self.outcome = self.work(self.job)
+        except Exception as exc:  # noqa: BLE001 - kept for result(), as a future keeps it
+            self.outcome = exc
+
+    def done(self) -> bool:
+        return self.outcome is not None
+
+    def result(self) -> dict:
+        if isinstance(self.outcome, BaseException):
+            raise self.outcome
+        assert self.outcome is not None
+        return self.outcome
+
+
+@dataclass
+class LoopMapper:
+    """Shards one after another in this thread (no Prefect, no pool)."""
+
+    work: Callable[[ShardJob], dict] = build_one_shard
+
+    def submit(self, job: ShardJob) -> ShardFuture:
+        return _Deferred(job, self.work)
+
+    def as_completed(self, futures: list[ShardFuture]) -> Iterator[ShardFuture]:
+        for future in futures:
+            future.run()  # type: ignore[attr-defined]
+            yield future
+
+
+@dataclass
+class ThreadMapper:
+    """Shards on a pool of threads."""
+
+    workers: int = 2
+    work: Callable[[ShardJob], dict] = build_one_shard
+
+    def __post_init__(self) -> None:
+        self._pool = ThreadPoolExecutor(max_workers=self.workers)
+
+    def submit(self, job: ShardJob) -> ShardFuture:
+        return self._pool.submit(self.work, job)
+
+    def as_completed(self, futures: list[ShardFuture]) -> Iterator[ShardFuture]:
+        try:
+            yield from _futures_completed(futures)  # type: ignore[arg-type]
+        finally:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _outcome(future: ShardFuture) -> dict | BaseException:
+    try:
+        return future.result()
+    except Exception as exc:  # noqa: BLE001 - recorded in the manifest, the others go on
+        return exc
+
+
+# -- the build -------------------------------------------------------------------------------
+
+
+def run_build(
+    config: BuildConfig,
+    map_shards: ShardMapper | None = None,
+    rebuild_if_changed: bool = False,
+    logger: logging.Logger | logging.LoggerAdapter | None = None,
+    publish_summary: Callable[[str], None] | None = None,
+) -> dict:
+    """Build (or resume) a Med-GRIT-style dataset directory from segmentation sources.
+
+    Args:
+        config: the build config.
+        map_shards: how shards run (default: :class:`LoopMapper`).
+        rebuild_if_changed: when the directory holds a build whose config or plan differs,
+            start afresh (for medgrit's own staging folders); by default that is
+            ``DatasetMismatch``, so finished shards are never thrown away.
+        logger: where progress goes (default: the ``medgrit.build`` logger).
+        publish_summary: called with the summary of a build that finished.
+
+    Returns:
+        The final manifest (also written to ``OUT/dataset.json``).
+
+    Raises:
+        BuildFailed: when shards failed after their retries (the others are kept).
+        DiskFull: when the disk holding the dataset filled up.
+        DatasetBusy: when another process is writing the dataset.
+        DatasetMismatch: see ``rebuild_if_changed``.
+        BuildInterrupted: when a stop was requested (a signal); the manifest keeps what
+            finished.
+    """
+    out = Path(config.out)
+    out.mkdir(parents=True, exist_ok=True)
+    if not signalled():
+        clear_stop()  # a stop left by an earlier build of this process
+    with hold_dataset(out), stop_on_signals():
+        return _run_locked(
+            config,
+            out,
+            map_shards or LoopMapper(),
+            rebuild_if_changed,
+            logger or logging.getLogger("medgrit.build"),
+            publish_summary,
+        )
+
+
+def _run_locked(
+    config: BuildConfig,
+    out: Path,
+    mapper: ShardMapper,
+    rebuild_if_changed: bool,
+    logger: logging.Logger | logging.LoggerAdapter,
+    publish_summary: Callable[[str], None] | None,
+) -> dict:
+    shown = escape_name(str(out))
+    prepared = prepare_build(config)
+    plan = prepared.plan
+    manifest = new_manifest(config, prepared.sources, plan, generator_info(config))
+    resume_from(out, manifest, rebuild_if_changed)
+    writer = ParquetShardWriter(out)
+    for leftover in writer.remove_temporaries():
+        logger.info("removed %s left by an interrupted run", escape_name(leftover))
+    listed = {rel for e in manifest["shards"] if e["status"] == "done" for rel in e["files"]}
+    for stale in writer.remove_parts_except(listed):
+        logger.info("removed %s of an earlier build with another config", escape_name(stale))
+
+    entries = {e["id"]: e for e in manifest["shards"]}
+    pending = [(s, c) for s, c in plan if entries[s]["status"] != "done"]
+    total = len(plan)
+    logger.info(
+        "%d shards planned, %d to build, %d already done", total, len(pending), total - len(pending)
+    )
+    futures = {
+        mapper.submit(ShardJob(shard, cases, config, entries[shard].get("batches", []))): shard
+        for shard, cases in pending
+    }
+    finished = total - len(pending)
+    disk_full: OSError | None = None
+
+    def record(future: ShardFuture) -> None:
+        nonlocal finished, disk_full
+        shard = futures[future]
+        outcome = _outcome(future)
+        status = record_outcome(entries[shard], outcome)
+        if status == "done":
+            finished += 1
+            rows = entries[shard]["rows"]
+            logger.info(
+                "shard %s done (%d/%d): %d images, %d rejects",
+                shard,
+                finished,
+                total,
+                rows["images"],
+                rows["rejects"],
+            )
+        elif status == "failed":
+            logger.error("shard %s failed: %s", shard, entries[shard]["error"])
+            if disk_full is None and isinstance(outcome, OSError) and is_disk_full(outcome):
+                disk_full = outcome
+                request_stop()  # the shards not yet started would only fail the same way
+
+    try:
+        for future in mapper.as_completed(list(futures)):
+            record(future)
+            manifest["updated_at"] = now()
+            try:
+                save_manifest(out, manifest)
+            except OSError as exc:
+                if not is_disk_full(exc):
+                    raise
+                disk_full = disk_full or exc  # keep collecting: running shards finish or fail
+                request_stop()
+    except BaseException:
+        # Stopped (a signal) or broken: keep what finished, so a resume does not redo it.
+        request_stop()
+        for future, shard in futures.items():
+            if entries[shard]["status"] != "done" and future.done():
+                record(future)
+        try:
+            save_manifest(out, manifest)
+        except OSError:
+            pass  # the last manifest written stays valid
+        raise
+
+    if stop_requested() and disk_full is None:
+        raise BuildInterrupted("the build was asked to stop")  # never finalise a stopped build
+    if disk_full is not None:
+        try:
+            finalise(out, manifest)
+        except OSError:
+            pass  # the last manifest that fitted stays; resume recomputes the rest
+        raise DiskFull(disk_full.errno or 28, disk_full.strerror or "No space left", shown)
+    summary = finalise(out, manifest)
+    if publish_summary is not None:
+        publish_summary(summary)
+    failed = [s["id"] for s in manifest["shards"] if s["status"] == "failed"]
+    if failed:
+        raise BuildFailed(
+            f"{len(failed)} shard(s) failed ({', '.join(failed)}); "
+            f"run `medgrit resume {shown}` to retry them"
+        )
+    return manifest

@@ -1,0 +1,579 @@
+"""One shard's work, pure: loaded case -> slices -> regions -> facts -> generation -> verification
+-> rows.
+
+Follow one image top to bottom: :func:`build_shard_rows` runs :func:`build_case` for each case,
+which checks the loaded case (:func:`check_loaded`), chooses its slices and intensity bounds
+(:func:`volume_images` / :func:`planar_images`) and hands each 2D image to :func:`build_image`
+(blank check, :func:`describe_regions`, image and region rows). When every case is done,
+:func:`write_conversations` asks the generator for all images at once (so an LLM can take them
+concurrently) and :func:`verify_turns` keeps the turns whose every claim holds; an image left
+without a conversation is dropped with its region rows.
+
+The I/O is passed in (:class:`ShardIO`: reading a case, PNG encoding, the stop check), and so is
+the generator's transport (``medgrit.core.generation.Generator``); nothing here opens a file.
+Record-level problems become reject rows with a stable reason; nothing here raises for them.
+Each case (and within it each image) runs under a guard: an exception that is not an
+infrastructure failure (``medgrit.core.failures``) rolls back that record's rows and becomes one
+reject row (its ``UnreadableImage`` reason, else ``unexpected_error`` with the exception's
+class), so one bad record never sinks the shard. NaN and infinite intensities are left out of the
+mapping and counted (``ShardRows.non_finite``); an image that shows nothing after mapping is
+``blank_image``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from medgrit.core.cases import Case, LoadedCase, PlanarImage, UnreadableImage
+from medgrit.core.failures import fails_the_shard
+from medgrit.core.fsnames import escape_name
+from medgrit.core.generation import QA, Generated, Generator, ImageFacts, RegionFacts
+from medgrit.core.ids import image_id_for, region_id_for
+from medgrit.core.intensity import (
+    count_non_finite,
+    is_blank,
+    percentile_bounds,
+    to_uint8,
+    window_bounds,
+)
+from medgrit.core.regions import extract_regions, to_bbox_1000
+from medgrit.core.slicing import (
+    display_slice,
+    display_spacing,
+    foreground_slices,
+    select_slices,
+    square_pixels,
+)
+from medgrit.core.text import laterality_of, position_word, size_word
+from medgrit.core.verify import verify_qa
+from medgrit.schemas.config import BuildConfig
+from medgrit.schemas.rows import conversation_row, image_row, region_row, reject_row
+
+
+def _go_on() -> None:
+    """The stop check of a shard nobody stops."""
+
+
+@dataclass(frozen=True)
+class ShardIO:
+    """The I/O a shard needs, passed in.
+
+    Attributes:
+        load: reads a case (``medgrit.adapters.sources.load_case``); raises
+            ``UnreadableImage`` for a case it cannot read.
+        encode_png: 8-bit grey (H, W) or RGB (H, W, 3) pixels -> PNG bytes.
+        check_stop: raises when the build was asked to stop (called between records).
+    """
+
+    load: Callable[[Case], LoadedCase]
+    encode_png: Callable[[np.ndarray], bytes]
+    check_stop: Callable[[], None] = _go_on
+
+
+@dataclass(frozen=True)
+class CaseTask:
+    """A case as planned: its pseudonymous id, its split and how many images it may give."""
+
+    ref: Case
+    case_id: str
+    split: str
+    quota: int | None = None
+
+
+@dataclass(frozen=True)
+class Reject:
+    """A record dropped, before it becomes a row: stage, stable reason, detail, slice."""
+
+    stage: str
+    reason: str
+    detail: str
+    index: int | None = None
+
+
+@dataclass(frozen=True)
+class DisplayImage:
+    """One 2D image ready for regions: 8-bit pixels and the label map on the same grid."""
+
+    plane: str
+    slice_index: int
+    pixels: np.ndarray
+    labels: np.ndarray
+    non_finite: int = 0
+
+
+@dataclass(frozen=True)
+class DescribedRegions:
+    """The regions of one image: their facts, pixel boxes and sides, and what was dropped."""
+
+    facts: tuple[RegionFacts, ...]
+    bboxes: tuple[tuple[int, int, int, int], ...]
+    rejects: tuple[Reject, ...]
+
+
+@dataclass(frozen=True)
+class PendingImage:
+    """An image whose rows are written and whose conversation is still to be generated."""
+
+    task: CaseTask
+    source: str
+    image: ImageFacts
+    regions: list[RegionFacts]
+
+
+@dataclass
+class ShardRows:
+    """Rows of the four tables for one shard, in deterministic order."""
+
+    images: list[dict] = field(default_factory=list)
+    regions: list[dict] = field(default_factory=list)
+    conversations: list[dict] = field(default_factory=list)
+    rejects: list[dict] = field(default_factory=list)
+    non_finite: int = 0  # NaN or infinite intensities left out of the mapping
+    pending: list[PendingImage] = field(default_factory=list)
+
+    def as_tables(self) -> dict[str, list[dict]]:
+        """The rows by table name."""
+        return {
+            "images": self.images,
+            "regions": self.regions,
+            "conversations": self.conversations,
+            "rejects": self.rejects,
+        }
+
+    def reject(self, task: CaseTask, reject: Reject, image_id: str | None = None) -> None:
+        """Append a reject row for ``task``."""
+        self.rejects.append(
+            reject_row(
+                reject.stage,
+                reject.reason,
+                reject.detail,
+                case_source(task.ref, reject.index),
+                task.ref.dataset,
+                task.case_id,
+                image_id,
+            )
+        )
+
+    def _marks(self) -> tuple[int, ...]:
+        lists = (self.images, self.regions, self.conversations, self.rejects, self.pending)
+        return (*(len(rows) for rows in lists), self.non_finite)
+
+    def _roll_back(self, marks: tuple[int, ...]) -> None:
+        lists = (self.images, self.regions, self.conversations, self.rejects, self.pending)
+        for rows, mark in zip(lists, marks, strict=False):
+            del rows[mark:]
+        self.non_finite = marks[-1]
+
+
+# -- where a reject came from ----------------------------------------------------------------
+
+
+def case_source(case: Case, slice_index: int | None = None) -> str:
+    """Reference to the source of a reject row: dataset, the case's reference (a file name, or
+    for DICOM, whose file names may carry identifiers, the case pseudonym), slice."""
+    base = escape_name(f"{case.dataset}/{case.reference}")
+    return base if slice_index is None else f"{base}#slice={slice_index}"
+
+
+def error_detail(exc: Exception, case: Case) -> str:
+    """What a reject row says of an unexpected exception: its class, and for formats whose
+    messages cannot quote patient data (not DICOM) its message, escaped and cut short."""
+    if case.identifying:
+        return type(exc).__name__
+    text = str(exc)
+    if isinstance(exc, OSError) and exc.filename:
+        text = f"[Errno {exc.errno}] {exc.strerror}: {Path(str(exc.filename)).name}"
+    # Reject rows name files, not the folders a user keeps them in.
+    root = case.source.partition(":")[2]
+    for path in sorted({*case.message_paths, root} - {""}, key=len)[::-1]:
+        text = text.replace(str(Path(path).parent) + "/", "").replace(path, Path(path).name)
+    return f"{type(exc).__name__}: {escape_name(' '.join(text.split()))}"[:300]
+
+
+def guarded(
+    rows: ShardRows,
+    task: CaseTask,
+    stage: str,
+    index: int | None,
+    work: Callable[[], None],
+    image_id: str | None = None,
+) -> None:
+    """Run one record's ``work``; on a record-level exception drop what it added to ``rows``
+    and write one reject row instead (infrastructure failures propagate)."""
+    marks = rows._marks()
+    try:
+        work()
+    except Exception as exc:
+        if fails_the_shard(exc):
+            raise
+        rows._roll_back(marks)
+        if isinstance(exc, UnreadableImage):
+            reason, detail = exc.reason, exc.detail
+        else:
+            reason, detail = "unexpected_error", error_detail(exc, task.ref)
+        rows.reject(task, Reject(stage, reason, detail, index), image_id)
+
+
+# -- slices ----------------------------------------------------------------------------------
+
+
+def select_case_slices(labels: np.ndarray, config: BuildConfig, quota: int | None) -> np.ndarray:
+    """The slice indices a volume contributes under the config (and the max-images quota)."""
+    slices = foreground_slices(labels, config.plane, min_pixels=config.min_area)
+    return _apply_quota(slices, config, quota)
+
+
+def select_planar_images(
+    images: tuple[PlanarImage, ...], config: BuildConfig, quota: int | None
+) -> list[PlanarImage]:
+    """The 2D images of a planar case to take (those with foreground, stride, cap, quota)."""
+    with_foreground = np.array([i for i, im in enumerate(images) if im.labels.any()], dtype=int)
+    return [images[i] for i in _apply_quota(with_foreground, config, quota)]
+
+
+def _apply_quota(indices: np.ndarray, config: BuildConfig, quota: int | None) -> np.ndarray:
+    chosen = select_slices(indices, config.slice_stride, config.max_slices_per_case)
+    if quota is not None:
+        chosen = select_slices(chosen, 1, quota)
+    return chosen
+
+
+def count_loaded_images(loaded: LoadedCase, config: BuildConfig) -> int:
+    """How many images a loaded case would give without a quota (at least 1)."""
+    if loaded.label_volume is not None:
+        return max(1, int(select_case_slices(loaded.label_volume.data, config, None).size))
+    return max(1, len(select_planar_images(loaded.images, config, None)))
+
+
+def count_case_images(case: Case, config: BuildConfig, load: Callable[[Case], LoadedCase]) -> int:
+    """How many images a case would give without a quota (reads the case; 1 if unreadable)."""
+    try:
+        return count_loaded_images(load(case), config)
+    except Exception as exc:
+        if fails_the_shard(exc):
+            raise
+        return 1  # keep the case in the plan: its shard writes the reject row
+
+
+def intensity_bounds(kind: str, values: np.ndarray, config: BuildConfig) -> tuple[float, float]:
+    """Bounds mapped to 0 and 255 for an intensity kind (see ``medgrit.core.cases``)."""
+    if kind == "hu":
+        return window_bounds(*config.ct_window)
+    if kind == "suv":
+        return config.pet_suv_window
+    if kind == "percentile":
+        return percentile_bounds(values, *config.percentiles)
+    raise ValueError(f"no bounds for intensity kind {kind!r}")
+
+
+def check_loaded(case: Case, loaded: LoadedCase) -> Reject | None:
+    """Why nothing of a loaded volume case is usable, or None when it is."""
+    if loaded.volume is None:
+        return None
+    image, labels = loaded.volume, loaded.label_volume
+    if labels is None:
+        raise TypeError(f"reader of {case.format!r} returned a volume without labels")
+    if image.data.shape != labels.data.shape:
+        detail = f"image {image.data.shape} vs labels {labels.data.shape}"
+        return Reject("load", "shape_mismatch", detail)
+    if not labels.data.any():
+        return Reject("load", "empty_label_map", "the label map has no foreground")
+    return None
+
+
+def volume_images(
+    loaded: LoadedCase, config: BuildConfig, quota: int | None
+) -> Iterator[tuple[int, Callable[[], DisplayImage]]]:
+    """The chosen slices of a volume case: (slice index, a function that makes its image)."""
+    image, labels = loaded.volume, loaded.label_volume
+    assert image is not None and labels is not None  # check_loaded ran
+    plane = config.plane
+    bounds = intensity_bounds(loaded.intensity, image.data, config)
+    spacing = display_spacing(image.spacing, plane)
+    for index in select_case_slices(labels.data, config, quota):
+
+        def make(index: int = int(index)) -> DisplayImage:
+            pixels = display_slice(image.data, plane, index)
+            if pixels.dtype.kind == "f" and not np.isfinite(pixels).all():
+                # Not-a-number stays one pixel: set to the bottom of the mapping before
+                # resampling, it maps to 0 as NaN would, without spreading.
+                pixels = np.where(np.isfinite(pixels), pixels, np.float32(bounds[0]))
+            label_map = display_slice(labels.data, plane, index)
+            pixels, label_map = square_pixels(pixels, label_map, spacing)
+            return DisplayImage(plane, index, to_uint8(pixels, bounds), label_map)
+
+        yield int(index), make
+
+
+def planar_image(loaded: LoadedCase, planar: PlanarImage, config: BuildConfig) -> DisplayImage:
+    """One 2D image of a planar case, mapped to 8 bits unless it already is display-ready."""
+    pixels, non_finite = planar.pixels, 0
+    if loaded.intensity != "display":
+        non_finite = count_non_finite(pixels)
+        pixels = to_uint8(pixels, intensity_bounds(loaded.intensity, pixels, config))
+    return DisplayImage(planar.plane, planar.slice_index, pixels, planar.labels, non_finite)
+
+
+# -- regions ---------------------------------------------------------------------------------
+
+
+def describe_regions(
+    label_map: np.ndarray, names: dict[int, str], config: BuildConfig, image_id: str
+) -> DescribedRegions:
+    """The named regions of a label map with their words, and rejects for the others."""
+    height, width = label_map.shape
+    extraction = extract_regions(label_map, min_area=config.min_area)
+    rejects: list[Reject] = []
+    for label_id, area in zip(extraction.dropped_label_id, extraction.dropped_area, strict=True):
+        name = names.get(int(label_id), f"label {int(label_id)}")
+        detail = f"{name}: {int(area)} px < {config.min_area}"
+        rejects.append(Reject("regions", "below_min_area", detail))
+    table = extraction.regions
+    known = np.isin(table.label_id, list(names))
+    for label_id in np.unique(table.label_id[~known]):
+        detail = f"label value {int(label_id)} has no name in the source"
+        rejects.append(Reject("regions", "unknown_label", detail))
+    if not known.any():
+        rejects.append(Reject("regions", "no_regions", "no region left after filtering"))
+        return DescribedRegions((), (), tuple(rejects))
+    boxes_1000 = to_bbox_1000(table.bbox, width, height)
+    facts: list[RegionFacts] = []
+    bboxes: list[tuple[int, int, int, int]] = []
+    for row in np.flatnonzero(known):
+        bbox = tuple(int(v) for v in table.bbox[row])
+        area = int(table.area[row])
+        facts.append(
+            RegionFacts(
+                region_id=region_id_for(image_id, len(facts)),
+                label=names[int(table.label_id[row])],
+                label_id=int(table.label_id[row]),
+                instance=int(table.instance[row]),
+                bbox_1000=tuple(int(v) for v in boxes_1000[row]),  # type: ignore[arg-type]
+                area=area,
+                position=position_word(bbox, width, height),  # type: ignore[arg-type]
+                size=size_word(area, width, height),
+            )
+        )
+        bboxes.append(bbox)  # type: ignore[arg-type]
+    return DescribedRegions(tuple(facts), tuple(bboxes), tuple(rejects))
+
+
+# -- cases and images ------------------------------------------------------------------------
+
+
+def build_case(task: CaseTask, config: BuildConfig, io: ShardIO, rows: ShardRows) -> None:
+    """Rows of one case appended to ``rows`` (each image under its own guard)."""
+    try:
+        loaded = io.load(task.ref)
+    except UnreadableImage as exc:
+        rows.reject(task, Reject("load", exc.reason, exc.detail))
+        return
+    for reason, detail, index in loaded.rejects:
+        rows.reject(task, Reject("load", reason, detail, index))
+    problem = check_loaded(task.ref, loaded)
+    if problem is not None:
+        rows.reject(task, problem)
+        return
+    names = {**dict(task.ref.labels), **dict(loaded.label_names)}
+    if loaded.volume is None:
+        for planar in loaded.images:
+            if not planar.labels.any():
+                detail = "the mask has no foreground"
+                rows.reject(task, Reject("load", "empty_label_map", detail, planar.slice_index))
+        jobs = [
+            (p.plane, p.slice_index, lambda p=p: planar_image(loaded, p, config))
+            for p in select_planar_images(loaded.images, config, task.quota)
+        ]
+    else:
+        rows.non_finite += count_non_finite(loaded.volume.data)
+        plane = config.plane
+        jobs = [(plane, i, make) for i, make in volume_images(loaded, config, task.quota)]
+        if not jobs:
+            detail = f"no {plane} slice holds {config.min_area} labelled pixels (--min-area)"
+            rows.reject(task, Reject("load", "no_regions", detail))
+            return
+    for plane, index, make in jobs:
+        io.check_stop()
+
+        def work(make: Callable[[], DisplayImage] = make) -> None:
+            build_image(task, loaded.modality, make(), names, config, io, rows)
+
+        guarded(rows, task, "image", index, work, image_id_for(task.case_id, plane, index))
+
+
+def build_image(
+    task: CaseTask,
+    modality: str,
+    image: DisplayImage,
+    names: dict[int, str],
+    config: BuildConfig,
+    io: ShardIO,
+    rows: ShardRows,
+) -> None:
+    """Rows of one 2D image (8-bit grey or RGB pixels, label map) appended to ``rows``."""
+    rows.non_finite += image.non_finite
+    height, width = image.labels.shape
+    image_id = image_id_for(task.case_id, image.plane, image.slice_index)
+    if is_blank(image.pixels):
+        value = int(image.pixels.flat[0]) if image.pixels.size else 0
+        raise UnreadableImage("blank_image", f"every pixel is {value} after intensity mapping")
+    described = describe_regions(image.labels, names, config, image_id)
+    for reject in described.rejects:
+        rows.reject(task, _at(reject, image.slice_index), image_id)
+    if not described.facts:
+        return
+    facts = ImageFacts(image_id, modality, image.plane, width, height)
+    rows.images.append(
+        image_row(
+            facts,
+            task.ref.dataset,
+            task.case_id,
+            image.slice_index,
+            task.split,
+            io.encode_png(image.pixels),
+        )
+    )
+    rows.regions.extend(
+        region_row(fact, image_id, bbox, laterality_of(fact.label))
+        for fact, bbox in zip(described.facts, described.bboxes, strict=True)
+    )
+    source = case_source(task.ref, image.slice_index)
+    rows.pending.append(PendingImage(task, source, facts, list(described.facts)))
+
+
+def _at(reject: Reject, index: int) -> Reject:
+    return Reject(reject.stage, reject.reason, reject.detail, index)
+
+
+# -- conversations ---------------------------------------------------------------------------
+
+
+def verify_turns(
+    result: Generated, regions: list[RegionFacts], rules: object
+) -> tuple[list[QA], list[Reject]]:
+    """The generated turns whose every claim holds, and a reject for each of the others (the
+    generator's own rejects first)."""
+    rejects = [Reject("generate", reason, detail) for reason, detail in result.rejects]
+    by_id = {f.region_id: f for f in regions}
+    accepted = []
+    for qa in result.turns:
+        reason = verify_qa(qa, by_id, rules)
+        if reason is None:
+            accepted.append(qa)
+        else:
+            rejects.append(Reject("verify", reason, f"{qa.task}: {qa.answer[:200]}"))
+    if not accepted:
+        rejects.append(Reject("verify", "empty_conversation", "no turn passed verification"))
+    return accepted, rejects
+
+
+def write_conversation(
+    item: PendingImage, result: Generated, generator: Generator, rows: ShardRows
+) -> bool:
+    """Verify one image's generated turns and append its conversation row; False (and an
+    ``empty_conversation`` reject) when no turn passed."""
+    accepted, rejects = verify_turns(result, item.regions, generator.text_rules)
+    for reject in rejects:
+        rows.rejects.append(_reject_row(item, reject))
+    if not accepted:
+        return False
+    rows.conversations.append(
+        conversation_row(
+            item.image.image_id,
+            item.task.split,
+            accepted,
+            generator.name,
+            generator.template_hash,
+            result.prompt_hash,
+            result.prompt_tokens,
+            result.completion_tokens,
+        )
+    )
+    return True
+
+
+def _reject_row(item: PendingImage, reject: Reject) -> dict:
+    task = item.task
+    return reject_row(
+        reject.stage,
+        reject.reason,
+        reject.detail,
+        item.source,
+        task.ref.dataset,
+        task.case_id,
+        item.image.image_id,
+    )
+
+
+def write_conversations(generator: Generator, rows: ShardRows) -> None:
+    """Generate, verify and append the conversations of every pending image.
+
+    An image left without a conversation (its turns all failed, or writing them failed) is
+    dropped from the image and region rows: every image written has one conversation.
+    """
+    pending, rows.pending = rows.pending, []
+    try:
+        results: list[Generated | None] = list(
+            generator.generate_all([(p.image, p.regions) for p in pending])
+        )
+    except Exception as exc:
+        if fails_the_shard(exc):
+            raise
+        results = [_generate_one(generator, item, rows) for item in pending]
+    dropped: set[str] = set()
+    for item, result in zip(pending, results, strict=True):
+        if result is None or not _write_guarded(item, result, generator, rows):
+            dropped.add(item.image.image_id)
+    if dropped:
+        rows.images[:] = [r for r in rows.images if r["image_id"] not in dropped]
+        rows.regions[:] = [r for r in rows.regions if r["image_id"] not in dropped]
+
+
+def _generate_one(generator: Generator, item: PendingImage, rows: ShardRows) -> Generated | None:
+    """One image's conversation alone (after the shard's batch failed); None on failure."""
+    try:
+        return generator.generate_all([(item.image, item.regions)])[0]
+    except Exception as exc:
+        if fails_the_shard(exc):
+            raise
+        _reject_unexpected(rows, "generate", item, exc)
+        return None
+
+
+def _write_guarded(
+    item: PendingImage, result: Generated, generator: Generator, rows: ShardRows
+) -> bool:
+    marks = (len(rows.conversations), len(rows.rejects))
+    try:
+        return write_conversation(item, result, generator, rows)
+    except Exception as exc:
+        if fails_the_shard(exc):
+            raise
+        del rows.conversations[marks[0] :], rows.rejects[marks[1] :]
+        _reject_unexpected(rows, "verify", item, exc)
+        return False
+
+
+def _reject_unexpected(rows: ShardRows, stage: str, item: PendingImage, exc: Exception) -> None:
+    detail = error_detail(exc, item.task.ref)
+    rows.rejects.append(_reject_row(item, Reject(stage, "unexpected_error", detail)))
+
+
+# -- the shard -------------------------------------------------------------------------------
+
+
+def build_shard_rows(
+    cases: list[CaseTask], config: BuildConfig, generator: Generator, io: ShardIO
+) -> ShardRows:
+    """All rows of a shard, cases in the given order."""
+    rows = ShardRows()
+    for task in cases:
+        io.check_stop()
+        guarded(rows, task, "load", None, lambda task=task: build_case(task, config, io, rows))
+    io.check_stop()
+    write_conversations(generator, rows)
+    return rows

@@ -1,0 +1,102 @@
+"""The layers: pure logic in ``core`` imports no I/O of medgrit's, no Prefect, no pyarrow; the
+adapters never reach up into the flows or the CLI; a base install needs no web server."""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# Libraries that do I/O or orchestration: core may not import them, directly or through medgrit.
+NOT_IN_CORE = (
+    "prefect",
+    "pyarrow",
+    "nibabel",
+    "pydicom",
+    "highdicom",
+    "PIL",
+    "openai",
+    "httpx",
+    "jinja2",
+    "uvicorn",
+    "starlette",
+    "medgrit.adapters",
+    "medgrit.flows",
+    "medgrit.tasks",
+    "medgrit.cli",
+)
+
+
+def _imports(path: Path) -> set[str]:
+    names: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+            names.add(node.module)
+    return names
+
+
+def _offending(imports: set[str], banned: tuple[str, ...]) -> set[str]:
+    return {n for n in imports for b in banned if n == b or n.startswith(b + ".")}
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "core").glob("*.py")), ids=lambda p: p.name)
+def test_core_imports_nothing_of_the_outer_layers(path: Path) -> None:
+    assert not _offending(_imports(path), NOT_IN_CORE)
+
+
+def test_loading_all_of_core_loads_no_io_library() -> None:
+    modules = [f"medgrit.core.{p.stem}" for p in sorted((ROOT / "core").glob("*.py"))]
+    code = (
+        "import sys\n"
+        + "".join(f"import {m}\n" for m in modules if not m.endswith("__init__"))
+        + "print('\\n'.join(sys.modules))"
+    )
+    loaded = set(
+        subprocess.run(
+            [sys.executable, "-c", code], check=True, capture_output=True, text=True
+        ).stdout.split()
+    )
+    assert not _offending(loaded, NOT_IN_CORE)
+
+
+def test_adapters_never_import_flows_tasks_or_the_cli() -> None:
+    for path in sorted((ROOT / "adapters").rglob("*.py")):
+        found = _offending(_imports(path), ("medgrit.flows", "medgrit.tasks", "medgrit.cli"))
+        assert not found, f"{path.relative_to(ROOT)} imports {found}"
+
+
+def test_only_the_fake_provider_uses_a_web_server() -> None:
+    for folder in ("adapters", "cli", "core", "flows", "tasks", "schemas"):
+        for path in sorted((ROOT / folder).rglob("*.py")):
+            assert not _offending(_imports(path), ("uvicorn", "starlette", "medgrit.testing"))
+
+
+def test_the_cli_and_the_build_do_not_load_the_fake_provider() -> None:
+    code = (
+        "import sys, medgrit.cli, medgrit.flows.build, medgrit.adapters.llm.generator\n"
+        "print('\\n'.join(sys.modules))"
+    )
+    loaded = set(
+        subprocess.run(
+            [sys.executable, "-c", code], check=True, capture_output=True, text=True
+        ).stdout.split()
+    )
+    assert not _offending(loaded, ("medgrit.testing",))
+
+
+def test_only_the_testing_extra_brings_the_fake_provider_dependencies() -> None:
+    import tomllib
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    base = " ".join(project["dependencies"])
+    assert "uvicorn" not in base and "starlette" not in base
+    extras = project["optional-dependencies"]
+    assert any("uvicorn" in d for d in extras["testing"])
+    assert any("testing" in d for d in extras["test"])
