@@ -34,7 +34,7 @@ from pydantic import ValidationError
 
 from medgrit.adapters.store.manifest import read_manifest
 from medgrit.adapters.store.parquet import part_path, sha256_file
-from medgrit.core.generation import QA, RegionFacts
+from medgrit.core.generation import RegionFacts
 from medgrit.core.ids import image_id_for
 from medgrit.core.intensity import is_blank
 from medgrit.core.regions import to_bbox_1000
@@ -43,6 +43,7 @@ from medgrit.core.summary import merge_stats, shard_stats
 from medgrit.core.text import laterality_of, position_word, size_word
 from medgrit.core.verify import verify_qa
 from medgrit.schemas.config import BuildConfig
+from medgrit.schemas.rows import qa_of, region_facts
 from medgrit.schemas.tables import TABLES
 
 _PART = re.compile(r"^part-(?P<shard>[0-9A-Za-z_-]+)\.parquet$")
@@ -250,16 +251,7 @@ def _check_shard(
             problems.append(f"region {r['region_id']}: id does not name its image")
         if r["region_id"] in by_image[r["image_id"]]:
             problems.append(f"region {r['region_id']}: duplicate id")
-        by_image[r["image_id"]][r["region_id"]] = RegionFacts(
-            r["region_id"],
-            r["label"],
-            r["label_id"],
-            r["instance"],
-            tuple(r["bbox_1000"]),  # type: ignore[arg-type]
-            r["area"],
-            r["position"],
-            r["size"],
-        )
+        by_image[r["image_id"]][r["region_id"]] = region_facts(r)
 
     conversations = tables["conversations"].to_pylist()  # type: ignore[union-attr]
     per_image: dict[str, int] = defaultdict(int)
@@ -279,7 +271,7 @@ def _check_shard(
         if not conv["qa"]:
             problems.append(f"conversation {cid}: no turns")
         for turn in conv["qa"]:
-            qa = QA(turn["task"], turn["question"], turn["answer"], tuple(turn["region_ids"]))
+            qa = qa_of(turn)
             reason = verify_qa(qa, by_image[conv["image_id"]])
             if reason:
                 problems.append(f"conversation {cid}: {turn['task']} {reason}")
