@@ -21,7 +21,7 @@ from tenacity import wait_random_exponential
 
 from medgrit.adapters.llm import client as llm_client
 from medgrit.adapters.llm.batch import BatchError, BatchRunner
-from medgrit.adapters.llm.cache import ResponseCache
+from medgrit.adapters.llm.cache import AnswerCache, ResponseCache
 from medgrit.adapters.llm.client import (
     ChatRequest,
     ChatResult,
@@ -97,8 +97,8 @@ def chat_count(server) -> int:
     return server.stats()["requests"].get("chat_completions", 0)
 
 
-async def ask(config: LLMSettings, requests, cache=None, key=KEY):
-    async with OpenAICompatibleClient(config, key, cache=cache) as client:
+async def ask(config: LLMSettings, requests, key=KEY):
+    async with OpenAICompatibleClient(config, key) as client:
         results = await client.complete_all(requests)
         return results, client.usage
 
@@ -125,7 +125,7 @@ def test_answers_come_back_in_input_order_with_usage(server, configure):
     assert usage.requests_sent == 20 == chat_count(server)
     assert usage.prompt_tokens == stats["prompt_tokens"]
     assert usage.completion_tokens == stats["completion_tokens"]
-    assert (usage.retries, usage.rate_limited, usage.cache_hits) == (0, 0, 0)
+    assert (usage.retries, usage.rate_limited) == (0, 0)
     expected = (usage.prompt_tokens * 2.0 + usage.completion_tokens * 8.0) / 1e6
     assert llm_client.estimate_cost(config, usage) == pytest.approx(expected)
 
@@ -312,41 +312,41 @@ def test_a_tokens_per_minute_limit_is_respected(server, configure):
 
 
 def test_a_cache_hit_sends_no_request(server, configure, tmp_path):
-    cache = ResponseCache(tmp_path / "llm" / "cache")
     config = settings(server)
+    cache = AnswerCache(tmp_path / "llm" / "cache", config)
     req = request(7)
 
     async def first() -> ChatResult:
-        async with OpenAICompatibleClient(config, KEY, cache=cache) as client:
+        async with OpenAICompatibleClient(config, KEY) as client:
             result = await client.complete(req)
-            assert not list(cache.folder.rglob("*.json"))  # the client never caches itself
-            client.store(req, result)
+            assert not list(cache.records.folder.rglob("*.json"))  # the client never caches
+            cache.store(req, result)
             return result
 
     answer = asyncio.run(first())
     sent = chat_count(server)
 
-    results, usage = asyncio.run(ask(config, [req, request(8)], cache=cache))
+    hits, todo = cache.split([req, request(8)])
+    fresh, usage = asyncio.run(ask(config, [r for _, r in todo]))
 
-    assert results[0].from_cache and results[0].content == answer.content
-    assert (results[0].prompt_tokens, results[0].completion_tokens) == (
+    assert hits[0].from_cache and hits[0].content == answer.content
+    assert (hits[0].prompt_tokens, hits[0].completion_tokens) == (
         answer.prompt_tokens,
         answer.completion_tokens,
     )
     assert chat_count(server) == sent + 1  # only request 8 went out
-    assert usage.cache_hits == 1 and usage.requests_sent == 1
+    assert len(hits) == 1 and usage.requests_sent == 1 and fresh[0].content is not None
     key = answer.request_hash
-    record = json.loads((cache.folder / key[:2] / f"{key}.json").read_text())
+    record = json.loads((cache.records.folder / key[:2] / f"{key}.json").read_text())
     assert set(record) == {"content", "prompt_tokens", "completion_tokens", "model"}
 
 
 def test_failures_cannot_be_stored(server, tmp_path):
-    client = OpenAICompatibleClient(settings(server), KEY, cache=ResponseCache(tmp_path))
+    cache = AnswerCache(tmp_path, settings(server))
     failed = ChatResult("x", None, 0, 0, "ab" * 32, error="server_error")
 
     with pytest.raises(ValueError, match="no answer"):
-        client.store(request(0), failed)
-    asyncio.run(client.aclose())
+        cache.store(request(0), failed)
 
 
 # --- the API key -----------------------------------------------------------------------------
@@ -383,11 +383,9 @@ def test_the_api_key_never_appears_in_logs_reprs_or_errors(server, configure, ca
 # --- batches ---------------------------------------------------------------------------------
 
 
-def run_batch(server, requests, known=(), max_resubmits=2, cache=None):
+def run_batch(server, requests, known=(), max_resubmits=2):
     created: list[str] = []
-    runner = BatchRunner(
-        settings(server), KEY, cache=cache, poll_interval_s=0.02, max_resubmits=max_resubmits
-    )
+    runner = BatchRunner(settings(server), KEY, poll_interval_s=0.02, max_resubmits=max_resubmits)
     results = asyncio.run(runner.run(requests, known_batch_ids=known, on_batch=created.append))
     return results, created, runner.usage
 
@@ -486,15 +484,16 @@ def test_a_known_batch_of_other_requests_is_ignored(server, configure):
 
 
 def test_cached_requests_are_not_submitted(server, configure, tmp_path):
-    cache = ResponseCache(tmp_path)
+    cache = AnswerCache(tmp_path, settings(server))
     online, _ = asyncio.run(ask(settings(server), [request(3)]))
     record = {"content": online[0].content, "prompt_tokens": 1, "completion_tokens": 2}
-    cache.put(online[0].request_hash, {**record, "model": "medgrit-test"})
+    cache.records.put(online[0].request_hash, {**record, "model": "medgrit-test"})
 
-    results, created, usage = run_batch(server, [request(3)], cache=cache)
+    hits, todo = cache.split([request(3)])
+    results, created, usage = run_batch(server, [r for _, r in todo])
 
-    assert results[0].from_cache and created == []
-    assert usage == Usage(cache_hits=1)
+    assert hits[0].from_cache and results == [] and created == []
+    assert usage == Usage()
 
 
 def test_duplicate_custom_ids_are_rejected(server):

@@ -2,21 +2,21 @@
 
 Batch mode trades latency (up to the 24 h completion window) for half the price and no online
 rate limits. :meth:`BatchRunner.run` answers a list of :class:`ChatRequest` and returns one
-:class:`ChatResult` per request, in input order, like the online client:
+:class:`ChatResult` per request, in input order, like the online client, and like it is transport
+only (the generator answers known requests from its cache before any reach a batch):
 
-1. requests whose answer is in the cache (when given) are answered from it;
-2. ``known_batch_ids`` (recorded by an interrupted run) are retrieved first; a batch still
+1. ``known_batch_ids`` (recorded by an interrupted run) are retrieved first; a batch still
    running is polled to its end, and its answers are reused for the requests whose body equals
    the batch's input line (same ``custom_id`` and same model, parameters and messages), so
    nothing is paid twice;
-3. the rest is written as JSONL lines ``{"custom_id", "method": "POST", "url":
+2. the rest is written as JSONL lines ``{"custom_id", "method": "POST", "url":
    "/v1/chat/completions", "body": {model, messages, temperature, max_tokens,
    response_format?}}`` (split at ``MAX_BATCH_LINES`` lines / ``MAX_BATCH_BYTES``), uploaded
    with ``purpose="batch"`` and submitted with a ``24h`` window; ``on_batch(batch_id)`` is
    called right after each creation so the caller can record the id for a resume;
-4. each batch is polled every ``poll_interval_s`` seconds until ``completed``, ``failed``,
+3. each batch is polled every ``poll_interval_s`` seconds until ``completed``, ``failed``,
    ``expired`` or ``cancelled``; its output and error files are mapped back by ``custom_id``;
-5. lines that failed for a reason a new attempt can fix (429, 5xx, an unreadable answer,
+4. lines that failed for a reason a new attempt can fix (429, 5xx, an unreadable answer,
    expired or missing, a failed or cancelled batch) are resubmitted in a new batch, at most
    ``max_resubmits`` times; final failures (other 4xx, an empty answer) are not.
 
@@ -41,7 +41,6 @@ from typing import Any
 
 import openai
 
-from medgrit.adapters.llm.cache import ResponseCache
 from medgrit.adapters.llm.client import (
     ChatRequest,
     ChatResult,
@@ -148,7 +147,6 @@ class BatchRunner:
     Args:
         settings: model and parameters (limits do not apply to batches).
         api_key: the endpoint's key; kept by the SDK client only, never logged.
-        cache: answers to look up before submitting anything.
         poll_interval_s: seconds between status checks of a running batch.
         max_resubmits: new batches for requests that failed or expired, after the first.
     """
@@ -157,7 +155,6 @@ class BatchRunner:
         self,
         settings: LLMSettings,
         api_key: str,
-        cache: ResponseCache | None = None,
         poll_interval_s: float = 5.0,
         max_resubmits: int = 2,
     ) -> None:
@@ -166,7 +163,6 @@ class BatchRunner:
         if max_resubmits < 0:
             raise ValueError(f"max_resubmits must be >= 0, got {max_resubmits}")
         self.settings = settings
-        self.cache = cache
         self.poll_interval_s = poll_interval_s
         self.max_resubmits = max_resubmits
         self._secret = api_key
@@ -177,7 +173,6 @@ class BatchRunner:
         self._prompt_tokens = 0
         self._completion_tokens = 0
         self._rate_limited = 0
-        self._cache_hits = 0
 
     def __repr__(self) -> str:
         return f"BatchRunner(model={self.settings.model!r}, base_url={self.settings.base_url!r})"
@@ -192,7 +187,6 @@ class BatchRunner:
             completion_tokens=self._completion_tokens,
             retries=self._resubmitted,
             rate_limited=self._rate_limited,
-            cache_hits=self._cache_hits,
         )
 
     # -- the run -------------------------------------------------------------------------------
@@ -222,19 +216,6 @@ class BatchRunner:
         keys = [request_hash(self.settings, r) for r in requests]
         bodies = [chat_body(self.settings, r) for r in requests]
         results: list[ChatResult | None] = [None] * len(requests)
-        if self.cache is not None:
-            for i, request in enumerate(requests):
-                record = self.cache.get(keys[i])
-                if record is not None:
-                    self._cache_hits += 1
-                    results[i] = ChatResult(
-                        request.custom_id,
-                        record["content"],
-                        int(record.get("prompt_tokens", 0)),
-                        int(record.get("completion_tokens", 0)),
-                        keys[i],
-                        from_cache=True,
-                    )
         pending = {r.custom_id: i for i, r in enumerate(requests) if results[i] is None}
         reasons: dict[str, str] = {}  # why a pending request's last submission failed
 

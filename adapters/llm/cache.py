@@ -6,6 +6,10 @@ parameters and messages). A record is ``{"content", "prompt_tokens", "completion
 "model"}``. Only answers the pipeline judged valid are stored, so a rerun or a resume sends no
 request whose valid answer is known.
 
+:class:`AnswerCache` is the only reader and writer of these records: the generator asks it
+first and stores there the answers it judged valid; the client and the batch runner are
+transport only.
+
 Writes are atomic (a unique temporary file in the same folder, then ``os.replace``), so a reader,
 a concurrent writer thread or an interrupted run never sees half a record. Two writers of the
 same key write the same content; the last replace wins.
@@ -18,6 +22,8 @@ import os
 import re
 import tempfile
 from pathlib import Path
+
+from medgrit.adapters.llm.client import ChatRequest, ChatResult, LLMSettings, request_hash
 
 _KEY = re.compile(r"[0-9a-f]{8,128}")
 
@@ -77,3 +83,67 @@ class ResponseCache:
 
     def __contains__(self, key: str) -> bool:
         return self.path(key).is_file()
+
+
+class AnswerCache:
+    """The one path by which LLM answers are looked up and stored (the generator's): the
+    client and the batch runner only send what this leaves to ask.
+
+    Args:
+        folder: the records' folder (``OUT/llm/cache``).
+        settings: the model and parameters, part of every key.
+    """
+
+    def __init__(self, folder: Path, settings: LLMSettings) -> None:
+        self.records = ResponseCache(folder)
+        self.settings = settings
+
+    def __repr__(self) -> str:
+        return f"AnswerCache({str(self.records.folder)!r})"
+
+    def answer(self, request: ChatRequest) -> ChatResult | None:
+        """The stored answer to ``request`` (``from_cache`` set), or None."""
+        key = request_hash(self.settings, request)
+        record = self.records.get(key)
+        if record is None:
+            return None
+        return ChatResult(
+            request.custom_id,
+            record["content"],
+            int(record.get("prompt_tokens", 0)),
+            int(record.get("completion_tokens", 0)),
+            key,
+            from_cache=True,
+        )
+
+    def split(
+        self, requests: list[ChatRequest]
+    ) -> tuple[dict[int, ChatResult], list[tuple[int, ChatRequest]]]:
+        """Stored answers by request index, and the (index, request) pairs still to ask."""
+        hits: dict[int, ChatResult] = {}
+        todo: list[tuple[int, ChatRequest]] = []
+        for i, request in enumerate(requests):
+            found = self.answer(request)
+            if found is None:
+                todo.append((i, request))
+            else:
+                hits[i] = found
+        return hits, todo
+
+    def store(self, request: ChatRequest, result: ChatResult) -> None:
+        """Store ``result`` as the answer to ``request``; call only for answers judged valid.
+
+        Raises:
+            ValueError: the result has no content (a failure is never stored).
+        """
+        if result.content is None:
+            raise ValueError(f"request {request.custom_id!r} has no answer to cache")
+        self.records.put(
+            result.request_hash or request_hash(self.settings, request),
+            {
+                "content": result.content,
+                "prompt_tokens": result.prompt_tokens,
+                "completion_tokens": result.completion_tokens,
+                "model": self.settings.model,
+            },
+        )

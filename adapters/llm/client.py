@@ -1,15 +1,16 @@
 """Async client for OpenAI-compatible chat endpoints, at the provider's rate limit.
 
 One :class:`OpenAICompatibleClient` serves all requests of a shard: :meth:`complete_all` runs
-them concurrently and returns one :class:`ChatResult` per request, in input order. Each request:
+them concurrently and returns one :class:`ChatResult` per request, in input order. It is
+transport only: answers already known never reach it (``medgrit.adapters.llm.cache.AnswerCache``,
+which the generator asks first). Each request:
 
-1. cache lookup (when a :class:`ResponseCache` is given): a hit sends nothing;
-2. a slot of the connection pool (``max_concurrency`` requests in flight at most);
-3. the shared RPM/TPM limiter (:mod:`medgrit.core.ratelimit`): its token cost is estimated as
+1. a slot of the connection pool (``max_concurrency`` requests in flight at most);
+2. the shared RPM/TPM limiter (:mod:`medgrit.core.ratelimit`): its token cost is estimated as
    ``ceil(chars / 4) + max_tokens`` and corrected from ``usage`` after the call; the
    ``x-ratelimit-*`` headers of every response (429s included) lower the limits and levels when
    the server is stricter than the settings;
-4. the call, through ``openai.AsyncOpenAI`` with the SDK's own retries off (``max_retries=0``,
+3. the call, through ``openai.AsyncOpenAI`` with the SDK's own retries off (``max_retries=0``,
    so retries are not multiplied and every 429 reaches the limiter) and an HTTP connection pool
    of ``max_concurrency`` connections. The body is serialised once per request and sent with
    the SDK's generic ``post(..., cast_to=<http response>)``, which returns the raw response
@@ -28,9 +29,6 @@ answers are final: the same request would fail again. A request that fails for g
 ``server_error``, ``timeout``, ``connection_error``, ``malformed_response``, ``bad_request``
 (400, 404, 409, 422, ...), ``authentication_error`` (401, 403: the key or its permissions;
 every other request fails the same way) or ``api_error``.
-
-The client never caches by itself: the caller validates an answer and then calls
-:meth:`OpenAICompatibleClient.store`, so only valid answers are cached.
 
 The API key is held by the SDK client only: it is not part of :class:`LLMSettings`, not in any
 ``repr``, and the client's log messages and error reasons never contain it.
@@ -61,7 +59,6 @@ from tenacity import (
     wait_random_exponential,
 )
 
-from medgrit.adapters.llm.cache import ResponseCache
 from medgrit.adapters.runtime.interrupt import stop_requested
 from medgrit.core.ratelimit import (
     Grant,
@@ -175,7 +172,6 @@ class Usage:
         prompt_tokens, completion_tokens: tokens of the answered requests (server ``usage``).
         retries: attempts after the first one.
         rate_limited: 429 answers received.
-        cache_hits: requests answered from the cache (nothing sent).
     """
 
     requests_sent: int = 0
@@ -183,7 +179,6 @@ class Usage:
     completion_tokens: int = 0
     retries: int = 0
     rate_limited: int = 0
-    cache_hits: int = 0
 
 
 def estimate_cost(settings: LLMSettings, usage: Usage) -> float:
@@ -358,14 +353,10 @@ class OpenAICompatibleClient:
     Args:
         settings: model, limits, retries and prices.
         api_key: the endpoint's key; kept by the SDK client only, never logged.
-        cache: answers to look up before sending (and to :meth:`store` valid ones in).
     """
 
-    def __init__(
-        self, settings: LLMSettings, api_key: str, cache: ResponseCache | None = None
-    ) -> None:
+    def __init__(self, settings: LLMSettings, api_key: str) -> None:
         self.settings = settings
-        self.cache = cache
         self._secret = api_key
         self._client = openai.AsyncOpenAI(
             api_key=api_key,
@@ -389,7 +380,6 @@ class OpenAICompatibleClient:
         self._completion_tokens = 0
         self._retries = 0
         self._rate_limited = 0
-        self._cache_hits = 0
 
     def __repr__(self) -> str:
         return (
@@ -423,36 +413,11 @@ class OpenAICompatibleClient:
             completion_tokens=self._completion_tokens,
             retries=self._retries,
             rate_limited=self._rate_limited,
-            cache_hits=self._cache_hits,
         )
 
     def cost(self, usage: Usage | None = None) -> float:
         """USD for ``usage`` (default: this client's) at the settings' prices."""
         return estimate_cost(self.settings, self.usage if usage is None else usage)
-
-    # -- cache ---------------------------------------------------------------------------------
-
-    def store(self, request: ChatRequest, result: ChatResult) -> None:
-        """Cache ``result`` as the answer to ``request``; call only for answers judged valid.
-
-        Raises:
-            ValueError: the result has no content (a failure is never cached).
-            RuntimeError: the client has no cache.
-        """
-        if result.content is None:
-            raise ValueError(f"request {request.custom_id!r} has no answer to cache")
-        if self.cache is None:
-            raise RuntimeError("this client has no response cache; pass cache=ResponseCache(...)")
-        key = result.request_hash or request_hash(self.settings, request)
-        self.cache.put(
-            key,
-            {
-                "content": result.content,
-                "prompt_tokens": result.prompt_tokens,
-                "completion_tokens": result.completion_tokens,
-                "model": self.settings.model,
-            },
-        )
 
     # -- requests ------------------------------------------------------------------------------
 
@@ -467,20 +432,8 @@ class OpenAICompatibleClient:
         return [task.result() for task in tasks]
 
     async def complete(self, request: ChatRequest) -> ChatResult:
-        """One request: cache lookup (a hit sends nothing), then the limiter, then the call."""
+        """One request: the limiter, then the call (with retries)."""
         key = request_hash(self.settings, request)
-        if self.cache is not None:
-            record = self.cache.get(key)
-            if record is not None:
-                self._cache_hits += 1
-                return ChatResult(
-                    request.custom_id,
-                    record["content"],
-                    int(record.get("prompt_tokens", 0)),
-                    int(record.get("completion_tokens", 0)),
-                    key,
-                    from_cache=True,
-                )
         settings = self.settings
         body = json.dumps(chat_body(settings, request), ensure_ascii=False).encode("utf-8")
         tokens = estimate_tokens(request.messages, settings.max_tokens)

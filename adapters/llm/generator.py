@@ -23,7 +23,7 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from medgrit.adapters.llm.cache import ResponseCache
+from medgrit.adapters.llm.cache import AnswerCache
 from medgrit.adapters.llm.client import (
     ChatRequest,
     ChatResult,
@@ -31,7 +31,6 @@ from medgrit.adapters.llm.client import (
     OpenAICompatibleClient,
     Usage,
     estimate_cost,
-    request_hash,
 )
 from medgrit.adapters.runtime.interrupt import check_stop
 from medgrit.adapters.text.templates import (
@@ -158,7 +157,7 @@ class LLMGenerator:
         self.config = config
         self.settings = settings_from_config(config)
         self._api_key = api_key
-        self.cache = ResponseCache(cache_dir)
+        self.cache = AnswerCache(cache_dir, self.settings)
         self.max_region_turns = max_region_turns
         self.known_batches = list(known_batches)
         self.on_batch = on_batch
@@ -255,22 +254,7 @@ class LLMGenerator:
         ]
 
     async def _ask(self, requests: list[ChatRequest]) -> list[ChatResult]:
-        cached: dict[int, ChatResult] = {}
-        todo: list[tuple[int, ChatRequest]] = []
-        for i, request in enumerate(requests):
-            key = request_hash(self.settings, request)
-            record = self.cache.get(key)
-            if record is not None:
-                cached[i] = ChatResult(
-                    request.custom_id,
-                    record["content"],
-                    record["prompt_tokens"],
-                    record["completion_tokens"],
-                    key,
-                    from_cache=True,
-                )
-            else:
-                todo.append((i, request))
+        cached, todo = self.cache.split(requests)
         self.spend.cache_hits += len(cached)
         fresh: list[ChatResult] = []
         if todo:
@@ -320,7 +304,7 @@ class LLMGenerator:
             results = await self._ask(requests)
             last = attempt == self.config.retry_invalid
             unavailable: list[str] = []
-            for state, result in zip(active, results, strict=True):
+            for state, sent, result in zip(active, requests, results, strict=True):
                 if attempt == 0:
                     state.prompt_hash = result.request_hash
                 if result.content is None:
@@ -338,15 +322,7 @@ class LLMGenerator:
                     problems = ["the answer is not a JSON object of the requested shape"]
                 else:
                     if not result.from_cache:
-                        self.cache.put(
-                            result.request_hash,
-                            {
-                                "content": result.content,
-                                "prompt_tokens": result.prompt_tokens,
-                                "completion_tokens": result.completion_tokens,
-                                "model": self.settings.model,
-                            },
-                        )
+                        self.cache.store(sent, result)
                     problems = self._check(state, turns)
                     state.turns = turns
                 if not problems:
