@@ -21,6 +21,7 @@ from pydantic import ValidationError
 
 from medgrit.core.fsnames import escape_name
 from medgrit.schemas.config import BuildConfig
+from medgrit.schemas.sources import kinds_help
 
 app = typer.Typer(
     name="medgrit",
@@ -156,7 +157,7 @@ def _summary_text(out: Path) -> str:
 def build(
     sources: Annotated[
         list[str] | None,
-        typer.Argument(help="Sources as KIND:PATH (nnunet, msd) or 'demo'. Default: demo."),
+        typer.Argument(help=f"Sources as KIND:PATH or 'demo' (the default). {kinds_help()}."),
     ] = None,
     out: Annotated[Path, typer.Option("--out", "-o", help="Dataset directory to write.")] = ...,  # type: ignore[assignment]
     max_images: Annotated[int | None, typer.Option(help="Take at most N images (trials).")] = None,

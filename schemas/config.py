@@ -17,8 +17,8 @@ from pydantic import (
 )
 
 from medgrit.core.fsnames import from_portable, to_portable
+from medgrit.schemas.sources import KIND_NAMES
 
-SOURCE_KINDS: tuple[str, ...] = ("nnunet", "msd", "dicom", "samed2d", "images", "demo")
 Modality = Literal["ct", "mr", "xray", "pet", "endoscopy", "dermoscopy", "fundus", "ultrasound"]
 
 
@@ -130,10 +130,10 @@ class BuildConfig(BaseModel):
             )
         for spec in value:
             kind = spec.split(":", 1)[0]
-            if kind not in SOURCE_KINDS:
+            if kind not in KIND_NAMES:
                 raise ValueError(
                     f"unknown source kind {kind!r} in {spec!r}; "
-                    f"use one of {', '.join(SOURCE_KINDS)}"
+                    f"use one of {', '.join(KIND_NAMES)}"
                     " as KIND:PATH"
                 )
             if kind != "demo" and (":" not in spec or not spec.split(":", 1)[1]):

@@ -100,3 +100,18 @@ def test_only_the_testing_extra_brings_the_fake_provider_dependencies() -> None:
     extras = project["optional-dependencies"]
     assert any("uvicorn" in d for d in extras["testing"])
     assert any("testing" in d for d in extras["test"])
+
+
+def test_build_help_lists_every_source_kind_of_the_registry() -> None:
+    from medgrit.schemas.sources import SOURCE_KINDS
+
+    shown = subprocess.run(
+        [sys.executable, "-c", "from medgrit.cli import main; main()", "build", "--help"],
+        check=True,
+        capture_output=True,
+        text=True,
+        env={"COLUMNS": "400", "PATH": "/usr/bin:/bin", "HOME": "/tmp"},
+    ).stdout
+    flat = " ".join(shown.split())
+    for kind, (_, _, line) in SOURCE_KINDS.items():
+        assert f"{kind}: {line}" in flat

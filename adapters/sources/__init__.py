@@ -2,91 +2,24 @@
 
 A source spec is ``KIND:PATH``. Each format lives in its own module, which defines its frozen
 case type (a :class:`medgrit.core.cases.Case`), an opener per source kind that lists a folder's
-cases (reading metadata only), and ``read_case(case) -> LoadedCase``. :data:`FORMATS` is the
-only place a format is added: the source kinds users type, ``--help`` and the config's checks
-all come from it. A format's module is imported when a source or case of it is first used, so
-each format's dependencies load only then.
+cases (reading metadata only), and ``read_case(case) -> LoadedCase``.
+``medgrit.schemas.sources.FORMATS`` is the only place a format is added: the source kinds users
+type, ``--help`` and the config's checks all come from it. A format's module is imported when
+a source or case of it is first used, so each format's dependencies load only then.
 """
 
 from __future__ import annotations
 
 import importlib
-from dataclasses import dataclass
 from pathlib import Path
 
 from medgrit.core.cases import Case, LoadedCase, Source, SourceError
 from medgrit.core.fsnames import escape_name
+from medgrit.schemas.sources import FORMATS, SOURCE_KINDS
 
 __all__ = ["FORMATS", "SOURCE_KINDS", "Case", "Source", "SourceError", "load_case", "open_sources"]
 
 
-@dataclass(frozen=True)
-class Format:
-    """One source format: its module and the source kinds (layouts) that list its cases.
-
-    Attributes:
-        name: the format, as its case type's ``format`` names it.
-        module: the module with the case type and ``read_case(case) -> LoadedCase``.
-        kinds: source kind -> (its opener as ``module:function``, a line for ``--help``). An
-            opener is ``(spec, root, modality, key) -> Source``.
-    """
-
-    name: str
-    module: str
-    kinds: dict[str, tuple[str, str]]
-
-
-FORMATS: tuple[Format, ...] = (
-    Format(
-        "nifti",
-        "medgrit.adapters.sources.nifti",
-        {
-            "nnunet": (
-                "medgrit.adapters.sources.nnunet:open_nnunet",
-                "nnU-Net v2 raw dataset (dataset.json, imagesTr, labelsTr)",
-            ),
-            "msd": (
-                "medgrit.adapters.sources.nnunet:open_msd",
-                "Medical Segmentation Decathlon task (dataset.json, training)",
-            ),
-        },
-    ),
-    Format(
-        "dicom",
-        "medgrit.adapters.sources.dicom",
-        {
-            "dicom": (
-                "medgrit.adapters.sources.dicom:open_dicom",
-                "folder of DICOM files with SEG, RTSTRUCT or PNG masks",
-            )
-        },
-    ),
-    Format(
-        "samed2d",
-        "medgrit.adapters.sources.samed2d",
-        {
-            "samed2d": (
-                "medgrit.adapters.sources.samed2d:open_samed2d",
-                "SA-Med2D-20M release (images, masks, SAMed2D_v1.json)",
-            )
-        },
-    ),
-    Format(
-        "images",
-        "medgrit.adapters.sources.image_folder",
-        {
-            "images": (
-                "medgrit.adapters.sources.image_folder:open_image_folder",
-                "folder of 2D images and masks with labels.json",
-            )
-        },
-    ),
-)
-
-# Source kind -> (format, opener name, help line), in the order ``--help`` lists them.
-SOURCE_KINDS: dict[str, tuple[Format, str, str]] = {
-    kind: (fmt, opener, line) for fmt in FORMATS for kind, (opener, line) in fmt.kinds.items()
-}
 _BY_FORMAT = {fmt.name: fmt for fmt in FORMATS}
 
 

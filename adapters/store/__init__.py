@@ -1,2 +1,2 @@
-"""The dataset store: Parquet shards, the manifest and completion records, the dataset folder,
+"""The dataset store: Parquet shards, the manifest and its bookkeeping, the dataset folder,
 validation."""

@@ -4,17 +4,23 @@ Layout (schema version 1)::
 
     {"format": "medgrit-dataset", "schema_version": 1, "medgrit_version": ...,
      "config": {...BuildConfig...},
-     "sources": [{"spec", "kind", "dataset", "modality", "labels", "cases"}],
-     "generator": {"name", "template_hash", "templates": {file: sha256}},
-     "shards": [{"id", "cases": [{"source", "case", "split", "quota"}], "status",
-                 "rows": {table: n}, "files": {path: sha256}, "tokens": {...},
-                 "finished_at"}],
-     "totals": {...}, "created_at", "updated_at", "host"}
+     "sources": [{"spec", "kind", "dataset", "modality", "cases": n,
+                  "datasets": {name: {"cases", "modalities", "labels": {id: name}}}}],
+     "generator": {"name", "template_hash", "templates": {file: sha256}, "model"?, ...},
+     "tables": ["conversations", "images", "regions", "rejects"],
+     "shards": [{"id", "cases": [{"source", "case", "case_id", "split", "quota"}],
+                 "status": "pending" | "done" | "failed", "error"?, "batches"?,
+                 "rows": {table: n}, "files": {path: sha256}, "stats": {...},
+                 "tokens": {...}, "finished_at"}],
+     "totals": {"rows", ..., "llm": {...}}, "status": "complete" | "incomplete",
+     "created_at", "updated_at", "host"}
 
-Wall-clock times and the host name live only here, never in table rows. The file is strict
-JSON (no NaN or Infinity) and is replaced atomically on every update. :func:`read_manifest`
-accepts only a manifest medgrit wrote (see ``medgrit.adapters.store.dataset_dir``) whose
-structure it can use; anything else is a :class:`ManifestError` with a one-line message.
+The build writes it through ``medgrit.adapters.store.bookkeeping`` (new manifest, resume
+decision, shard outcomes, totals). Wall-clock times and the host name live only here, never in
+table rows. The file is strict JSON (no NaN or Infinity) and is replaced atomically on every
+update. :func:`read_manifest` accepts only a manifest medgrit wrote (see
+``medgrit.adapters.store.dataset_dir``) whose structure it can use; anything else is a
+:class:`ManifestError` with a one-line message.
 """
 
 from __future__ import annotations
