@@ -65,23 +65,37 @@ def build_key(config: BuildConfig) -> bytes:
     return load_or_create_key(Path(config.key_file) if config.key_file else None)
 
 
-_opened: dict[tuple, list[Source]] = {}
+# Sources the CLI's checks opened, handed to the build that follows in the same process.
+_handed_over: dict[tuple, list[Source]] = {}
+
+
+def _listing_key(config: BuildConfig, key: bytes) -> tuple:
+    return (tuple(config.sources), config.modality, key)
 
 
 def open_build_sources(config: BuildConfig, key: bytes) -> list[Source]:
-    """The sources of a build, opened once per process for the same sources, modality and key
-    (the CLI's checks and the flow share them).
+    """Open the sources of a build for the checks before it; the build that follows in this
+    process takes this listing instead of opening them again (once: a later build, as a
+    scheduled one in a long-lived worker, lists its sources afresh).
 
     Raises:
         SourceError: a source a user must fix.
     """
-    memo = (tuple(config.sources), config.modality, key)
-    if memo not in _opened:
-        _opened.clear()  # one build's listing at a time
-        _opened[memo] = open_sources(
-            config.sources, demo_dir=default_demo_dir(), modality=config.modality, key=key
-        )
-    return _opened[memo]
+    _handed_over.clear()
+    sources = open_sources(
+        config.sources, demo_dir=default_demo_dir(), modality=config.modality, key=key
+    )
+    _handed_over[_listing_key(config, key)] = sources
+    return sources
+
+
+def _build_sources(config: BuildConfig, key: bytes) -> list[Source]:
+    handed = _handed_over.pop(_listing_key(config, key), None)
+    if handed is not None:
+        return handed
+    return open_sources(
+        config.sources, demo_dir=default_demo_dir(), modality=config.modality, key=key
+    )
 
 
 @dataclass(frozen=True)
@@ -93,9 +107,9 @@ class PreparedBuild:
 
 
 def prepare_build(config: BuildConfig) -> PreparedBuild:
-    """Open the sources (see :func:`open_build_sources`) and plan the shards."""
+    """Open the sources (or take those the checks just opened) and plan the shards."""
     key = build_key(config)
-    sources = open_build_sources(config, key)
+    sources = _build_sources(config, key)
     cases = [case for source in sources for case in source.cases]
     plan = plan_build(cases, config, key, lambda c: count_case_images(c, config, load_case))
     return PreparedBuild(sources, plan)
