@@ -3,11 +3,12 @@
 
 Follow one image top to bottom: :func:`build_shard_rows` runs :func:`build_case` for each case,
 which checks the loaded case (:func:`check_loaded`), chooses its slices and intensity bounds
-(:func:`volume_images` / :func:`planar_images`) and hands each 2D image to :func:`build_image`
+(:func:`volume_images` / :func:`planar_image`) and hands each 2D image to :func:`build_image`
 (blank check, :func:`describe_regions`, image and region rows). When every case is done,
-:func:`write_conversations` asks the generator for all images at once (so an LLM can take them
-concurrently) and :func:`verify_turns` keeps the turns whose every claim holds; an image left
-without a conversation is dropped with its region rows.
+``medgrit.core.conversations.write_conversations`` asks the generator for all images at once
+(so an LLM can take them concurrently) and keeps the turns whose every claim holds; an image
+left without a conversation is dropped with its region rows. The rows and the per-record guard
+are ``medgrit.core.shard_rows``.
 
 The I/O is passed in (:class:`ShardIO`: reading a case, PNG encoding, the stop check), and so is
 the generator's transport (``medgrit.core.generation.Generator``); nothing here opens a file.
@@ -23,15 +24,14 @@ mapping and counted (``ShardRows.non_finite``); an image that shows nothing afte
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass
 
 import numpy as np
 
 from medgrit.core.cases import Case, LoadedCase, PlanarImage, UnreadableImage
+from medgrit.core.conversations import write_conversations
 from medgrit.core.failures import fails_the_shard
-from medgrit.core.fsnames import escape_name
-from medgrit.core.generation import QA, Generated, Generator, ImageFacts, RegionFacts
+from medgrit.core.generation import Generator, ImageFacts, RegionFacts
 from medgrit.core.ids import image_id_for, region_id_for
 from medgrit.core.intensity import (
     count_non_finite,
@@ -41,6 +41,7 @@ from medgrit.core.intensity import (
     window_bounds,
 )
 from medgrit.core.regions import extract_regions, to_bbox_1000
+from medgrit.core.shard_rows import CaseTask, PendingImage, Reject, ShardRows, case_source, guarded
 from medgrit.core.slicing import (
     display_slice,
     display_spacing,
@@ -49,9 +50,8 @@ from medgrit.core.slicing import (
     square_pixels,
 )
 from medgrit.core.text import laterality_of, position_word, size_word
-from medgrit.core.verify import verify_qa
 from medgrit.schemas.config import BuildConfig
-from medgrit.schemas.rows import conversation_row, image_row, region_row, reject_row
+from medgrit.schemas.rows import image_row, region_row
 
 
 def _go_on() -> None:
@@ -75,26 +75,6 @@ class ShardIO:
 
 
 @dataclass(frozen=True)
-class CaseTask:
-    """A case as planned: its pseudonymous id, its split and how many images it may give."""
-
-    ref: Case
-    case_id: str
-    split: str
-    quota: int | None = None
-
-
-@dataclass(frozen=True)
-class Reject:
-    """A record dropped, before it becomes a row: stage, stable reason, detail, slice."""
-
-    stage: str
-    reason: str
-    detail: str
-    index: int | None = None
-
-
-@dataclass(frozen=True)
 class DisplayImage:
     """One 2D image ready for regions: 8-bit pixels and the label map on the same grid."""
 
@@ -112,110 +92,6 @@ class DescribedRegions:
     facts: tuple[RegionFacts, ...]
     bboxes: tuple[tuple[int, int, int, int], ...]
     rejects: tuple[Reject, ...]
-
-
-@dataclass(frozen=True)
-class PendingImage:
-    """An image whose rows are written and whose conversation is still to be generated."""
-
-    task: CaseTask
-    source: str
-    image: ImageFacts
-    regions: list[RegionFacts]
-
-
-@dataclass
-class ShardRows:
-    """Rows of the four tables for one shard, in deterministic order."""
-
-    images: list[dict] = field(default_factory=list)
-    regions: list[dict] = field(default_factory=list)
-    conversations: list[dict] = field(default_factory=list)
-    rejects: list[dict] = field(default_factory=list)
-    non_finite: int = 0  # NaN or infinite intensities left out of the mapping
-    pending: list[PendingImage] = field(default_factory=list)
-
-    def as_tables(self) -> dict[str, list[dict]]:
-        """The rows by table name."""
-        return {
-            "images": self.images,
-            "regions": self.regions,
-            "conversations": self.conversations,
-            "rejects": self.rejects,
-        }
-
-    def reject(self, task: CaseTask, reject: Reject, image_id: str | None = None) -> None:
-        """Append a reject row for ``task``."""
-        self.rejects.append(
-            reject_row(
-                reject.stage,
-                reject.reason,
-                reject.detail,
-                case_source(task.ref, reject.index),
-                task.ref.dataset,
-                task.case_id,
-                image_id,
-            )
-        )
-
-    def _marks(self) -> tuple[int, ...]:
-        lists = (self.images, self.regions, self.conversations, self.rejects, self.pending)
-        return (*(len(rows) for rows in lists), self.non_finite)
-
-    def _roll_back(self, marks: tuple[int, ...]) -> None:
-        lists = (self.images, self.regions, self.conversations, self.rejects, self.pending)
-        for rows, mark in zip(lists, marks, strict=False):
-            del rows[mark:]
-        self.non_finite = marks[-1]
-
-
-# -- where a reject came from ----------------------------------------------------------------
-
-
-def case_source(case: Case, slice_index: int | None = None) -> str:
-    """Reference to the source of a reject row: dataset, the case's reference (a file name, or
-    for DICOM, whose file names may carry identifiers, the case pseudonym), slice."""
-    base = escape_name(f"{case.dataset}/{case.reference}")
-    return base if slice_index is None else f"{base}#slice={slice_index}"
-
-
-def error_detail(exc: Exception, case: Case) -> str:
-    """What a reject row says of an unexpected exception: its class, and for formats whose
-    messages cannot quote patient data (not DICOM) its message, escaped and cut short."""
-    if case.identifying:
-        return type(exc).__name__
-    text = str(exc)
-    if isinstance(exc, OSError) and exc.filename:
-        text = f"[Errno {exc.errno}] {exc.strerror}: {Path(str(exc.filename)).name}"
-    # Reject rows name files, not the folders a user keeps them in.
-    root = case.source.partition(":")[2]
-    for path in sorted({*case.message_paths, root} - {""}, key=len)[::-1]:
-        text = text.replace(str(Path(path).parent) + "/", "").replace(path, Path(path).name)
-    return f"{type(exc).__name__}: {escape_name(' '.join(text.split()))}"[:300]
-
-
-def guarded(
-    rows: ShardRows,
-    task: CaseTask,
-    stage: str,
-    index: int | None,
-    work: Callable[[], None],
-    image_id: str | None = None,
-) -> None:
-    """Run one record's ``work``; on a record-level exception drop what it added to ``rows``
-    and write one reject row instead (infrastructure failures propagate)."""
-    marks = rows._marks()
-    try:
-        work()
-    except Exception as exc:
-        if fails_the_shard(exc):
-            raise
-        rows._roll_back(marks)
-        if isinstance(exc, UnreadableImage):
-            reason, detail = exc.reason, exc.detail
-        else:
-            reason, detail = "unexpected_error", error_detail(exc, task.ref)
-        rows.reject(task, Reject(stage, reason, detail, index), image_id)
 
 
 # -- slices ----------------------------------------------------------------------------------
@@ -450,117 +326,6 @@ def _at(reject: Reject, index: int) -> Reject:
 
 
 # -- conversations ---------------------------------------------------------------------------
-
-
-def verify_turns(
-    result: Generated, regions: list[RegionFacts], rules: object
-) -> tuple[list[QA], list[Reject]]:
-    """The generated turns whose every claim holds, and a reject for each of the others (the
-    generator's own rejects first)."""
-    rejects = [Reject("generate", reason, detail) for reason, detail in result.rejects]
-    by_id = {f.region_id: f for f in regions}
-    accepted = []
-    for qa in result.turns:
-        reason = verify_qa(qa, by_id, rules)
-        if reason is None:
-            accepted.append(qa)
-        else:
-            rejects.append(Reject("verify", reason, f"{qa.task}: {qa.answer[:200]}"))
-    if not accepted:
-        rejects.append(Reject("verify", "empty_conversation", "no turn passed verification"))
-    return accepted, rejects
-
-
-def write_conversation(
-    item: PendingImage, result: Generated, generator: Generator, rows: ShardRows
-) -> bool:
-    """Verify one image's generated turns and append its conversation row; False (and an
-    ``empty_conversation`` reject) when no turn passed."""
-    accepted, rejects = verify_turns(result, item.regions, generator.text_rules)
-    for reject in rejects:
-        rows.rejects.append(_reject_row(item, reject))
-    if not accepted:
-        return False
-    rows.conversations.append(
-        conversation_row(
-            item.image.image_id,
-            item.task.split,
-            accepted,
-            generator.name,
-            generator.template_hash,
-            result.prompt_hash,
-            result.prompt_tokens,
-            result.completion_tokens,
-        )
-    )
-    return True
-
-
-def _reject_row(item: PendingImage, reject: Reject) -> dict:
-    task = item.task
-    return reject_row(
-        reject.stage,
-        reject.reason,
-        reject.detail,
-        item.source,
-        task.ref.dataset,
-        task.case_id,
-        item.image.image_id,
-    )
-
-
-def write_conversations(generator: Generator, rows: ShardRows) -> None:
-    """Generate, verify and append the conversations of every pending image.
-
-    An image left without a conversation (its turns all failed, or writing them failed) is
-    dropped from the image and region rows: every image written has one conversation.
-    """
-    pending, rows.pending = rows.pending, []
-    try:
-        results: list[Generated | None] = list(
-            generator.generate_all([(p.image, p.regions) for p in pending])
-        )
-    except Exception as exc:
-        if fails_the_shard(exc):
-            raise
-        results = [_generate_one(generator, item, rows) for item in pending]
-    dropped: set[str] = set()
-    for item, result in zip(pending, results, strict=True):
-        if result is None or not _write_guarded(item, result, generator, rows):
-            dropped.add(item.image.image_id)
-    if dropped:
-        rows.images[:] = [r for r in rows.images if r["image_id"] not in dropped]
-        rows.regions[:] = [r for r in rows.regions if r["image_id"] not in dropped]
-
-
-def _generate_one(generator: Generator, item: PendingImage, rows: ShardRows) -> Generated | None:
-    """One image's conversation alone (after the shard's batch failed); None on failure."""
-    try:
-        return generator.generate_all([(item.image, item.regions)])[0]
-    except Exception as exc:
-        if fails_the_shard(exc):
-            raise
-        _reject_unexpected(rows, "generate", item, exc)
-        return None
-
-
-def _write_guarded(
-    item: PendingImage, result: Generated, generator: Generator, rows: ShardRows
-) -> bool:
-    marks = (len(rows.conversations), len(rows.rejects))
-    try:
-        return write_conversation(item, result, generator, rows)
-    except Exception as exc:
-        if fails_the_shard(exc):
-            raise
-        del rows.conversations[marks[0] :], rows.rejects[marks[1] :]
-        _reject_unexpected(rows, "verify", item, exc)
-        return False
-
-
-def _reject_unexpected(rows: ShardRows, stage: str, item: PendingImage, exc: Exception) -> None:
-    detail = error_detail(exc, item.task.ref)
-    rows.rejects.append(_reject_row(item, Reject(stage, "unexpected_error", detail)))
 
 
 # -- the shard -------------------------------------------------------------------------------

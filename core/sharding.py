@@ -10,7 +10,7 @@ from collections.abc import Callable, Iterable, Sequence
 
 from medgrit.core.cases import Case
 from medgrit.core.ids import pseudonymise_case, unit_hash
-from medgrit.core.pipeline import CaseTask
+from medgrit.core.shard_rows import CaseTask
 from medgrit.schemas.config import BuildConfig
 
 

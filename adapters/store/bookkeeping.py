@@ -25,7 +25,7 @@ from medgrit.adapters.store.parquet import sha256_file
 from medgrit.core.cases import Source
 from medgrit.core.failures import StopRequested, is_disk_full
 from medgrit.core.fsnames import escape_name
-from medgrit.core.pipeline import CaseTask
+from medgrit.core.shard_rows import CaseTask
 from medgrit.core.summary import merge_stats, render_summary
 from medgrit.schemas.config import BuildConfig
 from medgrit.schemas.tables import SCHEMA_VERSION, TABLES
