@@ -1,0 +1,168 @@
+"""Checks before a build writes anything: sources, the key file, the API key, the out folder.
+
+Every check that fails prints one line and exits with code 2; nothing is written until all have
+passed (the key file is created last, by :func:`create_key`).
+"""
+
+from __future__ import annotations
+
+import os
+from contextlib import ExitStack
+from pathlib import Path
+
+from medgrit.cli.messages import fail, reason_of, shown
+from medgrit.schemas.config import BuildConfig
+
+
+def absolute_spec(spec: str) -> str:
+    kind, sep, path = spec.partition(":")
+    if not sep or not path:
+        return spec  # ``demo``, or an error BuildConfig names
+    return f"{kind}:{Path(path).expanduser().absolute()}"
+
+
+def _key_path(config: BuildConfig) -> Path:
+    from medgrit.adapters.runtime.keys import default_key_file
+
+    return Path(config.key_file).expanduser() if config.key_file else default_key_file()
+
+
+def open_checked(config: BuildConfig, out: Path) -> list:
+    """Open the sources and check them, the key and the API key; nothing is written.
+
+    A key file that does not exist yet is created only once every check has passed (see
+    :func:`create_key`); until then a throwaway key lists the cases.
+    """
+    import secrets
+
+    from medgrit.adapters.build import open_build_sources
+    from medgrit.adapters.runtime.keys import is_inside, load_or_create_key
+    from medgrit.adapters.sources import SourceError
+
+    key_path = _key_path(config)
+    if is_inside(key_path, out):
+        fail(f"the pseudonymisation key {shown(key_path)} must be kept outside --out {shown(out)}")
+    try:
+        key = load_or_create_key(key_path) if key_path.exists() else secrets.token_bytes(32)
+    except (OSError, ValueError) as exc:
+        fail(f"cannot use the pseudonymisation key {shown(key_path)}: {reason_of(exc)}")
+    try:
+        opened = open_build_sources(config, key)
+    except SourceError as exc:
+        fail(str(exc))
+    except OSError as exc:
+        fail(f"cannot read the sources: {reason_of(exc)}")
+    except (RecursionError, ValueError) as exc:
+        fail(f"cannot read the sources: {type(exc).__name__}: {str(exc)[:200]}")
+    for source in opened:
+        if is_inside(key_path, Path(source.root)):
+            fail(
+                f"the pseudonymisation key {shown(key_path)} lies inside the source folder "
+                f"{shown(source.root)}; keep it elsewhere (sources are never written)"
+            )
+    if config.llm is not None and config.generator == "llm" and not config.llm.api_key_block:
+        if not os.environ.get("OPENAI_API_KEY"):
+            fail("--generator llm needs an API key: set OPENAI_API_KEY or --llm-api-key-block")
+    if not any(s.cases for s in opened):
+        fail("the sources hold no cases (no label files found)")
+    return opened
+
+
+def create_key(config: BuildConfig) -> None:
+    from medgrit.adapters.runtime.keys import load_or_create_key
+
+    key_path = _key_path(config)
+    try:
+        load_or_create_key(key_path)
+    except (OSError, ValueError) as exc:
+        fail(f"cannot use the pseudonymisation key {shown(key_path)}: {reason_of(exc)}")
+
+
+_LOCK_FILES = (".medgrit.lock", ".dataset.json.lock")
+
+
+def holds_more_than_locks(folder: Path) -> bool:
+    """Whether a folder holds anything besides medgrit's lock files (a build stopped before
+    it wrote its manifest leaves only those)."""
+    return any(entry.name not in _LOCK_FILES for entry in folder.iterdir())
+
+
+def check_out(out: Path, source_roots: list[Path], overwrite: bool) -> bool:
+    """Check --out before anything is written; True when it holds a dataset to replace."""
+    from medgrit.adapters.runtime.keys import is_inside
+    from medgrit.adapters.store.dataset_dir import foreign_entries, is_medgrit_dataset
+
+    existing = out
+    while not existing.exists() and not existing.is_symlink() and existing != existing.parent:
+        existing = existing.parent
+    if existing.exists() and not existing.is_dir():
+        if existing == out:
+            fail(f"--out {shown(out)} is a file, not a folder")
+        fail(f"--out {shown(out)} lies under {shown(existing)}, which is a file, not a folder")
+    for root in source_roots:
+        if is_inside(out, root) or is_inside(root, out):
+            relation = (
+                "is"
+                if out.resolve() == root.resolve()
+                else ("lies inside" if is_inside(out, root) else "contains")
+            )
+            fail(
+                f"--out {shown(out)} {relation} the source folder {shown(root)}; "
+                "write the dataset to another folder (sources are never written)"
+            )
+    for parent in out.resolve().parents:
+        if is_medgrit_dataset(parent):
+            fail(
+                f"--out {shown(out)} lies inside the dataset {shown(parent)}; "
+                "choose a folder outside it"
+            )
+    if not (out.is_dir() and holds_more_than_locks(out)):
+        return False
+    if not is_medgrit_dataset(out):
+        fail(f"--out {shown(out)} is not empty and holds no medgrit dataset; choose another folder")
+    if not overwrite:
+        fail(
+            f"--out {shown(out)} already holds a dataset: use `medgrit resume {shown(out)}`, "
+            "or --overwrite to replace it"
+        )
+    foreign = foreign_entries(out)
+    if foreign:
+        listed = ", ".join(foreign[:3]) + (
+            f" and {len(foreign) - 3} more" if len(foreign) > 3 else ""
+        )
+        fail(
+            f"--out {shown(out)} holds files medgrit did not write ({listed}); "
+            "move them out, or choose another folder"
+        )
+    return True
+
+
+# The dataset being written and how, for the message of a stopped build.
+writing: list[tuple[Path, str]] = []
+
+
+def take_out(out: Path, stack: ExitStack, mode: str) -> None:
+    """Create --out (when missing) and hold its writer lock until ``stack`` closes."""
+    from medgrit.adapters.store.dataset_dir import DatasetBusy, hold_dataset
+
+    if not writing:
+        writing.append((out, mode))
+    created = not out.exists()
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        stack.enter_context(hold_dataset(out))
+    except DatasetBusy as exc:
+        fail(str(exc))
+    except OSError as exc:
+        if created:
+            _remove_empty(out)
+        fail(f"cannot write to --out {shown(out)}: {exc.strerror or exc}")
+
+
+def _remove_empty(folder: Path) -> None:
+    try:
+        for name in _LOCK_FILES:
+            (folder / name).unlink(missing_ok=True)
+        folder.rmdir()
+    except OSError:
+        pass

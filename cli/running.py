@@ -1,0 +1,166 @@
+"""Running the build flow from the command line: its ends mapped to one line and an exit code,
+the summary, and ``--overwrite`` (a build into a staging folder swapped in when complete).
+"""
+
+from __future__ import annotations
+
+import os
+from contextlib import ExitStack
+from pathlib import Path
+
+import typer
+
+from medgrit.cli.messages import fail, reason_of, shown
+from medgrit.cli.preflight import create_key, take_out
+from medgrit.schemas.config import BuildConfig
+
+
+def run_flow(config: BuildConfig, fresh: bool = False) -> dict:
+    """Run the build flow; the failures a user can act on end in one line.
+
+    ``fresh``: the folder is medgrit's staging folder, rebuilt from scratch when it holds
+    another build (else a changed plan is a user error)."""
+    from prefect.task_runners import ThreadPoolTaskRunner
+
+    from medgrit.adapters.runtime.interrupt import signalled
+    from medgrit.adapters.store.dataset_dir import DatasetBusy
+    from medgrit.core.failures import StopRequested, is_disk_full
+    from medgrit.flows.build import BuildFailed, DatasetMismatch, build_dataset
+
+    out = Path(config.out)
+    # LLM shards share one provider limit: run them one at a time, each saturating it.
+    workers = 1 if config.generator == "llm" else config.workers
+    flow = build_dataset.with_options(task_runner=ThreadPoolTaskRunner(max_workers=workers))
+    try:
+        return flow(config=config, rebuild_if_changed=fresh)
+    except DatasetMismatch as exc:
+        fail(str(exc))
+    except BuildFailed as exc:
+        typer.echo(summary_text(out))
+        fail(str(exc), code=1)
+    except DatasetBusy as exc:
+        fail(str(exc))
+    except StopRequested:
+        if signalled():
+            raise KeyboardInterrupt from None  # main() says how to continue
+        fail(f"the build stopped; run `medgrit resume {shown(out)}` to finish it", code=1)
+    except OSError as exc:
+        if is_disk_full(exc):
+            fail(
+                f"no space left on {_mount_point(out)} (the disk holding {shown(out)}); "
+                f"free some space, then run `medgrit resume {shown(out)}`",
+                code=1,
+            )
+        where = f" ({shown(exc.filename)})" if exc.filename else ""
+        fail(
+            f"the build of {shown(out)} failed: {exc.strerror or exc}{where}; "
+            f"fix it, then run `medgrit resume {shown(out)}`",
+            code=1,
+        )
+
+
+def _mount_point(path: Path) -> str:
+    """The mount point of the file system holding ``path`` (for messages about the disk)."""
+    current = path.resolve()
+    while not current.exists() and current != current.parent:
+        current = current.parent
+    device = current.stat().st_dev
+    while current != current.parent and current.parent.stat().st_dev == device:
+        current = current.parent
+    return shown(current)
+
+
+def report(out: Path, manifest: dict) -> None:
+    """Print the summary of a finished build; exit 1 when it kept no image at all."""
+    typer.echo(summary_text(out))
+    rows = (manifest.get("totals") or {}).get("rows", {})
+    if not rows.get("images"):
+        reasons = (manifest.get("totals") or {}).get("rejects_by_reason", {})
+        why = ", ".join(f"{k}: {v}" for k, v in sorted(reasons.items(), key=lambda kv: -kv[1]))
+        fail(
+            f"the build kept no image from its sources ({why or 'no rejects'}); "
+            f"see the rejects table in {shown(out)}",
+            code=1,
+        )
+    typer.echo(f"dataset written to {shown(out.resolve())} ({manifest['status']})")
+
+
+def summary_text(out: Path) -> str:
+    from medgrit.adapters.store.manifest import read_manifest
+    from medgrit.core.summary import render_summary
+
+    manifest = read_manifest(out)
+    totals = manifest.get("totals") or {
+        "rows": {},
+        "images_by_modality": {},
+        "images_by_split": {},
+        "qa_by_modality_task": {},
+        "rejects_by_reason": {},
+    }
+    shards = manifest["shards"]
+    done = sum(s["status"] == "done" for s in shards)
+    failed = [s["id"] for s in shards if s["status"] == "failed"]
+    llm = totals.get("llm") if manifest["config"].get("generator") == "llm" else None
+    return render_summary(
+        shown(out), totals.get("rows", {}), totals, done, len(shards), failed, llm=llm
+    )
+
+
+def build_replacing(config: BuildConfig, out: Path) -> None:
+    """--overwrite: build beside ``out`` and swap the new dataset in once it is complete."""
+    from medgrit.adapters.runtime.interrupt import signalled
+    from medgrit.adapters.store.dataset_dir import foreign_entries, prepare_staging, swap_in
+    from medgrit.adapters.store.manifest import update_manifest
+
+    shown = out
+    out = out.resolve()  # replace the folder itself, not a link to it
+    with ExitStack() as stack:
+        take_out(out, stack, "overwrite")
+        if foreign_entries(out):  # checked again now that no other writer can add any
+            fail(f"--out {shown(shown)} holds files medgrit did not write; choose another folder")
+        try:
+            staging = prepare_staging(out)
+        except OSError as exc:
+            fail(f"cannot prepare the replacement of {shown(out)}: {reason_of(exc)}")
+        take_out(staging, stack, "overwrite")
+        _share_llm_cache(out, staging)
+        create_key(config)
+        try:
+            manifest = run_flow(config.model_copy(update={"out": str(staging)}), fresh=True)
+        except typer.Exit as exc:
+            if exc.exit_code == 1:
+                typer.echo(
+                    f"medgrit: {shown(out)} is unchanged; run the same command again to "
+                    "finish the new dataset and replace it",
+                    err=True,
+                )
+            raise
+        if signalled() or manifest.get("status") != "complete":
+            fail(
+                f"the new dataset is not complete; {shown(shown)} is unchanged: run the same "
+                "command again to finish it and replace the old one",
+                code=1,
+            )
+        if not (manifest.get("totals") or {}).get("rows", {}).get("images"):
+            report(staging, manifest)  # exits 1: nothing to replace the dataset with
+        swap_in(staging, out)
+
+        def retarget(on_disk: dict) -> None:
+            on_disk.setdefault("config", {})["out"] = config.model_dump(mode="json")["out"]
+
+        update_manifest(out, retarget)
+        report(out, manifest)
+
+
+def _share_llm_cache(old: Path, new: Path) -> None:
+    """Hard-link the old dataset's LLM answers into the new one (answers are keyed by content,
+    so a rebuild asks again only what changed)."""
+    import shutil
+
+    cache = old / "llm" / "cache"
+    if not cache.is_dir() or (new / "llm").exists():
+        return
+    try:
+        shutil.copytree(cache, new / "llm" / "cache", copy_function=os.link)
+    except OSError:
+        shutil.rmtree(new / "llm", ignore_errors=True)  # a plain rebuild then
