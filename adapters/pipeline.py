@@ -24,7 +24,7 @@ import numpy as np
 
 from medgrit.adapters.sources import load_case
 from medgrit.adapters.store.png import encode_png
-from medgrit.core.cases import CaseRef, LoadedCase, PlanarImage, UnreadableImage
+from medgrit.core.cases import Case, LoadedCase, PlanarImage, UnreadableImage
 from medgrit.core.failures import fails_the_shard
 from medgrit.core.fsnames import escape_name
 from medgrit.core.generation import Generated, Generator, ImageFacts, RegionFacts
@@ -53,7 +53,7 @@ from medgrit.schemas.config import BuildConfig
 class CaseTask:
     """A case as planned: its pseudonymous id, its split and how many images it may give."""
 
-    ref: CaseRef
+    ref: Case
     case_id: str
     split: str
     quota: int | None = None
@@ -89,29 +89,28 @@ class ShardRows:
         }
 
 
-def case_source(ref: CaseRef, slice_index: int | None = None) -> str:
+def case_source(ref: Case, slice_index: int | None = None) -> str:
     """Reference to the source of a reject row: dataset, label file (for DICOM, whose file
     names may carry identifiers, the case pseudonym), slice."""
-    name = ref.case if ref.format == "dicom" else Path(ref.label_path).name
-    base = escape_name(f"{ref.dataset}/{name}")
+    base = escape_name(f"{ref.dataset}/{ref.reference}")
     return base if slice_index is None else f"{base}#slice={slice_index}"
 
 
-def error_detail(exc: Exception, ref: CaseRef) -> str:
+def error_detail(exc: Exception, ref: Case) -> str:
     """What a reject row says of an unexpected exception: its class, and for formats whose
     messages cannot quote patient data (not DICOM) its message, escaped and cut short."""
-    if ref.format == "dicom":
+    if ref.identifying:
         return type(exc).__name__
     text = str(exc)
     if isinstance(exc, OSError) and exc.filename:
         text = f"[Errno {exc.errno}] {exc.strerror}: {Path(str(exc.filename)).name}"
     # Reject rows name files, not the folders a user keeps them in.
-    for path in sorted({ref.image_path, ref.label_path, _source_root(ref)} - {""}, key=len)[::-1]:
+    for path in sorted({*ref.message_paths, _source_root(ref)} - {""}, key=len)[::-1]:
         text = text.replace(str(Path(path).parent) + "/", "").replace(path, Path(path).name)
     return f"{type(exc).__name__}: {escape_name(' '.join(text.split()))}"[:300]
 
 
-def _source_root(ref: CaseRef) -> str:
+def _source_root(ref: Case) -> str:
     return ref.source.partition(":")[2]
 
 
@@ -136,7 +135,7 @@ def _apply_quota(indices: np.ndarray, config: BuildConfig, quota: int | None) ->
     return chosen
 
 
-def count_case_images(ref: CaseRef, config: BuildConfig) -> int:
+def count_case_images(ref: Case, config: BuildConfig) -> int:
     """How many images a case would give without a quota (reads the case; 1 if unreadable)."""
     try:
         loaded = load_case(ref)
