@@ -22,7 +22,7 @@ from pydicom.data import get_testdata_file
 from pydicom.sr.codedict import codes
 from skimage.draw import polygon as draw_polygon
 
-from medgrit.adapters.sources.dicom import fill_even_odd, load_dicom_case, open_dicom, suv_factor
+from medgrit.adapters.sources.dicom import DicomCase, open_dicom, read_case, suv_tags
 from medgrit.adapters.sources.nifti import NiftiReader
 from medgrit.adapters.synthetic.dicom_writer import (
     series_affine,
@@ -32,9 +32,11 @@ from medgrit.adapters.synthetic.dicom_writer import (
     write_series,
     write_single_image,
 )
-from medgrit.core.cases import CaseRef, LoadedCase, SourceError, UnreadableImage
+from medgrit.core.cases import LoadedCase, SourceError, UnreadableImage
+from medgrit.core.contours import fill_even_odd
 from medgrit.core.regions import extract_regions
 from medgrit.core.slicing import display_slice
+from medgrit.core.suv import suv_factor
 
 KEY = b"test-key-0123456789abcdef"
 SPACING = (0.7, 0.9, 2.5)
@@ -45,8 +47,8 @@ def real(name: str) -> Path:
     return Path(get_testdata_file(name))
 
 
-def open_one(root: Path, **kwargs) -> CaseRef:
-    source = open_dicom(f"dicom:{root}", root, KEY, **kwargs)
+def open_one(root: Path, **kwargs) -> DicomCase:
+    source = open_dicom(f"dicom:{root}", root, key=KEY, **kwargs)
     assert len(source.cases) == 1
     return source.cases[0]
 
@@ -94,7 +96,7 @@ def test_ct_small_single_image_is_rescaled_to_hu(tmp_path: Path) -> None:
     root = single_image_root(tmp_path, real("CT_small.dcm"), (128, 128))
     ref = open_one(root)
     assert (ref.modality, ref.format, ref.labels) == ("ct", "dicom", ((1, "left lung"),))
-    loaded = load_dicom_case(ref)
+    loaded = read_case(ref)
     ds = pydicom.dcmread(real("CT_small.dcm"))
     (image,) = loaded.images
     assert loaded.intensity == "hu"
@@ -107,7 +109,7 @@ def test_monochrome1_radiograph_is_inverted(tmp_path: Path) -> None:
     root = single_image_root(tmp_path, real("RG1_UNCR.dcm"), (1955, 1841))
     ref = open_one(root)
     assert ref.modality == "xray"
-    loaded = load_dicom_case(ref)
+    loaded = read_case(ref)
     raw = pydicom.dcmread(real("RG1_UNCR.dcm")).pixel_array.astype(np.float32)
     (image,) = loaded.images
     assert loaded.intensity == "percentile"
@@ -118,7 +120,7 @@ def test_monochrome1_radiograph_is_inverted(tmp_path: Path) -> None:
 def test_rgb_ultrasound_is_display_rgb(tmp_path: Path) -> None:
     root = single_image_root(tmp_path, real("US1_UNCR.dcm"), (480, 640))
     ref = open_one(root)
-    loaded = load_dicom_case(ref)
+    loaded = read_case(ref)
     (image,) = loaded.images
     assert (ref.modality, loaded.intensity) == ("ultrasound", "display")
     assert image.pixels.dtype == np.uint8 and image.pixels.shape == (480, 640, 3)
@@ -129,13 +131,13 @@ def test_ybr_and_palette_colour_become_rgb(tmp_path: Path) -> None:
     reference = pydicom.dcmread(real("SC_rgb.dcm")).pixel_array.astype(int)
     root = single_image_root(tmp_path, real("SC_ybr_full_422_uncompressed.dcm"), (100, 100))
     with pytest.raises(SourceError, match="--modality"):
-        open_dicom(f"dicom:{root}", root, KEY)  # Modality OT says nothing
-    (image,) = load_dicom_case(open_one(root, modality="endoscopy")).images
+        open_dicom(f"dicom:{root}", root, key=KEY)  # Modality OT says nothing
+    (image,) = read_case(open_one(root, modality="endoscopy")).images
     assert image.pixels.dtype == np.uint8
     assert np.abs(image.pixels.astype(int) - reference).max() <= 8
 
     palette = single_image_root(tmp_path / "p", real("examples_palette.dcm"), (350, 800))
-    loaded = load_dicom_case(open_one(palette))
+    loaded = read_case(open_one(palette))
     (image,) = loaded.images
     assert (loaded.modality, loaded.intensity) == ("ultrasound", "display")
     assert image.pixels.shape == (350, 800, 3) and image.pixels.dtype == np.uint8
@@ -146,7 +148,7 @@ def test_ultrasound_cine_gives_one_image_per_masked_frame(tmp_path: Path) -> Non
     root = single_image_root(tmp_path, real("examples_ybr_color.dcm"), (240, 320))
     (root / "img_mask.png").rename(root / "img_mask_5.png")
     shutil.copy(root / "img_mask_5.png", root / "img_mask_0.png")
-    loaded = load_dicom_case(open_one(root))
+    loaded = read_case(open_one(root))
     assert [image.slice_index for image in loaded.images] == [0, 5]
     frames = pydicom.dcmread(real("examples_ybr_color.dcm")).pixel_array  # pydicom's RGB
     for image in loaded.images:
@@ -158,7 +160,7 @@ def test_ultrasound_cine_gives_one_image_per_masked_frame(tmp_path: Path) -> Non
 def test_mr_small_single_image(tmp_path: Path) -> None:
     root = single_image_root(tmp_path, real("MR_small.dcm"), (64, 64))
     ref = open_one(root)
-    loaded = load_dicom_case(ref)
+    loaded = read_case(ref)
     assert (ref.modality, loaded.intensity) == ("mr", "percentile")
     raw = pydicom.dcmread(real("MR_small.dcm")).pixel_array
     np.testing.assert_array_equal(loaded.images[0].pixels, raw.astype(np.float32))
@@ -170,17 +172,17 @@ def test_real_seg_without_its_ct_names_segments_and_rejects(tmp_path: Path) -> N
     shutil.copy(real("liver.dcm"), root / "liver.dcm")
     shutil.copy(real("liver_1frame.dcm"), root / "liver_1frame.dcm")
     shutil.copy(real("rtstruct.dcm"), root / "rtstruct.dcm")  # no preamble: read with force
-    source = open_dicom(f"dicom:{root}", root, KEY)
+    source = open_dicom(f"dicom:{root}", root, key=KEY)
     assert len(source.cases) == 3
-    by_name = {Path(c.label_path).name: c for c in source.cases}
+    by_name = {Path(c.mask).name: c for c in source.cases}
     for name in ("liver.dcm", "liver_1frame.dcm"):
         assert by_name[name].labels == ((1, "liver"),)
         assert by_name[name].modality == "ct"  # from the referenced SOP class
     assert by_name["rtstruct.dcm"].labels == ((1, "patient"),)  # POINT ROIs are not labels
     for ref in source.cases:
-        assert ref.members == ()
+        assert ref.files == ()
         with pytest.raises(UnreadableImage) as caught:
-            load_dicom_case(ref)
+            read_case(ref)
         assert caught.value.reason == "referenced_series_missing"
 
 
@@ -211,7 +213,7 @@ def test_real_seg_frames_land_on_their_source_slices(tmp_path: Path) -> None:
     shutil.copy(real("liver.dcm"), root / "liver.dcm")
     seg = pydicom.dcmread(root / "liver.dcm")
     _rebuild_liver_ct(root / "ct", seg)
-    loaded = load_dicom_case(open_one(root))
+    loaded = read_case(open_one(root))
     labels = loaded.label_volume.data
     assert labels.shape == (512, 512, 3) and labels.dtype == np.uint8
     assert loaded.label_names == ((1, "liver"),)
@@ -247,7 +249,7 @@ def test_enhanced_multiframe_ct_with_seg(tmp_path: Path) -> None:
         device_serial_number="1",
     )
     seg.save_as(root / "seg.dcm")
-    loaded = load_dicom_case(open_one(root))
+    loaded = read_case(open_one(root))
     image, labels = loaded.volume, loaded.label_volume
     assert image.data.shape == (512, 512, 2)
     assert image.spacing == pytest.approx((0.388672, 0.388672, 10.0))
@@ -275,8 +277,8 @@ def test_seg_round_trip_matches_nifti(tmp_path: Path, orientation: str) -> None:
 
     ref = open_one(root)
     assert ref.labels == ((1, "liver"), (2, "right kidney"), (3, "aorta wall"))
-    assert ref.members == tuple(sorted(str(f) for f in files))
-    loaded = load_dicom_case(ref)
+    assert ref.files == tuple(sorted(str(f) for f in files))
+    loaded = read_case(ref)
     assert (loaded.modality, loaded.intensity) == ("ct", "hu")
     assert loaded.volume.data.dtype == np.float32
     assert loaded.label_volume.data.dtype == nifti_labels.data.dtype == np.uint8
@@ -299,7 +301,7 @@ def test_file_names_are_not_in_slice_order(tmp_path: Path) -> None:
     instance_numbers = [int(pydicom.dcmread(f).InstanceNumber) for f in files]
     assert instance_numbers != sorted(instance_numbers)
     write_seg(labels, NAMES, files, tmp_path / "P" / "seg.dcm")
-    loaded = load_dicom_case(open_one(tmp_path / "P"))
+    loaded = read_case(open_one(tmp_path / "P"))
     np.testing.assert_array_equal(loaded.volume.data, image.astype(np.float32))
     np.testing.assert_array_equal(loaded.label_volume.data, labels)
 
@@ -311,7 +313,7 @@ def test_rtstruct_round_trip_keeps_the_hole(tmp_path: Path) -> None:
     write_rtstruct(labels, NAMES, files, root / "rtstruct.dcm")
     ref = open_one(root)
     assert ref.labels == ((1, "liver"), (2, "right kidney"), (3, "aorta wall"))
-    loaded = load_dicom_case(ref)
+    loaded = read_case(ref)
     np.testing.assert_array_equal(loaded.label_volume.data, labels)
     assert loaded.label_volume.data[20, 6, 4] == 0  # the centre of the ring stays empty
     assert loaded.label_volume.data[23, 6, 4] == 3
@@ -328,7 +330,7 @@ def test_fractional_seg_is_thresholded_at_half(tmp_path: Path) -> None:
     seg = pydicom.dcmread(root / "seg.dcm")
     assert seg.SegmentationType == "FRACTIONAL"
     assert set(np.unique(seg.pixel_array)) == {0, 76, 255}  # 0.3 rings are written
-    loaded = load_dicom_case(open_one(root))
+    loaded = read_case(open_one(root))
     np.testing.assert_array_equal(loaded.label_volume.data, labels)
 
 
@@ -339,7 +341,7 @@ def test_overlapping_segments_higher_number_wins(tmp_path: Path) -> None:
     stack[8:16, 8:16, 3:7, 1] = True
     files = write_series(image, SPACING, tmp_path / "O" / "ct")
     write_seg(stack, {1: "a", 2: "b"}, files, tmp_path / "O" / "seg.dcm")
-    data = load_dicom_case(open_one(tmp_path / "O")).label_volume.data
+    data = read_case(open_one(tmp_path / "O")).label_volume.data
     expected = np.where(stack[..., 1], 2, np.where(stack[..., 0], 1, 0))
     np.testing.assert_array_equal(data, expected)
 
@@ -375,7 +377,7 @@ def test_fill_even_odd_matches_skimage_polygon() -> None:
 
 def _case_error(root: Path) -> UnreadableImage:
     with pytest.raises(UnreadableImage) as caught:
-        load_dicom_case(open_one(root))
+        read_case(open_one(root))
     return caught.value
 
 
@@ -416,11 +418,11 @@ def test_unparseable_header_becomes_a_case_that_fails(tmp_path: Path) -> None:
     files = write_series(image, SPACING, tmp_path / "B" / "ct")
     write_seg(labels, NAMES, files, tmp_path / "B" / "seg.dcm")
     (tmp_path / "B" / "broken.dcm").write_bytes(b"\0" * 128 + b"DICM" + b"\xff" * 64)
-    source = open_dicom("dicom:B", tmp_path / "B", KEY)
+    source = open_dicom("dicom:B", tmp_path / "B", key=KEY)
     assert len(source.cases) == 2
-    broken = next(c for c in source.cases if c.label_path.endswith("broken.dcm"))
+    broken = next(c for c in source.cases if c.label_file.endswith("broken.dcm"))
     with pytest.raises(UnreadableImage) as caught:
-        load_dicom_case(broken)
+        read_case(broken)
     assert caught.value.reason == "dicom_unreadable"
 
 
@@ -430,7 +432,7 @@ def test_seg_with_missing_series(tmp_path: Path) -> None:
     write_seg(labels, NAMES, files, tmp_path / "M" / "seg.dcm")
     shutil.rmtree(tmp_path / "M" / "ct")
     ref = open_one(tmp_path / "M")
-    assert (ref.members, ref.modality, ref.labels[0]) == ((), "ct", (1, "liver"))
+    assert (ref.files, ref.modality, ref.labels[0]) == ((), "ct", (1, "liver"))
     assert _case_error(tmp_path / "M").reason == "referenced_series_missing"
 
 
@@ -444,8 +446,8 @@ def test_seg_found_by_per_frame_references_and_copies_count_once(tmp_path: Path)
     seg.save_as(root / "seg.dcm")
     shutil.copytree(root / "ct", root / "copy_of_ct")
     ref = open_one(root)
-    assert len(ref.members) == image.shape[2]
-    np.testing.assert_array_equal(load_dicom_case(ref).label_volume.data, labels)
+    assert len(ref.files) == image.shape[2]
+    np.testing.assert_array_equal(read_case(ref).label_volume.data, labels)
 
 
 def test_mask_of_wrong_size_and_unreadable_mask(tmp_path: Path) -> None:
@@ -459,7 +461,7 @@ def test_mask_of_wrong_size_and_unreadable_mask(tmp_path: Path) -> None:
     write_mask_png(np.ones((41, 60), dtype=np.uint8), root / "cine_mask_2.png")
     (root / "labels.json").write_text(json.dumps({"2": "thyroid_l"}))
     ref = open_one(root)
-    loaded = load_dicom_case(ref)
+    loaded = read_case(ref)
     assert [im.slice_index for im in loaded.images] == [0]
     assert loaded.images[0].pixels.shape == (40, 60, 3)
     np.testing.assert_array_equal(loaded.images[0].labels, good)
@@ -482,7 +484,7 @@ def test_monochrome1_writer_round_trip(tmp_path: Path) -> None:
     mask[5:20, 10:40] = 1
     write_mask_png(mask, root / "chest_mask.png")
     (root / "labels.json").write_text(json.dumps({"1": "heart"}))
-    loaded = load_dicom_case(open_one(root))
+    loaded = read_case(open_one(root))
     assert loaded.modality == "xray"
     np.testing.assert_array_equal(loaded.images[0].pixels, pixels.astype(np.float32))
 
@@ -510,12 +512,12 @@ def test_pet_series_in_suv(tmp_path: Path) -> None:
     write_seg(labels, {1: "tumour", 2: "hot spot"}, files, root / "seg.dcm")
     ref = open_one(root)
     assert ref.modality == "pet"
-    loaded = load_dicom_case(ref)
+    loaded = read_case(ref)
     assert loaded.intensity == "suv"
     # Independent SUVbw: Bq/ml * weight [g] / (dose decayed over 65 minutes of F-18).
     ds = pydicom.dcmread(files[0])
     decayed = 3.2e8 * 2 ** (-(65 * 60) / 6586.2)
-    assert suv_factor(ds) == pytest.approx(72.5 * 1000 / decayed, rel=1e-9)
+    assert suv_factor(suv_tags(ds)) == pytest.approx(72.5 * 1000 / decayed, rel=1e-9)
     np.testing.assert_allclose(loaded.volume.data, suv, atol=2e-3)
     np.testing.assert_array_equal(loaded.label_volume.data, labels)
 
@@ -526,7 +528,7 @@ def test_pet_without_suv_tags_uses_percentiles(tmp_path: Path) -> None:
     root = tmp_path / "PET"
     files = write_series(activity, (4.0, 4.0, 3.0), root / "pt", modality="PT")
     write_seg((activity > 0).astype(np.uint8), {1: "lesion"}, files, root / "seg.dcm")
-    loaded = load_dicom_case(open_one(root))
+    loaded = read_case(open_one(root))
     assert loaded.intensity == "percentile"
     np.testing.assert_allclose(loaded.volume.data, activity, rtol=1e-3)
 
@@ -537,20 +539,20 @@ def test_pet_without_suv_tags_uses_percentiles(tmp_path: Path) -> None:
 
 def test_source_errors(tmp_path: Path) -> None:
     with pytest.raises(SourceError, match="does not exist"):
-        open_dicom("dicom:none", tmp_path / "none", KEY)
+        open_dicom("dicom:none", tmp_path / "none", key=KEY)
     (tmp_path / "pngs").mkdir()
     write_mask_png(np.zeros((4, 4), dtype=np.uint8), tmp_path / "pngs" / "a_mask.png")
     with pytest.raises(SourceError, match="no DICOM files"):
-        open_dicom("dicom:pngs", tmp_path / "pngs", KEY)
+        open_dicom("dicom:pngs", tmp_path / "pngs", key=KEY)
     root = single_image_root(tmp_path, real("CT_small.dcm"), (128, 128))
     (root / "labels.json").unlink()
     with pytest.raises(SourceError, match=r"labels\.json") as caught:
-        open_dicom("dicom:x", root, KEY)
+        open_dicom("dicom:x", root, key=KEY)
     assert "\n" not in str(caught.value)
     image, _ = phantom()
     write_series(image, SPACING, tmp_path / "only_series")
     with pytest.raises(SourceError, match="are not cases"):
-        open_dicom("dicom:s", tmp_path / "only_series", KEY)
+        open_dicom("dicom:s", tmp_path / "only_series", key=KEY)
 
 
 def test_cases_ids_and_determinism(tmp_path: Path) -> None:
@@ -561,18 +563,18 @@ def test_cases_ids_and_determinism(tmp_path: Path) -> None:
     write_seg(labels, NAMES, files, root / "study" / "seg.dcm")
     write_rtstruct(labels, NAMES, files, root / "study" / "rt.dcm")
     write_series(image + 1, SPACING, root / "unlabelled", patient={"PatientID": "P2"})
-    source = open_dicom(f"dicom:{root}", root, KEY)
+    source = open_dicom(f"dicom:{root}", root, key=KEY)
     assert (source.kind, source.dataset, source.modality) == ("dicom", "Collection", "ct")
     assert len(source.cases) == 2  # the unlabelled series is no case
     assert [c.case for c in source.cases] == sorted(c.case for c in source.cases)
     assert len({c.case for c in source.cases}) == 2
     assert len({c.patient for c in source.cases}) == 1  # same patient: same split group
-    assert source == open_dicom(f"dicom:{root}", root, KEY)
-    other = open_dicom(f"dicom:{root}", root, b"another-key-0123456789")
+    assert source == open_dicom(f"dicom:{root}", root, key=KEY)
+    other = open_dicom(f"dicom:{root}", root, key=b"another-key-0123456789")
     assert not {c.case for c in other.cases} & {c.case for c in source.cases}
-    forced = open_dicom(f"dicom:{root}", root, KEY, modality="mr")
+    forced = open_dicom(f"dicom:{root}", root, key=KEY, modality="mr")
     assert {c.modality for c in forced.cases} == {"mr"}
-    assert load_dicom_case(forced.cases[0]).intensity == "percentile"
+    assert read_case(forced.cases[0]).intensity == "percentile"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -627,12 +629,12 @@ def test_no_identifying_value_leaves_the_module(
 
     caplog.clear()  # highdicom logs while writing; only reading is under test
     recwarn.clear()
-    source = open_dicom(f"dicom:{root}", root, KEY)
+    source = open_dicom(f"dicom:{root}", root, key=KEY)
     assert len(source.cases) == 4
     outputs = [_texts(source)]
     for ref in source.cases:
         try:
-            loaded: LoadedCase = load_dicom_case(ref)
+            loaded: LoadedCase = read_case(ref)
         except UnreadableImage as exc:
             outputs.append(f"{exc.reason} {exc.detail} {exc}")
             continue

@@ -15,7 +15,7 @@ from PIL import Image
 from scipy import ndimage
 from skimage import data
 
-from medgrit.adapters.sources.image_folder import load_image_folder_case, open_image_folder
+from medgrit.adapters.sources.image_folder import open_image_folder, read_case
 from medgrit.core.cases import SourceError
 
 
@@ -75,7 +75,7 @@ def test_fundus_photograph_with_optic_disc_label_map(tmp_path: Path, retina: np.
     (ref,) = source.cases
     assert (ref.format, ref.case, ref.patient) == ("images", "retina", "retina")
 
-    loaded = load_image_folder_case(ref)
+    loaded = read_case(ref)
     assert loaded.intensity == "display" and loaded.rejects == ()
     (image,) = loaded.images
     assert (image.plane, image.slice_index) == ("2d", 0)
@@ -98,7 +98,7 @@ def test_grey_rgba_and_16_bit_images(tmp_path: Path) -> None:
         _write(root / "masks" / f"{stem}.png", _mask(grey.shape, (4, 12, 5, 20), 1))
 
     cases = {ref.case: ref for ref in open_image_folder("images:u", root).cases}
-    a, b, c = (load_image_folder_case(cases[k]) for k in "abc")
+    a, b, c = (read_case(cases[k]) for k in "abc")
     assert a.intensity == "display"
     assert a.images[0].pixels.dtype == np.uint8 and a.images[0].pixels.shape == grey.shape
     np.testing.assert_array_equal(a.images[0].pixels, grey)
@@ -123,7 +123,7 @@ def test_case_mixing_8_and_16_bit_images_becomes_float(tmp_path: Path) -> None:
     root = _folder(tmp_path / "x", meta, images)
     for stem in ("pat1_a", "pat1_b"):
         _write(root / "masks" / f"{stem}.png", _mask(grey.shape, (1, 9, 1, 9)))
-    loaded = load_image_folder_case(open_image_folder("images:x", root).cases[0])
+    loaded = read_case(open_image_folder("images:x", root).cases[0])
     assert loaded.intensity == "percentile"
     assert [im.pixels.dtype for im in loaded.images] == [np.float32, np.float32]
     np.testing.assert_array_equal(loaded.images[0].pixels, grey.astype(np.float32))
@@ -142,7 +142,7 @@ def test_per_class_masks_by_name_or_id_higher_id_wins(tmp_path: Path) -> None:
 
     source = open_image_folder("images:d", root)
     assert source.labels == ((1, "lesion"), (2, "globule"))
-    (image,) = load_image_folder_case(source.cases[0]).images
+    (image,) = read_case(source.cases[0]).images
     assert image.labels[5, 5] == 1
     assert image.labels[15, 15] == 2  # overlap: the higher label id wins
     assert image.labels[25, 25] == 2
@@ -158,7 +158,7 @@ def test_jpeg_masks_are_thresholded_at_128(tmp_path: Path) -> None:
     mask[0:4, 0:4] = 100  # a halo that must not count
     Image.fromarray(mask).save(root / "masks" / "cju0_polyp.jpg", quality=95)
 
-    loaded = load_image_folder_case(open_image_folder("images:k", root).cases[0])
+    loaded = read_case(open_image_folder("images:k", root).cases[0])
     (image,) = loaded.images
     assert image.pixels.shape == (32, 40, 3) and image.pixels.dtype == np.uint8
     assert image.labels[0:4, 0:4].sum() == 0
@@ -178,7 +178,7 @@ def test_label_map_values_and_palette_masks(tmp_path: Path) -> None:
     source = open_image_folder("images:c", root)
     assert dict(source.labels) == {1: "liver", 2: "left kidney"}
     for ref in source.cases:
-        (image,) = load_image_folder_case(ref).images
+        (image,) = read_case(ref).images
         np.testing.assert_array_equal(image.labels, values)  # values kept, not binarised
 
 
@@ -201,9 +201,9 @@ def test_cases_from_a_pattern_are_sorted_and_stable(tmp_path: Path) -> None:
     assert first == open_image_folder("images:n", root)
     assert [c.case for c in first.cases] == ["10", "2"]
     assert [c.patient for c in first.cases] == ["10", "2"]
-    names = [[Path(m.split("|")[0]).name for m in c.members] for c in first.cases]
+    names = [[Path(image.path).name for image in c.images] for c in first.cases]
     assert names == [["10_1.png", "10_3.png"], ["2_1.png", "2_2.png"]]
-    loaded = load_image_folder_case(first.cases[0])
+    loaded = read_case(first.cases[0])
     assert [im.slice_index for im in loaded.images] == [0, 1]
 
 
@@ -228,7 +228,7 @@ def test_per_image_rejects(tmp_path: Path) -> None:
 
     outcome = {}
     for ref in open_image_folder("images:r", root).cases:
-        loaded = load_image_folder_case(ref)
+        loaded = read_case(ref)
         outcome[ref.case] = (len(loaded.images), [r[0] for r in loaded.rejects])
     assert outcome == {
         "ok": (1, []),
@@ -246,7 +246,7 @@ def test_unreadable_per_class_mask_drops_only_that_mask(tmp_path: Path) -> None:
     root = _folder(tmp_path / "b", meta, {"case1.png": grey})
     _write(root / "masks" / "case1_benign.png", _mask(grey.shape, (1, 5, 1, 5)))
     (root / "masks" / "case1_malignant.png").write_bytes(b"\x89PNG broken")
-    loaded = load_image_folder_case(open_image_folder("images:b", root).cases[0])
+    loaded = read_case(open_image_folder("images:b", root).cases[0])
     assert len(loaded.images) == 1 and int(loaded.images[0].labels.max()) == 1
     assert [r[0] for r in loaded.rejects] == ["mask_unreadable"]
     assert loaded.rejects[0][2] == 0

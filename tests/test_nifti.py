@@ -72,7 +72,7 @@ def test_aal_left_structures_appear_on_the_image_right(aal_nnunet: Path) -> None
     source = open_nnunet(f"nnunet:{aal_nnunet}", aal_nnunet)
     names = dict(source.labels)
     assert names[1] == "left precentral" and names[2] == "right precentral"
-    labels = NiftiReader().read(source.cases[0].label_path, as_labels=True).data
+    labels = NiftiReader().read(source.cases[0].label, as_labels=True).data
     width = labels.shape[0]
     for plane, index in (("axial", 120), ("coronal", 100)):
         image = display_slice(labels, plane, index)
@@ -82,7 +82,7 @@ def test_aal_left_structures_appear_on_the_image_right(aal_nnunet: Path) -> None
 
 def test_aal_regions_match_atlas_labels(aal_nnunet: Path) -> None:
     source = open_nnunet(f"nnunet:{aal_nnunet}", aal_nnunet)
-    labels = NiftiReader().read(source.cases[0].label_path, as_labels=True).data
+    labels = NiftiReader().read(source.cases[0].label, as_labels=True).data
     slice_map = display_slice(labels, "axial", 80)
     table = extract_regions(slice_map, min_area=1).regions
     merged = table.label_id[table.instance == 0]
@@ -93,7 +93,7 @@ def test_mni152_demo_mr_has_hemisphere_labels_on_the_right_sides(demo_dir: Path)
     source = open_msd("msd:demo", demo_dir / "Task900_MNI152BrainMR")
     assert source.modality == "mr"
     names = {v: k for k, v in source.labels}
-    labels = NiftiReader().read(source.cases[0].label_path, as_labels=True).data
+    labels = NiftiReader().read(source.cases[0].label, as_labels=True).data
     image = display_slice(labels, "axial", 100)
     assert _centre_x(image, names["left grey matter"]) > image.shape[1] / 2
     assert _centre_x(image, names["right white matter"]) < image.shape[1] / 2

@@ -17,7 +17,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from medgrit.adapters.sources.dicom import load_dicom_case, open_dicom
+from medgrit.adapters.sources.dicom import open_dicom, read_case
 from medgrit.adapters.synthetic.dicom_writer import write_seg, write_series
 
 CRANIUM = Path("/usr/share/doc/invesalius-examples/examples/Cranium.inv3")
@@ -74,9 +74,9 @@ def test_cranium_is_a_real_head_ct(cranium) -> None:
 
 def test_cranium_survives_the_dicom_round_trip(cranium, cranium_dicom: Path) -> None:
     hu, labels, spacing = cranium
-    source = open_dicom(f"dicom:{cranium_dicom}", cranium_dicom, b"k" * 32)
+    source = open_dicom(f"dicom:{cranium_dicom}", cranium_dicom, key=b"k" * 32)
     assert [c.modality for c in source.cases] == ["ct"]
-    loaded = load_dicom_case(source.cases[0])
+    loaded = read_case(source.cases[0])
     assert loaded.intensity == "hu"
     np.testing.assert_allclose(loaded.volume.data, hu, atol=0.5)
     np.testing.assert_array_equal(loaded.label_volume.data, labels)

@@ -18,8 +18,9 @@ from PIL import Image
 
 from medgrit.adapters.build import SHARD_IO
 from medgrit.adapters.sources import load_case
-from medgrit.adapters.sources.image_folder import read_mask, read_planar_image
+from medgrit.adapters.sources.image_folder import read_planar_image
 from medgrit.adapters.sources.limits import MAX_PIXELS
+from medgrit.adapters.sources.masks import read_mask, read_mask_png
 from medgrit.adapters.sources.nifti import MAX_VOXELS, NiftiCase, NiftiReader
 from medgrit.adapters.text.templates import TemplateGenerator
 from medgrit.core.cases import UnreadableImage
@@ -120,8 +121,6 @@ def test_images_and_masks_over_the_pixel_limit_are_too_large(tmp_path: Path) -> 
         with pytest.raises(UnreadableImage) as info:
             reader(_png_header(tmp_path / name, side, side))
         assert info.value.reason == "too_large"
-    from medgrit.adapters.sources.dicom import read_mask_png
-
     with pytest.raises(UnreadableImage) as info:
         read_mask_png(_png_header(tmp_path / "dicom_mask.png", 3 * side, side))
     assert info.value.reason == "too_large"

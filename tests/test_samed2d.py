@@ -17,10 +17,10 @@ from PIL import Image
 from medgrit.adapters.sources.samed2d import (
     SliceName,
     label_filter_reason,
-    load_samed2d_case,
     modality_of_prefix,
     open_samed2d,
     parse_image_name,
+    read_case,
 )
 from medgrit.core.cases import SourceError
 
@@ -180,11 +180,11 @@ def test_open_groups_slices_into_volumes_in_a_stable_order(tmp_path: Path) -> No
     first = source.cases[0]
     assert first.format == "samed2d"
     # Sorted by axis (x before z), then by slice number (9 before 10).
-    slices = [Path(m.split("|")[0]).name[-10:-4] for m in first.members]
+    slices = [Path(s.image).name[-10:-4] for s in first.slices]
     assert slices == ["x_0100", "z_0009", "z_0010"]
-    image, mask = first.members[0].split("|")
+    image, (mask,) = first.slices[0].image, first.slices[0].masks
     assert Path(image).is_absolute() and Path(image).is_file() and Path(mask).is_file()
-    assert Path(first.label_path).name == "ct_00--AbdomenCT1K--Case_00001"
+    assert first.name == "ct_00--AbdomenCT1K--Case_00001"
     # Composite, generic and fragment classes are not offered as labels.
     assert dict(first.labels) == {1: "liver", 2: "left kidney", 3: "spleen"}
     assert dict(source.cases[2].labels) == {1: "edema"}
@@ -219,7 +219,7 @@ def test_load_builds_label_map_with_class_plus_one_and_later_class_winning(
         },
     )
     ref = open_samed2d("samed2d:r", root).cases[0]
-    loaded = load_samed2d_case(ref)
+    loaded = read_case(ref)
     assert (loaded.modality, loaded.intensity, loaded.rejects) == ("ct", "display", ())
     (image,) = loaded.images
     assert (image.plane, image.slice_index) == ("axial", 42)
@@ -236,7 +236,7 @@ def test_rgb_2d_image(tmp_path: Path) -> None:
     rgb = np.dstack([_grey(5), _grey(6), _grey(7)])
     stem = "endoscopy_00--kvasir_seg--cju0--2d_none"
     root = _release(tmp_path / "r", {stem: (rgb, [(0, 1, _box(3, 9, 3, 9))])})
-    loaded = load_samed2d_case(open_samed2d("samed2d:r", root).cases[0])
+    loaded = read_case(open_samed2d("samed2d:r", root).cases[0])
     (image,) = loaded.images
     assert (image.plane, image.slice_index) == ("2d", 0)
     assert image.pixels.shape == (*SHAPE, 3) and image.pixels.dtype == np.uint8
@@ -272,7 +272,7 @@ def test_rejects_per_mask_per_slice_and_per_class(tmp_path: Path) -> None:
     _save(root / "images" / f"{case}--z_0011.png", grey)
     _save(root / "images" / f"{case}--z_0012.png", grey)
 
-    loaded = load_samed2d_case(open_samed2d("samed2d:r", root).cases[0])
+    loaded = read_case(open_samed2d("samed2d:r", root).cases[0])
     assert [im.slice_index for im in loaded.images] == [1, 4, 10]
     assert int(loaded.images[2].labels.max()) == 0
     by_slice = sorted((r[2] if r[2] is not None else -1, r[0]) for r in loaded.rejects)
@@ -297,7 +297,7 @@ def test_generic_and_fragment_classes_are_dropped_with_their_reason(tmp_path: Pa
     stem = "mr_flair--BraTS2021--BraTS2021_00001--z_0050"
     masks = [(0, 1, _box(1, 5, 1, 5)), (1, 1, _box(6, 9, 6, 9)), (2, 1, _box(10, 12, 1, 5))]
     root = _release(tmp_path / "r", {stem: (_grey(), masks)})
-    loaded = load_samed2d_case(open_samed2d("samed2d:r", root).cases[0])
+    loaded = read_case(open_samed2d("samed2d:r", root).cases[0])
     (image,) = loaded.images
     assert set(np.unique(image.labels)) == {0, 1}  # only edema is painted
     assert [r[0] for r in loaded.rejects] == ["generic_label", "fragment_label"]
@@ -363,7 +363,7 @@ def test_json_files_under_annotations_resolve_against_the_release_root(tmp_path:
     (root / "annotations").mkdir()
     for name in ("SAMed2D_v1.json", "SAMed2D_v1_class_mapping_id.json"):
         (root / name).rename(root / "annotations" / name)
-    loaded = load_samed2d_case(open_samed2d("samed2d:r", root).cases[0])
+    loaded = read_case(open_samed2d("samed2d:r", root).cases[0])
     (image,) = loaded.images
     assert (image.plane, image.slice_index, int(image.labels.max())) == ("coronal", 3, 3)
 
@@ -393,6 +393,6 @@ def test_opening_2000_entries_reads_no_image(
     source = open_samed2d("samed2d:big", root)
     elapsed = time.perf_counter() - start
     assert len(source.cases) == 20
-    assert sum(len(c.members) for c in source.cases) == 2000
-    assert all(m.count("|") == 2 for c in source.cases for m in c.members)
+    assert sum(len(c.slices) for c in source.cases) == 2000
+    assert all(len(s.masks) == 2 for c in source.cases for s in c.slices)
     assert elapsed < 5.0  # loose: it takes milliseconds; reading 2,000 PNGs would not

@@ -33,7 +33,7 @@ def test_nnunet_layout_lists_cases_in_order_with_readable_labels(tmp_path: Path)
     assert source.dataset == "Dataset007_Abd"
     assert source.labels == ((1, "left kidney"), (2, "liver"))
     assert [c.case for c in source.cases] == ["a_001", "b_002"]
-    assert source.cases[0].image_path.endswith("imagesTr/a_001_0000.nii.gz")
+    assert source.cases[0].image.endswith("imagesTr/a_001_0000.nii.gz")
 
 
 def test_msd_layout_reads_training_list(tmp_path: Path) -> None:

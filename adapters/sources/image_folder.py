@@ -44,8 +44,10 @@ Rejects (``LoadedCase.rejects``, one per image): ``mask_missing`` (no mask for t
 ``image_unreadable`` and ``file_missing``. Problems a user must fix (no ``labels.json``, an
 unknown modality, malformed JSON, a bad ``cases`` pattern) raise ``SourceError``.
 
-The PIL readers here (``read_planar_image``, ``read_mask``) are shared with the SA-Med2D-20M
-loader.
+Cases (:class:`ImageFolderCase`): one per case (stem or ``cases`` match), sorted by case, its
+images sorted by stem; each image lists the mask files found for it at opening. The image
+reader here (``read_planar_image``) is shared with the SA-Med2D-20M reader; mask files and
+``labels`` are read by ``medgrit.adapters.sources.masks``.
 """
 
 from __future__ import annotations
@@ -53,68 +55,46 @@ from __future__ import annotations
 import json
 import os
 import re
-import struct
-import zlib
+from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
-from PIL import Image
 
 from medgrit.adapters.sources.limits import open_image
-from medgrit.core.cases import (
-    CaseRef,
-    LoadedCase,
-    PlanarImage,
-    Source,
-    SourceError,
-    UnreadableImage,
+from medgrit.adapters.sources.masks import (
+    LOSSY_SUFFIXES,
+    PIL_ERRORS,
+    check_label_names,
+    foreground,
+    link_problem,
+    read_mask,
 )
+from medgrit.core.cases import Case, LoadedCase, PlanarImage, Source, SourceError, UnreadableImage
 from medgrit.core.failures import fails_the_shard
 from medgrit.core.fsnames import escape_name, library_message
-from medgrit.core.label_maps import as_label_array
 from medgrit.core.regions import label_dtype
 from medgrit.core.text import MODALITIES, readable_label_name
 
 __all__ = [
     "IMAGE_SUFFIXES",
     "LABELS_JSON",
-    "load_image_folder_case",
+    "ClassMask",
+    "FolderImage",
+    "ImageFolderCase",
+    "LabelMapMask",
     "open_image_folder",
-    "read_mask",
+    "read_case",
     "read_planar_image",
 ]
 
 LABELS_JSON = "labels.json"
 IMAGE_SUFFIXES: tuple[str, ...] = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
-LOSSY_SUFFIXES: tuple[str, ...] = (".jpg", ".jpeg")
 MASK_MODES: tuple[str, ...] = ("label_map", "per_class")
-# A label-map entry of a member string; per-class entries carry the label id instead.
-LABEL_MAP_KEY = "map"
-JPEG_THRESHOLD = 128
-
-# What Pillow raises on truncated, corrupt or hostile files.
-_PIL_ERRORS = (
-    OSError,
-    ValueError,
-    SyntaxError,
-    EOFError,
-    struct.error,
-    zlib.error,
-    Image.DecompressionBombError,
-)
 _HIGH_DEPTH_GREY = ("I;16", "I;16B", "I;16L", "I;16N", "I", "F")
 
 
 # --------------------------------------------------------------------------- reading pixels
-
-
-def _link_problem(path: Path) -> str:
-    """Why a symbolic link cannot be read (a loop, or a target that is missing)."""
-    try:
-        path.stat()
-    except OSError as exc:
-        return f"symbolic link cannot be followed ({exc.strerror})"
-    return "symbolic link does not point to a file"
 
 
 def read_planar_image(path: str | Path) -> np.ndarray:
@@ -132,7 +112,7 @@ def read_planar_image(path: str | Path) -> np.ndarray:
     name = escape_name(path.name)
     if not path.is_file():
         if path.is_symlink():
-            raise UnreadableImage("image_unreadable", f"{name}: {_link_problem(path)}")
+            raise UnreadableImage("image_unreadable", f"{name}: {link_problem(path)}")
         if path.exists():  # a folder, a device, a pipe
             raise UnreadableImage("image_unreadable", f"{name} is not a regular file")
         raise UnreadableImage("file_missing", f"no such file: {name}")
@@ -152,68 +132,62 @@ def read_planar_image(path: str | Path) -> np.ndarray:
             if mode in _HIGH_DEPTH_GREY:
                 return np.asarray(image).astype(np.float32)
             return np.asarray(image.convert("RGB"))
-    except _PIL_ERRORS as exc:
+    except PIL_ERRORS as exc:
         if fails_the_shard(exc):
             raise  # the disk or the network, not this file
         raise UnreadableImage("image_unreadable", f"{name}: {library_message(exc, path)}") from exc
 
 
-def read_mask(path: str | Path, binary: bool) -> np.ndarray:
-    """Read one mask file as an (H, W) integer array.
+# --------------------------------------------------------------------------- cases
 
-    Palette images give their palette index; grey images their value. Colour masks: for a
-    ``binary`` mask the brightest channel, else the common value of equal channels.
 
-    Raises:
-        UnreadableImage: ``mask_missing`` or ``mask_unreadable``.
+@dataclass(frozen=True)
+class LabelMapMask:
+    """The ``label_map`` mask of an image: one file of label ids."""
+
+    path: str
+
+
+@dataclass(frozen=True)
+class ClassMask:
+    """One ``per_class`` mask of an image: a binary file for one label."""
+
+    label: int
+    path: str
+
+
+@dataclass(frozen=True)
+class FolderImage:
+    """An image of a case and the mask files found for it.
+
+    Attributes:
+        path: the image file.
+        masks: its label map, or its per-class masks in ascending label id; ``()`` when
+            ``masks/`` holds none for it (the image is then rejected as ``mask_missing``).
     """
-    path = Path(path)
-    name = escape_name(path.name)
-    if not path.is_file():
-        if path.is_symlink():
-            raise UnreadableImage("mask_unreadable", f"{name}: {_link_problem(path)}")
-        if path.exists():
-            raise UnreadableImage("mask_unreadable", f"{name} is not a regular file")
-        raise UnreadableImage("mask_missing", f"no such mask file: {name}")
-    try:
-        with open_image(path) as image:
-            image.load()
-            mode = image.mode
-            if mode == "1":
-                return np.asarray(image).astype(np.uint8)
-            if mode in ("RGB", "RGBA", "LA", "RGBX", "CMYK", "YCbCr", "PA"):
-                image = image.convert("RGB") if mode in ("CMYK", "YCbCr", "PA") else image
-                values = np.asarray(image)
-                colour = values[..., : 1 if mode == "LA" else 3]
-                if binary:
-                    return colour.max(axis=-1)
-                if (colour == colour[..., :1]).all():
-                    return np.ascontiguousarray(colour[..., 0])
-                raise UnreadableImage(
-                    "mask_unreadable",
-                    f"{name} is a colour image; save label maps as single-channel images",
-                )
-            values = np.asarray(image)
-    except _PIL_ERRORS as exc:
-        if fails_the_shard(exc):
-            raise
-        raise UnreadableImage("mask_unreadable", f"{name}: {library_message(exc, path)}") from exc
-    if values.dtype.kind == "f":
-        if binary:
-            if not np.all(np.isfinite(values)):
-                raise UnreadableImage("non_finite_label", f"{name} holds NaN or infinite values")
-            return (values > 0).astype(np.uint8)
-        values = as_label_array(values, name)
-    if values.size and values.min() < 0:
-        raise UnreadableImage("mask_unreadable", f"{name} holds negative values")
-    return values
+
+    path: str
+    masks: LabelMapMask | tuple[ClassMask, ...] = ()
 
 
-def foreground(mask: np.ndarray, path: str | Path) -> np.ndarray:
-    """Boolean foreground of a binary mask: > 0, or >= 128 for lossy JPEG files."""
-    if str(path).lower().endswith(LOSSY_SUFFIXES):
-        return mask >= JPEG_THRESHOLD
-    return mask > 0
+@dataclass(frozen=True, kw_only=True)
+class ImageFolderCase(Case):
+    """The images of one image-folder case, sorted by stem.
+
+    Attributes:
+        images: the images and their masks.
+        masks_dir: the source's ``masks/`` folder.
+    """
+
+    format: ClassVar[str] = "images"
+
+    images: tuple[FolderImage, ...]
+    masks_dir: str
+
+    @property
+    def message_paths(self) -> tuple[str, ...]:
+        first = (self.images[0].path,) if self.images else ()
+        return (*first, os.path.join(self.masks_dir, self.case))
 
 
 # --------------------------------------------------------------------------- discovery
@@ -253,27 +227,6 @@ def _modality(meta: dict, path: Path, override: str | None) -> str:
             path, f"modality {value!r} is not one of {', '.join(MODALITIES)}; fix it"
         )
     return str(value)
-
-
-def _labels(meta: dict, path: Path) -> dict[int, str]:
-    raw = meta.get("labels")
-    if not isinstance(raw, dict) or not raw:
-        raise _config_error(path, '"labels" must map label id -> name, e.g. {"1": "polyp"}')
-    labels: dict[int, str] = {}
-    for key, name in raw.items():
-        try:
-            label_id = int(key)
-        except ValueError:
-            raise _config_error(path, f"label id {key!r} is not an integer") from None
-        if label_id < 0 or label_id > np.iinfo(np.uint32).max:
-            raise _config_error(path, f"label id {key!r} is out of range")
-        if not isinstance(name, str) or not name.strip():
-            raise _config_error(path, f"label {key!r} needs a name")
-        if label_id != 0:  # 0 is the background, named or not
-            labels[label_id] = name
-    if not labels:
-        raise _config_error(path, '"labels" names no structure (only the background)')
-    return labels
 
 
 def _case_pattern(meta: dict, path: Path) -> re.Pattern[str] | None:
@@ -324,13 +277,16 @@ def _case_of(stem: str, pattern: re.Pattern[str] | None) -> str | None:
     return match.group(1) if match and match.group(1) else None
 
 
-def open_image_folder(spec: str, root: Path, modality: str | None = None) -> Source:
+def open_image_folder(
+    spec: str, root: Path, modality: str | None = None, key: bytes = b""
+) -> Source:
     """Open an image folder: read ``labels.json`` and list file names (no image is read).
 
     Args:
         spec: the source spec (``images:PATH``).
         root: the folder.
         modality: modality key used when ``labels.json`` has none.
+        key: unused (image folders hold no identifiers to pseudonymise).
 
     Raises:
         SourceError: a missing or malformed ``labels.json``, an unknown modality, missing
@@ -339,7 +295,7 @@ def open_image_folder(spec: str, root: Path, modality: str | None = None) -> Sou
     """
     path, meta = _read_labels_json(root)
     mod = _modality(meta, path, modality)
-    raw_labels = _labels(meta, path)
+    raw_labels = check_label_names(meta.get("labels"), path)
     mode = meta.get("masks")
     if mode not in MASK_MODES:
         raise _config_error(path, f'set "masks" to "label_map" or "per_class" (got {mode!r})')
@@ -364,51 +320,42 @@ def open_image_folder(spec: str, root: Path, modality: str | None = None) -> Sou
             f'"cases" pattern matches no case in {unmatched[0]!r} '
             f'({len(unmatched)} image(s) in all); fix the pattern or use "stem"',
         )
-    mask_keys: list[tuple[str, str]] = []  # (entry key, mask stem suffix) per label
+    mask_keys: list[tuple[int, str]] = []  # (label id, mask stem suffix) per label
     if mode == "per_class":
         for label_id, name in sorted(raw_labels.items()):
-            mask_keys.append((str(label_id), f"_{name}"))
-            mask_keys.append((str(label_id), f"_{label_id}"))
+            mask_keys.append((label_id, f"_{name}"))
+            mask_keys.append((label_id, f"_{label_id}"))
 
-    by_case: dict[str, list[tuple[str, str]]] = {}
+    by_case: dict[str, list[FolderImage]] = {}
     for stem in sorted(images):
-        image_path = str(images_dir / images[stem])
-        entries: list[str] = []
+        found: LabelMapMask | tuple[ClassMask, ...]
         if mode == "label_map":
-            if stem in masks:
-                entries.append(f"{LABEL_MAP_KEY}={masks_dir / masks[stem]}")
+            found = LabelMapMask(str(masks_dir / masks[stem])) if stem in masks else ()
         else:
-            seen: set[str] = set()
-            for key, suffix in mask_keys:
+            per_class: dict[int, ClassMask] = {}
+            for label_id, suffix in mask_keys:
                 mask = masks.get(stem + suffix)
-                if mask is not None and key not in seen:
-                    seen.add(key)
-                    entries.append(f"{key}={masks_dir / mask}")
-        member = "|".join([image_path, *entries])
-        if member.count("|") != len(entries):
-            raise SourceError(f"file names under {root} must not contain '|': rename them")
+                if mask is not None and label_id not in per_class:
+                    per_class[label_id] = ClassMask(label_id, str(masks_dir / mask))
+            found = tuple(per_class.values())
         case = _case_of(stem, pattern)
-        by_case.setdefault(case, []).append((stem, member))  # type: ignore[arg-type]
+        image = FolderImage(str(images_dir / images[stem]), found)
+        by_case.setdefault(case, []).append(image)  # type: ignore[arg-type]
 
     labels = tuple(sorted((i, readable_label_name(n)) for i, n in raw_labels.items()))
-    cases = []
-    for case in sorted(by_case):
-        members = tuple(member for _, member in by_case[case])
-        cases.append(
-            CaseRef(
-                source=spec,
-                dataset=dataset,
-                case=case,
-                format="images",
-                image_path=members[0].split("|", 1)[0],
-                # Names the case in reject rows; masks are listed per image in ``members``.
-                label_path=str(masks_dir / case),
-                modality=mod,
-                labels=labels,
-                members=members,
-                patient=case,
-            )
+    cases = [
+        ImageFolderCase(
+            source=spec,
+            dataset=dataset,
+            case=case,
+            modality=mod,
+            labels=labels,
+            patient=case,
+            images=tuple(by_case[case]),
+            masks_dir=str(masks_dir),
         )
+        for case in sorted(by_case)
+    ]
     return Source(spec, "images", str(root), dataset, mod, labels, tuple(cases))
 
 
@@ -441,7 +388,7 @@ def _label_map_from_file(
 
 
 def _per_class_map(
-    entries: list[tuple[int, str]],
+    masks: tuple[ClassMask, ...],
     shape: tuple[int, int],
     dtype: type,
     index: int,
@@ -450,7 +397,8 @@ def _per_class_map(
     """Paint binary masks in ascending label id (higher ids win); None if none was usable."""
     label_map = np.zeros(shape, dtype=dtype)
     painted = 0
-    for label_id, path in sorted(entries):
+    for mask_file in sorted(masks, key=lambda m: (m.label, m.path)):
+        label_id, path = mask_file.label, mask_file.path
         try:
             mask = read_mask(path, binary=True)
         except UnreadableImage as exc:
@@ -465,40 +413,37 @@ def _per_class_map(
     return label_map if painted else None
 
 
-def load_image_folder_case(ref: CaseRef) -> LoadedCase:
+def read_case(case: ImageFolderCase) -> LoadedCase:
     """Read the images and masks of one image-folder case (see the module docstring).
 
     Raises:
-        UnreadableImage: ``case_empty`` when the ref lists no image.
+        UnreadableImage: ``case_empty`` when the case lists no image.
     """
-    if not ref.members:
-        raise UnreadableImage("case_empty", f"case {ref.case} lists no image")
-    labels = dict(ref.labels)
+    if not case.images:
+        raise UnreadableImage("case_empty", f"case {case.case} lists no image")
+    labels = dict(case.labels)
     dtype = label_dtype(max(labels, default=0))
     rejects: list[tuple[str, str, int | None]] = []
     kept: list[tuple[int, np.ndarray, np.ndarray]] = []
-    for index, member in enumerate(ref.members):
-        image_path, *entries = member.split("|")
-        name = escape_name(Path(image_path).name)
-        if not entries:
+    for index, image in enumerate(case.images):
+        name = escape_name(Path(image.path).name)
+        if not image.masks:
             rejects.append(("mask_missing", f"{name}: no mask for this image in masks/", index))
             continue
         try:
-            pixels = read_planar_image(image_path)
+            pixels = read_planar_image(image.path)
         except UnreadableImage as exc:
             rejects.append((exc.reason, exc.detail, index))
             continue
         shape = pixels.shape[:2]
-        parsed = [entry.partition("=") for entry in entries]
-        if parsed[0][0] == LABEL_MAP_KEY:
+        if isinstance(image.masks, LabelMapMask):
             try:
-                label_map = _label_map_from_file(parsed[0][2], labels, shape, dtype)
+                label_map = _label_map_from_file(image.masks.path, labels, shape, dtype)
             except UnreadableImage as exc:
                 rejects.append((exc.reason, exc.detail, index))
                 continue
         else:
-            per_class = [(int(key), path) for key, _, path in parsed]
-            painted = _per_class_map(per_class, shape, dtype, index, rejects)
+            painted = _per_class_map(image.masks, shape, dtype, index, rejects)
             if painted is None:
                 continue
             label_map = painted
@@ -515,4 +460,4 @@ def load_image_folder_case(ref: CaseRef) -> LoadedCase:
         )
         for index, pixels, label_map in kept
     )
-    return LoadedCase(ref.modality, intensity, images=images, rejects=tuple(rejects))
+    return LoadedCase(case.modality, intensity, images=images, rejects=tuple(rejects))

@@ -22,17 +22,17 @@ Conventions:
   in another axis order would be mislabelled. ``2d_none`` marks an image that is 2D at source:
   plane ``2d``, slice index 0. The release stores slices as it cut them; medgrit does not
   reorient them, so the radiological display convention is not guaranteed for these images.
-- Cases: one ``CaseRef`` per volume = (dataset, case, sub-modality); ``case`` is
+- Cases: one :class:`SaMed2dCase` per volume = (dataset, case, sub-modality); ``case`` is
   ``{case}--{modality_sub}`` (a patient's sequences, e.g. BraTS T1 and FLAIR, or autoPET CT and
   PET, are separate volumes with the same slice numbers), ``patient`` the release's case name,
-  so all volumes of a patient share the train/test split. ``members`` holds one string per
-  slice, ``"{image path}|{mask path}|..."`` with absolute paths, sorted by axis (x, y, z, 2D)
-  then slice number. ``image_path`` is the ``SAMed2D_v1.json`` that lists the case (the loader
-  finds the class mapping next to it) and ``label_path`` the case's file-name prefix under
-  ``masks/`` (it names the case in reject rows). Cases are sorted by dataset, case,
-  sub-modality. The ``Source`` is named ``SA-Med2D-20M``; its modality is ``mixed`` when the
-  cases have several, and its ``labels`` are empty when they come from several datasets (label
-  ids are per dataset; each ``CaseRef.labels`` holds its dataset's).
+  so all volumes of a patient share the train/test split. ``slices`` holds one
+  :class:`SaMed2dSlice` per slice (image and mask paths, absolute), sorted by axis (x, y, z,
+  2D) then slice number. ``index`` is the ``SAMed2D_v1.json`` that lists the case (the reader
+  finds the class mapping next to it) and ``name`` the volume's file-name prefix
+  ``{modality_sub}--{dataset}--{case}`` (it names the case in reject rows). Cases are sorted by
+  dataset, case, sub-modality. The ``Source`` is named ``SA-Med2D-20M``; its modality is
+  ``mixed`` when the cases have several, and its ``labels`` are empty when they come from
+  several datasets (label ids are per dataset; each case's ``labels`` holds its dataset's).
 - Modality from the file-name prefix: ``ct_*`` ct, ``mr_*`` mr, ``pet_*`` pet, ``x_ray`` xray,
   ``endoscopy_*``, ``dermoscopy_*``, ``fundus_photography`` fundus, ``ultrasound_*``. An unknown
   prefix takes ``--modality`` when given, else opening fails.
@@ -67,22 +67,17 @@ import json
 import os
 import re
 from collections import Counter
+from dataclasses import dataclass
 from functools import lru_cache
 from itertools import pairwise
 from pathlib import Path
-from typing import NamedTuple
+from typing import ClassVar, NamedTuple
 
 import numpy as np
 
-from medgrit.adapters.sources.image_folder import read_mask, read_planar_image
-from medgrit.core.cases import (
-    CaseRef,
-    LoadedCase,
-    PlanarImage,
-    Source,
-    SourceError,
-    UnreadableImage,
-)
+from medgrit.adapters.sources.image_folder import read_planar_image
+from medgrit.adapters.sources.masks import read_mask
+from medgrit.core.cases import Case, LoadedCase, PlanarImage, Source, SourceError, UnreadableImage
 from medgrit.core.fsnames import escape_name
 from medgrit.core.regions import label_dtype
 from medgrit.core.text import MODALITIES, readable_label_name
@@ -90,12 +85,14 @@ from medgrit.core.text import MODALITIES, readable_label_name
 __all__ = [
     "CLASS_MAPPING_JSON",
     "INDEX_JSON",
+    "SaMed2dCase",
+    "SaMed2dSlice",
     "SliceName",
     "label_filter_reason",
-    "load_samed2d_case",
     "modality_of_prefix",
     "open_samed2d",
     "parse_image_name",
+    "read_case",
 ]
 
 INDEX_JSON = "SAMed2D_v1.json"
@@ -164,6 +161,44 @@ def label_filter_reason(raw: str) -> str | None:
     if name.lower() in ("left", "right"):
         return "fragment_label"
     return None
+
+
+# --------------------------------------------------------------------------- cases
+
+
+@dataclass(frozen=True)
+class SaMed2dSlice:
+    """One slice of a volume: its image and the masks ``SAMed2D_v1.json`` lists for it."""
+
+    image: str
+    masks: tuple[str, ...]
+
+
+@dataclass(frozen=True, kw_only=True)
+class SaMed2dCase(Case):
+    """The slices of one SA-Med2D-20M volume.
+
+    Attributes:
+        index: the ``SAMed2D_v1.json`` that lists the volume (the class mapping lies next to it).
+        name: the volume's file-name prefix, ``{modality_sub}--{dataset}--{case}``.
+        masks_dir: the release's ``masks/`` folder.
+        slices: the slices, sorted by axis (x, y, z, 2D), then slice number.
+    """
+
+    format: ClassVar[str] = "samed2d"
+
+    index: str
+    name: str
+    masks_dir: str
+    slices: tuple[SaMed2dSlice, ...]
+
+    @property
+    def reference(self) -> str:
+        return self.name
+
+    @property
+    def message_paths(self) -> tuple[str, ...]:
+        return (self.index, os.path.join(self.masks_dir, self.name))
 
 
 # --------------------------------------------------------------------------- discovery
@@ -238,7 +273,7 @@ def _dataset_labels(classes: dict[int, str]) -> tuple[tuple[int, str], ...]:
     )
 
 
-def open_samed2d(spec: str, root: Path, modality: str | None = None) -> Source:
+def open_samed2d(spec: str, root: Path, modality: str | None = None, key: bytes = b"") -> Source:
     """Open an unpacked SA-Med2D-20M release (or a subset with the same layout).
 
     Reads ``SAMed2D_v1.json`` and the class mapping, parses file names and groups slices into
@@ -248,6 +283,7 @@ def open_samed2d(spec: str, root: Path, modality: str | None = None) -> Source:
         spec: the source spec (``samed2d:PATH``).
         root: the ``SAMed2Dv1`` folder.
         modality: modality key for file-name prefixes medgrit does not know.
+        key: unused (the release holds no identifiers to pseudonymise).
 
     Raises:
         SourceError: a missing or malformed JSON file, an image name that does not follow the
@@ -266,31 +302,29 @@ def open_samed2d(spec: str, root: Path, modality: str | None = None) -> Source:
     mapping = _read_class_mapping(index_path.with_name(CLASS_MAPPING_JSON))
 
     prefix = str(data_root) + os.sep
-    volumes: dict[tuple[str, str, str], list[tuple[int, int, str]]] = {}
+    volumes: dict[tuple[str, str, str], list[tuple[int, int, SaMed2dSlice]]] = {}
     bad_names: list[str] = []
-    for key, masks in index.items():
-        parsed = parse_image_name(key)
+    for image, masks in index.items():
+        parsed = parse_image_name(image)
         if parsed is None:
-            bad_names.append(key)
+            bad_names.append(image)
             continue
         if not isinstance(masks, list):
             raise SourceError(
-                f"malformed {INDEX_JSON} at {index_path}: {key!r} must map to a list of mask paths"
+                f"malformed {INDEX_JSON} at {index_path}: {image!r} must map to a list of mask "
+                "paths"
             )
-        try:
-            member = "|".join(
-                [key if key[0] == "/" else prefix + key]
-                + [m if m[:1] == "/" else prefix + m for m in masks]
-            )
-        except TypeError:
+        if not all(isinstance(m, str) for m in masks):
             raise SourceError(
-                f"malformed {INDEX_JSON} at {index_path}: masks of {key!r} must be path strings"
-            ) from None
-        if member.count("|") != len(masks):
-            raise SourceError(f"paths in {index_path} must not contain '|': {key!r}")
+                f"malformed {INDEX_JSON} at {index_path}: masks of {image!r} must be path strings"
+            )
+        found = SaMed2dSlice(
+            image if image[0] == "/" else prefix + image,
+            tuple(m if m[:1] == "/" else prefix + m for m in masks),
+        )
         order = _PLANE_ORDER[parsed.plane]
         volume = (parsed.dataset, parsed.case, parsed.sub_modality)
-        volumes.setdefault(volume, []).append((order, parsed.slice_index, member))
+        volumes.setdefault(volume, []).append((order, parsed.slice_index, found))
     if bad_names:
         raise SourceError(
             f"malformed {INDEX_JSON} at {index_path}: {len(bad_names)} image name(s) do not follow "
@@ -315,10 +349,10 @@ def open_samed2d(spec: str, root: Path, modality: str | None = None) -> Source:
             )
         modality_of[sub] = found
 
-    masks_prefix = str(data_root / "masks") + os.sep
+    masks_dir = str(data_root / "masks")
     cases = []
     for dataset, case, sub in sorted(volumes):
-        slices = sorted(volumes[(dataset, case, sub)])
+        slices = sorted(volumes[(dataset, case, sub)], key=lambda s: s[:2])
         for before, after in pairwise(slices):
             if before[:2] == after[:2]:
                 raise SourceError(
@@ -326,17 +360,17 @@ def open_samed2d(spec: str, root: Path, modality: str | None = None) -> Source:
                     f"{case} have slice {after[1]} of one plane (zero padding differs?)"
                 )
         cases.append(
-            CaseRef(
+            SaMed2dCase(
                 source=spec,
                 dataset=escape_name(dataset),
                 case=f"{case}--{sub}",
-                format="samed2d",
-                image_path=str(index_path),
-                label_path=f"{masks_prefix}{sub}--{dataset}--{case}",
                 modality=modality_of[sub],
                 labels=labels_of[dataset],
-                members=tuple(member for _, _, member in slices),
                 patient=case,
+                index=str(index_path),
+                name=f"{sub}--{dataset}--{case}",
+                masks_dir=masks_dir,
+                slices=tuple(found for _, _, found in slices),
             )
         )
     modalities = sorted(set(modality_of.values()))
@@ -369,24 +403,24 @@ def _mask_class(mask_path: str, image_stem: str) -> tuple[int, int] | None:
     return int(match.group(1)), int(match.group(2))
 
 
-def load_samed2d_case(ref: CaseRef) -> LoadedCase:
+def read_case(case: SaMed2dCase) -> LoadedCase:
     """Read the slices and masks of one SA-Med2D-20M volume (see the module docstring).
 
     Raises:
-        UnreadableImage: ``case_empty`` when the ref lists no slice, ``class_mapping_missing``
+        UnreadableImage: ``case_empty`` when the case lists no slice, ``class_mapping_missing``
             when the class mapping next to ``SAMed2D_v1.json`` cannot be read.
     """
-    if not ref.members:
-        raise UnreadableImage("case_empty", f"case {ref.case} lists no slice")
-    usable = dict(ref.labels)
+    if not case.slices:
+        raise UnreadableImage("case_empty", f"case {case.case} lists no slice")
+    usable = dict(case.labels)
     dtype = label_dtype(max(usable, default=0))
     rejects: list[tuple[str, str, int | None]] = []
     dropped: Counter[int] = Counter()  # masks of classes medgrit does not use, by label id
     images: list[PlanarImage] = []
-    for member in ref.members:
-        image_path, *mask_paths = member.split("|")
+    for found in case.slices:
+        image_path, mask_paths = found.image, found.masks
         parsed = parse_image_name(image_path)
-        if parsed is None:  # only a hand-made ref gets here: open_samed2d checked every name
+        if parsed is None:  # only a hand-made case gets here: open_samed2d checked every name
             raise UnreadableImage("image_unreadable", f"not an SA-Med2D-20M name: {image_path}")
         index = parsed.slice_index
         where = f"{parsed.plane} slice {index}"
@@ -434,17 +468,17 @@ def load_samed2d_case(ref: CaseRef) -> LoadedCase:
         images.append(PlanarImage(index, pixels, label_map, parsed.plane))
 
     if dropped:
-        rejects.extend(_dropped_class_rejects(ref, dropped))
-    return LoadedCase(ref.modality, "display", images=tuple(images), rejects=tuple(rejects))
+        rejects.extend(_dropped_class_rejects(case, dropped))
+    return LoadedCase(case.modality, "display", images=tuple(images), rejects=tuple(rejects))
 
 
 def _dropped_class_rejects(
-    ref: CaseRef, dropped: Counter[int]
+    case: SaMed2dCase, dropped: Counter[int]
 ) -> list[tuple[str, str, int | None]]:
     """One reject per class medgrit does not use, with the count of masks dropped."""
-    mapping_path = str(Path(ref.image_path).with_name(CLASS_MAPPING_JSON))
+    mapping_path = str(Path(case.index).with_name(CLASS_MAPPING_JSON))
     try:
-        classes = _class_names(mapping_path).get(ref.dataset, {})
+        classes = _class_names(mapping_path).get(case.dataset, {})
     except SourceError as exc:
         raise UnreadableImage("class_mapping_missing", str(exc)) from exc
     out: list[tuple[str, str, int | None]] = []
@@ -453,7 +487,7 @@ def _dropped_class_rejects(
         count = dropped[label_id]
         if raw is None:
             detail = (
-                f"class {label_id - 1:04d} is not in {CLASS_MAPPING_JSON} for {ref.dataset}: "
+                f"class {label_id - 1:04d} is not in {CLASS_MAPPING_JSON} for {case.dataset}: "
                 f"{count} mask(s) dropped"
             )
             out.append(("unknown_label", detail, None))
