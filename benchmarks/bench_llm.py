@@ -355,7 +355,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    print("medgrit benchmark: adapters.llm_client.OpenAICompatibleClient vs rate limits")
+    print("medgrit benchmark: adapters.llm.client.OpenAICompatibleClient vs rate limits")
     print(environment_note())
     requests = build_requests(args.requests)
     costs = [token_cost(r) for r in requests]
