@@ -31,6 +31,9 @@ from medgrit.adapters.synthetic.dicom_writer import (
     write_single_image,
 )
 
+# The eight modalities of Med-GRIT, which the demo covers.
+EIGHT_MODALITIES = {"ct", "mr", "xray", "pet", "endoscopy", "dermoscopy", "fundus", "ultrasound"}
+
 
 @dataclass(frozen=True)
 class Expected:

@@ -14,6 +14,7 @@ import nibabel as nib
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
+from catalogue import EIGHT_MODALITIES
 
 from medgrit.adapters.store.png import decode_png
 from medgrit.adapters.synthetic.demo import CT_LABELS, make_ct_phantom
@@ -51,16 +52,7 @@ def test_demo_build_meets_the_data_contract(demo_build) -> None:
     regions = _read(out, "regions")
     conversations = _read(out, "conversations")
     assert len(images) == 60
-    assert {i["modality"] for i in images} == {
-        "ct",
-        "mr",
-        "xray",
-        "pet",
-        "endoscopy",
-        "dermoscopy",
-        "fundus",
-        "ultrasound",
-    }
+    assert {i["modality"] for i in images} == EIGHT_MODALITIES
     by_image = {}
     for image in images:
         pixels = decode_png(image["image"]["bytes"])

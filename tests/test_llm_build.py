@@ -142,20 +142,15 @@ def test_api_key_is_never_written_or_logged(llm_server, medgrit, tmp_path: Path)
             assert API_KEY.encode() not in path.read_bytes(), path
 
 
+def _llm_flags(base_url: str) -> tuple[str, ...]:
+    return ("--generator", "llm", "--llm-model", "m", "--llm-base-url", base_url)
+
+
 def test_wrong_key_is_a_clear_failure(llm_server, medgrit, tmp_path: Path) -> None:
     llm_server.configure(ServerConfig(api_key=API_KEY))
     result = medgrit(
-        "build",
-        "--out",
-        str(tmp_path / "out"),
-        "--max-images",
-        "2",
-        "--generator",
-        "llm",
-        "--llm-model",
-        "m",
-        "--llm-base-url",
-        llm_server.base_url,
+        *("build", "--out", str(tmp_path / "out"), "--max-images", "2"),
+        *_llm_flags(llm_server.base_url),
         env={"OPENAI_API_KEY": "sk-wrong"},
     )
     assert "sk-wrong" not in result.stdout + result.stderr
@@ -191,17 +186,8 @@ def test_api_key_from_a_prefect_secret_block(
         Secret(value=API_KEY).save("medgrit-test-llm-key", overwrite=True)
     out = tmp_path / "out"
     result = medgrit(
-        "build",
-        "--out",
-        str(out),
-        "--max-images",
-        "3",
-        "--generator",
-        "llm",
-        "--llm-model",
-        "m",
-        "--llm-base-url",
-        llm_server.base_url,
+        *("build", "--out", str(out), "--max-images", "3"),
+        *_llm_flags(llm_server.base_url),
         "--llm-api-key-block",
         "medgrit-test-llm-key",
         env={"OPENAI_API_KEY": ""},

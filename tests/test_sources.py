@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+from catalogue import EIGHT_MODALITIES
 
 from medgrit.adapters.sources import SourceError, open_sources
 from medgrit.adapters.sources.nnunet import modality_from_channel, open_msd, open_nnunet
@@ -115,16 +116,7 @@ def test_demo_expands_to_all_eight_modalities(demo_dir: Path) -> None:
     sources = open_sources(["demo"], demo_dir=demo_dir)
     assert [(s.kind, s.modality) for s in sources[:2]] == [("msd", "mr"), ("nnunet", "ct")]
     modalities = {case.modality for s in sources for case in s.cases}
-    assert modalities == {
-        "ct",
-        "mr",
-        "xray",
-        "pet",
-        "endoscopy",
-        "dermoscopy",
-        "fundus",
-        "ultrasound",
-    }
+    assert modalities == EIGHT_MODALITIES
     ct_labels = {name for _, name in sources[1].labels}
     assert {"body", "lungs", "liver", "spleen", "left kidney", "right kidney", "spine"} == ct_labels
     synthetic = {
