@@ -112,12 +112,12 @@ def build_replacing(config: BuildConfig, out: Path) -> None:
     from medgrit.adapters.store.dataset_dir import foreign_entries, prepare_staging, swap_in
     from medgrit.adapters.store.manifest import update_manifest
 
-    shown = out
+    given = out
     out = out.resolve()  # replace the folder itself, not a link to it
     with ExitStack() as stack:
         take_out(out, stack, "overwrite")
         if foreign_entries(out):  # checked again now that no other writer can add any
-            fail(f"--out {shown(shown)} holds files medgrit did not write; choose another folder")
+            fail(f"--out {shown(given)} holds files medgrit did not write; choose another folder")
         try:
             staging = prepare_staging(out)
         except OSError as exc:
@@ -137,7 +137,7 @@ def build_replacing(config: BuildConfig, out: Path) -> None:
             raise
         if signalled() or manifest.get("status") != "complete":
             fail(
-                f"the new dataset is not complete; {shown(shown)} is unchanged: run the same "
+                f"the new dataset is not complete; {shown(given)} is unchanged: run the same "
                 "command again to finish it and replace the old one",
                 code=1,
             )

@@ -325,9 +325,6 @@ def _at(reject: Reject, index: int) -> Reject:
     return Reject(reject.stage, reject.reason, reject.detail, index)
 
 
-# -- conversations ---------------------------------------------------------------------------
-
-
 # -- the shard -------------------------------------------------------------------------------
 
 

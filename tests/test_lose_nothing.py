@@ -105,6 +105,24 @@ def test_out_is_never_a_source_folder(
         assert tree_digest(root.parent) == before
 
 
+def test_a_failed_overwrite_keeps_the_old_dataset_and_says_so(
+    reference: Path, ct_source: Path, medgrit, tmp_path: Path
+) -> None:
+    out = tmp_path / "ds"
+    shutil.copytree(reference, out)
+    before = _contents(out)
+    with serve(ServerConfig(api_key="sk-the-right-one")) as refusing:
+        llm = ["--generator", "llm", "--llm-model", "m", "--llm-base-url", refusing.base_url]
+        result = medgrit(
+            *("build", f"nnunet:{ct_source}", "--out", str(out), "--overwrite", *llm),
+            env={"OPENAI_API_KEY": "sk-wrong"},
+        )
+    assert result.returncode == 1, result.stderr[-3000:]
+    assert "Traceback" not in result.stderr
+    assert f"{out} is unchanged; run the same command again" in result.stderr
+    assert _contents(out) == before
+
+
 def test_overwrite_refuses_a_dataset_holding_files_of_yours(
     reference: Path, ct_source: Path, medgrit, tmp_path: Path
 ) -> None:
