@@ -1,7 +1,8 @@
 """A build in plain Python: preflight, plan, shards through any mapper, the manifest.
 
 :func:`run_build` builds (or resumes) a dataset directory: it holds the dataset's writer lock,
-opens the sources once (:func:`prepare_build`, shared with the CLI's checks), plans the shards
+opens the sources once (:func:`prepare_build`; the CLI's checks hand it the listing they made
+with :func:`open_build_sources`), plans the shards
 (pure, ``medgrit.core.sharding``), keeps the manifest (``medgrit.adapters.store.bookkeeping``) and
 runs every pending shard through a :class:`ShardMapper`: :class:`LoopMapper` in-process, a thread
 pool, or the Prefect flow's task runner (``medgrit.flows.build``). Each shard is
@@ -13,8 +14,9 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import as_completed as _futures_completed
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -67,6 +69,7 @@ def build_key(config: BuildConfig) -> bytes:
 
 # Sources the CLI's checks opened, handed to the build that follows in the same process.
 _handed_over: dict[tuple, list[Source]] = {}
+_handover_lock = threading.Lock()
 
 
 def _listing_key(config: BuildConfig, key: bytes) -> tuple:
@@ -81,16 +84,19 @@ def open_build_sources(config: BuildConfig, key: bytes) -> list[Source]:
     Raises:
         SourceError: a source a user must fix.
     """
-    _handed_over.clear()
     sources = open_sources(
         config.sources, demo_dir=default_demo_dir(), modality=config.modality, key=key
     )
-    _handed_over[_listing_key(config, key)] = sources
+    with _handover_lock:
+        _handed_over.clear()
+        _handed_over[_listing_key(config, key)] = sources
     return sources
 
 
 def _build_sources(config: BuildConfig, key: bytes) -> list[Source]:
-    handed = _handed_over.pop(_listing_key(config, key), None)
+    with _handover_lock:
+        handed = _handed_over.pop(_listing_key(config, key), None)
+        _handed_over.clear()  # whatever else was listed is for no build but this one
     if handed is not None:
         return handed
     return open_sources(
@@ -219,6 +225,10 @@ class ShardMapper(Protocol):
 
     def as_completed(self, futures: list[ShardFuture]) -> Iterator[ShardFuture]: ...
 
+    def close(self) -> None:
+        """Stop what has not started and wait for what runs (after the last shard, or when the
+        build stops)."""
+
 
 class _Deferred:
     """A shard the loop mapper runs when its turn comes."""
@@ -257,25 +267,46 @@ class LoopMapper:
             future.run()  # type: ignore[attr-defined]
             yield future
 
+    def close(self) -> None:
+        """Nothing runs once the loop is left."""
+
+
+class _PoolFuture:
+    """A pool future as ``run_build`` takes one: a shard cancelled before it ran is not done."""
+
+    def __init__(self, future: Future) -> None:
+        self.future = future
+
+    def result(self) -> dict:
+        return self.future.result()
+
+    def done(self) -> bool:
+        return self.future.done() and not self.future.cancelled()
+
 
 @dataclass
 class ThreadMapper:
-    """Shards on a pool of threads."""
+    """Shards on a pool of ``workers`` threads (one pool per build; ``close`` ends it)."""
 
     workers: int = 2
     work: Callable[[ShardJob], dict] = build_one_shard
-
-    def __post_init__(self) -> None:
-        self._pool = ThreadPoolExecutor(max_workers=self.workers)
+    _pool: ThreadPoolExecutor | None = field(default=None, init=False, repr=False)
 
     def submit(self, job: ShardJob) -> ShardFuture:
-        return self._pool.submit(self.work, job)
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(max_workers=self.workers)
+        return _PoolFuture(self._pool.submit(self.work, job))
 
     def as_completed(self, futures: list[ShardFuture]) -> Iterator[ShardFuture]:
-        try:
-            yield from _futures_completed(futures)  # type: ignore[arg-type]
-        finally:
+        by_future = {f.future: f for f in futures}  # type: ignore[attr-defined]
+        for done in _futures_completed(list(by_future)):
+            yield by_future[done]
+
+    def close(self) -> None:
+        """Drop the shards not started and wait for the running ones."""
+        if self._pool is not None:
             self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool = None
 
 
 def _outcome(future: ShardFuture) -> dict | BaseException:
@@ -401,6 +432,7 @@ def _run_locked(
     except BaseException:
         # Stopped (a signal) or broken: keep what finished, so a resume does not redo it.
         request_stop()
+        mapper.close()
         for future, shard in futures.items():
             if entries[shard]["status"] != "done" and future.done():
                 record(future)
@@ -410,6 +442,7 @@ def _run_locked(
             pass  # the last manifest written stays valid
         raise
 
+    mapper.close()
     if stop_requested() and disk_full is None:
         raise BuildInterrupted("the build was asked to stop")  # never finalise a stopped build
     if disk_full is not None:

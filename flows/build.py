@@ -13,6 +13,7 @@ from medgrit.flows.prefect_env import apply_prefect_defaults
 apply_prefect_defaults()
 
 from collections.abc import Iterator  # noqa: E402
+from pathlib import Path  # noqa: E402
 
 from prefect import flow, get_run_logger  # noqa: E402
 from prefect.artifacts import create_markdown_artifact  # noqa: E402
@@ -58,6 +59,9 @@ class PrefectMapper:
         for done in as_completed(list(by_future)):
             yield by_future[done]
 
+    def close(self) -> None:
+        """The flow's task runner waits for its tasks."""
+
 
 @flow(name="build_dataset", log_prints=False)
 def build_dataset(config: BuildConfig, rebuild_if_changed: bool = False) -> dict:
@@ -75,7 +79,7 @@ def build_dataset(config: BuildConfig, rebuild_if_changed: bool = False) -> dict
     Raises:
         BuildFailed, DiskFull, DatasetBusy, DatasetMismatch: see ``run_build``.
     """
-    shown = escape_name(config.out)
+    shown = escape_name(str(Path(config.out)))
 
     def publish(summary: str) -> None:
         create_markdown_artifact(

@@ -101,3 +101,25 @@ def test_a_plain_loop_builds_the_same_tables_as_the_prefect_flow(
         assert key == sorted(
             pool_tables[name], key=lambda r: json.dumps(r, sort_keys=True, default=str)
         )
+
+
+def test_a_stopped_thread_pool_build_leaves_the_rest_pending_not_failed(
+    demo_dir: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    from medgrit.adapters.build import ThreadMapper, build_one_shard, run_build
+    from medgrit.adapters.runtime.interrupt import BuildInterrupted, request_stop
+
+    monkeypatch.setenv("MEDGRIT_DEMO_DIR", str(demo_dir))
+
+    def stop_after_the_first(job):
+        entry = build_one_shard(job)
+        request_stop()  # as a signal would, while other shards wait in the pool
+        return entry
+
+    config = BuildConfig(out=str(tmp_path / "ds"), max_images=8, cases_per_shard=1)
+    with pytest.raises(BuildInterrupted):
+        run_build(config, ThreadMapper(1, stop_after_the_first))
+    manifest = json.loads((tmp_path / "ds" / "dataset.json").read_text())
+    status = [s["status"] for s in manifest["shards"]]
+    assert status[0] == "done" and len(status) > 2
+    assert set(status[1:]) == {"pending"}

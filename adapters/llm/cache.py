@@ -110,8 +110,8 @@ class AnswerCache:
         return ChatResult(
             request.custom_id,
             record["content"],
-            int(record.get("prompt_tokens", 0)),
-            int(record.get("completion_tokens", 0)),
+            record["prompt_tokens"],
+            record["completion_tokens"],
             key,
             from_cache=True,
         )
