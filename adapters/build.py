@@ -352,15 +352,19 @@ def run_build(
     out.mkdir(parents=True, exist_ok=True)
     if not signalled():
         clear_stop()  # a stop left by an earlier build of this process
-    with hold_dataset(out), stop_on_signals():
-        return _run_locked(
-            config,
-            out,
-            map_shards or LoopMapper(),
-            rebuild_if_changed,
-            logger or logging.getLogger("medgrit.build"),
-            publish_summary,
-        )
+    try:
+        with hold_dataset(out), stop_on_signals():
+            return _run_locked(
+                config,
+                out,
+                map_shards or LoopMapper(),
+                rebuild_if_changed,
+                logger or logging.getLogger("medgrit.build"),
+                publish_summary,
+            )
+    finally:
+        if not signalled():
+            clear_stop()  # a stop this build asked for (a full disk, a failure) ends with it
 
 
 def _run_locked(

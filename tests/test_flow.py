@@ -107,7 +107,7 @@ def test_a_stopped_thread_pool_build_leaves_the_rest_pending_not_failed(
     demo_dir: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     from medgrit.adapters.build import ThreadMapper, build_one_shard, run_build
-    from medgrit.adapters.runtime.interrupt import BuildInterrupted, request_stop
+    from medgrit.adapters.runtime.interrupt import BuildInterrupted, request_stop, stop_requested
 
     monkeypatch.setenv("MEDGRIT_DEMO_DIR", str(demo_dir))
 
@@ -123,3 +123,4 @@ def test_a_stopped_thread_pool_build_leaves_the_rest_pending_not_failed(
     status = [s["status"] for s in manifest["shards"]]
     assert status[0] == "done" and len(status) > 2
     assert set(status[1:]) == {"pending"}
+    assert not stop_requested()  # the stop ended with the build it stopped
