@@ -47,6 +47,12 @@ def _contents(out: Path) -> dict[str, str]:
     return {k: v for k, v in tree_digest(out).items() if not k.endswith(".lock")}
 
 
+def _copy_of(reference: Path, out: Path) -> tuple[Path, dict]:
+    """A copy of the reference dataset at ``out``, and its contents to compare with later."""
+    shutil.copytree(reference, out)
+    return out, _contents(out)
+
+
 def _one_line(result: subprocess.CompletedProcess) -> str:
     lines = [line for line in result.stderr.splitlines() if line.startswith("medgrit:")]
     assert len(lines) == 1, result.stderr[-3000:]
@@ -108,9 +114,7 @@ def test_out_is_never_a_source_folder(
 def test_a_failed_overwrite_keeps_the_old_dataset_and_says_so(
     reference: Path, ct_source: Path, medgrit, tmp_path: Path
 ) -> None:
-    out = tmp_path / "ds"
-    shutil.copytree(reference, out)
-    before = _contents(out)
+    out, before = _copy_of(reference, tmp_path / "ds")
     with serve(ServerConfig(api_key="sk-the-right-one")) as refusing:
         llm = ["--generator", "llm", "--llm-model", "m", "--llm-base-url", refusing.base_url]
         result = medgrit(
@@ -175,9 +179,7 @@ def _popen(args: list[str], env: dict[str, str]) -> subprocess.Popen:
 def test_a_killed_overwrite_loses_nothing_and_the_same_command_finishes(
     reference: Path, ct_source: Path, medgrit, cli_env: dict[str, str], tmp_path: Path
 ) -> None:
-    out = tmp_path / "ds"
-    shutil.copytree(reference, out)
-    before = _contents(out)
+    out, before = _copy_of(reference, tmp_path / "ds")
     args = ["build", f"nnunet:{ct_source}", "--out", str(out), "--overwrite", "--seed", "5"]
     args += ["--cases-per-shard", "1", "--workers", "1"]
     proc = _popen(args, cli_env)
@@ -527,9 +529,7 @@ def test_sigterm_stops_cleanly_stops_prefect_and_resume_gives_the_same_tables(
 def test_ctrl_c_during_an_overwrite_keeps_the_old_dataset(
     reference: Path, ct_source: Path, slow_llm, cli_env: dict[str, str], tmp_path: Path
 ) -> None:
-    out = tmp_path / "ds"
-    shutil.copytree(reference, out)
-    before = _contents(out)
+    out, before = _copy_of(reference, tmp_path / "ds")
     llm = ["--generator", "llm", "--llm-model", "m", "--llm-base-url", slow_llm.base_url]
     proc = _popen(
         ["build", f"nnunet:{ct_source}", "--out", str(out), "--overwrite", *llm],
