@@ -20,7 +20,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import as_completed as _futures_completed
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 from medgrit.adapters.runtime.interrupt import (
     BuildInterrupted,
@@ -84,9 +84,7 @@ def open_build_sources(config: BuildConfig, key: bytes) -> list[Source]:
     Raises:
         SourceError: a source a user must fix.
     """
-    sources = open_sources(
-        config.sources, demo_dir=default_demo_dir(), modality=config.modality, key=key
-    )
+    sources = _open(config, key)
     with _handover_lock:
         _handed_over.clear()
         _handed_over[_listing_key(config, key)] = sources
@@ -97,8 +95,10 @@ def _build_sources(config: BuildConfig, key: bytes) -> list[Source]:
     with _handover_lock:
         handed = _handed_over.pop(_listing_key(config, key), None)
         _handed_over.clear()  # whatever else was listed is for no build but this one
-    if handed is not None:
-        return handed
+    return handed if handed is not None else _open(config, key)
+
+
+def _open(config: BuildConfig, key: bytes) -> list[Source]:
     return open_sources(
         config.sources, demo_dir=default_demo_dir(), modality=config.modality, key=key
     )
@@ -271,17 +271,36 @@ class LoopMapper:
         """Nothing runs once the loop is left."""
 
 
-class _PoolFuture:
-    """A pool future as ``run_build`` takes one: a shard cancelled before it ran is not done."""
+class RunnerFuture:
+    """A task runner's future as ``run_build`` takes one.
 
-    def __init__(self, future: Future) -> None:
-        self.future = future
+    Args:
+        future: the runner's future (``concurrent.futures``, Prefect, ...).
+        finished: whether that future ran to an end (a shard cancelled before it started, or
+            one still running, has not).
+    """
+
+    def __init__(self, future: Any, finished: Callable[[Any], bool]) -> None:
+        self.future, self.finished = future, finished
 
     def result(self) -> dict:
         return self.future.result()
 
     def done(self) -> bool:
-        return self.future.done() and not self.future.cancelled()
+        return self.finished(self.future)
+
+
+def in_completion_order(
+    futures: list[ShardFuture], as_completed: Callable[[list], Iterator[Any]]
+) -> Iterator[ShardFuture]:
+    """The :class:`RunnerFuture` objects in the order their runner's ``as_completed`` gives."""
+    by_future = {f.future: f for f in futures}  # type: ignore[attr-defined]
+    for done in as_completed(list(by_future)):
+        yield by_future[done]
+
+
+def _pool_finished(future: Future) -> bool:
+    return future.done() and not future.cancelled()
 
 
 @dataclass
@@ -295,12 +314,10 @@ class ThreadMapper:
     def submit(self, job: ShardJob) -> ShardFuture:
         if self._pool is None:
             self._pool = ThreadPoolExecutor(max_workers=self.workers)
-        return _PoolFuture(self._pool.submit(self.work, job))
+        return RunnerFuture(self._pool.submit(self.work, job), _pool_finished)
 
     def as_completed(self, futures: list[ShardFuture]) -> Iterator[ShardFuture]:
-        by_future = {f.future: f for f in futures}  # type: ignore[attr-defined]
-        for done in _futures_completed(list(by_future)):
-            yield by_future[done]
+        return in_completion_order(futures, _futures_completed)
 
     def close(self) -> None:
         """Drop the shards not started and wait for the running ones."""

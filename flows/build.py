@@ -20,7 +20,12 @@ from prefect.artifacts import create_markdown_artifact  # noqa: E402
 from prefect.futures import PrefectFuture, as_completed  # noqa: E402
 from prefect.states import Failed  # noqa: E402
 
-from medgrit.adapters.build import ShardJob, run_build  # noqa: E402
+from medgrit.adapters.build import (  # noqa: E402
+    RunnerFuture,
+    ShardJob,
+    in_completion_order,
+    run_build,
+)
 from medgrit.adapters.runtime.interrupt import BuildInterrupted  # noqa: E402
 from medgrit.adapters.store.bookkeeping import (  # noqa: E402
     BuildFailed,
@@ -34,30 +39,19 @@ from medgrit.tasks.build import build_shard  # noqa: E402
 __all__ = ["BuildFailed", "DatasetMismatch", "DiskFull", "build_dataset"]
 
 
-class _TaskFuture:
-    """A Prefect task future as ``run_build`` takes one."""
-
-    def __init__(self, future: PrefectFuture) -> None:
-        self.future = future
-
-    def result(self) -> dict:
-        return self.future.result()
-
-    def done(self) -> bool:
-        return self.future.state.is_completed()
+def _task_finished(future: PrefectFuture) -> bool:
+    return future.state.is_completed()
 
 
 class PrefectMapper:
     """Shards as ``build_shard`` tasks on the running flow's task runner."""
 
-    def submit(self, job: ShardJob) -> _TaskFuture:
+    def submit(self, job: ShardJob) -> RunnerFuture:
         task = build_shard.with_options(task_run_name=f"build_shard-{job.shard}")
-        return _TaskFuture(task.submit(job))
+        return RunnerFuture(task.submit(job), _task_finished)
 
-    def as_completed(self, futures: list) -> Iterator[_TaskFuture]:
-        by_future = {f.future: f for f in futures}
-        for done in as_completed(list(by_future)):
-            yield by_future[done]
+    def as_completed(self, futures: list) -> Iterator[RunnerFuture]:
+        return in_completion_order(futures, as_completed)
 
     def close(self) -> None:
         """The flow's task runner waits for its tasks."""
