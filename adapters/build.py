@@ -52,7 +52,13 @@ from medgrit.adapters.text.templates import TemplateGenerator, combined_hash, te
 from medgrit.core.failures import is_disk_full
 from medgrit.core.fsnames import escape_name
 from medgrit.core.generation import Generator
-from medgrit.core.pipeline import CaseTask, ShardIO, build_shard_rows, count_case_images
+from medgrit.core.pipeline import (
+    CaseTask,
+    ShardIO,
+    build_shard_rows,
+    build_vocabulary,
+    count_case_images,
+)
 from medgrit.core.sharding import plan_build
 from medgrit.core.summary import shard_stats
 from medgrit.schemas.config import BuildConfig, LLMConfig
@@ -140,8 +146,14 @@ def resolve_api_key(llm: LLMConfig) -> str:
     return key
 
 
-def make_generator(config: BuildConfig, shard: str, known_batches: list[str]) -> Generator:
-    """The build's generator for one shard (templates, or an LLM endpoint)."""
+def make_generator(
+    config: BuildConfig,
+    shard: str,
+    known_batches: list[str],
+    vocabulary: tuple[str, ...] = (),
+) -> Generator:
+    """The build's generator for one shard (templates, or an LLM endpoint whose answers are
+    checked against the build's label ``vocabulary`` before it is asked again)."""
     if config.generator == "template" or config.llm is None:
         return TemplateGenerator(seed=config.seed, max_region_turns=config.max_region_turns)
     from medgrit.adapters.llm.generator import LLMGenerator
@@ -154,6 +166,7 @@ def make_generator(config: BuildConfig, shard: str, known_batches: list[str]) ->
         max_region_turns=config.max_region_turns,
         known_batches=known_batches,
         on_batch=lambda batch_id: record_batch(out, shard, batch_id),
+        vocabulary=vocabulary,
     )
 
 
@@ -181,18 +194,20 @@ def generator_info(config: BuildConfig) -> dict:
 
 @dataclass(frozen=True)
 class ShardJob:
-    """One shard to build: its id, its cases, the config and batches already submitted."""
+    """One shard to build: its id, its cases, the config, batches already submitted and the
+    build's label vocabulary (``medgrit.core.pipeline.build_vocabulary``)."""
 
     shard: str
     cases: list[CaseTask]
     config: BuildConfig
     known_batches: list[str] = field(default_factory=list)
+    vocabulary: tuple[str, ...] = ()
 
 
 def build_one_shard(job: ShardJob) -> dict:
     """Build and write one shard; returns its manifest entry (files, row counts, stats, tokens)."""
-    generator = make_generator(job.config, job.shard, job.known_batches)
-    rows = build_shard_rows(job.cases, job.config, generator, SHARD_IO)
+    generator = make_generator(job.config, job.shard, job.known_batches, job.vocabulary)
+    rows = build_shard_rows(job.cases, job.config, generator, SHARD_IO, job.vocabulary)
     tables = rows.as_tables()
     check_stop()
     written = ParquetShardWriter(Path(job.config.out)).write_shard(job.shard, tables)
@@ -395,7 +410,8 @@ def _run_locked(
     shown = escape_name(str(out))
     prepared = prepare_build(config)
     plan = prepared.plan
-    manifest = new_manifest(config, prepared.sources, plan, generator_info(config))
+    vocabulary = build_vocabulary([c for _, cases in plan for c in cases])
+    manifest = new_manifest(config, prepared.sources, plan, generator_info(config), vocabulary)
     resume_from(out, manifest, rebuild_if_changed)
     writer = ParquetShardWriter(out)
     for leftover in writer.remove_temporaries():
@@ -411,7 +427,9 @@ def _run_locked(
         "%d shards planned, %d to build, %d already done", total, len(pending), total - len(pending)
     )
     futures = {
-        mapper.submit(ShardJob(shard, cases, config, entries[shard].get("batches", []))): shard
+        mapper.submit(
+            ShardJob(shard, cases, config, entries[shard].get("batches", []), vocabulary)
+        ): shard
         for shard, cases in pending
     }
     finished = total - len(pending)

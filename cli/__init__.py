@@ -252,7 +252,7 @@ def validate(out: Annotated[Path, typer.Argument(help="Dataset directory.")]) ->
         problems = validate_dataset(out)
     except ManifestError as exc:
         fail(str(exc))
-    for p in problems[:50]:
+    for p in problems:
         typer.echo(escape_name(p))
     if problems:
         typer.echo(f"{len(problems)} problem(s) found", err=True)

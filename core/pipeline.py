@@ -329,13 +329,24 @@ def _at(reject: Reject, index: int) -> Reject:
 
 
 def build_shard_rows(
-    cases: list[CaseTask], config: BuildConfig, generator: Generator, io: ShardIO
+    cases: list[CaseTask],
+    config: BuildConfig,
+    generator: Generator,
+    io: ShardIO,
+    vocabulary: tuple[str, ...] = (),
 ) -> ShardRows:
-    """All rows of a shard, cases in the given order."""
+    """All rows of a shard, cases in the given order; ``vocabulary`` is the build's label names
+    (see :func:`build_vocabulary`), against which every turn's names are read."""
     rows = ShardRows()
     for task in cases:
         io.check_stop()
         guarded(rows, task, "load", None, lambda task=task: build_case(task, config, io, rows))
     io.check_stop()
-    write_conversations(generator, rows)
+    write_conversations(generator, rows, vocabulary)
     return rows
+
+
+def build_vocabulary(cases: list[CaseTask]) -> tuple[str, ...]:
+    """The label names of a build's cases, sorted: the structure names its texts may use (a
+    name a case does not have is an invented structure there). The same for any shard plan."""
+    return tuple(sorted({name for task in cases for _, name in task.ref.labels}))

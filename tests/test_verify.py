@@ -4,14 +4,22 @@ from __future__ import annotations
 
 import pytest
 
-from medgrit.core.generation import QA, RegionFacts
+from medgrit.core.generation import QA, ImageFacts, RegionFacts
 from medgrit.core.text import format_box, format_ref
-from medgrit.core.verify import TextRules, verify_qa
+from medgrit.core.verify import Failure, ImageTruth, TextRules, check_turn, verify_qa
 
 IMAGE = "3f2a9c01d4e5b6a7-a0042"
 
 
-def region(row: int, label: str, label_id: int, bbox_1000, instance: int = 0) -> RegionFacts:
+def region(
+    row: int,
+    label: str,
+    label_id: int,
+    bbox_1000,
+    instance: int = 0,
+    position: str = "center",
+    size: str = "small",
+) -> RegionFacts:
     return RegionFacts(
         region_id=f"{IMAGE}-r{row:03d}",
         label=label,
@@ -19,15 +27,16 @@ def region(row: int, label: str, label_id: int, bbox_1000, instance: int = 0) ->
         instance=instance,
         bbox_1000=bbox_1000,
         area=400,
-        position="center",
-        size="small",
+        position=position,
+        size=size,
     )
 
 
-LIVER = region(0, "liver", 1, (100, 200, 450, 600))
-LEFT_KIDNEY = region(1, "left kidney", 2, (600, 500, 750, 700))
-RIGHT_KIDNEY = region(2, "right kidney", 3, (250, 500, 400, 700))
+LIVER = region(0, "liver", 1, (100, 200, 450, 600), position="middle left", size="large")
+LEFT_KIDNEY = region(1, "left kidney", 2, (600, 500, 750, 700), position="middle right")
+RIGHT_KIDNEY = region(2, "right kidney", 3, (250, 500, 400, 700), position="middle left")
 REGIONS = {r.region_id: r for r in (LIVER, LEFT_KIDNEY, RIGHT_KIDNEY)}
+CT_AXIAL = ImageFacts(IMAGE, "ct", "axial", 512, 512)
 
 
 def box(r: RegionFacts) -> str:
@@ -85,15 +94,6 @@ def test_invented_box_in_the_question_is_unknown_box():
     assert verify_qa(turn, REGIONS) == "unknown_box"
 
 
-def test_box_of_another_region_of_the_same_image_is_accepted():
-    # Boxes are checked against the image, not the referenced regions only.
-    turn = qa(
-        "VG", "Where is the liver?", f"<ref>liver</ref>{box(LIVER)}{box(RIGHT_KIDNEY)}", LIVER
-    )
-
-    assert verify_qa(turn, REGIONS) is None
-
-
 @pytest.mark.parametrize(
     "answer",
     [
@@ -112,16 +112,160 @@ def test_answer_cut_off_inside_a_box_is_malformed_box():
     assert verify_qa(turn, REGIONS) == "malformed_box"
 
 
-def test_roc_answer_without_the_label_is_roc_label_missing():
-    turn = qa("ROC", f"What is the structure in {box(LIVER)}?", "It is the spleen.", LIVER)
+def test_box_of_another_region_after_a_ref_is_ref_box_mismatch():
+    # Each box after <ref>X</ref> must be a box of X, not of any region of the image.
+    turn = qa(
+        "VG", "Where is the liver?", f"<ref>liver</ref>{box(LIVER)}{box(RIGHT_KIDNEY)}", LIVER
+    )
+
+    assert verify_qa(turn, REGIONS) == "ref_box_mismatch"
+
+
+def test_box_after_a_plain_name_is_bound_to_that_name():
+    answer = f"The liver is at {box(LEFT_KIDNEY)}."
+
+    assert verify_qa(qa("VG", "Where is the liver?", answer, LIVER), REGIONS) == "ref_box_mismatch"
+
+
+def test_boxes_of_each_instance_are_the_boxes_of_their_label():
+    a = region(10, "lesion", 7, (100, 100, 200, 200))
+    b = region(11, "lesion", 7, (400, 400, 500, 500), instance=1)
+    c = region(12, "lesion", 7, (100, 100, 200, 200), instance=2)
+    merged = region(13, "lesion", 7, (100, 100, 500, 500))
+    regions = {r.region_id: r for r in (a, b, c, merged)}
+    turn = qa(
+        "VG", "Where is the lesion?", f"The <ref>lesion</ref> is here: {box(b)}{box(c)}", b, c
+    )
+
+    assert verify_qa(turn, regions) is None
+
+
+def test_roc_answer_naming_another_label_of_the_image_is_roc_label_missing():
+    turn = qa("ROC", f"What is the structure in {box(LIVER)}?", "It is the left kidney.", LIVER)
 
     assert verify_qa(turn, REGIONS) == "roc_label_missing"
+
+
+def test_roc_answer_naming_a_structure_the_image_lacks_is_invented_structure():
+    turn = qa("ROC", f"What is the structure in {box(LIVER)}?", "It is the spleen.", LIVER)
+
+    assert verify_qa(turn, REGIONS) == "invented_structure"
+
+
+@pytest.mark.parametrize("word", ["tumour", "tumor", "nodules", "a small cyst", "haemorrhage"])
+def test_a_finding_the_image_has_no_region_of_is_invented_structure(word):
+    answer = f"This small region is the left kidney, with {word} nearby."
+    turn = qa("RC", f"Describe {box(LEFT_KIDNEY)}.", answer, LEFT_KIDNEY)
+
+    assert verify_qa(turn, REGIONS) == "invented_structure"
+
+
+def test_a_finding_word_names_a_region_whose_label_holds_it():
+    tumour = region(20, "liver tumour", 9, (150, 250, 250, 350), position="middle left")
+    regions = {LIVER.region_id: LIVER, tumour.region_id: tumour}
+    turn = qa(
+        "MIA", "Describe this image.", f"A tumor {box(tumour)} lies in the liver.", LIVER, tumour
+    )
+
+    assert verify_qa(turn, regions) is None
+    wrong = qa(
+        "MIA", "Describe this image.", f"A cyst {box(tumour)} lies in the liver.", LIVER, tumour
+    )
+    assert verify_qa(wrong, regions) == "invented_structure"
+
+
+def test_ref_naming_nothing_of_the_image_is_invented_structure():
+    turn = qa("VG", "Where is the bright area?", f"<ref>bright area</ref>{box(LIVER)}", LIVER)
+
+    assert verify_qa(turn, REGIONS) == "invented_structure"
+
+
+def test_a_label_of_the_build_the_image_lacks_is_invented_structure():
+    answer = f"It shows the <ref>liver</ref>{box(LIVER)} and the falciform ligament."
+    turn = qa("MIA", "Describe this image.", answer, LIVER)
+
+    assert verify_qa(turn, REGIONS) is None  # not a structure name of this build
+    assert verify_qa(turn, REGIONS, vocabulary=["falciform ligament"]) == "invented_structure"
 
 
 def test_roc_answer_naming_only_the_base_of_a_lateral_label_is_roc_label_missing():
     turn = qa("ROC", f"What is in {box(LEFT_KIDNEY)}?", "It is a kidney.", LEFT_KIDNEY)
 
     assert verify_qa(turn, REGIONS) == "roc_label_missing"
+
+
+def test_roc_answer_naming_the_label_and_another_structure_is_other_structure_named():
+    answer = "It is the liver, next to the right kidney."
+    turn = qa("ROC", f"What is in {box(LIVER)}?", answer, LIVER)
+
+    assert verify_qa(turn, REGIONS) == "other_structure_named"
+
+
+def test_rc_answer_naming_another_structure_is_other_structure_named():
+    answer = "The small left kidney, below the liver."
+    turn = qa("RC", f"Describe {box(LEFT_KIDNEY)}.", answer, LEFT_KIDNEY)
+
+    assert verify_qa(turn, REGIONS) == "other_structure_named"
+
+
+def test_rc_answer_without_the_region_is_rc_label_missing():
+    turn = qa("RC", f"Describe {box(LEFT_KIDNEY)}.", "A small structure.", LEFT_KIDNEY)
+
+    assert verify_qa(turn, REGIONS) == "rc_label_missing"
+
+
+def test_rc_answer_may_give_the_region_by_its_box():
+    answer = f"{box(LEFT_KIDNEY)} is small and lies in the middle right of the image."
+    turn = qa("RC", f"Describe {box(LEFT_KIDNEY)}.", answer, LEFT_KIDNEY)
+
+    assert verify_qa(turn, REGIONS) is None
+
+
+@pytest.mark.parametrize(
+    ("answer", "reason"),
+    [
+        ("The left kidney: a large structure.", "wrong_size"),
+        ("The left kidney lies in the upper right of the image.", "wrong_position"),
+        ("The left kidney lies in the lower part of the image.", "wrong_position"),
+        ("The left kidney lies in the center of the image.", "wrong_position"),
+        ("The left kidney lies on the left side of the image.", "wrong_position"),
+        ("The left kidney, on the patient's right side.", "wrong_side"),
+        ("The left kidney is on the left.", "ambiguous_side"),
+        ("The left kidney in this coronal CT slice.", "wrong_plane"),
+        ("The left kidney in this axial MRI slice.", "wrong_modality"),
+    ],
+)
+def test_rc_attribute_words_must_be_the_regions_own(answer, reason):
+    turn = qa("RC", f"Describe {box(LEFT_KIDNEY)}.", answer, LEFT_KIDNEY)
+
+    assert verify_qa(turn, REGIONS, image=CT_AXIAL) == reason
+
+
+def test_a_side_claim_about_an_unsided_region_is_wrong_side():
+    answer = "The liver, on the patient's right side."
+    turn = qa("RC", f"Describe {box(LIVER)}.", answer, LIVER)
+
+    assert verify_qa(turn, REGIONS) == "wrong_side"
+
+
+def test_mia_attribute_words_belong_to_the_structure_they_stand_by():
+    good = (
+        f"The <ref>liver</ref>{box(LIVER)} (large, middle left), "
+        f"the small <ref>left kidney</ref>{box(LEFT_KIDNEY)} (middle right)."
+    )
+    turn = qa("MIA", "Describe this image.", good, LIVER, LEFT_KIDNEY)
+    assert verify_qa(turn, REGIONS) is None
+    swapped = good.replace("(large, middle left)", "(small, middle left)")
+    assert verify_qa(qa("MIA", "Describe.", swapped, LIVER, LEFT_KIDNEY), REGIONS) == "wrong_size"
+
+
+def test_a_2d_image_has_no_plane_words():
+    xray = ImageFacts(IMAGE, "xray", "2d", 512, 512)
+    turn = qa("ROC", f"What is in {box(LIVER)} in this axial X-ray?", "It is the liver.", LIVER)
+
+    assert verify_qa(turn, REGIONS, image=xray) == "wrong_plane"
+    plain = qa("ROC", f"What is in {box(LIVER)} in this X-ray?", "It is the liver.", LIVER)
+    assert verify_qa(plain, REGIONS, image=xray) is None
 
 
 def test_wrong_side_for_a_lateral_region_is_laterality_mismatch():
@@ -135,15 +279,30 @@ def test_wrong_side_for_a_lateral_region_is_laterality_mismatch():
     assert verify_qa(turn, REGIONS) == "laterality_mismatch"
 
 
-def test_wrong_side_in_the_question_is_laterality_mismatch():
+def test_a_side_the_image_does_not_have_is_laterality_mismatch():
+    regions = {LEFT_KIDNEY.region_id: LEFT_KIDNEY}
     turn = qa(
         "VG", "Where is the right kidney?", f"<ref>left kidney</ref>{box(LEFT_KIDNEY)}", LEFT_KIDNEY
     )
 
-    assert verify_qa(turn, REGIONS) == "laterality_mismatch"
+    assert verify_qa(turn, regions) == "laterality_mismatch"
 
 
-def test_mia_naming_a_side_not_referenced_is_laterality_mismatch():
+def test_vg_answer_about_another_structure_than_asked_is_vg_wrong_structure():
+    turn = qa(
+        "VG", "Where is the right kidney?", f"<ref>left kidney</ref>{box(LEFT_KIDNEY)}", LEFT_KIDNEY
+    )
+
+    assert verify_qa(turn, REGIONS) == "vg_wrong_structure"
+
+
+def test_vg_answer_without_a_box_is_vg_box_missing():
+    turn = qa("VG", "Where is the liver?", "The <ref>liver</ref> is on the image.", LIVER)
+
+    assert verify_qa(turn, REGIONS) == "vg_box_missing"
+
+
+def test_mia_pairing_a_name_with_another_regions_box_is_ref_box_mismatch():
     turn = qa(
         "MIA",
         "Describe this medical image.",
@@ -153,7 +312,7 @@ def test_mia_naming_a_side_not_referenced_is_laterality_mismatch():
         LEFT_KIDNEY,
     )
 
-    assert verify_qa(turn, REGIONS) == "laterality_mismatch"
+    assert verify_qa(turn, REGIONS) == "ref_box_mismatch"
 
 
 def test_image_side_words_of_a_lateral_region_are_not_a_mismatch():
@@ -166,6 +325,51 @@ def test_image_side_words_of_a_lateral_region_are_not_a_mismatch():
     )
 
     assert verify_qa(turn, REGIONS) is None
+
+
+def test_question_box_of_another_region_is_question_box_mismatch():
+    turn = qa("ROC", f"What is in {box(LEFT_KIDNEY)}?", "It is the liver.", LIVER)
+
+    assert verify_qa(turn, REGIONS) == "question_box_mismatch"
+
+
+def test_roc_question_without_a_box_is_question_box_missing():
+    turn = qa("ROC", "What is the large structure?", "It is the liver.", LIVER)
+
+    assert verify_qa(turn, REGIONS) == "question_box_missing"
+
+
+@pytest.mark.parametrize(
+    ("answer", "refs"),
+    [
+        # a named structure that region_ids leave out
+        (f"It shows the <ref>liver</ref>{box(LIVER)} and the left kidney.", (LIVER,)),
+        # a region id the text never refers to
+        (f"It shows the <ref>liver</ref>{box(LIVER)}.", (LIVER, RIGHT_KIDNEY)),
+    ],
+)
+def test_region_ids_must_be_exactly_what_the_text_refers_to(answer, refs):
+    assert verify_qa(qa("MIA", "Describe this image.", answer, *refs), REGIONS) == (
+        "region_ids_mismatch"
+    )
+
+
+def test_british_and_american_spellings_and_plurals_name_the_same_structure():
+    lungs = region(30, "lungs", 4, (100, 100, 900, 700), position="center", size="large")
+    tumour = region(31, "tumour", 5, (200, 200, 300, 300), position="upper left", size="tiny")
+    regions = {r.region_id: r for r in (lungs, tumour)}
+    answer = f"The <ref>lung</ref>{box(lungs)} is large; the tumor {box(tumour)} is tiny."
+
+    assert verify_qa(qa("MIA", "Describe.", answer, lungs, tumour), regions) is None
+
+
+def test_failure_names_the_words_that_broke_the_rule():
+    truth = ImageTruth(REGIONS.values(), CT_AXIAL)
+    turn = qa(
+        "RC", f"Describe {box(LEFT_KIDNEY)}.", "The left kidney, a huge structure.", LEFT_KIDNEY
+    )
+
+    assert check_turn(turn, truth) == Failure("wrong_size", "huge")
 
 
 def test_unknown_region_id_is_rejected():

@@ -5,8 +5,10 @@ position, size and side; see ``medgrit.schemas.llm``) rendered with ``prompts/ll
 and ``prompts/llm_user.j2``, and answers with one JSON conversation. All images of a shard are
 asked at once: concurrently through :class:`OpenAICompatibleClient` (rate-limited, retried), or
 through the Batch API. Each answer is parsed with pydantic and every turn is verified
-(``medgrit.core.verify``, with length and copy rules); an answer that fails is asked again with
-the failure fed back (``retry_invalid`` times), and what still fails becomes reject rows.
+(``medgrit.core.verify``, with length and copy rules, names read with the build's label
+vocabulary); an answer with an untrue turn is asked again with each failed turn and its reason
+fed back (``retry_invalid`` times). The attempt with the most true turns is kept (the later one
+on a tie); its untrue turns, and those of the attempts it replaced, become reject rows.
 
 Cache: every answer that parses is stored, content-addressed by the request, inside the dataset
 directory; a rerun or a resume answers those requests from the cache and sends nothing. Table
@@ -39,10 +41,12 @@ from medgrit.adapters.text.templates import (
     template_hashes,
     view_variables,
 )
+from medgrit.core.claims import lexicon_for
+from medgrit.core.conversations import turn_detail
 from medgrit.core.failures import InfrastructureError
 from medgrit.core.generation import QA, TASKS, Generated, ImageFacts, RegionFacts
 from medgrit.core.text import laterality_of
-from medgrit.core.verify import TextRules, verify_qa
+from medgrit.core.verify import Failure, ImageTruth, TextRules, check_turn
 from medgrit.schemas.config import LLMConfig
 from medgrit.schemas.llm import (
     ImagePromptFacts,
@@ -104,6 +108,8 @@ class _Item:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     turns: tuple[QA, ...] = ()
+    failed: list[tuple[int, QA, Failure]] = field(default_factory=list)  # of ``turns``
+    attempt: int = 0  # the attempt ``turns`` came from
     feedback: str | None = None
     rejects: list[tuple[str, str]] = field(default_factory=list)
     done: bool = False
@@ -141,6 +147,7 @@ class LLMGenerator:
         max_region_turns: region turns asked for after the MIA turn.
         known_batches: batch ids recorded by an interrupted run (reused, not resubmitted).
         on_batch: called with each new batch id as soon as it exists.
+        vocabulary: the build's label names (a turn naming one its image lacks is untrue).
     """
 
     name = "llm"
@@ -153,8 +160,10 @@ class LLMGenerator:
         max_region_turns: int = 3,
         known_batches: Sequence[str] = (),
         on_batch: Callable[[str], None] | None = None,
+        vocabulary: Sequence[str] = (),
     ) -> None:
         self.config = config
+        self.lexicon = lexicon_for(frozenset(vocabulary))
         self.settings = settings_from_config(config)
         self._api_key = api_key
         self.cache = AnswerCache(cache_dir, self.settings)
@@ -229,14 +238,29 @@ class LLMGenerator:
             for turn in conversation.conversation
         )
 
-    def _check(self, item: _Item, turns: tuple[QA, ...]) -> list[str]:
-        by_id = {r.region_id: r for r in item.regions}
-        problems = []
+    def _check(self, item: _Item, turns: tuple[QA, ...]) -> list[tuple[int, QA, Failure]]:
+        """The untrue turns of an answer: (turn number, turn, why)."""
+        truth = ImageTruth(item.regions, item.image, self.lexicon)
+        failed = []
         for number, qa in enumerate(turns, 1):
-            reason = verify_qa(qa, by_id, self.text_rules)
-            if reason:
-                problems.append(f"turn {number} ({qa.task}): {reason}")
-        return problems
+            failure = check_turn(qa, truth, self.text_rules)
+            if failure:
+                failed.append((number, qa, failure))
+        return failed
+
+    @staticmethod
+    def _keep_best(state: _Item, turns: tuple[QA, ...], failed: list, attempt: int) -> None:
+        """Keep the attempt with the most true turns (the later on a tie); the untrue turns of
+        the one it replaces become rejects now (the kept one's are verified again on writing)."""
+        true_turns = len(turns) - len(failed)
+        if state.turns and len(state.turns) - len(state.failed) > true_turns:
+            replaced, replaced_attempt = failed, attempt
+        else:
+            replaced, replaced_attempt = state.failed, state.attempt
+            state.turns, state.failed, state.attempt = turns, failed, attempt
+        for number, qa, failure in replaced:
+            detail = f"attempt {replaced_attempt + 1}, {turn_detail(number, qa, failure)}"
+            state.rejects.append((failure.reason, detail))
 
     def generate_all(self, items: list[tuple[ImageFacts, list[RegionFacts]]]) -> list[Generated]:
         """Conversations for all images of a shard (requests run concurrently)."""
@@ -323,8 +347,9 @@ class LLMGenerator:
                 else:
                     if not result.from_cache:
                         self.cache.store(sent, result)
-                    problems = self._check(state, turns)
-                    state.turns = turns
+                    failed = self._check(state, turns)
+                    self._keep_best(state, turns, failed, attempt)
+                    problems = [f"turn {n} ({qa.task}): {failure}" for n, qa, failure in failed]
                 if not problems:
                     state.done = True
                 elif last:
@@ -333,7 +358,6 @@ class LLMGenerator:
                     state.done = True
                 else:
                     state.feedback = "; ".join(problems)
-                    state.turns = ()
             if "stopped" in unavailable:
                 check_stop()  # answers that arrived are cached above; raises BuildInterrupted
             if unavailable:

@@ -115,8 +115,15 @@ def _datasets_of(source: Source) -> dict:
     return out
 
 
-def new_manifest(config: BuildConfig, sources: list[Source], plan: Plan, generator: dict) -> dict:
-    """The manifest of a build that has not started: every shard pending."""
+def new_manifest(
+    config: BuildConfig,
+    sources: list[Source],
+    plan: Plan,
+    generator: dict,
+    vocabulary: tuple[str, ...] = (),
+) -> dict:
+    """The manifest of a build that has not started: every shard pending. ``vocabulary`` (the
+    build's label names, which every turn was read with) lets ``validate`` read them alike."""
     return {
         "format": FORMAT_MARKER,
         "schema_version": SCHEMA_VERSION,
@@ -134,6 +141,7 @@ def new_manifest(config: BuildConfig, sources: list[Source], plan: Plan, generat
             for s in sources
         ],
         "generator": generator,
+        "vocabulary": [escape_name(name) for name in vocabulary],
         "tables": sorted(TABLES),
         "shards": [
             {

@@ -9,8 +9,10 @@ every image decodes as a PNG of its recorded width and height that is not blank,
 that of its case, plane and slice; every image has exactly one conversation and every
 conversation an image; regions belong to an image of the shard, with boxes inside it,
 ``bbox_1000`` equal to the conversion of ``bbox``, an area that fits the box, and the position,
-size and side words their box, area and label give; every turn passes
-:func:`medgrit.core.verify.verify_qa`; the shard's recorded stats equal its tables. Over the
+size and side words their box, area and label give; every turn is true of its image by the
+rules the build keeps turns by (:func:`medgrit.core.verify.check_turn`, names read with the
+manifest's ``vocabulary``), each failure reported as table part, row, turn and reason; the
+shard's recorded stats equal its tables. Over the
 dataset: the build config is valid, image ids are unique, no case is in both splits, and
 ``totals`` equal the tables.
 
@@ -34,14 +36,15 @@ from pydantic import ValidationError
 
 from medgrit.adapters.store.manifest import read_manifest
 from medgrit.adapters.store.parquet import part_path, sha256_file
-from medgrit.core.generation import RegionFacts
+from medgrit.core.claims import Lexicon, lexicon_for
+from medgrit.core.generation import ImageFacts, RegionFacts
 from medgrit.core.ids import image_id_for
 from medgrit.core.intensity import is_blank
 from medgrit.core.regions import to_bbox_1000
 from medgrit.core.sharding import shard_name
 from medgrit.core.summary import merge_stats, shard_stats
 from medgrit.core.text import laterality_of, position_word, size_word
-from medgrit.core.verify import verify_qa
+from medgrit.core.verify import ImageTruth, check_turn
 from medgrit.schemas.config import BuildConfig
 from medgrit.schemas.rows import qa_of, region_facts
 from medgrit.schemas.tables import TABLES
@@ -92,6 +95,11 @@ def validate_dataset(out_dir: str | Path) -> list[str]:
     if manifest.get("status") == "complete" and not_done:
         problems.append("dataset.json says complete, but not every shard is done")
 
+    vocabulary = manifest.get("vocabulary") or []
+    if not isinstance(vocabulary, list) or not all(isinstance(v, str) for v in vocabulary):
+        problems.append("dataset.json: vocabulary is not a list of label names")
+        vocabulary = []
+    lexicon = lexicon_for(frozenset(vocabulary))
     image_ids: set[str] = set()
     case_splits: dict[tuple[str, str], set[str]] = defaultdict(set)
     rows_total = {t: 0 for t in TABLES}
@@ -99,7 +107,7 @@ def validate_dataset(out_dir: str | Path) -> list[str]:
     for shard in shards:
         if shard["status"] != "done":
             continue
-        found = _check_shard(out, shard, image_ids, case_splits, rows_total, stats)
+        found = _check_shard(out, shard, image_ids, case_splits, rows_total, stats, lexicon)
         problems += found
     for (dataset, case_id), splits in sorted(case_splits.items()):
         if len(splits) > 1:
@@ -203,6 +211,7 @@ def _check_shard(
     case_splits: dict[tuple[str, str], set[str]],
     rows_total: dict[str, int],
     stats: list[dict],
+    lexicon: Lexicon,
 ) -> list[str]:
     problems: list[str] = []
     tables = {t: _read_part(out, shard, t, problems) for t in TABLES}
@@ -256,7 +265,8 @@ def _check_shard(
     conversations = tables["conversations"].to_pylist()  # type: ignore[union-attr]
     per_image: dict[str, int] = defaultdict(int)
     seen_conversations: set[str] = set()
-    for conv in conversations:
+    part = part_path("conversations", sid)
+    for row_number, conv in enumerate(conversations):
         cid = conv["conversation_id"]
         if cid in seen_conversations:
             problems.append(f"conversation {cid}: duplicate id")
@@ -270,11 +280,17 @@ def _check_shard(
             problems.append(f"conversation {cid}: split differs from image")
         if not conv["qa"]:
             problems.append(f"conversation {cid}: no turns")
-        for turn in conv["qa"]:
-            qa = qa_of(turn)
-            reason = verify_qa(qa, by_image[conv["image_id"]])
-            if reason:
-                problems.append(f"conversation {cid}: {turn['task']} {reason}")
+        facts = ImageFacts(
+            image["image_id"], image["modality"], image["plane"], image["width"], image["height"]
+        )
+        truth = ImageTruth(by_image[conv["image_id"]].values(), facts, lexicon)
+        for number, turn in enumerate(conv["qa"], 1):
+            failure = check_turn(qa_of(turn), truth)
+            if failure:
+                problems.append(
+                    f"{part} row {row_number} (conversation {cid}), turn {number} "
+                    f"({turn['task']}): {failure}"
+                )
     for image_id in images:
         count = per_image.get(image_id, 0)
         if count != 1:

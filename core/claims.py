@@ -1,0 +1,471 @@
+"""What a turn says: its text read as claims about the image's regions (pure).
+
+A turn's question and answer are read one text at a time into:
+
+- **mentions**, in order: each ``<ref>X</ref>``, each structure named in plain words, and each bare
+  ``<box>`` (one that no name precedes in its clause). A box is *bound* to the latest name or
+  ``<ref>`` before it in the same clause, so ``The <ref>liver</ref> is here: <box>..</box>`` and
+  ``<ref>liver</ref><box>..</box><box>..</box>`` both give the liver its boxes.
+- **attributes**: the words that state a fact: position (the 3x3 grid phrases of
+  :func:`medgrit.core.text.position_word`, a row such as "upper part", a column such as "centre"
+  or "left side of the image"), size (tiny, small, medium, large), the patient's side ("the
+  patient's left"), a lone "left"/"right" (ambiguous: image or patient?), modality (CT, MRI,
+  X-ray ...) and plane (axial, coronal, sagittal). A region attribute belongs to the mention it
+  stands right before ("the small <ref>liver</ref>"), else to the latest mention before it in the
+  clause, else to the first one after it; with none in the clause it is the turn's.
+
+Clauses end at ``.``, ``;``, ``:``, ``!`` or ``?`` before a space, and at line ends; commas do not
+end them. Structure names come from a :class:`Lexicon`: the build's labels, a packaged list of
+common anatomy and finding words, matched whole-word, longest first, case-insensitive, with an
+optional left/right in front, simple plurals, and British and American spellings as one.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+from functools import lru_cache
+
+Box = tuple[int, int, int, int]
+
+SIDES = ("left", "right")
+
+# Findings a text may name; one refers to any region whose label holds the word ("tumor" is the
+# region "liver tumor"), and is an invented structure on an image without such a region.
+FINDING_WORDS: tuple[str, ...] = (
+    "tumor", "lesion", "mass", "nodule", "fracture", "cyst", "hemorrhage", "effusion", "polyp",
+    "metastasis", "calcification", "stone", "calculus", "abscess", "aneurysm", "edema",
+    "hematoma", "thrombus", "infarct", "infarction", "ulcer", "melanoma", "nevus", "carcinoma",
+    "cancer", "pneumothorax", "consolidation", "opacity", "stenosis", "exudate", "microaneurysm",
+    "neoplasm", "malignancy",
+)  # fmt: skip
+
+# Structures a text may name although no label of the build has them: naming one the image does
+# not show is an invented structure. Specific organs and structures only, not body regions.
+ANATOMY_WORDS: tuple[str, ...] = (
+    "liver", "spleen", "pancreas", "stomach", "gallbladder", "kidney", "adrenal gland",
+    "urinary bladder", "bladder", "prostate", "uterus", "ovary", "esophagus", "duodenum",
+    "small bowel", "small intestine", "large bowel", "large intestine", "colon", "rectum",
+    "appendix", "aorta", "inferior vena cava", "vena cava", "portal vein", "heart", "lung",
+    "trachea", "bronchus", "thyroid", "thyroid gland", "brain", "cerebellum", "brainstem",
+    "hippocampus", "spinal cord", "vertebra", "rib", "femur", "humerus", "sternum", "clavicle",
+    "scapula", "skull", "optic disc", "optic cup", "macula", "fovea", "retina", "lymph node",
+    "breast", "pleura", "diaphragm", "testis", "pituitary gland", "thalamus", "caudate",
+    "putamen", "amygdala",
+)  # fmt: skip
+
+# British spellings (and a few variants) as the lexicon stores them.
+_SPELLINGS: tuple[tuple[str, str], ...] = (
+    ("tumour", "tumor"),
+    ("haemorrhag", "hemorrhag"),
+    ("oedema", "edema"),
+    ("oesophag", "esophag"),
+    ("haemat", "hemat"),
+    ("centre", "center"),
+    ("foet", "fet"),
+    ("gray", "grey"),
+    ("naevus", "nevus"),
+    ("naevi", "nevi"),
+)
+
+_TOKENS = re.compile(
+    r"<ref>(?P<ref>.*?)</ref>"
+    r"|<box>\((?P<x0>-?\d+),(?P<y0>-?\d+)\),\((?P<x1>-?\d+),(?P<y1>-?\d+)\)</box>"
+    r"|(?P<brk>[.;:!?](?=\s|$)|\n)"
+    r"|(?P<punct>[(),\[\]\"/])"
+    r"|(?P<word>[^\W_]+)(?:['\u2019]s\b)?",
+    re.S,
+)
+_REF_WORDS = re.compile(r"[^\W_]+")
+_ARTICLES = frozenset({"the", "a", "an"})
+# Words that may stand between an attribute and the name it qualifies ("small and round liver").
+_BEFORE_NAME = frozenset({"the", "a", "an", "and", "of", "sized"})
+
+
+@lru_cache(maxsize=1 << 16)
+def normalize_word(word: str) -> str:
+    """A lower-case word with British spellings made American (``tumours`` -> ``tumors``)."""
+    word = word.lower()
+    for british, american in _SPELLINGS:
+        if british in word:
+            word = word.replace(british, american)
+    return word
+
+
+def words_of(text: str) -> tuple[str, ...]:
+    """The normalised words of a name (``Left Kidney`` -> ``("left", "kidney")``)."""
+    return tuple(normalize_word(w) for w in _REF_WORDS.findall(text))
+
+
+def plural_forms(word: str) -> set[str]:
+    """Plural spellings a text may use for ``word`` (regular and Latin/Greek endings)."""
+    forms = {word + "s", word + "es"}
+    if word.endswith("y"):
+        forms.add(word[:-1] + "ies")
+    if word.endswith("is"):
+        forms.add(word[:-2] + "es")  # metastasis -> metastases
+    if word.endswith("us"):
+        forms.add(word[:-2] + "i")  # bronchus -> bronchi
+    if word.endswith("a"):
+        forms.add(word + "e")  # vertebra -> vertebrae
+    if word.endswith("um"):
+        forms.add(word[:-2] + "a")
+    if word.endswith("x"):
+        forms.add(word[:-1] + "ces")  # cortex -> cortices
+    if word == "tooth":
+        forms.add("teeth")
+    return forms
+
+
+def split_side(words: tuple[str, ...]) -> tuple[tuple[str, ...], str | None]:
+    """(base words, side) of a name: ``("left", "kidney")`` -> ``(("kidney",), "left")``."""
+    if len(words) > 1 and words[0] in SIDES:
+        return words[1:], words[0]
+    return words, None
+
+
+class Lexicon:
+    """The structure names a text may use, each with the one canonical form it stands for.
+
+    Args:
+        names: readable label names (``left kidney``); the packaged anatomy and finding words are
+            always added. A name's side is kept apart: every name is matched with or without a
+            left/right in front.
+    """
+
+    def __init__(self, names: Iterable[str] = ()) -> None:
+        self.names = frozenset(names)
+        bases: set[tuple[str, ...]] = set()
+        for name in (*self.names, *ANATOMY_WORDS, *FINDING_WORDS):
+            base, _ = split_side(words_of(name))
+            if base:
+                bases.add(base)
+        canonical: dict[tuple[str, ...], tuple[str, ...]] = {b: b for b in bases}
+        # A plural that is a name of its own (label "lungs", anatomy "lung") is the same structure.
+        for base in sorted(bases, key=lambda b: (len(b[-1]), b)):
+            for plural in plural_forms(base[-1]):
+                surface = (*base[:-1], plural)
+                if surface in bases and canonical[surface] == surface and surface != base:
+                    canonical[surface] = canonical[base]
+                canonical.setdefault(surface, canonical[base])
+        self.surfaces = canonical
+        self.max_words = max((len(s) for s in canonical), default=1)
+        self.findings = frozenset(canonical[(w,)][0] for w in FINDING_WORDS)
+
+    def canonical(self, words: tuple[str, ...]) -> tuple[tuple[str, ...], str | None] | None:
+        """(canonical base, side) of a whole name, or None when it is no structure name."""
+        if not words:
+            return None
+        base = self.surfaces.get(words)
+        if base is not None:
+            return base, None
+        rest, side = split_side(words)
+        base = self.surfaces.get(rest) if side else None
+        return (base, side) if base is not None else None
+
+    def match(self, words: list[str], start: int) -> tuple[int, tuple[str, ...], str | None]:
+        """The longest name at ``words[start:]``: (length, canonical base, side); length 0 when
+        none starts there."""
+        side = words[start] if words[start] in SIDES else None
+        limit = min(self.max_words, len(words) - start)
+        for n in range(limit, 0, -1):
+            base = self.surfaces.get(tuple(words[start : start + n]))
+            if base is not None:
+                return n, base, None
+            if side and n > 1:
+                base = self.surfaces.get(tuple(words[start + 1 : start + n]))
+                if base is not None:
+                    return n, base, side
+        return 0, (), None
+
+    def with_names(self, names: Iterable[str]) -> Lexicon:
+        """This lexicon with ``names`` added (itself when it has them all)."""
+        extra = frozenset(names)
+        if extra <= self.names:
+            return self
+        return lexicon_for(self.names | extra)
+
+
+@lru_cache(maxsize=64)
+def lexicon_for(names: frozenset[str]) -> Lexicon:
+    """The (cached) lexicon of a set of label names."""
+    return Lexicon(names)
+
+
+@dataclass(frozen=True, slots=True)
+class Mention:
+    """A structure the text refers to.
+
+    Attributes:
+        kind: ``ref`` (``<ref>X</ref>``), ``name`` (plain words) or ``box`` (a bare box).
+        base: canonical words of the structure (empty for a bare box); for a ``ref`` whose text
+            is no known name, the words of that text.
+        side: ``left``/``right`` when the name carries one.
+        known: whether ``base`` is a structure name of the lexicon.
+        boxes: the boxes bound to it (a bare box: itself).
+        text: the words as written (for reject details).
+        clause: index of its clause within its text.
+    """
+
+    kind: str
+    base: tuple[str, ...]
+    side: str | None
+    known: bool
+    boxes: tuple[Box, ...]
+    text: str
+    clause: int
+
+
+@dataclass(frozen=True, slots=True)
+class Attribute:
+    """A stated fact: ``kind`` is position, row, column, size, side, ambiguous_side, modality or
+    plane; ``mention`` is the index of the mention it describes (None: the turn's)."""
+
+    kind: str
+    value: str
+    text: str
+    mention: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class TextClaims:
+    """The claims of one text (a question or an answer)."""
+
+    mentions: tuple[Mention, ...]
+    attributes: tuple[Attribute, ...]
+    boxes: tuple[Box, ...]
+    malformed: str | None  # "malformed_box" or "malformed_ref"
+
+
+@dataclass(frozen=True, slots=True)
+class TurnClaims:
+    """The claims of a turn."""
+
+    question: TextClaims
+    answer: TextClaims
+
+
+def _phrases() -> dict[tuple[str, ...], tuple[str, str]]:
+    rows = {"upper": "upper", "top": "upper", "middle": "middle", "lower": "lower"}
+    rows["bottom"] = "lower"
+    out: dict[tuple[str, ...], tuple[str, str]] = {}
+    for word, row in rows.items():
+        for col in ("left", "center", "right"):
+            if row == "middle" and col == "center":
+                value = "center"
+            elif col == "center":
+                value = f"{row} center"
+            else:
+                value = f"{row} {col}"
+            out[(word, col)] = ("position", value)
+        if row != "middle":
+            for part in ("part", "half", "portion", "region", "area", "third"):
+                out[(word, part)] = ("row", row)
+            out[(word, "of", "the", "image")] = ("row", row)
+    out[("center",)] = ("column", "center")
+    out[("central",)] = ("column", "center")
+    out[("middle",)] = ("row", "middle")
+    for side in SIDES:
+        out[("patient", side)] = ("side", side)
+        out[("patient", side, "side")] = ("side", side)
+        out[(side, "side", "of", "the", "patient")] = ("side", side)
+        out[("image", side)] = ("column", side)
+        out[(side, "of", "the", "image")] = ("column", side)
+        for part in ("side", "half", "part", "portion"):
+            out[(side, part, "of", "the", "image")] = ("column", side)
+        out[(side,)] = ("ambiguous_side", side)
+    for word in ("tiny", "small", "medium", "large"):
+        out[(word,)] = ("size", word)
+    out[("big",)] = ("size", "large")
+    out[("huge",)] = ("size", "large")
+    modalities = {
+        "ct": "ct", "computed tomography": "ct", "mri": "mr", "mr": "mr",
+        "magnetic resonance": "mr", "x ray": "xray", "xray": "xray", "radiograph": "xray",
+        "radiography": "xray", "pet": "pet", "endoscopy": "endoscopy", "endoscopic": "endoscopy",
+        "colonoscopy": "endoscopy", "dermoscopy": "dermoscopy", "dermoscopic": "dermoscopy",
+        "dermatoscopy": "dermoscopy", "fundus": "fundus", "fundoscopy": "fundus",
+        "funduscopy": "fundus", "ultrasound": "ultrasound", "sonography": "ultrasound",
+        "ultrasonography": "ultrasound", "sonographic": "ultrasound",
+    }  # fmt: skip
+    for text, key in modalities.items():
+        out[tuple(text.split())] = ("modality", key)
+    for text, plane in (("axial", "axial"), ("transverse", "axial"), ("transaxial", "axial")):
+        out[(text,)] = ("plane", plane)
+    out[("coronal",)] = ("plane", "coronal")
+    out[("sagittal",)] = ("plane", "sagittal")
+    return out
+
+
+PHRASES: dict[tuple[str, ...], tuple[str, str]] = _phrases()
+_PHRASE_WORDS = max(len(p) for p in PHRASES)
+
+
+def _count_malformed(text: str, boxes: int, refs: int) -> str | None:
+    # Unclosed or stray tags count too (an answer cut off inside a box).
+    if max(text.count("<box>"), text.count("</box>")) != boxes:
+        return "malformed_box"
+    if max(text.count("<ref>"), text.count("</ref>")) != refs:
+        return "malformed_ref"
+    return None
+
+
+def read_text(text: str, lexicon: Lexicon) -> TextClaims:
+    """The mentions and attributes of one text (see the module docstring)."""
+    # One pass of the tokenizer: words, tags and clause ends, in order.
+    words: list[str] = []
+    tokens: list[tuple[str, object]] = []  # ("w", word index) | ("ref", text) | ("box", box) | brk
+    n_boxes = n_refs = 0
+    for m in _TOKENS.finditer(text):
+        word = m.group("word")
+        if word is not None:
+            tokens.append(("w", len(words)))
+            words.append(normalize_word(word))
+        elif m.group("brk") is not None:
+            tokens.append(("brk", None))
+        elif m.group("punct") is not None:
+            tokens.append(("punct", None))
+        elif m.group("x0") is not None:
+            n_boxes += 1
+            tokens.append(("box", tuple(int(m.group(k)) for k in ("x0", "y0", "x1", "y1"))))
+        else:
+            n_refs += 1
+            tokens.append(("ref", m.group("ref")))
+    malformed = _count_malformed(text, n_boxes, n_refs)
+
+    mentions: list[dict] = []
+    attributes: list[tuple[str, str, str, int, int]] = []  # kind, value, text, token pos, clause
+    boxes: list[Box] = []
+    clause = 0
+    last_in_clause: int | None = None  # index of the latest ref/name mention of this clause
+    slots: list[str] = []  # per position: a plain word, or "#" (tag, name, phrase, punctuation)
+    i = 0
+    while i < len(tokens):
+        position = len(slots)
+        kind, value = tokens[i]
+        if kind == "punct":
+            slots.append("#")
+            i += 1
+            continue
+        if kind == "brk":
+            clause += 1
+            last_in_clause = None
+            i += 1
+            continue
+        if kind == "box":
+            box: Box = value  # type: ignore[assignment]
+            boxes.append(box)
+            if last_in_clause is not None:
+                mentions[last_in_clause]["boxes"].append(box)
+            else:
+                mentions.append(_mention("box", (), None, True, [box], "<box>", clause, position))
+            slots.append("#")
+            i += 1
+            continue
+        if kind == "ref":
+            ref_words = words_of(value)  # type: ignore[arg-type]
+            while ref_words and ref_words[0] in _ARTICLES:
+                ref_words = ref_words[1:]
+            found = lexicon.canonical(ref_words)
+            base, side = found if found else split_side(ref_words)
+            mentions.append(
+                _mention(
+                    "ref",
+                    base,
+                    side,
+                    found is not None,
+                    [],
+                    f"<ref>{value}</ref>",
+                    clause,
+                    position,
+                )
+            )
+            last_in_clause = len(mentions) - 1
+            slots.append("#")
+            i += 1
+            continue
+        # A run of words up to the next tag or clause end.
+        j = i
+        while j < len(tokens) and tokens[j][0] == "w":
+            j += 1
+        run = [words[tokens[k][1]] for k in range(i, j)]  # type: ignore[index]
+        k = 0
+        while k < len(run):
+            n, base, side = lexicon.match(run, k)
+            if n:
+                text_words = " ".join(run[k : k + n])
+                mentions.append(
+                    _mention("name", base, side, True, [], text_words, clause, len(slots))
+                )
+                last_in_clause = len(mentions) - 1
+                slots.append("#")
+                k += n
+                continue
+            for size in range(min(_PHRASE_WORDS, len(run) - k), 0, -1):
+                phrase = PHRASES.get(tuple(run[k : k + size]))
+                if phrase is not None:
+                    attributes.append((*phrase, " ".join(run[k : k + size]), len(slots), clause))
+                    slots.append("#")
+                    k += size
+                    break
+            else:
+                slots.append(run[k])
+                k += 1
+        i = j
+
+    frozen = tuple(
+        Mention(
+            m["kind"], m["base"], m["side"], m["known"], tuple(m["boxes"]), m["text"], m["clause"]
+        )
+        for m in mentions
+    )
+    attached = tuple(
+        Attribute(kind, value, words_text, _attach(kind, pos, clause_of, mentions, slots))
+        for kind, value, words_text, pos, clause_of in attributes
+    )
+    return TextClaims(frozen, attached, tuple(boxes), malformed)
+
+
+def _mention(
+    kind: str,
+    base: tuple[str, ...],
+    side: str | None,
+    known: bool,
+    boxes: list[Box],
+    text: str,
+    clause: int,
+    position: int,
+) -> dict:
+    return {
+        "kind": kind, "base": base, "side": side, "known": known, "boxes": boxes, "text": text,
+        "clause": clause, "position": position,
+    }  # fmt: skip
+
+
+_IMAGE_KINDS = frozenset({"modality", "plane", "ambiguous_side"})
+
+
+def _attach(
+    kind: str, position: int, clause: int, mentions: list[dict], slots: list[str]
+) -> int | None:
+    """The mention a region attribute describes (see the module docstring)."""
+    if kind in _IMAGE_KINDS:
+        return None
+    before = after = None
+    for index, m in enumerate(mentions):
+        if m["clause"] != clause:
+            continue
+        if m["position"] < position:
+            before = index
+        elif after is None:
+            after = index
+    if after is not None and all(
+        w in _BEFORE_NAME for w in slots[position + 1 : mentions[after]["position"]]
+    ):
+        return after  # "the small <ref>liver</ref>", "a large and round left kidney"
+    return before if before is not None else after
+
+
+def read_claims(question: str, answer: str, lexicon: Lexicon) -> TurnClaims:
+    """The claims of a turn's question and answer."""
+    return TurnClaims(read_text(question, lexicon), read_text(answer, lexicon))
