@@ -2,7 +2,14 @@
 
 Templates load from the installed ``medgrit.prompts`` package with ``StrictUndefined``, so a
 missing variable is an error, never an empty string. Each template exports two lists,
-``questions`` and ``answers``; a turn's variants index into them.
+``questions`` and ``answers``; a turn's variants index into them, so every template has the same
+number of phrasings whatever its variables (a plural label or several boxes change the words of
+a phrasing, never how many there are).
+
+The text is written to pass every rule of :mod:`medgrit.core.verify` by construction: it names
+only the labels it is given (always the exact label text, never re-inflected), states position,
+size, side, modality and plane only through its variables, and says "left"/"right" only inside a
+label, a grid phrase or "the patient's left/right".
 """
 
 from __future__ import annotations
@@ -35,6 +42,8 @@ def make_environment() -> jinja2.Environment:
     )
     env.filters["with_article"] = with_article
     env.filters["capitalize_first"] = lambda text: text[:1].upper() + text[1:]
+    env.filters["number_word"] = number_word
+    env.tests["plural"] = is_plural
     return env
 
 
@@ -54,12 +63,79 @@ def combined_hash(hashes: dict[str, str]) -> str:
     ).hexdigest()
 
 
+# Words that start with a vowel letter but a consonant sound ("a uterus", "a one-sided"), and
+# the reverse ("an hour").
+_CONSONANT_SOUND = ("uni", "use", "usu", "ure", "uri", "uro", "ute", "eu", "one")
+_VOWEL_SOUND = ("hour", "honest", "heir")
+_SAID_AS_WORDS = frozenset({"PET", "SPECT", "FLAIR"})  # acronyms not spelled out
+
+
 def with_article(phrase: str) -> str:
-    """``phrase`` preceded by "a" or "an" (by its first letter; "MRI" and "X-ray" take "an")."""
-    first = phrase[:1]
-    vowel_sound = first.lower() in "aeiou" or (first in "FHLMNRSX" and phrase[1:2].isupper())
-    vowel_sound = vowel_sound or phrase.startswith("X-")
+    """``phrase`` preceded by "a" or "an", by how it sounds: "an MRI", "an X-ray", "an axial CT",
+    "an upper left", "a CT", "a PET", "a small", "a uterus"."""
+    word = phrase.split(" ", 1)[0]
+    lower = word.lower()
+    if len(word) > 1 and word.isupper():  # an acronym, said letter by letter ("PET" is a word)
+        vowel_sound = word[0] in "AEFHILMNORSX" and word not in _SAID_AS_WORDS
+    elif lower.startswith("x-"):
+        vowel_sound = True
+    elif lower.startswith(_VOWEL_SOUND):
+        vowel_sound = True
+    else:
+        vowel_sound = lower[:1] in "aeiou" and not lower.startswith(_CONSONANT_SOUND)
     return f"{'an' if vowel_sound else 'a'} {phrase}"
+
+
+# Plurals that do not end in "s", and singular names that do, as the last word of a label.
+IRREGULAR_PLURALS: frozenset[str] = frozenset(
+    {
+        "vertebrae", "teeth", "feet", "bronchi", "bronchioli", "alveoli", "ganglia", "nuclei",
+        "menisci", "glomeruli", "sulci", "gyri", "thalami", "hippocampi", "villi", "cilia",
+        "fimbriae", "bursae", "conchae", "pleurae", "trabeculae", "papillae", "corpora",
+        "foramina", "labia", "atria", "septa", "crura", "ilia", "ischia", "viscera", "genitalia",
+        "adnexa", "femora", "lumina", "haustra", "nevi", "naevi", "calculi", "thrombi", "emboli",
+    }
+)  # fmt: skip
+SINGULARS_IN_S: frozenset[str] = frozenset(
+    {
+        "pons", "lens", "glans", "mons", "deferens", "biceps", "triceps", "quadriceps",
+        "ascites", "caries", "series", "species", "herpes", "diabetes", "facies", "cns", "pns",
+    }
+)  # fmt: skip
+_SINGULAR_ENDINGS = ("ss", "us", "is", "as", "os")
+
+
+def is_plural(label: str) -> bool:
+    """Whether a label names several things, so the text says "are"/"they" for it.
+
+    The head noun decides: the last word before "of" ("islets of langerhans", "head of
+    pancreas"), skipping words with digits ("vertebrae L1-L5"). It is plural when it ends in "s"
+    but not "ss", "us", "is", "as" or "os" ("lungs", but "pancreas", "pelvis", "uterus",
+    "iris"), or is an irregular plural ("vertebrae", "teeth", "bronchi"); "X and Y" is plural.
+    The label itself is never changed.
+    """
+    words = label.lower().split()
+    if "and" in words[1:-1]:
+        return True
+    if "of" in words[1:]:
+        words = words[: words.index("of", 1)]
+    words = [w for w in words if not any(c.isdigit() for c in w)]
+    if not words:
+        return False
+    head = words[-1].strip(".,;:()[]'\"")
+    if head in IRREGULAR_PLURALS:
+        return True
+    if head in SINGULARS_IN_S:
+        return False
+    return head.endswith("s") and not head.endswith(_SINGULAR_ENDINGS)
+
+
+_NUMBER_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
+
+
+def number_word(count: int) -> str:
+    """A count as a person writes it in running text: "two" ... "nine", then digits ("12")."""
+    return _NUMBER_WORDS[count] if 0 <= count < len(_NUMBER_WORDS) else str(count)
 
 
 def view_variables(modality: str, plane: str) -> dict[str, str]:
@@ -119,7 +195,7 @@ class TemplateGenerator:
             "position": "center",
             "size": "small",
             "side": None,
-            "regions": [],
+            "regions": [{"label": "x", "box": "b", "position": "center", "size": "small"}],
         }
         out = {}
         for task in TEMPLATE_FILES:
