@@ -158,19 +158,24 @@ class ImageTruth:
             self.by_box.setdefault(tuple(r.bbox_1000), []).append(r.region_id)  # type: ignore[arg-type]
 
     def named(self, mention: Mention, exact: bool = False) -> set[str]:
-        """Regions a name refers to: same structure and side (any side when it names none); a
-        finding word also names the regions whose label holds it. ``exact``: the label itself."""
+        """Regions a name refers to: those whose label it is (same structure and side); when it
+        is no label of the image, those of the same structure on any side (it names none) and,
+        for a finding word, those whose label holds it. ``exact``: only the label itself."""
+        own = {
+            rid
+            for rid, r in self.regions.items()
+            if r.base == mention.base and r.side == mention.side
+        }
+        if own or exact:
+            return own
         out = set()
         for rid, r in self.regions.items():
-            if r.base == mention.base and (mention.side == r.side or mention.side is None):
-                if not exact or mention.side == r.side:
-                    out.add(rid)
-            elif (
-                not exact
-                and len(mention.base) == 1
+            if mention.side not in (None, r.side):
+                continue
+            if r.base == mention.base or (
+                len(mention.base) == 1
                 and mention.base[0] in self.lexicon.findings
                 and mention.base[0] in r.words
-                and mention.side in (None, r.side)
             ):
                 out.add(rid)
         return out

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import shutil
 from collections.abc import Callable
 from pathlib import Path
@@ -201,6 +202,56 @@ def test_validate_names_content_damage(built: Path, tmp_path: Path, damage: str)
     apply(out)
     problems = validate_dataset(out)
     assert any(expected in p for p in problems), problems
+
+
+def _edit_first_mia(change: Callable[[str], str]) -> Callable[[list[dict]], list[dict]]:
+    def edit(rows: list[dict]) -> list[dict]:
+        for row in rows:
+            mia = row["qa"][0]
+            edited = change(mia["answer"])
+            if edited != mia["answer"]:
+                mia["answer"] = edited
+                return rows
+        raise AssertionError("no MIA answer this damage applies to")
+
+    return edit
+
+
+def _swap_two_boxes(answer: str) -> str:
+    boxes = re.findall(r"<box>.*?</box>", answer)
+    if len(set(boxes)) < 2:
+        return answer
+    a, b = boxes[0], next(x for x in boxes if x != boxes[0])
+    return answer.replace(a, "\0").replace(b, a).replace("\0", b)
+
+
+HAND_EDITED_LIES = {
+    "swapped-boxes": (_swap_two_boxes, "ref_box_mismatch"),
+    "invented-structure": (
+        lambda a: a.replace(".", " and a small nodule.", 1),
+        "invented_structure",
+    ),
+    "wrong-modality": (lambda a: a.replace("CT", "MRI", 1), "wrong_modality"),
+    "wrong-plane": (lambda a: a.replace("axial", "sagittal", 1), "wrong_plane"),
+}
+
+
+@pytest.mark.parametrize("lie", sorted(HAND_EDITED_LIES))
+def test_validate_reads_every_turn_like_the_build_and_names_table_row_and_reason(
+    built: Path, medgrit, tmp_path: Path, lie: str
+) -> None:
+    out = tmp_path / "ds"
+    shutil.copytree(built, out)
+    change, reason = HAND_EDITED_LIES[lie]
+    rewrite(out, "conversations", "00000", _edit_first_mia(change))
+
+    result = medgrit("validate", str(out))
+
+    assert result.returncode == 1
+    lines = [line for line in result.stdout.splitlines() if reason in line]
+    assert len(lines) == 1, result.stdout
+    assert lines[0].startswith("conversations/part-00000.parquet row ")
+    assert ", turn 1 (MIA): " in lines[0]
 
 
 def test_validate_exits_1_and_lists_problems(built: Path, medgrit, tmp_path: Path) -> None:
