@@ -118,7 +118,11 @@ def build(
     llm_price_input: Annotated[float, typer.Option(help="USD per 1M prompt tokens.")] = 0.0,
     llm_price_output: Annotated[float, typer.Option(help="USD per 1M completion tokens.")] = 0.0,
     llm_response_format: Annotated[
-        str, typer.Option(help="json_schema, json_object or none (what the server supports).")
+        str,
+        typer.Option(
+            help="json_schema, json_object, json_object_schema (json_object with a schema "
+            "field: llama.cpp's Python server) or none (what the server supports)."
+        ),
     ] = "json_schema",
     llm_retry_invalid: Annotated[
         int, typer.Option(help="Ask again with the error fed back, this many times.")

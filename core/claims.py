@@ -150,7 +150,11 @@ class Lexicon:
                     canonical[surface] = canonical[base]
                 canonical.setdefault(surface, canonical[base])
         self.surfaces = canonical
-        self.max_words = max((len(s) for s in canonical), default=1)
+        lengths: dict[str, set[int]] = {}
+        for surface in canonical:
+            lengths.setdefault(surface[0], set()).add(len(surface))
+        # Lengths of the names that start with a word, longest first (a side word adds one).
+        self.starts = {w: tuple(sorted(n, reverse=True)) for w, n in lengths.items()}
         self.findings = frozenset(canonical[(w,)][0] for w in FINDING_WORDS)
 
     def canonical(self, words: tuple[str, ...]) -> tuple[tuple[str, ...], str | None] | None:
@@ -167,17 +171,21 @@ class Lexicon:
     def match(self, words: list[str], start: int) -> tuple[int, tuple[str, ...], str | None]:
         """The longest name at ``words[start:]``: (length, canonical base, side); length 0 when
         none starts there."""
-        side = words[start] if words[start] in SIDES else None
-        limit = min(self.max_words, len(words) - start)
-        for n in range(limit, 0, -1):
-            base = self.surfaces.get(tuple(words[start : start + n]))
-            if base is not None:
-                return n, base, None
-            if side and n > 1:
-                base = self.surfaces.get(tuple(words[start + 1 : start + n]))
+        first = words[start]
+        best: tuple[int, tuple[str, ...], str | None] = (0, (), None)
+        for n in self.starts.get(first, ()):
+            if start + n <= len(words):
+                base = self.surfaces.get(tuple(words[start : start + n]))
                 if base is not None:
-                    return n, base, side
-        return 0, (), None
+                    best = (n, base, None)
+                    break
+        if first in SIDES and start + 1 < len(words):
+            for n in self.starts.get(words[start + 1], ()):
+                if n + 1 > best[0] and start + 1 + n <= len(words):
+                    base = self.surfaces.get(tuple(words[start + 1 : start + 1 + n]))
+                    if base is not None:
+                        return n + 1, base, first
+        return best
 
     def with_names(self, names: Iterable[str]) -> Lexicon:
         """This lexicon with ``names`` added (itself when it has them all)."""
@@ -298,7 +306,10 @@ def _phrases() -> dict[tuple[str, ...], tuple[str, str]]:
 
 
 PHRASES: dict[tuple[str, ...], tuple[str, str]] = _phrases()
-_PHRASE_WORDS = max(len(p) for p in PHRASES)
+_PHRASE_STARTS: dict[str, tuple[int, ...]] = {
+    w: tuple(sorted({len(p) for p in PHRASES if p[0] == w}, reverse=True))
+    for w in {p[0] for p in PHRASES}
+}
 
 
 def _count_malformed(text: str, boxes: int, refs: int) -> str | None:
@@ -312,58 +323,33 @@ def _count_malformed(text: str, boxes: int, refs: int) -> str | None:
 
 def read_text(text: str, lexicon: Lexicon) -> TextClaims:
     """The mentions and attributes of one text (see the module docstring)."""
-    # One pass of the tokenizer: words, tags and clause ends, in order.
-    words: list[str] = []
-    tokens: list[tuple[str, object]] = []  # ("w", word index) | ("ref", text) | ("box", box) | brk
-    n_boxes = n_refs = 0
-    for m in _TOKENS.finditer(text):
-        word = m.group("word")
-        if word is not None:
-            tokens.append(("w", len(words)))
-            words.append(normalize_word(word))
-        elif m.group("brk") is not None:
-            tokens.append(("brk", None))
-        elif m.group("punct") is not None:
-            tokens.append(("punct", None))
-        elif m.group("x0") is not None:
-            n_boxes += 1
-            tokens.append(("box", tuple(int(m.group(k)) for k in ("x0", "y0", "x1", "y1"))))
-        else:
-            n_refs += 1
-            tokens.append(("ref", m.group("ref")))
-    malformed = _count_malformed(text, n_boxes, n_refs)
-
     mentions: list[dict] = []
-    attributes: list[tuple[str, str, str, int, int]] = []  # kind, value, text, token pos, clause
+    attributes: list[tuple[str, str, str, int, int]] = []  # kind, value, text, slot, clause
     boxes: list[Box] = []
-    clause = 0
-    last_in_clause: int | None = None  # index of the latest ref/name mention of this clause
     slots: list[str] = []  # per position: a plain word, or "#" (tag, name, phrase, punctuation)
-    i = 0
-    while i < len(tokens):
-        position = len(slots)
-        kind, value = tokens[i]
+    run: list[str] = []  # the words since the last tag or clause end
+    state = {"clause": 0, "last": None}  # the clause, and its latest ref/name mention
+    n_refs = 0
+
+    def flush() -> None:
+        if run:
+            _read_words(run, lexicon, state, mentions, attributes, slots)
+            run.clear()
+
+    for m in _TOKENS.finditer(text):
+        kind = m.lastgroup
+        if kind == "word":
+            run.append(normalize_word(m.group("word")))
+            continue
+        flush()
         if kind == "punct":
             slots.append("#")
-            i += 1
-            continue
-        if kind == "brk":
-            clause += 1
-            last_in_clause = None
-            i += 1
-            continue
-        if kind == "box":
-            box: Box = value  # type: ignore[assignment]
-            boxes.append(box)
-            if last_in_clause is not None:
-                mentions[last_in_clause]["boxes"].append(box)
-            else:
-                mentions.append(_mention("box", (), None, True, [box], "<box>", clause, position))
-            slots.append("#")
-            i += 1
-            continue
-        if kind == "ref":
-            ref_words = words_of(value)  # type: ignore[arg-type]
+        elif kind == "brk":
+            state["clause"] += 1
+            state["last"] = None
+        elif kind == "ref":
+            n_refs += 1
+            ref_words = words_of(m.group("ref"))
             while ref_words and ref_words[0] in _ARTICLES:
                 ref_words = ref_words[1:]
             found = lexicon.canonical(ref_words)
@@ -375,44 +361,29 @@ def read_text(text: str, lexicon: Lexicon) -> TextClaims:
                     side,
                     found is not None,
                     [],
-                    f"<ref>{value}</ref>",
-                    clause,
-                    position,
+                    f"<ref>{m.group('ref')}</ref>",
+                    state["clause"],
+                    len(slots),
                 )
             )
-            last_in_clause = len(mentions) - 1
+            state["last"] = len(mentions) - 1
             slots.append("#")
-            i += 1
-            continue
-        # A run of words up to the next tag or clause end.
-        j = i
-        while j < len(tokens) and tokens[j][0] == "w":
-            j += 1
-        run = [words[tokens[k][1]] for k in range(i, j)]  # type: ignore[index]
-        k = 0
-        while k < len(run):
-            n, base, side = lexicon.match(run, k)
-            if n:
-                text_words = " ".join(run[k : k + n])
-                mentions.append(
-                    _mention("name", base, side, True, [], text_words, clause, len(slots))
-                )
-                last_in_clause = len(mentions) - 1
-                slots.append("#")
-                k += n
-                continue
-            for size in range(min(_PHRASE_WORDS, len(run) - k), 0, -1):
-                phrase = PHRASES.get(tuple(run[k : k + size]))
-                if phrase is not None:
-                    attributes.append((*phrase, " ".join(run[k : k + size]), len(slots), clause))
-                    slots.append("#")
-                    k += size
-                    break
+        else:  # a box (the last group of its alternative)
+            box: Box = (
+                int(m.group("x0")),
+                int(m.group("y0")),
+                int(m.group("x1")),
+                int(m.group("y1")),
+            )
+            boxes.append(box)
+            if state["last"] is not None:
+                mentions[state["last"]]["boxes"].append(box)
             else:
-                slots.append(run[k])
-                k += 1
-        i = j
-
+                mentions.append(_mention("box", (), None, True, [box], "<box>", state["clause"],
+                                         len(slots)))  # fmt: skip
+            slots.append("#")
+    flush()
+    malformed = _count_malformed(text, len(boxes), n_refs)
     frozen = tuple(
         Mention(
             m["kind"], m["base"], m["side"], m["known"], tuple(m["boxes"]), m["text"], m["clause"]
@@ -424,6 +395,42 @@ def read_text(text: str, lexicon: Lexicon) -> TextClaims:
         for kind, value, words_text, pos, clause_of in attributes
     )
     return TextClaims(frozen, attached, tuple(boxes), malformed)
+
+
+def _read_words(
+    run: list[str],
+    lexicon: Lexicon,
+    state: dict,
+    mentions: list[dict],
+    attributes: list[tuple[str, str, str, int, int]],
+    slots: list[str],
+) -> None:
+    """Names and attribute phrases of a run of words, longest first, names before phrases."""
+    clause = state["clause"]
+    k = 0
+    while k < len(run):
+        word = run[k]
+        if word in lexicon.starts or (word in SIDES and k + 1 < len(run)):
+            n, base, side = lexicon.match(run, k)
+            if n:
+                text_words = " ".join(run[k : k + n])
+                mentions.append(
+                    _mention("name", base, side, True, [], text_words, clause, len(slots))
+                )
+                state["last"] = len(mentions) - 1
+                slots.append("#")
+                k += n
+                continue
+        for size in _PHRASE_STARTS.get(word, ()):
+            phrase = PHRASES.get(tuple(run[k : k + size])) if k + size <= len(run) else None
+            if phrase is not None:
+                attributes.append((*phrase, " ".join(run[k : k + size]), len(slots), clause))
+                slots.append("#")
+                k += size
+                break
+        else:
+            slots.append(word)
+            k += 1
 
 
 def _mention(

@@ -251,7 +251,12 @@ def _check_attributes(
             if image is not None and a.value != image.plane:
                 return Failure("wrong_plane", a.text)
             continue
-        targets = referents[a.mention] if a.mention is not None else asked
+        # A name stands for the region of it the turn asks about ("the lesion" of two lesions).
+        targets = (
+            (referents[a.mention] & asked or referents[a.mention])
+            if a.mention is not None
+            else asked
+        )
         if not any(_holds(a.kind, a.value, truth.regions[rid].facts) for rid in targets):
             return Failure(_WRONG[a.kind], a.text)
     return None

@@ -45,7 +45,9 @@ class LLMConfig(BaseModel):
     price_output_per_million: float = Field(
         0.0, ge=0.0, description="USD per 1M completion tokens."
     )
-    response_format: Literal["json_schema", "json_object", "none"] = "json_schema"
+    response_format: Literal["json_schema", "json_object", "json_object_schema", "none"] = (
+        "json_schema"
+    )
     retry_invalid: int = Field(
         1, ge=0, le=3, description="Retries of an invalid answer, with the error fed back."
     )

@@ -18,8 +18,9 @@ HTTP (Starlette on uvicorn), so the real ``openai`` SDK talks to it unchanged:
   status 500 (error file) and ``batch_expire`` ends it ``expired`` after half its lines: those
   are in the output and error files, the rest are missing.
 - ``GET /stats`` and ``POST /stats/reset`` (counters, see :meth:`ProviderSimulator.stats`),
-  ``POST /admin/config`` (replace the configuration of a running server), ``GET /health``.
-  These three are not under ``/v1`` and need no key.
+  ``GET /lies`` (the ledger of lies told, see below), ``POST /admin/config`` (replace the
+  configuration of a running server), ``GET /health``. These are not under ``/v1`` and need no
+  key.
 
 Rate limits work like OpenAI's requests-per-minute and tokens-per-minute limits, each a token
 bucket holding one second's worth (capacity ``max(1, limit / 60)``, refilled at ``limit / 60``
@@ -41,15 +42,45 @@ the answer, faults included, is a function of the messages and ``seed`` alone, s
 request gives the same answer online and in a batch. Latency (uniform in ``latency_ms``) is
 ``asyncio.sleep``, so requests overlap as they do at a provider.
 
+Lies test a verifier rather than a parser: with ``lie_rate`` each turn of an answer, on its own
+draw from the same per-request RNG (so lies too are a function of messages and ``seed``), is
+rewritten into a well-formed, fluent turn that contradicts the image facts, of one of
+``lie_classes`` (default all of :data:`LIE_CLASSES`):
+
+- ``swapped_box``: a VG or MIA ``<ref>X</ref>`` carries another region's box (region_ids stay X's);
+- ``invented_structure``: a structure the image has none of (:data:`LIE_DECOYS`), asked about and
+  grounded on an existing box in VG, or added ("with a nodule next to it") to another answer;
+- ``wrong_label``: an ROC answer names another label, the other side, or a decoy;
+- ``wrong_position``, ``wrong_size``, ``wrong_side``: an RC answer with another grid position,
+  size word or patient's side (a side for an unsided structure);
+- ``other_structure``: an ROC or RC answer also names another structure of the image;
+- ``wrong_modality``, ``wrong_plane``: an MIA answer names another modality or plane (any plane
+  for a 2D image);
+- ``question_box``: an ROC or RC question gives another region's box;
+- ``wrong_region_ids``: region_ids name another region than the text refers to.
+
+A lying turn draws one of ``lie_classes``; when that one cannot apply to it (a task it has no
+lie for, a single region), the next of ``lie_classes`` that can is told, and when none can the
+turn stays true. Lies are drawn after the true answer and content faults, so the turns left
+true are exactly those of the same request without lies, and a turn spoiled by a content fault
+is never also a lie. True turns follow the verifier's reading conventions: only the image's
+labels, modality and plane words, positions as grid phrases and sides as "the patient's
+left/right". ``GET /lies`` (no key) lists each lie turn sent (``class``, ``task``,
+``question``, ``answer``, ``region_ids`` and ``regions``, the label and box of each of those
+ids, so a turn can be told apart from an identical text about other regions; online and batch
+alike, not those of answers cut by
+``malformed_json`` or ``max_tokens``), and the stats count ``lies`` by class and
+``honest_turns``.
+
 ``duplicate_requests`` in the stats counts chat requests (online or batch lines) whose body, as
 canonical JSON, equals one the server already accepted and answered (not counting 429s or
 transport faults): a resumed build that re-sends a paid request shows up there.
 
 Start it in a separate process with :func:`serve` (a context manager) or from the shell with
-``python -m medgrit.testing.openai_server --port 8000 --rpm 1200``. The API key, when set, is
-compared in constant time and never logged; :func:`serve` passes the configuration through the
-child's stdin, never its command line, and the child exits when that pipe closes (the parent
-exited or died).
+``python -m medgrit.testing.openai_server --port 8000 --rpm 1200 --lie-rate 0.2``. The API key,
+when set, is compared in constant time and never logged; :func:`serve` passes the configuration
+through the child's stdin, never its command line, and the child exits when that pipe closes (the
+parent exited or died).
 
 It needs the ``testing`` extra (``pip install 'medgrit[testing]'``, part of the ``test`` extra);
 nothing of medgrit's build imports it. It is one module, over the usual size, on purpose: it runs
@@ -77,7 +108,7 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
@@ -95,7 +126,15 @@ except ImportError as exc:  # the base install leaves the fake provider's web st
         "pip install 'medgrit[testing]'"
     ) from exc
 
-from medgrit.core.text import format_box, format_ref, laterality_of, strip_laterality
+from medgrit.core.text import (
+    MODALITY_NAMES,
+    SIZE_THRESHOLDS,
+    format_box,
+    format_ref,
+    laterality_of,
+    position_word,
+    strip_laterality,
+)
 from medgrit.schemas.llm import FACTS_MARKER, ImagePromptFacts, PromptRegion
 
 log = logging.getLogger(__name__)
@@ -106,6 +145,39 @@ CONTENT_FAULTS: tuple[str, ...] = ("malformed_json", "invented_box", "wrong_labe
 MAX_MIA_REGIONS = 8
 _TURNS_PATTERN = re.compile(r"conversation of (\d+) turns")
 _DECOY_LABELS = ("liver", "spleen", "pancreas", "stomach", "aorta", "tumor", "polyp", "optic disc")
+LIE_CLASSES: tuple[str, ...] = (
+    "swapped_box",
+    "invented_structure",
+    "wrong_label",
+    "wrong_position",
+    "wrong_size",
+    "wrong_side",
+    "other_structure",
+    "wrong_modality",
+    "wrong_plane",
+    "question_box",
+    "wrong_region_ids",
+)
+# Structures a lie may invent: common anatomy and findings a verifier knows by name.
+LIE_DECOYS: tuple[str, ...] = (
+    "pancreas",
+    "gallbladder",
+    "stomach",
+    "tumour",
+    "nodule",
+    "cyst",
+    "lesion",
+    "fracture",
+    "haemorrhage",
+    "effusion",
+    "mass",
+)
+_SPELLINGS = {"tumour": "tumor", "haemorrhage": "hemorrhage"}
+POSITION_WORDS: tuple[str, ...] = tuple(
+    position_word((col, row, col + 1, row + 1), 3, 3) for row in range(3) for col in range(3)
+)
+SIZE_WORDS: tuple[str, ...] = (*(word for _, word in SIZE_THRESHOLDS), "large")
+PLANE_WORDS: tuple[str, ...] = ("axial", "coronal", "sagittal")
 
 
 class ServerConfig(BaseModel):
@@ -124,6 +196,12 @@ class ServerConfig(BaseModel):
     malformed_json_rate: float = Field(0.0, ge=0.0, le=1.0)
     invented_box_rate: float = Field(0.0, ge=0.0, le=1.0)
     wrong_label_rate: float = Field(0.0, ge=0.0, le=1.0)
+    lie_rate: float = Field(
+        0.0, ge=0.0, le=1.0, description="Chance that each turn of an answer is a fluent lie."
+    )
+    lie_classes: tuple[str, ...] = Field(
+        LIE_CLASSES, min_length=1, description="Kinds of lie to tell (see LIE_CLASSES)."
+    )
     seed: int = 0
     deterministic: bool = Field(
         True, description="The answer (content faults included) depends only on messages+seed."
@@ -143,6 +221,11 @@ class ServerConfig(BaseModel):
         if self.malformed_json_rate + self.invented_box_rate + self.wrong_label_rate > 1.0 + 1e-9:
             raise ValueError(
                 "malformed_json_rate + invented_box_rate + wrong_label_rate must be at most 1"
+            )
+        unknown = [name for name in self.lie_classes if name not in LIE_CLASSES]
+        if unknown:
+            raise ValueError(
+                f"unknown lie class(es) {', '.join(unknown)}; choose from {', '.join(LIE_CLASSES)}"
             )
         return self
 
@@ -218,12 +301,12 @@ def build_conversation(facts: ImagePromptFacts, turns: int, rng: random.Random) 
 
     Every box is a region's own box, ROC answers name the label, RC answers give position, size
     and the patient's side, and no side word is put before a lateral label other than its own.
+    The text names no structure but the image's labels, no modality or plane but the image's,
+    writes positions only as grid phrases and sides only as "the patient's left/right".
     """
     regions = facts.regions
     view = facts.view
     listed = regions[:MAX_MIA_REGIONS]
-    items = ", ".join(f"{format_ref(r.label)}{format_box(r.box)}" for r in listed)
-    count = f"{len(listed)} labelled structure{'s' if len(listed) > 1 else ''}"
     out = [
         {
             "task": "MIA",
@@ -234,7 +317,7 @@ def build_conversation(facts: ImagePromptFacts, turns: int, rng: random.Random) 
                     f"Which structures are visible in this {view} image?",
                 )
             ),
-            "answer": f"This {view} image shows {count}: {items}.",
+            "answer": _mia_answer(view, [(r.label, r.box) for r in listed]),
             "region_ids": [r.id for r in listed],
         }
     ]
@@ -247,6 +330,41 @@ def build_conversation(facts: ImagePromptFacts, turns: int, rng: random.Random) 
     return out
 
 
+def _mia_answer(view: str, items: list[tuple[str, tuple[int, ...]]]) -> str:
+    listing = ", ".join(f"{format_ref(label)}{format_box(box)}" for label, box in items)
+    count = f"{len(items)} labelled structure{'s' if len(items) > 1 else ''}"
+    return f"This {view} image shows {count}: {listing}."
+
+
+def _vg_question(label: str, rng: random.Random) -> str:
+    return rng.choice(
+        (
+            f"Where is the {label} in this image?",
+            f"Locate the {label}.",
+            f"Can you find the {label}? Give its box.",
+        )
+    )
+
+
+def _rc_answer(
+    region: PromptRegion,
+    view: str,
+    *,
+    position: str | None = None,
+    size: str | None = None,
+    side: str | None = None,
+    extra: str = "",
+) -> str:
+    """An RC answer about ``region``; the keywords replace its own words (lies only)."""
+    side = side or region.side
+    side_text = f", on the patient's {side} side" if side else ""
+    return (
+        f"The region {format_box(region.box)} is the {region.label}, a {size or region.size} "
+        f"structure in the {position or region.position} part of this {view} image"
+        f"{side_text}{extra}."
+    )
+
+
 def _region_turn(
     task: str, region: PromptRegion, regions: list[PromptRegion], view: str, rng: random.Random
 ) -> dict:
@@ -254,13 +372,7 @@ def _region_turn(
     label = region.label
     if task == "VG":
         same = [r for r in regions if r.label == label]
-        question = rng.choice(
-            (
-                f"Where is the {label} in this image?",
-                f"Locate the {label}.",
-                f"Can you find the {label}? Give its box.",
-            )
-        )
+        question = _vg_question(label, rng)
         answer = format_ref(label) + "".join(format_box(r.box) for r in same)
         return {
             "task": "VG",
@@ -281,11 +393,7 @@ def _region_turn(
     question = rng.choice(
         (f"Describe the region {box}.", f"What can you tell me about the region {box}?")
     )
-    side = f", on the patient's {region.side} side" if region.side else ""
-    answer = (
-        f"The region {box} is the {label}, a {region.size} structure in the {region.position} "
-        f"part of this {view} image{side}."
-    )
+    answer = _rc_answer(region, view)
     return {"task": "RC", "question": question, "answer": answer, "region_ids": [region.id]}
 
 
@@ -340,6 +448,220 @@ def apply_content_fault(
         turn = rng.choice(roc)
         region = next(r for r in regions if r.id == turn["region_ids"][0])
         turn["answer"] = f"This is the {wrong_label_for(region, regions, rng)}."
+
+
+# --------------------------------------------------------------------------------------------
+# Lies: fluent turns that each break one fact of the image (see LIE_CLASSES).
+
+
+def _spelling(word: str) -> str:
+    return _SPELLINGS.get(word, word)
+
+
+def decoys_for(regions: list[PromptRegion]) -> list[str]:
+    """The :data:`LIE_DECOYS` that match no word of the image's labels (plurals and British
+    spellings included), so naming one invents a structure."""
+    words = {w for r in regions for w in re.findall(r"[a-z]+", r.label.lower())}
+    forms = {_spelling(f) for w in words for f in (w, w.removesuffix("s"), w.removesuffix("es"))}
+    return [d for d in LIE_DECOYS if _spelling(d) not in forms]
+
+
+def _article(word: str) -> str:
+    return "an" if word[0] in "aeiou" else "a"
+
+
+def _turn_regions(turn: dict, facts: ImagePromptFacts) -> list[PromptRegion]:
+    by_id = {r.id: r for r in facts.regions}
+    return [by_id[i] for i in turn["region_ids"]]
+
+
+def _lie_swapped_box(turn: dict, facts: ImagePromptFacts, rng: random.Random) -> dict | None:
+    own = _turn_regions(turn, facts)
+    if turn["task"] == "VG":
+        label = own[0].label
+        boxes = {tuple(r.box) for r in own}
+        others = [r for r in facts.regions if r.label != label and tuple(r.box) not in boxes]
+        if not others:
+            return None
+        other = rng.choice(others)
+        answer = format_ref(label) + "".join(format_box(r.box) for r in [other, *own[1:]])
+        return {**turn, "answer": answer}
+    if turn["task"] == "MIA":
+        pairs = [
+            (i, j)
+            for i in range(len(own))
+            for j in range(i + 1, len(own))
+            if own[i].label != own[j].label and tuple(own[i].box) != tuple(own[j].box)
+        ]
+        if not pairs:
+            return None
+        i, j = rng.choice(pairs)
+        boxes = [r.box for r in own]
+        boxes[i], boxes[j] = boxes[j], boxes[i]
+        items = [(r.label, box) for r, box in zip(own, boxes, strict=True)]
+        return {**turn, "answer": _mia_answer(facts.view, items)}
+    return None
+
+
+def _lie_invented_structure(turn: dict, facts: ImagePromptFacts, rng: random.Random) -> dict | None:
+    decoys = decoys_for(facts.regions)
+    if not decoys:
+        return None
+    decoy = rng.choice(decoys)
+    if turn["task"] == "VG":
+        box = format_box(_turn_regions(turn, facts)[0].box)
+        return {**turn, "question": _vg_question(decoy, rng), "answer": format_ref(decoy) + box}
+    if turn["task"] == "MIA":
+        added = f" {_article(decoy).capitalize()} {decoy} is also visible."
+        return {**turn, "answer": turn["answer"] + added}
+    return {**turn, "answer": f"{turn['answer'][:-1]}, with {_article(decoy)} {decoy} next to it."}
+
+
+def _lie_wrong_label(turn: dict, facts: ImagePromptFacts, rng: random.Random) -> dict | None:
+    if turn["task"] != "ROC":
+        return None
+    region = _turn_regions(turn, facts)[0]
+    side = laterality_of(region.label)
+    if side:
+        wrong = f"{'right' if side == 'left' else 'left'} {strip_laterality(region.label)}"
+    else:
+        own = region.label.lower()
+        others = sorted({r.label for r in facts.regions if own not in r.label.lower()})
+        choices = others or decoys_for(facts.regions)
+        if not choices:
+            return None
+        wrong = rng.choice(choices)
+    return {**turn, "answer": turn["answer"].removesuffix(f"{region.label}.") + f"{wrong}."}
+
+
+def _lie_rc_word(kind: str):
+    """A lie that rewrites an RC answer with another position, size or patient side."""
+
+    def lie(turn: dict, facts: ImagePromptFacts, rng: random.Random) -> dict | None:
+        if turn["task"] != "RC":
+            return None
+        region = _turn_regions(turn, facts)[0]
+        if kind == "position":
+            word = rng.choice([p for p in POSITION_WORDS if p != region.position])
+        elif kind == "size":
+            word = rng.choice([s for s in SIZE_WORDS if s != region.size])
+        elif region.side:
+            word = "right" if region.side == "left" else "left"
+        else:  # an unsided structure given a patient's side
+            word = rng.choice(("left", "right"))
+        return {**turn, "answer": _rc_answer(region, facts.view, **{kind: word})}
+
+    return lie
+
+
+def _lie_other_structure(turn: dict, facts: ImagePromptFacts, rng: random.Random) -> dict | None:
+    if turn["task"] not in ("ROC", "RC"):
+        return None
+    region = _turn_regions(turn, facts)[0]
+    others = sorted({r.label for r in facts.regions if r.label != region.label})
+    if not others:
+        return None
+    other = rng.choice(others)
+    if turn["task"] == "RC":
+        return {**turn, "answer": _rc_answer(region, facts.view, extra=f", next to the {other}")}
+    return {**turn, "answer": f"{turn['answer'][:-1]}, next to the {other}."}
+
+
+def _split_view(facts: ImagePromptFacts) -> tuple[str | None, str]:
+    """(plane word or None, the rest) of the view text, e.g. ("axial", "CT")."""
+    first, _, rest = facts.view.partition(" ")
+    return (first, rest) if first in PLANE_WORDS and rest else (None, facts.view)
+
+
+def _with_view(turn: dict, facts: ImagePromptFacts, view: str) -> dict | None:
+    old = f"This {facts.view} image"
+    if turn["task"] != "MIA" or not turn["answer"].startswith(old):
+        return None
+    return {**turn, "answer": f"This {view} image" + turn["answer"][len(old) :]}
+
+
+def _lie_wrong_modality(turn: dict, facts: ImagePromptFacts, rng: random.Random) -> dict | None:
+    plane, rest = _split_view(facts)
+    if facts.modality not in rest:
+        return None
+    plausible = ("CT", "MRI", "PET") if plane else tuple(MODALITY_NAMES.values())
+    names = [n for n in plausible if n.lower() != facts.modality.lower()]
+    view = facts.view.replace(facts.modality, rng.choice(names))
+    return _with_view(turn, facts, view)
+
+
+def _lie_wrong_plane(turn: dict, facts: ImagePromptFacts, rng: random.Random) -> dict | None:
+    plane, rest = _split_view(facts)
+    view = f"{rng.choice([p for p in PLANE_WORDS if p != plane])} {rest}"
+    return _with_view(turn, facts, view)
+
+
+def _lie_question_box(turn: dict, facts: ImagePromptFacts, rng: random.Random) -> dict | None:
+    if turn["task"] not in ("ROC", "RC"):
+        return None
+    region = _turn_regions(turn, facts)[0]
+    others = [r for r in facts.regions if tuple(r.box) != tuple(region.box)]
+    if not others:
+        return None
+    other = format_box(rng.choice(others).box)
+    return {**turn, "question": turn["question"].replace(format_box(region.box), other)}
+
+
+def _lie_wrong_region_ids(turn: dict, facts: ImagePromptFacts, rng: random.Random) -> dict | None:
+    own = _turn_regions(turn, facts)
+    boxes = {tuple(r.box) for r in own}
+    labels = {r.label for r in own}
+    others = [r for r in facts.regions if r not in own and tuple(r.box) not in boxes]
+    if not others:
+        return None
+    other = rng.choice([r for r in others if r.label not in labels] or others)
+    return {**turn, "region_ids": [other.id, *turn["region_ids"][1:]]}
+
+
+_LIES = {
+    "swapped_box": _lie_swapped_box,
+    "invented_structure": _lie_invented_structure,
+    "wrong_label": _lie_wrong_label,
+    "wrong_position": _lie_rc_word("position"),
+    "wrong_size": _lie_rc_word("size"),
+    "wrong_side": _lie_rc_word("side"),
+    "other_structure": _lie_other_structure,
+    "wrong_modality": _lie_wrong_modality,
+    "wrong_plane": _lie_wrong_plane,
+    "question_box": _lie_question_box,
+    "wrong_region_ids": _lie_wrong_region_ids,
+}
+
+
+def tell_lies(
+    turns: list[dict],
+    facts: ImagePromptFacts,
+    rate: float,
+    classes: tuple[str, ...],
+    rng: random.Random,
+    skip: frozenset[int] = frozenset(),
+) -> list[tuple[int, str]]:
+    """Turn each of ``turns``, with probability ``rate``, into a lie, in place.
+
+    A lying turn draws one of ``classes``; when that class cannot apply to it (no second region,
+    another task), the next of ``classes`` in order (wrapping around) that can is told, and when
+    none can the turn stays true. Turns in ``skip`` (spoiled by a content fault) stay as they are.
+
+    Returns:
+        (index, class) of each lie told.
+    """
+    told = []
+    for i, turn in enumerate(turns):
+        if rng.random() >= rate or i in skip:
+            continue
+        first = rng.randrange(len(classes))
+        for name in classes[first:] + classes[:first]:
+            lie = _LIES[name](turn, facts, rng)
+            if lie is not None:
+                turns[i] = lie
+                told.append((i, name))
+                break
+    return told
 
 
 def has_feedback(messages: list) -> bool:
@@ -440,11 +762,14 @@ def _error(
 
 @dataclass
 class _Outcome:
-    """A chat answer: the completion body, or an error status and message."""
+    """A chat answer: the completion body, or an error status and message; the lies it tells
+    (ledger entries) and how many of its turns are true."""
 
     status: int
     body: dict
     fault: str | None = None
+    lies: list[dict] = field(default_factory=list)
+    honest_turns: int = 0
 
 
 @dataclass
@@ -481,10 +806,12 @@ class ProviderSimulator:
         self._auth = f"Bearer {key}".encode() if key else None
 
     def reset_stats(self) -> None:
-        """Zero every counter and forget the bodies seen."""
+        """Zero every counter, forget the bodies seen and empty the lie ledger."""
         self.counters: dict[str, int] = {}
         self.requests_by_endpoint: dict[str, int] = {}
         self.faults = dict.fromkeys(TRANSPORT_FAULTS + CONTENT_FAULTS, 0)
+        self.lie_counts = dict.fromkeys(LIE_CLASSES, 0)
+        self.lie_ledger: list[dict] = []
         self.seen_bodies: set[bytes] = set()
         self.max_in_flight = self.in_flight  # requests still open are not forgotten
 
@@ -495,7 +822,10 @@ class ProviderSimulator:
         ``rate_limited_requests`` / ``rate_limited_tokens`` (429s by limit), ``faults`` by kind,
         ``batch_lines_*``, ``prompt_tokens`` / ``completion_tokens`` answered,
         ``feedback_requests`` (prompts that carry "previous answer was rejected"),
-        ``duplicate_requests``, and ``max_in_flight`` (most chat requests open at once).
+        ``duplicate_requests``, ``max_in_flight`` (most chat requests open at once), ``lies``
+        (lie turns sent, by class) and ``honest_turns`` (turns sent that are neither lies nor
+        spoiled by a content fault). Turns of an answer that was cut (``malformed_json``,
+        ``max_tokens``) count in neither.
         """
         return {
             "requests": dict(self.requests_by_endpoint),
@@ -503,6 +833,8 @@ class ProviderSimulator:
             "status_200": self.counters.get("status_200", 0),
             "status_429": self.counters.get("status_429", 0),
             "faults": dict(self.faults),
+            "lies": dict(self.lie_counts),
+            "honest_turns": self.counters.get("honest_turns", 0),
             "duplicate_requests": self.counters.get("duplicate_requests", 0),
             "in_flight": self.in_flight,
             "max_in_flight": self.max_in_flight,
@@ -576,8 +908,14 @@ class ProviderSimulator:
                 break
             draw -= rate
         conversation = build_conversation(facts, turns, rng)
+        spoiled: frozenset[int] = frozenset()
         if fault in ("invented_box", "wrong_label"):
+            before = [dict(turn) for turn in conversation]
             apply_content_fault(fault, conversation, facts, rng)
+            spoiled = frozenset(i for i, t in enumerate(before) if t != conversation[i])
+        told: list[tuple[int, str]] = []
+        if config.lie_rate > 0:  # drawn after the true answer, which the mode leaves unchanged
+            told = tell_lies(conversation, facts, config.lie_rate, config.lie_classes, rng, spoiled)
         content = json.dumps({"conversation": conversation}, ensure_ascii=False)
         if fault == "malformed_json":
             content = content[: max(1, len(content) // 2)]
@@ -586,6 +924,23 @@ class ProviderSimulator:
         finish = "stop"
         if isinstance(max_tokens, int) and completion_tokens > max_tokens:
             content, completion_tokens, finish = content[: max_tokens * 4], max_tokens, "length"
+        lies: list[dict] = []
+        honest = 0
+        if fault != "malformed_json" and finish == "stop":  # only turns sent whole count
+            by_id = {r.id: r for r in facts.regions}
+            lies = [
+                {
+                    "class": name,
+                    **conversation[i],
+                    "regions": [
+                        {"label": by_id[rid].label, "box": list(by_id[rid].box)}
+                        for rid in conversation[i]["region_ids"]
+                        if rid in by_id
+                    ],
+                }
+                for i, name in told
+            ]
+            honest = len(conversation) - len(told) - len(spoiled)
         completion = {
             "id": self._new_id("chatcmpl-"),
             "object": "chat.completion",
@@ -606,13 +961,17 @@ class ProviderSimulator:
                 "total_tokens": prompt_tokens + completion_tokens,
             },
         }
-        return _Outcome(200, completion, fault)
+        return _Outcome(200, completion, fault, lies, honest)
 
     def _record_answer(self, outcome: _Outcome, body: dict) -> None:
         if outcome.fault:
             self.faults[outcome.fault] += 1
         if outcome.status == 200:
             self._mark_answered(body)
+            for lie in outcome.lies:
+                self.lie_counts[lie["class"]] += 1
+            self.lie_ledger.extend(outcome.lies)
+            self._count("honest_turns", outcome.honest_turns)
             usage = outcome.body["usage"]
             self._count("prompt_tokens", usage["prompt_tokens"])
             self._count("completion_tokens", usage["completion_tokens"])
@@ -947,6 +1306,10 @@ class ProviderSimulator:
         """``GET /stats``."""
         return _json(self.stats())
 
+    async def get_lies(self, request: Request) -> Response:
+        """``GET /lies``: the ledger of lie turns sent since start or the last reset."""
+        return _json(self.lie_ledger)
+
     async def post_stats_reset(self, request: Request) -> Response:
         """``POST /stats/reset``."""
         self.reset_stats()
@@ -1044,6 +1407,7 @@ def create_app(config: ServerConfig) -> Starlette:
         Route("/v1/batches/{batch_id}/cancel", sim.cancel_batch, methods=["POST"]),
         Route("/stats", sim.get_stats, methods=["GET"]),
         Route("/stats/reset", sim.post_stats_reset, methods=["POST"]),
+        Route("/lies", sim.get_lies, methods=["GET"]),
         Route("/admin/config", sim.post_config, methods=["POST"]),
         Route("/health", sim.health, methods=["GET"]),
     ]
@@ -1078,8 +1442,13 @@ class RunningServer:
         return httpx.get(f"{self.url}/stats", timeout=10).raise_for_status().json()
 
     def reset_stats(self) -> dict:
-        """``POST /stats/reset``; returns the zeroed stats."""
+        """``POST /stats/reset``; returns the zeroed stats (the lie ledger is emptied too)."""
         return httpx.post(f"{self.url}/stats/reset", timeout=10).raise_for_status().json()
+
+    def lies(self) -> list[dict]:
+        """``GET /lies``: each lie turn sent, as ``{"class", "task", "question", "answer",
+        "region_ids", "regions"}``, in the order they were answered."""
+        return httpx.get(f"{self.url}/lies", timeout=10).raise_for_status().json()
 
     def configure(self, config: ServerConfig) -> None:
         """Replace the running server's configuration (buckets start full; stats are kept)."""
@@ -1242,6 +1611,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--latency-ms", type=_parse_latency, metavar="MIN,MAX")
     parser.add_argument("--seed", type=int)
     parser.add_argument(
+        "--lie-rate",
+        type=float,
+        metavar="P",
+        help="chance that each turn of an answer is a fluent lie (0-1; ledger at GET /lies)",
+    )
+    parser.add_argument(
+        "--lie-classes",
+        type=lambda text: tuple(c.strip() for c in text.split(",") if c.strip()),
+        metavar="A,B",
+        help=f"lies to tell, comma-separated (default all: {', '.join(LIE_CLASSES)})",
+    )
+    parser.add_argument(
         "--api-key-env", metavar="VAR", help="require the bearer key held in this variable"
     )
     parser.add_argument(
@@ -1260,6 +1641,8 @@ def main(argv: list[str] | None = None) -> int:
             ("tpm", args.tpm),
             ("latency_ms", args.latency_ms),
             ("seed", args.seed),
+            ("lie_rate", args.lie_rate),
+            ("lie_classes", args.lie_classes),
         ):
             if value is not None:
                 data[field] = value

@@ -3,13 +3,16 @@
 What a test of the LLM generator relies on: answers built from the prompt's image facts pass
 verification; RPM and TPM limits answer 429 with ``Retry-After`` and ``x-ratelimit-*`` headers;
 each injected fault shows up; files and batches round-trip (expiry and cancellation included);
-``/stats`` counts duplicate requests; a configured key is enforced and never leaks.
+``/stats`` counts duplicate requests; a configured key is enforced and never leaks; in lies mode
+every class of lie is told, recorded in ``/lies`` and rejected by the verifier, while the true
+turns stay what they are without the mode.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import re
 import signal
 import socket
 import subprocess
@@ -25,13 +28,17 @@ import pytest
 from pydantic import ValidationError
 
 from medgrit.adapters.text.templates import make_environment
-from medgrit.core.generation import QA, TASKS, RegionFacts
+from medgrit.core.generation import QA, TASKS, ImageFacts, RegionFacts
 from medgrit.core.verify import TextRules, verify_qa
 from medgrit.schemas.llm import ImagePromptFacts, LLMConversation
 from medgrit.testing.openai_server import (
+    LIE_CLASSES,
+    LIE_DECOYS,
+    PLANE_WORDS,
     RunningServer,
     ServerConfig,
     TokenBucket,
+    estimate_prompt_tokens,
     format_duration,
     serve,
 )
@@ -80,6 +87,16 @@ SINGLE = {
     "regions": [{"id": "r0", "label": "right lung", "box": [80, 120, 480, 860],
                  "position": "middle left", "size": "large", "side": "right"}],
 }  # fmt: skip
+ALL_FACTS = (KIDNEYS, LESIONS, BRAIN, SINGLE)
+# The images the fixtures describe, as the verifier sees them (modality key, plane).
+IMAGES = {
+    "axial CT": ImageFacts("abdomen-ct", "ct", "axial", 512, 512),
+    "dermoscopy": ImageFacts("skin", "dermoscopy", "2d", 600, 450),
+    "coronal MRI": ImageFacts("brain-mr", "mr", "coronal", 256, 256),
+    "X-ray": ImageFacts("chest-xray", "xray", "2d", 1024, 1024),
+}
+# The build's label names: the structures a text may name at all.
+VOCABULARY = tuple(sorted({r["label"] for facts in ALL_FACTS for r in facts["regions"]}))
 
 
 def user_prompt(facts: dict, turns: int = 4, feedback: str | None = None) -> str:
@@ -113,14 +130,18 @@ def region_facts(facts: dict) -> dict[str, RegionFacts]:
     }
 
 
+def verify_turn(turn: dict, facts: dict) -> str | None:
+    """The verifier's reason for rejecting one turn of an answer about ``facts`` (None: kept)."""
+    qa = QA(turn["task"], turn["question"], turn["answer"], tuple(turn["region_ids"]))
+    return verify_qa(
+        qa, region_facts(facts), RULES, image=IMAGES[facts["view"]], vocabulary=VOCABULARY
+    )
+
+
 def turn_reasons(content: str, facts: dict) -> list[str | None]:
     """Verification result of every turn of an answer (None: the turn passes)."""
     conversation = LLMConversation.model_validate_json(content)
-    regions = region_facts(facts)
-    return [
-        verify_qa(QA(t.task, t.question, t.answer, tuple(t.region_ids)), regions, RULES)
-        for t in conversation.conversation
-    ]
+    return [verify_turn(t.model_dump(), facts) for t in conversation.conversation]
 
 
 def client_for(server: RunningServer, **kwargs) -> openai.OpenAI:
@@ -129,6 +150,19 @@ def client_for(server: RunningServer, **kwargs) -> openai.OpenAI:
 
 def ask(client: openai.OpenAI, facts: dict = KIDNEYS, **kwargs):
     return client.chat.completions.create(model="gpt-test", messages=messages(facts), **kwargs)
+
+
+def converse(server: RunningServer, facts: dict, turns: int = 7, **kwargs) -> list[dict]:
+    """The turns of the server's answer to a prompt about ``facts``."""
+    completion = client_for(server).chat.completions.create(
+        model="gpt-test", messages=messages(facts, turns, **kwargs)
+    )
+    return json.loads(completion.choices[0].message.content)["conversation"]
+
+
+def ledger_turn(entry: dict) -> dict:
+    """A ``/lies`` entry as the turn it was sent as."""
+    return {k: entry[k] for k in ("task", "question", "answer", "region_ids")}
 
 
 @pytest.fixture(scope="module")
@@ -252,14 +286,15 @@ def test_rate_limited_requests_are_counted_and_consume_nothing(fresh) -> None:
 def test_tpm_limit_binds_on_tokens(fresh) -> None:
     server = fresh(tpm=300_000)  # a bucket of 5,000 tokens
     client = client_for(server)
-    ask(client, max_tokens=2000)
-    ask(client, max_tokens=2000)  # about 2,800 tokens each: the third does not fit
+    max_tokens = 2300 - estimate_prompt_tokens(messages(KIDNEYS))  # 2,300 tokens a request
+    ask(client, max_tokens=max_tokens)
+    ask(client, max_tokens=max_tokens)  # the third does not fit
     with pytest.raises(openai.RateLimitError) as caught:
-        ask(client, max_tokens=2000)
+        ask(client, max_tokens=max_tokens)
     response = caught.value.response
     assert response.json()["error"]["type"] == "tokens"
     assert response.headers["x-ratelimit-limit-tokens"] == "300000"
-    assert int(response.headers["x-ratelimit-remaining-tokens"]) < 2800
+    assert int(response.headers["x-ratelimit-remaining-tokens"]) < 2300
     assert float(response.headers["retry-after"]) > 0
     assert server.stats()["rate_limited_tokens"] == 1
 
@@ -345,7 +380,9 @@ def test_wrong_label_is_caught_by_verification(fresh, facts) -> None:
         )
         reasons = turn_reasons(completion.choices[0].message.content, facts)
         wrong = [r for r in reasons if r is not None]
-        assert len(wrong) == 1 and wrong[0] in ("roc_label_missing", "laterality_mismatch")
+        # another label, the other side, or (one label only) a decoy the image does not have
+        assert len(wrong) == 1
+        assert wrong[0] in ("roc_label_missing", "laterality_mismatch", "invented_structure")
 
 
 def test_latency_overlaps_across_concurrent_requests(fresh) -> None:
@@ -364,6 +401,161 @@ def test_latency_overlaps_across_concurrent_requests(fresh) -> None:
     elapsed = asyncio.run(run())
     assert 0.2 <= elapsed < 1.5  # concurrent, not 20 x 0.2 s one after the other
     assert server.stats()["max_in_flight"] > 1
+
+
+# --- lies -------------------------------------------------------------------------------------
+
+# The tasks each lie can be told in (on KIDNEYS, where every class finds what it needs).
+LIE_TASKS = {
+    "swapped_box": {"VG", "MIA"},
+    "invented_structure": {"MIA", "VG", "ROC", "RC"},
+    "wrong_label": {"ROC"},
+    "wrong_position": {"RC"},
+    "wrong_size": {"RC"},
+    "wrong_side": {"RC"},
+    "other_structure": {"ROC", "RC"},
+    "wrong_modality": {"MIA"},
+    "wrong_plane": {"MIA"},
+    "question_box": {"ROC", "RC"},
+    "wrong_region_ids": {"VG", "ROC", "RC"},  # the MIA turn lists all of KIDNEYS' regions
+}
+# What the verifier must answer to each lie (the rule it breaks, or one it breaks first).
+LIE_REASONS = {
+    "swapped_box": {"ref_box_mismatch", "region_ids_mismatch"},
+    "invented_structure": {"invented_structure"},
+    "wrong_label": {"roc_label_missing", "laterality_mismatch", "invented_structure"},
+    "wrong_position": {"wrong_position"},
+    "wrong_size": {"wrong_size"},
+    "wrong_side": {"wrong_side", "laterality_mismatch"},
+    "other_structure": {"other_structure_named"},
+    "wrong_modality": {"wrong_modality"},
+    "wrong_plane": {"wrong_plane"},
+    "question_box": {"question_box_mismatch"},
+    "wrong_region_ids": {"region_ids_mismatch", "question_box_mismatch"},
+}
+
+
+def test_lie_tables_cover_every_class() -> None:
+    assert set(LIE_TASKS) == set(LIE_REASONS) == set(LIE_CLASSES)
+
+
+def test_lies_are_deterministic_and_recorded_with_their_text(fresh) -> None:
+    server = fresh(lie_rate=0.5, seed=5)
+    answers = [converse(server, facts) for facts in ALL_FACTS]
+    ledger = server.lies()
+    assert [converse(server, facts) for facts in ALL_FACTS] == answers  # same request, same lies
+    assert server.lies() == ledger + ledger
+    sent = [turn for answer in answers for turn in answer]
+    assert 0 < len(ledger) < len(sent)
+    assert all(ledger_turn(entry) in sent for entry in ledger)
+    assert {entry["class"] for entry in ledger} <= set(LIE_CLASSES)
+    stats = server.stats()
+    assert sum(stats["lies"].values()) == 2 * len(ledger)
+    assert stats["honest_turns"] == 2 * (len(sent) - len(ledger))
+    assert server.reset_stats()["honest_turns"] == 0
+    assert server.lies() == []
+    fresh(lie_rate=0.5, seed=6)
+    assert [converse(server, facts) for facts in ALL_FACTS] != answers  # the seed changes them
+
+
+@pytest.mark.parametrize("lie_class", LIE_CLASSES)
+def test_each_lie_class_is_told_and_recorded(fresh, lie_class) -> None:
+    true_turns = converse(fresh(seed=2), KIDNEYS)
+    server = fresh(seed=2, lie_rate=1.0, lie_classes=(lie_class,))
+    turns = converse(server, KIDNEYS)
+    ledger = server.lies()
+    lied = [i for i, (told, true) in enumerate(zip(turns, true_turns, strict=True)) if told != true]
+    assert [ledger_turn(entry) for entry in ledger] == [turns[i] for i in lied]
+    assert {entry["class"] for entry in ledger} == {lie_class}
+    assert {turns[i]["task"] for i in lied} == LIE_TASKS[lie_class]
+    kept = [t["task"] for i, t in enumerate(turns) if i not in lied]
+    assert not set(kept) & LIE_TASKS[lie_class]  # every turn it can be told in is a lie
+    stats = server.stats()
+    assert stats["lies"] == {c: len(ledger) if c == lie_class else 0 for c in LIE_CLASSES}
+    assert stats["honest_turns"] == len(turns) - len(ledger)
+
+
+def test_lies_name_a_modality_plane_or_structure_the_image_lacks(fresh) -> None:
+    server = fresh(lie_rate=1.0, lie_classes=("wrong_modality",))
+    assert converse(server, KIDNEYS, 1)[0]["answer"].startswith(
+        ("This axial MRI", "This axial PET")
+    )
+    server = fresh(lie_rate=1.0, lie_classes=("wrong_plane",))
+    for facts, planes in ((KIDNEYS, ("coronal", "sagittal")), (SINGLE, PLANE_WORDS)):
+        opening = tuple(f"This {plane} {facts['modality']} image" for plane in planes)
+        assert converse(server, facts, 1)[0]["answer"].startswith(opening)
+    for facts in (KIDNEYS, LESIONS):
+        server = fresh(lie_rate=1.0, lie_classes=("invented_structure",))
+        converse(server, facts)
+        words = {w for r in facts["regions"] for w in r["label"].split()}
+        for entry in server.lies():
+            text = f"{entry['question']} {entry['answer']}"
+            named = [d for d in LIE_DECOYS if d not in words and re.search(rf"\b{d}\b", text)]
+            assert len(named) == 1, text  # one structure, and not the image's own
+
+
+def test_a_class_that_cannot_apply_passes_to_the_next(fresh) -> None:
+    server = fresh(lie_rate=1.0, lie_classes=("swapped_box", "wrong_size"))
+    turns = converse(server, SINGLE)  # one region: nothing to swap a box with
+    ledger = server.lies()
+    assert {e["class"] for e in ledger} == {"wrong_size"}
+    assert {e["task"] for e in ledger} == {"RC"}
+    assert len(ledger) == sum(t["task"] == "RC" for t in turns)
+    server = fresh(lie_rate=1.0, lie_classes=("swapped_box", "question_box", "other_structure"))
+    converse(server, SINGLE)
+    assert server.lies() == [] and server.stats()["honest_turns"] == 7  # no lie applies
+
+
+def test_without_lie_rate_nothing_is_recorded(fresh) -> None:
+    server = fresh(invented_box_rate=0.5, wrong_label_rate=0.5)
+    for facts in ALL_FACTS:
+        converse(server, facts)
+    stats = server.stats()
+    assert server.lies() == [] and set(stats["lies"].values()) == {0}
+    spoiled = stats["faults"]["invented_box"] + stats["faults"]["wrong_label"]
+    assert stats["honest_turns"] == 7 * len(ALL_FACTS) - spoiled
+
+
+def test_cut_answers_record_no_lies(fresh) -> None:
+    server = fresh(lie_rate=1.0, malformed_json_rate=1.0)
+    ask(client_for(server))
+    completion = ask(client_for(fresh(lie_rate=1.0)), max_tokens=30)
+    assert completion.choices[0].finish_reason == "length"
+    assert server.lies() == [] and server.stats()["honest_turns"] == 0
+
+
+@pytest.mark.parametrize("facts", ALL_FACTS, ids=lambda f: f["view"])
+def test_true_turns_are_unchanged_by_the_mode(fresh, facts) -> None:
+    for fault in ({}, {"wrong_label_rate": 1.0}, {"invented_box_rate": 1.0}):
+        true_turns = converse(fresh(seed=3, **fault), facts)
+        server = fresh(seed=3, lie_rate=0.5, **fault)
+        turns = converse(server, facts)
+        ledger = [ledger_turn(entry) for entry in server.lies()]
+        assert len(turns) == len(true_turns)
+        for told, true in zip(turns, true_turns, strict=True):
+            assert told == true or told in ledger
+        assert sum(told != true for told, true in zip(turns, true_turns, strict=True)) == len(
+            ledger
+        )
+        if fault:  # the spoiled turn is sent as it is, never also as a lie
+            assert server.stats()["honest_turns"] == len(turns) - len(ledger) - 1
+
+
+@pytest.mark.parametrize(
+    ("lie_class", "facts"),
+    [pytest.param(c, f, id=f"{c}-{f['view']}") for c in LIE_CLASSES for f in ALL_FACTS],
+)
+def test_the_verifier_rejects_each_lie_and_keeps_true_turns(fresh, lie_class, facts) -> None:
+    server = fresh(lie_rate=1.0, lie_classes=(lie_class,))
+    wrong = []
+    for turns, feedback in ((4, None), (7, None), (7, "turn 2 (RC): wrong_size")):
+        for turn in converse(server, facts, turns, feedback=feedback):
+            is_lie = turn in map(ledger_turn, server.lies())
+            reason = verify_turn(turn, facts)
+            if (reason in LIE_REASONS[lie_class]) if is_lie else (reason is None):
+                continue
+            wrong.append((reason, turn))
+    assert wrong == []
 
 
 # --- files and batches ------------------------------------------------------------------------
@@ -423,6 +615,28 @@ def test_batch_round_trip_matches_online_answers(fresh) -> None:
     assert stats["batch_lines"] == 4 and stats["requests"]["batches_create"] == 1
     # The online repeats of the batch's requests were answered twice: paid twice.
     assert stats["duplicate_requests"] == 4
+
+
+def test_batch_lines_tell_and_record_the_same_lies(fresh) -> None:
+    server = fresh(lie_rate=1.0, seed=9)
+    client = client_for(server)
+    lines = batch_lines([KIDNEYS, BRAIN])
+    batch = run_batch(client, lines)
+    assert batch.status == "completed"
+    from_batch = server.lies()
+    sent = [
+        turn
+        for record in read_jsonl(client, batch.output_file_id).values()
+        for turn in json.loads(record["response"]["body"]["choices"][0]["message"]["content"])[
+            "conversation"
+        ]
+    ]
+    assert from_batch and all(ledger_turn(entry) in sent for entry in from_batch)
+    assert server.stats()["honest_turns"] == len(sent) - len(from_batch)
+    server.reset_stats()
+    for line in lines:
+        client.chat.completions.create(**line["body"])
+    assert sorted(map(json.dumps, server.lies())) == sorted(map(json.dumps, from_batch))
 
 
 def test_batch_failed_lines_go_to_the_error_file(fresh) -> None:
@@ -501,6 +715,7 @@ def test_key_is_required_and_never_leaks(tmp_path: Path) -> None:
         with pytest.raises(openai.AuthenticationError):
             ask(openai.OpenAI(base_url=server.base_url, api_key="sk-wrong", max_retries=0))
         assert httpx.get(f"{server.base_url}/files/x").status_code == 401  # no header at all
+        assert server.lies() == []  # like /stats, the ledger needs no key
         cmdline = Path(f"/proc/{server.process.pid}/cmdline").read_bytes()
         stats = json.dumps(server.stats())
     assert key not in cmdline.decode() and key not in stats
@@ -548,8 +763,18 @@ def test_command_line_help() -> None:
         text=True,
         check=True,
     )
-    for flag in ("--port", "--rpm", "--tpm", "--latency-ms", "--config-json", "--api-key-env"):
+    for flag in (
+        "--port",
+        "--rpm",
+        "--tpm",
+        "--latency-ms",
+        "--config-json",
+        "--api-key-env",
+        "--lie-rate",
+        "--lie-classes",
+    ):
         assert flag in result.stdout
+    assert "wrong_region_ids" in result.stdout  # the lie classes are listed
 
 
 def test_invalid_config_is_one_clear_error() -> None:
@@ -562,6 +787,17 @@ def test_invalid_config_is_one_clear_error() -> None:
         text=True,
     )  # fmt: skip
     assert result.returncode == 2 and "invalid configuration" in result.stderr
+    with pytest.raises(ValidationError, match="unknown lie class"):
+        ServerConfig(lie_classes=("wrong_label", "white_lie"))
+    with pytest.raises(ValidationError):
+        ServerConfig(lie_rate=1.5)
+    result = subprocess.run(
+        [sys.executable, "-m", "medgrit.testing.openai_server", "--lie-rate", "0.3",
+         "--lie-classes", "wrong_size,white_lie"],
+        capture_output=True,
+        text=True,
+    )  # fmt: skip
+    assert result.returncode == 2 and "white_lie" in result.stderr
 
 
 def test_facts_fixtures_follow_the_contract() -> None:

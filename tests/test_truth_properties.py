@@ -10,6 +10,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from medgrit.adapters.text.templates import TemplateGenerator
+from medgrit.core.claims import Lexicon, words_of
 from medgrit.core.generation import QA, ImageFacts, RegionFacts
 from medgrit.core.regions import to_bbox_1000
 from medgrit.core.text import format_box, position_word, size_word
@@ -88,9 +89,14 @@ def _corruptions(turn: QA, regions: list[RegionFacts], image: ImageFacts) -> lis
     asked = by_id[turn.region_ids[0]]
     others = [r for r in regions if r.label != asked.label and r.bbox_1000 != asked.bbox_1000]
     absent = [label for label in LABELS if all(label != r.label for r in regions)]
-    absent = [
-        a for a in absent if not any(w in a.split() for r in regions for w in r.label.split())
-    ]
+    lexicon = Lexicon(LABELS)
+
+    def base_words(label: str) -> set[str]:
+        found = lexicon.canonical(words_of(label))
+        return set(found[0]) if found else set()
+
+    present = set().union(*(base_words(r.label) for r in regions))
+    absent = [a for a in absent if not base_words(a) & present]  # "lungs" names a left lung
     out: list[tuple[str, QA]] = []
     own_box = format_box(asked.bbox_1000)
     for other in others[:1]:

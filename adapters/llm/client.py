@@ -80,7 +80,7 @@ MAX_BACKOFF_S = 30.0
 BACKOFF_MULTIPLIER_S = 0.5
 """Scale of the backoff: after attempt n, wait uniform(0, min(cap, 0.5 * 2**(n-1))) seconds."""
 
-RESPONSE_FORMATS = ("json_schema", "json_object", "none")
+RESPONSE_FORMATS = ("json_schema", "json_object", "json_object_schema", "none")
 
 
 @dataclass(frozen=True)
@@ -98,7 +98,8 @@ class LLMSettings:
         max_attempts: attempts per request for infrastructure failures (1 = no retry).
         price_input_per_million, price_output_per_million: USD per 1M prompt/completion tokens.
         response_format: the structured-output mode the caller builds ``ChatRequest.
-            response_format`` for: ``json_schema``, ``json_object`` or ``none``.
+            response_format`` for: ``json_schema``, ``json_object``, ``json_object_schema`` or
+            ``none``.
     """
 
     model: str

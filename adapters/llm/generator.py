@@ -185,6 +185,8 @@ class LLMGenerator:
             return response_json_schema()
         if self.config.response_format == "json_object":
             return {"type": "json_object"}
+        if self.config.response_format == "json_object_schema":  # grammar-constrained JSON
+            return {"type": "json_object", "schema": LLMConversation.model_json_schema()}
         return None
 
     def _item(self, image: ImageFacts, regions: list[RegionFacts]) -> _Item:
