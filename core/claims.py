@@ -3,25 +3,34 @@
 A turn's question and answer are read one text at a time into:
 
 - **mentions**, in order: each ``<ref>X</ref>``, each structure named in plain words, and each bare
-  ``<box>`` (one that no name precedes in its clause). A box is *bound* to the latest name or
-  ``<ref>`` before it in the same clause, so ``The <ref>liver</ref> is here: <box>..</box>`` and
-  ``<ref>liver</ref><box>..</box><box>..</box>`` both give the liver its boxes.
+  ``<box>`` (one in a clause that names nothing). A box is *bound* to the latest name or
+  ``<ref>`` before it in the same clause, else to the first one after it, so
+  ``The <ref>liver</ref> is here: <box>..</box>``, ``<ref>liver</ref><box>..</box><box>..</box>``
+  and ``<box>..</box> contains the liver`` all give the liver its boxes.
 - **attributes**: the words that state a fact: position (the 3x3 grid phrases of
   :func:`medgrit.core.text.position_word`, a row such as "upper part", a column such as "centre"
   or "left side of the image"), size (tiny, small, medium, large), the patient's side ("the
   patient's left"), a lone "left"/"right" (ambiguous: image or patient?), modality (CT, MRI,
   X-ray ...) and plane (axial, coronal, sagittal). A region attribute belongs to the mention it
   stands right before ("the small <ref>liver</ref>"), else to the latest mention before it in the
-  clause, else to the first one after it; with none in the clause it is the turn's.
+  clause, else to the first one after it; in a clause that names nothing, to the latest mention
+  of the clauses before ("The liver is large. It lies in the center."), else to the turn.
 
-Clauses end at ``.``, ``;``, ``:``, ``!`` or ``?`` before a space, and at line ends; commas do not
-end them. Structure names come from a :class:`Lexicon`: the build's labels, a packaged list of
-common anatomy and finding words, matched whole-word, longest first, case-insensitive, with an
-optional left/right in front, simple plurals, and British and American spellings as one.
+Clauses end at ``.``, ``;``, ``!`` or ``?`` before a space, and at line ends; commas and colons do
+not end them. Words that say what kind of image it is (``CT``, ``fundus``, ``axial``) and the words
+of the text's own frame (``region``, ``image``, ``center`` ...) are never read as structure names,
+even where a label is spelled so; inside a ``<ref>`` they are.
+
+Structure names come from a :class:`Lexicon`: the build's labels, a packaged list of common
+anatomy and finding words, matched whole-word, longest first, case-insensitive, with an optional
+left/right in front, simple plurals, and British and American spellings as one. Finding words
+name one another's regions within a group ("mass" is a region labelled tumour; "lesion" is any
+finding).
 """
 
 from __future__ import annotations
 
+import bisect
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -41,6 +50,31 @@ FINDING_WORDS: tuple[str, ...] = (
     "neoplasm", "malignancy",
 )  # fmt: skip
 
+# Finding words that name one another's regions: a "mass" or "lesion" of an image whose label is
+# a tumour is that tumour. "lesion" (and "abnormality") names any finding region.
+_SAME_FINDINGS: tuple[frozenset[str], ...] = (
+    frozenset({"tumor", "mass", "neoplasm", "malignancy", "cancer", "carcinoma", "lesion"}),
+    frozenset({"cyst", "lesion"}),
+    frozenset({"nodule", "lesion"}),
+    frozenset({"polyp", "lesion"}),
+    frozenset({"metastasis", "lesion"}),
+    frozenset({"melanoma", "nevus", "lesion"}),
+    frozenset({"hemorrhage", "hematoma"}),
+    frozenset({"stone", "calculus"}),
+    frozenset({"infarct", "infarction"}),
+)
+
+# Words of the image's kind and of the text's own frame: never a structure name outside <ref>.
+RESERVED_WORDS: frozenset[str] = frozenset(
+    {
+        "region", "regions", "image", "images", "structure", "structures", "object", "area",
+        "part", "slice", "view", "plane", "scan", "photograph", "center", "middle", "left",
+        "right", "upper", "lower", "top", "bottom", "tiny", "small", "medium", "large", "ct",
+        "mri", "mr", "pet", "xray", "x", "ray", "radiograph", "endoscopy", "dermoscopy",
+        "fundus", "ultrasound", "axial", "coronal", "sagittal", "transverse", "patient",
+    }
+)  # fmt: skip
+
 # Structures a text may name although no label of the build has them: naming one the image does
 # not show is an invented structure. Specific organs and structures only, not body regions.
 ANATOMY_WORDS: tuple[str, ...] = (
@@ -52,7 +86,8 @@ ANATOMY_WORDS: tuple[str, ...] = (
     "hippocampus", "spinal cord", "vertebra", "rib", "femur", "humerus", "sternum", "clavicle",
     "scapula", "skull", "optic disc", "optic cup", "macula", "fovea", "retina", "lymph node",
     "breast", "pleura", "diaphragm", "testis", "pituitary gland", "thalamus", "caudate",
-    "putamen", "amygdala",
+    "putamen", "amygdala", "transverse colon", "sigmoid colon", "ascending colon",
+    "descending colon", "ureter", "spine", "psoas", "gallstone",
 )  # fmt: skip
 
 # British spellings (and a few variants) as the lexicon stores them.
@@ -70,9 +105,10 @@ _SPELLINGS: tuple[tuple[str, str], ...] = (
 )
 
 _TOKENS = re.compile(
-    r"<ref>(?P<ref>.*?)</ref>"
-    r"|<box>\((?P<x0>-?\d+),(?P<y0>-?\d+)\),\((?P<x1>-?\d+),(?P<y1>-?\d+)\)</box>"
-    r"|(?P<brk>[.;:!?](?=\s|$)|\n)"
+    r"<ref>(?P<ref>[^<]*)</ref>"
+    r"|<box>\((?P<x0>-?[0-9]{1,6}),(?P<y0>-?[0-9]{1,6})\),"
+    r"\((?P<x1>-?[0-9]{1,6}),(?P<y1>-?[0-9]{1,6})\)</box>"
+    r"|(?P<brk>[.;!?](?=\s|$)|\n)"
     r"|(?P<punct>[(),\[\]\"/])"
     r"|(?P<word>[^\W_]+)(?:['\u2019]s\b)?",
     re.S,
@@ -149,13 +185,21 @@ class Lexicon:
                 if surface in bases and canonical[surface] == surface and surface != base:
                     canonical[surface] = canonical[base]
                 canonical.setdefault(surface, canonical[base])
-        self.surfaces = canonical
+        self.surfaces = canonical  # every name, for <ref> texts
         lengths: dict[str, set[int]] = {}
         for surface in canonical:
-            lengths.setdefault(surface[0], set()).add(len(surface))
+            if not all(w in RESERVED_WORDS for w in surface):  # "fundus", "ct": the image's kind
+                lengths.setdefault(surface[0], set()).add(len(surface))
         # Lengths of the names that start with a word, longest first (a side word adds one).
         self.starts = {w: tuple(sorted(n, reverse=True)) for w, n in lengths.items()}
         self.findings = frozenset(canonical[(w,)][0] for w in FINDING_WORDS)
+        kin: dict[str, set[str]] = {}
+        for group in _SAME_FINDINGS:
+            for word in group:
+                kin.setdefault(word, {word}).update(group)
+        kin["lesion"] = set(self.findings)
+        # The finding words whose regions a finding word names (itself and its kin).
+        self.finding_kin = {w: frozenset(kin.get(w, {w})) for w in self.findings}
 
     def canonical(self, words: tuple[str, ...]) -> tuple[tuple[str, ...], str | None] | None:
         """(canonical base, side) of a whole name, or None when it is no structure name."""
@@ -175,15 +219,17 @@ class Lexicon:
         best: tuple[int, tuple[str, ...], str | None] = (0, (), None)
         for n in self.starts.get(first, ()):
             if start + n <= len(words):
-                base = self.surfaces.get(tuple(words[start : start + n]))
-                if base is not None:
+                surface = tuple(words[start : start + n])
+                base = self.surfaces.get(surface)
+                if base is not None and not all(w in RESERVED_WORDS for w in surface):
                     best = (n, base, None)
                     break
         if first in SIDES and start + 1 < len(words):
             for n in self.starts.get(words[start + 1], ()):
                 if n + 1 > best[0] and start + 1 + n <= len(words):
-                    base = self.surfaces.get(tuple(words[start + 1 : start + 1 + n]))
-                    if base is not None:
+                    surface = tuple(words[start + 1 : start + 1 + n])
+                    base = self.surfaces.get(surface)
+                    if base is not None and not all(w in RESERVED_WORDS for w in surface):
                         return n + 1, base, first
         return best
 
@@ -243,7 +289,7 @@ class TextClaims:
     mentions: tuple[Mention, ...]
     attributes: tuple[Attribute, ...]
     boxes: tuple[Box, ...]
-    malformed: str | None  # "malformed_box" or "malformed_ref"
+    malformed: str | None  # "malformed_box" or "malformed_ref" (also an empty <ref></ref>)
 
 
 @dataclass(frozen=True, slots=True)
@@ -328,8 +374,10 @@ def read_text(text: str, lexicon: Lexicon) -> TextClaims:
     boxes: list[Box] = []
     slots: list[str] = []  # per position: a plain word, or "#" (tag, name, phrase, punctuation)
     run: list[str] = []  # the words since the last tag or clause end
-    state = {"clause": 0, "last": None}  # the clause, and its latest ref/name mention
+    # The clause, its latest ref/name mention, and its bare boxes that no name precedes.
+    state: dict = {"clause": 0, "last": None, "bare": []}
     n_refs = 0
+    empty_ref = False
 
     def flush() -> None:
         if run:
@@ -347,14 +395,19 @@ def read_text(text: str, lexicon: Lexicon) -> TextClaims:
         elif kind == "brk":
             state["clause"] += 1
             state["last"] = None
+            state["bare"] = []
         elif kind == "ref":
             n_refs += 1
             ref_words = words_of(m.group("ref"))
+            if not ref_words:
+                empty_ref = True
             while ref_words and ref_words[0] in _ARTICLES:
                 ref_words = ref_words[1:]
             found = lexicon.canonical(ref_words)
             base, side = found if found else split_side(ref_words)
-            mentions.append(
+            _add_named(
+                mentions,
+                state,
                 _mention(
                     "ref",
                     base,
@@ -364,9 +417,8 @@ def read_text(text: str, lexicon: Lexicon) -> TextClaims:
                     f"<ref>{m.group('ref')}</ref>",
                     state["clause"],
                     len(slots),
-                )
+                ),
             )
-            state["last"] = len(mentions) - 1
             slots.append("#")
         else:  # a box (the last group of its alternative)
             box: Box = (
@@ -379,19 +431,24 @@ def read_text(text: str, lexicon: Lexicon) -> TextClaims:
             if state["last"] is not None:
                 mentions[state["last"]]["boxes"].append(box)
             else:
-                mentions.append(_mention("box", (), None, True, [box], "<box>", state["clause"],
-                                         len(slots)))  # fmt: skip
+                state["bare"].append(len(mentions))
+                mentions.append(
+                    _mention("box", (), None, True, [box], "<box>", state["clause"], len(slots))
+                )
             slots.append("#")
     flush()
-    malformed = _count_malformed(text, len(boxes), n_refs)
+    malformed = _count_malformed(text, len(boxes), n_refs) or (
+        "malformed_ref" if empty_ref else None
+    )
     frozen = tuple(
         Mention(
             m["kind"], m["base"], m["side"], m["known"], tuple(m["boxes"]), m["text"], m["clause"]
         )
         for m in mentions
     )
+    index = _MentionIndex.of(mentions, slots)
     attached = tuple(
-        Attribute(kind, value, words_text, _attach(kind, pos, clause_of, mentions, slots))
+        Attribute(kind, value, words_text, _attach(kind, pos, clause_of, index))
         for kind, value, words_text, pos, clause_of in attributes
     )
     return TextClaims(frozen, attached, tuple(boxes), malformed)
@@ -414,10 +471,11 @@ def _read_words(
             n, base, side = lexicon.match(run, k)
             if n:
                 text_words = " ".join(run[k : k + n])
-                mentions.append(
-                    _mention("name", base, side, True, [], text_words, clause, len(slots))
+                _add_named(
+                    mentions,
+                    state,
+                    _mention("name", base, side, True, [], text_words, clause, len(slots)),
                 )
-                state["last"] = len(mentions) - 1
                 slots.append("#")
                 k += n
                 continue
@@ -431,6 +489,18 @@ def _read_words(
         else:
             slots.append(word)
             k += 1
+
+
+def _add_named(mentions: list[dict], state: dict, mention: dict) -> None:
+    """Add a ref or name mention; the bare boxes before it in its clause become its own
+    ("<box> contains the liver")."""
+    if state["bare"]:
+        first = state["bare"][0]
+        mention["boxes"] = [b for m in mentions[first:] for b in m["boxes"]] + mention["boxes"]
+        del mentions[first:]
+        state["bare"] = []
+    mentions.append(mention)
+    state["last"] = len(mentions) - 1
 
 
 def _mention(
@@ -452,25 +522,40 @@ def _mention(
 _IMAGE_KINDS = frozenset({"modality", "plane", "ambiguous_side"})
 
 
-def _attach(
-    kind: str, position: int, clause: int, mentions: list[dict], slots: list[str]
-) -> int | None:
+def _attach(kind: str, position: int, clause: int, index: _MentionIndex) -> int | None:
     """The mention a region attribute describes (see the module docstring)."""
     if kind in _IMAGE_KINDS:
         return None
-    before = after = None
-    for index, m in enumerate(mentions):
-        if m["clause"] != clause:
-            continue
-        if m["position"] < position:
-            before = index
-        elif after is None:
-            after = index
-    if after is not None and all(
-        w in _BEFORE_NAME for w in slots[position + 1 : mentions[after]["position"]]
-    ):
-        return after  # "the small <ref>liver</ref>", "a large and round left kidney"
-    return before if before is not None else after
+    positions, ids = index.by_clause.get(clause, ((), ()))
+    at = bisect.bisect_left(positions, position)
+    if at < len(ids) and all(w in _BEFORE_NAME for w in index.slots[position + 1 : positions[at]]):
+        return ids[at]  # "the small <ref>liver</ref>", "a large and round left kidney"
+    if at > 0:
+        return ids[at - 1]
+    if ids:
+        return ids[0]
+    before = bisect.bisect_left(index.clauses, clause)  # the latest mention of earlier clauses
+    return index.last_of[index.clauses[before - 1]] if before else None
+
+
+@dataclass(frozen=True, slots=True)
+class _MentionIndex:
+    """Mentions by clause, for attaching attributes in O(log n)."""
+
+    by_clause: dict[int, tuple[list[int], list[int]]]  # clause -> (positions, mention indices)
+    clauses: list[int]  # clauses with a mention, ascending
+    last_of: dict[int, int]  # clause -> its last mention
+    slots: list[str]
+
+    @classmethod
+    def of(cls, mentions: list[dict], slots: list[str]) -> _MentionIndex:
+        by_clause: dict[int, tuple[list[int], list[int]]] = {}
+        for i, m in enumerate(mentions):
+            positions, ids = by_clause.setdefault(m["clause"], ([], []))
+            positions.append(m["position"])
+            ids.append(i)
+        clauses = sorted(by_clause)
+        return cls(by_clause, clauses, {c: by_clause[c][1][-1] for c in clauses}, slots)
 
 
 def read_claims(question: str, answer: str, lexicon: Lexicon) -> TurnClaims:

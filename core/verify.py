@@ -175,7 +175,7 @@ class ImageTruth:
             if r.base == mention.base or (
                 len(mention.base) == 1
                 and mention.base[0] in self.lexicon.findings
-                and mention.base[0] in r.words
+                and not r.words.isdisjoint(self.lexicon.finding_kin[mention.base[0]])
             ):
                 out.add(rid)
         return out
@@ -281,6 +281,10 @@ def _check_asked(
     if qa.task in ("ROC", "RC"):
         if not question.boxes:
             return Failure("question_box_missing")
+        boxed = {rid for box in question.boxes for rid in truth.by_box[box]}
+        for rid in qa.region_ids:
+            if rid not in boxed:  # the asked regions are those of the question's boxes
+                return Failure("region_ids_mismatch", f"region id {rid} is not the question's box")
         gives_box = qa.task == "RC" and any(
             m.kind == "box" and asked & r for m, r in zip(answer.mentions, a_refs, strict=True)
         )
@@ -314,6 +318,9 @@ def _check_asked(
     return None
 
 
+_LENGTH_REASONS = frozenset({"question_too_long", "answer_too_short", "answer_too_long"})
+
+
 def check_turn(qa: QA, truth: ImageTruth, rules: TextRules | None = None) -> Failure | None:
     """Why ``qa`` is untrue of its image (see the module docstring), or None when every claim
     holds.
@@ -332,6 +339,10 @@ def check_turn(qa: QA, truth: ImageTruth, rules: TextRules | None = None) -> Fai
     for rid in qa.region_ids:
         if rid not in truth.regions:
             return Failure("unknown_region_id", rid)
+    if rules is not None:  # bounded text before it is read
+        reason = check_text(qa, rules)
+        if reason in _LENGTH_REASONS:
+            return Failure(reason)
     claims = read_claims(qa.question, qa.answer, truth.lexicon)
     texts = (claims.question, claims.answer)
     for text in texts:

@@ -422,3 +422,92 @@ def test_text_rules_bound_lengths_and_catch_copied_instructions() -> None:
     long_answer = QA("ROC", good.question, "The liver " + "x" * 3000, ("r",))
     assert verify_qa(long_answer, {"r": region}, rules) == "answer_too_long"
     assert verify_qa(long_answer, {"r": region}) is None  # templates: no text rules
+
+
+def test_roc_answer_about_another_region_listed_in_region_ids_is_region_ids_mismatch():
+    # The asked region is the question's box, whatever else region_ids list.
+    turn = qa(
+        "ROC",
+        f"What is in {box(LEFT_KIDNEY)}?",
+        "It is the right kidney.",
+        LEFT_KIDNEY,
+        RIGHT_KIDNEY,
+    )
+
+    assert verify_qa(turn, REGIONS) == "region_ids_mismatch"
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        f"The <ref>liver</ref> is here: {box(LEFT_KIDNEY)}",  # a colon does not end the clause
+        f"{box(RIGHT_KIDNEY)} shows the liver.",  # a box before its name is the name's
+    ],
+)
+def test_a_box_binds_to_the_name_of_its_clause_before_or_after_it(answer):
+    turn = qa("MIA", "Describe this image.", answer, LIVER, LEFT_KIDNEY, RIGHT_KIDNEY)
+
+    assert verify_qa(turn, REGIONS) == "ref_box_mismatch"
+
+
+def test_an_attribute_in_a_clause_naming_nothing_describes_the_name_before():
+    answer = (
+        f"It shows the <ref>liver</ref>{box(LIVER)} and the <ref>left kidney</ref>"
+        f"{box(LEFT_KIDNEY)}. The liver is large. It lies in the middle right."
+    )
+    turn = qa("MIA", "Describe this image.", answer, LIVER, LEFT_KIDNEY)
+
+    assert verify_qa(turn, REGIONS) == "wrong_position"
+    honest = answer.replace("middle right", "middle left")
+    assert verify_qa(qa("MIA", "Describe.", honest, LIVER, LEFT_KIDNEY), REGIONS) is None
+
+
+@pytest.mark.parametrize("words", ["a small mass", "a hypodense lesion", "a tumour"])
+def test_finding_words_name_the_regions_of_their_kin(words):
+    tumour = region(40, "liver tumor", 9, (150, 250, 250, 350), position="middle left")
+    regions = {LIVER.region_id: LIVER, tumour.region_id: tumour}
+    answer = f"In the liver, {words} is at {box(tumour)}."
+
+    assert verify_qa(qa("MIA", "Describe.", answer, LIVER, tumour), regions) is None
+    cyst = answer.replace(words, "a cyst")
+    assert verify_qa(qa("MIA", "Describe.", cyst, LIVER, tumour), regions) == "invented_structure"
+
+
+def test_words_of_the_text_and_the_image_kind_are_never_structure_names():
+    fundus = ImageFacts(IMAGE, "fundus", "2d", 512, 512)
+    turn = qa(
+        "ROC",
+        f"What is this region {box(LIVER)} in this fundus photograph?",
+        "It is the liver.",
+        LIVER,
+    )
+
+    assert verify_qa(turn, REGIONS, image=fundus, vocabulary=["region", "fundus", "center"]) is None
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        "<ref>liver</ref><box>(" + "9" * 5000 + ",200),(450,600)</box>",
+        "<ref>liver</ref><box>(\uff1100,200),(450,600)</box>",
+    ],
+    ids=["huge-number", "full-width-digits"],
+)
+def test_box_numbers_that_are_not_short_ascii_integers_are_malformed_box(answer):
+    assert verify_qa(qa("VG", "Where is the liver?", answer, LIVER), REGIONS) == "malformed_box"
+
+
+def test_an_empty_ref_is_malformed_ref():
+    turn = qa("VG", "Where is the liver?", f"<ref></ref>{box(LIVER)}", LIVER)
+
+    assert verify_qa(turn, REGIONS) == "malformed_ref"
+
+
+def test_anatomy_that_holds_a_plane_word_is_a_structure_not_a_plane():
+    colon = region(41, "transverse colon", 12, (300, 100, 700, 250), position="upper center")
+    regions = {colon.region_id: colon}
+    turn = qa(
+        "VG", "Where is the transverse colon?", f"<ref>transverse colon</ref>{box(colon)}", colon
+    )
+
+    assert verify_qa(turn, regions, image=ImageFacts(IMAGE, "ct", "coronal", 512, 512)) is None

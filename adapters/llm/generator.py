@@ -137,6 +137,13 @@ class Spend:
         }
 
 
+def _in_prompt_ids(text: str, ids: dict[str, str]) -> str:
+    """``text`` with region ids written as the prompt's short ids (``r0``) the model knows."""
+    for short, rid in sorted(ids.items(), key=lambda item: -len(item[1])):
+        text = text.replace(rid, short)
+    return text
+
+
 class LLMGenerator:
     """Conversations from an OpenAI-compatible endpoint (see the module docstring).
 
@@ -225,20 +232,27 @@ class LLMGenerator:
         )
 
     def parse(self, content: str, item: _Item) -> tuple[QA, ...] | None:
-        """Turns of an answer, region ids mapped back; None when it is not the asked JSON."""
+        """Turns of an answer, region ids mapped back; None when it is not the asked JSON.
+
+        A turn given twice is kept once, and turns past the number asked for are dropped (so
+        an answer cannot outweigh another by repeating itself)."""
         try:
             conversation = LLMConversation.model_validate_json(content)
         except ValidationError:
             return None
-        return tuple(
-            QA(
+        turns: list[QA] = []
+        seen: set[QA] = set()
+        for turn in conversation.conversation:
+            qa = QA(
                 turn.task,
                 turn.question,
                 turn.answer,
                 tuple(item.ids.get(rid, rid) for rid in turn.region_ids),
             )
-            for turn in conversation.conversation
-        )
+            if qa not in seen:
+                seen.add(qa)
+                turns.append(qa)
+        return tuple(turns[: 1 + self.max_region_turns])
 
     def _check(self, item: _Item, turns: tuple[QA, ...]) -> list[tuple[int, QA, Failure]]:
         """The untrue turns of an answer: (turn number, turn, why)."""
@@ -359,7 +373,7 @@ class LLMGenerator:
                         state.rejects.append(("invalid_json", result.content[:200]))
                     state.done = True
                 else:
-                    state.feedback = "; ".join(problems)
+                    state.feedback = _in_prompt_ids("; ".join(problems), state.ids)
             if "stopped" in unavailable:
                 check_stop()  # answers that arrived are cached above; raises BuildInterrupted
             if unavailable:
