@@ -10,9 +10,10 @@ that of its case, plane and slice; every image has exactly one conversation and 
 conversation an image; regions belong to an image of the shard, with boxes inside it,
 ``bbox_1000`` equal to the conversion of ``bbox``, an area that fits the box, and the position,
 size and side words their box, area and label give; every turn is true of its image by the
-rules the build keeps turns by (:func:`medgrit.core.verify.check_turn`, names read with the
-manifest's ``vocabulary``), each failure reported as table part, row, turn and reason; the
-shard's recorded stats equal its tables. Over the
+truth rules the build keeps turns by (:func:`medgrit.core.verify.check_turn`, names read with
+the manifest's ``vocabulary``; the LLM generator's length and copying bounds are its own), each
+failure reported as table part, row (0-based), turn and reason; the shard's recorded stats equal
+its tables. Over the
 dataset: the build config is valid, image ids are unique, no case is in both splits, and
 ``totals`` equal the tables.
 
