@@ -24,8 +24,7 @@ even where a label is spelled so; inside a ``<ref>`` they are.
 Structure names come from a :class:`Lexicon`: the build's labels, a packaged list of common
 anatomy and finding words, matched whole-word, longest first, case-insensitive, with an optional
 left/right in front, simple plurals, and British and American spellings as one. Finding words
-name one another's regions within a group ("mass" is a region labelled tumour; "lesion" is any
-finding).
+name one another's regions within a group of synonyms ("mass" is a region labelled tumour).
 """
 
 from __future__ import annotations
@@ -50,15 +49,12 @@ FINDING_WORDS: tuple[str, ...] = (
     "neoplasm", "malignancy",
 )  # fmt: skip
 
-# Finding words that name one another's regions: a "mass" or "lesion" of an image whose label is
-# a tumour is that tumour. "lesion" (and "abnormality") names any finding region.
+# Finding words that name one another's regions: a "mass" of an image whose label is a tumour is
+# that tumour. A broader word names no narrower region ("a lesion is also visible" beside a cyst
+# may be another one), and a region labelled "lesion" need not be a mass.
 _SAME_FINDINGS: tuple[frozenset[str], ...] = (
-    frozenset({"tumor", "mass", "neoplasm", "malignancy", "cancer", "carcinoma", "lesion"}),
-    frozenset({"cyst", "lesion"}),
-    frozenset({"nodule", "lesion"}),
-    frozenset({"polyp", "lesion"}),
-    frozenset({"metastasis", "lesion"}),
-    frozenset({"melanoma", "nevus", "lesion"}),
+    frozenset({"tumor", "mass", "neoplasm", "malignancy", "cancer", "carcinoma"}),
+    frozenset({"melanoma", "nevus"}),
     frozenset({"hemorrhage", "hematoma"}),
     frozenset({"stone", "calculus"}),
     frozenset({"infarct", "infarction"}),
@@ -197,7 +193,6 @@ class Lexicon:
         for group in _SAME_FINDINGS:
             for word in group:
                 kin.setdefault(word, {word}).update(group)
-        kin["lesion"] = set(self.findings)
         # The finding words whose regions a finding word names (itself and its kin).
         self.finding_kin = {w: frozenset(kin.get(w, {w})) for w in self.findings}
 

@@ -90,7 +90,7 @@ def test_a_build_keeps_no_lie_and_nearly_every_honest_turn(
 
     assert set(injected) == set(LIE_CLASSES), injected  # every class was tried
     assert sum(injected.values()) == len(ledger) > 0
-    assert kept_lies == {}, kept_lies
+    assert kept_lies == {}, [(lies[t], t) for t in kept if t in lies]
     assert honest_kept >= 0.95 * stats["honest_turns"], (honest_kept, stats["honest_turns"])
     rejects = _rows(out, "rejects")
     untrue = [r for r in rejects if r["stage"] == "verify" and r["reason"] != "empty_conversation"]
