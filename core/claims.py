@@ -105,10 +105,12 @@ _TOKENS = re.compile(
     r"|<box>\((?P<x0>-?[0-9]{1,6}),(?P<y0>-?[0-9]{1,6})\),"
     r"\((?P<x1>-?[0-9]{1,6}),(?P<y1>-?[0-9]{1,6})\)</box>"
     r"|(?P<brk>[.;!?](?=\s|$)|\n)"
-    r"|(?P<punct>[(),\[\]\"/])"
-    r"|(?P<word>[^\W_]+)(?:['\u2019]s\b)?",
+    r"|(?P<punct>[(),\[\]\"/])",
     re.S,
 )
+_PLAIN_WORDS = re.compile(r"[^\W_]+")
+_POSSESSIVE = re.compile(r"['\u2019]s\b")
+_BRITISH = re.compile("|".join(b for b, _ in _SPELLINGS))
 _REF_WORDS = re.compile(r"[^\W_]+")
 _ARTICLES = frozenset({"the", "a", "an"})
 # Words that may stand between an attribute and the name it qualifies ("small and round liver").
@@ -379,11 +381,17 @@ def read_text(text: str, lexicon: Lexicon) -> TextClaims:
             _read_words(run, lexicon, state, mentions, attributes, slots)
             run.clear()
 
+    def words_until(end: int) -> None:
+        # Plain words between tags: one findall, spellings fixed only where a British stem is.
+        segment = _POSSESSIVE.sub("", text[state["at"] : end].lower())
+        found = _PLAIN_WORDS.findall(segment)
+        run.extend(map(normalize_word, found) if _BRITISH.search(segment) else found)
+
+    state["at"] = 0
     for m in _TOKENS.finditer(text):
         kind = m.lastgroup
-        if kind == "word":
-            run.append(normalize_word(m.group("word")))
-            continue
+        words_until(m.start())
+        state["at"] = m.end()
         flush()
         if kind == "punct":
             slots.append("#")
@@ -431,6 +439,7 @@ def read_text(text: str, lexicon: Lexicon) -> TextClaims:
                     _mention("box", (), None, True, [box], "<box>", state["clause"], len(slots))
                 )
             slots.append("#")
+    words_until(len(text))
     flush()
     malformed = _count_malformed(text, len(boxes), n_refs) or (
         "malformed_ref" if empty_ref else None
@@ -553,6 +562,11 @@ class _MentionIndex:
         return cls(by_clause, clauses, {c: by_clause[c][1][-1] for c in clauses}, slots)
 
 
+@lru_cache(maxsize=1 << 14)
+def _read_cached(text: str, lexicon: Lexicon) -> TextClaims:
+    return read_text(text, lexicon)  # questions repeat ("Describe this medical image.")
+
+
 def read_claims(question: str, answer: str, lexicon: Lexicon) -> TurnClaims:
     """The claims of a turn's question and answer."""
-    return TurnClaims(read_text(question, lexicon), read_text(answer, lexicon))
+    return TurnClaims(_read_cached(question, lexicon), _read_cached(answer, lexicon))
