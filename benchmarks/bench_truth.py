@@ -31,8 +31,8 @@ import types
 from pathlib import Path
 
 import numpy as np
-import pyarrow.parquet as pq
 
+from medgrit.adapters.store.validate import read_table
 from medgrit.adapters.text.templates import TemplateGenerator
 from medgrit.core.claims import lexicon_for
 from medgrit.core.generation import ImageFacts, RegionFacts
@@ -50,14 +50,6 @@ ORGANS = (
 SIDED = ("kidney", "lung", "adrenal gland", "femur", "hippocampus", "humerus", "clavicle", "rib")
 VOCABULARY = (*ORGANS, *(f"{s} {o}" for o in SIDED for s in ("left", "right")), *(
     f"vertebra L{i}" for i in range(1, 5)))  # fmt: skip
-
-
-def _rows(out: Path, table: str) -> list[dict]:
-    return [
-        r
-        for p in sorted((out / table).glob("part-*.parquet"))
-        for r in pq.read_table(p).to_pylist()
-    ]
 
 
 def lies_caught(images: int) -> None:
@@ -83,11 +75,11 @@ def lies_caught(images: int) -> None:
             print(result.stderr[-2000:])
             return
         regions = {
-            r["region_id"]: (r["label"], tuple(r["bbox_1000"])) for r in _rows(out, "regions")
+            r["region_id"]: (r["label"], tuple(r["bbox_1000"])) for r in read_table(out, "regions")
         }
         kept = collections.Counter(
             (t["question"], t["answer"], frozenset(regions[i] for i in t["region_ids"]))
-            for c in _rows(out, "conversations")
+            for c in read_table(out, "conversations")
             for t in c["qa"]
         )
         ledger = server.lies()

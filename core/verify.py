@@ -185,10 +185,6 @@ class ImageTruth:
         return {rid for rid, r in self.regions.items() if r.base == mention.base}
 
 
-def _box_text(box: Box) -> str:
-    return format_box(box)
-
-
 def _referents(truth: ImageTruth, claims: TextClaims) -> tuple[list[set[str]], Failure | None]:
     """The regions each mention refers to, or the first name or box that is untrue."""
     out: list[set[str]] = []
@@ -208,13 +204,14 @@ def _referents(truth: ImageTruth, claims: TextClaims) -> tuple[list[set[str]], F
         for box in m.boxes:
             hit = named.intersection(truth.by_box[box])
             if not hit:
-                return out, Failure("ref_box_mismatch", f"{m.text}{_box_text(box)}")
+                return out, Failure("ref_box_mismatch", f"{m.text}{format_box(box)}")
             bound |= hit
         out.append(bound)
     return out, None
 
 
-def _holds(kind: str, value: str, r: RegionFacts) -> bool:
+def _holds(kind: str, value: str, region: _Region) -> bool:
+    r = region.facts
     if kind == "position":
         return r.position == value
     row, col = _row_and_column(r.position)
@@ -224,7 +221,7 @@ def _holds(kind: str, value: str, r: RegionFacts) -> bool:
         return col == value
     if kind == "size":
         return r.size == value
-    return split_side(words_of(r.label))[1] == value  # side
+    return region.side == value  # side
 
 
 _WRONG = {
@@ -257,7 +254,7 @@ def _check_attributes(
             if a.mention is not None
             else asked
         )
-        if not any(_holds(a.kind, a.value, truth.regions[rid].facts) for rid in targets):
+        if not any(_holds(a.kind, a.value, truth.regions[rid]) for rid in targets):
             return Failure(_WRONG[a.kind], a.text)
     return None
 
@@ -277,7 +274,7 @@ def _check_asked(
     asked = set(qa.region_ids)
     for box in question.boxes:
         if not asked.intersection(truth.by_box[box]):
-            return Failure("question_box_mismatch", _box_text(box))
+            return Failure("question_box_mismatch", format_box(box))
     if qa.task in ("ROC", "RC"):
         if not question.boxes:
             return Failure("question_box_missing")
@@ -350,7 +347,7 @@ def check_turn(qa: QA, truth: ImageTruth, rules: TextRules | None = None) -> Fai
             return Failure(text.malformed)
         for box in text.boxes:
             if box not in truth.by_box:
-                return Failure("unknown_box", _box_text(box))
+                return Failure("unknown_box", format_box(box))
     found = []
     for text in texts:
         referents, failure = _referents(truth, text)

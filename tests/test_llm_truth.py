@@ -7,22 +7,14 @@ from __future__ import annotations
 import collections
 from pathlib import Path
 
-import pyarrow.parquet as pq
 import pytest
 
+from medgrit.adapters.store.validate import read_table
 from medgrit.testing.openai_server import LIE_CLASSES, ServerConfig, serve
 
 pytestmark = pytest.mark.slow
 
 API_KEY = "sk-medgrit-truth-test"
-
-
-def _rows(out: Path, table: str) -> list[dict]:
-    return [
-        row
-        for part in sorted((out / table).glob("part-*.parquet"))
-        for row in pq.read_table(part).to_pylist()
-    ]
 
 
 def _build(medgrit, server, out: Path, *extra: str):
@@ -63,10 +55,12 @@ def _lie_key(lie: dict) -> Turn:
 def _kept_turns(out: Path) -> list[Turn]:
     """Kept turns as their texts and the (label, box) of each region they list: an identical
     text about other regions (a lie of region ids) is another turn."""
-    regions = {r["region_id"]: (r["label"], tuple(r["bbox_1000"])) for r in _rows(out, "regions")}
+    regions = {
+        r["region_id"]: (r["label"], tuple(r["bbox_1000"])) for r in read_table(out, "regions")
+    }
     return [
         (t["question"], t["answer"], frozenset(regions[rid] for rid in t["region_ids"]))
-        for c in _rows(out, "conversations")
+        for c in read_table(out, "conversations")
         for t in c["qa"]
     ]
 
@@ -92,9 +86,9 @@ def test_a_build_keeps_no_lie_and_nearly_every_honest_turn(
     assert sum(injected.values()) == len(ledger) > 0
     assert kept_lies == {}, [(lies[t], t) for t in kept if t in lies]
     assert honest_kept >= 0.95 * stats["honest_turns"], (honest_kept, stats["honest_turns"])
-    rejects = _rows(out, "rejects")
+    rejects = read_table(out, "rejects")
     untrue = [r for r in rejects if r["stage"] == "verify" and r["reason"] != "empty_conversation"]
-    assert len(untrue) >= sum(injected.values()) - 2 * len(_rows(out, "images"))  # per turn
+    assert len(untrue) >= sum(injected.values()) - 2 * len(read_table(out, "images"))  # per turn
     assert all(r["detail"].startswith("turn ") for r in untrue)
     validate = medgrit("validate", str(out))
     assert validate.returncode == 0, validate.stdout
@@ -111,6 +105,6 @@ def test_the_retry_names_the_failed_turns_and_keeps_no_lie(
     lies = {_lie_key(lie) for lie in lying_server.lies()}
     assert lies and not lies.intersection(_kept_turns(out))
     assert lying_server.stats()["feedback_requests"] > 0
-    replaced = [r for r in _rows(out, "rejects") if r["detail"].startswith("attempt ")]
+    replaced = [r for r in read_table(out, "rejects") if r["detail"].startswith("attempt ")]
     assert replaced and all(", turn " in r["detail"] for r in replaced)
     assert medgrit("validate", str(out)).returncode == 0
