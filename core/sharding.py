@@ -14,11 +14,36 @@ from medgrit.core.shard_rows import CaseTask
 from medgrit.schemas.config import BuildConfig
 
 
-def plan_shards(n_cases: int, cases_per_shard: int) -> list[tuple[int, int]]:
-    """Contiguous [start, stop) case ranges of ``cases_per_shard`` cases (the last may be short)."""
-    if cases_per_shard < 1:
+def plan_shards(
+    work: Sequence[int], images_per_shard: int, cases_per_shard: int | None = None
+) -> list[tuple[int, int]]:
+    """Contiguous [start, stop) case ranges holding about ``images_per_shard`` images each.
+
+    Cases are packed in order: a shard takes the next case while its images stay within the
+    target (a case larger than the target gets a shard of its own; no case is split), and at
+    most ``cases_per_shard`` cases when that is set.
+
+    Args:
+        work: the (estimated) images of each case, in plan order.
+        images_per_shard: the target number of images per shard.
+        cases_per_shard: at most this many cases per shard (None: no cap).
+    """
+    if images_per_shard < 1:
+        raise ValueError("images_per_shard must be >= 1")
+    if cases_per_shard is not None and cases_per_shard < 1:
         raise ValueError("cases_per_shard must be >= 1")
-    return [(s, min(s + cases_per_shard, n_cases)) for s in range(0, n_cases, cases_per_shard)]
+    cap = cases_per_shard or max(1, len(work))
+    ranges: list[tuple[int, int]] = []
+    start, images = 0, 0
+    for i, n in enumerate(work):
+        n = max(1, int(n))
+        if i > start and (images + n > images_per_shard or i - start >= cap):
+            ranges.append((start, i))
+            start, images = i, 0
+        images += n
+    if start < len(work):
+        ranges.append((start, len(work)))
+    return ranges
 
 
 def shard_name(index: int) -> str:
@@ -102,8 +127,12 @@ def plan_build(
     config: BuildConfig,
     key: bytes,
     count_images: Callable[[Case], int],
+    estimate_images: Callable[[Case], int] | None = None,
 ) -> list[tuple[str, list[CaseTask]]]:
     """Case ids, splits, image quotas and shards, deterministic from the case list and config.
+
+    Shards are sized by work: about ``config.images_per_shard`` images each (a case's quota
+    when ``max_images`` gave it one, else ``estimate_images``), never splitting a case.
 
     Args:
         cases: every case of the build's sources, in source order.
@@ -111,6 +140,8 @@ def plan_build(
         key: the pseudonymisation key.
         count_images: how many images a case gives without a quota; called (on the first
             cases only) when ``config.max_images`` spreads a cap.
+        estimate_images: a cheap estimate of the images of a case (from its listing or
+            header, without reading its pixels); default 1 per case.
     """
     case_ids = [pseudonymise_case(c.dataset, c.case, key) for c in cases]
     # Split by patient: all cases of one patient land on the same side.
@@ -138,7 +169,9 @@ def plan_build(
         for case, cid, split, quota in zip(cases, case_ids, splits, quotas, strict=True)
         if quota != 0
     ]
-    return [
-        (shard_name(i), tasks[start:stop])
-        for i, (start, stop) in enumerate(plan_shards(len(tasks), config.cases_per_shard))
+    work = [
+        t.quota if t.quota is not None else (estimate_images(t.ref) if estimate_images else 1)
+        for t in tasks
     ]
+    ranges = plan_shards(work, config.images_per_shard, config.cases_per_shard)
+    return [(shard_name(i), tasks[start:stop]) for i, (start, stop) in enumerate(ranges)]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import random
 from collections import Counter
 
@@ -18,8 +19,8 @@ def case_ids(n: int, prefix: str = "case") -> list[str]:
 
 
 @pytest.mark.parametrize(("n_cases", "per_shard"), [(10, 3), (9, 3), (1, 5), (7, 1), (100, 16)])
-def test_shards_cover_every_case_once_in_order(n_cases, per_shard):
-    shards = plan_shards(n_cases, per_shard)
+def test_one_image_cases_fill_shards_to_the_target(n_cases, per_shard):
+    shards = plan_shards([1] * n_cases, per_shard)
 
     covered = [i for start, stop in shards for i in range(start, stop)]
     assert covered == list(range(n_cases))
@@ -27,17 +28,39 @@ def test_shards_cover_every_case_once_in_order(n_cases, per_shard):
     assert 1 <= shards[-1][1] - shards[-1][0] <= per_shard
 
 
-def test_shards_example():
-    assert plan_shards(10, 3) == [(0, 3), (3, 6), (6, 9), (9, 10)]
+def test_cases_are_packed_by_images_and_never_split():
+    # 5 + 4 fit a target of 10; 3 would not; a case of 25 is a shard of its own.
+    assert plan_shards([5, 4, 3, 25, 1, 1], 10) == [(0, 2), (2, 3), (3, 4), (4, 6)]
+
+
+def test_the_case_cap_closes_shards_too():
+    assert plan_shards([1] * 10, 100, cases_per_shard=3) == [(0, 3), (3, 6), (6, 9), (9, 10)]
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_packing_covers_every_case_once_within_the_target(seed):
+    rng = random.Random(seed)
+    work = [rng.choice([1, 1, 1, 2, 8, 40, 300]) for _ in range(rng.randrange(1, 400))]
+    target = rng.choice([1, 7, 64, 200])
+    shards = plan_shards(work, target)
+    assert [i for a, b in shards for i in range(a, b)] == list(range(len(work)))
+    for a, b in shards:
+        images = sum(work[a:b])
+        assert images <= target or b - a == 1  # only a lone large case exceeds it
+    for (a, b), (c, _) in itertools.pairwise(shards):
+        assert sum(work[a:b]) + work[c] > target  # greedy: the next case did not fit
+    assert plan_shards(work, target) == shards  # deterministic
 
 
 def test_no_cases_give_no_shards():
-    assert plan_shards(0, 4) == []
+    assert plan_shards([], 4) == []
 
 
-def test_cases_per_shard_below_one_is_rejected():
+def test_sizes_below_one_are_rejected():
+    with pytest.raises(ValueError, match="images_per_shard"):
+        plan_shards([1] * 10, 0)
     with pytest.raises(ValueError, match="cases_per_shard"):
-        plan_shards(10, 0)
+        plan_shards([1] * 10, 5, cases_per_shard=0)
 
 
 def test_shard_name_is_zero_padded():

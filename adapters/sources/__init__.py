@@ -17,7 +17,16 @@ from medgrit.core.cases import Case, LoadedCase, Source, SourceError
 from medgrit.core.fsnames import escape_name
 from medgrit.schemas.sources import FORMATS, SOURCE_KINDS
 
-__all__ = ["FORMATS", "SOURCE_KINDS", "Case", "Source", "SourceError", "load_case", "open_sources"]
+__all__ = [
+    "FORMATS",
+    "SOURCE_KINDS",
+    "Case",
+    "Source",
+    "SourceError",
+    "estimate_images",
+    "load_case",
+    "open_sources",
+]
 
 
 _BY_FORMAT = {fmt.name: fmt for fmt in FORMATS}
@@ -135,3 +144,25 @@ def load_case(case: Case) -> LoadedCase:
     if fmt is None:
         raise TypeError(f"{type(case).__name__} names no known format ({case.format!r})")
     return importlib.import_module(fmt.module).read_case(case)
+
+
+def estimate_images(
+    case: Case, plane: str, slice_stride: int = 1, max_slices: int | None = None
+) -> int:
+    """A cheap estimate of the images a case gives, for sizing shards (at least 1).
+
+    The format's ``estimate_images(case, plane)`` counts the slices or images its listing or
+    header holds (never pixels; slices without foreground are counted too); stride and cap
+    apply as in the build. A format without one, or a case whose header cannot be read,
+    counts as one image.
+    """
+    fmt = _BY_FORMAT.get(case.format)
+    estimate = (
+        getattr(importlib.import_module(fmt.module), "estimate_images", None) if fmt else None
+    )
+    try:
+        n = int(estimate(case, plane)) if estimate is not None else 1
+    except Exception:  # noqa: BLE001 - an unreadable case is the shard's reject row, not ours
+        n = 1
+    n = -(-max(1, n) // slice_stride)
+    return max(1, min(n, max_slices) if max_slices else n)

@@ -461,3 +461,8 @@ def read_case(case: ImageFolderCase) -> LoadedCase:
         for index, pixels, label_map in kept
     )
     return LoadedCase(case.modality, intensity, images=images, rejects=tuple(rejects))
+
+
+def estimate_images(case: ImageFolderCase, plane: str) -> int:
+    """The images listed for the case."""
+    return len(case.images)

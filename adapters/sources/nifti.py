@@ -136,6 +136,18 @@ class NiftiCase(Case):
         return (self.image, self.label)
 
 
+_PLANE_CODES = {"axial": "SI", "coronal": "AP", "sagittal": "LR"}
+
+
+def estimate_images(case: NiftiCase, plane: str) -> int:
+    """Slices of the label map along ``plane``, from its header (no voxel is read)."""
+    header = nib.load(case.label)
+    codes = nib.aff2axcodes(header.affine)
+    wanted = _PLANE_CODES.get(plane, "SI")
+    axis = next((i for i, c in enumerate(codes[:3]) if c in wanted), 2)
+    return int(header.shape[axis])
+
+
 def read_case(case: NiftiCase) -> LoadedCase:
     """Read a NIfTI image/label pair into canonical volumes (CT in HU, others by percentile).
 

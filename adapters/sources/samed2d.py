@@ -496,3 +496,8 @@ def _dropped_class_rejects(
             detail = f"{raw!r} (class {label_id - 1:04d}): {count} mask(s) dropped"
             out.append((reason, detail, None))
     return out
+
+
+def estimate_images(case: SaMed2dCase, plane: str) -> int:
+    """The slices the release lists for the case."""
+    return len(case.slices)

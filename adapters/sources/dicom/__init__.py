@@ -34,7 +34,7 @@ from medgrit.adapters.sources.dicom.cases import (
 )
 from medgrit.adapters.sources.dicom.discovery import open_dicom
 from medgrit.adapters.sources.dicom.headers import DICOM_MODALITIES, modality_from_dicom
-from medgrit.adapters.sources.dicom.reader import read_case, suv_tags
+from medgrit.adapters.sources.dicom.reader import estimate_images, read_case, suv_tags
 from medgrit.adapters.sources.dicom.series import SeriesGrid, read_series
 
 __all__ = [
@@ -45,6 +45,7 @@ __all__ = [
     "DicomUnparseableCase",
     "MaskFrame",
     "SeriesGrid",
+    "estimate_images",
     "modality_from_dicom",
     "open_dicom",
     "read_case",

@@ -41,6 +41,11 @@ _DRUG_KEYWORDS = (
 )
 
 
+def estimate_images(case: DicomCase, plane: str) -> int:
+    """The series' slice files for a volume case (along its acquisition), 1 otherwise."""
+    return len(case.files) if isinstance(case, DicomSeriesCase) and case.files else 1
+
+
 def read_case(case: DicomCase) -> LoadedCase:
     """Read a DICOM case listed by :func:`medgrit.adapters.sources.dicom.open_dicom`.
 
