@@ -1,9 +1,16 @@
-"""A build's bookkeeping in ``OUT/dataset.json``: the new manifest, the resume decision, shard
-records and the final totals.
+"""A build's bookkeeping: ``OUT/dataset.json``, the shards' completion records, the resume
+decision and the final totals.
 
-A build writes its manifest before any shard runs and after each shard finishes, so an
-interrupted build can be resumed: a rerun over the same directory and settings keeps the shards
-whose files are present with their recorded sha256. A directory holding a build of other sources
+A build writes its manifest (the plan: every shard pending) once before any shard runs. Each
+shard that finishes (or fails) writes only its own small completion record,
+``OUT/shards/{id}.json`` (status, files with sha256, rows, stats, tokens), atomically: O(1) per
+shard, whatever the size of the build. ``dataset.json`` is compacted from the records at the end
+of a build and when a build or resume starts; :func:`read_dataset` reads the manifest with the
+records merged, so ``status``, ``validate`` and resume see every finished shard even when a
+build was killed between a record and the compaction. A record counts only for the shard, cases
+and content settings it was written for (its ``key``). An interrupted build can be resumed: a
+rerun over the same directory and settings keeps the shards whose files are present with their
+recorded sha256. A directory holding a build of other sources
 or settings is :class:`DatasetMismatch` (finished shards are never thrown away) unless the
 caller owns it (medgrit's staging folder). Names from the sources are escaped wherever people or
 other tools read them.
@@ -12,12 +19,18 @@ other tools read them.
 from __future__ import annotations
 
 import datetime as _dt
+import hashlib
+import json
+import os
 import socket
 from pathlib import Path
 
+from medgrit.adapters.store.dataset_dir import RECORDS_DIR, is_stale_temporary, temp_suffix
 from medgrit.adapters.store.manifest import (
     FORMAT_MARKER,
     MANIFEST,
+    ManifestError,
+    check_shard_files,
     read_manifest,
     update_manifest,
 )
@@ -98,7 +111,128 @@ def llm_totals(shards: list[dict]) -> dict:
 
 def content_config(config: dict) -> dict:
     """The settings that decide table contents (not where they go or how fast)."""
-    return {k: v for k, v in config.items() if k not in ("out", "workers")}
+    return {
+        k: v for k, v in config.items() if k not in ("out", "workers", "runner", "dask_address")
+    }
+
+
+# -- completion records ----------------------------------------------------------------------
+
+_RECORD_FIELDS = (
+    "status",
+    "rows",
+    "files",
+    "stats",
+    "tokens",
+    "seconds",
+    "finished_at",
+    "error",
+)
+
+
+def _settings_digest(config: dict) -> str:
+    canonical = json.dumps(content_config(config), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+
+
+def record_key(settings_digest: str, entry: dict) -> str:
+    """What a completion record is valid for: the shard id, its cases and the build's content
+    settings (``settings_digest`` of the manifest's config)."""
+    canonical = json.dumps(
+        [settings_digest, entry["id"], entry.get("cases")], sort_keys=True, separators=(",", ":")
+    )
+    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+
+
+def write_shard_record(out: Path, manifest: dict, entry: dict) -> None:
+    """Write a shard's completion record atomically (temp file, fsync, rename)."""
+    folder = out / RECORDS_DIR
+    folder.mkdir(exist_ok=True)
+    record = {k: entry[k] for k in _RECORD_FIELDS if k in entry}
+    record["id"] = entry["id"]
+    record["key"] = record_key(_settings_digest(manifest["config"]), entry)
+    path = folder / f"{entry['id']}.json"
+    tmp = folder / f".{path.name}{temp_suffix()}"
+    try:
+        with tmp.open("w", encoding="utf-8") as handle:
+            json.dump(record, handle, allow_nan=False)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _read_record(path: Path) -> dict | None:
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError, UnicodeDecodeError):
+        return None  # unreadable: as if absent, the shard is built again
+    if not isinstance(record, dict) or not all(
+        isinstance(record.get(k), str) for k in ("id", "status", "key")
+    ):
+        return None
+    try:
+        check_shard_files(record, str(path))
+    except ManifestError:
+        return None
+    return record
+
+
+def merge_records(out: Path, manifest: dict) -> int:
+    """Merge the completion records in ``OUT/shards`` into ``manifest`` (in place); returns how
+    many were merged. Records of other shards, cases or settings are ignored."""
+    folder = out / RECORDS_DIR
+    if not folder.is_dir():
+        return 0
+    digest = _settings_digest(manifest["config"])
+    entries = {e["id"]: e for e in manifest["shards"]}
+    merged = 0
+    for path in sorted(folder.glob("*.json")):
+        entry = entries.get(path.stem)
+        if entry is None:
+            continue
+        record = _read_record(path)
+        if record is None or record["key"] != record_key(digest, entry):
+            continue
+        for k in _RECORD_FIELDS:
+            entry.pop(k, None)
+        entry.update({k: record[k] for k in _RECORD_FIELDS if k in record})
+        merged += 1
+    return merged
+
+
+def clear_records(out: Path, keep: set[str] = frozenset()) -> None:  # type: ignore[assignment]
+    """Remove completion records (after a compaction wrote them into ``dataset.json``), and
+    temporaries of writers that are gone; ``keep``: shard ids whose records stay."""
+    folder = out / RECORDS_DIR
+    if not folder.is_dir():
+        return
+    for path in folder.iterdir():
+        name = path.name
+        if name.startswith("."):
+            if is_stale_temporary(name):
+                path.unlink(missing_ok=True)
+        elif name.endswith(".json") and name[:-5] not in keep:
+            path.unlink(missing_ok=True)
+
+
+def compact(out: Path, manifest: dict) -> None:
+    """Write ``dataset.json`` with every shard's state, then drop the records it now holds."""
+    save_manifest(out, manifest)
+    clear_records(out)
+
+
+def read_dataset(out: str | Path) -> dict:
+    """``dataset.json`` with the shards' completion records merged: the state of a dataset
+    directory, also while a build runs or after one was killed.
+
+    Raises:
+        ManifestError: see ``medgrit.adapters.store.manifest.read_manifest``.
+    """
+    manifest = read_manifest(out)
+    merge_records(Path(out), manifest)
+    return manifest
 
 
 def _datasets_of(source: Source) -> dict:
@@ -188,7 +322,7 @@ def resume_from(out: Path, manifest: dict, rebuild_if_changed: bool) -> None:
         DiskFull: the manifest could not be written for want of space.
     """
     if (out / MANIFEST).is_file():
-        previous = read_manifest(out)
+        previous = read_dataset(out)
         same_config = content_config(previous["config"]) == content_config(manifest["config"])
         same_plan = [(s["id"], s.get("cases")) for s in previous["shards"]] == [
             (s["id"], s["cases"]) for s in manifest["shards"]
@@ -203,7 +337,7 @@ def resume_from(out: Path, manifest: dict, rebuild_if_changed: bool) -> None:
         elif not rebuild_if_changed:
             raise DatasetMismatch(_mismatch(previous, manifest, same_config, escape_name(str(out))))
     try:
-        save_manifest(out, manifest)
+        compact(out, manifest)  # dataset.json now holds every record
     except OSError as exc:
         if is_disk_full(exc):
             raise DiskFull(exc.errno, exc.strerror, str(out / MANIFEST)) from exc
@@ -245,7 +379,7 @@ def finalise(out: Path, manifest: dict) -> str:
     manifest["status"] = "complete" if len(done) == len(manifest["shards"]) else "incomplete"
     manifest["totals"]["llm"] = llm_totals(manifest["shards"])
     manifest["updated_at"] = now()
-    save_manifest(out, manifest)
+    compact(out, manifest)
     return render_summary(
         escape_name(str(out)),
         rows,

@@ -42,12 +42,23 @@ KNOWN_SCHEMA_VERSIONS: tuple[int, ...] = (1,)
 LOCK_FILE = ".medgrit.lock"
 STAGING_MARKER = ".medgrit-staging"
 TABLE_DIRS: tuple[str, ...] = ("images", "regions", "conversations", "rejects")
+RECORDS_DIR = "shards"
+"""Folder of the shards' completion records (``shards/{id}.json``, see ``bookkeeping``)."""
 # Everything medgrit writes at the top of a dataset directory.
-_OWN_TOP = {MANIFEST, LOCK_FILE, STAGING_MARKER, f".{MANIFEST}.lock", "llm", *TABLE_DIRS}
+_OWN_TOP = {
+    MANIFEST,
+    LOCK_FILE,
+    STAGING_MARKER,
+    f".{MANIFEST}.lock",
+    "llm",
+    RECORDS_DIR,
+    *TABLE_DIRS,
+}
 _OWN_TOP_PATTERN = re.compile(rf"^\.{re.escape(MANIFEST)}\.tmp-.+$")
 _OWN_PART_PATTERN = re.compile(
     r"^(part-[0-9A-Za-z_-]+\.parquet|\.part-[0-9A-Za-z_-]+\.parquet\.tmp-.+)$"
 )
+_OWN_RECORD_PATTERN = re.compile(r"^([0-9A-Za-z_-]+\.json|\.[0-9A-Za-z_-]+\.json\.tmp-.+)$")
 
 
 class DatasetBusy(Exception):
@@ -85,15 +96,14 @@ def foreign_entries(out: Path) -> list[str]:
                 foreign.append(escape_name(name))
             elif name == "llm":
                 foreign += _foreign_in_cache(Path(entry.path))
-            elif name in TABLE_DIRS:
+            elif name in TABLE_DIRS or name == RECORDS_DIR:
                 if not entry.is_dir(follow_symlinks=False):
                     foreign.append(escape_name(name))
                     continue
+                pattern = _OWN_RECORD_PATTERN if name == RECORDS_DIR else _OWN_PART_PATTERN
                 with os.scandir(entry.path) as parts:
                     for part in parts:
-                        if not _OWN_PART_PATTERN.match(part.name) or not part.is_file(
-                            follow_symlinks=False
-                        ):
+                        if not pattern.match(part.name) or not part.is_file(follow_symlinks=False):
                             foreign.append(escape_name(f"{name}/{part.name}"))
     return sorted(foreign)
 

@@ -11,12 +11,16 @@ Layout (schema version 1)::
      "shards": [{"id", "cases": [{"source", "case", "case_id", "split", "quota"}],
                  "status": "pending" | "done" | "failed", "error"?, "batches"?,
                  "rows": {table: n}, "files": {path: sha256}, "stats": {...},
-                 "tokens": {...}, "finished_at"}],
+                 "tokens": {...}, "seconds", "finished_at"}],
      "totals": {"rows", ..., "llm": {...}}, "status": "complete" | "incomplete",
      "created_at", "updated_at", "host"}
 
+While a build runs, each finished shard's state is its own completion record,
+``shards/{id}.json``; ``dataset.json`` is compacted from those at the end of the build and when a
+build or resume starts (``medgrit.adapters.store.bookkeeping.read_dataset`` merges them).
+
 The build writes it through ``medgrit.adapters.store.bookkeeping`` (new manifest, resume
-decision, shard outcomes, totals). Wall-clock times and the host name live only here, never in
+decision, shard records, totals). Wall-clock times and the host name live only here, never in
 table rows. The file is strict JSON (no NaN or Infinity) and is replaced atomically on every
 update. :func:`read_manifest` accepts only a manifest medgrit wrote (see
 ``medgrit.adapters.store.dataset_dir``) whose structure it can use; anything else is a
@@ -45,6 +49,7 @@ __all__ = [
     "FORMAT_MARKER",
     "MANIFEST",
     "ManifestError",
+    "check_shard_files",
     "read_manifest",
     "record_batch",
     "update_manifest",
@@ -99,7 +104,7 @@ def read_manifest(out_dir: str | Path) -> dict:
     if not isinstance(data.get("config"), dict):
         raise ManifestError(f"{where}/{MANIFEST} has no build 'config' object")
     for shard in shards:
-        _check_files(shard, f"{where}/{MANIFEST}")
+        check_shard_files(shard, f"{where}/{MANIFEST}")
         for key in ("rows", "stats", "tokens"):
             if key in shard and not isinstance(shard[key], dict):
                 raise ManifestError(
@@ -117,8 +122,9 @@ def read_manifest(out_dir: str | Path) -> dict:
 _TABLES = ("images", "regions", "conversations", "rejects")
 
 
-def _check_files(shard: dict, where: str) -> None:
-    """A shard's files must be ``{table}/part-{id}.parquet``: never a path that leaves the
+def check_shard_files(shard: dict, where: str) -> None:
+    """A shard's files (in its manifest entry or completion record) must be
+    ``{table}/part-{id}.parquet``: never a path that leaves the
     dataset directory (absolute, ``..``) or names another file."""
     files = shard.get("files", {})
     if not isinstance(files, dict):

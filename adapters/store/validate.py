@@ -35,7 +35,7 @@ import pyarrow.parquet as pq
 from PIL import Image
 from pydantic import ValidationError
 
-from medgrit.adapters.store.manifest import read_manifest
+from medgrit.adapters.store.bookkeeping import read_dataset
 from medgrit.adapters.store.parquet import part_path, sha256_file
 from medgrit.core.claims import Lexicon, lexicon_for
 from medgrit.core.generation import ImageFacts, RegionFacts
@@ -57,7 +57,7 @@ _STAT_KEYS = ("images_by_modality", "images_by_split", "qa_by_modality_task", "r
 def read_table(out_dir: str | Path, table: str) -> list[dict]:
     """All rows of one table of a dataset directory, shards in manifest order."""
     out = Path(out_dir)
-    manifest = read_manifest(out)
+    manifest = read_dataset(out)
     rows: list[dict] = []
     for shard in manifest["shards"]:
         rel = part_path(table, shard["id"])
@@ -75,7 +75,7 @@ def validate_dataset(out_dir: str | Path) -> list[str]:
             version, or names files outside the dataset.
     """
     out = Path(out_dir)
-    manifest = read_manifest(out)
+    manifest = read_dataset(out)
     problems: list[str] = []
     try:
         BuildConfig(**manifest["config"])
