@@ -495,3 +495,38 @@ def _server_level(bucket: _Bucket, remaining: int, reset: float | None) -> tuple
     if reset is None:
         return 0.0, False
     return min(0.0, bucket.nominal - reset * bucket.rate), False
+
+
+# -- in-flight window --------------------------------------------------------------------------
+
+WINDOW_MIN = 4
+WINDOW_MAX = 1024
+WINDOW_HEADROOM = 1.25
+
+
+def littles_law_window(
+    requests_per_minute: float,
+    tokens_per_minute: float,
+    tokens_per_request: float,
+    latency_s: float,
+    *,
+    headroom: float = WINDOW_HEADROOM,
+    lowest: int = WINDOW_MIN,
+    highest: int = WINDOW_MAX,
+) -> int:
+    """Requests in flight needed to keep to the limit: L = rate x latency (Little's law).
+
+    The rate is the binding one of the request limit and the token limit over the tokens a
+    request costs; ``headroom`` covers latency jitter, so that the limiter, not the window, is
+    the bottleneck. Bounded to [``lowest``, ``highest``].
+
+    Args:
+        requests_per_minute, tokens_per_minute: the limits in force.
+        tokens_per_request: the mean token cost of a request (prompt plus completion).
+        latency_s: the observed time from sending a request to its answer.
+    """
+    rate = requests_per_minute / 60.0
+    if tokens_per_request > 0:
+        rate = min(rate, tokens_per_minute / 60.0 / tokens_per_request)
+    needed = math.ceil(rate * max(latency_s, 0.0) * headroom) + 2
+    return max(lowest, min(highest, needed))

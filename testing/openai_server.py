@@ -10,7 +10,9 @@ HTTP (Starlette on uvicorn), so the real ``openai`` SDK talks to it unchanged:
   number of turns follows ``conversation of N turns`` in the prompt (default 4).
   ``usage.prompt_tokens`` is ceil(characters of all message contents / 4) and
   ``usage.completion_tokens`` ceil(characters of the answer / 4); an answer longer than
-  ``max_tokens`` is cut there with ``finish_reason: "length"``.
+  ``max_tokens`` is cut there with ``finish_reason: "length"``. A last user message without
+  that line but with a JSON object (a client's probe: ``Reply with this JSON object:
+  {"ok": true}``) is answered with that object.
 - ``POST /v1/files`` (multipart), ``GET /v1/files/{id}``, ``GET /v1/files/{id}/content``,
   ``DELETE /v1/files/{id}``; ``POST /v1/batches``, ``GET /v1/batches/{id}``,
   ``POST /v1/batches/{id}/cancel``. A batch answers its JSONL lines in the background (outside
@@ -33,6 +35,15 @@ string), ``retry-after-ms`` and an ``{"error": {"type": "requests"|"tokens",
 ``x-ratelimit-limit-*`` (the per-minute limit), ``x-ratelimit-remaining-*`` (what the bucket holds
 now, at most one second's worth) and ``x-ratelimit-reset-*`` (time until the bucket is full, as
 ``"0.05s"``, ``"1s"``, ``"6m0s"``) for requests and tokens, unless that limit is off (``None``).
+
+Structured output: ``response_formats`` names the ``response_format`` kinds answered
+(:data:`RESPONSE_FORMAT_KINDS`: the ``type``, with ``json_object`` plus a ``schema`` field as
+``json_object_schema``); ``None`` (the default) answers every kind, and a request without
+``response_format`` is always answered. Another kind is refused before rate limits and faults,
+in the ``response_format_refusal`` style: ``http_400`` (OpenAI's ``invalid_request_error``),
+``http_422`` (FastAPI's ``detail`` list), ``http_500_validation`` (llama-cpp-python's server,
+which wraps its pydantic validation error in a 500: accept ``text,json_object,
+json_object_schema`` to play it) or ``ignore`` (answered as if it were absent).
 
 Faults are drawn per request at configurable rates. Transport faults (HTTP 500, HTTP 503, a hang
 of ``hang_s`` seconds that ends in 504) come from one RNG seeded with ``seed``, so a retried
@@ -109,7 +120,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal, get_args
 
 import httpx
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
@@ -178,6 +189,15 @@ POSITION_WORDS: tuple[str, ...] = tuple(
 )
 SIZE_WORDS: tuple[str, ...] = (*(word for _, word in SIZE_THRESHOLDS), "large")
 PLANE_WORDS: tuple[str, ...] = ("axial", "coronal", "sagittal")
+# What a request's response_format asks for: its type, and json_object with a schema field
+# (llama-cpp-python's grammar-constrained JSON) as a kind of its own.
+RESPONSE_FORMAT_KINDS: tuple[str, ...] = (
+    "text",
+    "json_object",
+    "json_object_schema",
+    "json_schema",
+)
+RefusalStyle = Literal["http_400", "http_422", "http_500_validation", "ignore"]
 
 
 class ServerConfig(BaseModel):
@@ -210,12 +230,28 @@ class ServerConfig(BaseModel):
     batch_delay_s: float = Field(0.0, ge=0.0, description="Time a batch spends in_progress.")
     batch_fail_rate: float = Field(0.0, ge=0.0, le=1.0, description="Share of lines failing.")
     batch_expire: bool = Field(False, description="Batches expire after half their lines.")
+    response_formats: tuple[str, ...] | None = Field(
+        None,
+        description="response_format kinds answered (see RESPONSE_FORMAT_KINDS); None: all. "
+        "A request without response_format is always answered.",
+    )
+    response_format_refusal: RefusalStyle = Field(
+        "http_400",
+        description="How another kind is refused: OpenAI's 400, FastAPI's 422, "
+        "llama-cpp-python's 500 validation error, or not at all (answered as if absent).",
+    )
 
     @model_validator(mode="after")
     def _check(self) -> ServerConfig:
         low, high = self.latency_ms
         if not 0 <= low <= high:
             raise ValueError("latency_ms must be (min, max) with 0 <= min <= max")
+        unknown_kinds = [k for k in self.response_formats or () if k not in RESPONSE_FORMAT_KINDS]
+        if unknown_kinds:
+            raise ValueError(
+                f"unknown response_format kind(s) {', '.join(unknown_kinds)}; "
+                f"choose from {', '.join(RESPONSE_FORMAT_KINDS)}"
+            )
         if self.fail_500_rate + self.fail_503_rate + self.hang_rate > 1.0 + 1e-9:
             raise ValueError("fail_500_rate + fail_503_rate + hang_rate must be at most 1")
         if self.malformed_json_rate + self.invented_box_rate + self.wrong_label_rate > 1.0 + 1e-9:
@@ -294,6 +330,99 @@ def find_facts(messages: list[dict]) -> tuple[ImagePromptFacts, int]:
     match = _TURNS_PATTERN.search(text)
     turns = min(max(int(match.group(1)), 1), 16) if match else 4
     return facts, turns
+
+
+def requested_object(messages: list) -> dict | None:
+    """The JSON object a last user message without image facts asks to be answered with
+    (``Reply with this JSON object: {"ok": true}``, a client's probe); None when it has none."""
+    for message in reversed(messages):
+        if isinstance(message, dict) and message.get("role") == "user":
+            text = _content_text(message.get("content"))
+            break
+    else:
+        return None
+    start = text.find("{")
+    if FACTS_MARKER in text or start < 0:
+        return None
+    try:
+        value, _ = json.JSONDecoder().raw_decode(text, start)
+    except ValueError:
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def response_format_kind(response_format: Any) -> str:
+    """The :data:`RESPONSE_FORMAT_KINDS` entry a ``response_format`` asks for (its ``type``, or
+    ``json_object_schema`` for a json_object with a ``schema`` field)."""
+    if not isinstance(response_format, dict):
+        return repr(response_format)
+    kind = str(response_format.get("type"))
+    return "json_object_schema" if kind == "json_object" and "schema" in response_format else kind
+
+
+def response_format_refusal(
+    style: str, response_format: Any, accepted: tuple[str, ...]
+) -> tuple[int, dict]:
+    """(status, body) refusing a ``response_format`` of a kind not in ``accepted``, in the
+    ``style`` of ``ServerConfig.response_format_refusal``.
+
+    The error is pydantic's, as a server validating the request with it words it;
+    ``http_500_validation`` wraps it the way llama-cpp-python's server does (every exception
+    becomes a 500 whose message is the exception's text).
+    """
+    kind = response_format_kind(response_format)
+    rf = response_format if isinstance(response_format, dict) else {}
+    types = [t for t in ("text", "json_object", "json_schema") if t in accepted]
+    if "json_object_schema" in accepted and "json_object" not in types:
+        types.insert(1 if "text" in types else 0, "json_object")
+    quoted = [f"'{t}'" for t in types]
+    expected = " or ".join([", ".join(quoted[:-1]), quoted[-1]] if len(quoted) > 1 else quoted)
+    if str(rf.get("type")) not in types:
+        error = {
+            "type": "literal_error",
+            "loc": ("body", "response_format", "type"),
+            "msg": f"Input should be {expected}",
+            "input": rf.get("type", response_format),
+            "ctx": {"expected": expected},
+        }
+        said = f"of type '{rf.get('type', kind)}' is not supported with this model"
+    elif kind == "json_object_schema":  # json_object taken, its schema field not
+        error = {
+            "type": "extra_forbidden",
+            "loc": ("body", "response_format", "schema"),
+            "msg": "Extra inputs are not permitted",
+            "input": rf.get("schema"),
+        }
+        said = "has an unrecognized argument 'schema'"
+    else:  # json_object taken with a schema only
+        error = {
+            "type": "missing",
+            "loc": ("body", "response_format", "schema"),
+            "msg": "Field required",
+            "input": rf,
+        }
+        said = "of type 'json_object' needs a 'schema'"
+    if style == "http_500_validation":
+        message = f"1 validation error:\n  {error!r}"
+        return 500, {
+            "error": {
+                "message": message,
+                "type": "internal_server_error",
+                "param": None,
+                "code": None,
+            }
+        }
+    if style == "http_422":
+        return 422, {"detail": [{**error, "loc": list(error["loc"])}]}
+    message = f"Invalid parameter: 'response_format' {said}."
+    return 400, {
+        "error": {
+            "message": message,
+            "type": "invalid_request_error",
+            "param": "response_format",
+            "code": None,
+        }
+    }
 
 
 def build_conversation(facts: ImagePromptFacts, turns: int, rng: random.Random) -> list[dict]:
@@ -878,6 +1007,13 @@ class ProviderSimulator:
                 raise ValueError("'messages' must be a list")
             facts, turns = find_facts(messages)
         except ValueError as exc:
+            echo = requested_object(messages) if isinstance(messages, list) else None
+            if echo is not None:  # a probe: answered with the object it asks for
+                content = json.dumps(echo)
+                completion = self._completion(
+                    body, content, prompt_tokens, math.ceil(len(content) / 4), "stop"
+                )
+                return _Outcome(200, completion)
             return _Outcome(
                 400,
                 {
@@ -941,7 +1077,14 @@ class ProviderSimulator:
                 for i, name in told
             ]
             honest = len(conversation) - len(told) - len(spoiled)
-        completion = {
+        completion = self._completion(body, content, prompt_tokens, completion_tokens, finish)
+        return _Outcome(200, completion, fault, lies, honest)
+
+    def _completion(
+        self, body: dict, content: str, prompt_tokens: int, completion_tokens: int, finish: str
+    ) -> dict:
+        """A ``chat.completion`` object answering ``body`` with ``content``."""
+        return {
             "id": self._new_id("chatcmpl-"),
             "object": "chat.completion",
             "created": int(time.time()),
@@ -961,7 +1104,6 @@ class ProviderSimulator:
                 "total_tokens": prompt_tokens + completion_tokens,
             },
         }
-        return _Outcome(200, completion, fault, lies, honest)
 
     def _record_answer(self, outcome: _Outcome, body: dict) -> None:
         if outcome.fault:
@@ -996,6 +1138,18 @@ class ProviderSimulator:
                 None,
                 self.limiter.headers(),
             )
+        accepted = self.config.response_formats
+        response_format = body.get("response_format")
+        if (
+            accepted is not None
+            and response_format is not None
+            and self.config.response_format_refusal != "ignore"
+            and response_format_kind(response_format) not in accepted
+        ):
+            style = self.config.response_format_refusal
+            status, refusal = response_format_refusal(style, response_format, accepted)
+            self._count(f"status_{status}")
+            return _json(refusal, status, self.limiter.headers())
         messages = body["messages"]
         prompt_tokens = estimate_prompt_tokens(messages)
         max_tokens = body.get("max_completion_tokens") or body.get("max_tokens")
@@ -1623,6 +1777,20 @@ def main(argv: list[str] | None = None) -> int:
         help=f"lies to tell, comma-separated (default all: {', '.join(LIE_CLASSES)})",
     )
     parser.add_argument(
+        "--response-formats",
+        type=lambda text: tuple(k.strip() for k in text.split(",") if k.strip()),
+        metavar="A,B",
+        help="response_format kinds answered, comma-separated, from "
+        f"{', '.join(RESPONSE_FORMAT_KINDS)} (default: all; '': none; llama-cpp-python's "
+        "server: text,json_object,json_object_schema)",
+    )
+    parser.add_argument(
+        "--response-format-refusal",
+        choices=get_args(RefusalStyle),
+        help="how another kind is refused (default http_400; llama-cpp-python: "
+        "http_500_validation)",
+    )
+    parser.add_argument(
         "--api-key-env", metavar="VAR", help="require the bearer key held in this variable"
     )
     parser.add_argument(
@@ -1643,6 +1811,8 @@ def main(argv: list[str] | None = None) -> int:
             ("seed", args.seed),
             ("lie_rate", args.lie_rate),
             ("lie_classes", args.lie_classes),
+            ("response_formats", args.response_formats),
+            ("response_format_refusal", args.response_format_refusal),
         ):
             if value is not None:
                 data[field] = value

@@ -154,9 +154,9 @@ def test_wrong_key_is_a_clear_failure(llm_server, medgrit, tmp_path: Path) -> No
         env={"OPENAI_API_KEY": "sk-wrong"},
     )
     assert "sk-wrong" not in result.stdout + result.stderr
-    # A refused key fails the shards (resume once fixed), not the records.
+    # A refused key stops the build before the first shard, in one line; nothing to resume.
     assert result.returncode == 1
-    assert "authentication_error" in result.stderr and "medgrit resume" in result.stderr
+    assert "authentication_error" in result.stderr and "run the build again" in result.stderr
 
 
 def test_batch_mode_gives_the_same_conversations(llm_server, medgrit, tmp_path: Path) -> None:

@@ -5,14 +5,19 @@ them concurrently and returns one :class:`ChatResult` per request, in input orde
 transport only: answers already known never reach it (``medgrit.adapters.llm.cache.AnswerCache``,
 which the generator asks first). Each request:
 
-1. a slot of the connection pool (``max_concurrency`` requests in flight at most);
+1. a slot of the in-flight window: ``max_concurrency`` requests at most when set, else sized
+   by Little's law from the limit in force and the observed latency
+   (``medgrit.core.ratelimit.littles_law_window``), so that the limiter, not the window, binds;
 2. the shared RPM/TPM limiter (:mod:`medgrit.core.ratelimit`): its token cost is estimated as
    ``ceil(chars / 4) + max_tokens`` and corrected from ``usage`` after the call; the
    ``x-ratelimit-*`` headers of every response (429s included) lower the limits and levels when
    the server is stricter than the settings;
 3. the call, through ``openai.AsyncOpenAI`` with the SDK's own retries off (``max_retries=0``,
-   so retries are not multiplied and every 429 reaches the limiter) and an HTTP connection pool
-   of ``max_concurrency`` connections. The body is serialised once per request and sent with
+   so retries are not multiplied and every 429 reaches the limiter) over HTTP connection pools
+   of at most ``POOL_CONNECTIONS`` connections each (a request goes to the least busy pool; a
+   pool is added when all are full): an httpx pool's cost of assigning a queued request to a
+   connection grows with both counts, so one pool of hundreds of connections is slower than
+   several small ones. The body is serialised once per request and sent with
    the SDK's generic ``post(..., cast_to=<http response>)``, which returns the raw response
    (headers included) with the SDK's auth, base URL, timeout and error classes: the typed
    ``chat.completions.with_raw_response.create`` walks its parameter annotations on every call
@@ -43,7 +48,9 @@ import hashlib
 import json
 import logging
 import random
+import re
 import time
+from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
 from types import TracebackType
@@ -65,6 +72,7 @@ from medgrit.core.ratelimit import (
     RateLimiter,
     RateLimitHeaders,
     estimate_tokens,
+    littles_law_window,
     parse_retry_after,
 )
 
@@ -80,6 +88,13 @@ MAX_BACKOFF_S = 30.0
 BACKOFF_MULTIPLIER_S = 0.5
 """Scale of the backoff: after attempt n, wait uniform(0, min(cap, 0.5 * 2**(n-1))) seconds."""
 
+POOL_CONNECTIONS = 32
+"""Connections per HTTP pool (see the module docstring)."""
+INITIAL_LATENCY_S = 1.0
+"""The latency the window is sized for before any answer was timed."""
+LATENCY_SMOOTHING = 0.1
+"""Weight of the newest answer in the moving averages of latency and tokens per request."""
+
 RESPONSE_FORMATS = ("json_schema", "json_object", "json_object_schema", "none")
 
 
@@ -93,7 +108,8 @@ class LLMSettings:
         temperature, max_tokens: sampling parameters (part of the cache key).
         requests_per_minute, tokens_per_minute: the account's limits; the client paces at them
             and adopts lower ones from the server's ``x-ratelimit-*`` headers.
-        max_concurrency: requests in flight at most (also the connection pool size).
+        max_concurrency: requests in flight at most; ``None`` sizes the window by Little's
+            law (limit x observed latency).
         timeout_s: seconds one attempt may take before it counts as a timeout.
         max_attempts: attempts per request for infrastructure failures (1 = no retry).
         price_input_per_million, price_output_per_million: USD per 1M prompt/completion tokens.
@@ -108,7 +124,7 @@ class LLMSettings:
     max_tokens: int = 1024
     requests_per_minute: int = 500
     tokens_per_minute: int = 200_000
-    max_concurrency: int = 32
+    max_concurrency: int | None = None
     timeout_s: float = 60.0
     max_attempts: int = 6
     price_input_per_million: float = 0.0
@@ -119,7 +135,8 @@ class LLMSettings:
         if not self.model:
             raise ValueError("LLM model is empty: pass a model name such as gpt-4o-mini")
         for name in ("max_tokens", "requests_per_minute", "tokens_per_minute", "max_concurrency"):
-            if getattr(self, name) < 1:
+            value = getattr(self, name)
+            if value is not None and value < 1:
                 raise ValueError(f"LLM {name} must be >= 1, got {getattr(self, name)}")
         if self.max_attempts < 1:
             raise ValueError(f"LLM max_attempts must be >= 1, got {self.max_attempts}")
@@ -248,6 +265,48 @@ class AsyncRateLimiter:
             return limiter.take(tokens, clock())
 
 
+class InFlightWindow:
+    """At most ``limit`` holders at once, FIFO, with a limit that may change (``resize``)."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.in_flight = 0
+        self._waiters: deque[asyncio.Future] = deque()
+
+    async def acquire(self) -> None:
+        """Wait for a slot (FIFO)."""
+        if self.in_flight < self.limit and not self._waiters:
+            self.in_flight += 1
+            return
+        waiter = asyncio.get_running_loop().create_future()
+        self._waiters.append(waiter)
+        try:
+            await waiter
+        except asyncio.CancelledError:
+            if waiter.done() and not waiter.cancelled():
+                self.release()  # granted, then cancelled before it could run: hand it on
+            else:
+                self._waiters.remove(waiter)
+            raise
+
+    def release(self) -> None:
+        """Give a slot back."""
+        self.in_flight -= 1
+        self._wake()
+
+    def resize(self, limit: int) -> None:
+        """A new limit (holders above it finish; no new one starts until below it)."""
+        self.limit = limit
+        self._wake()
+
+    def _wake(self) -> None:
+        while self._waiters and self.in_flight < self.limit:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                self.in_flight += 1
+                waiter.set_result(None)
+
+
 class RequestFailure(Exception):
     """One attempt failed; ``reason`` is the stable snake_case name of why.
 
@@ -266,10 +325,34 @@ def _is_retryable(error: BaseException) -> bool:
     return isinstance(error, RequestFailure) and error.retryable
 
 
-def status_reason(status: int) -> str:
-    """The ``ChatResult.error`` reason of an HTTP error status."""
+_VALIDATION_WORDS = re.compile(
+    r"response_format|json_schema|validation error|input should be", re.IGNORECASE
+)  # the parameter names, and pydantic's and FastAPI's wording of a refused body
+
+
+def is_request_validation_error(body: str) -> bool:
+    """Whether an error answer's body reads as the server refusing the request's shape.
+
+    llama-cpp-python's server turns every exception, its request validation included, into
+    HTTP 500: a ``response_format`` type other than ``text`` or ``json_object`` gets
+    ``{"error": {"message": "1 validation error: {'type': 'literal_error', 'loc': ('body',
+    'response_format', 'type'), 'msg': \"Input should be 'text' or 'json_object'\", 'input':
+    'json_schema', ...}", "type": "internal_server_error", "param": null, "code": null}}``.
+    The same request gets the same answer again, so it is not an outage.
+    """
+    return _VALIDATION_WORDS.search(body[:4096]) is not None
+
+
+def status_reason(status: int, body: str = "") -> str:
+    """The ``ChatResult.error`` reason of an HTTP error status (``body``: the answer's text).
+
+    ``unsupported_request``: a 500 whose body is a request validation error
+    (:func:`is_request_validation_error`): final, like a 400, not a server outage.
+    """
     if status == 429:
         return "rate_limited"
+    if status == 500 and is_request_validation_error(body):
+        return "unsupported_request"
     if status >= 500:
         return "server_error"
     if status in (401, 403):
@@ -305,16 +388,21 @@ def make_retrying(max_attempts: int) -> AsyncRetrying:
 
 
 def classify_error(error: openai.OpenAIError, wall_now: float) -> RequestFailure:
-    """Map an SDK exception to a :class:`RequestFailure` (``wall_now``: for HTTP dates)."""
+    """Map an SDK exception to a :class:`RequestFailure` (``wall_now``: for HTTP dates).
+
+    Retryable: 429, 5xx, timeouts, connection errors and unreadable bodies; a 500 that is a
+    request validation error is the final ``unsupported_request`` (see :func:`status_reason`).
+    """
     if isinstance(error, openai.APITimeoutError):
         return RequestFailure("timeout", True)
     if isinstance(error, openai.APIConnectionError):
         return RequestFailure("connection_error", True)
     if isinstance(error, openai.APIStatusError):
         status = error.status_code
-        retryable = status == 429 or status >= 500
+        reason = status_reason(status, error.response.text)  # read by the SDK already
+        retryable = reason in ("rate_limited", "server_error")
         retry_after = parse_retry_after(error.response.headers, wall_now) if retryable else None
-        return RequestFailure(status_reason(status), retryable, retry_after)
+        return RequestFailure(reason, retryable, retry_after)
     if isinstance(error, openai.APIResponseValidationError):
         return RequestFailure("malformed_response", True)
     return RequestFailure("api_error", False)
@@ -359,13 +447,6 @@ class OpenAICompatibleClient:
     def __init__(self, settings: LLMSettings, api_key: str) -> None:
         self.settings = settings
         self._secret = api_key
-        self._client = openai.AsyncOpenAI(
-            api_key=api_key,
-            base_url=settings.base_url,
-            max_retries=0,
-            timeout=settings.timeout_s,
-            http_client=make_http_client(settings.max_concurrency),
-        )
         self.limiter = AsyncRateLimiter(
             RateLimiter(
                 settings.requests_per_minute,
@@ -373,8 +454,14 @@ class OpenAICompatibleClient:
                 time.monotonic(),
             )
         )
-        self._slots = asyncio.Semaphore(settings.max_concurrency)
-        self._post = self._client.post
+        self.adaptive = settings.max_concurrency is None
+        self.latency_s = INITIAL_LATENCY_S
+        self.tokens_per_request = 0.0
+        self.window = InFlightWindow(settings.max_concurrency or self._sized_window())
+        self._pools: list[openai.AsyncOpenAI] = []
+        self._loads: list[int] = []
+        self._client = self._add_pool()
+        self._post = self._pooled_post
         self._response_class = _response_class()
         self._requests_sent = 0
         self._prompt_tokens = 0
@@ -401,7 +488,60 @@ class OpenAICompatibleClient:
 
     async def aclose(self) -> None:
         """Close the HTTP connections."""
-        await self._client.close()
+        for pool in self._pools:
+            await pool.close()
+
+    # -- window and pools ----------------------------------------------------------------------
+
+    def _sized_window(self) -> int:
+        limiter = self.limiter.limiter
+        return littles_law_window(
+            limiter.requests_per_minute,
+            limiter.tokens_per_minute,
+            self.tokens_per_request,
+            self.latency_s,
+        )
+
+    def _observe_answer(self, latency_s: float, tokens: int) -> None:
+        """Fold one answer's latency and token cost into the averages; resize the window."""
+        if self.tokens_per_request == 0.0:
+            self.tokens_per_request = float(tokens)
+        a = LATENCY_SMOOTHING
+        self.latency_s += a * (latency_s - self.latency_s)
+        self.tokens_per_request += a * (tokens - self.tokens_per_request)
+        if self.adaptive:
+            self.window.resize(self._sized_window())
+
+    @property
+    def pools(self) -> int:
+        """HTTP connection pools opened so far."""
+        return len(self._pools)
+
+    def _add_pool(self) -> openai.AsyncOpenAI:
+        size = min(POOL_CONNECTIONS, self.settings.max_concurrency or POOL_CONNECTIONS)
+        pool = openai.AsyncOpenAI(
+            api_key=self._secret,
+            base_url=self.settings.base_url,
+            max_retries=0,
+            timeout=self.settings.timeout_s,
+            http_client=make_http_client(size),
+        )
+        self._pools.append(pool)
+        self._loads.append(0)
+        return pool
+
+    async def _pooled_post(self, path: str, **kwargs: Any) -> Any:
+        """The SDK's ``post`` on the least busy pool (a new pool when all are full)."""
+        loads = self._loads
+        index = min(range(len(loads)), key=loads.__getitem__)
+        if loads[index] >= POOL_CONNECTIONS:
+            self._add_pool()
+            index = len(loads) - 1
+        loads[index] += 1
+        try:
+            return await self._pools[index].post(path, **kwargs)
+        finally:
+            loads[index] -= 1
 
     # -- accounting ----------------------------------------------------------------------------
 
@@ -458,13 +598,15 @@ class OpenAICompatibleClient:
         """One HTTP call inside a pool slot, after the limiter; raises RequestFailure."""
         limiter = self.limiter.limiter
         clock = self.limiter.clock
-        async with self._slots:
+        await self.window.acquire()
+        try:
             if stop_requested():  # the build is stopping: send nothing new
                 raise RequestFailure("stopped", False)
             grant = await self.limiter.acquire(tokens)
             if stop_requested():
                 raise RequestFailure("stopped", False)
             self._requests_sent += 1
+            sent = clock()
             try:
                 raw = await self._post(
                     "/chat/completions", cast_to=self._response_class, content=body
@@ -487,7 +629,10 @@ class OpenAICompatibleClient:
                     redact(str(error), self._secret)[:200],
                 )
                 raise failure from None
+        finally:
+            self.window.release()
         now = clock()
+        self._observe_answer(now - sent, tokens)
         limiter.observe(grant, RateLimitHeaders.from_headers(raw.headers), now)
         try:
             data = json.loads(raw.content)

@@ -3,7 +3,8 @@
 For each image the model gets only text facts (modality, view, regions with their Qwen-VL boxes,
 position, size and side; see ``medgrit.schemas.llm``) rendered with ``prompts/llm_system.j2``
 and ``prompts/llm_user.j2``, and answers with one JSON conversation. All images of a shard are
-asked at once: concurrently through :class:`OpenAICompatibleClient` (rate-limited, retried), or
+asked at once: concurrently through the process's shared :class:`OpenAICompatibleClient`
+(``medgrit.adapters.llm.dispatch``: one limiter and in-flight window for all shards), or
 through the Batch API. Each answer is parsed with pydantic and every turn is verified
 (``medgrit.core.verify``, with length and copy rules, names read with the build's label
 vocabulary); an answer with an untrue turn is asked again with each failed turn and its reason
@@ -30,10 +31,11 @@ from medgrit.adapters.llm.client import (
     ChatRequest,
     ChatResult,
     LLMSettings,
-    OpenAICompatibleClient,
     Usage,
     estimate_cost,
 )
+from medgrit.adapters.llm.dispatch import shared_client
+from medgrit.adapters.llm.formats import LLMEndpointError, refused_message, response_format_for
 from medgrit.adapters.runtime.interrupt import check_stop
 from medgrit.adapters.text.templates import (
     combined_hash,
@@ -48,16 +50,12 @@ from medgrit.core.generation import QA, TASKS, Generated, ImageFacts, RegionFact
 from medgrit.core.text import laterality_of
 from medgrit.core.verify import Failure, ImageTruth, TextRules, check_turn
 from medgrit.schemas.config import LLMConfig
-from medgrit.schemas.llm import (
-    ImagePromptFacts,
-    LLMConversation,
-    PromptRegion,
-    response_json_schema,
-)
+from medgrit.schemas.llm import ImagePromptFacts, LLMConversation, PromptRegion
 
 PROMPT_FILES = ("llm_system.j2", "llm_user.j2")
 # Failures of the endpoint rather than of an answer: the shard fails and a resume asks again
-# (answers already received are cached and not paid twice).
+# (answers already received are cached and not paid twice). ``unsupported_request`` (the server
+# refuses the request's shape, its response_format) is neither: it raises LLMEndpointError.
 INFRASTRUCTURE_ERRORS = frozenset(
     {
         "rate_limited",
@@ -155,6 +153,7 @@ class LLMGenerator:
         known_batches: batch ids recorded by an interrupted run (reused, not resubmitted).
         on_batch: called with each new batch id as soon as it exists.
         vocabulary: the build's label names (a turn naming one its image lacks is untrue).
+        share: the processes that share the provider's limits; this one takes 1/share of them.
     """
 
     name = "llm"
@@ -168,10 +167,11 @@ class LLMGenerator:
         known_batches: Sequence[str] = (),
         on_batch: Callable[[str], None] | None = None,
         vocabulary: Sequence[str] = (),
+        share: int = 1,
     ) -> None:
         self.config = config
         self.lexicon = lexicon_for(frozenset(vocabulary))
-        self.settings = settings_from_config(config)
+        self.settings = settings_from_config(config, share)
         self._api_key = api_key
         self.cache = AnswerCache(cache_dir, self.settings)
         self.max_region_turns = max_region_turns
@@ -188,13 +188,7 @@ class LLMGenerator:
         return f"LLMGenerator(model={self.settings.model!r}, base_url={self.settings.base_url!r})"
 
     def _response_format(self) -> dict | None:
-        if self.config.response_format == "json_schema":
-            return response_json_schema()
-        if self.config.response_format == "json_object":
-            return {"type": "json_object"}
-        if self.config.response_format == "json_object_schema":  # grammar-constrained JSON
-            return {"type": "json_object", "schema": LLMConversation.model_json_schema()}
-        return None
+        return response_format_for(self.config.response_format)
 
     def _item(self, image: ImageFacts, regions: list[RegionFacts]) -> _Item:
         shown = sorted(regions, key=lambda r: (r.instance > 0, -r.area, r.label_id, r.instance))
@@ -309,8 +303,8 @@ class LLMGenerator:
                     pending, known_batch_ids=self.known_batches, on_batch=self._record_batch
                 )
             else:
-                async with OpenAICompatibleClient(self.settings, self._api_key) as client:
-                    fresh = await client.complete_all(pending)
+                # Every shard of this process shares one client: one limiter, one window.
+                fresh = await shared_client(self.settings, self._api_key).complete_all(pending)
         results: list[ChatResult | None] = [None] * len(requests)
         for i, result in cached.items():
             results[i] = result
@@ -344,6 +338,7 @@ class LLMGenerator:
             results = await self._ask(requests)
             last = attempt == self.config.retry_invalid
             unavailable: list[str] = []
+            refused = False
             for state, sent, result in zip(active, requests, results, strict=True):
                 if attempt == 0:
                     state.prompt_hash = result.request_hash
@@ -351,6 +346,8 @@ class LLMGenerator:
                     error = result.error or "failed"
                     if error in INFRASTRUCTURE_ERRORS:
                         unavailable.append(error)
+                    elif error == "unsupported_request":
+                        refused = True  # no reject row: the build, not the image, is wrong
                     else:
                         state.rejects.append((f"llm_{error}", f"attempt {attempt + 1}: no answer"))
                     state.done = True
@@ -376,6 +373,13 @@ class LLMGenerator:
                     state.feedback = _in_prompt_ids("; ".join(problems), state.ids)
             if "stopped" in unavailable:
                 check_stop()  # answers that arrived are cached above; raises BuildInterrupted
+            if refused:  # every request has that shape: the others would be refused too
+                raise LLMEndpointError(
+                    "response_format_refused",
+                    refused_message(
+                        self.settings.base_url or "(default)", self.config.response_format
+                    ),
+                )
             if unavailable:
                 counts = {e: unavailable.count(e) for e in sorted(set(unavailable))}
                 raise LLMUnavailable(

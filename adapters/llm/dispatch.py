@@ -1,0 +1,116 @@
+"""One LLM transport per process: the requests of every shard through one client.
+
+Shards run on threads, each asking for its images in its own event loop. Were each to open its
+own :class:`OpenAICompatibleClient`, each would pace to the whole limit (the limit multiplied)
+and a shard with few requests left would leave the provider idle. Instead :func:`shared_client`
+gives every shard of the process the same :class:`SharedClient` for the same endpoint settings
+and key: one client, one RPM/TPM limiter and one in-flight window, on an event loop in a daemon
+thread of its own. A shard's requests join those of the shards already waiting, so the provider's
+limit is the only bottleneck as long as enough shards are in flight
+(``medgrit.adapters.build.shards_in_flight``). :func:`close_shared_clients` closes them (at the
+end of a build, and at exit).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import atexit
+import hashlib
+import threading
+from collections.abc import Sequence
+
+from medgrit.adapters.llm.client import ChatRequest, ChatResult, LLMSettings, OpenAICompatibleClient
+from medgrit.adapters.runtime.interrupt import check_stop
+from medgrit.core.failures import InfrastructureError
+
+__all__ = ["ClientClosed", "SharedClient", "close_shared_clients", "shared_client"]
+
+
+class ClientClosed(InfrastructureError, RuntimeError):
+    """The shared client was closed while a shard's requests were pending (the shard fails and
+    a resume asks again; answers received are cached)."""
+
+
+class SharedClient:
+    """An :class:`OpenAICompatibleClient` on an event loop thread of its own, used from any
+    thread or event loop."""
+
+    def __init__(self, settings: LLMSettings, api_key: str) -> None:
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(
+            target=self.loop.run_forever, name="medgrit-llm", daemon=True
+        )
+        self._thread.start()
+        self._closed = False
+        self.client: OpenAICompatibleClient = asyncio.run_coroutine_threadsafe(
+            self._open(settings, api_key), self.loop
+        ).result()
+
+    @staticmethod
+    async def _open(settings: LLMSettings, api_key: str) -> OpenAICompatibleClient:
+        return OpenAICompatibleClient(settings, api_key)  # created on its own loop
+
+    async def complete_all(self, requests: Sequence[ChatRequest]) -> list[ChatResult]:
+        """``OpenAICompatibleClient.complete_all`` on the shared client, awaited from any loop.
+
+        Raises:
+            StopRequested: the client was closed because the build is stopping.
+            ClientClosed: the client was closed while these requests were pending.
+        """
+        future = asyncio.run_coroutine_threadsafe(
+            self.client.complete_all(list(requests)), self.loop
+        )
+        try:
+            return await asyncio.wrap_future(future)
+        except asyncio.CancelledError:
+            if not future.cancelled():
+                raise  # the caller itself was cancelled
+            check_stop()
+            raise ClientClosed("the shared LLM client closed while requests were pending") from None
+
+    def close(self) -> None:
+        """Cancel what is pending (its callers get :class:`ClientClosed`, or ``StopRequested``
+        when the build is stopping), close the connections and stop the loop thread."""
+        if self._closed:
+            return
+        self._closed = True
+
+        async def shutdown() -> None:
+            pending = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
+            await self.client.aclose()
+
+        try:
+            asyncio.run_coroutine_threadsafe(shutdown(), self.loop).result(timeout=10)
+        except Exception:  # noqa: BLE001 - closing at exit: the connections die with us
+            pass
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join(timeout=10)
+
+
+_shared: dict[tuple[LLMSettings, str], SharedClient] = {}
+_guard = threading.Lock()
+
+
+def shared_client(settings: LLMSettings, api_key: str) -> SharedClient:
+    """The process's client for these settings and key (opened on first use)."""
+    key = (settings, hashlib.sha256(api_key.encode("utf-8")).hexdigest())
+    with _guard:
+        client = _shared.get(key)
+        if client is None:
+            client = _shared[key] = SharedClient(settings, api_key)
+        return client
+
+
+def close_shared_clients() -> None:
+    """Close every shared client (the next request opens a new one)."""
+    with _guard:
+        clients = list(_shared.values())
+        _shared.clear()
+    for client in clients:
+        client.close()
+
+
+atexit.register(close_shared_clients)
