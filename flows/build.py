@@ -2,8 +2,9 @@
 
 ``build_dataset`` takes one :class:`BuildConfig`; each pending shard is one ``build_shard`` task
 run on the flow's task runner, watched in the Prefect UI; the finished build's summary is a
-markdown artifact. How a build plans, resumes and records its shards is ``run_build``'s: a loop
-or a thread pool gives the same tables.
+markdown artifact. How a build plans, resumes and records its shards is ``run_build``'s: a loop,
+a thread pool or Dask worker processes (``medgrit.flows.runners``) give the same tables. The
+task runner is chosen at call time: ``build_dataset.with_options(task_runner=...)``.
 """
 
 from __future__ import annotations
@@ -13,10 +14,12 @@ from medgrit.flows.prefect_env import apply_prefect_defaults
 apply_prefect_defaults()
 
 from collections.abc import Iterator  # noqa: E402
+from dataclasses import dataclass, replace  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 from prefect import flow, get_run_logger  # noqa: E402
 from prefect.artifacts import create_markdown_artifact  # noqa: E402
+from prefect.context import FlowRunContext  # noqa: E402
 from prefect.futures import PrefectFuture, as_completed  # noqa: E402
 from prefect.states import Failed  # noqa: E402
 
@@ -26,6 +29,7 @@ from medgrit.adapters.build import (  # noqa: E402
     in_completion_order,
     run_build,
 )
+from medgrit.adapters.llm.formats import LLMEndpointError  # noqa: E402
 from medgrit.adapters.runtime.interrupt import BuildInterrupted  # noqa: E402
 from medgrit.adapters.store.bookkeeping import (  # noqa: E402
     BuildFailed,
@@ -33,6 +37,7 @@ from medgrit.adapters.store.bookkeeping import (  # noqa: E402
     DiskFull,
 )
 from medgrit.core.fsnames import escape_name  # noqa: E402
+from medgrit.flows.runners import worker_processes  # noqa: E402
 from medgrit.schemas.config import BuildConfig  # noqa: E402
 from medgrit.tasks.build import build_shard  # noqa: E402
 
@@ -43,12 +48,43 @@ def _task_finished(future: PrefectFuture) -> bool:
     return future.state.is_completed()
 
 
+class ShardFilesMissing(RuntimeError):
+    """A shard finished on a worker whose files the flow's machine cannot see."""
+
+
+class _SharedFuture(RunnerFuture):
+    """A shard task's future whose result is kept only when its files are in OUT here (a Dask
+    worker writes them on its own machine)."""
+
+    def __init__(self, future: PrefectFuture, out: Path) -> None:
+        super().__init__(future, _task_finished)
+        self.out = out
+
+    def result(self) -> dict:
+        entry = super().result()
+        if not all((self.out / rel).is_file() for rel in entry["files"]):
+            raise ShardFilesMissing(
+                "the worker wrote the shard's files where this machine cannot see them; OUT "
+                "must be on a file system every worker shares, at the same path"
+            )
+        return entry
+
+
+@dataclass
 class PrefectMapper:
-    """Shards as ``build_shard`` tasks on the running flow's task runner."""
+    """Shards as ``build_shard`` tasks on the running flow's task runner.
+
+    ``llm_share``: the worker processes the shards run on; each takes 1/llm_share of the
+    build's LLM rate limits, so together they keep to them.
+    """
+
+    llm_share: int = 1
 
     def submit(self, job: ShardJob) -> RunnerFuture:
+        if self.llm_share != job.llm_share:
+            job = replace(job, llm_share=self.llm_share)
         task = build_shard.with_options(task_run_name=f"build_shard-{job.shard}")
-        return RunnerFuture(task.submit(job), _task_finished)
+        return _SharedFuture(task.submit(job), Path(job.config.out))
 
     def as_completed(self, futures: list) -> Iterator[RunnerFuture]:
         return in_completion_order(futures, as_completed)
@@ -82,9 +118,15 @@ def build_dataset(config: BuildConfig, rebuild_if_changed: bool = False) -> dict
             description=f"medgrit build of {shown}",
         )
 
+    logger = get_run_logger()
+    context = FlowRunContext.get()
+    processes = worker_processes(context.task_runner) if context else 1
+    if processes > 1:
+        split = "; each takes its share of the LLM rate limits" if config.generator == "llm" else ""
+        logger.info("shards run on %d worker processes%s", processes, split)
     try:
-        return run_build(config, PrefectMapper(), rebuild_if_changed, get_run_logger(), publish)
-    except (BuildFailed, DiskFull, BuildInterrupted, DatasetMismatch) as exc:
+        return run_build(config, PrefectMapper(processes), rebuild_if_changed, logger, publish)
+    except (BuildFailed, DiskFull, BuildInterrupted, DatasetMismatch, LLMEndpointError) as exc:
         # An expected end, not a crash: the run is Failed with this message and no
         # traceback; calling the flow still raises ``exc``.
         return Failed(message=escape_name(str(exc)), data=exc)  # type: ignore[return-value]
