@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import as_completed as _futures_completed
@@ -32,16 +33,16 @@ from medgrit.adapters.runtime.interrupt import (
     stop_requested,
 )
 from medgrit.adapters.runtime.keys import load_or_create_key
-from medgrit.adapters.sources import Source, load_case, open_sources
+from medgrit.adapters.sources import Source, estimate_images, load_case, open_sources
 from medgrit.adapters.store.bookkeeping import (
     BuildFailed,
     DiskFull,
+    compact,
     finalise,
     new_manifest,
-    now,
     record_outcome,
     resume_from,
-    save_manifest,
+    write_shard_record,
 )
 from medgrit.adapters.store.dataset_dir import hold_dataset
 from medgrit.adapters.store.manifest import record_batch
@@ -123,7 +124,13 @@ def prepare_build(config: BuildConfig) -> PreparedBuild:
     key = build_key(config)
     sources = _build_sources(config, key)
     cases = [case for source in sources for case in source.cases]
-    plan = plan_build(cases, config, key, lambda c: count_case_images(c, config, load_case))
+    plan = plan_build(
+        cases,
+        config,
+        key,
+        lambda c: count_case_images(c, config, load_case),
+        lambda c: estimate_images(c, config.plane, config.slice_stride, config.max_slices_per_case),
+    )
     return PreparedBuild(sources, plan)
 
 
@@ -151,9 +158,11 @@ def make_generator(
     shard: str,
     known_batches: list[str],
     vocabulary: tuple[str, ...] = (),
+    llm_share: int = 1,
 ) -> Generator:
     """The build's generator for one shard (templates, or an LLM endpoint whose answers are
-    checked against the build's label ``vocabulary`` before it is asked again)."""
+    checked against the build's label ``vocabulary`` before it is asked again). ``llm_share``:
+    the processes that share the provider's limits, each allowed its part of them."""
     if config.generator == "template" or config.llm is None:
         return TemplateGenerator(seed=config.seed, max_region_turns=config.max_region_turns)
     from medgrit.adapters.llm.generator import LLMGenerator
@@ -167,11 +176,68 @@ def make_generator(
         known_batches=known_batches,
         on_batch=lambda batch_id: record_batch(out, shard, batch_id),
         vocabulary=vocabulary,
+        share=llm_share,
     )
 
 
+def resolve_llm_config(config: BuildConfig, out: Path) -> BuildConfig:
+    """The config the shards of an LLM build run with: ``llm.response_format`` ``auto``
+    replaced by the mode the endpoint accepts (``medgrit.adapters.llm.formats``); an explicit
+    mode is kept, once checked not to be refused. Other builds: ``config`` itself.
+
+    When ``out/dataset.json`` records an LLM generator of the same base URL and model (the build
+    ran before: a resume), its ``response_format`` is kept and nothing is sent, so a resume asks
+    exactly the requests of the first run and finds their answers in the cache.
+
+    Call it before ``new_manifest``, once per build: the manifest keeps the user's ``config``
+    (``auto``, so a resume compares like with like), ``generator_info(resolved)`` records the
+    mode, and every ``ShardJob`` gets the resolved config.
+
+    Raises:
+        LLMEndpointError: the endpoint is unreachable, refused the key, refuses the explicit
+            mode, or answered no mode with JSON (``medgrit.adapters.llm.formats``).
+        LookupError: no API key.
+    """
+    llm = config.llm
+    if config.generator != "llm" or llm is None:
+        return config
+    from medgrit.adapters.llm.formats import AUTO, MODE_ORDER, resolve_response_format
+    from medgrit.adapters.llm.generator import settings_from_config
+
+    requested = llm.response_format
+    before = _recorded_generator(out, llm)
+    if before is not None and requested != AUTO:
+        return config  # built with this mode before: not checked again
+    if before is not None and before.get("response_format") in MODE_ORDER:
+        mode = before["response_format"]
+    else:
+        # The probes set response_format per request; the settings only take a concrete mode.
+        concrete = MODE_ORDER[0] if requested == AUTO else requested
+        settings = settings_from_config(llm.model_copy(update={"response_format": concrete}))
+        mode = resolve_response_format(settings, resolve_api_key(llm), requested)
+    if mode == requested:
+        return config
+    return config.model_copy(update={"llm": llm.model_copy(update={"response_format": mode})})
+
+
+def _recorded_generator(out: Path, llm: LLMConfig) -> dict | None:
+    """The ``generator`` entry of ``out/dataset.json`` when it is an LLM of the same base URL
+    and model (None: no manifest yet, or another endpoint)."""
+    from medgrit.adapters.store.manifest import MANIFEST, read_manifest
+
+    if not (out / MANIFEST).is_file():
+        return None
+    entry = read_manifest(out).get("generator")
+    if not isinstance(entry, dict) or entry.get("name") != "llm":
+        return None
+    if (entry.get("base_url"), entry.get("model")) != (llm.base_url, llm.model):
+        return None
+    return entry
+
+
 def generator_info(config: BuildConfig) -> dict:
-    """Generator name, template hashes and (for an LLM) model, for the manifest."""
+    """Generator name, template hashes and (for an LLM) model and response format, for the
+    manifest (give it the config of :func:`resolve_llm_config`)."""
     if config.generator == "llm" and config.llm is not None:
         from medgrit.adapters.llm.generator import PROMPT_FILES
 
@@ -181,6 +247,7 @@ def generator_info(config: BuildConfig) -> dict:
             "model": config.llm.model,
             "base_url": config.llm.base_url,
             "batch": config.llm.batch,
+            "response_format": config.llm.response_format,  # resolved: see resolve_llm_config
             "template_hash": combined_hash(hashes),
             "templates": hashes,
         }
@@ -190,6 +257,25 @@ def generator_info(config: BuildConfig) -> dict:
         "template_hash": generator.template_hash,
         "templates": generator.template_hashes,
     }
+
+
+LLM_LATENCY_GUESS_S = 10.0
+"""A generous request latency for sizing how many LLM shards run at once."""
+MAX_LLM_SHARDS_IN_FLIGHT = 32
+
+
+def shards_in_flight(config: BuildConfig) -> int:
+    """How many shards a build runs at once: ``workers``; for an LLM build enough more that
+    the pending requests of the shards in flight fill the limit's in-flight window (requests
+    per second times a generous latency), since the shards' threads mostly wait on the
+    shared client (``medgrit.adapters.llm.dispatch``)."""
+    if config.generator != "llm" or config.llm is None or config.llm.batch:
+        return config.workers
+    window = config.llm.max_concurrency or (
+        config.llm.requests_per_minute / 60.0 * LLM_LATENCY_GUESS_S
+    )
+    needed = -(-int(window) // config.images_per_shard) + 1
+    return max(config.workers, min(MAX_LLM_SHARDS_IN_FLIGHT, needed))
 
 
 @dataclass(frozen=True)
@@ -202,11 +288,16 @@ class ShardJob:
     config: BuildConfig
     known_batches: list[str] = field(default_factory=list)
     vocabulary: tuple[str, ...] = ()
+    llm_share: int = 1  # worker processes sharing the LLM limits (see ``make_generator``)
 
 
 def build_one_shard(job: ShardJob) -> dict:
-    """Build and write one shard; returns its manifest entry (files, row counts, stats, tokens)."""
-    generator = make_generator(job.config, job.shard, job.known_batches, job.vocabulary)
+    """Build and write one shard; returns its manifest entry (files, row counts, stats, tokens,
+    and the seconds it took, which live only in ``dataset.json``)."""
+    started = time.perf_counter()
+    generator = make_generator(
+        job.config, job.shard, job.known_batches, job.vocabulary, llm_share=job.llm_share
+    )
     rows = build_shard_rows(job.cases, job.config, generator, SHARD_IO, job.vocabulary)
     tables = rows.as_tables()
     check_stop()
@@ -219,6 +310,7 @@ def build_one_shard(job: ShardJob) -> dict:
         "files": {f.path: f.sha256 for f in written.values()},
         "stats": stats,
         "tokens": spend.as_dict() if spend else {"prompt": 0, "completion": 0},
+        "seconds": round(time.perf_counter() - started, 3),
     }
 
 
@@ -395,6 +487,10 @@ def run_build(
                 publish_summary,
             )
     finally:
+        if config.generator == "llm":
+            from medgrit.adapters.llm.dispatch import close_shared_clients
+
+            close_shared_clients()
         if not signalled():
             clear_stop()  # a stop this build asked for (a full disk, a failure) ends with it
 
@@ -408,10 +504,12 @@ def _run_locked(
     publish_summary: Callable[[str], None] | None,
 ) -> dict:
     shown = escape_name(str(out))
+    # Before the sources are scanned: an unreachable endpoint fails the build at once.
+    resolved = resolve_llm_config(config, out)
     prepared = prepare_build(config)
     plan = prepared.plan
     vocabulary = build_vocabulary([c for _, cases in plan for c in cases])
-    manifest = new_manifest(config, prepared.sources, plan, generator_info(config), vocabulary)
+    manifest = new_manifest(config, prepared.sources, plan, generator_info(resolved), vocabulary)
     resume_from(out, manifest, rebuild_if_changed)
     writer = ParquetShardWriter(out)
     for leftover in writer.remove_temporaries():
@@ -428,14 +526,15 @@ def _run_locked(
     )
     futures = {
         mapper.submit(
-            ShardJob(shard, cases, config, entries[shard].get("batches", []), vocabulary)
+            ShardJob(shard, cases, resolved, entries[shard].get("batches", []), vocabulary)
         ): shard
         for shard, cases in pending
     }
     finished = total - len(pending)
     disk_full: OSError | None = None
 
-    def record(future: ShardFuture) -> None:
+    def record(future: ShardFuture) -> str | None:
+        """Record a finished shard in memory; returns its id (None when it was stopped)."""
         nonlocal finished, disk_full
         shard = futures[future]
         outcome = _outcome(future)
@@ -456,13 +555,15 @@ def _run_locked(
             if disk_full is None and isinstance(outcome, OSError) and is_disk_full(outcome):
                 disk_full = outcome
                 request_stop()  # the shards not yet started would only fail the same way
+        return None if status == "stopped" else shard
 
     try:
         for future in mapper.as_completed(list(futures)):
-            record(future)
-            manifest["updated_at"] = now()
+            shard = record(future)
+            if shard is None:
+                continue  # stopped: it stays as it was for the resume
             try:
-                save_manifest(out, manifest)
+                write_shard_record(out, manifest, entries[shard])  # O(1), whatever the build size
             except OSError as exc:
                 if not is_disk_full(exc):
                     raise
@@ -476,14 +577,18 @@ def _run_locked(
             if entries[shard]["status"] != "done" and future.done():
                 record(future)
         try:
-            save_manifest(out, manifest)
+            compact(out, manifest)
         except OSError:
-            pass  # the last manifest written stays valid
+            pass  # the records and the last manifest written stay valid
         raise
 
     mapper.close()
     if stop_requested() and disk_full is None:
-        raise BuildInterrupted("the build was asked to stop")  # never finalise a stopped build
+        try:
+            compact(out, manifest)  # what finished, without totals: never finalise a stop
+        except OSError:
+            pass
+        raise BuildInterrupted("the build was asked to stop")
     if disk_full is not None:
         try:
             finalise(out, manifest)

@@ -28,7 +28,7 @@ from medgrit.cli.preflight import (
     take_out,
     writing,
 )
-from medgrit.cli.running import build_replacing, report, run_flow, summary_text
+from medgrit.cli.running import build_replacing, report, run_flow, shard_runner, summary_text
 from medgrit.core.fsnames import escape_name
 from medgrit.schemas.config import BuildConfig
 from medgrit.schemas.sources import kinds_help
@@ -93,8 +93,30 @@ def build(
         ),
     ] = None,
     test_fraction: Annotated[float, typer.Option(help="Share of cases held out as test.")] = 0.11,
-    cases_per_shard: Annotated[int, typer.Option(help="Cases per shard.")] = 4,
-    workers: Annotated[int, typer.Option(help="Shards built at once.")] = 2,
+    images_per_shard: Annotated[
+        int,
+        typer.Option(help="Target images per shard; cases are packed up to it, never split."),
+    ] = 200,
+    cases_per_shard: Annotated[
+        int | None, typer.Option(help="At most this many cases per shard (default: no cap).")
+    ] = None,
+    workers: Annotated[
+        int, typer.Option(help="Shards built at once (--runner dask: local worker processes).")
+    ] = 2,
+    runner: Annotated[
+        str,
+        typer.Option(
+            help="threads (in this process) or dask (worker processes: a local cluster of "
+            "--workers, or the cluster at --dask-address)."
+        ),
+    ] = "threads",
+    dask_address: Annotated[
+        str | None,
+        typer.Option(
+            help="Scheduler of an existing Dask cluster, tcp://HOST:PORT (with --runner dask); "
+            "OUT and the sources must be at the same path on every worker."
+        ),
+    ] = None,
     overwrite: Annotated[
         bool, typer.Option(help="Replace an existing medgrit dataset in --out.")
     ] = False,
@@ -114,16 +136,23 @@ def build(
     llm_max_tokens: Annotated[int, typer.Option(help="Max completion tokens.")] = 1024,
     llm_rpm: Annotated[int, typer.Option(help="Requests per minute allowed.")] = 500,
     llm_tpm: Annotated[int, typer.Option(help="Tokens per minute allowed.")] = 200_000,
-    llm_concurrency: Annotated[int, typer.Option(help="Requests in flight at most.")] = 32,
+    llm_concurrency: Annotated[
+        int | None,
+        typer.Option(
+            help="Requests in flight at most (default: the limit times the observed latency)."
+        ),
+    ] = None,
     llm_price_input: Annotated[float, typer.Option(help="USD per 1M prompt tokens.")] = 0.0,
     llm_price_output: Annotated[float, typer.Option(help="USD per 1M completion tokens.")] = 0.0,
     llm_response_format: Annotated[
         str,
         typer.Option(
-            help="json_schema, json_object, json_object_schema (json_object with a schema "
-            "field: llama.cpp's Python server) or none (what the server supports)."
+            help="How the endpoint is asked for JSON: auto (ask it: the first of json_schema, "
+            "json_object_schema, json_object, none it accepts), json_schema, json_object_schema "
+            "(json_object with a schema field: llama-cpp-python's server), json_object or none "
+            "(the prompt only)."
         ),
-    ] = "json_schema",
+    ] = "auto",
     llm_retry_invalid: Annotated[
         int, typer.Option(help="Ask again with the error fed back, this many times.")
     ] = 1,
@@ -151,8 +180,11 @@ def build(
         "modality": modality,
         "key_file": str(key_file.expanduser().absolute()) if key_file else None,
         "test_fraction": test_fraction,
+        "images_per_shard": images_per_shard,
         "cases_per_shard": cases_per_shard,
         "workers": workers,
+        "runner": runner,
+        "dask_address": dask_address,
     }
     if ct_window is not None:
         fields["ct_window"] = _pair(ct_window, "--ct-window")
@@ -183,39 +215,69 @@ def build(
         _config_error(exc)
     opened = open_checked(config, out)
     replace = check_out(out, [Path(s.root) for s in opened], overwrite)
-    if replace:
-        build_replacing(config, out)
-        return
     with ExitStack() as stack:
+        task_runner = stack.enter_context(shard_runner(config, [s.root for s in opened]))
+        if replace:
+            build_replacing(config, out, task_runner)
+            return
         take_out(out, stack, "build")
         if holds_more_than_locks(out):
             fail(
                 f"--out {shown(out)} was filled by another process meanwhile; choose another folder"
             )
         create_key(config)
-        report(out, run_flow(config))
+        report(out, run_flow(config, task_runner=task_runner))
 
 
 @app.command()
 def resume(
     out: Annotated[Path, typer.Argument(help="Dataset directory of an interrupted build.")],
+    runner: Annotated[
+        str | None, typer.Option(help="threads or dask (default: as the build ran).")
+    ] = None,
+    dask_address: Annotated[
+        str | None,
+        typer.Option(
+            help="Scheduler of an existing Dask cluster, tcp://HOST:PORT (default: as the "
+            "build ran, unless --runner is given)."
+        ),
+    ] = None,
+    workers: Annotated[
+        int | None, typer.Option(help="Shards built at once (default: as the build ran).")
+    ] = None,
 ) -> None:
-    """Finish an interrupted or failed build: only shards not yet done are built."""
-    from medgrit.adapters.store.manifest import ManifestError, read_manifest
+    """Finish an interrupted or failed build: only shards not yet done are built.
+
+    It runs as the build ran (threads or Dask, the same workers) unless told otherwise; how
+    shards run never changes what they hold.
+    """
+    from medgrit.adapters.store.bookkeeping import read_dataset
+    from medgrit.adapters.store.manifest import ManifestError
 
     try:
-        manifest = read_manifest(out)
+        manifest = read_dataset(out)
     except ManifestError as exc:
         fail(str(exc))
     try:
         config = BuildConfig(**{**manifest["config"], "out": str(out)})
     except (ValidationError, KeyError, TypeError):
         fail(f"{shown(out)}/dataset.json holds no valid build config")
-    open_checked(config, out)
+    how: dict = {} if workers is None else {"workers": workers}
+    if runner is not None:  # a runner given anew: a local cluster unless an address is too
+        how.update(runner=runner, dask_address=dask_address)
+    elif dask_address is not None:
+        how["dask_address"] = dask_address
+    if how:
+        try:
+            config = BuildConfig(**{**manifest["config"], "out": str(out), **how})
+        except ValidationError as exc:
+            _config_error(exc)
+    opened = open_checked(config, out)
     with ExitStack() as stack:
+        task_runner = stack.enter_context(shard_runner(config, [s.root for s in opened]))
         take_out(out, stack, "resume")
         create_key(config)
-        report(out, run_flow(config))
+        report(out, run_flow(config, task_runner=task_runner))
 
 
 @app.command()
@@ -224,10 +286,11 @@ def status(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """Show how far a build got: shards done, pending and failed, and the totals."""
-    from medgrit.adapters.store.manifest import ManifestError, read_manifest
+    from medgrit.adapters.store.bookkeeping import read_dataset
+    from medgrit.adapters.store.manifest import ManifestError
 
     try:
-        manifest = read_manifest(out)
+        manifest = read_dataset(out)
     except ManifestError as exc:
         fail(str(exc))
     shards = manifest.get("shards", [])

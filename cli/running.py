@@ -5,8 +5,10 @@ the summary, and ``--overwrite`` (a build into a staging folder swapped in when 
 from __future__ import annotations
 
 import os
-from contextlib import ExitStack
+from collections.abc import Iterator, Sequence
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 
@@ -14,27 +16,58 @@ from medgrit.cli.messages import fail, reason_of, shown
 from medgrit.cli.preflight import create_key, take_out
 from medgrit.schemas.config import BuildConfig
 
+if TYPE_CHECKING:
+    from prefect.task_runners import TaskRunner
 
-def run_flow(config: BuildConfig, fresh: bool = False) -> dict:
+
+@contextmanager
+def shard_runner(config: BuildConfig, source_roots: Sequence[str]) -> Iterator[TaskRunner | None]:
+    """The task runner of ``--runner``: None for threads (``run_flow``'s pool), else a Dask
+    runner whose cluster was checked first (``medgrit.flows.runners``); what a user must fix
+    there is one line and exit code 2, before anything is written."""
+    if config.runner != "dask":
+        yield None
+        return
+    from medgrit.flows.runners import RunnerUnavailable, dask_runner
+
+    try:
+        with dask_runner(config, source_roots) as runner:
+            yield runner
+    except RunnerUnavailable as exc:
+        fail(str(exc))
+
+
+def run_flow(
+    config: BuildConfig, fresh: bool = False, task_runner: TaskRunner | None = None
+) -> dict:
     """Run the build flow; the failures a user can act on end in one line.
 
     ``fresh``: the folder is medgrit's staging folder, rebuilt from scratch when it holds
-    another build (else a changed plan is a user error)."""
+    another build (else a changed plan is a user error). ``task_runner``: from
+    :func:`shard_runner` (default: a thread pool)."""
     from prefect.task_runners import ThreadPoolTaskRunner
 
+    from medgrit.adapters.build import shards_in_flight
+    from medgrit.adapters.llm.formats import LLMEndpointError
     from medgrit.adapters.runtime.interrupt import signalled
     from medgrit.adapters.store.dataset_dir import DatasetBusy
     from medgrit.core.failures import StopRequested, is_disk_full
     from medgrit.flows.build import BuildFailed, DatasetMismatch, build_dataset
 
     out = Path(config.out)
-    # LLM shards share one provider limit: run them one at a time, each saturating it.
-    workers = 1 if config.generator == "llm" else config.workers
-    flow = build_dataset.with_options(task_runner=ThreadPoolTaskRunner(max_workers=workers))
+    # LLM shards share one limiter and in-flight window (medgrit.adapters.llm.dispatch): more
+    # shards run at once than there are cores, so enough requests are pending to fill it.
+    workers = shards_in_flight(config)
+    if task_runner is not None:  # workers elsewhere: their working folder is not ours
+        config = config.model_copy(update={"out": str(out.absolute())})
+    task_runner = task_runner or ThreadPoolTaskRunner(max_workers=workers)
+    flow = build_dataset.with_options(task_runner=task_runner)
     try:
         return flow(config=config, rebuild_if_changed=fresh)
     except DatasetMismatch as exc:
         fail(str(exc))
+    except LLMEndpointError as exc:
+        fail(str(exc), code=1)
     except BuildFailed as exc:
         typer.echo(summary_text(out))
         fail(str(exc), code=1)
@@ -86,10 +119,10 @@ def report(out: Path, manifest: dict) -> None:
 
 
 def summary_text(out: Path) -> str:
-    from medgrit.adapters.store.manifest import read_manifest
+    from medgrit.adapters.store.bookkeeping import read_dataset
     from medgrit.core.summary import render_summary
 
-    manifest = read_manifest(out)
+    manifest = read_dataset(out)
     totals = manifest.get("totals") or {
         "rows": {},
         "images_by_modality": {},
@@ -106,7 +139,7 @@ def summary_text(out: Path) -> str:
     )
 
 
-def build_replacing(config: BuildConfig, out: Path) -> None:
+def build_replacing(config: BuildConfig, out: Path, task_runner: TaskRunner | None = None) -> None:
     """--overwrite: build beside ``out`` and swap the new dataset in once it is complete."""
     from medgrit.adapters.runtime.interrupt import signalled
     from medgrit.adapters.store.dataset_dir import foreign_entries, prepare_staging, swap_in
@@ -126,7 +159,7 @@ def build_replacing(config: BuildConfig, out: Path) -> None:
         _share_llm_cache(out, staging)
         create_key(config)
         try:
-            manifest = run_flow(config.model_copy(update={"out": str(staging)}), fresh=True)
+            manifest = run_flow(config.model_copy(update={"out": str(staging)}), True, task_runner)
         except typer.Exit as exc:
             if exc.exit_code == 1:
                 typer.echo(

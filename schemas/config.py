@@ -5,6 +5,7 @@ A pydantic model: Prefect validates it as a flow parameter and draws its form in
 
 from __future__ import annotations
 
+import re
 from typing import Literal
 
 from pydantic import (
@@ -19,7 +20,11 @@ from pydantic import (
 from medgrit.core.fsnames import from_portable, to_portable
 from medgrit.schemas.sources import KIND_NAMES
 
+_DASK_ADDRESS = re.compile(r"(tcp|tls)://(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._-]+):(?P<port>[0-9]{1,5})")
+
 Modality = Literal["ct", "mr", "xray", "pet", "endoscopy", "dermoscopy", "fundus", "ultrasound"]
+# Structured-output modes (medgrit.adapters.llm.formats); auto: the first the endpoint accepts.
+ResponseFormat = Literal["auto", "json_schema", "json_object_schema", "json_object", "none"]
 
 
 class LLMConfig(BaseModel):
@@ -39,14 +44,21 @@ class LLMConfig(BaseModel):
     max_tokens: int = Field(1024, ge=64)
     requests_per_minute: int = Field(500, ge=1)
     tokens_per_minute: int = Field(200_000, ge=100)
-    max_concurrency: int = Field(32, ge=1)
+    max_concurrency: int | None = Field(
+        None,
+        ge=1,
+        description="Requests in flight at most (default: sized from the limit and the "
+        "observed latency, by Little's law).",
+    )
     timeout_s: float = Field(60.0, gt=0)
     price_input_per_million: float = Field(0.0, ge=0.0, description="USD per 1M prompt tokens.")
     price_output_per_million: float = Field(
         0.0, ge=0.0, description="USD per 1M completion tokens."
     )
-    response_format: Literal["json_schema", "json_object", "json_object_schema", "none"] = (
-        "json_schema"
+    response_format: ResponseFormat = Field(
+        "auto",
+        description="How the endpoint is asked for JSON; auto tries json_schema, "
+        "json_object_schema, json_object, then none, and keeps the first it accepts.",
     )
     retry_invalid: int = Field(
         1, ge=0, le=3, description="Retries of an invalid answer, with the error fed back."
@@ -89,7 +101,15 @@ class BuildConfig(BaseModel):
     )
     test_fraction: float = Field(0.11, ge=0.0, lt=1.0, description="Share of cases held out.")
     split_seed: int = Field(0, description="Seed of the case-level train/test split.")
-    cases_per_shard: int = Field(4, ge=1, description="Cases per shard (one Prefect task each).")
+    images_per_shard: int = Field(
+        200,
+        ge=1,
+        description="Target images per shard (one Prefect task each); cases are packed "
+        "together up to it and never split.",
+    )
+    cases_per_shard: int | None = Field(
+        None, ge=1, description="At most this many cases per shard (default: no cap)."
+    )
     max_region_turns: int = Field(3, ge=0, description="Region-level turns per conversation.")
     modality: Modality | None = Field(
         None, description="Modality of every source, when its metadata does not tell."
@@ -104,6 +124,16 @@ class BuildConfig(BaseModel):
     )
     llm: LLMConfig | None = Field(None, description="Settings of --generator llm.")
     workers: int = Field(2, ge=1, description="Shards processed at once.")
+    runner: Literal["threads", "dask"] = Field(
+        "threads",
+        description="How shards run: threads in this process, or Dask worker processes "
+        "(a local cluster of `workers` processes, or the cluster at `dask_address`).",
+    )
+    dask_address: str | None = Field(
+        None,
+        description="Scheduler of an existing Dask cluster, tcp://HOST:PORT or tls://HOST:PORT "
+        "(runner dask; default: a local cluster).",
+    )
 
     @field_validator("sources", "out", "key_file", mode="before")
     @classmethod
@@ -141,6 +171,24 @@ class BuildConfig(BaseModel):
             if kind != "demo" and (":" not in spec or not spec.split(":", 1)[1]):
                 raise ValueError(f"source {spec!r} needs a path: {kind}:PATH")
         return value
+
+    @field_validator("dask_address")
+    @classmethod
+    def _check_dask_address(cls, value: str | None) -> str | None:
+        # What a Dask client in another process can reach: tcp or tls, with an explicit port.
+        found = None if value is None else _DASK_ADDRESS.fullmatch(value)
+        if value is not None and (found is None or not 0 < int(found["port"]) < 65536):
+            raise ValueError(
+                f"{value!r} is not a Dask scheduler address; give tcp://HOST:PORT "
+                "(or tls://HOST:PORT), e.g. tcp://10.0.0.5:8786"
+            )
+        return value
+
+    @model_validator(mode="after")
+    def _check_runner(self) -> BuildConfig:
+        if self.dask_address is not None and self.runner != "dask":
+            raise ValueError("--dask-address needs --runner dask")
+        return self
 
     @model_validator(mode="after")
     def _check_generator(self) -> BuildConfig:
