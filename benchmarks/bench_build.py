@@ -53,13 +53,15 @@ def _build(release: Path, out: Path, env: dict[str, str], extra: list[str]) -> d
     exe = shutil.which("medgrit") or "medgrit"
     cmd = [exe, "build", f"samed2d:{release}", "--out", str(out), *extra]
     started = time.perf_counter()
+    log = tempfile.TemporaryFile()  # a pipe would fill up and block the build's logging
     proc = subprocess.Popen(
-        cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL
+        cmd, env=env, stdout=subprocess.DEVNULL, stderr=log, stdin=subprocess.DEVNULL
     )
-    assert proc.stderr is not None
     _, status, usage = os.wait4(proc.pid, 0)
     wall = time.perf_counter() - started
-    stderr = proc.stderr.read().decode(errors="replace")
+    log.seek(0)
+    stderr = log.read().decode(errors="replace")
+    log.close()
     if os.waitstatus_to_exitcode(status) != 0:
         raise SystemExit(f"build failed: {' '.join(cmd)}\n{stderr[-3000:]}")
     manifest = json.loads((out / "dataset.json").read_text())

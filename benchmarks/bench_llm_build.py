@@ -50,17 +50,14 @@ API_KEY = "sk-bench-not-a-secret"
 def _run(cmd: list[str], env: dict[str, str]) -> tuple[float, float]:
     """Run a build; returns (wall seconds, CPU seconds of the build process and its children)."""
     started = time.perf_counter()
+    log = tempfile.TemporaryFile()  # a pipe would fill up and block the build's logging
     proc = subprocess.Popen(
-        cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL
+        cmd, env=env, stdout=subprocess.DEVNULL, stderr=log, stdin=subprocess.DEVNULL
     )
-    assert proc.stderr is not None
-    errors: list[bytes] = []
-    reader = threading.Thread(target=lambda: errors.append(proc.stderr.read()), daemon=True)
-    reader.start()
     _, status, usage = os.wait4(proc.pid, 0)
-    reader.join()
     if os.waitstatus_to_exitcode(status) != 0:
-        tail = b"".join(errors).decode(errors="replace")[-3000:]
+        log.seek(0)
+        tail = log.read().decode(errors="replace")[-3000:]
         raise SystemExit(f"build failed: {' '.join(cmd)}\n{tail}")
     return time.perf_counter() - started, usage.ru_utime + usage.ru_stime
 
