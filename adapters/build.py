@@ -50,6 +50,7 @@ from medgrit.adapters.store.parquet import ParquetShardWriter
 from medgrit.adapters.store.png import encode_png
 from medgrit.adapters.synthetic.demo import default_demo_dir
 from medgrit.adapters.text.templates import TemplateGenerator, combined_hash, template_hashes
+from medgrit.core.cases import Case
 from medgrit.core.failures import is_disk_full
 from medgrit.core.fsnames import escape_name
 from medgrit.core.generation import Generator
@@ -60,7 +61,7 @@ from medgrit.core.pipeline import (
     build_vocabulary,
     count_case_images,
 )
-from medgrit.core.sharding import plan_build
+from medgrit.core.sharding import extend_plan, plan_build
 from medgrit.core.summary import shard_stats
 from medgrit.schemas.config import BuildConfig, LLMConfig
 
@@ -113,25 +114,75 @@ def _open(config: BuildConfig, key: bytes) -> list[Source]:
 
 @dataclass(frozen=True)
 class PreparedBuild:
-    """A build ready to run: its sources opened and its shards planned."""
+    """A build ready to run: its sources opened and its shards planned.
+
+    ``generations``: each shard's plan generation (0 unless the plan extends a dataset whose
+    sources gained cases: ``medgrit.core.sharding.extend_plan``); ``new_cases``: the cases such
+    an extension added.
+    """
 
     sources: list[Source]
     plan: list[tuple[str, list[CaseTask]]]
+    generations: dict[str, int] = field(default_factory=dict)
+    new_cases: int = 0
+
+    def vocabularies(self) -> dict[int, tuple[str, ...]]:
+        """The label vocabulary of each generation: the names of the cases planned up to it
+        (what the shards of that generation were, or will be, read with)."""
+        by_generation: dict[int, list[CaseTask]] = {}
+        for shard, cases in self.plan:
+            by_generation.setdefault(self.generations.get(shard, 0), []).extend(cases)
+        out: dict[int, tuple[str, ...]] = {}
+        seen: list[CaseTask] = []
+        for generation in sorted(by_generation):
+            seen += by_generation[generation]
+            out[generation] = build_vocabulary(seen)
+        return out or {0: ()}
 
 
-def prepare_build(config: BuildConfig) -> PreparedBuild:
-    """Open the sources (or take those the checks just opened) and plan the shards."""
+def prepare_build(config: BuildConfig, previous: dict | None = None) -> PreparedBuild:
+    """Open the sources (or take those the checks just opened) and plan the shards.
+
+    ``previous``: the manifest of the same build settings already in OUT; its plan is kept
+    and the cases its sources gained since are planned as new shards after it (when it cannot
+    be kept, because cases it holds are gone, the plan is drawn afresh and the resume refuses
+    it).
+    """
     key = build_key(config)
     sources = _build_sources(config, key)
     cases = [case for source in sources for case in source.cases]
-    plan = plan_build(
-        cases,
-        config,
-        key,
-        lambda c: count_case_images(c, config, load_case),
-        lambda c: estimate_images(c, config.plane, config.slice_stride, config.max_slices_per_case),
-    )
-    return PreparedBuild(sources, plan)
+
+    def count(case: Case) -> int:
+        return count_case_images(case, config, load_case)
+
+    def estimate(case: Case) -> int:
+        return estimate_images(case, config.plane, config.slice_stride, config.max_slices_per_case)
+
+    if previous is not None:
+        extended = extend_plan(previous.get("shards") or [], cases, config, key, count, estimate)
+        if extended is not None:
+            return PreparedBuild(sources, extended.plan, extended.generations, extended.new_cases)
+    return PreparedBuild(sources, plan_build(cases, config, key, count, estimate))
+
+
+def previous_build(out: Path, config: BuildConfig) -> dict | None:
+    """The state of the build in ``out`` when it was made with the content settings of
+    ``config`` (None: no build there, an unreadable one, or other settings; the resume then
+    says why)."""
+    from medgrit.adapters.store.bookkeeping import content_config, read_dataset
+    from medgrit.adapters.store.manifest import MANIFEST, ManifestError
+
+    if not (out / MANIFEST).is_file():
+        return None
+    try:
+        previous = read_dataset(out)
+    except ManifestError:
+        return None
+    if content_config(previous.get("config") or {}) != content_config(
+        config.model_dump(mode="json")
+    ):
+        return None
+    return previous
 
 
 # -- one shard -------------------------------------------------------------------------------
@@ -433,6 +484,10 @@ class ThreadMapper:
             self._pool = None
 
 
+ProgressHook = Callable[[dict, "str | None"], None]
+"""``on_progress(manifest, shard)`` of :func:`run_build`."""
+
+
 def _outcome(future: ShardFuture) -> dict | BaseException:
     try:
         return future.result()
@@ -449,6 +504,8 @@ def run_build(
     rebuild_if_changed: bool = False,
     logger: logging.Logger | logging.LoggerAdapter | None = None,
     publish_summary: Callable[[str], None] | None = None,
+    on_progress: ProgressHook | None = None,
+    append: bool = True,
 ) -> dict:
     """Build (or resume) a Med-GRIT-style dataset directory from segmentation sources.
 
@@ -460,6 +517,13 @@ def run_build(
             ``DatasetMismatch``, so finished shards are never thrown away.
         logger: where progress goes (default: the ``medgrit.build`` logger).
         publish_summary: called with the summary of a build that finished.
+        on_progress: called with the manifest (its shard entries as far as recorded) and
+            None once the plan is known, then with the id of each shard recorded done or
+            failed; what it raises is logged, never the build's end.
+        append: when OUT holds a build of the same settings whose sources gained cases since,
+            plan the new cases as new shards after its own (its shards are kept as they are);
+            False (a resume): OUT's plan is finished as it is, and sources that changed are
+            ``DatasetMismatch``.
 
     Returns:
         The final manifest (also written to ``OUT/dataset.json``).
@@ -485,6 +549,8 @@ def run_build(
                 rebuild_if_changed,
                 logger or logging.getLogger("medgrit.build"),
                 publish_summary,
+                on_progress,
+                append,
             )
     finally:
         if config.generator == "llm":
@@ -502,15 +568,41 @@ def _run_locked(
     rebuild_if_changed: bool,
     logger: logging.Logger | logging.LoggerAdapter,
     publish_summary: Callable[[str], None] | None,
+    on_progress: ProgressHook | None = None,
+    append: bool = True,
 ) -> dict:
     shown = escape_name(str(out))
+
+    def progress(shard: str | None) -> None:
+        if on_progress is None:
+            return
+        try:
+            on_progress(manifest, shard)
+        except Exception as exc:  # noqa: BLE001 - a dashboard's trouble never ends a build
+            logger.warning("progress not published: %s", escape_name(str(exc))[:200])
+
     # Before the sources are scanned: an unreachable endpoint fails the build at once.
     resolved = resolve_llm_config(config, out)
-    prepared = prepare_build(config)
+    previous = None if rebuild_if_changed or not append else previous_build(out, config)
+    prepared = prepare_build(config, previous)
     plan = prepared.plan
-    vocabulary = build_vocabulary([c for _, cases in plan for c in cases])
-    manifest = new_manifest(config, prepared.sources, plan, generator_info(resolved), vocabulary)
-    resume_from(out, manifest, rebuild_if_changed)
+    vocabularies = prepared.vocabularies()
+    manifest = new_manifest(
+        config,
+        prepared.sources,
+        plan,
+        generator_info(resolved),
+        vocabularies[0],
+        {s: (g, vocabularies[g]) for s, g in prepared.generations.items() if g},
+    )
+    resume_from(out, manifest, rebuild_if_changed, extends=previous is not None)
+    if prepared.new_cases:
+        added = sum(1 for s, _ in plan if prepared.generations.get(s) == max(vocabularies))
+        logger.info(
+            "the sources gained %d cases since the dataset was built: %d new shards",
+            prepared.new_cases,
+            added,
+        )
     writer = ParquetShardWriter(out)
     for leftover in writer.remove_temporaries():
         logger.info("removed %s left by an interrupted run", escape_name(leftover))
@@ -526,12 +618,19 @@ def _run_locked(
     )
     futures = {
         mapper.submit(
-            ShardJob(shard, cases, resolved, entries[shard].get("batches", []), vocabulary)
+            ShardJob(
+                shard,
+                cases,
+                resolved,
+                entries[shard].get("batches", []),
+                vocabularies[prepared.generations.get(shard, 0)],
+            )
         ): shard
         for shard, cases in pending
     }
     finished = total - len(pending)
     disk_full: OSError | None = None
+    progress(None)
 
     def record(future: ShardFuture) -> str | None:
         """Record a finished shard in memory; returns its id (None when it was stopped)."""
@@ -542,13 +641,16 @@ def _run_locked(
         if status == "done":
             finished += 1
             rows = entries[shard]["rows"]
+            qa = entries[shard].get("stats", {}).get("qa_by_modality_task", {})
             logger.info(
-                "shard %s done (%d/%d): %d images, %d rejects",
+                "shard %s done (%d/%d): %d images, %d QA pairs, %d rejects in %.1f s",
                 shard,
                 finished,
                 total,
                 rows["images"],
+                sum(n for per in qa.values() for n in per.values()),
                 rows["rejects"],
+                entries[shard].get("seconds", 0.0),
             )
         elif status == "failed":
             logger.error("shard %s failed: %s", shard, entries[shard]["error"])
@@ -569,6 +671,7 @@ def _run_locked(
                     raise
                 disk_full = disk_full or exc  # keep collecting: running shards finish or fail
                 request_stop()
+            progress(shard)
     except BaseException:
         # Stopped (a signal) or broken: keep what finished, so a resume does not redo it.
         request_stop()

@@ -121,10 +121,9 @@ def check_out(out: Path, source_roots: list[Path], overwrite: bool) -> bool:
     if not is_medgrit_dataset(out):
         fail(f"--out {shown(out)} is not empty and holds no medgrit dataset; choose another folder")
     if not overwrite:
-        fail(
-            f"--out {shown(out)} already holds a dataset: use `medgrit resume {shown(out)}`, "
-            "or --overwrite to replace it"
-        )
+        # Built again with the same settings: finished shards are kept and the cases the
+        # sources gained are added; other settings are refused by the build itself.
+        return False
     foreign = foreign_entries(out)
     if foreign:
         listed = ", ".join(foreign[:3]) + (

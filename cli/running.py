@@ -38,13 +38,18 @@ def shard_runner(config: BuildConfig, source_roots: Sequence[str]) -> Iterator[T
 
 
 def run_flow(
-    config: BuildConfig, fresh: bool = False, task_runner: TaskRunner | None = None
+    config: BuildConfig,
+    fresh: bool = False,
+    task_runner: TaskRunner | None = None,
+    add_new_cases: bool = True,
 ) -> dict:
     """Run the build flow; the failures a user can act on end in one line.
 
     ``fresh``: the folder is medgrit's staging folder, rebuilt from scratch when it holds
     another build (else a changed plan is a user error). ``task_runner``: from
-    :func:`shard_runner` (default: a thread pool)."""
+    :func:`shard_runner` (default: a thread pool). ``add_new_cases``: a build (True) adds the
+    cases its sources gained to a dataset of the same settings; a resume (False) finishes only
+    what was planned."""
     from prefect.task_runners import ThreadPoolTaskRunner
 
     from medgrit.adapters.build import shards_in_flight
@@ -63,7 +68,7 @@ def run_flow(
     task_runner = task_runner or ThreadPoolTaskRunner(max_workers=workers)
     flow = build_dataset.with_options(task_runner=task_runner)
     try:
-        return flow(config=config, rebuild_if_changed=fresh)
+        return flow(config=config, rebuild_if_changed=fresh, add_new_cases=add_new_cases)
     except DatasetMismatch as exc:
         fail(str(exc))
     except LLMEndpointError as exc:

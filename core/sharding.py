@@ -2,13 +2,21 @@
 
 Everything here depends only on the ordered case list and the config, never on run order, so a
 rerun or a resume draws the same plan.
+
+A dataset whose sources gained cases since it was built is extended, never rewritten
+(:func:`extend_plan`): its shards keep their ids, cases, splits and quotas; the new cases form
+new shards after them, one more *generation* of the plan (the first build is generation 0).
+New cases of a patient already in the dataset take that patient's split; new patients are split
+so that each dataset's share of test patients stays near ``test_fraction``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
 
 from medgrit.core.cases import Case
+from medgrit.core.fsnames import escape_name
 from medgrit.core.ids import pseudonymise_case, unit_hash
 from medgrit.core.shard_rows import CaseTask
 from medgrit.schemas.config import BuildConfig
@@ -66,6 +74,31 @@ def assign_splits(
         test_fraction: share of cases held out, in [0, 1).
         seed: split seed.
     """
+    return assign_new_splits(case_ids, groups, {}, test_fraction, seed)
+
+
+def _test_target(n: int, test_fraction: float) -> int:
+    """Test members of a group of ``n``: the fraction rounded, at least one from two members on,
+    never all of them."""
+    if n < 2 or test_fraction == 0.0:
+        return 0
+    return min(max(1, round(n * test_fraction)), n - 1)
+
+
+def assign_new_splits(
+    case_ids: Sequence[str],
+    groups: Sequence[str],
+    kept: Mapping[str, Sequence[str]],
+    test_fraction: float,
+    seed: int = 0,
+) -> list[str]:
+    """``train`` or ``test`` for new members of groups that may already hold members whose
+    split is fixed (``kept``: per group, the splits of its members already placed).
+
+    Each group's test members, kept and new, come to its target (see :func:`assign_splits`)
+    where the kept ones allow it; the new members ranked first by a keyed hash of their id fill
+    what is missing. With nothing kept this is :func:`assign_splits`.
+    """
     if not 0.0 <= test_fraction < 1.0:
         raise ValueError("test_fraction must be in [0, 1)")
     if len(case_ids) != len(groups):
@@ -74,11 +107,13 @@ def assign_splits(
     for i, g in enumerate(groups):
         members.setdefault(g, []).append(i)
     out = ["train"] * len(case_ids)
-    for idx in members.values():
-        n = len(idx)
-        if n < 2 or test_fraction == 0.0:
-            continue
-        k = min(max(1, round(n * test_fraction)), n - 1)
+    for group, idx in members.items():
+        before = list(kept.get(group, ()))
+        n = len(idx) + len(before)
+        k = _test_target(n, test_fraction) - before.count("test")
+        k = max(0, min(k, len(idx)))
+        if before.count("test") + k == n and n > 1:  # never all of a group
+            k -= 1
         ranked = sorted(idx, key=lambda i: (unit_hash("split", seed, case_ids[i]), case_ids[i]))
         for i in ranked[:k]:
             out[i] = "test"
@@ -175,3 +210,115 @@ def plan_build(
     ]
     ranges = plan_shards(work, config.images_per_shard, config.cases_per_shard)
     return [(shard_name(i), tasks[start:stop]) for i, (start, stop) in enumerate(ranges)]
+
+
+@dataclass(frozen=True)
+class ExtendedPlan:
+    """A recorded plan with the shards of the cases new since it was made.
+
+    ``generations``: the plan generation of each shard id (0: the first build; each extension
+    that added cases is one more).
+    """
+
+    plan: list[tuple[str, list[CaseTask]]]
+    generations: dict[str, int]
+    new_cases: int
+
+
+def case_identity(source: str, case: str, case_id: str) -> tuple[str, str, str]:
+    """How a recorded plan names a case: its source spec and name (escaped) and its id."""
+    return (escape_name(source), escape_name(case), case_id)
+
+
+def extend_plan(
+    recorded: Sequence[Mapping],
+    cases: Sequence[Case],
+    config: BuildConfig,
+    key: bytes,
+    count_images: Callable[[Case], int],
+    estimate_images: Callable[[Case], int] | None = None,
+) -> ExtendedPlan | None:
+    """The recorded plan of a dataset, with new shards for the cases its sources gained.
+
+    The recorded shards stay as they are (ids, cases in order, splits, quotas). Cases not in
+    them are planned as :func:`plan_build` plans cases, into shards numbered after the last
+    recorded one: a new case of a patient already in the dataset takes that patient's split;
+    new patients are split by :func:`assign_new_splits`; under ``max_images`` the new cases
+    share what the recorded quotas left of it.
+
+    Args:
+        recorded: the shard entries of the dataset's manifest, in order (``id``, ``cases``
+            with ``source``, ``case``, ``case_id``, ``split``, ``quota``; ``generation``).
+        cases: every case of the build's sources now, in source order.
+        config, key, count_images, estimate_images: as for :func:`plan_build`.
+
+    Returns:
+        The extended plan, or None when a recorded case is no longer among ``cases`` (the
+        dataset cannot be extended: its sources lost cases) or the record is not a plan.
+    """
+    case_ids = [pseudonymise_case(c.dataset, c.case, key) for c in cases]
+    patient_ids = [pseudonymise_case(c.dataset, c.patient or c.case, key) for c in cases]
+    by_identity = {
+        case_identity(c.source, c.case, cid): i
+        for i, (c, cid) in enumerate(zip(cases, case_ids, strict=True))
+    }
+    plan: list[tuple[str, list[CaseTask]]] = []
+    generations: dict[str, int] = {}
+    placed: set[int] = set()
+    patient_split: dict[tuple[str, str], str] = {}
+    spent = 0
+    try:
+        for shard in recorded:
+            tasks = []
+            for entry in shard["cases"]:
+                i = by_identity.get(case_identity(entry["source"], entry["case"], entry["case_id"]))
+                if i is None or i in placed or entry["split"] not in ("train", "test"):
+                    return None
+                placed.add(i)
+                quota = entry.get("quota")
+                spent += int(quota or 0)
+                tasks.append(CaseTask(cases[i], case_ids[i], entry["split"], quota))
+                patient_split[(cases[i].dataset, patient_ids[i])] = entry["split"]
+            shard_id = str(shard["id"])
+            plan.append((shard_id, tasks))
+            generations[shard_id] = int(shard.get("generation") or 0)
+    except (KeyError, TypeError, ValueError):
+        return None
+    new = [i for i in range(len(cases)) if i not in placed]
+    if not new:
+        return ExtendedPlan(plan, generations, 0)
+
+    fresh = sorted({(cases[i].dataset, patient_ids[i]) for i in new} - set(patient_split))
+    kept: dict[str, list[str]] = {}
+    for (dataset, _), split in patient_split.items():
+        kept.setdefault(dataset, []).append(split)
+    splits = assign_new_splits(
+        [p for _, p in fresh], [d for d, _ in fresh], kept, config.test_fraction, config.split_seed
+    )
+    patient_split.update(zip(fresh, splits, strict=True))
+
+    quotas: list[int | None] = [None] * len(new)
+    if config.max_images is not None:
+        left = max(0, config.max_images - spent)
+        taken = allocate_images((count_images(cases[i]) for i in new), len(new), left)
+        quotas = [*taken, *([0] * (len(new) - len(taken)))]
+    tasks = [
+        CaseTask(cases[i], case_ids[i], patient_split[(cases[i].dataset, patient_ids[i])], quota)
+        for i, quota in zip(new, quotas, strict=True)
+        if quota != 0
+    ]
+    if not tasks:
+        return ExtendedPlan(plan, generations, 0)
+    work = [
+        t.quota if t.quota is not None else (estimate_images(t.ref) if estimate_images else 1)
+        for t in tasks
+    ]
+    first = 1 + max((int(shard_id) for shard_id, _ in plan), default=-1)
+    generation = 1 + max(generations.values(), default=-1)
+    for n, (start, stop) in enumerate(
+        plan_shards(work, config.images_per_shard, config.cases_per_shard)
+    ):
+        shard_id = shard_name(first + n)
+        plan.append((shard_id, tasks[start:stop]))
+        generations[shard_id] = generation
+    return ExtendedPlan(plan, generations, len(tasks))

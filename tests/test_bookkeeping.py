@@ -95,7 +95,7 @@ def test_a_crash_between_records_and_compaction_resumes_to_the_same_dataset(
     assert [s["status"] for s in state["shards"]][:3] == ["done"] * 3
 
     status = run_cli("status", str(out), "--json", env=cli_env)
-    assert json.loads(status.stdout)["shards"]["done"] == 3, status.stderr
+    assert json.loads(status.stdout)["counts"]["done"] == 3, status.stderr
 
     resumed: list[str] = []
 
@@ -163,7 +163,7 @@ def test_kill_9_mid_build_keeps_the_finished_shards_and_resume_finishes_identica
     proc.wait()
 
     status = run_cli("status", str(out), "--json", env=cli_env)
-    assert json.loads(status.stdout)["shards"]["done"] >= 3, status.stderr
+    assert json.loads(status.stdout)["counts"]["done"] >= 3, status.stderr
     resumed = run_cli("resume", str(out), env=cli_env)
     assert resumed.returncode == 0, resumed.stderr
     assert _tables(out) == _tables(reference)

@@ -244,18 +244,26 @@ def test_malformed_dataset_json_exits_2_and_writes_nothing(medgrit_offline, tmp_
 def test_existing_dataset_is_not_overwritten_by_accident(demo_build, medgrit_offline) -> None:
     out, _ = demo_build
     before = (out / "dataset.json").read_bytes()
-    result = medgrit_offline("build", "--out", str(out))
-    assert result.returncode == 2 and "medgrit resume" in result.stderr
+    result = medgrit_offline("build", "--out", str(out))  # other settings than it was built with
+    assert result.returncode == 2 and "settings differ" in result.stderr
+    assert "max-images" in result.stderr and "--overwrite" in result.stderr
+    assert result.stderr.count("\n") == 1
     assert (out / "dataset.json").read_bytes() == before
 
 
 def test_every_command_is_documented(medgrit_offline) -> None:
     result = medgrit_offline("--help")
     assert result.returncode == 0
-    for command in ("build", "resume", "status", "validate"):
+    from medgrit.cli import app
+
+    names = [c.name or c.callback.__name__.replace("_", "-") for c in app.registered_commands]
+    assert {"build", "resume", "status", "validate", "serve"} <= set(names)
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    for command in names:
         assert command in result.stdout
         sub = medgrit_offline(command, "--help")
         assert sub.returncode == 0 and "Usage" in sub.stdout
+        assert f"medgrit {command}" in readme, command
     assert "--max-images" in medgrit_offline("build", "--help").stdout
 
 

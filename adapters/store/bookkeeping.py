@@ -255,9 +255,35 @@ def new_manifest(
     plan: Plan,
     generator: dict,
     vocabulary: tuple[str, ...] = (),
+    appended: dict[str, tuple[int, tuple[str, ...]]] | None = None,
 ) -> dict:
     """The manifest of a build that has not started: every shard pending. ``vocabulary`` (the
-    build's label names, which every turn was read with) lets ``validate`` read them alike."""
+    build's label names, which every turn was read with) lets ``validate`` read them alike.
+    ``appended``: shards that extend the dataset (``medgrit.core.sharding.extend_plan``), with
+    their plan generation and the vocabulary they are read with, recorded in their entries."""
+    appended = appended or {}
+
+    def shard_entry(shard: str, cases: list[CaseTask]) -> dict:
+        entry: dict = {
+            "id": shard,
+            "cases": [
+                {
+                    "source": escape_name(c.ref.source),
+                    "case": escape_name(c.ref.case),
+                    "case_id": c.case_id,
+                    "split": c.split,
+                    "quota": c.quota,
+                }
+                for c in cases
+            ],
+            "status": "pending",
+        }
+        if shard in appended:
+            generation, words = appended[shard]
+            entry["generation"] = generation
+            entry["vocabulary"] = [escape_name(name) for name in words]
+        return entry
+
     return {
         "format": FORMAT_MARKER,
         "schema_version": SCHEMA_VERSION,
@@ -277,44 +303,45 @@ def new_manifest(
         "generator": generator,
         "vocabulary": [escape_name(name) for name in vocabulary],
         "tables": sorted(TABLES),
-        "shards": [
-            {
-                "id": shard,
-                "cases": [
-                    {
-                        "source": escape_name(c.ref.source),
-                        "case": escape_name(c.ref.case),
-                        "case_id": c.case_id,
-                        "split": c.split,
-                        "quota": c.quota,
-                    }
-                    for c in cases
-                ],
-                "status": "pending",
-            }
-            for shard, cases in plan
-        ],
+        "shards": [shard_entry(shard, cases) for shard, cases in plan],
         "created_at": now(),
         "host": socket.gethostname(),
     }
 
 
+def _case_keys(shards: list[dict]) -> set[tuple]:
+    return {
+        (c.get("source"), c.get("case"), c.get("case_id"))
+        for s in shards
+        for c in (s.get("cases") or [])
+        if isinstance(c, dict)
+    }
+
+
 def _mismatch(previous: dict, manifest: dict, same_config: bool, shown: str) -> str:
+    hint = (
+        "Restore the sources, build into a new folder, or replace it with "
+        "`medgrit build ... --overwrite`"
+    )
     if not same_config:
         what = "the build settings differ from the ones it was built with"
     else:
-        before = sum(len(s.get("cases") or []) for s in previous["shards"])
-        now_ = sum(len(s["cases"]) for s in manifest["shards"])
-        what = f"its sources changed since it was built ({before} cases then, {now_} now)"
-    return (
-        f"{shown} holds another build: {what}; nothing was changed. Restore the sources, "
-        "build into a new folder, or replace it with `medgrit build ... --overwrite`"
-    )
+        before, now_ = _case_keys(previous["shards"]), _case_keys(manifest["shards"])
+        gone, added = len(before - now_), len(now_ - before)
+        what = f"its sources changed since it was built ({len(before)} cases then, {len(now_)} now"
+        what += f": {gone} gone, {added} new)" if gone or added else ")"
+        if added and not gone:
+            hint = (
+                "`medgrit build` with the same sources and settings adds the new cases as new "
+                "shards; a resume only finishes what was planned"
+            )
+    return f"{shown} holds another build: {what}; nothing was changed. {hint}"
 
 
-def resume_from(out: Path, manifest: dict, rebuild_if_changed: bool) -> None:
+def resume_from(out: Path, manifest: dict, rebuild_if_changed: bool, extends: bool = False) -> None:
     """Fill ``manifest`` with what ``OUT`` already holds of the same build (finished shards,
-    submitted batches), and write it.
+    submitted batches), and write it. ``extends``: ``manifest`` may hold OUT's plan followed
+    by new shards (its sources gained cases); otherwise the plans must be equal.
 
     Raises:
         DatasetMismatch: ``OUT`` holds a build of other sources or settings and
@@ -324,12 +351,13 @@ def resume_from(out: Path, manifest: dict, rebuild_if_changed: bool) -> None:
     if (out / MANIFEST).is_file():
         previous = read_dataset(out)
         same_config = content_config(previous["config"]) == content_config(manifest["config"])
-        same_plan = [(s["id"], s.get("cases")) for s in previous["shards"]] == [
-            (s["id"], s["cases"]) for s in manifest["shards"]
-        ]
+        # The same plan, or that plan with new shards after it (sources that gained cases).
+        recorded = [(s["id"], s.get("cases")) for s in previous["shards"]]
+        planned = [(s["id"], s["cases"]) for s in manifest["shards"]]
+        same_plan = (planned[: len(recorded)] if extends else planned) == recorded
         if same_config and same_plan:
             manifest["created_at"] = previous.get("created_at", manifest["created_at"])
-            for entry, old in zip(manifest["shards"], previous["shards"], strict=True):
+            for entry, old in zip(manifest["shards"], previous["shards"], strict=False):
                 if shard_done(out, old):
                     entry.update(old)
                 elif old.get("batches"):

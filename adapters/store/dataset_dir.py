@@ -185,6 +185,24 @@ def hold_dataset(out: Path) -> Iterator[None]:
                 os.close(fd)  # closing the last descriptor releases the flock
 
 
+def current_writer(out: Path) -> str | None:
+    """Who holds the dataset's writer lock now (``pid N on HOST``; "" when it does not say),
+    or None when no build or resume is writing it. Takes no lock that lasts."""
+    try:
+        fd = os.open(Path(out) / LOCK_FILE, os.O_RDONLY)
+    except OSError:
+        return None  # never built here, or not readable: no writer this process can see
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except OSError as exc:
+        if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+            return _read_owner(fd)
+        return None
+    finally:
+        os.close(fd)  # closing also drops the shared lock just taken
+    return None
+
+
 def _read_owner(fd: int) -> str:
     try:
         return os.pread(fd, 200, 0).decode("utf-8", "replace").strip()

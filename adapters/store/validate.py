@@ -108,7 +108,12 @@ def validate_dataset(out_dir: str | Path) -> list[str]:
     for shard in shards:
         if shard["status"] != "done":
             continue
-        found = _check_shard(out, shard, image_ids, case_splits, rows_total, stats, lexicon)
+        own = shard.get("vocabulary")  # a shard appended later: read with its own names
+        if isinstance(own, list) and all(isinstance(v, str) for v in own):
+            words = lexicon_for(frozenset(own))
+        else:
+            words = lexicon
+        found = _check_shard(out, shard, image_ids, case_splits, rows_total, stats, words)
         problems += found
     for (dataset, case_id), splits in sorted(case_splits.items()):
         if len(splits) > 1:

@@ -1,0 +1,121 @@
+"""What ``medgrit status`` shows of a dataset directory: one row per shard, the totals, the
+state of the whole build, and the exit code scripts read from it.
+
+Pure: it reads a manifest as ``medgrit.adapters.store.bookkeeping.read_dataset`` gives it
+(``dataset.json`` with the shards' completion records merged).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+EXIT_COMPLETE = 0
+EXIT_FAILED = 1
+EXIT_PENDING = 3
+
+
+@dataclass(frozen=True)
+class ShardStatus:
+    """One shard as ``status`` shows it (counts are 0 until the shard is done)."""
+
+    id: str
+    status: str
+    cases: int
+    images: int
+    qa: int
+    rejects: int
+    tokens: int
+    error: str | None = None
+
+
+def shard_statuses(manifest: dict) -> list[ShardStatus]:
+    """One :class:`ShardStatus` per shard of ``manifest``, in plan order."""
+    out = []
+    for entry in manifest.get("shards", []):
+        rows = entry.get("rows") or {}
+        qa = (entry.get("stats") or {}).get("qa_by_modality_task") or {}
+        tokens = entry.get("tokens") or {}
+        out.append(
+            ShardStatus(
+                id=str(entry.get("id")),
+                status=str(entry.get("status", "pending")),
+                cases=len(entry.get("cases") or []),
+                images=int(rows.get("images", 0)),
+                qa=sum(int(n) for per in qa.values() for n in per.values()),
+                rejects=int(rows.get("rejects", 0)),
+                tokens=int(tokens.get("prompt", 0)) + int(tokens.get("completion", 0)),
+                error=entry.get("error") if entry.get("status") == "failed" else None,
+            )
+        )
+    return out
+
+
+def build_state(shards: list[ShardStatus]) -> str:
+    """``failed`` while any shard failed, else ``pending`` while any is not done, else
+    ``complete`` (a build with no shard at all is complete: there was nothing to build)."""
+    if any(s.status == "failed" for s in shards):
+        return "failed"
+    if any(s.status != "done" for s in shards):
+        return "pending"
+    return "complete"
+
+
+def exit_code(state: str) -> int:
+    """The exit code of ``medgrit status``: 1 while anything failed, 3 while pending, else 0."""
+    return {"failed": EXIT_FAILED, "pending": EXIT_PENDING}.get(state, EXIT_COMPLETE)
+
+
+def status_json(
+    out: str, shards: list[ShardStatus], totals: dict | None, writer: str | None = None
+) -> dict:
+    """The ``--json`` document: the state, counts per shard status, every shard, the totals,
+    and ``writer``: who is building it now (None when nothing is)."""
+    counts = {k: sum(s.status == k for s in shards) for k in ("done", "pending", "failed")}
+    return {
+        "out": out,
+        "state": build_state(shards),
+        "writer": writer,
+        "counts": {**counts, "total": len(shards)},
+        "sum": _sums(shards),
+        "shards": [asdict(s) for s in shards],
+        "totals": totals,
+    }
+
+
+def _sums(shards: list[ShardStatus]) -> dict[str, int]:
+    return {k: sum(getattr(s, k) for s in shards) for k in ("images", "qa", "rejects", "tokens")}
+
+
+_COLUMNS = ("shard", "status", "cases", "images", "qa", "rejects", "tokens")
+
+
+def render_status_table(shards: list[ShardStatus]) -> str:
+    """A plain-text table of the shards with a totals row; failed shards' reasons below it."""
+    body = [(s.id, s.status, s.cases, s.images, s.qa, s.rejects, s.tokens) for s in shards]
+    sums = _sums(shards)
+    total = (
+        "total",
+        f"{len(shards)} shards",
+        sum(s.cases for s in shards),
+        sums["images"],
+        sums["qa"],
+        sums["rejects"],
+        sums["tokens"],
+    )
+    cells = [tuple(str(c) for c in row) for row in [_COLUMNS, *body, total]]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(_COLUMNS))]
+
+    def line(row: tuple[str, ...]) -> str:
+        first, second, *numbers = row
+        parts = [first.ljust(widths[0]), second.ljust(widths[1])]
+        parts += [c.rjust(w) for c, w in zip(numbers, widths[2:], strict=True)]
+        return "  ".join(parts).rstrip()
+
+    rule = "  ".join("-" * w for w in widths)
+    lines = [line(cells[0]), rule, *(line(r) for r in cells[1:-1]), rule, line(cells[-1])]
+    failed = [s for s in shards if s.status == "failed"]
+    if failed:
+        lines.append("")
+        lines.append("failed shards:")
+        lines += [f"  {s.id}: {s.error or 'failed'}" for s in failed]
+    return "\n".join(lines)

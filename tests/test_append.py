@@ -1,0 +1,256 @@
+"""A dataset whose sources gained cases is extended, never rewritten: the recorded shards stay
+as they are, the new cases become new shards after them, and old cases keep their splits."""
+
+from __future__ import annotations
+
+import json
+import random
+import shutil
+from collections import Counter
+from pathlib import Path
+
+import pyarrow.parquet as pq
+from catalogue import tree_digest, write_ct_source
+
+from medgrit.adapters.store.bookkeeping import new_manifest
+from medgrit.adapters.store.validate import validate_dataset
+from medgrit.core.cases import Case
+from medgrit.core.sharding import assign_new_splits, assign_splits, extend_plan, plan_build
+from medgrit.schemas.config import BuildConfig
+
+KEY = b"k" * 32
+
+
+def _cases(names: list[str], patients: dict[str, str] | None = None) -> list[Case]:
+    patients = patients or {}
+    return [
+        Case(
+            source="nnunet:/data/D", dataset="D", case=n, modality="ct", patient=patients.get(n, "")
+        )
+        for n in names
+    ]
+
+
+def _recorded(config: BuildConfig, plan) -> list[dict]:
+    return new_manifest(config, [], plan, {})["shards"]
+
+
+def _one(case: Case) -> int:
+    return 1
+
+
+def test_recorded_shards_stay_and_new_cases_become_new_shards(tmp_path: Path) -> None:
+    config = BuildConfig(out=str(tmp_path), images_per_shard=2, test_fraction=0.3)
+    old = _cases([f"c{i:02d}" for i in range(9)])
+    recorded = _recorded(config, plan_build(old, config, KEY, _one, _one))
+    # New cases arrive anywhere in the listing (here before, between and after the old ones).
+    grown = _cases(["a00", *[f"c{i:02d}" for i in range(9)], "c04b", "z99"])
+    grown = [grown[0], *grown[1:6], grown[10], *grown[6:10], grown[11]]
+
+    extended = extend_plan(recorded, grown, config, KEY, _one, _one)
+
+    assert extended is not None and extended.new_cases == 3
+    kept = _recorded(config, extended.plan)[: len(recorded)]
+    assert kept == recorded  # ids, cases, splits and quotas as recorded
+    added = extended.plan[len(recorded) :]
+    assert [shard for shard, _ in added] == ["00005", "00006"]
+    assert sorted(t.ref.case for _, tasks in added for t in tasks) == ["a00", "c04b", "z99"]
+    assert {extended.generations[s] for s, _ in added} == {1}
+    assert {extended.generations[s] for s, _ in extended.plan[: len(recorded)]} == {0}
+    every = [t.case_id for _, tasks in extended.plan for t in tasks]
+    assert len(every) == len(set(every)) == len(grown)
+
+
+def test_nothing_new_gives_the_recorded_plan_back(tmp_path: Path) -> None:
+    config = BuildConfig(out=str(tmp_path), images_per_shard=3)
+    cases = _cases([f"c{i}" for i in range(7)])
+    recorded = _recorded(config, plan_build(cases, config, KEY, _one, _one))
+    extended = extend_plan(recorded, cases, config, KEY, _one, _one)
+    assert extended is not None and extended.new_cases == 0
+    assert _recorded(config, extended.plan) == recorded
+
+
+def test_a_dataset_whose_sources_lost_a_case_cannot_be_extended(tmp_path: Path) -> None:
+    config = BuildConfig(out=str(tmp_path), images_per_shard=3)
+    cases = _cases([f"c{i}" for i in range(7)])
+    recorded = _recorded(config, plan_build(cases, config, KEY, _one, _one))
+    assert extend_plan(recorded, [*cases[:3], *cases[4:]], config, KEY, _one, _one) is None
+    other_key = extend_plan(recorded, cases, config, b"x" * 32, _one, _one)
+    assert other_key is None  # other pseudonyms: not the same cases
+
+
+def test_new_cases_of_a_known_patient_take_its_split(tmp_path: Path) -> None:
+    config = BuildConfig(out=str(tmp_path), images_per_shard=1, test_fraction=0.5)
+    names = [f"c{i}" for i in range(8)]
+    patients = {n: f"p{n}" for n in names}
+    old = _cases(names, patients)
+    recorded = _recorded(config, plan_build(old, config, KEY, _one, _one))
+    split_of = {c["case"]: c["split"] for s in recorded for c in s["cases"]}
+    assert set(split_of.values()) == {"train", "test"}
+    later = {f"{n}-followup": f"p{n}" for n in names}  # a second study of every patient
+    grown = _cases([*names, *later], {**patients, **later})
+    extended = extend_plan(recorded, grown, config, KEY, _one, _one)
+    assert extended is not None
+    for _, tasks in extended.plan[len(recorded) :]:
+        for t in tasks:
+            assert t.split == split_of[t.ref.case.removesuffix("-followup")]
+
+
+def test_new_patients_keep_each_datasets_test_share_near_its_fraction() -> None:
+    rng = random.Random(3)
+    for _ in range(200):
+        fraction = rng.choice([0.1, 0.11, 0.25, 0.5])
+        n_old, n_new = rng.randrange(0, 40), rng.randrange(1, 40)
+        ids = [f"p{i}" for i in range(n_old + n_new)]
+        old = assign_splits(ids[:n_old], ["D"] * n_old, fraction, seed=1)
+        new = assign_new_splits(ids[n_old:], ["D"] * n_new, {"D": old}, fraction, seed=1)
+        n, kept_test = n_old + n_new, Counter(old)["test"]
+        test = kept_test + Counter(new)["test"]
+        if n >= 2:
+            assert test < n  # never a whole dataset held out
+        target = min(max(1, round(n * fraction)), n - 1) if n >= 2 else 0
+        if kept_test <= target <= kept_test + n_new:
+            assert test == target
+        # With nothing kept it is the first build's split.
+        assert assign_new_splits(ids, ["D"] * n, {}, fraction, 1) == assign_splits(
+            ids, ["D"] * n, fraction, 1
+        )
+
+
+def test_the_image_cap_left_by_the_recorded_quotas_goes_to_new_cases(tmp_path: Path) -> None:
+    config = BuildConfig(out=str(tmp_path), images_per_shard=4, max_images=10)
+    cases = _cases([f"c{i}" for i in range(3)])
+
+    def three(case: Case) -> int:
+        return 3
+
+    recorded = _recorded(config, plan_build(cases, config, KEY, three, three))
+    assert sum(c["quota"] for s in recorded for c in s["cases"]) == 9
+    grown = _cases([f"c{i}" for i in range(6)])
+    extended = extend_plan(recorded, grown, config, KEY, three, three)
+    assert extended is not None
+    new = [t for _, tasks in extended.plan[len(recorded) :] for t in tasks]
+    assert [t.quota for t in new] == [1]  # 10 - 9: one more image, from the first new case
+
+
+# -- end to end ------------------------------------------------------------------------------
+
+
+def _rows(out: Path, table: str) -> list[dict]:
+    return [
+        r for p in sorted((out / table).glob("*.parquet")) for r in pq.read_table(p).to_pylist()
+    ]
+
+
+def _parts(out: Path) -> dict[str, str]:
+    tables = ("images", "regions", "conversations", "rejects")
+    return {k: v for k, v in tree_digest(out).items() if k.split("/")[0] in tables}
+
+
+def _grow(source: Path, spare: Path, names: list[str]) -> None:
+    for name in names:
+        case = name.split(":")[0]
+        as_name = name.split(":")[-1]
+        shutil.copy(
+            spare / "imagesTr" / f"{case}_0000.nii.gz",
+            source / "imagesTr" / f"{as_name}_0000.nii.gz",
+        )
+        shutil.copy(
+            spare / "labelsTr" / f"{case}.nii.gz", source / "labelsTr" / f"{as_name}.nii.gz"
+        )
+
+
+def test_building_again_after_the_source_grew_appends_only_the_new_cases(
+    medgrit, tmp_path: Path
+) -> None:
+    source = write_ct_source(tmp_path / "Dataset081_Growing", cases=4)
+    spare = write_ct_source(tmp_path / "spare", cases=8)
+    out = tmp_path / "ds"
+    build = ("build", f"nnunet:{source}", "--out", str(out), "--images-per-shard", "6")
+    first = medgrit(*build)
+    assert first.returncode == 0, first.stderr[-2000:]
+    before = json.loads((out / "dataset.json").read_text())
+    files_before = _parts(out)
+    splits_before = {c["case_id"]: c["split"] for s in before["shards"] for c in s["cases"]}
+
+    # Three new cases: two after the old ones, one whose name sorts between them.
+    _grow(source, spare, ["case004", "case005", "case006:case001b"])
+
+    resumed = medgrit("resume", str(out))
+    assert resumed.returncode == 2
+    assert "3 new" in resumed.stderr and "medgrit build" in resumed.stderr
+    assert {k: v for k, v in tree_digest(out).items() if k in files_before} == files_before
+
+    again = medgrit(*build)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert "the sources gained 3 cases" in again.stderr
+    after = json.loads((out / "dataset.json").read_text())
+    assert after["status"] == "complete"
+    old_ids = [s["id"] for s in before["shards"]]
+    assert [s["id"] for s in after["shards"]][: len(old_ids)] == old_ids
+    for old, now in zip(before["shards"], after["shards"], strict=False):
+        assert (now["cases"], now["files"], now["rows"]) == (
+            old["cases"],
+            old["files"],
+            old["rows"],
+        )
+    digest = tree_digest(out)
+    assert {k: digest[k] for k in files_before} == files_before  # old parts untouched
+    new_shards = after["shards"][len(old_ids) :]
+    assert len(new_shards) == 3 and all(s.get("generation") == 1 for s in new_shards)
+    new_cases = [c["case"] for s in new_shards for c in s["cases"]]
+    assert sorted(new_cases) == ["case001b", "case004", "case005"]
+    now_splits = {c["case_id"]: c["split"] for s in after["shards"] for c in s["cases"]}
+    assert {k: now_splits[k] for k in splits_before} == splits_before
+    images = _rows(out, "images")
+    assert len({r["image_id"] for r in images}) == len(images) == 7 * 6  # no image twice
+    assert after["totals"]["rows"]["images"] == len(images)
+    assert validate_dataset(out) == []
+
+    # The appended rows are what a build of the grown source gives for those cases.
+    fresh = tmp_path / "fresh"
+    built = medgrit("build", f"nnunet:{source}", "--out", str(fresh), "--images-per-shard", "6")
+    assert built.returncode == 0, built.stderr[-2000:]
+    new_ids = {c["case_id"] for s in new_shards for c in s["cases"]}
+
+    def of_new(rows: list[dict], key: str = "image_id") -> list[dict]:
+        picked = [
+            {k: v for k, v in r.items() if k != "split"}
+            for r in rows
+            if r[key].rsplit("-", 1)[0] in new_ids
+        ]
+        return sorted(picked, key=lambda r: json.dumps(r, sort_keys=True, default=str))
+
+    for table in ("images", "regions", "conversations"):
+        assert of_new(_rows(out, table)) == of_new(_rows(fresh, table)), table
+
+    # Nothing new: nothing is built, nothing changes.
+    settled = _parts(out)
+    third = medgrit(*build)
+    assert third.returncode == 0, third.stderr[-2000:]
+    assert "0 to build" in third.stderr
+    assert _parts(out) == settled
+
+
+def test_a_build_with_other_settings_into_a_dataset_is_refused(medgrit, tmp_path: Path) -> None:
+    source = write_ct_source(tmp_path / "Dataset082_Other", cases=2)
+    out = tmp_path / "ds"
+    assert medgrit("build", f"nnunet:{source}", "--out", str(out)).returncode == 0
+    before = _parts(out), (out / "dataset.json").read_bytes()
+    other = medgrit("build", f"nnunet:{source}", "--out", str(out), "--min-area", "3")
+    assert other.returncode == 2
+    assert "settings differ" in other.stderr and "--overwrite" in other.stderr
+    assert len(other.stderr.strip().splitlines()) == 1 and "min-area" in other.stderr
+    assert (_parts(out), (out / "dataset.json").read_bytes()) == before
+
+
+def test_a_source_that_lost_a_case_is_refused_and_nothing_changes(medgrit, tmp_path: Path) -> None:
+    source = write_ct_source(tmp_path / "Dataset083_Shrinking", cases=3)
+    out = tmp_path / "ds"
+    assert medgrit("build", f"nnunet:{source}", "--out", str(out)).returncode == 0
+    before = _parts(out), (out / "dataset.json").read_bytes()
+    (source / "imagesTr" / "case001_0000.nii.gz").unlink()
+    (source / "labelsTr" / "case001.nii.gz").unlink()
+    shrunk = medgrit("build", f"nnunet:{source}", "--out", str(out))
+    assert shrunk.returncode == 2 and "1 gone" in shrunk.stderr
+    assert (_parts(out), (out / "dataset.json").read_bytes()) == before
