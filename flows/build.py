@@ -1,10 +1,12 @@
 """The build flow: :func:`medgrit.adapters.build.run_build` with shards as Prefect tasks.
 
 ``build_dataset`` takes one :class:`BuildConfig`; each pending shard is one ``build_shard`` task
-run on the flow's task runner, watched in the Prefect UI; the finished build's summary is a
-markdown artifact. How a build plans, resumes and records its shards is ``run_build``'s: a loop,
-a thread pool or Dask worker processes (``medgrit.flows.runners``) give the same tables. The
-task runner is chosen at call time: ``build_dataset.with_options(task_runner=...)``.
+run on the flow's task runner, watched in the Prefect UI: the run is named after the dataset and
+tagged with it and the generator, and its artifacts (``medgrit.flows.dashboard``) follow the
+shards as they finish; the finished build's summary is a markdown artifact. How a build plans,
+resumes and records its shards is ``run_build``'s: a loop, a thread pool or Dask worker processes
+(``medgrit.flows.runners``) give the same tables. The task runner is chosen at call time:
+``build_dataset.with_options(task_runner=...)``.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from collections.abc import Iterator  # noqa: E402
 from dataclasses import dataclass, replace  # noqa: E402
 from pathlib import Path  # noqa: E402
 
-from prefect import flow, get_run_logger  # noqa: E402
+from prefect import flow, get_run_logger, tags  # noqa: E402
 from prefect.artifacts import create_markdown_artifact  # noqa: E402
 from prefect.context import FlowRunContext  # noqa: E402
 from prefect.futures import PrefectFuture, as_completed  # noqa: E402
@@ -36,12 +38,21 @@ from medgrit.adapters.store.bookkeeping import (  # noqa: E402
     DatasetMismatch,
     DiskFull,
 )
+from medgrit.adapters.store.dataset_dir import DatasetBusy  # noqa: E402
 from medgrit.core.fsnames import escape_name  # noqa: E402
+from medgrit.flows.dashboard import (  # noqa: E402
+    BuildDashboard,
+    build_run_name,
+    quiet_task_engine,
+    run_tags,
+    shard_task_run_name,
+    tag_flow_run,
+)
 from medgrit.flows.runners import worker_processes  # noqa: E402
 from medgrit.schemas.config import BuildConfig  # noqa: E402
 from medgrit.tasks.build import build_shard  # noqa: E402
 
-__all__ = ["BuildFailed", "DatasetMismatch", "DiskFull", "build_dataset"]
+__all__ = ["BuildFailed", "DatasetBusy", "DatasetMismatch", "DiskFull", "build_dataset"]
 
 
 def _task_finished(future: PrefectFuture) -> bool:
@@ -75,15 +86,21 @@ class PrefectMapper:
     """Shards as ``build_shard`` tasks on the running flow's task runner.
 
     ``llm_share``: the worker processes the shards run on; each takes 1/llm_share of the
-    build's LLM rate limits, so together they keep to them.
+    build's LLM rate limits, so together they keep to them. ``dataset``: the dataset's name in
+    task run names; ``tags``: the task runs' tags (also on Dask workers, where the flow's tag
+    context does not reach).
     """
 
     llm_share: int = 1
+    dataset: str = "dataset"
+    tags: tuple[str, ...] = ()
 
     def submit(self, job: ShardJob) -> RunnerFuture:
         if self.llm_share != job.llm_share:
             job = replace(job, llm_share=self.llm_share)
-        task = build_shard.with_options(task_run_name=f"build_shard-{job.shard}")
+        task = build_shard.with_options(
+            task_run_name=shard_task_run_name(job.shard, self.dataset), tags=set(self.tags)
+        )
         return _SharedFuture(task.submit(job), Path(job.config.out))
 
     def as_completed(self, futures: list) -> Iterator[RunnerFuture]:
@@ -93,8 +110,10 @@ class PrefectMapper:
         """The flow's task runner waits for its tasks."""
 
 
-@flow(name="build_dataset", log_prints=False)
-def build_dataset(config: BuildConfig, rebuild_if_changed: bool = False) -> dict:
+@flow(name="build_dataset", flow_run_name=build_run_name, log_prints=False)
+def build_dataset(
+    config: BuildConfig, rebuild_if_changed: bool = False, add_new_cases: bool = True
+) -> dict:
     """Build (or resume) a Med-GRIT-style dataset directory from segmentation sources.
 
     Args:
@@ -102,6 +121,9 @@ def build_dataset(config: BuildConfig, rebuild_if_changed: bool = False) -> dict
         rebuild_if_changed: when the directory holds a build whose config or plan differs,
             start afresh (for medgrit's own staging folders); by default that is
             :class:`DatasetMismatch`, so finished shards are never thrown away.
+        add_new_cases: when the directory holds this build and its sources gained cases
+            since, build them as new shards after the ones it has (a scheduled build of a
+            growing source); False finishes only what was planned (``medgrit resume``).
 
     Returns:
         The final manifest (also written to ``OUT/dataset.json``).
@@ -110,23 +132,52 @@ def build_dataset(config: BuildConfig, rebuild_if_changed: bool = False) -> dict
         BuildFailed, DiskFull, DatasetBusy, DatasetMismatch: see ``run_build``.
     """
     shown = escape_name(str(Path(config.out)))
+    logger = get_run_logger()
+    dashboard = BuildDashboard(config)
+    labels = run_tags(config)
 
     def publish(summary: str) -> None:
         create_markdown_artifact(
             key="medgrit-build-summary",
-            markdown=escape_name(summary),
+            markdown=escape_name(_with_lines(summary, dashboard.summary_lines(config.out))),
             description=f"medgrit build of {shown}",
         )
 
-    logger = get_run_logger()
+    try:
+        tag_flow_run(labels)
+    except Exception as exc:  # noqa: BLE001 - an API hiccup over tags never ends a build
+        logger.warning("flow run not tagged: %s", escape_name(str(exc))[:200])
     context = FlowRunContext.get()
     processes = worker_processes(context.task_runner) if context else 1
     if processes > 1:
         split = "; each takes its share of the LLM rate limits" if config.generator == "llm" else ""
         logger.info("shards run on %d worker processes%s", processes, split)
+    mapper = PrefectMapper(processes, dashboard.name, tuple(labels))
     try:
-        return run_build(config, PrefectMapper(processes), rebuild_if_changed, logger, publish)
-    except (BuildFailed, DiskFull, BuildInterrupted, DatasetMismatch, LLMEndpointError) as exc:
+        with tags(*labels), quiet_task_engine():
+            return run_build(
+                config, mapper, rebuild_if_changed, logger, publish, dashboard, add_new_cases
+            )
+    except (
+        BuildFailed,
+        DiskFull,
+        BuildInterrupted,
+        DatasetBusy,
+        DatasetMismatch,
+        LLMEndpointError,
+    ) as exc:
         # An expected end, not a crash: the run is Failed with this message and no
         # traceback; calling the flow still raises ``exc``.
         return Failed(message=escape_name(str(exc)), data=exc)  # type: ignore[return-value]
+    finally:
+        try:
+            dashboard.flush()  # a stopped or broken build shows where it ended
+        except Exception as exc:  # noqa: BLE001 - as run_build treats its hook
+            logger.warning("progress not published: %s", escape_name(str(exc))[:200])
+
+
+def _with_lines(summary: str, lines: list[str]) -> str:
+    """``summary`` with ``lines`` after its shard count (or at its end)."""
+    rows = summary.splitlines()
+    at = next((i + 1 for i, row in enumerate(rows) if row.startswith("- shards:")), len(rows))
+    return "\n".join(rows[:at] + lines + rows[at:]) + "\n"

@@ -2,11 +2,14 @@
 # Install the real data the tests read from two Debian packages, when missing:
 #   mricron-data         the AAL atlas on the Colin27 T1 (/usr/share/mricron/templates)
 #   invesalius-examples  a head CT (/usr/share/doc/invesalius-examples/examples/Cranium.inv3)
+# and the browser that renders the Prefect UI for tests/test_dashboard.py's screenshot:
+#   chromium             headless Chromium (`chromium` on PATH)
 set -euo pipefail
 
 need=()
 [ -f /usr/share/mricron/templates/aal.nii.gz ] || need+=(mricron-data)
 [ -f /usr/share/doc/invesalius-examples/examples/Cranium.inv3 ] || need+=(invesalius-examples)
+command -v chromium >/dev/null 2>&1 || need+=(chromium)
 if [ ${#need[@]} -eq 0 ]; then
   exit 0
 fi
@@ -31,3 +34,7 @@ for file in /usr/share/mricron/templates/aal.nii.gz \
     exit 2
   fi
 done
+if ! command -v chromium >/dev/null 2>&1; then
+  echo "install-test-data: chromium is still missing after the install" >&2
+  exit 2
+fi

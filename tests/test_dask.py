@@ -75,7 +75,7 @@ def test_a_local_cluster_builds_the_same_tables_on_the_ephemeral_server(
     assert len(servers) == 1, result.stderr[-3000:]
     with sqlite3.connect(home / "prefect.db") as db:
         runs = db.execute("SELECT name, state_type FROM task_run").fetchall()
-    assert sorted(runs) == [(f"build_shard-0000{i}", "COMPLETED") for i in range(4)]
+    assert sorted(runs) == [(f"build_shard-0000{i} (dask)", "COMPLETED") for i in range(4)]
 
 
 @pytest.mark.slow
