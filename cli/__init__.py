@@ -18,6 +18,7 @@ from typing import Annotated, NoReturn
 import typer
 from pydantic import ValidationError
 
+from medgrit.adapters.store.dataset_dir import is_medgrit_dataset
 from medgrit.cli.messages import EXIT_USER_ERROR, fail, reason_of, shown
 from medgrit.cli.preflight import (
     absolute_spec,
@@ -29,6 +30,7 @@ from medgrit.cli.preflight import (
     writing,
 )
 from medgrit.cli.running import build_replacing, report, run_flow, shard_runner, summary_text
+from medgrit.cli.serve import serve
 from medgrit.core.fsnames import escape_name
 from medgrit.schemas.config import BuildConfig
 from medgrit.schemas.sources import kinds_help
@@ -215,18 +217,40 @@ def build(
         _config_error(exc)
     opened = open_checked(config, out)
     replace = check_out(out, [Path(s.root) for s in opened], overwrite)
+    existing = is_medgrit_dataset(out)  # built before: built again, adding what is new
+    if existing and not replace:
+        _check_same_settings(out, config)
     with ExitStack() as stack:
         task_runner = stack.enter_context(shard_runner(config, [s.root for s in opened]))
         if replace:
             build_replacing(config, out, task_runner)
             return
         take_out(out, stack, "build")
-        if holds_more_than_locks(out):
+        if not existing and holds_more_than_locks(out):
             fail(
                 f"--out {shown(out)} was filled by another process meanwhile; choose another folder"
             )
         create_key(config)
         report(out, run_flow(config, task_runner=task_runner))
+
+
+def _check_same_settings(out: Path, config: BuildConfig) -> None:
+    """A build into a dataset of other settings is refused before anything starts."""
+    from medgrit.adapters.store.bookkeeping import content_config, read_dataset
+    from medgrit.adapters.store.manifest import ManifestError
+
+    try:
+        recorded = read_dataset(out).get("config") or {}
+    except ManifestError as exc:
+        fail(str(exc))
+    before, now = content_config(recorded), content_config(config.model_dump(mode="json"))
+    if before != now:
+        differ = sorted(k for k in set(before) | set(now) if before.get(k) != now.get(k))
+        fail(
+            f"--out {shown(out)} holds another build: the build settings differ from the ones "
+            f"it was built with ({', '.join(k.replace('_', '-') for k in differ[:4])}); nothing "
+            "was changed. Build into a new folder, or replace it with --overwrite"
+        )
 
 
 @app.command()
@@ -277,36 +301,59 @@ def resume(
         task_runner = stack.enter_context(shard_runner(config, [s.root for s in opened]))
         take_out(out, stack, "resume")
         create_key(config)
-        report(out, run_flow(config, task_runner=task_runner))
+        report(out, run_flow(config, task_runner=task_runner, add_new_cases=False))
 
 
 @app.command()
 def status(
     out: Annotated[Path, typer.Argument(help="Dataset directory.")],
-    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON (for scripts).")] = False,
 ) -> None:
-    """Show how far a build got: shards done, pending and failed, and the totals."""
+    """Show how far a build got: each shard, the totals, and why shards failed.
+
+    A table of the shards (done, pending or failed; cases, images, QA pairs, rejects, tokens),
+    the totals, and the reason of each failed shard; --json gives the same for scripts.
+
+    Exit code: 0 when every shard is done, 1 while any shard failed, 3 while any is pending.
+    """
     from medgrit.adapters.store.bookkeeping import read_dataset
+    from medgrit.adapters.store.dataset_dir import current_writer
     from medgrit.adapters.store.manifest import ManifestError
+    from medgrit.core.status import (
+        build_state,
+        exit_code,
+        render_status_table,
+        shard_statuses,
+        status_json,
+    )
 
     try:
         manifest = read_dataset(out)
     except ManifestError as exc:
         fail(str(exc))
-    shards = manifest.get("shards", [])
-    counts = {k: sum(s.get("status") == k for s in shards) for k in ("done", "pending", "failed")}
+    shards = shard_statuses(manifest)
+    state = build_state(shards)
     if as_json:
-        typer.echo(json.dumps({"shards": counts, "totals": manifest.get("totals")}, indent=2))
-        return
+        document = status_json(shown(out), shards, manifest.get("totals"), current_writer(out))
+        typer.echo(json.dumps(document, indent=2))
+        raise typer.Exit(exit_code(state))
+    counts = {k: sum(s.status == k for s in shards) for k in ("done", "pending", "failed")}
     typer.echo(
         f"shards: {counts['done']} done, {counts['pending']} pending, "
         f"{counts['failed']} failed (of {len(shards)})"
     )
-    for s in shards:
-        if s.get("status") == "failed":
-            typer.echo(f"  {s['id']}: {s.get('error', 'failed')}")
-    if manifest.get("totals"):
+    typer.echo(render_status_table(shards))
+    if manifest.get("totals") and state == "complete":
+        typer.echo("")
         typer.echo(summary_text(out))
+    elif state != "complete":
+        typer.echo("")
+        writer = current_writer(out)
+        if writer is not None:
+            typer.echo(f"a build is writing {shown(out)} now{f' ({writer})' if writer else ''}")
+        else:
+            typer.echo(f"`medgrit resume {shown(out)}` builds the shards not yet done")
+    raise typer.Exit(exit_code(state))
 
 
 @app.command()
@@ -344,6 +391,9 @@ def demo_data(
         fail(f"cannot write the demo sources to {shown(out)}: {reason_of(exc)}")
     typer.echo(f"demo sources written to {shown(root.resolve())}; build them with:")
     typer.echo("  medgrit build " + shown(" ".join(demo_source_specs(root))) + " --out DIR")
+
+
+app.command()(serve)
 
 
 def _continue_hint() -> str:
