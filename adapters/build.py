@@ -36,9 +36,11 @@ from medgrit.adapters.runtime.keys import load_or_create_key
 from medgrit.adapters.sources import Source, estimate_images, load_case, open_sources
 from medgrit.adapters.store.bookkeeping import (
     BuildFailed,
+    DatasetMismatch,
     DiskFull,
     compact,
     finalise,
+    mismatch_message,
     new_manifest,
     record_outcome,
     resume_from,
@@ -61,7 +63,7 @@ from medgrit.core.pipeline import (
     build_vocabulary,
     count_case_images,
 )
-from medgrit.core.sharding import extend_plan, plan_build
+from medgrit.core.sharding import PlanConflict, extend_plan, plan_build
 from medgrit.core.summary import shard_stats
 from medgrit.schemas.config import BuildConfig, LLMConfig
 
@@ -163,6 +165,20 @@ def prepare_build(config: BuildConfig, previous: dict | None = None) -> Prepared
         if extended is not None:
             return PreparedBuild(sources, extended.plan, extended.generations, extended.new_cases)
     return PreparedBuild(sources, plan_build(cases, config, key, count, estimate))
+
+
+def with_absolute_paths(config: BuildConfig) -> BuildConfig:
+    """``config`` with its source paths and key file absolute (relative ones are taken from
+    the working folder, as a deployment's run from a ``prefect.yaml`` gives them), so that
+    ``dataset.json`` records where the sources are, whoever reads it from wherever."""
+    sources = []
+    for spec in config.sources:
+        kind, sep, path = spec.partition(":")
+        sources.append(f"{kind}:{Path(path).expanduser().absolute()}" if sep and path else spec)
+    key_file = str(Path(config.key_file).expanduser().absolute()) if config.key_file else None
+    if sources == list(config.sources) and key_file == config.key_file:
+        return config
+    return config.model_copy(update={"sources": sources, "key_file": key_file})
 
 
 def previous_build(out: Path, config: BuildConfig) -> dict | None:
@@ -583,8 +599,15 @@ def _run_locked(
 
     # Before the sources are scanned: an unreachable endpoint fails the build at once.
     resolved = resolve_llm_config(config, out)
-    previous = None if rebuild_if_changed or not append else previous_build(out, config)
-    prepared = prepare_build(config, previous)
+    previous = None if rebuild_if_changed else previous_build(out, config)
+    try:
+        prepared = prepare_build(config, previous)
+    except PlanConflict as exc:
+        raise DatasetMismatch(
+            f"{shown} holds another build: its sources changed since it was built ({exc}); "
+            "nothing was changed. Restore the sources, build into a new folder, or replace it "
+            "with `medgrit build ... --overwrite`"
+        ) from None
     plan = prepared.plan
     vocabularies = prepared.vocabularies()
     manifest = new_manifest(
@@ -595,6 +618,8 @@ def _run_locked(
         vocabularies[0],
         {s: (g, vocabularies[g]) for s, g in prepared.generations.items() if g},
     )
+    if prepared.new_cases and not append:  # a resume finishes the plan it was given
+        raise DatasetMismatch(mismatch_message(previous or {}, manifest, True, shown))
     resume_from(out, manifest, rebuild_if_changed, extends=previous is not None)
     if prepared.new_cases:
         added = sum(1 for s, _ in plan if prepared.generations.get(s) == max(vocabularies))

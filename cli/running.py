@@ -56,6 +56,7 @@ def run_flow(
     from medgrit.adapters.llm.formats import LLMEndpointError
     from medgrit.adapters.runtime.interrupt import signalled
     from medgrit.adapters.store.dataset_dir import DatasetBusy
+    from medgrit.adapters.store.manifest import ManifestError
     from medgrit.core.failures import StopRequested, is_disk_full
     from medgrit.flows.build import BuildFailed, DatasetMismatch, build_dataset
 
@@ -76,7 +77,7 @@ def run_flow(
     except BuildFailed as exc:
         typer.echo(summary_text(out))
         fail(str(exc), code=1)
-    except DatasetBusy as exc:
+    except (DatasetBusy, ManifestError) as exc:
         fail(str(exc))
     except StopRequested:
         if signalled():

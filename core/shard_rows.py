@@ -21,12 +21,15 @@ from medgrit.schemas.rows import reject_row
 
 @dataclass(frozen=True)
 class CaseTask:
-    """A case as planned: its pseudonymous id, its split and how many images it may give."""
+    """A case as planned: its pseudonymous id, its split, how many images it may give, and
+    ``listed``: the images its listing or header showed when it was planned (how a later build
+    tells that the case changed)."""
 
     ref: Case
     case_id: str
     split: str
     quota: int | None = None
+    listed: int | None = None
 
 
 @dataclass(frozen=True)

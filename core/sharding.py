@@ -200,16 +200,18 @@ def plan_build(
         taken = allocate_images((count_images(c) for c in cases), len(cases), config.max_images)
         quotas = [*taken, *([0] * (len(cases) - len(taken)))]
     tasks = [
-        CaseTask(case, cid, split, quota)
+        CaseTask(case, cid, split, quota, estimate_images(case) if estimate_images else None)
         for case, cid, split, quota in zip(cases, case_ids, splits, quotas, strict=True)
         if quota != 0
     ]
-    work = [
-        t.quota if t.quota is not None else (estimate_images(t.ref) if estimate_images else 1)
-        for t in tasks
-    ]
+    work = [t.quota if t.quota is not None else (t.listed or 1) for t in tasks]
     ranges = plan_shards(work, config.images_per_shard, config.cases_per_shard)
     return [(shard_name(i), tasks[start:stop]) for i, (start, stop) in enumerate(ranges)]
+
+
+class PlanConflict(ValueError):
+    """A recorded plan cannot be extended: cases it holds are gone from the sources, or changed
+    since they were built. The message says which, in counts (and changed cases' names)."""
 
 
 @dataclass(frozen=True)
@@ -253,8 +255,12 @@ def extend_plan(
         config, key, count_images, estimate_images: as for :func:`plan_build`.
 
     Returns:
-        The extended plan, or None when a recorded case is no longer among ``cases`` (the
-        dataset cannot be extended: its sources lost cases) or the record is not a plan.
+        The extended plan, or None when ``recorded`` is not a plan.
+
+    Raises:
+        PlanConflict: a recorded case is no longer among ``cases`` (the dataset would hold
+            cases its sources lost), or its listing shows another number of images than when
+            it was planned (images added to or removed from a case already built).
     """
     case_ids = [pseudonymise_case(c.dataset, c.case, key) for c in cases]
     patient_ids = [pseudonymise_case(c.dataset, c.patient or c.case, key) for c in cases]
@@ -266,18 +272,28 @@ def extend_plan(
     generations: dict[str, int] = {}
     placed: set[int] = set()
     patient_split: dict[tuple[str, str], str] = {}
+    gone = 0
+    changed: list[str] = []
     spent = 0
     try:
         for shard in recorded:
             tasks = []
             for entry in shard["cases"]:
                 i = by_identity.get(case_identity(entry["source"], entry["case"], entry["case_id"]))
-                if i is None or i in placed or entry["split"] not in ("train", "test"):
+                if i is None:
+                    gone += 1
+                    continue
+                if i in placed or entry["split"] not in ("train", "test"):
                     return None
                 placed.add(i)
+                listed = entry.get("listed_images")
+                if listed is not None and estimate_images is not None:
+                    now = estimate_images(cases[i])
+                    if now != listed:
+                        changed.append(f"{entry['case']}: {listed} images then, {now} now")
                 quota = entry.get("quota")
                 spent += int(quota or 0)
-                tasks.append(CaseTask(cases[i], case_ids[i], entry["split"], quota))
+                tasks.append(CaseTask(cases[i], case_ids[i], entry["split"], quota, listed))
                 patient_split[(cases[i].dataset, patient_ids[i])] = entry["split"]
             shard_id = str(shard["id"])
             plan.append((shard_id, tasks))
@@ -285,6 +301,21 @@ def extend_plan(
     except (KeyError, TypeError, ValueError):
         return None
     new = [i for i in range(len(cases)) if i not in placed]
+    if gone:
+        before = len(placed) + gone
+        why = (
+            "none of them is there: was it built with another pseudonymisation key file?"
+            if not placed
+            else "the dataset would hold cases its sources no longer have"
+        )
+        raise PlanConflict(
+            f"{before} cases then, {len(cases)} now: {gone} gone, {len(new)} new; {why}"
+        )
+    if changed:
+        shown = "; ".join(changed[:3]) + (
+            f"; and {len(changed) - 3} more" if len(changed) > 3 else ""
+        )
+        raise PlanConflict(f"{len(changed)} of its cases changed since they were built ({shown})")
     if not new:
         return ExtendedPlan(plan, generations, 0)
 
@@ -303,16 +334,19 @@ def extend_plan(
         taken = allocate_images((count_images(cases[i]) for i in new), len(new), left)
         quotas = [*taken, *([0] * (len(new) - len(taken)))]
     tasks = [
-        CaseTask(cases[i], case_ids[i], patient_split[(cases[i].dataset, patient_ids[i])], quota)
+        CaseTask(
+            cases[i],
+            case_ids[i],
+            patient_split[(cases[i].dataset, patient_ids[i])],
+            quota,
+            estimate_images(cases[i]) if estimate_images else None,
+        )
         for i, quota in zip(new, quotas, strict=True)
         if quota != 0
     ]
     if not tasks:
         return ExtendedPlan(plan, generations, 0)
-    work = [
-        t.quota if t.quota is not None else (estimate_images(t.ref) if estimate_images else 1)
-        for t in tasks
-    ]
+    work = [t.quota if t.quota is not None else (t.listed or 1) for t in tasks]
     first = 1 + max((int(shard_id) for shard_id, _ in plan), default=-1)
     generation = 1 + max(generations.values(), default=-1)
     for n, (start, stop) in enumerate(

@@ -30,6 +30,7 @@ from medgrit.adapters.build import (  # noqa: E402
     ShardJob,
     in_completion_order,
     run_build,
+    with_absolute_paths,
 )
 from medgrit.adapters.llm.formats import LLMEndpointError  # noqa: E402
 from medgrit.adapters.runtime.interrupt import BuildInterrupted  # noqa: E402
@@ -39,6 +40,7 @@ from medgrit.adapters.store.bookkeeping import (  # noqa: E402
     DiskFull,
 )
 from medgrit.adapters.store.dataset_dir import DatasetBusy  # noqa: E402
+from medgrit.adapters.store.manifest import ManifestError  # noqa: E402
 from medgrit.core.fsnames import escape_name  # noqa: E402
 from medgrit.flows.dashboard import (  # noqa: E402
     BuildDashboard,
@@ -131,6 +133,7 @@ def build_dataset(
     Raises:
         BuildFailed, DiskFull, DatasetBusy, DatasetMismatch: see ``run_build``.
     """
+    config = with_absolute_paths(config)  # a deployment's relative paths, from its folder
     shown = escape_name(str(Path(config.out)))
     logger = get_run_logger()
     dashboard = BuildDashboard(config)
@@ -165,6 +168,7 @@ def build_dataset(
         DatasetBusy,
         DatasetMismatch,
         LLMEndpointError,
+        ManifestError,
     ) as exc:
         # An expected end, not a crash: the run is Failed with this message and no
         # traceback; calling the flow still raises ``exc``.

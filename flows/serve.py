@@ -69,11 +69,25 @@ def runner_deployments(service: ServiceConfig) -> list[RunnerDeployment]:
                 tags=deployment.all_tags,
                 description=deployment.description,
                 paused=deployment.paused,
+                concurrency_limit=one_run_at_a_time(),
                 # Entrypoint as a module: any machine with medgrit installed can run it.
                 entrypoint_type=EntrypointType.MODULE_PATH,
             )
         )
     return deployments
+
+
+ONE_RUN_AT_A_TIME = {"limit": 1, "collision_strategy": "CANCEL_NEW"}
+"""A deployment's runs never overlap: a run due while the last one still builds (a nightly
+build that outlasts its night, a retry or a manual run meanwhile) is cancelled, rather than
+failing on the dataset's writer lock and raising a false alarm."""
+
+
+def one_run_at_a_time() -> Any:
+    """:data:`ONE_RUN_AT_A_TIME` as Prefect's ``ConcurrencyLimitConfig``."""
+    from prefect.client.schemas.objects import ConcurrencyLimitConfig
+
+    return ConcurrencyLimitConfig(**ONE_RUN_AT_A_TIME)
 
 
 def serve_deployments(deployments: list[RunnerDeployment]) -> None:
@@ -121,6 +135,7 @@ def prefect_yaml(service: ServiceConfig, folder: Path) -> dict[str, Any]:
         entry.update(
             tags=deployment.all_tags,
             paused=deployment.paused,
+            concurrency_limit=dict(ONE_RUN_AT_A_TIME),
             schedules=[schedule],
             parameters=flow_parameters(local),
             work_pool={"name": service.work_pool, "work_queue_name": None, "job_variables": {}},

@@ -10,12 +10,19 @@ from collections import Counter
 from pathlib import Path
 
 import pyarrow.parquet as pq
+import pytest
 from catalogue import tree_digest, write_ct_source
 
 from medgrit.adapters.store.bookkeeping import new_manifest
 from medgrit.adapters.store.validate import validate_dataset
 from medgrit.core.cases import Case
-from medgrit.core.sharding import assign_new_splits, assign_splits, extend_plan, plan_build
+from medgrit.core.sharding import (
+    PlanConflict,
+    assign_new_splits,
+    assign_splits,
+    extend_plan,
+    plan_build,
+)
 from medgrit.schemas.config import BuildConfig
 
 KEY = b"k" * 32
@@ -74,9 +81,22 @@ def test_a_dataset_whose_sources_lost_a_case_cannot_be_extended(tmp_path: Path) 
     config = BuildConfig(out=str(tmp_path), images_per_shard=3)
     cases = _cases([f"c{i}" for i in range(7)])
     recorded = _recorded(config, plan_build(cases, config, KEY, _one, _one))
-    assert extend_plan(recorded, [*cases[:3], *cases[4:]], config, KEY, _one, _one) is None
-    other_key = extend_plan(recorded, cases, config, b"x" * 32, _one, _one)
-    assert other_key is None  # other pseudonyms: not the same cases
+    with pytest.raises(PlanConflict, match="7 cases then, 6 now: 1 gone, 0 new"):
+        extend_plan(recorded, [*cases[:3], *cases[4:]], config, KEY, _one, _one)
+    with pytest.raises(PlanConflict, match="another pseudonymisation key"):
+        extend_plan(recorded, cases, config, b"x" * 32, _one, _one)  # other pseudonyms
+
+
+def test_a_case_whose_images_changed_is_named(tmp_path: Path) -> None:
+    config = BuildConfig(out=str(tmp_path), images_per_shard=3)
+    cases = _cases([f"c{i}" for i in range(4)])
+    recorded = _recorded(config, plan_build(cases, config, KEY, _one, _one))
+
+    def grown(case: Case) -> int:
+        return 2 if case.case == "c2" else 1  # an image added to c2 since
+
+    with pytest.raises(PlanConflict, match=r"1 of its cases changed .*c2: 1 images then, 2 now"):
+        extend_plan(recorded, cases, config, KEY, _one, grown)
 
 
 def test_new_cases_of_a_known_patient_take_its_split(tmp_path: Path) -> None:
@@ -253,4 +273,43 @@ def test_a_source_that_lost_a_case_is_refused_and_nothing_changes(medgrit, tmp_p
     (source / "labelsTr" / "case001.nii.gz").unlink()
     shrunk = medgrit("build", f"nnunet:{source}", "--out", str(out))
     assert shrunk.returncode == 2 and "1 gone" in shrunk.stderr
+    assert (_parts(out), (out / "dataset.json").read_bytes()) == before
+
+
+def test_an_extension_that_failed_is_finished_by_resume(medgrit, tmp_path: Path) -> None:
+    source = write_ct_source(tmp_path / "Dataset084_Resumed", cases=4)
+    spare = write_ct_source(tmp_path / "spare", cases=6)
+    out = tmp_path / "ds"
+    build = ("build", f"nnunet:{source}", "--out", str(out), "--images-per-shard", "6")
+    assert medgrit(*build).returncode == 0
+    # New cases that sort among the old ones: a plan drawn afresh would differ from the dataset's.
+    _grow(source, spare, ["case004:case000b", "case005:case002b"])
+    blocker = out / "images" / "part-00005.parquet"
+    blocker.mkdir()  # the second new shard cannot be written: an infrastructure failure
+    failed = medgrit(*build)
+    assert failed.returncode == 1 and "medgrit resume" in failed.stderr
+    status = medgrit("status", str(out))
+    assert status.returncode == 1 and "00005" in status.stdout
+    blocker.rmdir()
+    resumed = medgrit("resume", str(out))
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert "6 shards planned, 1 to build" in resumed.stderr
+    manifest = json.loads((out / "dataset.json").read_text())
+    assert manifest["status"] == "complete" and len(manifest["shards"]) == 6
+    assert validate_dataset(out) == []
+    assert medgrit("status", str(out)).returncode == 0
+
+
+def test_a_case_that_changed_since_it_was_built_is_refused(medgrit, tmp_path: Path) -> None:
+    source = write_ct_source(tmp_path / "Dataset085_Changed", cases=3)
+    out = tmp_path / "ds"
+    assert medgrit("build", f"nnunet:{source}", "--out", str(out)).returncode == 0
+    before = _parts(out), (out / "dataset.json").read_bytes()
+    longer = write_ct_source(tmp_path / "longer", cases=2, shape=(64, 56, 9))  # more slices
+    _grow(source, longer, ["case001"])
+    changed = medgrit("build", f"nnunet:{source}", "--out", str(out))
+    assert changed.returncode == 2
+    assert "1 of its cases changed" in changed.stderr and "case001: 6 images then, 9 now" in (
+        changed.stderr
+    )
     assert (_parts(out), (out / "dataset.json").read_bytes()) == before

@@ -225,6 +225,8 @@ def test_prefect_deploy_registers_the_committed_prefect_yaml(cli_env: dict[str, 
     assert deployment.work_pool_name == "medgrit"
     assert set(deployment.tags) == {"medgrit", "demo"}
     assert deployment.parameters["config"]["sources"] == ["demo"]
+    assert deployment.global_concurrency_limit.limit == 1
+    assert deployment.concurrency_options.collision_strategy == "CANCEL_NEW"
 
 
 def test_the_example_automation_is_accepted_by_the_server(cli_env: dict[str, str]) -> None:
@@ -361,6 +363,10 @@ def test_serve_registers_each_deployment_with_its_schedule_and_tags(served: Serv
     assert schedule.active and not deployment.paused
     assert set(deployment.tags) == {"medgrit", "nightly"}
     assert deployment.description == "test grow"
+    # One run at a time: a run due while the last still builds is cancelled, not failed.
+    assert deployment.global_concurrency_limit is not None
+    assert deployment.global_concurrency_limit.limit == 1
+    assert deployment.concurrency_options.collision_strategy == "CANCEL_NEW"
     assert deployment.parameters["config"]["out"] == str(served.root / "grow-ds")
     line = f"serving grow: build at cron '{CRON}' (Europe/Berlin) into {served.root / 'grow-ds'}"
     assert line in served.log.read_text().splitlines()

@@ -273,6 +273,7 @@ def new_manifest(
                     "case_id": c.case_id,
                     "split": c.split,
                     "quota": c.quota,
+                    **({} if c.listed is None else {"listed_images": c.listed}),
                 }
                 for c in cases
             ],
@@ -318,7 +319,8 @@ def _case_keys(shards: list[dict]) -> set[tuple]:
     }
 
 
-def _mismatch(previous: dict, manifest: dict, same_config: bool, shown: str) -> str:
+def mismatch_message(previous: dict, manifest: dict, same_config: bool, shown: str) -> str:
+    """Why ``previous`` (OUT's build) cannot be finished as ``manifest``, and what to do."""
     hint = (
         "Restore the sources, build into a new folder, or replace it with "
         "`medgrit build ... --overwrite`"
@@ -363,7 +365,9 @@ def resume_from(out: Path, manifest: dict, rebuild_if_changed: bool, extends: bo
                 elif old.get("batches"):
                     entry["batches"] = list(old["batches"])  # resumed, not resubmitted
         elif not rebuild_if_changed:
-            raise DatasetMismatch(_mismatch(previous, manifest, same_config, escape_name(str(out))))
+            raise DatasetMismatch(
+                mismatch_message(previous, manifest, same_config, escape_name(str(out)))
+            )
     try:
         compact(out, manifest)  # dataset.json now holds every record
     except OSError as exc:

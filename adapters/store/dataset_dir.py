@@ -30,6 +30,7 @@ import secrets
 import shutil
 import socket
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -160,7 +161,7 @@ def hold_dataset(out: Path) -> Iterator[None]:
         else:
             fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
             try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                _lock_briefly_contended(fd)
             except OSError as exc:
                 holder = _read_owner(fd)
                 os.close(fd)
@@ -183,6 +184,23 @@ def hold_dataset(out: Path) -> Iterator[None]:
             else:
                 del _held[key]
                 os.close(fd)  # closing the last descriptor releases the flock
+
+
+_LOCK_TRIES = 20
+_LOCK_PAUSE_S = 0.025
+
+
+def _lock_briefly_contended(fd: int) -> None:
+    """Take the writer lock, waiting out a holder that only looks (``current_writer`` holds a
+    shared lock for an instant); a writer that stays is EWOULDBLOCK after half a second."""
+    for attempt in range(_LOCK_TRIES):
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return
+        except OSError as exc:
+            if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN) or attempt == _LOCK_TRIES - 1:
+                raise
+            time.sleep(_LOCK_PAUSE_S)
 
 
 def current_writer(out: Path) -> str | None:
