@@ -3,13 +3,13 @@
 #   mricron-data         the AAL atlas on the Colin27 T1 (/usr/share/mricron/templates)
 #   invesalius-examples  a head CT (/usr/share/doc/invesalius-examples/examples/Cranium.inv3)
 # and the browser that renders the Prefect UI for tests/test_dashboard.py's screenshot:
-#   chromium             headless Chromium (`chromium` on PATH)
+#   chromium             headless Chromium (`chromium` on PATH), with fonts-liberation
 set -euo pipefail
 
 need=()
 [ -f /usr/share/mricron/templates/aal.nii.gz ] || need+=(mricron-data)
 [ -f /usr/share/doc/invesalius-examples/examples/Cranium.inv3 ] || need+=(invesalius-examples)
-command -v chromium >/dev/null 2>&1 || need+=(chromium)
+command -v chromium >/dev/null 2>&1 || need+=(chromium fonts-liberation)
 if [ ${#need[@]} -eq 0 ]; then
   exit 0
 fi
