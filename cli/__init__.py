@@ -19,7 +19,10 @@ import typer
 from pydantic import ValidationError
 
 from medgrit.adapters.store.dataset_dir import is_medgrit_dataset
+from medgrit.cli.evaluate import evaluate
+from medgrit.cli.export import export
 from medgrit.cli.messages import EXIT_USER_ERROR, fail, reason_of, shown
+from medgrit.cli.predict import predict_baseline
 from medgrit.cli.preflight import (
     absolute_spec,
     check_out,
@@ -29,6 +32,7 @@ from medgrit.cli.preflight import (
     take_out,
     writing,
 )
+from medgrit.cli.report import report as report_command
 from medgrit.cli.running import build_replacing, report, run_flow, shard_runner, summary_text
 from medgrit.cli.serve import serve
 from medgrit.core.fsnames import escape_name
@@ -394,6 +398,10 @@ def demo_data(
 
 
 app.command()(serve)
+app.command()(export)
+app.command()(evaluate)
+app.command()(report_command)
+app.command("predict-baseline")(predict_baseline)
 
 
 def _continue_hint() -> str:

@@ -115,3 +115,17 @@ def test_build_help_lists_every_source_kind_of_the_registry() -> None:
     flat = " ".join(shown.split())
     for kind, (_, _, line) in SOURCE_KINDS.items():
         assert f"{kind}: {line}" in flat
+
+
+def test_every_package_folder_is_installed() -> None:
+    """A package folder missing from pyproject's list works in an editable install only."""
+    import tomllib
+
+    setup = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+    listed = set(setup["packages"])
+    for name, folder in setup["package-dir"].items():
+        for init in sorted((ROOT / folder).rglob("__init__.py")):
+            if "__pycache__" in init.parts:
+                continue
+            rel = init.parent.relative_to(ROOT / folder).parts
+            assert ".".join([name, *rel]) in listed, init.parent

@@ -1,0 +1,1 @@
+"""Scoring model predictions on Med-GRIT tasks: JSONL reading, caption scorers, the report."""

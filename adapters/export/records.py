@@ -1,0 +1,199 @@
+"""One read of a finished dataset, shared by every export format and the baseline.
+
+A dataset is read once into :class:`DatasetRecords`: per split, one :class:`ExportRecord` per
+image (its SA-Med2D-style sample name, its metadata, its turns and the regions they show, and an
+:class:`ImageRef` saying where its PNG bytes are), in manifest shard order then table order, so
+every export lists the same records in the same order.
+
+The text side is held in memory: the images table without its ``image`` column, the regions and
+the conversations (a few hundred bytes per image). The PNG bytes are not: a Med-GRIT-sized build
+(75,000 images of up to 1024x1024, 100-500 kB each) would need tens of GB. :func:`iter_images`
+streams them one images part at a time, ``IMAGE_BATCH_ROWS`` rows per read, so an export holds
+about one batch of image bytes (plus what its writer buffers, see ``hfparquet``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import pyarrow.parquet as pq
+
+from medgrit.adapters.store.bookkeeping import read_dataset
+from medgrit.adapters.store.parquet import part_path
+from medgrit.adapters.store.validate import read_table
+from medgrit.core.exports import Box, TextRegion, sample_name
+from medgrit.schemas.tables import TABLES
+
+SPLITS: tuple[str, ...] = ("train", "test")
+IMAGE_BATCH_ROWS = 64
+_TEXT_COLUMNS = [f.name for f in TABLES["images"] if f.name != "image"]
+
+
+class ExportError(Exception):
+    """A dataset that cannot be exported as it is (the user can fix it): one line of text."""
+
+
+@dataclass(frozen=True)
+class ExportRegion:
+    """One region row as exports need it."""
+
+    region_id: str
+    label: str
+    bbox: Box
+    bbox_1000: Box
+
+
+@dataclass(frozen=True)
+class ExportQA:
+    """One turn: a question, its reference answer, and the regions it is about."""
+
+    task: str
+    question: str
+    answer: str
+    region_ids: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class ImageRef:
+    """Where an image's PNG bytes are: row ``row`` (0-based) of the images part ``part`` (a path
+    relative to the dataset directory)."""
+
+    part: str
+    row: int
+
+
+@dataclass(frozen=True)
+class ExportRecord:
+    """One image of a split with its conversation and regions (its bytes: :func:`iter_images`)."""
+
+    name: str
+    image_id: str
+    dataset: str
+    case_id: str
+    modality: str
+    plane: str
+    slice_index: int
+    width: int
+    height: int
+    split: str
+    image: ImageRef
+    qa: tuple[ExportQA, ...]
+    regions: Mapping[str, ExportRegion]
+
+    def text_regions(self, absolute: bool = False, first: tuple[str, ...] = ()) -> list[TextRegion]:
+        """The image's regions as box lookups, the turn's own (``first``) before the others so a
+        box two regions share is read as the turn's; ``absolute`` writes pixel ``bbox`` values."""
+        order = [i for i in first if i in self.regions]
+        order += [i for i in self.regions if i not in set(first)]
+        return [
+            TextRegion(r.label, r.bbox_1000, r.bbox if absolute else r.bbox_1000)
+            for r in (self.regions[i] for i in order)
+        ]
+
+
+@dataclass(frozen=True)
+class DatasetRecords:
+    """A dataset's records per split, its manifest (config, sources) for dataset cards, and its
+    directory and images parts (paths relative to it, manifest order) for :func:`iter_images`."""
+
+    splits: Mapping[str, tuple[ExportRecord, ...]]
+    manifest: Mapping
+    root: Path
+    image_parts: tuple[str, ...]
+
+
+def read_records(out: Path) -> DatasetRecords:
+    """Read a complete dataset's image metadata, regions and conversations once (no PNG bytes).
+
+    Raises:
+        ManifestError: when ``out`` is no medgrit dataset (its message says why).
+        ExportError: when the build is not complete, or two images share a sample name.
+    """
+    manifest = read_dataset(out)
+    shards = manifest.get("shards") or []
+    if manifest.get("status") != "complete" or any(s.get("status") != "done" for s in shards):
+        raise ExportError(
+            f"{out} is not a complete build; finish it with `medgrit resume {out}` first"
+        )
+    regions: dict[str, dict[str, ExportRegion]] = {}
+    for r in read_table(out, "regions"):
+        regions.setdefault(r["image_id"], {})[r["region_id"]] = ExportRegion(
+            r["region_id"], r["label"], tuple(r["bbox"]), tuple(r["bbox_1000"])
+        )
+    turns = {
+        c["image_id"]: tuple(
+            ExportQA(q["task"], q["question"], q["answer"], tuple(q["region_ids"])) for q in c["qa"]
+        )
+        for c in read_table(out, "conversations")
+    }
+    splits: dict[str, list[ExportRecord]] = {s: [] for s in SPLITS}
+    names: set[str] = set()
+    parts = [part_path("images", s["id"]) for s in shards]
+    parts = [p for p in parts if (out / p).is_file()]  # as read_table reads them
+    for part in parts:
+        with (out / part).open("rb") as handle:  # pyarrow's own paths must be UTF-8
+            rows = pq.read_table(handle, columns=_TEXT_COLUMNS, schema=TABLES["images"]).to_pylist()
+        for row, im in enumerate(rows):
+            name = sample_name(
+                im["modality"], im["dataset"], im["case_id"], im["plane"], im["slice_index"]
+            )
+            if name in names:
+                raise ExportError(f"two images of {out} share the sample name {name}")
+            names.add(name)
+            splits.setdefault(im["split"], []).append(
+                ExportRecord(
+                    name=name,
+                    image_id=im["image_id"],
+                    dataset=im["dataset"],
+                    case_id=im["case_id"],
+                    modality=im["modality"],
+                    plane=im["plane"],
+                    slice_index=im["slice_index"],
+                    width=im["width"],
+                    height=im["height"],
+                    split=im["split"],
+                    image=ImageRef(part, row),
+                    qa=turns.get(im["image_id"], ()),
+                    regions=regions.get(im["image_id"], {}),
+                )
+            )
+    return DatasetRecords({k: tuple(v) for k, v in splits.items()}, manifest, out, tuple(parts))
+
+
+def iter_images(records: DatasetRecords) -> Iterator[tuple[ExportRecord, bytes]]:
+    """Every record with its PNG bytes, one images part at a time, in part then row order (so
+    each split's records come in the order of ``records.splits``).
+
+    Raises:
+        ExportError: when an images part no longer holds the image a record was read from.
+    """
+    at = {(r.image.part, r.image.row): r for recs in records.splits.values() for r in recs}
+    for part in records.image_parts:
+        row = 0
+        with (records.root / part).open("rb") as handle:
+            batches = pq.ParquetFile(handle).iter_batches(
+                batch_size=IMAGE_BATCH_ROWS, columns=["image_id", "image"]
+            )
+            for batch in batches:
+                ids = batch.column("image_id").to_pylist()
+                pngs = batch.column("image").field("bytes")
+                for i, image_id in enumerate(ids):
+                    record = at.get((part, row))
+                    if record is None or record.image_id != image_id:
+                        raise ExportError(
+                            f"{records.root / part} changed while exporting; export again"
+                        )
+                    yield record, pngs[i].as_py()
+                    row += 1
+
+
+def write_pngs(records: DatasetRecords, folder: Path) -> int:
+    """Write every image as ``folder/NAME.png`` (the table's bytes unchanged); returns the count."""
+    folder.mkdir(parents=True, exist_ok=True)
+    count = 0
+    for record, png in iter_images(records):
+        (folder / f"{record.name}.png").write_bytes(png)
+        count += 1
+    return count

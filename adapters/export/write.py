@@ -1,0 +1,93 @@
+"""Run one export or the baseline into a temporary folder or file next to ``--out``, then rename.
+
+Nothing half-written is left at ``--out``: the work goes to ``.{name}.export-{pid}`` beside it,
+which is removed when anything fails, and is renamed into place only once complete.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from medgrit.adapters.export.baseline import baseline_lines
+from medgrit.adapters.export.bird import write_bird
+from medgrit.adapters.export.hf import write_hf
+from medgrit.adapters.export.llava import write_llava
+from medgrit.adapters.export.qwen2vl import write_qwen2vl
+from medgrit.adapters.export.records import DatasetRecords, read_records
+from medgrit.adapters.export.trl import write_trl
+
+
+@dataclass(frozen=True)
+class ExportOptions:
+    """The flags that apply to one format only (``jsonl``: trl; ``absolute_boxes``: qwen2vl;
+    ``licences``: hf)."""
+
+    jsonl: bool = False
+    absolute_boxes: bool = False
+    licences: tuple[str, ...] = field(default_factory=tuple)
+
+
+Writer = Callable[[DatasetRecords, Path, ExportOptions], dict[str, int]]
+
+FORMATS: dict[str, Writer] = {
+    "bird": lambda r, f, o: write_bird(r, f),
+    "llava": lambda r, f, o: write_llava(r, f),
+    "trl": lambda r, f, o: write_trl(r, f, jsonl=o.jsonl),
+    "qwen2vl": lambda r, f, o: write_qwen2vl(r, f, absolute=o.absolute_boxes),
+    "hf": lambda r, f, o: write_hf(r, f, list(o.licences)),
+}
+
+
+def _temporary(out: Path) -> Path:
+    return out.parent / f".{out.name}.export-{os.getpid()}"
+
+
+def export_dataset(
+    dataset: Path, fmt: str, out: Path, options: ExportOptions = ExportOptions()
+) -> dict[str, int]:
+    """Export ``dataset`` as ``fmt`` into the folder ``out`` (absent or empty).
+
+    Returns:
+        Records (or images) written per file.
+
+    Raises:
+        KeyError: for an unknown format.
+        ManifestError, ExportError: for a dataset that is missing or not complete.
+    """
+    writer = FORMATS[fmt]
+    records = read_records(dataset)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = _temporary(out)
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir()
+    try:
+        counts = writer(records, staging, options)
+        if out.is_dir():
+            out.rmdir()  # empty: checked by the caller, and rmdir refuses anything else
+        staging.rename(out)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return counts
+
+
+def write_predictions(dataset: Path, out: Path, tasks: Sequence[str]) -> int:
+    """Write the baseline's predictions for ``tasks`` as JSONL at ``out``; returns the lines.
+
+    Raises:
+        ManifestError, ExportError: for a dataset that is missing or not complete.
+    """
+    lines = baseline_lines(read_records(dataset), tasks)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = _temporary(out)
+    try:
+        staging.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
+        os.replace(staging, out)
+    except BaseException:
+        staging.unlink(missing_ok=True)
+        raise
+    return len(lines)

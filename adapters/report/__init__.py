@@ -1,0 +1,1 @@
+"""``medgrit report``: one self-contained HTML page that shows what a dataset holds."""

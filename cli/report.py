@@ -1,0 +1,72 @@
+"""``medgrit report DIR --out report.html``: one self-contained HTML page about a dataset.
+
+User errors (DIR is not a medgrit dataset, --out is a folder or cannot be written, --out lies
+inside DIR) are one line and exit code 2, checked before anything is read; the page is written
+to a temporary file and renamed, so a failed run leaves nothing half-written.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from medgrit.cli.messages import fail, reason_of, shown
+
+
+def _check_target(out: Path, dataset: Path) -> None:
+    if out.is_dir():
+        fail(f"--out {shown(out)} is a folder; give a file name, e.g. {shown(out / 'report.html')}")
+    parent = out.parent
+    if not parent.exists():
+        fail(f"--out {shown(out)}: the folder {shown(parent)} does not exist; create it first")
+    if not parent.is_dir():
+        fail(f"--out {shown(out)} lies under {shown(parent)}, which is a file, not a folder")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        fail(f"--out {shown(out)}: the folder {shown(parent)} is not writable; choose another")
+    resolved, root = out.resolve(), dataset.resolve()
+    if resolved == root or root in resolved.parents:
+        fail(
+            f"--out {shown(out)} lies inside the dataset {shown(dataset)}; write the report "
+            "outside it (a dataset holds only medgrit's files)"
+        )
+
+
+def report(
+    dataset: Annotated[Path, typer.Argument(metavar="DIR", help="Dataset directory.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="HTML file to write.")] = Path(
+        "report.html"
+    ),
+    samples: Annotated[
+        int, typer.Option(min=0, help="Gallery size: images shown with boxes and conversation.")
+    ] = 8,
+    seed: Annotated[int, typer.Option(help="Seed of the gallery's choice of images.")] = 0,
+) -> None:
+    """Write a self-contained HTML report of a dataset: counts, labels, boxes, a gallery.
+
+    Tables of images per modality, split and dataset, QA pairs per modality and task, labels
+    and rejects; histograms of box sizes and centres; sample images (one of each modality
+    first) with their boxes and conversations. One file, nothing fetched: open it anywhere.
+    """
+    from medgrit.adapters.store.dataset_dir import is_medgrit_dataset
+    from medgrit.adapters.store.manifest import ManifestError
+
+    if not str(out).strip():
+        fail("--out needs a file name")
+    if not dataset.is_dir():
+        fail(f"{shown(dataset)} is not a folder; give a dataset directory")
+    if not is_medgrit_dataset(dataset):
+        fail(f"{shown(dataset)} is not a medgrit dataset (no medgrit dataset.json in it)")
+    _check_target(out, dataset)
+
+    from medgrit.adapters.report.html import write_report
+
+    try:
+        written = write_report(dataset, out, samples=samples, seed=seed)
+    except ManifestError as exc:
+        fail(str(exc))
+    except OSError as exc:
+        fail(f"cannot write --out {shown(out)}: {reason_of(exc)}")
+    typer.echo(f"report written to {shown(written)}")

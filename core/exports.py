@@ -1,0 +1,225 @@
+"""Text rules of the export formats: sample names, BiRD's prompt prefix, Qwen2-VL box tokens, and
+the rule-based baseline. Pure: no file or network I/O.
+
+Sample names follow SA-Med2D-20M, whose names BiRD's code reads the modality from:
+``{modality_sub}--{dataset}--{case}--{axis}_{slice}``, e.g.
+``ct_00--SyntheticCTPhantom--3f2a..--z_0042``.
+
+- ``modality_sub`` is ``{key}_00`` where ``key`` is BiRD's modality key (``ct``, ``mr``, ``x`` for
+  medgrit's ``xray``, ``pet``, ``endoscopy``, ``dermoscopy``, ``fundus``, ``ultrasound``), so
+  ``name.split("_")[0]`` is the key. ``00`` marks "no sub-modality recorded".
+- ``dataset`` keeps ASCII letters, digits, ``.`` and single ``-``; every other run of characters
+  (``_`` included) becomes one ``-``, so ``--`` only ever separates fields.
+- ``case`` is the pseudonymous case id, never a source name.
+- ``axis`` is SA-Med2D's letter of the slicing axis: ``x`` sagittal, ``y`` coronal, ``z`` axial;
+  2D images (one plane, slice 0) are ``z``. ``slice`` is zero-padded to four digits.
+
+Boxes: the dataset's text already uses Qwen-VL syntax ``<ref>X</ref><box>(x1,y1),(x2,y2)</box>``
+with ``bbox_1000`` values (0-1000, Qwen-VL's own frame). Qwen2-VL's tokens are written from the
+regions' own boxes, found by value among the turn's regions, never by rewriting the numbers.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import Counter, defaultdict
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+
+Box = tuple[int, int, int, int]
+
+BIRD_MODALITY: Mapping[str, str] = {
+    "ct": "ct",
+    "mr": "mr",
+    "xray": "x",
+    "pet": "pet",
+    "endoscopy": "endoscopy",
+    "dermoscopy": "dermoscopy",
+    "fundus": "fundus",
+    "ultrasound": "ultrasound",
+}
+MEDGRIT_MODALITY: Mapping[str, str] = {v: k for k, v in BIRD_MODALITY.items()}
+PLANE_AXIS: Mapping[str, str] = {"sagittal": "x", "coronal": "y", "axial": "z", "2d": "z"}
+# BiRD's test file of each task.
+BIRD_TEST_FILES: Mapping[str, str] = {
+    "VG": "Test_VG.json",
+    "ROC": "Test_RO.json",
+    "RC": "Test_GC.json",
+    "MIA": "Test_MII.json",
+}
+TASKS: tuple[str, ...] = ("VG", "ROC", "RC", "MIA")
+
+_UNSAFE = re.compile(r"[^A-Za-z0-9.]+")
+_NAME = re.compile(
+    r"^(?P<key>[a-z]+)_00--(?P<dataset>[^_]+?)--(?P<case>[^_]+?)--(?P<axis>[xyz])_(?P<slice>\d+)$"
+)
+
+
+def safe_dataset_name(dataset: str) -> str:
+    """A dataset name fit for a file name and free of ``_`` and ``--`` (the field separators)."""
+    cleaned = _UNSAFE.sub("-", dataset).strip("-.")
+    return cleaned or "dataset"
+
+
+def sample_name(modality: str, dataset: str, case_id: str, plane: str, slice_index: int) -> str:
+    """The SA-Med2D-style name of one image (see the module docstring).
+
+    Raises:
+        ValueError: for a modality or plane outside the data contract.
+    """
+    try:
+        key, axis = BIRD_MODALITY[modality], PLANE_AXIS[plane]
+    except KeyError as exc:
+        raise ValueError(f"no sample name for modality/plane {exc.args[0]!r}") from None
+    case = safe_dataset_name(case_id)
+    return f"{key}_00--{safe_dataset_name(dataset)}--{case}--{axis}_{int(slice_index):04d}"
+
+
+def modality_of_name(name: str) -> str:
+    """medgrit's modality key of a sample name (what BiRD reads as ``name.split("_")[0]``).
+
+    Raises:
+        ValueError: when ``name`` is not a sample name.
+    """
+    match = _NAME.match(name)
+    if match is None or match["key"] not in MEDGRIT_MODALITY:
+        raise ValueError(f"{name!r} is not a sample name")
+    return MEDGRIT_MODALITY[match["key"]]
+
+
+def bird_question(name: str, question: str) -> str:
+    """The first question of a conversation as BiRD's Qwen-VL code reads it (image tag first)."""
+    return f"Picture 1: <img>{name}.png</img>\n{question}"
+
+
+@dataclass(frozen=True)
+class TextRegion:
+    """A region a turn may show: its label, its Qwen-VL box and the box to write in its place."""
+
+    label: str
+    bbox_1000: Box
+    written: Box
+
+
+_REF_BOX = re.compile(
+    r"(?:<ref>(?P<ref>[^<]*)</ref>)?<box>\((?P<a>-?\d+),(?P<b>-?\d+)\),\((?P<c>-?\d+),(?P<d>-?\d+)\)</box>"
+)
+_REF = re.compile(r"<ref>(?P<ref>[^<]*)</ref>")
+
+
+def qwen2vl_text(text: str, regions: Sequence[TextRegion]) -> str:
+    """``text`` with Qwen-VL ``<ref>``/``<box>`` tags as Qwen2-VL's special tokens.
+
+    Each box is looked up among ``regions`` (those of the turn) by its ``bbox_1000`` and, when a
+    ``<ref>`` names it, by label; the region's ``written`` box is what appears. Qwen2-VL writes
+    ``<|object_ref_start|>X<|object_ref_end|><|box_start|>(x1,y1),(x2,y2)<|box_end|>``.
+
+    Raises:
+        ValueError: when a box is no box of the given regions (a dataset that breaks the contract).
+    """
+
+    def box_of(match: re.Match) -> str:
+        box = tuple(int(match[k]) for k in "abcd")
+        ref = match["ref"]
+        for region in regions:
+            if region.bbox_1000 == box and (ref is None or region.label == ref):
+                x0, y0, x1, y1 = region.written
+                tokens = f"<|box_start|>({x0},{y0}),({x1},{y1})<|box_end|>"
+                if ref is not None:
+                    return f"<|object_ref_start|>{ref}<|object_ref_end|>{tokens}"
+                return tokens
+        raise ValueError(f"box {box} of {text!r} is no box of the turn's regions")
+
+    boxed = _REF_BOX.sub(box_of, text)
+    return _REF.sub(lambda m: f"<|object_ref_start|>{m['ref']}<|object_ref_end|>", boxed)
+
+
+def format_ref_box(label: str, box: Box) -> str:
+    """Qwen-VL text of a named box, as BiRD's answers carry it."""
+    x0, y0, x1, y1 = box
+    return f"<ref>{label}</ref><box>({x0},{y0}),({x1},{y1})</box>"
+
+
+@dataclass(frozen=True)
+class BaselineModel:
+    """What the rule-based baseline knows of the train split: label counts and mean boxes.
+
+    ``mean_boxes`` is keyed by (modality, label) and ``global_boxes`` by label; ``label_counts``
+    by modality, most frequent first (ties by name, so predictions are deterministic).
+    """
+
+    mean_boxes: Mapping[tuple[str, str], Box]
+    global_boxes: Mapping[str, Box]
+    label_counts: Mapping[str, tuple[tuple[str, int], ...]]
+    global_counts: tuple[tuple[str, int], ...]
+
+
+def _mean(boxes: list[Box]) -> Box:
+    n = len(boxes)
+    return tuple(round(sum(b[i] for b in boxes) / n) for i in range(4))  # type: ignore[return-value]
+
+
+def _ranked(counter: Counter) -> tuple[tuple[str, int], ...]:
+    return tuple(sorted(counter.items(), key=lambda kv: (-kv[1], kv[0])))
+
+
+def fit_baseline(train_regions: Iterable[tuple[str, str, Box]]) -> BaselineModel:
+    """The baseline of train regions given as (modality, label, bbox_1000)."""
+    per: dict[tuple[str, str], list[Box]] = defaultdict(list)
+    per_label: dict[str, list[Box]] = defaultdict(list)
+    counts: dict[str, Counter] = defaultdict(Counter)
+    overall: Counter = Counter()
+    for modality, label, box in train_regions:
+        per[(modality, label)].append(tuple(box))  # type: ignore[arg-type]
+        per_label[label].append(tuple(box))  # type: ignore[arg-type]
+        counts[modality][label] += 1
+        overall[label] += 1
+    return BaselineModel(
+        mean_boxes={k: _mean(v) for k, v in per.items()},
+        global_boxes={k: _mean(v) for k, v in per_label.items()},
+        label_counts={m: _ranked(c) for m, c in counts.items()},
+        global_counts=_ranked(overall),
+    )
+
+
+def _labels_of(model: BaselineModel, modality: str) -> tuple[tuple[str, int], ...]:
+    return model.label_counts.get(modality) or model.global_counts
+
+
+def _box_of(model: BaselineModel, modality: str, label: str) -> Box:
+    box = model.mean_boxes.get((modality, label)) or model.global_boxes.get(label)
+    return box if box is not None else (250, 250, 750, 750)  # a label never seen: the centre
+
+
+MIA_LABELS = 3
+
+
+def predict_baseline_answer(
+    model: BaselineModel, task: str, modality: str, asked_label: str | None
+) -> str:
+    """The baseline's answer to one test turn: a floor any trained model should beat.
+
+    VG: the asked label's mean train box (this modality's, else over all modalities); ROC: the
+    modality's most frequent train label; RC: a template sentence naming that label; MIA: the
+    modality's ``MIA_LABELS`` most frequent train labels with their mean boxes.
+
+    Raises:
+        ValueError: for an unknown task, or VG without the asked label.
+    """
+    ranked = _labels_of(model, modality)
+    top = ranked[0][0] if ranked else "structure"
+    if task == "VG":
+        if asked_label is None:
+            raise ValueError("a VG prediction needs the asked label")
+        return format_ref_box(asked_label, _box_of(model, modality, asked_label))
+    if task == "ROC":
+        return f"The region shows the {top}."
+    if task == "RC":
+        return f"The region contains the {top}."
+    if task == "MIA":
+        parts = [
+            f"the {format_ref_box(lab, _box_of(model, modality, lab))}"
+            for lab, _ in ranked[:MIA_LABELS]
+        ]
+        return f"Visible structures: {'; '.join(parts)}." if parts else "No structure is visible."
+    raise ValueError(f"unknown task {task!r}; expected one of {', '.join(TASKS)}")
