@@ -58,6 +58,8 @@ def export(
     ] = None,
 ) -> None:
     """Export a dataset for training code (BiRD, LLaVA, TRL, Qwen2-VL, Hugging Face)."""
+    from pyarrow import ArrowException
+
     from medgrit.adapters.export.hf import split_licences
     from medgrit.adapters.export.records import ExportError
     from medgrit.adapters.export.write import ExportOptions, export_dataset
@@ -82,6 +84,11 @@ def export(
         counts = export_dataset(dataset, fmt, out, options)
     except (ManifestError, ExportError) as exc:
         fail(str(exc))
+    except ArrowException as exc:
+        fail(
+            f"{shown(dataset)} holds a table part that is not readable Parquet "
+            f"({type(exc).__name__}); `medgrit validate {shown(dataset)}` says which"
+        )
     except OSError as exc:
         fail(f"cannot write {shown(out)}: {reason_of(exc)}", code=1)
     for name, n in counts.items():

@@ -32,6 +32,8 @@ def predict_baseline(
     ] = None,
 ) -> None:
     """Write rule-based predictions for a dataset's test split (a floor for models)."""
+    from pyarrow import ArrowException
+
     from medgrit.adapters.export.records import ExportError
     from medgrit.adapters.export.write import write_predictions
     from medgrit.adapters.store.manifest import ManifestError
@@ -45,6 +47,11 @@ def predict_baseline(
         n = write_predictions(dataset, out, tasks)
     except (ManifestError, ExportError) as exc:
         fail(str(exc))
+    except ArrowException as exc:
+        fail(
+            f"{shown(dataset)} holds a table part that is not readable Parquet "
+            f"({type(exc).__name__}); `medgrit validate {shown(dataset)}` says which"
+        )
     except OSError as exc:
         fail(f"cannot write {shown(out)}: {reason_of(exc)}", code=1)
     typer.echo(f"{n} predictions written to {shown(out)}")

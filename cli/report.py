@@ -61,12 +61,19 @@ def report(
         fail(f"{shown(dataset)} is not a medgrit dataset (no medgrit dataset.json in it)")
     _check_target(out, dataset)
 
+    from pyarrow import ArrowException
+
     from medgrit.adapters.report.html import write_report
 
     try:
         written = write_report(dataset, out, samples=samples, seed=seed)
     except ManifestError as exc:
         fail(str(exc))
+    except ArrowException as exc:
+        fail(
+            f"{shown(dataset)} holds a table part that is not readable Parquet "
+            f"({type(exc).__name__}); `medgrit validate {shown(dataset)}` says which"
+        )
     except OSError as exc:
         fail(f"cannot write --out {shown(out)}: {reason_of(exc)}")
     typer.echo(f"report written to {shown(written)}")

@@ -95,9 +95,9 @@ def reference_boxes(annotation: str) -> np.ndarray:
     """
     texts = BOX_PATTERN.findall(annotation)
     boxes = _boxes(texts)
-    bad = [t for t, row in zip(texts, boxes, strict=True) if np.isnan(row).any()]
+    bad = [t for t, row in zip(texts, boxes, strict=True) if not np.isfinite(row).all()]
     if bad:
-        raise ValueError(f"reference box <box>{bad[0]}</box> is not four numbers")
+        raise ValueError(f"reference box <box>{bad[0]}</box> is not four finite numbers")
     return boxes
 
 

@@ -221,9 +221,10 @@ def test_modality_comes_from_the_id_or_birds_image_path(tmp_path: Path) -> None:
     rows = [
         {"id": 7, "image": "endoscopy_3/a.png", "annotation": "a", "response": "a"},
         {"id": "xray_00--D--c--z_0001", "image": "?", "annotation": "a", "response": "a"},
+        {"id": "1", "image": "images/CT_00--D--c--z_0000.png", "annotation": "a", "response": "a"},
     ]
     preds = read_predictions(write_jsonl(tmp_path / "p.jsonl", rows))
-    assert [p.modality for p in preds] == ["endoscopy", "x"]
+    assert [p.modality for p in preds] == ["endoscopy", "x", "ct"]
 
 
 def test_reading_errors_name_the_line(tmp_path: Path) -> None:
@@ -233,6 +234,8 @@ def test_reading_errors_name_the_line(tmp_path: Path) -> None:
         (good + "\n" + json.dumps({"id": "brain_1", "annotation": "", "response": ""}), "line 2"),
         (json.dumps(line("ct", "a", "a", task="XX")), "line 1: unknown task"),
         (json.dumps({"id": "ct_1", "response": ""}), "line 1: needs a text field 'annotation'"),
+        (json.dumps(line("pet", " ", "x", task="RC")), "line 1: an RC line needs an annotation"),
+        ("[" * 100_000, "line 1: nested too deeply"),
     ):
         path = tmp_path / "bad.jsonl"
         path.write_text(text)
@@ -296,3 +299,10 @@ def test_cli_user_errors_are_one_line_with_exit_2(tmp_path: Path, medgrit_offlin
         assert done.returncode == 2, done.stderr
         lines = done.stderr.strip().splitlines()
         assert len(lines) == 1 and message in lines[0], done.stderr
+
+
+def test_a_reference_box_that_is_not_finite_is_refused() -> None:
+    from medgrit.core.metrics import reference_boxes
+
+    with pytest.raises(ValueError, match="not four finite numbers"):
+        reference_boxes("<ref>a</ref><box>(1,2),(3,inf)</box>")

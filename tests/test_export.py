@@ -398,3 +398,22 @@ def test_export_command_writes_into_an_empty_folder(
     assert result.returncode == 0, result.stderr
     assert (empty / "train.json").is_file() and (empty / "test.json").is_file()
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+
+def test_a_damaged_table_part_is_one_line_for_every_reader(
+    medgrit_offline, dataset: Path, tmp_path: Path
+) -> None:
+    import shutil
+
+    copy = tmp_path / "ds"
+    shutil.copytree(dataset, copy)
+    part = sorted((copy / "regions").glob("part-*.parquet"))[0]
+    part.write_bytes(b"not parquet")
+    for args in (
+        ("export", str(copy), "--format", "bird", "--out", str(tmp_path / "bird")),
+        ("predict-baseline", str(copy), "--out", str(tmp_path / "p.jsonl")),
+        ("report", str(copy), "--out", str(tmp_path / "r.html")),
+    ):
+        message = _one_error_line(medgrit_offline(*args))
+        assert "not readable Parquet" in message and "medgrit validate" in message, args
+    assert not (tmp_path / "bird").exists() and not (tmp_path / "r.html").exists()

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 from medgrit.core.metrics import MODALITIES, TASKS, modality_key
 
@@ -35,8 +35,12 @@ class Prediction:
 def _modality(record: dict, line: int) -> str:
     for field in ("id", "image"):
         value = record.get(field)
-        if value is not None:
-            key = modality_key(str(value).split("_")[0])
+        if value is None:
+            continue
+        # BiRD's image paths start with the modality folder (``endoscopy_3/...``); a path
+        # into an export's folder (``images/ct_00--...png``) names it in the file name.
+        for text in (str(value), PurePosixPath(str(value)).name):
+            key = modality_key(text.split("_")[0].lower())
             if key is not None:
                 return key
     raise PredictionFileError(
@@ -74,17 +78,23 @@ def read_predictions(path: Path) -> list[Prediction]:
                 record = json.loads(text)
             except json.JSONDecodeError as exc:
                 raise PredictionFileError(f"line {number}: not valid JSON ({exc.msg})") from None
+            except RecursionError:
+                raise PredictionFileError(f"line {number}: nested too deeply to read") from None
             if not isinstance(record, dict):
                 raise PredictionFileError(f"line {number}: not a JSON object")
             for field in ("annotation", "response"):
                 if not isinstance(record.get(field), str):
                     raise PredictionFileError(f"line {number}: needs a text field {field!r}")
+            task = _task(record, number)
+            if task in ("RC", "MIA") and not record["annotation"].strip():
+                # Caption scores need a reference text (CIDEr has nothing to weigh otherwise).
+                raise PredictionFileError(f"line {number}: an {task} line needs an annotation")
             out.append(
                 Prediction(
                     line=number,
                     id=str(record.get("id", number)),
                     modality=_modality(record, number),
-                    task=_task(record, number),
+                    task=task,
                     annotation=record["annotation"],
                     response=record["response"],
                 )
