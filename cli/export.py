@@ -13,7 +13,7 @@ from typing import Annotated
 
 import typer
 
-from medgrit.cli.messages import fail, reason_of, shown
+from medgrit.cli.messages import fail, fail_unreadable_tables, reason_of, shown
 
 FORMAT_NAMES = ("bird", "llava", "trl", "qwen2vl", "hf")
 
@@ -85,10 +85,7 @@ def export(
     except (ManifestError, ExportError) as exc:
         fail(str(exc))
     except ArrowException as exc:
-        fail(
-            f"{shown(dataset)} holds a table part that is not readable Parquet "
-            f"({type(exc).__name__}); `medgrit validate {shown(dataset)}` says which"
-        )
+        fail_unreadable_tables(dataset, exc)
     except OSError as exc:
         fail(f"cannot write {shown(out)}: {reason_of(exc)}", code=1)
     for name, n in counts.items():

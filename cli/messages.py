@@ -27,3 +27,11 @@ def reason_of(exc: BaseException) -> str:
         where = f": {shown(exc.filename)}" if exc.filename else ""
         return f"{exc.strerror}{where}"
     return str(exc)
+
+
+def fail_unreadable_tables(dataset: Path, exc: BaseException) -> NoReturn:
+    """A dataset whose table part pyarrow cannot read: one line pointing at ``validate``."""
+    fail(
+        f"{shown(dataset)} holds a table part that is not readable Parquet "
+        f"({type(exc).__name__}); `medgrit validate {shown(dataset)}` says which"
+    )

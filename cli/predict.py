@@ -14,7 +14,7 @@ from typing import Annotated
 import typer
 
 from medgrit.cli.export import check_new_out
-from medgrit.cli.messages import fail, reason_of, shown
+from medgrit.cli.messages import fail, fail_unreadable_tables, reason_of, shown
 
 TASK_NAMES = ("VG", "ROC", "RC", "MIA")
 
@@ -48,10 +48,7 @@ def predict_baseline(
     except (ManifestError, ExportError) as exc:
         fail(str(exc))
     except ArrowException as exc:
-        fail(
-            f"{shown(dataset)} holds a table part that is not readable Parquet "
-            f"({type(exc).__name__}); `medgrit validate {shown(dataset)}` says which"
-        )
+        fail_unreadable_tables(dataset, exc)
     except OSError as exc:
         fail(f"cannot write {shown(out)}: {reason_of(exc)}", code=1)
     typer.echo(f"{n} predictions written to {shown(out)}")

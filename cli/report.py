@@ -13,7 +13,7 @@ from typing import Annotated
 
 import typer
 
-from medgrit.cli.messages import fail, reason_of, shown
+from medgrit.cli.messages import fail, fail_unreadable_tables, reason_of, shown
 
 
 def _check_target(out: Path, dataset: Path) -> None:
@@ -70,10 +70,7 @@ def report(
     except ManifestError as exc:
         fail(str(exc))
     except ArrowException as exc:
-        fail(
-            f"{shown(dataset)} holds a table part that is not readable Parquet "
-            f"({type(exc).__name__}); `medgrit validate {shown(dataset)}` says which"
-        )
+        fail_unreadable_tables(dataset, exc)
     except OSError as exc:
         fail(f"cannot write --out {shown(out)}: {reason_of(exc)}")
     typer.echo(f"report written to {shown(written)}")

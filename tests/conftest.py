@@ -14,6 +14,8 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -70,37 +72,26 @@ def aal_nnunet(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
-@pytest.fixture(scope="session")
-def prefect_server(tmp_path_factory: pytest.TempPathFactory):
-    """A real Prefect server on 127.0.0.1 for the whole session; yields its API URL."""
-    home = tmp_path_factory.mktemp("prefect-home")
+@contextmanager
+def running_prefect_server(
+    home: Path, extra_env: dict[str, str] | None = None, services: bool = False
+) -> Iterator[str]:
+    """``prefect server start`` on a free port of 127.0.0.1 with its own PREFECT_HOME; yields
+    its API URL and stops it at the end. ``extra_env`` may use ``{url}`` (the API URL)."""
     port = _free_port()
+    url = f"http://127.0.0.1:{port}/api"
     env = {
         **os.environ,
         "PREFECT_HOME": str(home),
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
         "DO_NOT_TRACK": "1",
+        **{k: v.format(url=url) for k, v in (extra_env or {}).items()},
     }
     env.pop("PREFECT_API_URL", None)
     log = (home / "server.log").open("w")
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "prefect",
-            "server",
-            "start",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--no-services",
-        ],
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    url = f"http://127.0.0.1:{port}/api"
+    cmd = [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1"]
+    cmd += ["--port", str(port), *([] if services else ["--no-services"])]
+    proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
     deadline = time.monotonic() + 240
     while True:
         try:
@@ -114,13 +105,40 @@ def prefect_server(tmp_path_factory: pytest.TempPathFactory):
             tail = (home / "server.log").read_text()[-2000:]
             pytest.fail(f"Prefect server did not start: {tail}")
         time.sleep(0.5)
-    yield url
-    proc.terminate()
     try:
-        proc.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-    log.close()
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        log.close()
+
+
+@pytest.fixture(scope="session")
+def prefect_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real Prefect server on 127.0.0.1 for the whole session; yields its API URL."""
+    with running_prefect_server(tmp_path_factory.mktemp("prefect-home")) as url:
+        yield url
+
+
+def build_demo_dataset(out: Path, demo_dir: Path, max_images: int) -> Path:
+    """A template build of ``max_images`` demo images into ``out``, in this process (no
+    Prefect), with MEDGRIT_DEMO_DIR pointed at ``demo_dir`` only while it builds."""
+    from medgrit.adapters.build import LoopMapper, run_build
+    from medgrit.schemas.config import BuildConfig
+
+    before = os.environ.get("MEDGRIT_DEMO_DIR")
+    os.environ["MEDGRIT_DEMO_DIR"] = str(demo_dir)
+    try:
+        run_build(BuildConfig(out=str(out), max_images=max_images), LoopMapper())
+    finally:
+        if before is None:
+            os.environ.pop("MEDGRIT_DEMO_DIR", None)
+        else:
+            os.environ["MEDGRIT_DEMO_DIR"] = before
+    return out
 
 
 @pytest.fixture(scope="session")

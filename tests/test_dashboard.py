@@ -11,17 +11,15 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from uuid import UUID
 
 import pytest
-from conftest import run_cli
+from conftest import run_cli, running_prefect_server
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import (
     ArtifactFilter,
@@ -307,55 +305,19 @@ def test_an_llm_build_from_the_cli_shows_its_spend(
 # -- the page in the UI ----------------------------------------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def ui_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A Prefect server whose UI reaches its API (``PREFECT_UI_API_URL``) and whose services
     record task runs; yields the API URL."""
-    home = tmp_path_factory.mktemp("prefect-ui-home")
-    port = _free_port()
-    url = f"http://127.0.0.1:{port}/api"
-    env = {
-        **os.environ,
-        "PREFECT_HOME": str(home),
-        "PREFECT_UI_API_URL": url,
-        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-        "DO_NOT_TRACK": "1",
+    quiet = {
+        "PREFECT_UI_API_URL": "{url}",
         "PREFECT_SERVER_SERVICES_SCHEDULER_ENABLED": "false",
         "PREFECT_SERVER_SERVICES_LATE_RUNS_ENABLED": "false",
         "PREFECT_SERVER_SERVICES_FOREMAN_ENABLED": "false",
     }
-    env.pop("PREFECT_API_URL", None)
-    log = (home / "server.log").open("w")
-    cmd = [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1"]
-    proc = subprocess.Popen(
-        [*cmd, "--port", str(port)], env=env, stdout=log, stderr=subprocess.STDOUT
-    )
-    deadline = time.monotonic() + 240
-    while True:
-        try:
-            with urllib.request.urlopen(f"{url}/health", timeout=2) as response:
-                if response.status == 200:
-                    break
-        except OSError:
-            pass
-        if proc.poll() is not None or time.monotonic() > deadline:
-            proc.kill()
-            tail = (home / "server.log").read_text()[-2000:]
-            pytest.fail(f"Prefect server did not start: {tail}")
-        time.sleep(0.5)
-    yield url
-    proc.terminate()
-    try:
-        proc.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-    log.close()
+    home = tmp_path_factory.mktemp("prefect-ui-home")
+    with running_prefect_server(home, quiet, services=True) as url:
+        yield url
 
 
 def _chromium(*args: str) -> subprocess.CompletedProcess:

@@ -8,7 +8,6 @@ are the regions' boxes, sample names give back the modality, and PNGs are the ta
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
 from collections import Counter
@@ -16,6 +15,7 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
+from conftest import build_demo_dataset
 from PIL import Image
 
 from medgrit.adapters.export import records as export_records
@@ -40,20 +40,7 @@ QWEN2_BOX = re.compile(r"<\|box_start\|>\((\d+),(\d+)\),\((\d+),(\d+)\)<\|box_en
 
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory: pytest.TempPathFactory, demo_dir: Path) -> Path:
-    from medgrit.adapters.build import LoopMapper, run_build
-    from medgrit.schemas.config import BuildConfig
-
-    out = tmp_path_factory.mktemp("export") / "ds"
-    before = os.environ.get("MEDGRIT_DEMO_DIR")
-    os.environ["MEDGRIT_DEMO_DIR"] = str(demo_dir)
-    try:
-        run_build(BuildConfig(out=str(out), max_images=80), LoopMapper())
-    finally:
-        if before is None:
-            os.environ.pop("MEDGRIT_DEMO_DIR", None)
-        else:
-            os.environ["MEDGRIT_DEMO_DIR"] = before
-    return out
+    return build_demo_dataset(tmp_path_factory.mktemp("export") / "ds", demo_dir, 80)
 
 
 @pytest.fixture(scope="module")

@@ -20,6 +20,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from conftest import build_demo_dataset
 from PIL import Image
 
 from medgrit.core.report_stats import box_measures, centre_histogram, choose_samples
@@ -84,20 +85,7 @@ def _pairs(rows: list[list[str]]) -> dict[str, int]:
 
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory: pytest.TempPathFactory, demo_dir: Path) -> Path:
-    from medgrit.adapters.build import LoopMapper, run_build
-    from medgrit.schemas.config import BuildConfig
-
-    out = tmp_path_factory.mktemp("report") / "demo"
-    before = os.environ.get("MEDGRIT_DEMO_DIR")
-    os.environ["MEDGRIT_DEMO_DIR"] = str(demo_dir)
-    try:
-        run_build(BuildConfig(out=str(out), max_images=40), LoopMapper())
-    finally:
-        if before is None:
-            os.environ.pop("MEDGRIT_DEMO_DIR", None)
-        else:
-            os.environ["MEDGRIT_DEMO_DIR"] = before
-    return out
+    return build_demo_dataset(tmp_path_factory.mktemp("report") / "demo", demo_dir, 40)
 
 
 @pytest.fixture(scope="module")
