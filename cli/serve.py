@@ -12,78 +12,28 @@ what is new. ``--prefect-yaml FILE`` writes the same deployments as a ``prefect.
 from __future__ import annotations
 
 import os
-import tomllib
 from pathlib import Path
-from typing import Annotated, Any, NoReturn
+from typing import Annotated
 
 import typer
 from pydantic import ValidationError
 
+from medgrit.cli.configfile import invalid_config, parse_config_file
 from medgrit.cli.messages import fail, reason_of, shown
 from medgrit.cli.preflight import check_out, create_key, open_checked
 from medgrit.schemas.service import ServiceConfig
-
-SUFFIXES = {".toml": "TOML", ".yaml": "YAML", ".yml": "YAML"}
-
-
-def field_path(loc: tuple[Any, ...]) -> str:
-    """A pydantic error location as a reader finds it in the file: ``deployments[0].config``."""
-    text = ""
-    for part in loc:
-        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
-    return text
-
-
-def _invalid(where: str, exc: ValidationError) -> NoReturn:
-    err = exc.errors()[0]
-    msg = err.get("msg", "invalid value").removeprefix("Value error, ")
-    path = field_path(tuple(err.get("loc", ())))
-    fail(f"{where}: {path}: {msg}" if path else f"{where}: {msg}")
-
-
-def _parse(path: Path) -> Any:
-    """The file's data; an unreadable or malformed file is one line."""
-    kind = SUFFIXES.get(path.suffix.lower())
-    if kind is None:
-        fail(f"{shown(path)}: the service config must be a .toml, .yaml or .yml file")
-    if not path.exists():
-        fail(f"{shown(path)}: no such file")
-    if path.is_dir():
-        fail(f"{shown(path)} is a folder; give the service config file")
-    try:
-        data = path.read_bytes()
-    except OSError as exc:
-        fail(f"cannot read {shown(path)}: {reason_of(exc)}")
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError:
-        fail(f"{shown(path)} is not UTF-8 text")
-    if kind == "TOML":
-        try:
-            return tomllib.loads(text)
-        except tomllib.TOMLDecodeError as exc:
-            fail(f"{shown(path)} is not valid TOML: {exc}")
-    import yaml
-
-    try:
-        return yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        what = getattr(exc, "problem", None) or type(exc).__name__
-        at = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
-        fail(f"{shown(path)} is not valid YAML: {what}{at}")
 
 
 def load_service_config(path: Path) -> ServiceConfig:
     """Read and validate a service config; its relative paths are made absolute against the
     file's folder. Every problem is one line and exit code 2."""
-    data = _parse(path)
+    data = parse_config_file(path, "service config")
     if not isinstance(data, dict):
         fail(f"{shown(path)}: the file must hold a `deployments` list (see examples/service.toml)")
     try:
         service = ServiceConfig.model_validate(data)
     except ValidationError as exc:
-        _invalid(shown(path), exc)
+        invalid_config(shown(path), exc)
     service = service.resolved(path.parent.absolute())
     seen: dict[Path, int] = {}
     for i, deployment in enumerate(service.deployments):
