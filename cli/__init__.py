@@ -21,6 +21,7 @@ from pydantic import ValidationError
 from medgrit.adapters.store.dataset_dir import is_medgrit_dataset
 from medgrit.cli.evaluate import evaluate
 from medgrit.cli.export import export
+from medgrit.cli.finetune import finetune
 from medgrit.cli.messages import EXIT_USER_ERROR, fail, reason_of, shown
 from medgrit.cli.predict import predict_baseline
 from medgrit.cli.preflight import (
@@ -402,6 +403,7 @@ app.command()(export)
 app.command()(evaluate)
 app.command()(report_command)
 app.command("predict-baseline")(predict_baseline)
+app.command()(finetune)
 
 
 def _continue_hint() -> str:

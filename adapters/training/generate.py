@@ -1,0 +1,94 @@
+"""Greedy answers of a fine-tuned model to the test turns, in BiRD's inference format.
+
+Prompts (:func:`.examples.iter_prompts`) are answered in batches of one task (BiRD's
+``max_new_tokens`` per task: 80, 100 for MIA), left-padded, without sampling. Each line is
+``{"id", "image", "question", "annotation", "response", "task"}`` as ``predict-baseline`` writes
+it, in the order of the ``bird`` export's test files; ``response`` is the answer up to the
+model's end of turn in Qwen-VL text (box tokens of ``qwen2.5-vl`` models turned back into the
+0-999 frame, see :func:`medgrit.core.vlm.qwen_vl_text_of_absolute`), and ``raw_response`` is what
+the model wrote when that differs.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from medgrit.adapters.training.examples import Prompt
+from medgrit.adapters.training.processor import VisionChatProcessor, collate
+from medgrit.core.vlm import cut_answer, qwen_vl_text_of_absolute
+
+
+def answer_batch(
+    model: Any,
+    processor: VisionChatProcessor,
+    prompts: list[tuple[Prompt, bytes]],
+    max_new_tokens: int,
+    box_format: str,
+) -> list[dict]:
+    """Prediction lines (as dicts) of one batch of prompts."""
+    import torch
+
+    batch = collate(
+        processor, [p.input_ids for p, _ in prompts], None, [png for _, png in prompts], True
+    )
+    device = next(model.parameters()).device
+    dtype = next(model.parameters()).dtype
+    batch = {k: v.to(device) for k, v in batch.items()}
+    batch["pixel_values"] = batch["pixel_values"].to(dtype)
+    with torch.inference_mode():
+        out = model.generate(
+            **batch,
+            max_new_tokens=max_new_tokens,
+            do_sample=False,
+            num_beams=1,
+            pad_token_id=processor.pad_token_id,
+            eos_token_id=processor.tokenizer.convert_tokens_to_ids("<|im_end|>"),
+        )
+    new = out[:, batch["input_ids"].shape[1] :]
+    lines = []
+    for (prompt, _), ids in zip(prompts, new.tolist(), strict=True):
+        raw = cut_answer(processor.tokenizer.decode(ids, skip_special_tokens=False))
+        response = raw if box_format == "qwen-vl" else qwen_vl_text_of_absolute(raw, prompt.resized)
+        line = {
+            "id": prompt.name,
+            "image": f"{prompt.name}.png",
+            "question": prompt.question,
+            "annotation": prompt.annotation,
+            "response": response,
+            "task": prompt.task,
+        }
+        if response != raw:
+            line["raw_response"] = raw
+        lines.append(line)
+    return lines
+
+
+def predict_lines(
+    model: Any,
+    processor: VisionChatProcessor,
+    prompts: Iterable[tuple[Prompt, bytes]],
+    batch_size: int,
+    max_new_tokens: Mapping[str, int],
+    box_format: str,
+) -> list[str]:
+    """Every prompt's prediction line (JSON text), in test order."""
+    model.eval()
+    pending: dict[str, list[tuple[Prompt, bytes]]] = {}
+    done: list[tuple[int, dict]] = []
+
+    def flush(task: str) -> None:
+        group = pending.pop(task, [])
+        if group:
+            lines = answer_batch(model, processor, group, max_new_tokens[task], box_format)
+            done.extend((p.index, line) for (p, _), line in zip(group, lines, strict=True))
+
+    for prompt, png in prompts:
+        pending.setdefault(prompt.task, []).append((prompt, png))
+        if len(pending[prompt.task]) >= batch_size:
+            flush(prompt.task)
+    for task in list(pending):
+        flush(task)
+    done.sort(key=lambda pair: pair[0])
+    return [json.dumps(line, ensure_ascii=False) for _, line in done]

@@ -1,0 +1,154 @@
+"""``medgrit finetune --config FILE``: the finetune flow from the command line.
+
+The config (TOML or YAML, the fields of :class:`FinetuneConfig`; relative paths against the
+file's folder) and everything a user can fix are checked before Prefect or torch is imported:
+a config problem names its field, a dataset that is missing or not complete, a base model folder
+without a ``config.json``, a missing ``train`` extra, an ``output_dir`` that holds something
+else. Each is one line and exit code 2. A run into the ``output_dir`` of an earlier run with the
+same training settings continues it: finished steps are skipped and training resumes from its
+last checkpoint.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from pydantic import ValidationError
+
+from medgrit.cli.configfile import invalid_config, parse_config_file
+from medgrit.cli.messages import fail, reason_of, shown
+from medgrit.schemas.finetune import FinetuneConfig
+
+TRAIN_PACKAGES = ("torch", "transformers", "peft", "trl", "accelerate", "datasets")
+_HEADLINE = {"VG": "recall@0.5", "ROC": "accuracy", "RC": "CIDEr", "MIA": "CIDEr"}
+
+
+def load_finetune_config(path: Path) -> FinetuneConfig:
+    """Read and validate a fine-tune config; one line and exit code 2 for any problem."""
+    data = parse_config_file(path, "fine-tune config")
+    if not isinstance(data, dict):
+        fail(f"{shown(path)}: the file must hold the fields of a fine-tune (see the README)")
+    try:
+        config = FinetuneConfig.model_validate(data)
+    except ValidationError as exc:
+        invalid_config(shown(path), exc)
+    return config.resolved(path.parent.absolute())
+
+
+def _check_dataset(config: FinetuneConfig) -> None:
+    from medgrit.adapters.store.bookkeeping import read_dataset
+    from medgrit.adapters.store.manifest import ManifestError
+
+    dataset = Path(config.dataset)
+    if not dataset.is_dir():
+        fail(f"dataset: no such dataset folder: {shown(dataset)}")
+    try:
+        manifest = read_dataset(dataset)
+    except (ManifestError, OSError, ValueError) as exc:
+        fail(f"dataset: {reason_of(exc)}")
+    shards = manifest.get("shards") or []
+    if manifest.get("status") != "complete" or any(s.get("status") != "done" for s in shards):
+        fail(
+            f"dataset: {shown(dataset)} is not a complete build; finish it with "
+            f"`medgrit resume {shown(dataset)}` first"
+        )
+    split = (manifest.get("totals") or {}).get("images_by_split") or {}
+    if not split.get("train"):
+        fail(f"dataset: {shown(dataset)} has no train images to fine-tune on")
+    if config.predict and not split.get("test"):
+        fail(f"dataset: {shown(dataset)} has no test images to answer; set predict = false")
+
+
+def _check_model(config: FinetuneConfig) -> None:
+    name = config.model_name_or_path
+    path = Path(name)
+    looks_local = path.is_absolute() or name.startswith((".", "~")) or path.exists()
+    if looks_local:
+        if not path.is_dir():
+            fail(f"model_name_or_path: no such model folder: {shown(path)}")
+        if not (path / "config.json").is_file():
+            fail(f"model_name_or_path: {shown(path)} holds no config.json (not a model folder)")
+    elif name.count("/") != 1 or not all(name.split("/")):
+        fail(
+            f"model_name_or_path: {name!r} is neither a model folder nor a hub id "
+            "(organisation/name)"
+        )
+
+
+def _check_train_extra() -> None:
+    missing = [p for p in TRAIN_PACKAGES if importlib.util.find_spec(p) is None]
+    if missing:
+        fail(
+            f"fine-tuning needs the train extra (missing: {', '.join(missing)}): "
+            "pip install 'medgrit[train]'"
+        )
+
+
+def _report(result: dict) -> None:
+    ex, tr = result["examples"], result["train"]
+    out = Path(result["output_dir"])
+    losses = tr.get("losses") or []
+    typer.echo(
+        f"examples: {ex['examples']:,} ({ex['turns']:,} turns, {ex['tokens']:,} tokens"
+        + (f"; {ex['examples_too_long']} too long, left out" if ex["examples_too_long"] else "")
+        + (f"; {ex['turns_cut']} turns cut to fit" if ex["turns_cut"] else "")
+        + ")"
+    )
+    typer.echo(
+        f"trained: {tr['steps']:,} steps, {tr['epochs']:.2f} epochs, "
+        + (f"loss {losses[0][1]:.4f} -> {losses[-1][1]:.4f}, " if losses else "")
+        + f"{tr['tokens_per_second']:,.0f} tokens/s; "
+        + f"{tr['trainable_parameters']:,} of {tr['total_parameters']:,} parameters trained"
+    )
+    typer.echo(f"model saved to {shown(out / 'model')}")
+    metrics = result.get("metrics")
+    if not metrics:
+        return
+    typer.echo(
+        f"predictions: {shown(out / 'predictions.jsonl')}; scores: {shown(out / 'metrics.json')}"
+    )
+    typer.echo(f"{'task':<5} {'metric (mean over present)':<28} {'model':>8} {'baseline':>9}")
+    for task, report in metrics["model"].items():
+        name = _HEADLINE[task]
+        base = metrics["baseline"].get(task, {}).get("present_mean", {}).get(name)
+        shown_base = f"{base:>9.4f}" if base is not None else f"{'-':>9}"
+        typer.echo(f"{task:<5} {name:<28} {report['present_mean'][name]:>8.4f} {shown_base}")
+
+
+def finetune(
+    config_file: Annotated[
+        Path,
+        typer.Option(
+            "--config",
+            help="TOML or YAML file of the fine-tune (dataset, output_dir, model, training).",
+        ),
+    ],
+) -> None:
+    """Fine-tune a Qwen2-VL-family model on a dataset, then answer and score its test split."""
+    config = load_finetune_config(config_file)
+    _check_dataset(config)
+    _check_model(config)
+    _check_train_extra()
+    from medgrit.adapters.training.run import check_output
+
+    problem = check_output(config)
+    if problem is not None:
+        fail(problem)
+
+    from medgrit.adapters.store.dataset_dir import DatasetBusy
+    from medgrit.adapters.training.examples import NoExampleFits
+    from medgrit.adapters.training.model import ModelError
+    from medgrit.adapters.training.processor import ProcessorError
+    from medgrit.adapters.training.run import RunMismatch
+    from medgrit.flows.finetune import finetune as finetune_flow
+
+    try:
+        result = finetune_flow(config=config)
+    except (RunMismatch, DatasetBusy, ModelError, ProcessorError, NoExampleFits) as exc:
+        fail(str(exc))
+    except OSError as exc:
+        fail(f"the fine-tune failed: {reason_of(exc)}; fix it and run the same command again", 1)
+    _report(result)

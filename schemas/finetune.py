@@ -1,0 +1,147 @@
+"""The config of the ``finetune`` flow (``medgrit finetune --config FILE``).
+
+One pydantic model: Prefect validates it as the flow's parameter and draws the UI form from it.
+Field names follow TRL's ``SFTConfig`` (and transformers' ``TrainingArguments`` under it) where
+the two overlap, so a TRL user reads them as they are; the defaults are BiRD's recipe (two epochs,
+learning rate 2e-5 with a cosine schedule and 1% warm-up, weight decay 0.1, Adam beta2 0.95,
+sequence length 2048, bf16; vision encoder frozen, the vision-language merger and the language
+model trained). Imports nothing heavy: the data pipeline may import it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from medgrit.core.vlm import MAX_NEW_TOKENS
+
+TASK_NAMES = ("VG", "ROC", "RC", "MIA")
+DEFAULT_MODEL = "Qwen/Qwen2.5-VL-3B-Instruct"
+# The language model's linear layers; LoRA adapts these (and never the vision tower).
+LANGUAGE_LINEARS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+
+class FinetuneConfig(BaseModel):
+    """Everything a fine-tune run needs: data, model, what trains, optimiser, batches, output."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+    dataset: str = Field(description="A complete medgrit dataset directory (its train split).")
+    output_dir: str = Field(
+        description="Where the run writes: examples, checkpoints, model, predictions, metrics."
+    )
+    model_name_or_path: str = Field(
+        DEFAULT_MODEL, description="Base model: a Hugging Face hub id or a local folder."
+    )
+    box_format: Literal["qwen2.5-vl", "qwen-vl"] = Field(
+        "qwen2.5-vl",
+        description=(
+            "Boxes in the model's text: 'qwen2.5-vl' (box tokens, absolute pixels of the resized "
+            "image) or 'qwen-vl' (<ref>/<box>, 0-999, as BiRD)."
+        ),
+    )
+    finetune: Literal["lora", "full"] = Field(
+        "lora", description="'lora': adapters on the language model; 'full': its weights."
+    )
+    train_vision_tower: bool = Field(False, description="Train the vision encoder (BiRD: no).")
+    train_merger: bool = Field(True, description="Train the vision-language merger (BiRD: yes).")
+    train_language_model: bool = Field(True, description="Train the language model (BiRD: yes).")
+    lora_r: int = Field(64, ge=1)
+    lora_alpha: int = Field(16, ge=1)
+    lora_dropout: float = Field(0.05, ge=0, lt=1)
+    lora_target_modules: list[str] = Field(
+        default_factory=lambda: list(LANGUAGE_LINEARS),
+        description="Linear layers of the language model that get LoRA adapters.",
+    )
+
+    num_train_epochs: float = Field(2.0, gt=0)
+    max_steps: int = Field(-1, ge=-1, description="Stop after this many steps (-1: epochs).")
+    learning_rate: float = Field(2e-5, gt=0)
+    lr_scheduler_type: Literal[
+        "cosine", "linear", "constant", "constant_with_warmup", "cosine_with_restarts"
+    ] = "cosine"
+    warmup_ratio: float = Field(0.01, ge=0, lt=1)
+    weight_decay: float = Field(0.1, ge=0)
+    adam_beta1: float = Field(0.9, ge=0, lt=1)
+    adam_beta2: float = Field(0.95, ge=0, lt=1)
+    adam_epsilon: float = Field(1e-8, gt=0)
+    max_grad_norm: float = Field(1.0, gt=0)
+    optim: Literal["adamw_torch", "adamw_torch_fused"] = Field(
+        "adamw_torch_fused", description="Optimiser (the fused AdamW needs a GPU or a recent CPU)."
+    )
+    seed: int = 42
+
+    max_length: int = Field(
+        2048, ge=64, description="Tokens per example; turns that do not fit are left out."
+    )
+    per_device_train_batch_size: int = Field(4, ge=1)
+    gradient_accumulation_steps: int = Field(4, ge=1)
+    gradient_checkpointing: bool = True
+    bf16: bool = Field(True, description="bf16 mixed precision (needs a GPU that has it).")
+    train_sampling_strategy: Literal["group_by_length", "random"] = Field(
+        "group_by_length", description="Batch examples of similar length together (less padding)."
+    )
+    pad_to_multiple_of: int | None = Field(64, ge=1)
+    attn_implementation: Literal["sdpa", "eager", "flash_attention_2"] = "sdpa"
+    dataloader_num_workers: int = Field(2, ge=0)
+    min_pixels: int | None = Field(
+        None, ge=28 * 28, description="Image processor's minimum pixels (default: the model's)."
+    )
+    max_pixels: int | None = Field(
+        1280 * 28 * 28,
+        ge=28 * 28,
+        description="Image processor's maximum pixels (1280 image tokens; null: the model's).",
+    )
+    logging_steps: int = Field(10, ge=1)
+    save_steps: int = Field(500, ge=1, description="Checkpoint every N steps (resumable).")
+    save_total_limit: int | None = Field(2, ge=1)
+    num_processes: int = Field(
+        1, ge=1, description="Training processes (GPUs); >1 starts them with torchrun."
+    )
+
+    predict: bool = Field(True, description="Generate answers for the test split and score them.")
+    eval_tasks: list[Literal["VG", "ROC", "RC", "MIA"]] = Field(
+        default_factory=lambda: list(TASK_NAMES), description="Tasks to predict and score."
+    )
+    max_eval_samples: int | None = Field(
+        None, ge=1, description="At most this many test turns per task (for trials)."
+    )
+    per_device_eval_batch_size: int = Field(8, ge=1)
+    max_new_tokens: dict[Literal["VG", "ROC", "RC", "MIA"], int] = Field(
+        default_factory=lambda: dict(MAX_NEW_TOKENS),
+        description="New tokens per task (BiRD: 80, and 100 for MIA).",
+    )
+
+    @model_validator(mode="after")
+    def _check(self) -> FinetuneConfig:
+        if not (self.train_vision_tower or self.train_merger or self.train_language_model):
+            raise ValueError(
+                "nothing would train: set train_language_model, train_merger or "
+                "train_vision_tower to true"
+            )
+        if self.finetune == "lora" and not self.train_language_model:
+            raise ValueError(
+                "finetune = 'lora' adapts the language model: set train_language_model = true, "
+                "or use finetune = 'full'"
+            )
+        if self.finetune == "lora" and not self.lora_target_modules:
+            raise ValueError("lora_target_modules is empty: name the layers LoRA adapts")
+        if self.min_pixels and self.max_pixels and self.min_pixels > self.max_pixels:
+            raise ValueError(f"min_pixels {self.min_pixels} > max_pixels {self.max_pixels}")
+        if not self.eval_tasks and self.predict:
+            raise ValueError("eval_tasks is empty: name a task, or set predict = false")
+        return self
+
+    def resolved(self, base: Path) -> FinetuneConfig:
+        """The config with ``dataset`` and ``output_dir`` (and a local base model given as a
+        relative path that exists) made absolute against ``base``."""
+        changes = {
+            "dataset": str((base / self.dataset).absolute()),
+            "output_dir": str((base / self.output_dir).absolute()),
+        }
+        model = base / self.model_name_or_path
+        if not Path(self.model_name_or_path).is_absolute() and model.exists():
+            changes["model_name_or_path"] = str(model.absolute())
+        return self.model_copy(update=changes)
