@@ -50,7 +50,9 @@ def _build(out: Path, images: int) -> Path:
 
 
 class StepTimer:
-    """A ``TrainerCallback`` timing the steps after the first ``warmup``."""
+    """A ``TrainerCallback`` timing the steps after the first ``warmup``, with the trainer's own
+    count of the tokens that are not padding (``include_num_input_tokens_seen``), which is kept
+    in the main process whatever the number of data loader workers."""
 
     def __init__(self, warmup: int) -> None:
         from transformers import TrainerCallback
@@ -62,14 +64,17 @@ class StepTimer:
                 if state.global_step == warmup:
                     timer.sync()
                     timer.start = time.perf_counter()
+                    timer.tokens_start = state.num_input_tokens_seen
 
             def on_step_end(self, args, state, control, **kwargs):
                 timer.sync()
                 timer.end = time.perf_counter()
                 timer.steps = state.global_step - warmup
+                timer.tokens_end = state.num_input_tokens_seen
 
         self.callback = _Callback()
         self.start = self.end = 0.0
+        self.tokens_start = self.tokens_end = 0
         self.steps = 0
 
     @staticmethod
@@ -80,40 +85,22 @@ class StepTimer:
             torch.cuda.synchronize()
 
 
-class TokenCounter:
-    """Wraps a collator and counts the non-padding tokens of the batches after ``warmup``."""
-
-    def __init__(self, collator, warmup_batches: int) -> None:
-        self.collator = collator
-        self.warmup = warmup_batches
-        self.seen = 0
-        self.tokens = 0
-        self.samples = 0
-
-    def __call__(self, rows):
-        batch = self.collator(rows)
-        self.seen += 1
-        if self.seen > self.warmup:
-            self.tokens += int(batch["attention_mask"].sum())
-            self.samples += len(rows)
-        return batch
-
-
-def _row(name, mode, timer, counter, params_lm, peak_tflops, gradient_checkpointing) -> dict:
+def _row(name, config, timer, params_lm, peak_tflops) -> dict:
     import torch
 
     seconds = max(timer.end - timer.start, 1e-9)
-    tokens_s = counter.tokens / seconds
-    per_token = (6 if mode == "full" else 4) * params_lm
-    if gradient_checkpointing:
+    tokens_s = (timer.tokens_end - timer.tokens_start) / seconds
+    samples = timer.steps * config.per_device_train_batch_size * config.gradient_accumulation_steps
+    per_token = (6 if config.finetune == "full" else 4) * params_lm
+    if config.gradient_checkpointing:
         per_token += 2 * params_lm
     peak = torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else 0.0
     return {
         "row": name,
-        "mode": mode,
+        "mode": config.finetune,
         "steps_timed": timer.steps,
         "tokens_per_s": round(tokens_s, 1),
-        "samples_per_s": round(counter.samples / seconds, 3),
+        "samples_per_s": round(samples / seconds, 3),
         "peak_gpu_gib": round(peak, 2),
         "est_mfu": round(per_token * tokens_s / (peak_tflops * 1e12), 4),
     }
@@ -135,31 +122,20 @@ def run_medgrit(config, warmup: int, params_lm: int, peak: float) -> dict:
     )
     model, _ = prepare_model(load_base_model(config.model_name_or_path, config), config)
     timer = StepTimer(warmup)
-    counter = TokenCounter(
-        TrainCollator(processor, config.pad_to_multiple_of),
-        warmup * config.gradient_accumulation_steps,
-    )
     args = sft_config(config, out)
     args.save_strategy = "no"
+    args.include_num_input_tokens_seen = "non_padding"
     torch.cuda.reset_peak_memory_stats() if torch.cuda.is_available() else None
     trainer = SFTTrainer(
         model=model,
         args=args,
         train_dataset=load_train_examples(out / "examples"),
-        data_collator=counter,
+        data_collator=TrainCollator(processor, config.pad_to_multiple_of),
         processing_class=processor.tokenizer,
         callbacks=[timer.callback],
     )
     trainer.train()
-    return _row(
-        "medgrit (SFTTrainer)",
-        config.finetune,
-        timer,
-        counter,
-        params_lm,
-        peak,
-        config.gradient_checkpointing,
-    )
+    return _row("medgrit (SFTTrainer)", config, timer, params_lm, peak)
 
 
 def run_baseline(config, warmup: int, params_lm: int, peak: float) -> dict:
@@ -177,8 +153,10 @@ def run_baseline(config, warmup: int, params_lm: int, peak: float) -> dict:
         config.model_name_or_path, config.min_pixels, config.max_pixels
     )
     model = load_base_model(config.model_name_or_path, config)
-    for name, param in model.named_parameters():
-        param.requires_grad_(config.finetune == "full" and "visual" not in name)
+    for name, param in model.named_parameters():  # what medgrit trains: LM and merger
+        param.requires_grad_(
+            config.finetune == "full" and ("visual" not in name or "merger" in name)
+        )
     if config.finetune == "lora":
         layers = "|".join(config.lora_target_modules)
         model = get_peft_model(
@@ -187,13 +165,11 @@ def run_baseline(config, warmup: int, params_lm: int, peak: float) -> dict:
                 r=config.lora_r,
                 lora_alpha=config.lora_alpha,
                 target_modules=rf".*language_model\..*\.({layers})",
+                modules_to_save=["merger"],
                 task_type="CAUSAL_LM",
             ),
         )
     timer = StepTimer(warmup)
-    counter = TokenCounter(
-        TrainCollator(processor, None), warmup * config.gradient_accumulation_steps
-    )
     args = TrainingArguments(
         output_dir=str(out / "baseline"),
         max_steps=config.max_steps,
@@ -210,25 +186,18 @@ def run_baseline(config, warmup: int, params_lm: int, peak: float) -> dict:
         disable_tqdm=True,
         logging_steps=10**9,
         dataloader_num_workers=config.dataloader_num_workers,
+        include_num_input_tokens_seen="non_padding",
     )
     torch.cuda.reset_peak_memory_stats() if torch.cuda.is_available() else None
     trainer = Trainer(
         model=model,
         args=args,
         train_dataset=load_train_examples(out / "examples"),
-        data_collator=counter,
+        data_collator=TrainCollator(processor, None),
         callbacks=[timer.callback],
     )
     trainer.train()
-    return _row(
-        "baseline (Trainer + peft)",
-        config.finetune,
-        timer,
-        counter,
-        params_lm,
-        peak,
-        config.gradient_checkpointing,
-    )
+    return _row("baseline (Trainer + peft)", config, timer, params_lm, peak)
 
 
 def main() -> None:

@@ -87,6 +87,16 @@ def _check_train_extra() -> None:
         )
 
 
+def _check_precision(config: FinetuneConfig) -> None:
+    import torch
+
+    if config.bf16 and torch.cuda.is_available() and not torch.cuda.is_bf16_supported():
+        fail(
+            f"bf16: the GPU ({torch.cuda.get_device_name(0)}) has no bf16; set bf16 = false "
+            "(fp32, slower) or use another GPU"
+        )
+
+
 def _report(result: dict) -> None:
     ex, tr = result["examples"], result["train"]
     out = Path(result["output_dir"])
@@ -113,9 +123,12 @@ def _report(result: dict) -> None:
     typer.echo(f"{'task':<5} {'metric (mean over present)':<28} {'model':>8} {'baseline':>9}")
     for task, report in metrics["model"].items():
         name = _HEADLINE[task]
+        ours = report.get("present_mean", {}).get(name)
         base = metrics["baseline"].get(task, {}).get("present_mean", {}).get(name)
-        shown_base = f"{base:>9.4f}" if base is not None else f"{'-':>9}"
-        typer.echo(f"{task:<5} {name:<28} {report['present_mean'][name]:>8.4f} {shown_base}")
+        cells = [
+            f"{v:>{w}.4f}" if v is not None else f"{'-':>{w}}" for v, w in ((ours, 8), (base, 9))
+        ]
+        typer.echo(f"{task:<5} {name:<28} {cells[0]} {cells[1]}")
 
 
 def finetune(
@@ -132,23 +145,35 @@ def finetune(
     _check_dataset(config)
     _check_model(config)
     _check_train_extra()
+    _check_precision(config)
     from medgrit.adapters.training.run import check_output
 
     problem = check_output(config)
     if problem is not None:
         fail(problem)
 
+    import torch
+
     from medgrit.adapters.store.dataset_dir import DatasetBusy
     from medgrit.adapters.training.examples import NoExampleFits
     from medgrit.adapters.training.model import ModelError
     from medgrit.adapters.training.processor import ProcessorError
-    from medgrit.adapters.training.run import RunMismatch
+    from medgrit.adapters.training.run import RunMismatch, TrainingFailed
     from medgrit.flows.finetune import finetune as finetune_flow
 
     try:
         result = finetune_flow(config=config)
     except (RunMismatch, DatasetBusy, ModelError, ProcessorError, NoExampleFits) as exc:
         fail(str(exc))
+    except TrainingFailed as exc:
+        fail(str(exc), code=1)
+    except torch.OutOfMemoryError:
+        fail(
+            "out of GPU memory; lower per_device_train_batch_size (raise "
+            "gradient_accumulation_steps to keep the batch) or max_pixels, then run the same "
+            "command again to resume",
+            code=1,
+        )
     except OSError as exc:
         fail(f"the fine-tune failed: {reason_of(exc)}; fix it and run the same command again", 1)
     _report(result)

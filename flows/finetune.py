@@ -100,10 +100,14 @@ def _summary(config: FinetuneConfig, examples: dict, trained: dict, metrics: dic
     if metrics:
         lines += ["", "| task | headline metric | model | baseline |", "|---|---|---:|---:|"]
         for task, report in metrics["model"].items():
-            name = next(iter(report["present_mean"]))
+            means = report.get("present_mean") or {}
+            if not means:  # nothing scored (VG turns without reference boxes)
+                lines.append(f"| {task} | - | - | - |")
+                continue
+            name = next(iter(means))
             base = metrics["baseline"].get(task, {}).get("present_mean", {}).get(name)
             lines.append(
-                f"| {task} | {name} (mean over present) | {report['present_mean'][name]:.4f} | "
+                f"| {task} | {name} (mean over present) | {means[name]:.4f} | "
                 + (f"{base:.4f} |" if base is not None else "- |")
             )
     return "\n".join(lines)

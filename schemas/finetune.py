@@ -13,7 +13,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from medgrit.core.vlm import MAX_NEW_TOKENS
 
@@ -111,8 +111,16 @@ class FinetuneConfig(BaseModel):
     per_device_eval_batch_size: int = Field(8, ge=1)
     max_new_tokens: dict[Literal["VG", "ROC", "RC", "MIA"], int] = Field(
         default_factory=lambda: dict(MAX_NEW_TOKENS),
-        description="New tokens per task (BiRD: 80, and 100 for MIA).",
+        description="New tokens per task (BiRD: 80, and 100 for MIA); tasks not named keep those.",
     )
+
+    @field_validator("max_new_tokens", mode="after")
+    @classmethod
+    def _merge_new_tokens(cls, value: dict[str, int]) -> dict[str, int]:
+        low = sorted(task for task, n in value.items() if n < 1)
+        if low:
+            raise ValueError(f"give each task at least 1 new token ({', '.join(low)})")
+        return {**MAX_NEW_TOKENS, **value}
 
     @model_validator(mode="after")
     def _check(self) -> FinetuneConfig:

@@ -271,3 +271,66 @@ def test_test_items_are_chosen_per_task_and_spread(records) -> None:
     tasks = [items[i].task for i in some]
     assert tasks.count("VG") == min(2, sum(it.task == "VG" for it in items))
     assert set(tasks) <= {"VG", "MIA"}
+
+
+def test_predicted_box_tokens_are_scored_in_the_thousand_frame(processor) -> None:
+    from medgrit.adapters.training.examples import Prompt
+    from medgrit.adapters.training.generate import answer_batch
+
+    answer = (
+        "<|object_ref_start|>liver<|object_ref_end|><|box_start|>(56,0),(112,28)<|box_end|>"
+        "<|im_end|>junk"
+    )
+    new = processor.tokenizer(answer, add_special_tokens=False)["input_ids"]
+
+    class Replay(torch.nn.Module):  # answers with fixed tokens: only the decoding is under test
+        def __init__(self) -> None:
+            super().__init__()
+            self.weight = torch.nn.Parameter(torch.zeros(1))
+
+        def generate(self, input_ids, generation_config, **batch):
+            assert generation_config.do_sample is False
+            assert generation_config.repetition_penalty == 1.0
+            tail = torch.tensor([new] * input_ids.shape[0])
+            return torch.cat([input_ids, tail], dim=1)
+
+    enc = processor.encode(chat_pieces([("Where is the liver?", None)]), 224, 112)
+    resized = processor.resized(224, 112)
+    prompt = Prompt(0, "VG", "ct_00--D--c--z_0000", "Q", "<ref>liver</ref>", enc.input_ids, resized)
+    (line,) = answer_batch(Replay(), processor, [(prompt, _png(224, 112))], 80, "qwen2.5-vl")
+    w, h = resized
+    x0, y0, x1, y1 = box_1000((56, 0, 112, 28), (w, h))
+    assert line["response"] == f"<ref>liver</ref><box>({x0},{y0}),({x1},{y1})</box>"
+    assert line["raw_response"] == answer.split("<|im_end|>")[0]
+    (plain,) = answer_batch(Replay(), processor, [(prompt, _png(224, 112))], 80, "qwen-vl")
+    assert "raw_response" not in plain and plain["response"] == line["raw_response"]
+
+
+def test_the_weights_that_train_are_fp32_under_bf16(model_dir: Path, tmp_path: Path) -> None:
+    from medgrit.adapters.training.model import load_base_model, prepare_model
+    from medgrit.schemas.finetune import FinetuneConfig
+
+    for mode in ("lora", "full"):
+        config = FinetuneConfig(
+            dataset=str(tmp_path), output_dir=str(tmp_path / "o"), bf16=True, finetune=mode
+        )
+        model, summary = prepare_model(load_base_model(str(model_dir), config), config)
+        trained = {n: p.dtype for n, p in model.named_parameters() if p.requires_grad}
+        frozen = {n: p.dtype for n, p in model.named_parameters() if not p.requires_grad}
+        assert trained and set(trained.values()) == {torch.float32}
+        assert any("merger" in n for n in trained) and not any(
+            "visual.blocks" in n for n in trained
+        )
+        assert {d for n, d in frozen.items() if "visual.blocks" in n} == {torch.bfloat16}
+        assert summary.trainable == sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def test_new_tokens_given_for_some_tasks_keep_birds_for_the_others(tmp_path: Path) -> None:
+    from pydantic import ValidationError
+
+    from medgrit.schemas.finetune import FinetuneConfig
+
+    config = FinetuneConfig(dataset="d", output_dir="o", max_new_tokens={"VG": 120})
+    assert config.max_new_tokens == {"VG": 120, "ROC": 80, "RC": 80, "MIA": 100}
+    with pytest.raises(ValidationError, match="at least 1"):
+        FinetuneConfig(dataset="d", output_dir="o", max_new_tokens={"MIA": 0})

@@ -29,6 +29,7 @@ def answer_batch(
 ) -> list[dict]:
     """Prediction lines (as dicts) of one batch of prompts."""
     import torch
+    from transformers import GenerationConfig
 
     batch = collate(
         processor, [p.input_ids for p, _ in prompts], None, [png for _, png in prompts], True
@@ -38,14 +39,16 @@ def answer_batch(
     batch = {k: v.to(device) for k, v in batch.items()}
     batch["pixel_values"] = batch["pixel_values"].to(dtype)
     with torch.inference_mode():
-        out = model.generate(
-            **batch,
+        # BiRD's decoding: greedy, nothing of the base model's sampling or repetition penalty
+        greedy = GenerationConfig(
             max_new_tokens=max_new_tokens,
             do_sample=False,
             num_beams=1,
+            repetition_penalty=1.0,
             pad_token_id=processor.pad_token_id,
             eos_token_id=processor.tokenizer.convert_tokens_to_ids("<|im_end|>"),
         )
+        out = model.generate(**batch, generation_config=greedy)
     new = out[:, batch["input_ids"].shape[1] :]
     lines = []
     for (prompt, _), ids in zip(prompts, new.tolist(), strict=True):

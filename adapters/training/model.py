@@ -74,7 +74,9 @@ def _part(name: str) -> str:
 
 
 def prepare_model(model: Any, config: FinetuneConfig) -> tuple[Any, TrainableSummary]:
-    """``model`` with only the chosen parts trainable (see the module docstring)."""
+    """``model`` with only the chosen parts trainable (see the module docstring), those in fp32."""
+    import torch
+
     for param in model.parameters():
         param.requires_grad_(False)
     if config.finetune == "full":
@@ -102,6 +104,12 @@ def prepare_model(model: Any, config: FinetuneConfig) -> tuple[Any, TrainableSum
             task_type="CAUSAL_LM",
         )
         model = get_peft_model(model, lora)
+    # Mixed precision: the weights that train stay fp32 (a bf16 weight loses an update of 2e-5
+    # once it is above ~0.005); bf16 autocast does the matrix work. Frozen weights keep the
+    # dtype they were loaded in.
+    for param in model.parameters():
+        if param.requires_grad and param.dtype != torch.float32:
+            param.data = param.data.float()
     if config.gradient_checkpointing:
         model.config.use_cache = False
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)

@@ -41,28 +41,25 @@ EXAMPLES = "examples"
 PREDICTIONS = "predictions.jsonl"
 BASELINE = "baseline.jsonl"
 METRICS = "metrics.json"
-# Fields that change only what is predicted and how fast: a run may change them and go on.
+# Fields that change only what is predicted: a run may change them, and predicts again.
 PREDICTION_FIELDS = frozenset(
-    {
-        "predict",
-        "eval_tasks",
-        "max_eval_samples",
-        "per_device_eval_batch_size",
-        "max_new_tokens",
-        "num_processes",
-        "dataloader_num_workers",
-        "logging_steps",
-        "output_dir",
-    }
+    {"predict", "eval_tasks", "max_eval_samples", "per_device_eval_batch_size", "max_new_tokens"}
 )
+# Fields that change neither the model nor the predictions.
+FREE_FIELDS = frozenset({"dataloader_num_workers", "logging_steps", "output_dir"})
 
 
 class RunMismatch(ValueError):
     """``output_dir`` holds something this run must not continue or overwrite (one line)."""
 
 
+class TrainingFailed(RuntimeError):
+    """The training processes under ``torchrun`` ended with an error (their output says why)."""
+
+
 def training_fields(config: FinetuneConfig) -> dict[str, Any]:
-    return {k: v for k, v in config.model_dump(mode="json").items() if k not in PREDICTION_FIELDS}
+    skip = PREDICTION_FIELDS | FREE_FIELDS
+    return {k: v for k, v in config.model_dump(mode="json").items() if k not in skip}
 
 
 def dataset_fingerprint(dataset: Path) -> str:
@@ -142,7 +139,6 @@ def start_run(config: FinetuneConfig) -> dict:
         "steps": {},
     }
     prediction = {k: config.model_dump(mode="json")[k] for k in sorted(PREDICTION_FIELDS)}
-    prediction.pop("output_dir")
     if record.get("prediction") != prediction:
         for step in ("predict", "evaluate"):
             record["steps"].pop(step, None)
@@ -215,13 +211,19 @@ def train_model(config: FinetuneConfig) -> dict:
             sys.executable,
             "-m",
             "torch.distributed.run",
+            "--standalone",  # a free rendezvous port: two runs on one machine do not collide
             f"--nproc_per_node={config.num_processes}",
             "-m",
             "medgrit.adapters.training.trainer",
             str(settings),
             str(examples),
         ]
-        subprocess.run(command, check=True)
+        done = subprocess.run(command, check=False)
+        if done.returncode != 0:
+            raise TrainingFailed(
+                f"training under torchrun ended with exit code {done.returncode} (see its "
+                "output above); fix it and run the same command again to resume"
+            )
         result = TrainResult.from_json(
             json.loads((output / TRAIN_RESULT).read_text(encoding="utf-8"))
         ).to_json()

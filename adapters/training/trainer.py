@@ -6,9 +6,10 @@ values, image grids, ``mm_token_type_ids``). Checkpoints go to ``OUTPUT/checkpoi
 ``save_steps``; a run started again resumes from the last one. The trained adapter (or model)
 and its processor are saved to ``OUTPUT/model``.
 
-Several processes: run this module under ``torchrun`` (``python -m medgrit.adapters.training.
-trainer CONFIG.json``); transformers' Trainer (through accelerate) then trains data-parallel with
-no change here, and only rank 0 writes the model.
+Several processes: run this module under ``torchrun``
+(``python -m medgrit.adapters.training.trainer CONFIG.json EXAMPLES``); transformers' Trainer
+(through accelerate) then trains data-parallel with no change here, and only rank 0 writes the
+model.
 """
 
 from __future__ import annotations
@@ -101,12 +102,15 @@ def sft_config(config: FinetuneConfig, output: Path) -> Any:
 
 
 def last_checkpoint(output: Path) -> Path | None:
-    """The newest complete checkpoint of an earlier run, if any."""
-    from transformers.trainer_utils import get_last_checkpoint
-
+    """The newest complete checkpoint of an earlier run, if any. The trainer writes
+    ``trainer_state.json`` last: a checkpoint without it was cut off by a kill and is skipped."""
     folder = output / CHECKPOINTS
-    found = get_last_checkpoint(str(folder)) if folder.is_dir() else None
-    return Path(found) if found else None
+    found = []
+    for path in folder.glob("checkpoint-*") if folder.is_dir() else ():
+        step = path.name.removeprefix("checkpoint-")
+        if step.isdigit() and (path / "trainer_state.json").is_file():
+            found.append((int(step), path))
+    return max(found)[1] if found else None
 
 
 def train(config: FinetuneConfig, examples: Path) -> TrainResult:
