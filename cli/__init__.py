@@ -410,6 +410,8 @@ def _continue_hint() -> str:
     if not writing:
         return "nothing was written"
     out, mode = writing[0]
+    if mode == "finetune":
+        return f"run the same command again to resume the fine-tune in {shown(out)}"
     if mode == "overwrite":
         return f"{shown(out)} is unchanged; run the same command again to replace it"
     if not (out / "dataset.json").is_file():

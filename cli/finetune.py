@@ -12,14 +12,16 @@ last checkpoint.
 from __future__ import annotations
 
 import importlib.util
+from contextlib import ExitStack
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from pydantic import ValidationError
 
 from medgrit.cli.configfile import invalid_config, parse_config_file
-from medgrit.cli.messages import fail, reason_of, shown
+from medgrit.cli.messages import fail, fail_unreadable_tables, reason_of, shown
+from medgrit.cli.preflight import take_out
 from medgrit.schemas.finetune import FinetuneConfig
 
 TRAIN_PACKAGES = ("torch", "transformers", "peft", "trl", "accelerate", "datasets")
@@ -55,11 +57,21 @@ def _check_dataset(config: FinetuneConfig) -> None:
             f"dataset: {shown(dataset)} is not a complete build; finish it with "
             f"`medgrit resume {shown(dataset)}` first"
         )
+    for shard in shards:
+        for rel in shard.get("files") or {}:
+            if not (dataset / rel).is_file():
+                fail(
+                    f"dataset: {shown(dataset)} lacks {shown(rel)}; "
+                    f"`medgrit validate {shown(dataset)}` says what else is wrong"
+                )
     split = (manifest.get("totals") or {}).get("images_by_split") or {}
     if not split.get("train"):
         fail(f"dataset: {shown(dataset)} has no train images to fine-tune on")
     if config.predict and not split.get("test"):
         fail(f"dataset: {shown(dataset)} has no test images to answer; set predict = false")
+
+
+SUPPORTED_MODELS = ("qwen2_vl", "qwen2_5_vl")
 
 
 def _check_model(config: FinetuneConfig) -> None:
@@ -69,12 +81,49 @@ def _check_model(config: FinetuneConfig) -> None:
     if looks_local:
         if not path.is_dir():
             fail(f"model_name_or_path: no such model folder: {shown(path)}")
-        if not (path / "config.json").is_file():
-            fail(f"model_name_or_path: {shown(path)} holds no config.json (not a model folder)")
+        for needed in ("config.json", "preprocessor_config.json"):
+            if not (path / needed).is_file():
+                fail(f"model_name_or_path: {shown(path)} holds no {needed}")
+        if not any((path / f).is_file() for f in ("tokenizer.json", "tokenizer_config.json")):
+            fail(f"model_name_or_path: {shown(path)} holds no tokenizer (tokenizer.json)")
     elif name.count("/") != 1 or not all(name.split("/")):
         fail(
             f"model_name_or_path: {name!r} is neither a model folder nor a hub id "
             "(organisation/name)"
+        )
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
+
+
+def _check_model_loads(config: FinetuneConfig) -> None:
+    """The model's config and processor load (from its folder, or from the hub once), and it
+    is a model family medgrit fine-tunes."""
+    from transformers import AutoConfig
+
+    from medgrit.adapters.training.processor import ProcessorError, VisionChatProcessor
+
+    name = config.model_name_or_path
+    try:
+        model_config = AutoConfig.from_pretrained(name)
+    except (OSError, ValueError) as exc:
+        fail(f"model_name_or_path: cannot read the model config of {name}: {_first_line(exc)}")
+    kind = getattr(model_config, "model_type", None)
+    if kind not in SUPPORTED_MODELS:
+        fail(
+            f"model_name_or_path: {name} is a {kind} model; medgrit fine-tunes Qwen2-VL and "
+            "Qwen2.5-VL models"
+        )
+    try:
+        VisionChatProcessor.from_pretrained(name, config.min_pixels, config.max_pixels)
+    except ProcessorError as exc:
+        fail(f"model_name_or_path: {exc}")
+    except (OSError, ValueError, TypeError) as exc:
+        fail(
+            f"model_name_or_path: cannot load the tokenizer and image processor of {name}: "
+            f"{_first_line(exc)}"
         )
 
 
@@ -90,6 +139,10 @@ def _check_train_extra() -> None:
 def _check_precision(config: FinetuneConfig) -> None:
     import torch
 
+    if config.attn_implementation == "flash_attention_2" and (
+        importlib.util.find_spec("flash_attn") is None
+    ):
+        fail("attn_implementation: flash_attention_2 needs the flash-attn package; use sdpa")
     if config.bf16 and torch.cuda.is_available() and not torch.cuda.is_bf16_supported():
         fail(
             f"bf16: the GPU ({torch.cuda.get_device_name(0)}) has no bf16; set bf16 = false "
@@ -143,15 +196,40 @@ def finetune(
     """Fine-tune a Qwen2-VL-family model on a dataset, then answer and score its test split."""
     config = load_finetune_config(config_file)
     _check_dataset(config)
+    from medgrit.adapters.export.records import ExportError, read_records
+    from medgrit.adapters.store.dataset_dir import current_writer
+    from medgrit.adapters.training.run import check_output
+
+    try:
+        read_records(Path(config.dataset))
+    except ExportError as exc:
+        fail(f"dataset: {exc}")
+    except (OSError, ValueError) as exc:  # pyarrow's ArrowInvalid is a ValueError
+        fail_unreadable_tables(Path(config.dataset), exc)
     _check_model(config)
     _check_train_extra()
     _check_precision(config)
-    from medgrit.adapters.training.run import check_output
-
+    _check_model_loads(config)
+    output = Path(config.output_dir)
+    writer = current_writer(output) if output.is_dir() else None
+    if writer is not None:
+        fail(
+            f"output_dir {shown(output)} is being written by another medgrit process"
+            f"{f' ({writer})' if writer else ''}; wait for it to finish"
+        )
     problem = check_output(config)
     if problem is not None:
         fail(problem)
 
+    from medgrit.flows.finetune import finetune as finetune_flow
+
+    with ExitStack() as stack:
+        take_out(output, stack, "finetune")  # the lock, held from here to the end
+        result = _run(config, finetune_flow)
+    _report(result)
+
+
+def _run(config: FinetuneConfig, finetune_flow: Any) -> dict:
     import torch
 
     from medgrit.adapters.store.dataset_dir import DatasetBusy
@@ -159,10 +237,9 @@ def finetune(
     from medgrit.adapters.training.model import ModelError
     from medgrit.adapters.training.processor import ProcessorError
     from medgrit.adapters.training.run import RunMismatch, TrainingFailed
-    from medgrit.flows.finetune import finetune as finetune_flow
 
     try:
-        result = finetune_flow(config=config)
+        return finetune_flow(config=config)
     except (RunMismatch, DatasetBusy, ModelError, ProcessorError, NoExampleFits) as exc:
         fail(str(exc))
     except TrainingFailed as exc:
@@ -176,4 +253,3 @@ def finetune(
         )
     except OSError as exc:
         fail(f"the fine-tune failed: {reason_of(exc)}; fix it and run the same command again", 1)
-    _report(result)

@@ -71,7 +71,7 @@ class FinetuneConfig(BaseModel):
     optim: Literal["adamw_torch", "adamw_torch_fused"] = Field(
         "adamw_torch_fused", description="Optimiser (the fused AdamW needs a GPU or a recent CPU)."
     )
-    seed: int = 42
+    seed: int = Field(42, ge=0, le=2**32 - 1)
 
     max_length: int = Field(
         2048, ge=64, description="Tokens per example; turns that do not fit are left out."
@@ -146,10 +146,11 @@ class FinetuneConfig(BaseModel):
         """The config with ``dataset`` and ``output_dir`` (and a local base model given as a
         relative path that exists) made absolute against ``base``."""
         changes = {
-            "dataset": str((base / self.dataset).absolute()),
-            "output_dir": str((base / self.output_dir).absolute()),
+            "dataset": str((base / Path(self.dataset).expanduser()).absolute()),
+            "output_dir": str((base / Path(self.output_dir).expanduser()).absolute()),
         }
-        model = base / self.model_name_or_path
-        if not Path(self.model_name_or_path).is_absolute() and model.exists():
+        given = Path(self.model_name_or_path).expanduser()
+        model = base / given
+        if given.is_absolute() or model.exists() or self.model_name_or_path.startswith(("~", ".")):
             changes["model_name_or_path"] = str(model.absolute())
         return self.model_copy(update=changes)

@@ -74,8 +74,16 @@ def _config(folder: Path, dataset: Path, model_dir: Path, **fields) -> Path:
 
 @pytest.fixture(scope="module")
 def finished(tmp_path_factory, medgrit, dataset: Path, model_dir: Path) -> tuple[Path, Path, str]:
-    """One complete LoRA run through the CLI: (config file, output folder, stdout)."""
-    config = _config(tmp_path_factory.mktemp("ft-run"), dataset, model_dir)
+    """One complete LoRA run through the CLI: (config file, output folder, stdout). A run into
+    the same folder failed before, with a LoRA target the model lacks, after its examples."""
+    folder = tmp_path_factory.mktemp("ft-run")
+    wrong = _config(folder, dataset, model_dir, lora_target_modules=["nope"])
+    failed = medgrit("finetune", "--config", str(wrong))
+    assert failed.returncode == 2, failed.stderr[-3000:]
+    assert failed.stderr.strip().splitlines()[-1].startswith("medgrit: error: lora_target_modules")
+    assert (folder / "run" / "examples").is_dir() and not (folder / "run" / "model").exists()
+    # the fixed config runs into that folder: nothing was trained, so nothing binds it
+    config = _config(folder, dataset, model_dir)
     done = medgrit("finetune", "--config", str(config))
     assert done.returncode == 0, done.stderr[-3000:]
     return config, config.parent / "run", done.stdout
@@ -305,11 +313,40 @@ def test_config_problems_are_one_line_before_anything_runs(
     manifest["status"] = "running"
     (partial / "dataset.json").write_text(json.dumps(manifest))
     refused(_config(tmp_path / "i", partial, model_dir), "not a complete build")
+    refused(_config(tmp_path / "k", dataset, model_dir, seed=-1), "seed")
+    bert = tmp_path / "bert"
+    shutil.copytree(model_dir, bert)
+    (bert / "config.json").write_text(json.dumps({"model_type": "bert"}))
+    refused(_config(tmp_path / "l", dataset, bert), "is a bert model")
+    (bert / "config.json").write_text("{not json")
+    refused(_config(tmp_path / "m", dataset, bert), "cannot read the model config")
+    damaged = tmp_path / "damaged"
+    shutil.copytree(dataset, damaged)
+    (damaged / "conversations" / "part-00000.parquet").write_bytes(b"garbage")
+    refused(_config(tmp_path / "n", damaged, model_dir), "not readable Parquet")
+    (damaged / "conversations" / "part-00000.parquet").unlink()
+    refused(_config(tmp_path / "o", damaged, model_dir), "lacks", "medgrit validate")
     (tmp_path / "j").mkdir()
     bad = tmp_path / "j" / "finetune.json"
     bad.write_text("{}")
     done = medgrit_offline("finetune", "--config", str(bad))
     assert done.returncode == 2 and ".toml, .yaml or .yml" in done.stderr
+
+
+def test_a_rebuilt_dataset_changes_the_fingerprint(dataset: Path, tmp_path: Path) -> None:
+    import hashlib
+
+    from medgrit.adapters.training.run import dataset_fingerprint
+
+    copy = tmp_path / "ds"
+    shutil.copytree(dataset, copy)
+    before = dataset_fingerprint(copy)
+    assert before == dataset_fingerprint(dataset) != hashlib.sha256(b"").hexdigest()
+    manifest = json.loads((copy / "dataset.json").read_text())
+    files = manifest["shards"][-1]["files"]
+    files[next(iter(files))] = "0" * 64  # a shard rebuilt with other contents
+    (copy / "dataset.json").write_text(json.dumps(manifest))
+    assert dataset_fingerprint(copy) != before
 
 
 def test_the_data_pipeline_never_imports_the_training_stack() -> None:

@@ -103,7 +103,16 @@ def prepare_model(model: Any, config: FinetuneConfig) -> tuple[Any, TrainableSum
             modules_to_save=["merger"] if config.train_merger else None,
             task_type="CAUSAL_LM",
         )
-        model = get_peft_model(model, lora)
+        try:
+            model = get_peft_model(model, lora)
+        except ValueError as exc:  # peft's NoMatchingPeftModuleError
+            if "target" not in str(exc):
+                raise
+            raise ModelError(
+                f"lora_target_modules: none of {', '.join(config.lora_target_modules)} is a "
+                "linear layer of the language model (Qwen2's are q_proj, k_proj, v_proj, o_proj, "
+                "gate_proj, up_proj, down_proj)"
+            ) from None
     # Mixed precision: the weights that train stay fp32 (a bf16 weight loses an update of 2e-5
     # once it is above ~0.005); bf16 autocast does the matrix work. Frozen weights keep the
     # dtype they were loaded in.

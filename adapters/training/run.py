@@ -68,7 +68,7 @@ def dataset_fingerprint(dataset: Path) -> str:
     manifest = read_dataset(dataset)
     digest = hashlib.sha256()
     for shard in manifest.get("shards") or []:
-        for rel, sha in sorted((shard.get("sha256") or {}).items()):
+        for rel, sha in sorted((shard.get("files") or {}).items()):
             digest.update(f"{shard.get('id')}\x00{rel}\x00{sha}\n".encode())
     return digest.hexdigest()
 
@@ -79,9 +79,26 @@ def read_record(output: Path) -> dict | None:
     if not path.is_file():
         return None
     data = json.loads(path.read_text(encoding="utf-8"))
-    if not isinstance(data, dict) or data.get(MARKER) != 1:
+    if (
+        not isinstance(data, dict)
+        or data.get(MARKER) != 1
+        or not isinstance(data.get("training"), dict)
+        or not isinstance(data.get("steps"), dict)
+    ):
         raise RunMismatch(f"{path} is no medgrit fine-tune record; choose a new output_dir")
     return data
+
+
+def training_started(output: Path, record: dict) -> bool:
+    """Whether the run in ``output`` has trained at all (a checkpoint, a model, or its record):
+    before that, a run of other settings may start it afresh."""
+    from medgrit.adapters.training.trainer import CHECKPOINTS, MODEL
+
+    return (
+        "train" in record["steps"]
+        or (output / MODEL).exists()
+        or any((output / CHECKPOINTS).glob("checkpoint-*"))
+    )
 
 
 def write_record(output: Path, record: dict) -> None:
@@ -109,7 +126,9 @@ def check_output(config: FinetuneConfig) -> str | None:
         return str(exc) if isinstance(exc, RunMismatch) else f"{output / RECORD}: {exc}"
     if record is None:
         return f"output_dir {output} is not empty and holds no fine-tune run; choose a new folder"
-    before, now = record.get("training") or {}, training_fields(config)
+    if not training_started(output, record):
+        return None  # nothing trained yet: start_run starts it afresh
+    before, now = record["training"], training_fields(config)
     changed = sorted(k for k in set(before) | set(now) if before.get(k) != now.get(k))
     if changed:
         return (
@@ -132,12 +151,19 @@ def start_run(config: FinetuneConfig) -> dict:
         raise RunMismatch(problem)
     output = Path(config.output_dir)
     output.mkdir(parents=True, exist_ok=True)
-    record = read_record(output) or {
+    fresh = {
         MARKER: 1,
         "training": training_fields(config),
         "dataset_fingerprint": dataset_fingerprint(Path(config.dataset)),
         "steps": {},
     }
+    record = read_record(output) or fresh
+    if (
+        record["training"] != fresh["training"]
+        or record.get("dataset_fingerprint") != fresh["dataset_fingerprint"]
+    ):  # a run that failed before it trained, now with other settings: start afresh
+        shutil.rmtree(output / EXAMPLES, ignore_errors=True)
+        record = fresh
     prediction = {k: config.model_dump(mode="json")[k] for k in sorted(PREDICTION_FIELDS)}
     if record.get("prediction") != prediction:
         for step in ("predict", "evaluate"):
