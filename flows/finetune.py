@@ -24,6 +24,7 @@ from typing import Any  # noqa: E402
 from prefect import flow, get_run_logger  # noqa: E402
 from prefect.artifacts import create_markdown_artifact, create_table_artifact  # noqa: E402
 
+from medgrit.adapters.runtime.interrupt import stop_on_signals  # noqa: E402
 from medgrit.adapters.store.dataset_dir import hold_dataset  # noqa: E402
 from medgrit.adapters.training.run import RunMismatch, start_run  # noqa: E402
 from medgrit.flows.dashboard import dataset_name, tag_flow_run  # noqa: E402
@@ -128,7 +129,7 @@ def finetune(config: FinetuneConfig) -> dict:
     tag_flow_run(["medgrit", "finetune", f"model:{config.model_name_or_path}"])
     output = Path(config.output_dir)
     output.mkdir(parents=True, exist_ok=True)
-    with hold_dataset(output):
+    with hold_dataset(output), stop_on_signals():
         start_run(config)
         examples = prepare_examples(config)
         logger.info(

@@ -134,7 +134,11 @@ def read_records(out: Path) -> DatasetRecords:
     parts = [p for p in parts if (out / p).is_file()]  # as read_table reads them
     for part in parts:
         with (out / part).open("rb") as handle:  # pyarrow's own paths must be UTF-8
-            rows = pq.read_table(handle, columns=_TEXT_COLUMNS, schema=TABLES["images"]).to_pylist()
+            # one thread: see medgrit.adapters.store.validate.read_table
+            table = pq.read_table(
+                handle, columns=_TEXT_COLUMNS, schema=TABLES["images"], use_threads=False
+            )
+            rows = table.to_pylist()
         for row, im in enumerate(rows):
             name = sample_name(
                 im["modality"], im["dataset"], im["case_id"], im["plane"], im["slice_index"]

@@ -63,7 +63,10 @@ def read_table(out_dir: str | Path, table: str) -> list[dict]:
         rel = part_path(table, shard["id"])
         if shard.get("status") == "done" and (out / rel).is_file():
             with (out / rel).open("rb") as handle:  # pyarrow's own paths must be UTF-8
-                rows.extend(pq.read_table(handle, schema=TABLES[table]).to_pylist())
+                # one thread: pyarrow's pool threads reading a Python file object can still be
+                # at it when the process exits right after, which aborts the interpreter
+                table_ = pq.read_table(handle, schema=TABLES[table], use_threads=False)
+                rows.extend(table_.to_pylist())
     return rows
 
 
