@@ -51,18 +51,20 @@ def test_core_imports_nothing_of_the_outer_layers(path: Path) -> None:
     assert not _offending(_imports(path), NOT_IN_CORE)
 
 
-def test_loading_all_of_core_loads_no_io_library() -> None:
-    modules = [f"medgrit.core.{p.stem}" for p in sorted((ROOT / "core").glob("*.py"))]
+def _loaded_by(modules: list[str]) -> set[str]:
+    """Every module a fresh interpreter holds after importing ``modules``."""
     code = (
         "import sys\n"
-        + "".join(f"import {m}\n" for m in modules if not m.endswith("__init__"))
+        + "".join(f"import {m}\n" for m in modules)
         + "print('\\n'.join(sys.modules))"
     )
-    loaded = set(
-        subprocess.run(
-            [sys.executable, "-c", code], check=True, capture_output=True, text=True
-        ).stdout.split()
-    )
+    done = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True)
+    return set(done.stdout.split())
+
+
+def test_loading_all_of_core_loads_no_io_library() -> None:
+    modules = [f"medgrit.core.{p.stem}" for p in sorted((ROOT / "core").glob("*.py"))]
+    loaded = _loaded_by([m for m in modules if not m.endswith("__init__")])
     assert not _offending(loaded, NOT_IN_CORE)
 
 
@@ -79,16 +81,23 @@ def test_only_the_fake_provider_uses_a_web_server() -> None:
 
 
 def test_the_cli_and_the_build_do_not_load_the_fake_provider() -> None:
-    code = (
-        "import sys, medgrit.cli, medgrit.flows.build, medgrit.adapters.llm.generator\n"
-        "print('\\n'.join(sys.modules))"
-    )
-    loaded = set(
-        subprocess.run(
-            [sys.executable, "-c", code], check=True, capture_output=True, text=True
-        ).stdout.split()
-    )
+    loaded = _loaded_by(["medgrit.cli", "medgrit.flows.build", "medgrit.adapters.llm.generator"])
     assert not _offending(loaded, ("medgrit.testing",))
+
+
+def test_the_data_pipeline_never_imports_the_training_stack() -> None:
+    loaded = _loaded_by(
+        [
+            "medgrit.cli",
+            "medgrit.flows.build",
+            "medgrit.flows.serve",
+            "medgrit.flows.finetune",
+            "medgrit.adapters.build",
+            "medgrit.adapters.training.run",
+        ]
+    )
+    heavy = {"torch", "transformers", "peft", "trl", "accelerate"}
+    assert not {m.split(".")[0] for m in loaded} & heavy
 
 
 def test_only_the_testing_extra_brings_the_fake_provider_dependencies() -> None:

@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -212,24 +210,30 @@ def test_other_training_settings_are_refused_in_one_line(finished, medgrit) -> N
     assert "use a new output_dir" in done.stderr
 
 
-def test_a_killed_training_resumes_from_its_last_checkpoint(dataset, model_dir, tmp_path) -> None:
-    from medgrit.adapters.training import run
+def _in_process_config(dataset: Path, model_dir: Path, out: Path, **fields):
+    """A CPU config of two examples a step for the tiny model, for runs without the CLI."""
     from medgrit.schemas.finetune import FinetuneConfig
 
-    config = FinetuneConfig(
+    return FinetuneConfig(
         dataset=str(dataset),
-        output_dir=str(tmp_path / "run"),
+        output_dir=str(out),
         model_name_or_path=str(model_dir),
         bf16=False,
         optim="adamw_torch",
-        max_steps=6,
-        save_steps=3,
-        save_total_limit=None,
         per_device_train_batch_size=2,
         gradient_accumulation_steps=1,
         logging_steps=1,
         dataloader_num_workers=0,
         max_pixels=112 * 112,
+        **fields,
+    )
+
+
+def test_a_killed_training_resumes_from_its_last_checkpoint(dataset, model_dir, tmp_path) -> None:
+    from medgrit.adapters.training import run
+
+    config = _in_process_config(
+        dataset, model_dir, tmp_path / "run", max_steps=6, save_steps=3, save_total_limit=None
     )
     run.start_run(config)
     run.prepare_examples(config)
@@ -256,22 +260,8 @@ def test_a_killed_training_resumes_from_its_last_checkpoint(dataset, model_dir, 
 
 def test_torchrun_trains_data_parallel_without_code_changes(dataset, model_dir, tmp_path) -> None:
     from medgrit.adapters.training import run
-    from medgrit.schemas.finetune import FinetuneConfig
 
-    config = FinetuneConfig(
-        dataset=str(dataset),
-        output_dir=str(tmp_path / "run"),
-        model_name_or_path=str(model_dir),
-        bf16=False,
-        optim="adamw_torch",
-        max_steps=4,
-        per_device_train_batch_size=2,
-        gradient_accumulation_steps=1,
-        logging_steps=1,
-        dataloader_num_workers=0,
-        max_pixels=112 * 112,
-        num_processes=2,
-    )
+    config = _in_process_config(dataset, model_dir, tmp_path / "run", max_steps=4, num_processes=2)
     run.start_run(config)
     examples = run.prepare_examples(config)
     result = run.train_model(config)
@@ -347,21 +337,6 @@ def test_a_rebuilt_dataset_changes_the_fingerprint(dataset: Path, tmp_path: Path
     files[next(iter(files))] = "0" * 64  # a shard rebuilt with other contents
     (copy / "dataset.json").write_text(json.dumps(manifest))
     assert dataset_fingerprint(copy) != before
-
-
-def test_the_data_pipeline_never_imports_the_training_stack() -> None:
-    code = (
-        "import sys, medgrit.cli, medgrit.flows.build, medgrit.flows.serve, "
-        "medgrit.flows.finetune, medgrit.adapters.build, medgrit.adapters.training.run\n"
-        "print('\\n'.join(sys.modules))"
-    )
-    loaded = set(
-        subprocess.run(
-            [sys.executable, "-c", code], check=True, capture_output=True, text=True
-        ).stdout.split()
-    )
-    heavy = {"torch", "transformers", "peft", "trl", "accelerate"}
-    assert not {m.split(".")[0] for m in loaded} & heavy
 
 
 def test_the_defaults_and_the_example_config_are_birds_recipe() -> None:

@@ -9,7 +9,7 @@ turn's task, modality and (for VG) the asked label: a floor that any trained mod
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 
 from medgrit.adapters.export.bird import test_items
 from medgrit.adapters.export.records import DatasetRecords
@@ -25,13 +25,17 @@ def fit_records(records: DatasetRecords) -> BaselineModel:
     )
 
 
-def baseline_lines(records: DatasetRecords, tasks: Iterable[str]) -> list[str]:
-    """The JSONL lines of the baseline's predictions for the test turns of ``tasks``."""
+def baseline_lines(
+    records: DatasetRecords, tasks: Iterable[str], chosen: Collection[int] | None = None
+) -> list[str]:
+    """The JSONL lines of the baseline's predictions for the test turns of ``tasks``; with
+    ``chosen``, only for those turns (indices into ``test_items(records)``)."""
     model = fit_records(records)
     wanted = set(tasks)
+    keep = None if chosen is None else set(chosen)
     lines = []
-    for item in test_items(records):
-        if item.task not in wanted:
+    for index, item in enumerate(test_items(records)):
+        if item.task not in wanted or (keep is not None and index not in keep):
             continue
         asked = next(
             (item.record.regions[i].label for i in item.region_ids if i in item.record.regions),

@@ -101,10 +101,15 @@ def training_started(output: Path, record: dict) -> bool:
     )
 
 
+def _write_atomic(path: Path, text: str) -> None:
+    """Write ``text`` to a temporary name beside ``path``, then rename it into place."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
 def write_record(output: Path, record: dict) -> None:
-    tmp = output / f".{RECORD}.{os.getpid()}"
-    tmp.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
-    os.replace(tmp, output / RECORD)
+    _write_atomic(output / RECORD, json.dumps(record, indent=2) + "\n")
 
 
 def check_output(config: FinetuneConfig) -> str | None:
@@ -259,12 +264,6 @@ def train_model(config: FinetuneConfig) -> dict:
     return result
 
 
-def _write_lines(path: Path, lines: list[str]) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}")
-    tmp.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
-    os.replace(tmp, path)
-
-
 def predict_test(config: FinetuneConfig) -> dict:
     """The trained model's answers, and the baseline's, to the chosen test turns."""
     from medgrit.adapters.export.baseline import baseline_lines
@@ -293,17 +292,9 @@ def predict_test(config: FinetuneConfig) -> dict:
         config.max_new_tokens,
         config.box_format,
     )
-    _write_lines(output / PREDICTIONS, lines)
-    all_baseline = baseline_lines(records, list(config.eval_tasks))
-    # the baseline's lines are every test turn of the tasks, in test order: keep the chosen
-    from medgrit.adapters.export.bird import test_items
-
-    items = test_items(records)
-    order = [i for i, it in enumerate(items) if it.task in set(config.eval_tasks)]
-    keep = set(chosen)
-    _write_lines(
-        output / BASELINE, [line for i, line in zip(order, all_baseline, strict=True) if i in keep]
-    )
+    _write_atomic(output / PREDICTIONS, "".join(line + "\n" for line in lines))
+    baseline = baseline_lines(records, list(config.eval_tasks), chosen)
+    _write_atomic(output / BASELINE, "".join(line + "\n" for line in baseline))
     result = {"predictions": len(lines), "file": PREDICTIONS, "baseline": BASELINE}
     finish_step(config, "predict", result)
     return result
@@ -340,8 +331,6 @@ def evaluate_predictions(config: FinetuneConfig) -> dict:
             "model": score_file(output / PREDICTIONS, stack, scorer),
             "baseline": score_file(output / BASELINE, stack, scorer),
         }
-    tmp = output / f".{METRICS}.{os.getpid()}"
-    tmp.write_text(json.dumps(metrics, indent=2) + "\n", encoding="utf-8")
-    os.replace(tmp, output / METRICS)
+    _write_atomic(output / METRICS, json.dumps(metrics, indent=2) + "\n")
     finish_step(config, "evaluate", {"file": METRICS})
     return metrics
