@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from collections import Counter
 
+from medgrit.core.markdown import escape_markdown, markdown_code, markdown_table
+
 
 def shard_stats(tables: dict[str, list[dict]]) -> dict:
     """Counts of one shard's rows: images and QA per modality and task, rejects per reason."""
@@ -56,17 +58,18 @@ def render_summary(
 ) -> str:
     """A short markdown summary of a build (for the CLI and the Prefect artifact).
 
-    ``llm`` holds what an LLM build sent and spent (requests, cache hits, tokens, cost).
+    ``llm`` holds what an LLM build sent and spent (requests, cache hits, tokens, cost). The
+    path, shard ids, modalities and reasons are escaped (:mod:`medgrit.core.markdown`).
     """
     tasks = ("VG", "ROC", "RC", "MIA")
     lines = [
-        f"## medgrit dataset `{out_dir}`",
+        f"## medgrit dataset {markdown_code(out_dir)}",
         "",
         f"- shards: {shards_done}/{shards_total} done"
-        + (f", failed: {', '.join(failed)}" if failed else ""),
+        + (f", failed: {', '.join(escape_markdown(f) for f in failed)}" if failed else ""),
         f"- images: {rows.get('images', 0)} "
         + "("
-        + ", ".join(f"{k} {v}" for k, v in totals["images_by_split"].items())
+        + ", ".join(f"{escape_markdown(k)} {v}" for k, v in totals["images_by_split"].items())
         + ")",
         f"- regions: {rows.get('regions', 0)}",
         f"- conversations: {rows.get('conversations', 0)}",
@@ -90,17 +93,16 @@ def render_summary(
             else []
         ),
         "",
-        "| modality | images | " + " | ".join(tasks) + " | QA |",
-        "|---|---:|" + "---:|" * (len(tasks) + 1),
     ]
     qa = totals["qa_by_modality_task"]
+    rows = []
     for modality, n_images in totals["images_by_modality"].items():
         per = qa.get(modality, {})
         counts = [per.get(t, 0) for t in tasks]
-        lines.append(
-            f"| {modality} | {n_images} | " + " | ".join(map(str, counts)) + f" | {sum(counts)} |"
-        )
+        rows.append([modality, n_images, *counts, sum(counts)])
+    numbers = ["right"] * (len(tasks) + 2)
+    lines.append(markdown_table(["modality", "images", *tasks, "QA"], rows, ["left", *numbers]))
     if totals["rejects_by_reason"]:
-        lines += ["", "| reject reason | rows |", "|---|---:|"]
-        lines += [f"| {k} | {v} |" for k, v in totals["rejects_by_reason"].items()]
+        rejects = totals["rejects_by_reason"].items()
+        lines += ["", markdown_table(["reject reason", "rows"], rejects, ["left", "right"])]
     return "\n".join(lines) + "\n"

@@ -8,7 +8,9 @@
 ``medgrit-finetune-<name>-examples`` (what the examples hold), ``-training`` (the logged loss
 and learning rate per step), one table per scored task (``-vg``, ``-roc``, ``-rc``, ``-mia``:
 a row per modality and the two means, the model's numbers beside the baseline's) and a markdown
-summary. The output folder is locked while the flow runs (one writer at a time).
+summary. Names and paths in them are escaped (:mod:`medgrit.core.markdown`): the Prefect UI
+renders the summary, descriptions and string cells as Markdown. The output folder is locked
+while the flow runs (one writer at a time).
 """
 
 from __future__ import annotations
@@ -27,6 +29,12 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact  #
 from medgrit.adapters.runtime.interrupt import stop_on_signals  # noqa: E402
 from medgrit.adapters.store.dataset_dir import hold_dataset  # noqa: E402
 from medgrit.adapters.training.run import RunMismatch, start_run  # noqa: E402
+from medgrit.core.markdown import (  # noqa: E402
+    escape_cells,
+    escape_markdown,
+    markdown_code,
+    markdown_table,
+)
 from medgrit.flows.dashboard import dataset_name, tag_flow_run  # noqa: E402
 from medgrit.schemas.finetune import FinetuneConfig  # noqa: E402
 from medgrit.tasks.finetune import (  # noqa: E402
@@ -85,10 +93,12 @@ def metric_rows(model: Mapping, baseline: Mapping | None) -> list[dict[str, Any]
 
 def _summary(config: FinetuneConfig, examples: dict, trained: dict, metrics: dict | None) -> str:
     losses = trained.get("losses") or []
+    model, dataset = markdown_code(config.model_name_or_path), markdown_code(config.dataset)
+    folder = Path(config.output_dir).absolute().as_uri()
     lines = [
-        f"# Fine-tune of `{config.model_name_or_path}` on `{config.dataset}`",
+        f"# Fine-tune of {model} on {dataset}",
         "",
-        f"- output: `{config.output_dir}` ([folder](file://{Path(config.output_dir).absolute()}))",
+        f"- output: {markdown_code(config.output_dir)} ([folder]({folder}))",
         f"- {config.finetune}, boxes as {config.box_format}; {examples['examples']} examples, "
         f"{examples['turns']} turns, {examples['tokens']} tokens"
         + (f" ({examples['examples_too_long']} too long)" if examples["examples_too_long"] else ""),
@@ -99,18 +109,24 @@ def _summary(config: FinetuneConfig, examples: dict, trained: dict, metrics: dic
         f"{trained['total_parameters']:,}",
     ]
     if metrics:
-        lines += ["", "| task | headline metric | model | baseline |", "|---|---|---:|---:|"]
+        rows = []
         for task, report in metrics["model"].items():
             means = report.get("present_mean") or {}
             if not means:  # nothing scored (VG turns without reference boxes)
-                lines.append(f"| {task} | - | - | - |")
+                rows.append([task, "-", "-", "-"])
                 continue
             name = next(iter(means))
             base = metrics["baseline"].get(task, {}).get("present_mean", {}).get(name)
-            lines.append(
-                f"| {task} | {name} (mean over present) | {means[name]:.4f} | "
-                + (f"{base:.4f} |" if base is not None else "- |")
+            rows.append(
+                [
+                    task,
+                    f"{name} (mean over present)",
+                    f"{means[name]:.4f}",
+                    f"{base:.4f}" if base is not None else "-",
+                ]
             )
+        header = ["task", "headline metric", "model", "baseline"]
+        lines += ["", markdown_table(header, rows, ["left", "left", "right", "right"])]
     return "\n".join(lines)
 
 
@@ -139,7 +155,7 @@ def finetune(config: FinetuneConfig) -> dict:
             examples["tokens"],
         )
         create_table_artifact(
-            [{"what": k.replace("_", " "), "count": v} for k, v in examples.items()],
+            escape_cells({"what": k.replace("_", " "), "count": v} for k, v in examples.items()),
             key=artifact_key(config, "examples"),
             description="The train examples: images, turns, tokens, and what did not fit.",
         )
@@ -159,9 +175,10 @@ def finetune(config: FinetuneConfig) -> dict:
             metrics = evaluate_predictions(config)
             for task, report in metrics["model"].items():
                 create_table_artifact(
-                    metric_rows(report, metrics["baseline"].get(task)),
+                    escape_cells(metric_rows(report, metrics["baseline"].get(task))),
                     key=artifact_key(config, task.lower()),
-                    description=f"{task}: the model's scores per modality beside the baseline's",
+                    description=f"{escape_markdown(task)}: the model's scores per modality "
+                    "beside the baseline's",
                 )
         create_markdown_artifact(
             _summary(config, examples, trained, metrics),

@@ -9,12 +9,15 @@ split files are written in one pass over the images parts, row group by row grou
 
 The card (``README.md``) gives the counts per split, modality and task, the sources (names,
 kinds, modalities and case counts, never local paths), the licences the user names, and the
-build settings that decide the contents.
+build settings that decide the contents. Source names and licence texts are escaped where they
+land in Markdown (:mod:`medgrit.core.markdown`), and the front matter's ``license`` is a quoted
+licence id (``other`` for any text that is not one), so the YAML stays valid.
 """
 
 from __future__ import annotations
 
 import json
+import re
 from collections import Counter
 from collections.abc import Mapping
 from contextlib import ExitStack
@@ -33,6 +36,7 @@ from medgrit.adapters.export.hfparquet import (
 from medgrit.adapters.export.records import SPLITS, DatasetRecords, ExportRecord, iter_images
 from medgrit.adapters.store.bookkeeping import content_config
 from medgrit.core.exports import TASKS
+from medgrit.core.markdown import escape_markdown, markdown_table
 
 _QA = pa.struct(
     [
@@ -131,10 +135,40 @@ def split_licences(licences: list[str]) -> tuple[str | None, dict[str, str]]:
     return overall, per
 
 
-def _table(header: list[str], rows: list[list]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(str(v) for v in row) + " |" for row in rows]
-    return "\n".join(lines)
+def source_names(manifest: Mapping) -> list[str]:
+    """The names ``--license SOURCE=LICENCE`` may give: each source's dataset names, sorted."""
+    names: set[str] = set()
+    for src in manifest.get("sources") or []:
+        if src.get("dataset") is not None:
+            names.add(str(src["dataset"]))
+        names.update(str(n) for n in src.get("datasets") or {})
+    return sorted(names)
+
+
+def check_licence_sources(per_source: Mapping[str, str], manifest: Mapping) -> None:
+    """Refuse a per-source licence for a name no source of the dataset has (a typo would
+    otherwise leave that source's licence out of the card without a word).
+
+    Raises:
+        ValueError: naming the unknown names and the known ones.
+    """
+    known = source_names(manifest)
+    unknown = sorted(set(per_source) - set(known))
+    if unknown:
+        given = ", ".join(f"{n}={per_source[n]}" for n in unknown)
+        raise ValueError(
+            f"--license {given}: the dataset has no source dataset named "
+            f"{', '.join(repr(n) for n in unknown)}; its names are: {', '.join(known) or 'none'}"
+        )
+
+
+_LICENCE_ID = re.compile(r"[a-z0-9][a-z0-9.+_-]*")
+
+
+def _licence_id(overall: str | None) -> str:
+    """The front matter's licence: a hub licence id as given (lowercased), else ``other``."""
+    licence = (overall or "").lower()
+    return licence if _LICENCE_ID.fullmatch(licence) else "other"
 
 
 def dataset_card(
@@ -142,10 +176,9 @@ def dataset_card(
 ) -> str:
     """The card's text: YAML front matter (configs, splits, licence) and the counts."""
     manifest = records.manifest
-    licence_id = overall if overall and " " not in overall else "other"
     front = [
         "---",
-        f"license: {json.dumps(licence_id.lower())}",
+        f"license: {json.dumps(_licence_id(overall))}",
         "task_categories:",
         "- image-text-to-text",
         "tags:",
@@ -193,15 +226,15 @@ def dataset_card(
         "`regions.bbox` is the half-open pixel box. Cases are pseudonymised and train and test "
         "are split by case.",
         "",
-        f"Licence: {overall or 'not given'}.",
+        f"Licence: {escape_markdown(overall) if overall else 'not given'}.",
         "",
         "## Counts (images, and QA pairs per task)",
         "",
-        _table(["split", "modality", "images", *TASKS, "QA"], rows),
+        markdown_table(["split", "modality", "images", *TASKS, "QA"], rows),
         "",
         "## Sources",
         "",
-        _table(["dataset", "kind", "modalities", "cases", "licence"], sources),
+        markdown_table(["dataset", "kind", "modalities", "cases", "licence"], sources),
         "",
         "## Build config",
         "",
@@ -217,9 +250,11 @@ def write_hf(records: DatasetRecords, folder: Path, licences: list[str]) -> dict
     """Write the Hugging Face dataset folder; returns rows per file.
 
     Raises:
-        ValueError: for ``licences`` that :func:`split_licences` refuses.
+        ValueError: for ``licences`` that :func:`split_licences` or
+            :func:`check_licence_sources` refuses.
     """
     overall, per_source = split_licences(licences)
+    check_licence_sources(per_source, records.manifest)
     names = {s: f"data/{s}-00000-of-00001.parquet" for s in SPLITS}
     with ExitStack() as stack:
         writers = {
