@@ -198,13 +198,14 @@ def finetune(
     _check_dataset(config)
     from medgrit.adapters.export.records import ExportError, read_records
     from medgrit.adapters.store.dataset_dir import current_writer
+    from medgrit.adapters.store.parquet import MissingPart
     from medgrit.adapters.training.run import check_output
 
     try:
         read_records(Path(config.dataset))
-    except ExportError as exc:
+    except (ExportError, MissingPart) as exc:
         fail(f"dataset: {exc}")
-    except (OSError, ValueError) as exc:  # pyarrow's ArrowInvalid is a ValueError
+    except (OSError, ValueError) as exc:  # the readers' UnreadablePart is a ValueError
         fail_unreadable_tables(Path(config.dataset), exc)
     _check_model(config)
     _check_train_extra()

@@ -37,6 +37,7 @@ def predict_baseline(
     from medgrit.adapters.export.records import ExportError
     from medgrit.adapters.export.write import write_predictions
     from medgrit.adapters.store.manifest import ManifestError
+    from medgrit.adapters.store.parquet import MissingPart
 
     tasks = [t.strip().upper() for t in (task or TASK_NAMES)]
     unknown = [t for t in tasks if t not in TASK_NAMES]
@@ -45,7 +46,7 @@ def predict_baseline(
     check_new_out(out, kind="file")
     try:
         n = write_predictions(dataset, out, tasks)
-    except (ManifestError, ExportError) as exc:
+    except (ManifestError, ExportError, MissingPart) as exc:
         fail(str(exc))
     except ArrowException as exc:
         fail_unreadable_tables(dataset, exc)

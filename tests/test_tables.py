@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import tempfile
+import tracemalloc
 from pathlib import Path
 
 import pyarrow as pa
@@ -11,7 +13,14 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from medgrit.adapters.store.parquet import ParquetShardWriter, part_path, sha256_file
+from medgrit.adapters.store.parquet import (
+    ParquetShardWriter,
+    UnreadablePart,
+    open_parquet,
+    part_path,
+    read_parquet,
+    sha256_file,
+)
 from medgrit.schemas.tables import TABLES, schema_for
 
 text = st.text(max_size=24)
@@ -204,3 +213,87 @@ def test_schema_for_names_the_known_tables_on_error():
     assert schema_for("regions") is TABLES["regions"]
     with pytest.raises(ValueError, match="conversations"):
         schema_for("region")
+
+
+def _image_rows(n: int, png_bytes: int = 64) -> list[dict]:
+    return [
+        {
+            "image_id": f"img-{i}",
+            "dataset": "D",
+            "case_id": "c",
+            "modality": "ct",
+            "plane": "axial",
+            "slice_index": i,
+            "width": 8,
+            "height": 8,
+            "split": "train",
+            "image": {"bytes": os.urandom(png_bytes), "path": f"{i}.png"},
+        }
+        for i in range(n)
+    ]
+
+
+def test_parts_read_back_in_a_folder_whose_name_is_not_utf8(tmp_path):
+    out = tmp_path / os.fsdecode(b"scans-\xff\xfe")
+    rows = _image_rows(5)
+    ParquetShardWriter(out).write_shard("00000", {"images": rows})
+    part = out / part_path("images", "00000")
+
+    assert read_parquet(part, schema=TABLES["images"]).to_pylist() == rows
+    assert read_parquet(part, ["image_id"]).column_names == ["image_id"]
+    with open_parquet(part) as parquet:
+        assert parquet.metadata.num_rows == 5
+        group = parquet.read_row_group(0, columns=["slice_index"])
+    assert group.column(0).to_pylist() == list(range(5))
+
+
+@pytest.mark.parametrize(
+    "damage", ["empty", "garbage", "truncated", "damaged pages", "missing", "a fifo"]
+)
+def test_a_part_that_is_not_readable_parquet_raises_one_error(tmp_path, damage):
+    ParquetShardWriter(tmp_path).write_shard("00000", {"images": _image_rows(50, 4096)})
+    part = tmp_path / part_path("images", "00000")
+    data = part.read_bytes()
+    if damage == "empty":
+        part.write_bytes(b"")
+    elif damage == "garbage":
+        part.write_bytes(b"not parquet\n" * 100)
+    elif damage == "truncated":
+        part.write_bytes(data[: len(data) // 2])
+    elif damage == "damaged pages":  # the footer still reads; the image bytes do not
+        start = len(data) // 4
+        part.write_bytes(data[:start] + b"\xff" * (len(data) // 4) + data[2 * start :])
+    else:
+        part.unlink()
+        if damage == "a fifo":  # read without blocking on a writer that never comes
+            os.mkfifo(part)
+
+    with pytest.raises(UnreadablePart) as caught:
+        read_parquet(part)
+    # what every caller already catches: pyarrow's ArrowInvalid, a ValueError
+    assert isinstance(caught.value, pa.ArrowInvalid) and isinstance(caught.value, ValueError)
+    assert caught.value.path == part and caught.value.reason in str(caught.value)
+    with pytest.raises(UnreadablePart):
+        with open_parquet(part) as parquet:
+            for _ in parquet.iter_batches(batch_size=8):
+                pass
+
+
+def test_reading_a_large_part_copies_neither_the_file_nor_the_columns_left_out(tmp_path):
+    rows = _image_rows(48, 1 << 20)  # 48 MB of image bytes that do not compress
+    ParquetShardWriter(tmp_path).write_shard("00000", {"images": rows})
+    part = tmp_path / part_path("images", "00000")
+    del rows
+    before = pa.total_allocated_bytes()
+    tracemalloc.start()
+    try:
+        ids = read_parquet(part, ["image_id", "slice_index"])
+        held = pa.total_allocated_bytes() - before
+        with open_parquet(part) as parquet:
+            count = sum(b.num_rows for b in parquet.iter_batches(batch_size=4, columns=["image"]))
+        _, python_peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert ids.num_rows == count == 48
+    assert held < 1 << 20  # the ids, not the images
+    assert python_peak < 4 << 20  # the file is mapped, never read into a bytes object

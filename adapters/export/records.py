@@ -18,10 +18,8 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-import pyarrow.parquet as pq
-
 from medgrit.adapters.store.bookkeeping import read_dataset
-from medgrit.adapters.store.parquet import part_path
+from medgrit.adapters.store.parquet import open_parquet, part_path, read_parquet, require_parts
 from medgrit.adapters.store.validate import read_table
 from medgrit.core.exports import Box, TextRegion, sample_name
 from medgrit.schemas.tables import TABLES
@@ -110,6 +108,8 @@ def read_records(out: Path) -> DatasetRecords:
     Raises:
         ManifestError: when ``out`` is no medgrit dataset (its message says why).
         ExportError: when the build is not complete, or two images share a sample name.
+        MissingPart: when a table part is not in ``out``.
+        UnreadablePart: when a table part is not readable Parquet.
     """
     manifest = read_dataset(out)
     shards = manifest.get("shards") or []
@@ -117,6 +117,7 @@ def read_records(out: Path) -> DatasetRecords:
         raise ExportError(
             f"{out} is not a complete build; finish it with `medgrit resume {out}` first"
         )
+    require_parts(out, manifest)
     regions: dict[str, dict[str, ExportRegion]] = {}
     for r in read_table(out, "regions"):
         regions.setdefault(r["image_id"], {})[r["region_id"]] = ExportRegion(
@@ -131,14 +132,8 @@ def read_records(out: Path) -> DatasetRecords:
     splits: dict[str, list[ExportRecord]] = {s: [] for s in SPLITS}
     names: set[str] = set()
     parts = [part_path("images", s["id"]) for s in shards]
-    parts = [p for p in parts if (out / p).is_file()]  # as read_table reads them
     for part in parts:
-        with (out / part).open("rb") as handle:  # pyarrow's own paths must be UTF-8
-            # one thread: see medgrit.adapters.store.validate.read_table
-            table = pq.read_table(
-                handle, columns=_TEXT_COLUMNS, schema=TABLES["images"], use_threads=False
-            )
-            rows = table.to_pylist()
+        rows = read_parquet(out / part, _TEXT_COLUMNS, TABLES["images"]).to_pylist()
         for row, im in enumerate(rows):
             name = sample_name(
                 im["modality"], im["dataset"], im["case_id"], im["plane"], im["slice_index"]
@@ -172,12 +167,13 @@ def iter_images(records: DatasetRecords) -> Iterator[tuple[ExportRecord, bytes]]
 
     Raises:
         ExportError: when an images part no longer holds the image a record was read from.
+        UnreadablePart: when an images part is not readable Parquet.
     """
     at = {(r.image.part, r.image.row): r for recs in records.splits.values() for r in recs}
     for part in records.image_parts:
         row = 0
-        with (records.root / part).open("rb") as handle:
-            batches = pq.ParquetFile(handle).iter_batches(
+        with open_parquet(records.root / part) as parquet:
+            batches = parquet.iter_batches(
                 batch_size=IMAGE_BATCH_ROWS, columns=["image_id", "image"]
             )
             for batch in batches:

@@ -23,7 +23,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from medgrit.adapters.store.bookkeeping import read_dataset
-from medgrit.adapters.store.parquet import part_path
+from medgrit.adapters.store.parquet import open_parquet, part_path, read_parquet, require_parts
 
 
 @dataclass(frozen=True)
@@ -67,11 +67,6 @@ class Sample:
     turns: list[dict]
 
 
-def _open(out: Path, rel: str) -> pq.ParquetFile:
-    # A handle, not a path: pyarrow's own paths must be UTF-8, a dataset's may not be.
-    return pq.ParquetFile((out / rel).open("rb"))
-
-
 def _leaves(file: pq.ParquetFile, prefix: str) -> list[str]:
     meta = file.metadata.schema
     return [meta.column(i).path for i in range(len(meta)) if meta.column(i).path.startswith(prefix)]
@@ -87,59 +82,54 @@ def read_report_data(out_dir: str | Path) -> ReportData:
 
     Raises:
         ManifestError: when ``out_dir`` is not a readable medgrit dataset.
+        MissingPart: when a done shard's table part is not in it.
+        UnreadablePart: when a table part is not readable Parquet.
     """
     out = Path(out_dir)
     data = ReportData(manifest=read_dataset(out))
+    require_parts(out, data.manifest)
     modality_of: dict[str, str] = {}
     boxes: list[np.ndarray] = []
     for shard in done_shards(data.manifest):
         rel = part_path("images", shard)
-        if (out / rel).is_file():
-            with _open(out, rel) as f:
-                t = f.read(columns=["image_id", "dataset", "modality", "split"])
-            ids = t.column("image_id").to_pylist()
-            mods = t.column("modality").to_pylist()
-            for row, (image_id, modality) in enumerate(zip(ids, mods, strict=True)):
-                data.image_at[image_id] = RowAt(rel, row)
-                modality_of[image_id] = modality
-            data.image_ids.extend(ids)
-            data.modalities.extend(mods)
-            data.images_by_modality.update(mods)
-            data.images_by_split.update(_value_counts(t.column("split")))
-            data.images_by_dataset.update(_value_counts(t.column("dataset")))
-            data.rows["images"] += t.num_rows
+        t = read_parquet(out / rel, ["image_id", "dataset", "modality", "split"])
+        ids = t.column("image_id").to_pylist()
+        mods = t.column("modality").to_pylist()
+        for row, (image_id, modality) in enumerate(zip(ids, mods, strict=True)):
+            data.image_at[image_id] = RowAt(rel, row)
+            modality_of[image_id] = modality
+        data.image_ids.extend(ids)
+        data.modalities.extend(mods)
+        data.images_by_modality.update(mods)
+        data.images_by_split.update(_value_counts(t.column("split")))
+        data.images_by_dataset.update(_value_counts(t.column("dataset")))
+        data.rows["images"] += t.num_rows
         rel = part_path("regions", shard)
-        if (out / rel).is_file():
-            with _open(out, rel) as f:
-                t = f.read(columns=["label", "bbox_1000"])
-            data.labels.update(_value_counts(t.column("label")))
-            flat = pc.list_flatten(t.column("bbox_1000")).to_numpy(zero_copy_only=False)
-            boxes.append(flat.reshape(-1, 4))
-            data.rows["regions"] += t.num_rows
+        t = read_parquet(out / rel, ["label", "bbox_1000"])
+        data.labels.update(_value_counts(t.column("label")))
+        flat = pc.list_flatten(t.column("bbox_1000")).to_numpy(zero_copy_only=False)
+        boxes.append(flat.reshape(-1, 4))
+        data.rows["regions"] += t.num_rows
         rel = part_path("conversations", shard)
-        if (out / rel).is_file():
-            with _open(out, rel) as f:
-                t = f.read(columns=["image_id", *_task_leaf(f)])
-            ids = t.column("image_id").to_pylist()
-            for row, image_id in enumerate(ids):
-                data.conversation_at[image_id] = RowAt(rel, row)
-            lengths = pc.list_value_length(t.column("qa")).to_pylist()
-            tasks = pc.list_flatten(t.column("qa")).combine_chunks().field("task").to_pylist()
-            at = 0
-            for image_id, length in zip(ids, lengths, strict=True):
-                per_task = data.qa_by_modality_task.setdefault(
-                    modality_of.get(image_id, "unknown"), Counter()
-                )
-                per_task.update(tasks[at : at + length])
-                at += length
-            data.rows["conversations"] += t.num_rows
-            data.rows["qa"] += len(tasks)
-        rel = part_path("rejects", shard)
-        if (out / rel).is_file():
-            with _open(out, rel) as f:
-                t = f.read(columns=["reason"])
-            data.rejects_by_reason.update(_value_counts(t.column("reason")))
-            data.rows["rejects"] += t.num_rows
+        with open_parquet(out / rel) as f:
+            t = f.read(columns=["image_id", *_task_leaf(f)])
+        ids = t.column("image_id").to_pylist()
+        for row, image_id in enumerate(ids):
+            data.conversation_at[image_id] = RowAt(rel, row)
+        lengths = pc.list_value_length(t.column("qa")).to_pylist()
+        tasks = pc.list_flatten(t.column("qa")).combine_chunks().field("task").to_pylist()
+        at = 0
+        for image_id, length in zip(ids, lengths, strict=True):
+            per_task = data.qa_by_modality_task.setdefault(
+                modality_of.get(image_id, "unknown"), Counter()
+            )
+            per_task.update(tasks[at : at + length])
+            at += length
+        data.rows["conversations"] += t.num_rows
+        data.rows["qa"] += len(tasks)
+        t = read_parquet(out / part_path("rejects", shard), ["reason"])
+        data.rejects_by_reason.update(_value_counts(t.column("reason")))
+        data.rows["rejects"] += t.num_rows
     if boxes:
         data.bbox_1000 = np.concatenate(boxes).astype(np.int32)
     return data
@@ -154,10 +144,7 @@ def _regions_of(out: Path, shard_part: str, image_ids: set[str]) -> dict[str, li
     """Label and pixel box of each region of ``image_ids``, from one shard's regions part."""
     rel = part_path("regions", shard_part.removeprefix("images/part-").removesuffix(".parquet"))
     found: dict[str, list[dict]] = {}
-    if not (out / rel).is_file():
-        return found
-    with _open(out, rel) as f:
-        t = f.read(columns=["image_id", "label", "bbox"])
+    t = read_parquet(out / rel, ["image_id", "label", "bbox"])
     t = t.filter(pc.is_in(t.column("image_id"), pa.array(sorted(image_ids), pa.string())))
     for row in t.to_pylist():
         found.setdefault(row["image_id"], []).append({"label": row["label"], "bbox": row["bbox"]})
@@ -173,7 +160,7 @@ def _task_leaf(file: pq.ParquetFile) -> list[str]:
 
 def _read_row(out: Path, at: RowAt, columns: list[str]) -> dict:
     """One row of a part, reading only the row group that holds it."""
-    with _open(out, at.part) as f:
+    with open_parquet(out / at.part) as f:
         start = 0
         for group in range(f.metadata.num_row_groups):
             size = f.metadata.row_group(group).num_rows

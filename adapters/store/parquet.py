@@ -3,12 +3,23 @@
 A reader never sees a half-written part: ``{table}/part-{shard}.parquet`` appears only complete.
 Files are written with the explicit schemas of ``medgrit.schemas.tables`` and fixed writer
 settings, so the same rows give the same bytes.
+
+Every reading of a part goes through :func:`open_parquet` or :func:`read_parquet`. pyarrow's own
+paths must be UTF-8 while a dataset folder's name may be any bytes, and pyarrow's threads reading
+a Python file object abort the interpreter (SIGABRT) when the process exits while they still
+read. So a part is opened by its own bytes path, and pyarrow memory-maps it through the name of
+that open descriptor: its threads read mapped pages and never call into Python, and memory stays
+bounded (the kernel pages a multi-GB images part in and out as it is read).
 """
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
+import stat
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -40,6 +51,98 @@ def sha256_file(path: Path) -> str:
 def part_path(table: str, shard: str) -> str:
     """Relative path of one table's part for a shard."""
     return f"{table}/part-{shard}.parquet"
+
+
+# The names of this process's open descriptors (Linux; /dev/fd elsewhere): ASCII, whatever the
+# name of the file behind them.
+_DESCRIPTORS = "/proc/self/fd" if os.path.isdir("/proc/self/fd") else "/dev/fd"
+
+
+class UnreadablePart(pa.ArrowInvalid):
+    """A table part that is not readable Parquet: empty, cut short, damaged, or no Parquet at all.
+
+    pyarrow raises ``ArrowInvalid``, ``OSError`` and others for these; one ``ArrowInvalid`` (so
+    also a ``ValueError``) lets every caller catch them alike. The cause is chained.
+    """
+
+    def __init__(self, path: Path, cause: BaseException) -> None:
+        self.path = path
+        self.reason = type(cause).__name__  # what pyarrow raised, for one-line messages
+        first = (str(cause).strip().splitlines() or [""])[0]
+        super().__init__(f"{path}: not a readable Parquet file ({type(cause).__name__}: {first})")
+
+
+class MissingPart(Exception):
+    """A done shard's table part is not in the dataset: one line of text."""
+
+
+@contextmanager
+def _unreadable(path: Path) -> Iterator[None]:
+    try:
+        yield
+    except (OSError, pa.ArrowException) as exc:
+        if isinstance(exc, UnreadablePart):
+            raise
+        raise UnreadablePart(path, exc) from exc
+
+
+def _mapped(path: Path) -> pa.MemoryMappedFile:
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)  # a FIFO in a part's place does not block
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(errno.EINVAL, "not a regular file", os.fspath(path))
+        return pa.memory_map(f"{_DESCRIPTORS}/{fd}")
+    finally:
+        os.close(fd)  # the map holds its own
+
+
+@contextmanager
+def open_parquet(path: Path) -> Iterator[pq.ParquetFile]:
+    """A table part to read (metadata, row groups, batches), memory-mapped (see the module
+    docstring). Keep only reading in the block: pyarrow's errors raised in it, and any file
+    name, read as one :class:`UnreadablePart`.
+
+    Raises:
+        UnreadablePart: the file is missing, empty or not readable Parquet.
+    """
+    with _unreadable(path):
+        source = _mapped(path)
+        try:
+            yield pq.ParquetFile(source)
+        finally:
+            source.close()  # what was read stays valid: it holds the mapping
+
+
+def read_parquet(
+    path: Path, columns: Sequence[str] | None = None, schema: pa.Schema | None = None
+) -> pa.Table:
+    """All rows of a table part (only ``columns``, read as ``schema`` when given).
+
+    Raises:
+        UnreadablePart: the file is missing, empty or not readable Parquet.
+    """
+    with _unreadable(path), _mapped(path) as source:
+        return pq.read_table(
+            source, columns=None if columns is None else list(columns), schema=schema
+        )
+
+
+def require_parts(out: Path, manifest: Mapping, tables: Iterable[str] = TABLES) -> None:
+    """Refuse a dataset whose done shards lack a table part: what reads it (an export, the
+    baseline, the report) would leave that shard's rows out without a word.
+
+    Raises:
+        MissingPart: naming the first part that is not a file.
+    """
+    for shard in manifest.get("shards") or []:
+        if shard.get("status") != "done":
+            continue
+        for table in tables:
+            rel = part_path(table, shard["id"])
+            if not (out / rel).is_file():
+                raise MissingPart(
+                    f"{out} lacks {rel}; `medgrit validate {out}` says what else is wrong"
+                )
 
 
 class ParquetShardWriter:
