@@ -32,7 +32,9 @@ _SIDE_TOKENS = {
     "right": "right",
     "rt": "right",
 }
-_ABBREVIATIONS = {
+# Atlas abbreviations of a position or part (AAL's ``Frontal_Sup_Orb_L``): they qualify the word
+# before them, so a name's first word is never one of them (``post-op``, ``Mid-brain``).
+_QUALIFIERS = {
     "sup": "superior",
     "inf": "inferior",
     "mid": "middle",
@@ -43,6 +45,9 @@ _ABBREVIATIONS = {
     "orb": "orbital",
     "oper": "opercular",
     "tri": "triangular",
+}
+# Abbreviations of a whole tissue, wherever they stand.
+_TISSUES = {
     "gm": "grey matter",
     "wm": "white matter",
     "csf": "cerebrospinal fluid",
@@ -55,18 +60,23 @@ def readable_label_name(raw: str) -> str:
 
     Laterality tokens (``left``, ``right``, ``l``, ``r``, ``lt``, ``rt``) at either end move to
     the front;
-    separators become spaces; common anatomical abbreviations are expanded. Characters that are
-    not UTF-8 (lone surrogates from file names or JSON) come out as ``\\xNN`` escapes.
+    separators become spaces; common anatomical abbreviations are expanded: tissues anywhere
+    (``GM_left``), positions after the first word (``Frontal_Sup_L``; a name's first word is its
+    own: ``post-op cavity``, ``Mid-brain``).
+    Hyphens separate words only in names written without spaces (``Left-Cerebral-White-Matter``);
+    in a name of words they belong to the word (``Right-Left shunt`` names no side). Characters
+    that are not UTF-8 (lone surrogates from file names or JSON) come out as ``\\xNN`` escapes.
     """
-    raw = escape_name(raw)
-    tokens = [t for t in re.split(r"[\s_\-./]+", _CAMEL.sub(" ", raw.strip())) if t]
+    raw = escape_name(raw).strip()
+    separators = r"[\s_./]+" if re.search(r"\s", raw) else r"[\s_\-./]+"
+    tokens = [t for t in re.split(separators, _CAMEL.sub(" ", raw)) if t]
     tokens = [t.lower() for t in tokens]
     side = None
     if len(tokens) > 1 and tokens[-1] in _SIDE_TOKENS:
         side = _SIDE_TOKENS[tokens.pop()]
     elif len(tokens) > 1 and tokens[0] in _SIDE_TOKENS:
         side = _SIDE_TOKENS[tokens.pop(0)]
-    words = [_ABBREVIATIONS.get(t, t) for t in tokens]
+    words = [_TISSUES.get(t) or (_QUALIFIERS.get(t, t) if i else t) for i, t in enumerate(tokens)]
     name = " ".join(words)
     return f"{side} {name}" if side else name
 

@@ -239,6 +239,26 @@ def test_per_image_rejects(tmp_path: Path) -> None:
     }
 
 
+def test_an_image_link_that_cannot_be_followed_is_a_reject(tmp_path: Path) -> None:
+    grey = _grey()
+    meta = {"modality": "endoscopy", "labels": {"1": "polyp"}, "masks": "label_map"}
+    root = _folder(tmp_path / "l", meta, {"ok.png": grey})
+    (root / "images" / "moved.png").symlink_to(tmp_path / "elsewhere" / "moved.png")
+    (root / "images" / "loop.png").symlink_to("loop.png")
+    for stem in ("ok", "moved", "loop"):
+        _write(root / "masks" / f"{stem}.png", _mask(grey.shape, (1, 5, 1, 5)))
+
+    outcome = {}
+    for ref in open_image_folder("images:l", root).cases:
+        loaded = read_case(ref)
+        outcome[ref.case] = (len(loaded.images), [r[:2] for r in loaded.rejects])
+    assert outcome["ok"] == (1, [])
+    for stem in ("moved", "loop"):
+        images, [(reason, detail)] = outcome[stem]
+        assert images == 0 and reason == "image_unreadable"
+        assert detail.startswith(f"{stem}.png: symbolic link cannot be followed"), detail
+
+
 def test_unreadable_per_class_mask_drops_only_that_mask(tmp_path: Path) -> None:
     grey = _grey()
     meta = {"modality": "ultrasound", "labels": {"1": "benign", "2": "malignant"}}
@@ -265,11 +285,11 @@ def test_modality_from_flag_only_when_labels_json_has_none(tmp_path: Path) -> No
     ("meta", "expected"),
     [
         (None, "no labels.json"),
-        ("{not json", "malformed JSON"),
+        ("{not json", "malformed labels.json"),
         ({"labels": {"1": "polyp"}, "masks": "label_map"}, "pass --modality"),
         ({"modality": "photo", "labels": {"1": "x"}, "masks": "label_map"}, "'photo'"),
         ({"modality": "ct", "labels": {}, "masks": "label_map"}, '"labels" must map'),
-        ({"modality": "ct", "labels": {"a": "x"}, "masks": "label_map"}, "not an integer"),
+        ({"modality": "ct", "labels": {"a": "x"}, "masks": "label_map"}, "not a whole number"),
         ({"modality": "ct", "labels": {"1": "x"}}, '"masks" to "label_map" or "per_class"'),
         ({"modality": "ct", "labels": {"1": "x"}, "masks": "label_map", "cases": "("}, "valid"),
         ({"modality": "ct", "labels": {"1": "x"}, "masks": "label_map", "cases": "a"}, "one group"),

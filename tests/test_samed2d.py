@@ -312,7 +312,7 @@ def test_generic_and_fragment_classes_are_dropped_with_their_reason(tmp_path: Pa
         ("mask_not_list", "must map to a list of mask paths"),
         ("bad_name", "1 image name(s) do not follow"),
         ("no_mapping", "no SAMed2D_v1_class_mapping_id.json"),
-        ("bad_mapping", "expected an integer >= 0"),
+        ("bad_mapping", "expected a whole number >= 0"),
         ("dataset_missing", "no classes for dataset(s) AbdomenCT1K"),
         ("unknown_prefix", "unknown modality prefix 'microscopy_00'"),
         ("duplicate_slice", "have slice 1 of one plane"),

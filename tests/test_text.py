@@ -37,6 +37,13 @@ from medgrit.core.text import (
         ("spleen", "spleen"),
         ("gallbladder", "gallbladder"),
         ("  pancreas  ", "pancreas"),
+        ("GM_left", "left grey matter"),
+        ("Cingulum_Post_R", "right cingulum posterior"),
+        # A name's first word is its own, and a hyphen in a name of words joins its word.
+        ("post-op cavity", "post-op cavity"),
+        ("Post_contrast_enhancement", "post contrast enhancement"),
+        ("Mid-brain", "mid brain"),
+        ("Right-Left shunt", "right-left shunt"),
     ],
 )
 def test_readable_label_name(raw, expected):

@@ -132,6 +132,35 @@ def check_distinct(sources: list[Source]) -> None:
                     "give each case once, or name the datasets apart"
                 )
             seen[key] = source.spec
+    _check_one_label_map(sources)
+
+
+def _check_one_label_map(sources: list[Source]) -> None:
+    """Refuse label lists that give one label id of a dataset two names (two sources whose
+    datasets share a name, or two ``labels.json`` files of one DICOM source): the tables would
+    say two things by one (dataset, label id). DICOM SEG segments and RTSTRUCT ROIs are
+    numbered per object (``Case.labels_per_case``): they are not compared here."""
+    named: dict[tuple[str, int], tuple[str, str]] = {}
+    checked: set[tuple[str, int]] = set()  # (source, id of a labels tuple) already compared
+    for source in sources:
+        for case in source.cases:
+            if case.labels_per_case or (source.spec, id(case.labels)) in checked:
+                continue
+            checked.add((source.spec, id(case.labels)))
+            for label_id, name in case.labels:
+                first = named.setdefault((case.dataset, label_id), (name, source.spec))
+                if first[0] == name:
+                    continue
+                where = (
+                    f"two label files of {escape_name(source.spec)}"
+                    if first[1] == source.spec
+                    else f"{escape_name(first[1])} and {escape_name(source.spec)}"
+                )
+                raise SourceError(
+                    f"{where} both name labels of dataset {case.dataset!r}, but label "
+                    f"{label_id} is {first[0]!r} in one and {name!r} in the other; give one "
+                    "label map per dataset, or name the datasets apart"
+                )
 
 
 def load_case(case: Case) -> LoadedCase:

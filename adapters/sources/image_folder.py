@@ -52,7 +52,6 @@ reader here (``read_planar_image``) is shared with the SA-Med2D-20M reader; mask
 
 from __future__ import annotations
 
-import json
 import os
 import re
 from dataclasses import dataclass
@@ -61,6 +60,7 @@ from typing import ClassVar
 
 import numpy as np
 
+from medgrit.adapters.sources.label_files import read_label_file
 from medgrit.adapters.sources.limits import open_image
 from medgrit.adapters.sources.masks import (
     LOSSY_SUFFIXES,
@@ -73,6 +73,7 @@ from medgrit.adapters.sources.masks import (
 from medgrit.core.cases import Case, LoadedCase, PlanarImage, Source, SourceError, UnreadableImage
 from medgrit.core.failures import fails_the_shard
 from medgrit.core.fsnames import escape_name, library_message
+from medgrit.core.label_names import checked_dataset_name
 from medgrit.core.regions import label_dtype
 from medgrit.core.text import MODALITIES, readable_label_name
 
@@ -189,6 +190,17 @@ class ImageFolderCase(Case):
         first = (self.images[0].path,) if self.images else ()
         return (*first, os.path.join(self.masks_dir, self.case))
 
+    @property
+    def content_files(self) -> tuple[str, ...]:
+        files: list[str] = []
+        for image in self.images:
+            files.append(image.path)
+            if isinstance(image.masks, LabelMapMask):
+                files.append(image.masks.path)
+            else:
+                files.extend(mask.path for mask in image.masks)
+        return tuple(files)
+
 
 # --------------------------------------------------------------------------- discovery
 
@@ -204,12 +216,9 @@ def _read_labels_json(root: Path) -> tuple[Path, dict]:
             f"no {LABELS_JSON} in {root}: add one like "
             '{"modality": "endoscopy", "labels": {"1": "polyp"}, "masks": "label_map"}'
         )
-    try:
-        meta = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise _config_error(path, f"malformed JSON: {exc.msg} (line {exc.lineno})") from None
-    except UnicodeDecodeError as exc:
-        raise _config_error(path, f"not UTF-8 text: {exc.reason}") from None
+    meta = read_label_file(
+        path, '{"modality": "endoscopy", "labels": {"1": "polyp"}, "masks": "label_map"}'
+    )
     if not isinstance(meta, dict):
         raise _config_error(path, "expected a JSON object")
     return path, meta
@@ -256,10 +265,12 @@ def _list_files(folder: Path) -> dict[str, str]:
             if name.startswith(".") or suffix.lower() not in IMAGE_SUFFIXES:
                 continue
             try:
-                if not entry.is_file():
+                # A link that cannot be followed (dangling, a loop) is listed, so that loading
+                # rejects it with the reason; a folder with an image's name is not an image.
+                if not entry.is_file() and not entry.is_symlink():
                     continue
             except OSError:
-                pass  # a link that cannot be followed: listed, so that loading rejects it
+                pass
             if stem in found:
                 first, second = sorted((found[stem], name))
                 raise SourceError(
@@ -303,7 +314,7 @@ def open_image_folder(
     dataset = meta.get("name") or root.name
     if not isinstance(dataset, str):
         raise _config_error(path, '"name" must be a string')
-    dataset = escape_name(dataset)  # a display name; names may hold any bytes
+    dataset = checked_dataset_name(dataset, escape_name(str(path)))
 
     images_dir, masks_dir = root / "images", root / "masks"
     if not images_dir.is_dir():
@@ -322,6 +333,14 @@ def open_image_folder(
         )
     mask_keys: list[tuple[int, str]] = []  # (label id, mask stem suffix) per label
     if mode == "per_class":
+        ids = {str(i): i for i in raw_labels}
+        for label_id, name in sorted(raw_labels.items()):
+            if ids.get(name, label_id) != label_id:
+                raise _config_error(
+                    path,
+                    f"label {label_id} is named {name!r}, which is label {name}'s id: a mask "
+                    f"named _{name} would be both; rename label {label_id}",
+                )
         for label_id, name in sorted(raw_labels.items()):
             mask_keys.append((label_id, f"_{name}"))
             mask_keys.append((label_id, f"_{label_id}"))

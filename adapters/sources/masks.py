@@ -16,7 +16,6 @@ Two readers, for two contracts:
 
 from __future__ import annotations
 
-import json
 import struct
 import zlib
 from pathlib import Path
@@ -24,11 +23,13 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from medgrit.adapters.sources.label_files import read_label_file
 from medgrit.adapters.sources.limits import open_image
 from medgrit.core.cases import SourceError, UnreadableImage
 from medgrit.core.failures import fails_the_shard
 from medgrit.core.fsnames import escape_name, library_message
 from medgrit.core.label_maps import as_label_array
+from medgrit.core.label_names import check_label_map
 from medgrit.core.text import readable_label_name
 
 __all__ = [
@@ -63,29 +64,15 @@ _PNG_ERRORS = (OSError, UnidentifiedImageError, ValueError, SyntaxError, EOFErro
 
 
 def check_label_names(raw: object, path: Path) -> dict[int, str]:
-    """The ``"labels"`` entry of an image folder's ``labels.json``: label id -> name as written.
+    """The ``"labels"`` entry of an image folder's ``labels.json``: label id -> name.
 
     Raises:
-        SourceError: not a non-empty mapping, an id that is not an integer in [0, 2**32), a
-            blank name, or no label besides the background.
+        SourceError: not a non-empty mapping, or what
+            :func:`medgrit.core.label_names.check_label_map` refuses.
     """
     if not isinstance(raw, dict) or not raw:
         raise SourceError(f'{path}: "labels" must map label id -> name, e.g. {{"1": "polyp"}}')
-    labels: dict[int, str] = {}
-    for key, name in raw.items():
-        try:
-            label_id = int(key)
-        except ValueError:
-            raise SourceError(f"{path}: label id {key!r} is not an integer") from None
-        if label_id < 0 or label_id > np.iinfo(np.uint32).max:
-            raise SourceError(f"{path}: label id {key!r} is out of range")
-        if not isinstance(name, str) or not name.strip():
-            raise SourceError(f"{path}: label {key!r} needs a name")
-        if label_id != 0:  # 0 is the background, named or not
-            labels[label_id] = name
-    if not labels:
-        raise SourceError(f'{path}: "labels" names no structure (only the background)')
-    return labels
+    return check_label_map(raw.items(), f'{escape_name(str(path))}, "labels"')
 
 
 def read_label_names(path: Path) -> tuple[tuple[int, str], ...]:
@@ -95,26 +82,14 @@ def read_label_names(path: Path) -> tuple[tuple[int, str], ...]:
         (label id, readable name) pairs sorted by id, the background left out.
 
     Raises:
-        SourceError: unreadable or malformed JSON, an id that is not an integer >= 0, or a
-            name that is not a string.
+        SourceError: unreadable or malformed JSON, or what
+            :func:`medgrit.core.label_names.check_label_map` refuses.
     """
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError, OSError):
-        raise SourceError(f'malformed {path}: expected JSON like {{"1": "left lung"}}') from None
+    data = read_label_file(path, '{"1": "left lung"}')
     if not isinstance(data, dict):
         raise SourceError(f"malformed {path}: expected a JSON object of id -> name")
-    pairs = []
-    for key, value in data.items():
-        try:
-            label_id = int(key)
-        except ValueError:
-            raise SourceError(f"malformed {path}: label id {key!r} is not an integer") from None
-        if label_id < 0 or not isinstance(value, str):
-            raise SourceError(f"malformed {path}: label {key!r} needs a name and an id >= 0")
-        if label_id != 0:
-            pairs.append((label_id, readable_label_name(value)))
-    return tuple(sorted(pairs))
+    names = check_label_map(data.items(), escape_name(str(path)))
+    return tuple(sorted((i, readable_label_name(n)) for i, n in names.items()))
 
 
 # --------------------------------------------------------------------------- mask files

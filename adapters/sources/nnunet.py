@@ -13,12 +13,13 @@ of {"image": "./imagesTr/x.nii.gz", "label": "./labelsTr/x.nii.gz"}; multi-chann
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
+from medgrit.adapters.sources.label_files import read_label_file
 from medgrit.adapters.sources.nifti import NiftiCase
 from medgrit.core.cases import Source, SourceError
 from medgrit.core.fsnames import escape_name
+from medgrit.core.label_names import check_label_map, checked_dataset_name
 from medgrit.core.text import readable_label_name
 
 NIFTI_ENDINGS = (".nii.gz", ".nii")
@@ -57,16 +58,7 @@ def modality_from_channel(name: str) -> str | None:
 def _load_json(path: Path) -> dict:
     if not path.is_file():
         raise SourceError(f"no dataset.json in {path.parent}: is this the dataset's root folder?")
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise SourceError(
-            f"malformed dataset.json at {path}: {exc.msg if hasattr(exc, 'msg') else exc}"
-        ) from None
-    except (RecursionError, ValueError) as exc:  # nested too deep, integers too long
-        raise SourceError(
-            f"malformed dataset.json at {path}: {type(exc).__name__}: {str(exc)[:100]}"
-        ) from None
+    data = read_label_file(path)
     if not isinstance(data, dict):
         raise SourceError(f"malformed dataset.json at {path}: expected a JSON object")
     return data
@@ -87,32 +79,22 @@ def _modality(channels: object, path: Path, key: str, override: str | None) -> s
     return modality
 
 
-MAX_LABEL_ID = 2**32 - 1
-MAX_LABEL_NAME = 200
-
-
-def _labels(pairs: list[tuple[int, str]], path: Path) -> tuple[tuple[int, str], ...]:
+def _labels(pairs: list[tuple[object, object]], path: Path) -> tuple[tuple[int, str], ...]:
     """Readable (id, name) pairs of a label list, background left out.
 
     Raises:
-        SourceError: an id out of range or given twice, or a name that is empty or too long.
+        SourceError: what :func:`medgrit.core.label_names.check_label_map` refuses.
     """
-    names: dict[int, str] = {}
-    for label_id, name in pairs:
-        where = f"malformed dataset.json at {escape_name(str(path))}"
-        if not 0 <= label_id <= MAX_LABEL_ID:
-            raise SourceError(f"{where}: label id {label_id} is outside 0..{MAX_LABEL_ID}")
-        if not name.strip() or len(name) > MAX_LABEL_NAME:
-            raise SourceError(
-                f"{where}: label {label_id} needs a name of 1 to {MAX_LABEL_NAME} characters"
-            )
-        if label_id in names and label_id != 0:
-            raise SourceError(
-                f"{where}: label id {label_id} is given to both {escape_name(names[label_id])!r} "
-                f"and {escape_name(name)!r}"
-            )
-        names[label_id] = name
-    return tuple(sorted((i, readable_label_name(n)) for i, n in names.items() if i != 0))
+    names = check_label_map(pairs, f"malformed dataset.json at {escape_name(str(path))}")
+    return tuple(sorted((i, readable_label_name(n)) for i, n in names.items()))
+
+
+def _dataset_name(meta: dict, root: Path, path: Path) -> str:
+    """The dataset's name: its ``name`` in dataset.json, else the folder's name."""
+    name = meta.get("name") or root.name
+    if not isinstance(name, str):
+        raise SourceError(f"malformed dataset.json at {path}: 'name' must be text")
+    return checked_dataset_name(name, escape_name(str(path)))
 
 
 def _nifti_case(
@@ -149,7 +131,7 @@ def open_nnunet(spec: str, root: Path, modality: str | None = None, key: bytes =
                 f"malformed dataset.json at {meta_path}: label {name!r} has id {value!r}"
             )
         if isinstance(value, int):  # region-based (list) labels overlap: not a label map
-            pairs.append((value, str(name)))
+            pairs.append((value, name))
     mod = _modality(
         meta.get("channel_names", meta.get("modality")), meta_path, "channel_names", modality
     )
@@ -159,7 +141,7 @@ def open_nnunet(spec: str, root: Path, modality: str | None = None, key: bytes =
     labels_dir = root / "labelsTr"
     if not labels_dir.is_dir():
         raise SourceError(f"no labelsTr folder in {root}: not an nnU-Net raw dataset")
-    dataset = escape_name(str(meta.get("name") or root.name))
+    dataset = _dataset_name(meta, root, meta_path)
     labels = _labels(pairs, meta_path)
     cases = []
     for label_file in sorted(labels_dir.glob(f"*{ending}")):
@@ -179,15 +161,9 @@ def open_msd(spec: str, root: Path, modality: str | None = None, key: bytes = b"
         raise SourceError(f"malformed dataset.json at {meta_path}: 'labels' must map id -> name")
     if not isinstance(training, list):
         raise SourceError(f"malformed dataset.json at {meta_path}: 'training' must be a list")
-    try:
-        pairs = [(int(k), str(v)) for k, v in raw_labels.items()]
-    except ValueError:
-        raise SourceError(
-            f"malformed dataset.json at {meta_path}: label ids must be integers"
-        ) from None
     mod = _modality(meta.get("modality"), meta_path, "modality", modality)
-    dataset = escape_name(str(meta.get("name") or root.name))
-    labels = _labels(pairs, meta_path)
+    dataset = _dataset_name(meta, root, meta_path)
+    labels = _labels(list(raw_labels.items()), meta_path)
     cases = []
     for entry in training:
         if not isinstance(entry, dict) or "image" not in entry or "label" not in entry:

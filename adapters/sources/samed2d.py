@@ -63,7 +63,6 @@ Opening reads the two JSON files only; no image or mask is opened, so opening th
 
 from __future__ import annotations
 
-import json
 import os
 import re
 from collections import Counter
@@ -76,9 +75,16 @@ from typing import ClassVar, NamedTuple
 import numpy as np
 
 from medgrit.adapters.sources.image_folder import read_planar_image
+from medgrit.adapters.sources.label_files import read_label_file
 from medgrit.adapters.sources.masks import read_mask
 from medgrit.core.cases import Case, LoadedCase, PlanarImage, Source, SourceError, UnreadableImage
 from medgrit.core.fsnames import escape_name
+from medgrit.core.label_names import (
+    MAX_LABEL_ID,
+    checked_dataset_name,
+    label_name_problem,
+    normalise_label_name,
+)
 from medgrit.core.regions import label_dtype
 from medgrit.core.text import MODALITIES, readable_label_name
 
@@ -200,6 +206,10 @@ class SaMed2dCase(Case):
     def message_paths(self) -> tuple[str, ...]:
         return (self.index, os.path.join(self.masks_dir, self.name))
 
+    @property
+    def content_files(self) -> tuple[str, ...]:
+        return tuple(path for item in self.slices for path in (item.image, *item.masks))
+
 
 # --------------------------------------------------------------------------- discovery
 
@@ -219,46 +229,53 @@ def _find_index(root: Path) -> tuple[Path, Path]:
     )
 
 
-def _read_json(path: Path) -> object:
-    try:
-        with path.open("rb") as handle:
-            return json.load(handle)
-    except json.JSONDecodeError as exc:
-        raise SourceError(
-            f"malformed {path.name} at {path}: {exc.msg} (line {exc.lineno})"
-        ) from None
-    except UnicodeDecodeError as exc:
-        raise SourceError(f"malformed {path.name} at {path}: not UTF-8 ({exc.reason})") from None
-
-
 def _read_class_mapping(path: Path) -> dict[str, dict[int, str]]:
-    """Dataset -> {label id (class index + 1): raw class name}."""
+    """Dataset -> {label id (class index + 1): class name, normalised}.
+
+    Raises:
+        SourceError: a missing or malformed file, a key given twice, a class index that is not
+            a whole number >= 0 or is given to two classes, or a class name that
+            :func:`medgrit.core.label_names.label_name_problem` refuses.
+    """
     if not path.is_file():
         raise SourceError(
             f"no {CLASS_MAPPING_JSON} next to {INDEX_JSON} in {path.parent}: it names the "
             "classes; copy it from the release"
         )
-    raw = _read_json(path)
+    raw = read_label_file(path, '{"<dataset>": {"<class name>": 0, ...}}')
+    where = f"malformed {path.name} at {escape_name(str(path))}"
     if not isinstance(raw, dict):
-        raise SourceError(f"malformed {path.name} at {path}: expected {{dataset: {{name: id}}}}")
+        raise SourceError(f"{where}: expected {{dataset: {{name: index}}}}")
     mapping: dict[str, dict[int, str]] = {}
     for dataset, classes in raw.items():
         if not isinstance(classes, dict):
-            raise SourceError(
-                f"malformed {path.name} at {path}: {dataset!r} must map class name -> index"
-            )
+            raise SourceError(f"{where}: {dataset!r} must map class name -> index")
         by_id: dict[int, str] = {}
+        read_as: dict[str, str] = {}  # the words a kept class reaches the text as
         for name, index in classes.items():
-            try:
-                class_index = int(index)
-            except (TypeError, ValueError):
-                class_index = -1
-            if isinstance(index, bool) or class_index < 0:
+            whole = isinstance(index, int) and not isinstance(index, bool)
+            if not whole or not 0 <= index < MAX_LABEL_ID:
                 raise SourceError(
-                    f"malformed {path.name} at {path}: class {name!r} of {dataset!r} has "
-                    f"index {index!r}; expected an integer >= 0"
+                    f"{where}: class {name!r} of {dataset!r} has index {index!r}; expected a "
+                    "whole number >= 0"
                 )
-            by_id.setdefault(class_index + 1, str(name))  # first name wins on a shared index
+            normal = normalise_label_name(name)
+            problem = label_name_problem(normal)
+            if problem:
+                raise SourceError(f"{where}: the name of class {name!r} of {dataset!r} {problem}")
+            if index + 1 in by_id:
+                raise SourceError(
+                    f"{where}: class index {index} of {dataset!r} is given to both "
+                    f"{by_id[index + 1]!r} and {normal!r}"
+                )
+            words = readable_label_name(normal)
+            if label_filter_reason(normal) is None and words in read_as:
+                raise SourceError(
+                    f"{where}: classes {read_as[words]!r} and {normal!r} of {dataset!r} both "
+                    f"read as {words!r} in the text; the release's mapping is not this one"
+                )
+            read_as.setdefault(words, normal)
+            by_id[index + 1] = normal
         mapping[str(dataset)] = by_id
     return mapping
 
@@ -293,7 +310,7 @@ def open_samed2d(spec: str, root: Path, modality: str | None = None, key: bytes 
     if modality is not None and modality not in MODALITIES:
         raise SourceError(f"unknown modality {modality!r}; use one of {', '.join(MODALITIES)}")
     index_path, data_root = _find_index(root)
-    index = _read_json(index_path)
+    index = read_label_file(index_path)
     if not isinstance(index, dict) or not index:
         raise SourceError(
             f"malformed {INDEX_JSON} at {index_path}: expected a non-empty object mapping "
@@ -338,6 +355,8 @@ def open_samed2d(spec: str, root: Path, modality: str | None = None, key: bytes 
             f"{CLASS_MAPPING_JSON} has no classes for dataset(s) {', '.join(missing)}; "
             "use the mapping file of the same release"
         )
+    for dataset in datasets:
+        checked_dataset_name(dataset, f"an image name in {escape_name(str(index_path))}")
     labels_of = {d: _dataset_labels(mapping[d]) for d in datasets}
     modality_of: dict[str, str] = {}
     for sub in sorted({sub for _, _, sub in volumes}):

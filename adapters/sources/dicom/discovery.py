@@ -53,6 +53,7 @@ from medgrit.adapters.sources.masks import read_label_names
 from medgrit.core.cases import Source, SourceError
 from medgrit.core.fsnames import escape_name
 from medgrit.core.ids import pseudonymise_case
+from medgrit.core.label_names import checked_dataset_name
 from medgrit.core.text import MODALITIES
 
 __all__ = ["open_dicom"]
@@ -156,7 +157,7 @@ def open_dicom(spec: str, root: Path, modality: str | None = None, key: bytes = 
         if header.kind == "image" and header.sop_uid not in series_of:  # copies count once
             series[header.series_uid].append(header)
             series_of[header.sop_uid] = header.series_uid
-    dataset = escape_name(root.name)  # a display name: folders may hold any bytes
+    dataset = checked_dataset_name(root.name, f"the folder name of {escape_name(str(root))}")
     label_files = _LabelFiles(root)
 
     def image_modality(header: Header) -> str:

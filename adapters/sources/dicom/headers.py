@@ -25,6 +25,7 @@ from medgrit.adapters.sources.dicom.files import (
     read_header_dataset,
 )
 from medgrit.core.failures import fails_the_shard
+from medgrit.core.label_names import label_name_problem, normalise_label_name
 from medgrit.core.text import readable_label_name
 
 __all__ = [
@@ -174,7 +175,7 @@ def _summarise(path: Path, ds: Dataset, sop_uid: str) -> Header:
         for segment in ds.get("SegmentSequence", []):
             number = int(segment.SegmentNumber)
             raw = str(segment.get("SegmentLabel", "") or f"segment {number}")
-            labels.append((number, readable_label_name(raw)))
+            labels.append((number, raw))
     else:
         for frame_ref in ds.get("ReferencedFrameOfReferenceSequence", []):
             for study in frame_ref.get("RTReferencedStudySequence", []):
@@ -188,7 +189,7 @@ def _summarise(path: Path, ds: Dataset, sop_uid: str) -> Header:
                     closed.add(int(roi.ReferencedROINumber))
                     instances += list(contour.get("ContourImageSequence", []))
         labels = [
-            (int(roi.ROINumber), readable_label_name(str(roi.get("ROIName", "") or "roi")))
+            (int(roi.ROINumber), str(roi.get("ROIName", "") or "roi"))
             for roi in ds.get("StructureSetROISequence", [])
             if int(roi.ROINumber) in closed
         ]
@@ -200,9 +201,23 @@ def _summarise(path: Path, ds: Dataset, sop_uid: str) -> Header:
             dict.fromkeys(str(i.get("ReferencedSOPInstanceUID", "")) for i in instances)
         ),
         ref_modality=_modality_of_classes(classes),
-        labels=tuple(sorted(labels)),
+        labels=usable_names(labels),
         **common,
     )
+
+
+def usable_names(labels: list[tuple[int, str]]) -> tuple[tuple[int, str], ...]:
+    """Readable names of segments or ROIs, by number. A name that cannot name a structure
+    (:func:`medgrit.core.label_names.label_name_problem`: no letter, markup, control
+    characters) is left out, so its pixels become ``unknown_label`` rejects, as does a number
+    given twice (which of its names is meant cannot be told)."""
+    counts = Counter(number for number, _ in labels)
+    out = []
+    for number, raw in labels:
+        name = normalise_label_name(raw)
+        if counts[number] == 1 and label_name_problem(name) is None:
+            out.append((number, readable_label_name(name)))
+    return tuple(sorted(out))
 
 
 def _modality_of_classes(classes: list[str]) -> str | None:

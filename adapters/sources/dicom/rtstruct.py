@@ -15,9 +15,9 @@ from collections import defaultdict
 import numpy as np
 from pydicom.dataset import Dataset
 
+from medgrit.adapters.sources.dicom.headers import usable_names
 from medgrit.adapters.sources.dicom.series import SeriesGrid
 from medgrit.core.contours import fill_even_odd
-from medgrit.core.text import readable_label_name
 
 __all__ = ["rtstruct_labels"]
 
@@ -28,10 +28,12 @@ def rtstruct_labels(
     """Label map (grid order) of an RTSTRUCT and the names of the ROIs it holds; higher ROI
     numbers overwrite lower ones. Call under ``quiet_pydicom``."""
     cols, rows, _ = grid.shape
-    roi_names = {
-        int(roi.ROINumber): str(roi.get("ROIName", "") or "roi")
+    # Every (number, name) the structure set lists, a number listed twice included: its name
+    # cannot be told, so usable_names leaves it unnamed.
+    rois = [
+        (int(roi.ROINumber), str(roi.get("ROIName", "") or "roi"))
         for roi in rt.get("StructureSetROISequence", [])
-    }
+    ]
     polygons: dict[tuple[int, int], list[np.ndarray]] = defaultdict(list)
     off_slice = 0
     for roi in rt.get("ROIContourSequence", []):
@@ -69,5 +71,7 @@ def rtstruct_labels(
             ("contour_off_slice", f"{off_slice} contour(s) lie on no slice of the series", None)
         )
     present = {number for number, _ in polygons}
-    names = tuple(sorted((n, readable_label_name(roi_names.get(n, f"roi {n}"))) for n in present))
+    listed = {n for n, _ in rois}
+    unlisted = [(n, f"roi {n}") for n in sorted(present - listed)]
+    names = usable_names([(n, name) for n, name in rois if n in present] + unlisted)
     return labels, names

@@ -14,9 +14,9 @@ from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 
 from medgrit.adapters.sources.dicom.files import read_pixels
+from medgrit.adapters.sources.dicom.headers import usable_names
 from medgrit.adapters.sources.dicom.series import ORIENTATION_TOL, SeriesGrid, functional_item
 from medgrit.core.cases import UnreadableImage
-from medgrit.core.text import readable_label_name
 
 __all__ = ["seg_labels"]
 
@@ -36,15 +36,11 @@ def seg_labels(
             "shape_mismatch",
             f"SEG frames are {int(seg.Rows)}x{int(seg.Columns)}, images {rows}x{cols}",
         )
-    names = []
+    raw_names = []
     for segment in seg.get("SegmentSequence", []):
         number = int(segment.SegmentNumber)
-        names.append(
-            (
-                number,
-                readable_label_name(str(segment.get("SegmentLabel", "") or f"segment {number}")),
-            )
-        )
+        raw_names.append((number, str(segment.get("SegmentLabel", "") or f"segment {number}")))
+    names = usable_names(raw_names)
     count = int(seg.get("NumberOfFrames", 1) or 1)
     pixels = read_pixels(seg, "SEG").reshape(count, rows, cols)
     fractional = str(seg.get("SegmentationType", "BINARY")).upper() == "FRACTIONAL"
@@ -78,7 +74,7 @@ def seg_labels(
         rejects.append(
             ("seg_frame_unmatched", f"{unmatched} SEG frame(s) match no slice of the series", None)
         )
-    return labels, tuple(sorted(names))
+    return labels, names
 
 
 def _seg_frame_slice(seg: Dataset, i: int, grid: SeriesGrid) -> int | None:
