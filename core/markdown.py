@@ -50,10 +50,15 @@ _HEADING = re.compile(r"#+(?: |$)")
 _ALIGN = {"left": "---", "right": "---:"}
 
 
+# Bidirectional embeddings, overrides, isolates and marks: they reorder what a terminal or a
+# page shows around them, so a name could show other text than it holds.
+_BIDI = frozenset("\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
+
+
 def _visible(char: str) -> str:
     if char in _NAMED:
         return _NAMED[char]
-    if unicodedata.category(char) not in _SEPARATORS:
+    if unicodedata.category(char) not in _SEPARATORS and char not in _BIDI:
         return char
     code = ord(char)
     return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
@@ -61,8 +66,8 @@ def _visible(char: str) -> str:
 
 def printable_text(text: str) -> str:
     """``text`` on one line with nothing a terminal or a renderer acts on unseen: undecodable
-    name bytes as ``\\xNN`` (:func:`~medgrit.core.fsnames.escape_name`), control characters and
-    line separators as ``\\t``, ``\\n``, ``\\x1b``, ``\\u2028``."""
+    name bytes as ``\\xNN`` (:func:`~medgrit.core.fsnames.escape_name`), control characters,
+    line separators and bidi controls as ``\\t``, ``\\n``, ``\\x1b``, ``\\u2028``, ``\\u202e``."""
     text = escape_name(text)
     if all(c.isprintable() or c == " " for c in text):  # the common case, and cheap
         return text

@@ -3,8 +3,11 @@
 A turn is read into claims (``medgrit.core.claims``) and kept only when every one holds. Each
 failure is a stable snake_case reason stored in reject rows, checked in this order:
 
-- the turn itself: ``unknown_task``, ``empty_text`` (a blank question or answer), ``no_region``,
-  ``unknown_region_id`` (a region id of no region of the image);
+- the turn itself: ``unknown_task``, ``empty_text`` (a blank question or answer),
+  ``stray_markup`` (a tag other than ``<ref>``/``<box>``, such as a chat-template special token
+  ``<|im_start|>`` or Qwen-VL's ``<img>``, or a control or bidi-override character: text that
+  would act on the model's training format), ``no_region``, ``unknown_region_id`` (a region id
+  of no region of the image);
 - tags: ``malformed_box``, ``malformed_ref`` (cut off, unclosed, not ``<box>(x1,y1),(x2,y2)</box>``)
   and ``unknown_box`` (a box that is no region's ``bbox_1000``);
 - names: ``invented_structure`` (a structure the image has no region of, named in words or in a
@@ -49,6 +52,23 @@ from medgrit.core.generation import QA, TASKS, ImageFacts, RegionFacts
 from medgrit.core.text import format_box
 
 _WORD = re.compile(r"[a-z0-9]+")
+# A tag-like run (``<|``, ``<img``, ``</x``) that is not one of the four tags the text may use,
+# and the characters that act on text without showing: C0/C1 controls but tab and line breaks,
+# and bidi embeddings, overrides and isolates.
+_STRAY_TAG = re.compile(r"<(?!/?(?:ref|box)>)[|/A-Za-z!?]")
+_HIDDEN = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
+
+
+def stray_markup(text: str) -> str | None:
+    """The first tag or hidden character of ``text`` the training text must not carry, or None.
+
+    ``<`` before a digit, a space or ``=`` ("under <5 mm") is plain text."""
+    found = _STRAY_TAG.search(text) or _HIDDEN.search(text)
+    if found is None:
+        return None
+    if found.re is _HIDDEN:
+        return f"U+{ord(found.group()):04X}"
+    return text[found.start() : found.start() + 20]
 
 
 def word_shingles(text: str, size: int) -> frozenset[tuple[str, ...]]:
@@ -331,6 +351,9 @@ def check_turn(qa: QA, truth: ImageTruth, rules: TextRules | None = None) -> Fai
         return Failure("unknown_task", qa.task)
     if not qa.question.strip() or not qa.answer.strip():
         return Failure("empty_text")
+    markup = stray_markup(qa.question) or stray_markup(qa.answer)
+    if markup:
+        return Failure("stray_markup", markup)
     if not qa.region_ids:
         return Failure("no_region")
     for rid in qa.region_ids:

@@ -222,3 +222,12 @@ def test_the_status_table_prints_no_escape_sequence() -> None:
     table = render_status_table([shard])
     assert "\x1b" not in table
     assert table.splitlines()[-1] == "  s0001: \\x1b[2Jcleared\\nsecond line"
+
+
+def test_bidi_controls_are_shown_escaped_on_a_terminal() -> None:
+    # A right-to-left override would show "cod.exe" for "exe.doc" (reversed after it).
+    assert printable_text("scan\u202egpj.exe") == "scan\\u202egpj.exe"
+    assert printable_text("a\u2066b\u2069c") == "a\\u2066b\\u2069c"
+    assert printable_text("caf\u00e9 \u0928\u092e\u0938\u094d\u200d\u0924\u0947") == (
+        "caf\u00e9 \u0928\u092e\u0938\u094d\u200d\u0924\u0947"  # letters and joiners stay
+    )
