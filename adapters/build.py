@@ -34,6 +34,7 @@ from medgrit.adapters.runtime.interrupt import (
 )
 from medgrit.adapters.runtime.keys import load_or_create_key
 from medgrit.adapters.sources import Source, estimate_images, load_case, open_sources
+from medgrit.adapters.sources.fingerprints import fingerprint_cases
 from medgrit.adapters.store.bookkeeping import (
     BuildFailed,
     DatasetMismatch,
@@ -42,6 +43,7 @@ from medgrit.adapters.store.bookkeeping import (
     finalise,
     mismatch_message,
     new_manifest,
+    now,
     record_outcome,
     resume_from,
     write_shard_record,
@@ -63,7 +65,7 @@ from medgrit.core.pipeline import (
     build_vocabulary,
     count_case_images,
 )
-from medgrit.core.sharding import PlanConflict, extend_plan, plan_build
+from medgrit.core.sharding import PlanConflict, RecordedPlan, extend_plan, plan_build
 from medgrit.core.summary import shard_stats
 from medgrit.schemas.config import BuildConfig, LLMConfig
 
@@ -119,14 +121,19 @@ class PreparedBuild:
     """A build ready to run: its sources opened and its shards planned.
 
     ``generations``: each shard's plan generation (0 unless the plan extends a dataset whose
-    sources gained cases: ``medgrit.core.sharding.extend_plan``); ``new_cases``: the cases such
-    an extension added.
+    sources gained or changed cases: ``medgrit.core.sharding.extend_plan``); ``new_cases``:
+    the cases the sources gained; ``rebuilt``: cases planned again because they changed;
+    ``retired``: the shards they were in; ``recorded_vocabularies``: the label vocabulary each
+    recorded generation was read with (kept as recorded, whatever was retired since).
     """
 
     sources: list[Source]
     plan: list[tuple[str, list[CaseTask]]]
     generations: dict[str, int] = field(default_factory=dict)
     new_cases: int = 0
+    rebuilt: int = 0
+    retired: tuple[dict, ...] = ()
+    recorded_vocabularies: dict[int, tuple[str, ...]] = field(default_factory=dict)
 
     def vocabularies(self) -> dict[int, tuple[str, ...]]:
         """The label vocabulary of each generation: the names of the cases planned up to it
@@ -138,8 +145,31 @@ class PreparedBuild:
         seen: list[CaseTask] = []
         for generation in sorted(by_generation):
             seen += by_generation[generation]
-            out[generation] = build_vocabulary(seen)
+            out[generation] = self.recorded_vocabularies.get(generation) or build_vocabulary(seen)
         return out or {0: ()}
+
+
+def _recorded_vocabularies(previous: dict) -> dict[int, tuple[str, ...]]:
+    """The vocabulary of each generation a manifest records (generation 0: its top level)."""
+    out: dict[int, tuple[str, ...]] = {}
+    top = previous.get("vocabulary")
+    if isinstance(top, list) and top:
+        out[0] = tuple(str(w) for w in top)
+    for entry in previous.get("shards") or []:
+        words = entry.get("vocabulary")
+        if isinstance(words, list) and entry.get("generation"):
+            out.setdefault(int(entry["generation"]), tuple(str(w) for w in words))
+    return out
+
+
+def source_fingerprints(
+    config: BuildConfig, cases: list[Case]
+) -> Callable[[Case], tuple[str, str | None]]:
+    """Each case's fingerprint (and, with ``verify_sources``, content digest), computed once
+    for all cases (``medgrit.adapters.sources.fingerprints``)."""
+    found = fingerprint_cases(cases, verify=config.verify_sources)
+    by_id = {id(case): value for case, value in zip(cases, found, strict=True)}
+    return lambda case: by_id[id(case)]
 
 
 def prepare_build(config: BuildConfig, previous: dict | None = None) -> PreparedBuild:
@@ -149,10 +179,15 @@ def prepare_build(config: BuildConfig, previous: dict | None = None) -> Prepared
     and the cases its sources gained since are planned as new shards after it (when it cannot
     be kept, because cases it holds are gone, the plan is drawn afresh and the resume refuses
     it).
+
+    Raises:
+        PlanConflict: cases of ``previous`` are gone or changed, or a source's label map
+            changed, and ``config.rebuild_changed`` is not set.
     """
     key = build_key(config)
     sources = _build_sources(config, key)
     cases = [case for source in sources for case in source.cases]
+    fingerprint = source_fingerprints(config, cases)
 
     def count(case: Case) -> int:
         return count_case_images(case, config, load_case)
@@ -161,10 +196,77 @@ def prepare_build(config: BuildConfig, previous: dict | None = None) -> Prepared
         return estimate_images(case, config.plane, config.slice_stride, config.max_slices_per_case)
 
     if previous is not None:
-        extended = extend_plan(previous.get("shards") or [], cases, config, key, count, estimate)
+        extended = extend_plan(
+            RecordedPlan.of(previous),
+            cases,
+            config,
+            key,
+            count,
+            estimate,
+            fingerprint,
+            config.rebuild_changed,
+        )
         if extended is not None:
-            return PreparedBuild(sources, extended.plan, extended.generations, extended.new_cases)
-    return PreparedBuild(sources, plan_build(cases, config, key, count, estimate))
+            return PreparedBuild(
+                sources,
+                extended.plan,
+                extended.generations,
+                extended.new_cases,
+                extended.rebuilt,
+                extended.retired,
+                _recorded_vocabularies(previous),
+            )
+    return PreparedBuild(sources, plan_build(cases, config, key, count, estimate, fingerprint))
+
+
+def check_sources_unchanged(
+    config: BuildConfig, out: Path, sources: list[Source], key: bytes, resume: bool = False
+) -> str | None:
+    """Why a build or resume into ``out`` would be refused because its dataset's sources
+    changed since it was built (a label map, a case; for a ``resume``, also cases added), or
+    None; for the checks before the build starts (the build checks again). Nothing is loaded:
+    fingerprints and listings only.
+    """
+    previous = previous_build(out, config)
+    if previous is None or config.rebuild_changed:
+        return None
+    cases = [case for source in sources for case in source.cases]
+
+    def estimate(case: Case) -> int:
+        return estimate_images(case, config.plane, config.slice_stride, config.max_slices_per_case)
+
+    recorded = RecordedPlan.of(previous)
+    try:
+        extended = extend_plan(
+            recorded,
+            cases,
+            config,
+            key,
+            lambda case: 1,  # quotas of new cases do not matter here
+            estimate,
+            source_fingerprints(config, cases),
+        )
+    except PlanConflict as exc:
+        return changed_sources_message(escape_name(str(out)), str(exc))
+    if resume and extended is not None and extended.new_cases:
+        before = sum(len(s.get("cases") or []) for s in recorded.shards)
+        return (
+            f"{escape_name(str(out))} holds another build: its sources changed since it was "
+            f"built ({before} cases then, {len(cases)} now: 0 gone, {extended.new_cases} new); "
+            "nothing was changed. `medgrit build` with the same sources and settings adds the "
+            "new cases as new shards; a resume only finishes what was planned"
+        )
+    return None
+
+
+def changed_sources_message(shown: str, what: str) -> str:
+    """The one line that refuses a build whose dataset's sources changed since it was built."""
+    return (
+        f"{shown} holds another build: its sources changed since it was built ({what}); "
+        "nothing was changed. Restore the sources, build again with --rebuild-changed to "
+        "rebuild what changed as new shards, build into a new folder, or replace it with "
+        "`medgrit build ... --overwrite`"
+    )
 
 
 def with_absolute_paths(config: BuildConfig) -> BuildConfig:
@@ -603,24 +705,34 @@ def _run_locked(
     try:
         prepared = prepare_build(config, previous)
     except PlanConflict as exc:
-        raise DatasetMismatch(
-            f"{shown} holds another build: its sources changed since it was built ({exc}); "
-            "nothing was changed. Restore the sources, build into a new folder, or replace it "
-            "with `medgrit build ... --overwrite`"
-        ) from None
+        raise DatasetMismatch(changed_sources_message(shown, str(exc))) from None
     plan = prepared.plan
     vocabularies = prepared.vocabularies()
+    retired = [
+        *((previous or {}).get("retired") or []),
+        *({**entry, "retired_at": now()} for entry in prepared.retired),
+    ]
     manifest = new_manifest(
         config,
         prepared.sources,
         plan,
         generator_info(resolved),
-        vocabularies[0],
+        vocabularies.get(0, ()),
         {s: (g, vocabularies[g]) for s, g in prepared.generations.items() if g},
+        retired,
     )
     if prepared.new_cases and not append:  # a resume finishes the plan it was given
         raise DatasetMismatch(mismatch_message(previous or {}, manifest, True, shown))
     resume_from(out, manifest, rebuild_if_changed, extends=previous is not None)
+    if prepared.retired:
+        logger.info(
+            "%d shards retired (%s; first: %s): %d of their cases are built again as new shards",
+            len(prepared.retired),
+            ", ".join(r["id"] for r in prepared.retired[:5])
+            + (", ..." if len(prepared.retired) > 5 else ""),
+            prepared.retired[0]["reason"],
+            prepared.rebuilt,
+        )
     if prepared.new_cases:
         added = sum(1 for s, _ in plan if prepared.generations.get(s) == max(vocabularies))
         logger.info(

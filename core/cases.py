@@ -72,6 +72,9 @@ class Case:
     # Whether messages about its files may quote patient data (DICOM): reject rows then give
     # only an exception's class.
     identifying: ClassVar[bool] = False
+    # Whether its label ids are numbered per case (DICOM SEG segments, RTSTRUCT ROIs) rather
+    # than once for its dataset (a label list of the source).
+    labels_per_case: ClassVar[bool] = False
 
     source: str
     dataset: str
@@ -88,6 +91,12 @@ class Case:
     @property
     def message_paths(self) -> tuple[str, ...]:
         """Paths whose folders are cut out of library messages quoted in reject rows."""
+        return ()
+
+    @property
+    def content_files(self) -> tuple[str, ...]:
+        """Every file the case's images and masks are read from: what a dataset fingerprints
+        to tell, at a later build, that the case changed since it was built."""
         return ()
 
 

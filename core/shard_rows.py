@@ -22,14 +22,17 @@ from medgrit.schemas.rows import reject_row
 @dataclass(frozen=True)
 class CaseTask:
     """A case as planned: its pseudonymous id, its split, how many images it may give, and
-    ``listed``: the images its listing or header showed when it was planned (how a later build
-    tells that the case changed)."""
+    what a later build tells that the case changed by: ``listed``, the images its listing or
+    header showed; ``fingerprint``, a hash of its labels and its files' sizes and modification
+    times; ``content``, a hash of its files' bytes (only when asked for)."""
 
     ref: Case
     case_id: str
     split: str
     quota: int | None = None
     listed: int | None = None
+    fingerprint: str | None = None
+    content: str | None = None
 
 
 @dataclass(frozen=True)

@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from medgrit.core.cases import Case
+from medgrit.core.changes import case_change, label_map_changes
 from medgrit.core.fsnames import escape_name
 from medgrit.core.ids import pseudonymise_case, unit_hash
 from medgrit.core.shard_rows import CaseTask
@@ -157,12 +158,17 @@ def allocate_images(counts: Iterable[int], n_cases: int, max_images: int) -> lis
     return out
 
 
+Fingerprint = Callable[[Case], "tuple[str, str | None]"]
+"""A case's (fingerprint, content digest or None): ``medgrit.core.changes.case_change``."""
+
+
 def plan_build(
     cases: Sequence[Case],
     config: BuildConfig,
     key: bytes,
     count_images: Callable[[Case], int],
     estimate_images: Callable[[Case], int] | None = None,
+    fingerprint: Fingerprint | None = None,
 ) -> list[tuple[str, list[CaseTask]]]:
     """Case ids, splits, image quotas and shards, deterministic from the case list and config.
 
@@ -177,6 +183,7 @@ def plan_build(
             cases only) when ``config.max_images`` spreads a cap.
         estimate_images: a cheap estimate of the images of a case (from its listing or
             header, without reading its pixels); default 1 per case.
+        fingerprint: what each planned case records to tell later that it changed.
     """
     case_ids = [pseudonymise_case(c.dataset, c.case, key) for c in cases]
     # Split by patient: all cases of one patient land on the same side.
@@ -200,7 +207,7 @@ def plan_build(
         taken = allocate_images((count_images(c) for c in cases), len(cases), config.max_images)
         quotas = [*taken, *([0] * (len(cases) - len(taken)))]
     tasks = [
-        CaseTask(case, cid, split, quota, estimate_images(case) if estimate_images else None)
+        _task(case, cid, split, quota, estimate_images, fingerprint)
         for case, cid, split, quota in zip(cases, case_ids, splits, quotas, strict=True)
         if quota != 0
     ]
@@ -209,9 +216,50 @@ def plan_build(
     return [(shard_name(i), tasks[start:stop]) for i, (start, stop) in enumerate(ranges)]
 
 
+def _task(
+    case: Case,
+    case_id: str,
+    split: str,
+    quota: int | None,
+    estimate_images: Callable[[Case], int] | None,
+    fingerprint: Fingerprint | None,
+) -> CaseTask:
+    stamp, content = fingerprint(case) if fingerprint else (None, None)
+    listed = estimate_images(case) if estimate_images else None
+    return CaseTask(case, case_id, split, quota, listed, stamp, content)
+
+
 class PlanConflict(ValueError):
     """A recorded plan cannot be extended: cases it holds are gone from the sources, or changed
-    since they were built. The message says which, in counts (and changed cases' names)."""
+    since they were built, or a source's label map changed. The message says which, in counts
+    (and changed cases' names)."""
+
+
+@dataclass(frozen=True)
+class RecordedPlan:
+    """What a dataset's manifest recorded of its plan and sources.
+
+    Attributes:
+        shards: the shard entries, in order (``id``, ``cases`` with ``source``, ``case``,
+            ``case_id``, ``split``, ``quota`` and what tells a changed case; ``generation``).
+        sources: the manifest's ``sources`` (``spec``, ``kind``, each dataset's ``labels``).
+        retired: entries of shards retired before (``id``, ``generation``): their ids and
+            generations are never used again.
+    """
+
+    shards: Sequence[Mapping]
+    sources: Sequence[Mapping] = ()
+    retired: Sequence[Mapping] = ()
+
+    @classmethod
+    def of(cls, manifest: Mapping) -> RecordedPlan:
+        """The recorded plan of a manifest (missing parts read as empty)."""
+        retired = manifest.get("retired")
+        return cls(
+            manifest.get("shards") or [],
+            manifest.get("sources") or [],
+            retired if isinstance(retired, list) else [],
+        )
 
 
 @dataclass(frozen=True)
@@ -219,12 +267,16 @@ class ExtendedPlan:
     """A recorded plan with the shards of the cases new since it was made.
 
     ``generations``: the plan generation of each shard id (0: the first build; each extension
-    that added cases is one more).
+    that added cases is one more). ``new_cases``: cases the sources gained; ``rebuilt``: cases
+    planned again because they (or a case sharing their shard) changed; ``retired``: the
+    shards they were in, ``{"id", "generation", "cases", "reason"}`` each.
     """
 
     plan: list[tuple[str, list[CaseTask]]]
     generations: dict[str, int]
     new_cases: int
+    rebuilt: int = 0
+    retired: tuple[dict, ...] = ()
 
 
 def case_identity(source: str, case: str, case_id: str) -> tuple[str, str, str]:
@@ -232,13 +284,19 @@ def case_identity(source: str, case: str, case_id: str) -> tuple[str, str, str]:
     return (escape_name(source), escape_name(case), case_id)
 
 
+def _listing(items: list[str]) -> str:
+    return "; ".join(items[:3]) + (f"; and {len(items) - 3} more" if len(items) > 3 else "")
+
+
 def extend_plan(
-    recorded: Sequence[Mapping],
+    recorded: RecordedPlan,
     cases: Sequence[Case],
     config: BuildConfig,
     key: bytes,
     count_images: Callable[[Case], int],
     estimate_images: Callable[[Case], int] | None = None,
+    fingerprint: Fingerprint | None = None,
+    rebuild_changed: bool = False,
 ) -> ExtendedPlan | None:
     """The recorded plan of a dataset, with new shards for the cases its sources gained.
 
@@ -248,19 +306,24 @@ def extend_plan(
     new patients are split by :func:`assign_new_splits`; under ``max_images`` the new cases
     share what the recorded quotas left of it.
 
+    A recorded case that is gone from the sources or changed since it was built (its listing,
+    fingerprint or its source's label map: ``medgrit.core.changes``) is a
+    :class:`PlanConflict`, unless ``rebuild_changed``: then every shard holding such a case is
+    retired (its id never used again) and its cases still in the sources are planned again,
+    with their recorded splits, as new shards.
+
     Args:
-        recorded: the shard entries of the dataset's manifest, in order (``id``, ``cases``
-            with ``source``, ``case``, ``case_id``, ``split``, ``quota``; ``generation``).
+        recorded: the dataset's recorded plan.
         cases: every case of the build's sources now, in source order.
         config, key, count_images, estimate_images: as for :func:`plan_build`.
+        fingerprint: each case's fingerprint now (None: fingerprints are not compared).
+        rebuild_changed: retire and rebuild what changed instead of refusing.
 
     Returns:
         The extended plan, or None when ``recorded`` is not a plan.
 
     Raises:
-        PlanConflict: a recorded case is no longer among ``cases`` (the dataset would hold
-            cases its sources lost), or its listing shows another number of images than when
-            it was planned (images added to or removed from a case already built).
+        PlanConflict: see above; also when none of the recorded cases is in the sources.
     """
     case_ids = [pseudonymise_case(c.dataset, c.case, key) for c in cases]
     patient_ids = [pseudonymise_case(c.dataset, c.patient or c.case, key) for c in cases]
@@ -268,63 +331,109 @@ def extend_plan(
         case_identity(c.source, c.case, cid): i
         for i, (c, cid) in enumerate(zip(cases, case_ids, strict=True))
     }
+    relabelled = label_map_changes(recorded.sources, cases)
     plan: list[tuple[str, list[CaseTask]]] = []
     generations: dict[str, int] = {}
     placed: set[int] = set()
+    seen: set[int] = set()
     patient_split: dict[tuple[str, str], str] = {}
+    retired: list[dict] = []
     gone = 0
     changed: list[str] = []
     spent = 0
     try:
-        for shard in recorded:
-            tasks = []
+        for shard in recorded.shards:
+            shard_id = str(shard["id"])
+            generation = int(shard.get("generation") or 0)
+            kept: list[tuple[int, CaseTask]] = []
+            why_retired: list[str] = []
             for entry in shard["cases"]:
                 i = by_identity.get(case_identity(entry["source"], entry["case"], entry["case_id"]))
                 if i is None:
                     gone += 1
+                    why_retired.append("a case is gone from its source")
                     continue
-                if i in placed or entry["split"] not in ("train", "test"):
+                if i in seen or entry["split"] not in ("train", "test"):
                     return None
+                seen.add(i)
+                case = cases[i]
+                patient_split[(case.dataset, patient_ids[i])] = entry["split"]
+                if (escape_name(case.source), escape_name(case.dataset)) in relabelled:
+                    why_retired.append("its source's label map changed")
+                else:
+                    listed_now = (
+                        estimate_images(case)
+                        if estimate_images and entry.get("listed_images") is not None
+                        else None
+                    )
+                    now = fingerprint(case) if fingerprint else None
+                    why = case_change(entry, listed_now, now)
+                    if why:
+                        changed.append(f"{entry['case']}: {why}")
+                        why_retired.append(f"a case changed ({why})")
+                task = CaseTask(
+                    case,
+                    case_ids[i],
+                    entry["split"],
+                    entry.get("quota"),
+                    entry.get("listed_images"),
+                    entry.get("fingerprint"),
+                    entry.get("content_sha256"),
+                )
+                kept.append((i, task))
+            if why_retired and rebuild_changed:
+                retired.append(
+                    {
+                        "id": shard_id,
+                        "generation": generation,
+                        "cases": len(shard["cases"]),
+                        "reason": why_retired[0],
+                    }
+                )
+                continue
+            for i, task in kept:
                 placed.add(i)
-                listed = entry.get("listed_images")
-                if listed is not None and estimate_images is not None:
-                    now = estimate_images(cases[i])
-                    if now != listed:
-                        changed.append(f"{entry['case']}: {listed} images then, {now} now")
-                quota = entry.get("quota")
-                spent += int(quota or 0)
-                tasks.append(CaseTask(cases[i], case_ids[i], entry["split"], quota, listed))
-                patient_split[(cases[i].dataset, patient_ids[i])] = entry["split"]
-            shard_id = str(shard["id"])
-            plan.append((shard_id, tasks))
-            generations[shard_id] = int(shard.get("generation") or 0)
+                spent += int(task.quota or 0)
+            plan.append((shard_id, [task for _, task in kept]))
+            generations[shard_id] = generation
     except (KeyError, TypeError, ValueError):
         return None
-    new = [i for i in range(len(cases)) if i not in placed]
-    if gone:
-        before = len(placed) + gone
-        why = (
-            "none of them is there: was it built with another pseudonymisation key file?"
-            if not placed
-            else "the dataset would hold cases its sources no longer have"
-        )
+    if gone and not seen:
         raise PlanConflict(
-            f"{before} cases then, {len(cases)} now: {gone} gone, {len(new)} new; {why}"
+            f"{gone} cases then, {len(cases)} now: {gone} gone, {len(cases)} new; none of them "
+            "is there: was it built with another pseudonymisation key file, or from sources "
+            "whose datasets were named otherwise (a dataset's name is part of its cases' ids)?"
         )
-    if changed:
-        shown = "; ".join(changed[:3]) + (
-            f"; and {len(changed) - 3} more" if len(changed) > 3 else ""
-        )
-        raise PlanConflict(f"{len(changed)} of its cases changed since they were built ({shown})")
-    if not new:
-        return ExtendedPlan(plan, generations, 0)
+    if (gone or changed or relabelled) and not rebuild_changed:
+        problems = [
+            f"the label map of {spec} ({dataset}) changed: {what}"
+            for (spec, dataset), what in sorted(relabelled.items())
+        ]
+        if gone:
+            before = len(seen) + gone
+            fresh = len(cases) - len(seen)
+            problems.append(
+                f"{before} cases then, {len(cases)} now: {gone} gone, {fresh} new; the dataset "
+                "would hold cases its sources no longer have"
+            )
+        if changed:
+            problems.append(
+                f"{len(changed)} of its cases changed since they were built ({_listing(changed)})"
+            )
+        raise PlanConflict("; ".join(problems))
 
+    new = [i for i in range(len(cases)) if i not in placed]
+    rebuilt = sum(1 for i in new if i in seen)
     fresh = sorted({(cases[i].dataset, patient_ids[i]) for i in new} - set(patient_split))
-    kept: dict[str, list[str]] = {}
+    kept_splits: dict[str, list[str]] = {}
     for (dataset, _), split in patient_split.items():
-        kept.setdefault(dataset, []).append(split)
+        kept_splits.setdefault(dataset, []).append(split)
     splits = assign_new_splits(
-        [p for _, p in fresh], [d for d, _ in fresh], kept, config.test_fraction, config.split_seed
+        [p for _, p in fresh],
+        [d for d, _ in fresh],
+        kept_splits,
+        config.test_fraction,
+        config.split_seed,
     )
     patient_split.update(zip(fresh, splits, strict=True))
 
@@ -334,25 +443,28 @@ def extend_plan(
         taken = allocate_images((count_images(cases[i]) for i in new), len(new), left)
         quotas = [*taken, *([0] * (len(new) - len(taken)))]
     tasks = [
-        CaseTask(
+        _task(
             cases[i],
             case_ids[i],
             patient_split[(cases[i].dataset, patient_ids[i])],
             quota,
-            estimate_images(cases[i]) if estimate_images else None,
+            estimate_images,
+            fingerprint,
         )
         for i, quota in zip(new, quotas, strict=True)
         if quota != 0
     ]
+    new_cases = sum(1 for i, quota in zip(new, quotas, strict=True) if quota != 0 and i not in seen)
     if not tasks:
-        return ExtendedPlan(plan, generations, 0)
+        return ExtendedPlan(plan, generations, 0, 0, tuple(retired))
     work = [t.quota if t.quota is not None else (t.listed or 1) for t in tasks]
-    first = 1 + max((int(shard_id) for shard_id, _ in plan), default=-1)
-    generation = 1 + max(generations.values(), default=-1)
+    every = [*recorded.shards, *recorded.retired]
+    first = 1 + max((int(str(s["id"])) for s in every), default=-1)
+    generation = 1 + max((int(s.get("generation") or 0) for s in every), default=-1)
     for n, (start, stop) in enumerate(
         plan_shards(work, config.images_per_shard, config.cases_per_shard)
     ):
         shard_id = shard_name(first + n)
         plan.append((shard_id, tasks[start:stop]))
         generations[shard_id] = generation
-    return ExtendedPlan(plan, generations, len(tasks))
+    return ExtendedPlan(plan, generations, new_cases, rebuilt, tuple(retired))

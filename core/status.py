@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
+from medgrit.core.markdown import printable_text
+
 EXIT_COMPLETE = 0
 EXIT_FAILED = 1
 EXIT_PENDING = 3
@@ -66,10 +68,15 @@ def exit_code(state: str) -> int:
 
 
 def status_json(
-    out: str, shards: list[ShardStatus], totals: dict | None, writer: str | None = None
+    out: str,
+    shards: list[ShardStatus],
+    totals: dict | None,
+    writer: str | None = None,
+    retired: list[dict] | None = None,
 ) -> dict:
     """The ``--json`` document: the state, counts per shard status, every shard, the totals,
-    and ``writer``: who is building it now (None when nothing is)."""
+    ``writer``: who is building it now (None when nothing is), and ``retired``: the shards
+    retired because their cases changed (``id``, ``reason``, ``retired_at``)."""
     counts = {k: sum(s.status == k for s in shards) for k in ("done", "pending", "failed")}
     return {
         "out": out,
@@ -78,8 +85,21 @@ def status_json(
         "counts": {**counts, "total": len(shards)},
         "sum": _sums(shards),
         "shards": [asdict(s) for s in shards],
+        "retired": [{k: r.get(k) for k in ("id", "reason", "retired_at")} for r in (retired or [])],
         "totals": totals,
     }
+
+
+def retired_line(retired: list[dict]) -> str | None:
+    """One line on the shards a dataset retired (None when it retired none)."""
+    if not retired:
+        return None
+    ids = ", ".join(printable_text(str(r.get("id"))) for r in retired[:5])
+    more = f" and {len(retired) - 5} more" if len(retired) > 5 else ""
+    return (
+        f"retired: {len(retired)} shard(s) ({ids}{more}) whose cases changed since they were "
+        "built; those cases are in later shards"
+    )
 
 
 def _sums(shards: list[ShardStatus]) -> dict[str, int]:
@@ -90,7 +110,12 @@ _COLUMNS = ("shard", "status", "cases", "images", "qa", "rejects", "tokens")
 
 
 def render_status_table(shards: list[ShardStatus]) -> str:
-    """A plain-text table of the shards with a totals row; failed shards' reasons below it."""
+    """A plain-text table of the shards with a totals row; failed shards' reasons below it.
+
+    Ids, statuses and reasons come from ``dataset.json``: they are shown on one line each with
+    control characters escaped (:func:`~medgrit.core.markdown.printable_text`), so no text
+    read from a file moves the terminal's cursor or colours it.
+    """
     body = [(s.id, s.status, s.cases, s.images, s.qa, s.rejects, s.tokens) for s in shards]
     sums = _sums(shards)
     total = (
@@ -102,7 +127,7 @@ def render_status_table(shards: list[ShardStatus]) -> str:
         sums["rejects"],
         sums["tokens"],
     )
-    cells = [tuple(str(c) for c in row) for row in [_COLUMNS, *body, total]]
+    cells = [tuple(printable_text(str(c)) for c in row) for row in [_COLUMNS, *body, total]]
     widths = [max(len(row[i]) for row in cells) for i in range(len(_COLUMNS))]
 
     def line(row: tuple[str, ...]) -> str:
@@ -117,5 +142,6 @@ def render_status_table(shards: list[ShardStatus]) -> str:
     if failed:
         lines.append("")
         lines.append("failed shards:")
-        lines += [f"  {s.id}: {s.error or 'failed'}" for s in failed]
+        for s in failed:
+            lines.append(f"  {printable_text(s.id)}: {printable_text(s.error or 'failed')}")
     return "\n".join(lines)

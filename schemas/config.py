@@ -134,6 +134,19 @@ class BuildConfig(BaseModel):
         description="Scheduler of an existing Dask cluster, tcp://HOST:PORT or tls://HOST:PORT "
         "(runner dask; default: a local cluster).",
     )
+    verify_sources: bool = Field(
+        False,
+        description="Fingerprint each case by a sha256 of its files' bytes (a full read of "
+        "the sources), not only their sizes and modification times, and compare those when "
+        "building again into the dataset.",
+    )
+    rebuild_changed: bool = Field(
+        False,
+        description="When building again into the dataset, rebuild the cases that changed "
+        "since they were built (or whose source's label map changed, or that share a shard "
+        "with a case gone from its source) as new shards, retiring the shards they were in; "
+        "without it such a build is refused.",
+    )
 
     @field_validator("sources", "out", "key_file", mode="before")
     @classmethod

@@ -7,6 +7,7 @@ import json
 import random
 import shutil
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -18,6 +19,7 @@ from medgrit.adapters.store.validate import validate_dataset
 from medgrit.core.cases import Case
 from medgrit.core.sharding import (
     PlanConflict,
+    RecordedPlan,
     assign_new_splits,
     assign_splits,
     extend_plan,
@@ -54,7 +56,7 @@ def test_recorded_shards_stay_and_new_cases_become_new_shards(tmp_path: Path) ->
     grown = _cases(["a00", *[f"c{i:02d}" for i in range(9)], "c04b", "z99"])
     grown = [grown[0], *grown[1:6], grown[10], *grown[6:10], grown[11]]
 
-    extended = extend_plan(recorded, grown, config, KEY, _one, _one)
+    extended = extend_plan(RecordedPlan(recorded), grown, config, KEY, _one, _one)
 
     assert extended is not None and extended.new_cases == 3
     kept = _recorded(config, extended.plan)[: len(recorded)]
@@ -72,7 +74,7 @@ def test_nothing_new_gives_the_recorded_plan_back(tmp_path: Path) -> None:
     config = BuildConfig(out=str(tmp_path), images_per_shard=3)
     cases = _cases([f"c{i}" for i in range(7)])
     recorded = _recorded(config, plan_build(cases, config, KEY, _one, _one))
-    extended = extend_plan(recorded, cases, config, KEY, _one, _one)
+    extended = extend_plan(RecordedPlan(recorded), cases, config, KEY, _one, _one)
     assert extended is not None and extended.new_cases == 0
     assert _recorded(config, extended.plan) == recorded
 
@@ -82,9 +84,10 @@ def test_a_dataset_whose_sources_lost_a_case_cannot_be_extended(tmp_path: Path) 
     cases = _cases([f"c{i}" for i in range(7)])
     recorded = _recorded(config, plan_build(cases, config, KEY, _one, _one))
     with pytest.raises(PlanConflict, match="7 cases then, 6 now: 1 gone, 0 new"):
-        extend_plan(recorded, [*cases[:3], *cases[4:]], config, KEY, _one, _one)
+        extend_plan(RecordedPlan(recorded), [*cases[:3], *cases[4:]], config, KEY, _one, _one)
     with pytest.raises(PlanConflict, match="another pseudonymisation key"):
-        extend_plan(recorded, cases, config, b"x" * 32, _one, _one)  # other pseudonyms
+        other_key = b"x" * 32  # other pseudonyms
+        extend_plan(RecordedPlan(recorded), cases, config, other_key, _one, _one)
 
 
 def test_a_case_whose_images_changed_is_named(tmp_path: Path) -> None:
@@ -96,7 +99,7 @@ def test_a_case_whose_images_changed_is_named(tmp_path: Path) -> None:
         return 2 if case.case == "c2" else 1  # an image added to c2 since
 
     with pytest.raises(PlanConflict, match=r"1 of its cases changed .*c2: 1 images then, 2 now"):
-        extend_plan(recorded, cases, config, KEY, _one, grown)
+        extend_plan(RecordedPlan(recorded), cases, config, KEY, _one, grown)
 
 
 def test_new_cases_of_a_known_patient_take_its_split(tmp_path: Path) -> None:
@@ -109,7 +112,7 @@ def test_new_cases_of_a_known_patient_take_its_split(tmp_path: Path) -> None:
     assert set(split_of.values()) == {"train", "test"}
     later = {f"{n}-followup": f"p{n}" for n in names}  # a second study of every patient
     grown = _cases([*names, *later], {**patients, **later})
-    extended = extend_plan(recorded, grown, config, KEY, _one, _one)
+    extended = extend_plan(RecordedPlan(recorded), grown, config, KEY, _one, _one)
     assert extended is not None
     for _, tasks in extended.plan[len(recorded) :]:
         for t in tasks:
@@ -147,7 +150,7 @@ def test_the_image_cap_left_by_the_recorded_quotas_goes_to_new_cases(tmp_path: P
     recorded = _recorded(config, plan_build(cases, config, KEY, three, three))
     assert sum(c["quota"] for s in recorded for c in s["cases"]) == 9
     grown = _cases([f"c{i}" for i in range(6)])
-    extended = extend_plan(recorded, grown, config, KEY, three, three)
+    extended = extend_plan(RecordedPlan(recorded), grown, config, KEY, three, three)
     assert extended is not None
     new = [t for _, tasks in extended.plan[len(recorded) :] for t in tasks]
     assert [t.quota for t in new] == [1]  # 10 - 9: one more image, from the first new case
@@ -313,3 +316,78 @@ def test_a_case_that_changed_since_it_was_built_is_refused(medgrit, tmp_path: Pa
         changed.stderr
     )
     assert (_parts(out), (out / "dataset.json").read_bytes()) == before
+
+
+# -- changed sources -------------------------------------------------------------------------
+
+
+def _stamps(changed: frozenset[str] = frozenset()) -> Callable[[Case], tuple[str, None]]:
+    """A fingerprint per case: its name, or another value for the ``changed`` cases."""
+    return lambda case: (f"{case.case}{'*' if case.case in changed else ''}", None)
+
+
+def test_a_changed_case_is_refused_or_its_shard_retired_and_planned_again(
+    tmp_path: Path,
+) -> None:
+    config = BuildConfig(out=str(tmp_path), images_per_shard=2, test_fraction=0.3)
+    cases = _cases([f"c{i}" for i in range(6)])
+    recorded = _recorded(config, plan_build(cases, config, KEY, _one, _one, _stamps()))
+    assert all(c["fingerprint"] == c["case"] for s in recorded for c in s["cases"])
+    changed = _stamps(frozenset({"c3"}))
+
+    with pytest.raises(PlanConflict, match=r"1 of its cases changed .*c3: its files or labels"):
+        extend_plan(RecordedPlan(recorded), cases, config, KEY, _one, _one, changed)
+
+    earlier = [{"id": "00003", "generation": 1}]  # retired by an earlier build
+    plan = RecordedPlan(recorded, retired=earlier)
+    extended = extend_plan(plan, cases, config, KEY, _one, _one, changed, rebuild_changed=True)
+    assert extended is not None and extended.new_cases == 0 and extended.rebuilt == 2
+    (gone,) = extended.retired
+    assert gone["id"] == "00001" and gone["reason"].startswith("a case changed")
+    kept = [shard for shard, _ in extended.plan[:2]]
+    assert kept == ["00000", "00002"]
+    (added, tasks) = extended.plan[2]
+    assert added == "00004" and extended.generations[added] == 2  # ids and generations go on
+    assert [t.ref.case for t in tasks] == ["c2", "c3"]
+    split_of = {c["case"]: c["split"] for s in recorded for c in s["cases"]}
+    assert [t.split for t in tasks] == [split_of["c2"], split_of["c3"]]
+    assert [t.fingerprint for t in tasks] == ["c2", "c3*"]  # what they are now
+
+
+def test_a_changed_label_map_names_its_ids(tmp_path: Path) -> None:
+    config = BuildConfig(out=str(tmp_path), images_per_shard=2)
+
+    def labelled(names: dict[int, str]) -> list[Case]:
+        return [
+            Case(
+                source="nnunet:/data/D",
+                dataset="D",
+                case=f"c{i}",
+                modality="ct",
+                labels=tuple(sorted(names.items())),
+            )
+            for i in range(3)
+        ]
+
+    before = labelled({1: "liver", 2: "spleen"})
+    plan = plan_build(before, config, KEY, _one, _one)
+    sources = [
+        {
+            "spec": "nnunet:/data/D",
+            "kind": "nnunet",
+            "datasets": {"D": {"labels": {"1": "liver", "2": "spleen"}}},
+        }
+    ]
+    recorded = RecordedPlan(_recorded(config, plan), sources)
+    now = labelled({1: "spleen", 2: "liver", 3: "tumour"})
+    with pytest.raises(PlanConflict) as error:
+        extend_plan(recorded, now, config, KEY, _one, _one)
+    assert str(error.value) == (
+        "the label map of nnunet:/data/D (D) changed: 1: 'liver' then, 'spleen' now; "
+        "2: 'spleen' then, 'liver' now; 3: new 'tumour'"
+    )
+    extended = extend_plan(recorded, now, config, KEY, _one, _one, rebuild_changed=True)
+    assert extended is not None and len(extended.retired) == 2 and extended.rebuilt == 3
+    assert {r["reason"] for r in extended.retired} == {"its source's label map changed"}
+    # The same map again: nothing changed.
+    assert extend_plan(recorded, before, config, KEY, _one, _one).retired == ()

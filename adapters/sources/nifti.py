@@ -135,6 +135,10 @@ class NiftiCase(Case):
     def message_paths(self) -> tuple[str, ...]:
         return (self.image, self.label)
 
+    @property
+    def content_files(self) -> tuple[str, ...]:
+        return (self.image, self.label)
+
 
 _PLANE_CODES = {"axial": "SI", "coronal": "AP", "sagittal": "LR"}
 

@@ -36,6 +36,7 @@ from medgrit.adapters.store.manifest import (
 )
 from medgrit.adapters.store.parquet import sha256_file
 from medgrit.core.cases import Source
+from medgrit.core.changes import label_map_digest, label_maps_of
 from medgrit.core.failures import StopRequested, is_disk_full
 from medgrit.core.fsnames import escape_name
 from medgrit.core.shard_rows import CaseTask
@@ -109,11 +110,14 @@ def llm_totals(shards: list[dict]) -> dict:
     return totals
 
 
+# Build settings that change how a build runs or what it compares, never what its tables hold:
+# they may differ between the runs that build one dataset.
+RUN_SETTINGS = ("out", "workers", "runner", "dask_address", "verify_sources", "rebuild_changed")
+
+
 def content_config(config: dict) -> dict:
     """The settings that decide table contents (not where they go or how fast)."""
-    return {
-        k: v for k, v in config.items() if k not in ("out", "workers", "runner", "dask_address")
-    }
+    return {k: v for k, v in config.items() if k not in RUN_SETTINGS}
 
 
 # -- completion records ----------------------------------------------------------------------
@@ -236,7 +240,8 @@ def read_dataset(out: str | Path) -> dict:
 
 
 def _datasets_of(source: Source) -> dict:
-    """Per dataset of a source: case count, modalities and label names known at discovery."""
+    """Per dataset of a source: case count, modalities and label names known at discovery
+    (for people; ``label_maps`` beside it is what a later build compares)."""
     out: dict[str, dict] = {}
     for case in source.cases:
         entry = out.setdefault(
@@ -249,6 +254,23 @@ def _datasets_of(source: Source) -> dict:
     return out
 
 
+def _source_entry(source: Source) -> dict:
+    """A source as the manifest records it, with the label map of each of its datasets and its
+    sha256 (cases whose ids are numbered per case, as DICOM SEG segments are, keep their names
+    in their fingerprints instead)."""
+    maps = label_maps_of(source.cases)
+    return {
+        "spec": escape_name(source.spec),
+        "kind": source.kind,
+        "dataset": escape_name(source.dataset),
+        "modality": source.modality,
+        "cases": len(source.cases),
+        "label_maps": maps,
+        "label_map_sha256": label_map_digest(maps),
+        "datasets": _datasets_of(source),
+    }
+
+
 def new_manifest(
     config: BuildConfig,
     sources: list[Source],
@@ -256,11 +278,15 @@ def new_manifest(
     generator: dict,
     vocabulary: tuple[str, ...] = (),
     appended: dict[str, tuple[int, tuple[str, ...]]] | None = None,
+    retired: list[dict] | None = None,
 ) -> dict:
     """The manifest of a build that has not started: every shard pending. ``vocabulary`` (the
     build's label names, which every turn was read with) lets ``validate`` read them alike.
     ``appended``: shards that extend the dataset (``medgrit.core.sharding.extend_plan``), with
-    their plan generation and the vocabulary they are read with, recorded in their entries."""
+    their plan generation and the vocabulary they are read with, recorded in their entries.
+    ``retired``: shards no longer part of the dataset (their cases changed and were planned
+    again), ``{"id", "generation", "cases", "reason", "retired_at"}`` each, oldest first: their
+    ids are never used again."""
     appended = appended or {}
 
     def shard_entry(shard: str, cases: list[CaseTask]) -> dict:
@@ -274,6 +300,9 @@ def new_manifest(
                     "split": c.split,
                     "quota": c.quota,
                     **({} if c.listed is None else {"listed_images": c.listed}),
+                    **({} if c.fingerprint is None else {"fingerprint": c.fingerprint}),
+                    **({} if c.content is None else {"content_sha256": c.content}),
+                    **({"labels_per_case": True} if c.ref.labels_per_case else {}),
                 }
                 for c in cases
             ],
@@ -290,21 +319,12 @@ def new_manifest(
         "schema_version": SCHEMA_VERSION,
         "medgrit_version": MEDGRIT_VERSION,
         "config": config.model_dump(mode="json"),
-        "sources": [
-            {
-                "spec": escape_name(s.spec),
-                "kind": s.kind,
-                "dataset": escape_name(s.dataset),
-                "modality": s.modality,
-                "cases": len(s.cases),
-                "datasets": _datasets_of(s),
-            }
-            for s in sources
-        ],
+        "sources": [_source_entry(s) for s in sources],
         "generator": generator,
         "vocabulary": [escape_name(name) for name in vocabulary],
         "tables": sorted(TABLES),
         "shards": [shard_entry(shard, cases) for shard, cases in plan],
+        **({"retired": retired} if retired else {}),
         "created_at": now(),
         "host": socket.gethostname(),
     }
@@ -353,13 +373,16 @@ def resume_from(out: Path, manifest: dict, rebuild_if_changed: bool, extends: bo
     if (out / MANIFEST).is_file():
         previous = read_dataset(out)
         same_config = content_config(previous["config"]) == content_config(manifest["config"])
-        # The same plan, or that plan with new shards after it (sources that gained cases).
-        recorded = [(s["id"], s.get("cases")) for s in previous["shards"]]
+        # The same plan, or that plan with new shards after it (sources that gained cases),
+        # less the shards the plan retires (their cases changed and are planned again).
+        retired = {str(r.get("id")) for r in manifest.get("retired") or []}
+        kept = [s for s in previous["shards"] if s["id"] not in retired]
+        recorded = [(s["id"], s.get("cases")) for s in kept]
         planned = [(s["id"], s["cases"]) for s in manifest["shards"]]
         same_plan = (planned[: len(recorded)] if extends else planned) == recorded
         if same_config and same_plan:
             manifest["created_at"] = previous.get("created_at", manifest["created_at"])
-            for entry, old in zip(manifest["shards"], previous["shards"], strict=False):
+            for entry, old in zip(manifest["shards"], kept, strict=False):
                 if shard_done(out, old):
                     entry.update(old)
                 elif old.get("batches"):

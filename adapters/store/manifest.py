@@ -4,14 +4,18 @@ Layout (schema version 1)::
 
     {"format": "medgrit-dataset", "schema_version": 1, "medgrit_version": ...,
      "config": {...BuildConfig...},
-     "sources": [{"spec", "kind", "dataset", "modality", "cases": n,
-                  "datasets": {name: {"cases", "modalities", "labels": {id: name}}}}],
+     "sources": [{"spec", "kind", "dataset", "modality", "cases": n, "labels_per_case",
+                  "label_map_sha256", "datasets": {name: {"cases", "modalities",
+                                                          "labels": {id: name}}}}],
      "generator": {"name", "template_hash", "templates": {file: sha256}, "model"?, ...},
      "tables": ["conversations", "images", "regions", "rejects"],
-     "shards": [{"id", "cases": [{"source", "case", "case_id", "split", "quota"}],
+     "shards": [{"id", "cases": [{"source", "case", "case_id", "split", "quota",
+                                  "listed_images"?, "fingerprint"?, "content_sha256"?}],
                  "status": "pending" | "done" | "failed", "error"?, "batches"?,
+                 "generation"?, "vocabulary"?,
                  "rows": {table: n}, "files": {path: sha256}, "stats": {...},
                  "tokens": {...}, "seconds", "finished_at"}],
+     "retired"?: [{"id", "generation", "cases": n, "reason", "retired_at"}],
      "totals": {"rows", ..., "llm": {...}}, "status": "complete" | "incomplete",
      "created_at", "updated_at", "host"}
 
@@ -103,6 +107,11 @@ def read_manifest(out_dir: str | Path) -> dict:
         raise ManifestError(f"{where}/{MANIFEST} has no valid 'shards' list (id and status each)")
     if not isinstance(data.get("config"), dict):
         raise ManifestError(f"{where}/{MANIFEST} has no build 'config' object")
+    retired = data.get("retired", [])
+    if not isinstance(retired, list) or not all(
+        isinstance(r, dict) and isinstance(r.get("id"), str) for r in retired
+    ):
+        raise ManifestError(f"{where}/{MANIFEST}: 'retired' is not a list of shards (id each)")
     for shard in shards:
         check_shard_files(shard, f"{where}/{MANIFEST}")
         for key in ("rows", "stats", "tokens"):

@@ -1,21 +1,22 @@
 """Checks a dataset directory against the data contract (what ``medgrit validate`` runs).
 
 Contents, not only hashes. The manifest must be medgrit's, of a known schema version, with shard
-ids ``00000..N-1`` in order and part paths of the form ``{table}/part-{shard}.parquet`` (never a
-path outside the dataset). Every done shard lists one part per table; each part is present with
-its recorded sha256, row count and the contract's schema; no part file lies in a table folder
-unless the manifest lists it. Within each shard: image, region and conversation ids are unique;
-every image decodes as a PNG of its recorded width and height that is not blank, and its id is
-that of its case, plane and slice; every image has exactly one conversation and every
-conversation an image; regions belong to an image of the shard, with boxes inside it,
-``bbox_1000`` equal to the conversion of ``bbox``, an area that fits the box, and the position,
-size and side words their box, area and label give; every turn is true of its image by the
-truth rules the build keeps turns by (:func:`medgrit.core.verify.check_turn`, names read with
-the manifest's ``vocabulary``; the LLM generator's length and copying bounds are its own), each
-failure reported as table part, row (0-based), turn and reason; the shard's recorded stats equal
-its tables. Over the
-dataset: the build config is valid, image ids are unique, no case is in both splits, and
-``totals`` equal the tables.
+ids ``00000..N-1`` in order (ids of retired shards, whose cases were rebuilt, left out) and part
+paths of the form ``{table}/part-{shard}.parquet`` (never a path outside the dataset). Every
+done shard lists one part per table; each part is present with its recorded sha256, row count
+and the contract's schema; no part file lies in a table folder unless the manifest lists it.
+Within each shard: image, region and conversation ids are unique; every image decodes as a PNG
+of its recorded width and height that is not blank, and its id is that of its case, plane and
+slice; every image has exactly one conversation and every conversation an image; regions belong
+to an image of the shard, with boxes inside it, ``bbox_1000`` equal to the conversion of
+``bbox``, an area that fits the box, and the position, size and side words their box, area and
+label give; every turn is true of its image by the truth rules the build keeps turns by
+(:func:`medgrit.core.verify.check_turn`, names read with the manifest's ``vocabulary``; the LLM
+generator's length and copying bounds are its own), each failure reported as table part, row
+(0-based), turn and reason; the shard's recorded stats equal its tables. Over the dataset: the
+build config is valid, image ids are unique, no case is in both splits, each label id has one
+name across all shards (within its dataset; within its case where ids are numbered per case, as
+DICOM SEG segments are), and ``totals`` equal the tables.
 
 Shards are read one at a time, so memory stays bounded by the largest shard.
 """
@@ -31,12 +32,17 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 from PIL import Image
 from pydantic import ValidationError
 
 from medgrit.adapters.store.bookkeeping import read_dataset
-from medgrit.adapters.store.parquet import part_path, sha256_file
+from medgrit.adapters.store.parquet import (
+    UnreadablePart,
+    open_parquet,
+    part_path,
+    read_parquet,
+    sha256_file,
+)
 from medgrit.core.claims import Lexicon, lexicon_for
 from medgrit.core.generation import ImageFacts, RegionFacts
 from medgrit.core.ids import image_id_for
@@ -62,11 +68,7 @@ def read_table(out_dir: str | Path, table: str) -> list[dict]:
     for shard in manifest["shards"]:
         rel = part_path(table, shard["id"])
         if shard.get("status") == "done" and (out / rel).is_file():
-            with (out / rel).open("rb") as handle:  # pyarrow's own paths must be UTF-8
-                # one thread: pyarrow's pool threads reading a Python file object can still be
-                # at it when the process exits right after, which aborts the interpreter
-                table_ = pq.read_table(handle, schema=TABLES[table], use_threads=False)
-                rows.extend(table_.to_pylist())
+            rows.extend(read_parquet(out / rel, schema=TABLES[table]).to_pylist())
     return rows
 
 
@@ -85,11 +87,14 @@ def validate_dataset(out_dir: str | Path) -> list[str]:
     except (ValidationError, TypeError) as exc:
         problems.append(f"dataset.json: the build config is not valid ({str(exc).splitlines()[0]})")
     shards = manifest["shards"]
-    expected_ids = [shard_name(i) for i in range(len(shards))]
-    if [s["id"] for s in shards] != expected_ids:
+    retired = manifest.get("retired") or []
+    retired_ids = [str(r.get("id")) for r in retired if isinstance(r, dict)]
+    ids = [s["id"] for s in shards]
+    expected_ids = [shard_name(i) for i in range(len(shards) + len(retired_ids))]
+    if ids != sorted(ids) or sorted([*ids, *retired_ids]) != expected_ids:
         problems.append(
-            "shard ids are not 00000..N-1 in order: a shard was removed from or added to "
-            "dataset.json"
+            "shard ids are not 00000..N-1 in order (counting retired shards): a shard was "
+            "removed from or added to dataset.json"
         )
     problems += _unlisted_parts(out, shards)
     not_done = [s["id"] for s in shards if s["status"] != "done"]
@@ -104,6 +109,8 @@ def validate_dataset(out_dir: str | Path) -> list[str]:
         problems.append("dataset.json: vocabulary is not a list of label names")
         vocabulary = []
     lexicon = lexicon_for(frozenset(vocabulary))
+    per_case = _cases_numbered_per_case(manifest)
+    names: dict[tuple[str, str, int], dict[str, str]] = defaultdict(dict)
     image_ids: set[str] = set()
     case_splits: dict[tuple[str, str], set[str]] = defaultdict(set)
     rows_total = {t: 0 for t in TABLES}
@@ -116,14 +123,46 @@ def validate_dataset(out_dir: str | Path) -> list[str]:
             words = lexicon_for(frozenset(own))
         else:
             words = lexicon
-        found = _check_shard(out, shard, image_ids, case_splits, rows_total, stats, words)
+        found = _check_shard(
+            out, shard, image_ids, case_splits, rows_total, stats, words, per_case, names
+        )
         problems += found
+    problems += _label_meanings(names)
     for (dataset, case_id), splits in sorted(case_splits.items()):
         if len(splits) > 1:
             problems.append(f"case {dataset}/{case_id} is in both splits")
     readable = len(stats) == sum(s["status"] == "done" for s in shards)
     if readable:  # totals over unreadable parts would only repeat the problems above
         problems += _check_totals(manifest, rows_total, stats)
+    return problems
+
+
+def _cases_numbered_per_case(manifest: dict) -> set[str]:
+    """Case ids whose label ids are numbered per case (DICOM SEG segments and RTSTRUCT ROIs,
+    marked so in their entries; every DICOM case of a manifest that records no label maps):
+    their ids are compared within their case, all others within their dataset."""
+    older = {
+        s.get("spec")
+        for s in manifest.get("sources") or []
+        if isinstance(s, dict) and s.get("kind") == "dicom" and "label_maps" not in s
+    }
+    return {
+        str(c.get("case_id"))
+        for shard in manifest["shards"]
+        for c in shard.get("cases") or []
+        if isinstance(c, dict) and (c.get("labels_per_case") or c.get("source") in older)
+    }
+
+
+def _label_meanings(names: dict[tuple[str, str, int], dict[str, str]]) -> list[str]:
+    """A label id with more than one name across the shards (of its dataset, or of its case
+    where ids are numbered per case): the dataset would say two things by one id."""
+    problems = []
+    for (dataset, case_id, label_id), found in sorted(names.items()):
+        if len(found) > 1:
+            where = f"dataset {dataset}" + (f", case {case_id}" if case_id else "")
+            shown = ", ".join(f"{name!r} (shard {shard})" for name, shard in found.items())
+            problems.append(f"label id {label_id} of {where} has {len(found)} names: {shown}")
     return problems
 
 
@@ -158,8 +197,7 @@ def _read_part(out: Path, shard: dict, table: str, problems: list[str]) -> pa.Ta
     if sha256_file(path) != files[rel]:
         problems.append(f"{rel}: sha256 differs from dataset.json")
     try:
-        with path.open("rb") as handle:  # pyarrow's own paths must be UTF-8
-            parquet = pq.ParquetFile(handle)
+        with open_parquet(path) as parquet:
             schema = parquet.schema_arrow
             if not schema.equals(TABLES[table], check_metadata=False):
                 problems.append(f"{rel}: schema differs from the contract")
@@ -170,8 +208,8 @@ def _read_part(out: Path, shard: dict, table: str, problems: list[str]) -> pa.Ta
                     f"{rel}: {parquet.metadata.num_rows} rows, dataset.json says {recorded}"
                 )
             return parquet.read()
-    except (OSError, pa.ArrowException) as exc:
-        problems.append(f"{rel}: not a readable Parquet file ({type(exc).__name__})")
+    except UnreadablePart as exc:
+        problems.append(f"{rel}: not a readable Parquet file ({exc.reason})")
         return None
 
 
@@ -221,6 +259,8 @@ def _check_shard(
     rows_total: dict[str, int],
     stats: list[dict],
     lexicon: Lexicon,
+    per_case: set[str],
+    names: dict[tuple[str, str, int], dict[str, str]],
 ) -> list[str]:
     problems: list[str] = []
     tables = {t: _read_part(out, shard, t, problems) for t in TABLES}
@@ -269,6 +309,8 @@ def _check_shard(
             problems.append(f"region {r['region_id']}: id does not name its image")
         if r["region_id"] in by_image[r["image_id"]]:
             problems.append(f"region {r['region_id']}: duplicate id")
+        scope = image["case_id"] if image["case_id"] in per_case else ""
+        names[(image["dataset"], scope, r["label_id"])].setdefault(r["label"], sid)
         by_image[r["image_id"]][r["region_id"]] = region_facts(r)
 
     conversations = tables["conversations"].to_pylist()  # type: ignore[union-attr]

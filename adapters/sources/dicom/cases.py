@@ -39,12 +39,19 @@ class DicomSeriesCase(DicomCase):
         mask: the SEG or RTSTRUCT file.
     """
 
+    # SEG segments and RTSTRUCT ROIs are numbered per object, not per dataset.
+    labels_per_case: ClassVar[bool] = True
+
     files: tuple[str, ...]
     mask: str
 
     @property
     def label_file(self) -> str:
         return self.mask
+
+    @property
+    def content_files(self) -> tuple[str, ...]:
+        return (*self.files, self.mask)
 
 
 @dataclass(frozen=True)
@@ -76,6 +83,10 @@ class DicomPlanarCase(DicomCase):
     def label_file(self) -> str:
         return self.frames[0].mask if self.frames else self.image
 
+    @property
+    def content_files(self) -> tuple[str, ...]:
+        return (self.image, *(f.mask for f in self.frames))
+
 
 @dataclass(frozen=True, kw_only=True)
 class DicomUnparseableCase(DicomCase):
@@ -91,3 +102,7 @@ class DicomUnparseableCase(DicomCase):
     @property
     def label_file(self) -> str:
         return self.path
+
+    @property
+    def content_files(self) -> tuple[str, ...]:
+        return (self.path,)

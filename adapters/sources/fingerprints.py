@@ -1,0 +1,85 @@
+"""Fingerprints of a case's content: how a later build tells that a case changed since it was
+built.
+
+:func:`case_fingerprint` hashes the case's modality and label names (id and readable name) and,
+for each of its :attr:`~medgrit.core.cases.Case.content_files`, the path, size and modification
+time (ns): one ``stat`` per file, about two microseconds, so a Med-GRIT-size source of 75,000
+images and their masks (315,000 files) is fingerprinted in under a second
+(``benchmarks/bench_fingerprints.py``). A mask relabelled in place, an image replaced, a mask
+added to or removed from a case, a label renamed or the modality changed changes it. A copy that
+keeps sizes and modification times (``cp -p``, ``rsync -a``) does not, and neither does a file
+rewritten with the same size within one clock tick; :func:`content_digest`
+(``--verify-sources``) hashes the bytes of every file instead, which settles those and costs a
+full read of the source.
+
+Both are hex strings; a file that cannot be read counts as missing (it reads as a reject when
+the case is built).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+
+from medgrit.core.cases import Case
+from medgrit.core.fsnames import name_bytes
+
+__all__ = ["case_fingerprint", "content_digest", "fingerprint_cases"]
+
+_CHUNK = 1 << 20
+
+
+def _labels_part(case: Case) -> bytes:
+    """What the case's metadata says of it: its modality and its label names."""
+    named = [case.modality, [[i, n] for i, n in case.labels]]
+    return json.dumps(named, ensure_ascii=True).encode("ascii")
+
+
+def case_fingerprint(case: Case) -> str:
+    """sha256 of the case's labels and each file's path, size and modification time."""
+    digest = hashlib.sha256(_labels_part(case))
+    for path in case.content_files:
+        try:
+            info = os.stat(path)
+            stamp = f"{info.st_size}:{info.st_mtime_ns}"
+        except (OSError, ValueError):
+            stamp = "missing"
+        digest.update(b"\0" + name_bytes(path) + b"\0" + stamp.encode("ascii"))
+    return digest.hexdigest()
+
+
+def content_digest(case: Case) -> str:
+    """sha256 of the case's labels and the bytes of each of its files (a full read)."""
+    digest = hashlib.sha256(_labels_part(case))
+    for path in case.content_files:
+        digest.update(b"\0" + name_bytes(path) + b"\0")
+        file_digest = hashlib.sha256()
+        try:
+            with open(path, "rb") as handle:
+                while chunk := handle.read(_CHUNK):
+                    file_digest.update(chunk)
+            digest.update(file_digest.digest())
+        except (OSError, ValueError):
+            digest.update(b"missing")
+    return digest.hexdigest()
+
+
+def fingerprint_cases(
+    cases: Sequence[Case], verify: bool = False, workers: int = 8
+) -> list[tuple[str, str | None]]:
+    """(fingerprint, content digest or None) of each case, in order.
+
+    ``verify``: also hash every file's bytes, on ``workers`` threads (reads and sha256 release
+    the GIL). Without it one thread is fastest: a ``stat`` is cheaper than a thread hand-off.
+    """
+    if not verify:
+        return [(case_fingerprint(case), None) for case in cases]
+
+    def one(case: Case) -> tuple[str, str | None]:
+        return case_fingerprint(case), content_digest(case)
+
+    with ThreadPoolExecutor(max(1, workers), thread_name_prefix="fingerprint") as pool:
+        return list(pool.map(one, cases))

@@ -1,0 +1,193 @@
+"""A dataset is built from one label map per source, forever: a build, resume or scheduled append
+into a dataset whose sources changed since (a label map, a case's files) is refused in one line,
+or, with ``--rebuild-changed``, rebuilds what changed as new shards and retires the old ones; a
+label id never means two things, and ``validate`` checks that it does not."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+from catalogue import tree_digest, write_ct_source
+
+from medgrit.adapters.build import LoopMapper, run_build
+from medgrit.adapters.store.bookkeeping import DatasetMismatch
+from medgrit.adapters.store.validate import read_table, validate_dataset
+from medgrit.schemas.config import BuildConfig
+
+
+def _build(source: Path, out: Path, append: bool = True, **settings: object) -> dict:
+    config = BuildConfig(sources=[f"nnunet:{source}"], out=str(out), **settings)
+    return run_build(config, LoopMapper(), append=append)
+
+
+def _swap_liver_and_spleen(source: Path) -> None:
+    meta = json.loads((source / "dataset.json").read_text())
+    meta["labels"] = {"background": 0, "spleen": 1, "liver": 2}
+    (source / "dataset.json").write_text(json.dumps(meta))
+
+
+def _add_case(source: Path, spare: Path, name: str) -> None:
+    shutil.copy(
+        spare / "imagesTr" / "case000_0000.nii.gz", source / "imagesTr" / f"{name}_0000.nii.gz"
+    )
+    shutil.copy(spare / "labelsTr" / "case000.nii.gz", source / "labelsTr" / f"{name}.nii.gz")
+
+
+def _relabel_in_place(label_file: Path) -> None:
+    """Swap the values 1 and 2 of a label map, keeping its size, and move its time on."""
+    image = nib.load(label_file)
+    data = np.asarray(image.dataobj)
+    swapped = np.where(data == 1, 2, np.where(data == 2, 1, data)).astype(data.dtype)
+    nib.save(nib.Nifti1Image(swapped, image.affine, image.header), label_file)
+    later = label_file.stat().st_mtime + 10
+    os.utime(label_file, (later, later))
+
+
+def _parts(out: Path) -> dict[str, str]:
+    tables = ("images", "regions", "conversations", "rejects")
+    return {k: v for k, v in tree_digest(out).items() if k.split("/")[0] in tables}
+
+
+def _one_line(result) -> str:
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    return lines[0]
+
+
+@pytest.fixture
+def built(tmp_path: Path) -> tuple[Path, Path, Path]:
+    """(source, dataset, a spare source): a 3-case CT source built into a dataset."""
+    source = write_ct_source(tmp_path / "Dataset090_Abdomen", cases=3)
+    spare = write_ct_source(tmp_path / "spare", cases=1)
+    out = tmp_path / "ds"
+    _build(source, out, images_per_shard=6)
+    return source, out, spare
+
+
+def test_a_swapped_label_map_is_refused_naming_the_ids(built, medgrit_offline) -> None:
+    source, out, spare = built
+    before = tree_digest(out)
+    _swap_liver_and_spleen(source)
+    _add_case(source, spare, "case003")
+    for command in (("build", f"nnunet:{source}", "--images-per-shard", "6", "--out"), ("resume",)):
+        result = medgrit_offline(*command, str(out))
+        assert result.returncode == 2, result.stderr
+        line = _one_line(result)
+        assert "label map of" in line and "1: 'liver' then, 'spleen' now" in line, line
+        assert "2: 'spleen' then, 'liver' now" in line and "--rebuild-changed" in line
+    assert tree_digest(out) == before  # nothing was changed
+
+
+def test_a_resume_after_the_label_map_changed_is_refused(built) -> None:
+    source, out, _ = built
+    manifest = json.loads((out / "dataset.json").read_text())
+    manifest["shards"][-1]["status"] = "pending"  # as a build killed before its last shard
+    (out / "dataset.json").write_text(json.dumps(manifest))
+    _swap_liver_and_spleen(source)
+    with pytest.raises(DatasetMismatch, match="1: 'liver' then, 'spleen' now"):
+        _build(source, out, images_per_shard=6, append=False)
+
+
+def test_a_mask_relabelled_in_place_is_refused(built, medgrit_offline) -> None:
+    source, out, _ = built
+    before = tree_digest(out)
+    _relabel_in_place(source / "labelsTr" / "case001.nii.gz")
+    result = medgrit_offline(
+        "build", f"nnunet:{source}", "--images-per-shard", "6", "--out", str(out)
+    )
+    assert result.returncode == 2, result.stderr
+    line = _one_line(result)
+    assert "1 of its cases changed" in line and "case001: its files or labels changed" in line
+    assert tree_digest(out) == before
+
+
+def test_verified_content_tells_a_touched_file_from_a_changed_one(tmp_path: Path) -> None:
+    source = write_ct_source(tmp_path / "Dataset091_Verified", cases=2)
+    out = tmp_path / "ds"
+    _build(source, out, verify_sources=True)
+    label = source / "labelsTr" / "case001.nii.gz"
+    later = label.stat().st_mtime + 10
+    os.utime(label, (later, later))  # the same bytes, another time (a copy without -p)
+    with pytest.raises(DatasetMismatch, match="case001: its files or labels changed"):
+        _build(source, out)
+    settled = _parts(out)
+    _build(source, out, verify_sources=True)  # the bytes decide: nothing changed
+    assert _parts(out) == settled
+    _relabel_in_place(label)
+    with pytest.raises(DatasetMismatch, match="case001: its files or labels changed"):
+        _build(source, out, verify_sources=True)
+
+
+def _rows(out: Path, table: str, key: str) -> list[dict]:
+    rows = [{k: v for k, v in r.items() if k != "split"} for r in read_table(out, table)]
+    return sorted(rows, key=lambda r: r[key])
+
+
+def test_rebuild_changed_retires_the_old_shards_and_builds_them_again(
+    built, tmp_path, medgrit_offline
+) -> None:
+    source, out, spare = built
+    before = json.loads((out / "dataset.json").read_text())
+    _swap_liver_and_spleen(source)
+    _add_case(source, spare, "case003")
+
+    manifest = _build(source, out, images_per_shard=6, rebuild_changed=True)
+
+    old_ids = [s["id"] for s in before["shards"]]
+    assert [r["id"] for r in manifest["retired"]] == old_ids
+    assert {r["reason"] for r in manifest["retired"]} == {"its source's label map changed"}
+    ids = [s["id"] for s in manifest["shards"]]
+    assert not set(ids) & set(old_ids) and all(s.get("generation") == 1 for s in manifest["shards"])
+    assert validate_dataset(out) == []
+    listed = {p.name for p in (out / "images").iterdir()}
+    assert listed == {f"part-{i}.parquet" for i in ids}  # the retired parts are gone
+    names = {(r["label_id"], r["label"]) for r in read_table(out, "regions")}
+    assert names == {(1, "spleen"), (2, "liver")}
+    splits = {c["case_id"]: c["split"] for s in before["shards"] for c in s["cases"]}
+    for shard in manifest["shards"]:
+        for case in shard["cases"]:
+            assert splits.get(case["case_id"], case["split"]) == case["split"]  # kept
+
+    status = medgrit_offline("status", str(out))
+    assert status.returncode == 0 and f"retired: {len(old_ids)} shard(s) (00000" in status.stdout
+
+    # What it holds is what a fresh build of the changed source gives.
+    fresh = tmp_path / "fresh"
+    _build(source, fresh, images_per_shard=6)
+    assert _rows(out, "regions", "region_id") == _rows(fresh, "regions", "region_id")
+    assert _rows(out, "conversations", "conversation_id") == _rows(
+        fresh, "conversations", "conversation_id"
+    )
+
+    # Built again: nothing is left to rebuild, and no table part changes.
+    settled = _parts(out)
+    again = _build(source, out, images_per_shard=6, rebuild_changed=True)
+    assert _parts(out) == settled and again["retired"] == manifest["retired"]
+
+
+def test_validate_finds_a_label_id_with_two_names(built) -> None:
+    """A dataset appended to under another label map (as a build that recorded neither label
+    maps nor fingerprints allowed) says so in validate."""
+    source, out, spare = built
+    manifest = json.loads((out / "dataset.json").read_text())
+    for entry in manifest["sources"]:
+        for key in ("datasets", "label_maps", "label_map_sha256"):
+            entry.pop(key)
+    for shard in manifest["shards"]:
+        for case in shard["cases"]:
+            case.pop("fingerprint")
+    (out / "dataset.json").write_text(json.dumps(manifest))
+    _swap_liver_and_spleen(source)
+    _add_case(source, spare, "case003")
+    _build(source, out, images_per_shard=6)
+    problems = validate_dataset(out)
+    assert any(
+        "label id 1 of dataset Dataset090_Abdomen has 2 names: 'liver'" in p and "'spleen'" in p
+        for p in problems
+    ), problems
