@@ -37,6 +37,7 @@ from medgrit.cli.report import report as report_command
 from medgrit.cli.running import build_replacing, report, run_flow, shard_runner, summary_text
 from medgrit.cli.serve import serve
 from medgrit.core.fsnames import escape_name
+from medgrit.core.markdown import printable_text
 from medgrit.schemas.config import BuildConfig
 from medgrit.schemas.sources import kinds_help
 
@@ -127,6 +128,21 @@ def build(
     overwrite: Annotated[
         bool, typer.Option(help="Replace an existing medgrit dataset in --out.")
     ] = False,
+    rebuild_changed: Annotated[
+        bool,
+        typer.Option(
+            help="Building into a dataset whose sources changed since (a label map, a case's "
+            "files): rebuild the changed cases as new shards and retire the old ones "
+            "(default: refuse)."
+        ),
+    ] = False,
+    verify_sources: Annotated[
+        bool,
+        typer.Option(
+            help="Tell changed cases by a sha256 of their files (reads every file), not only "
+            "by sizes and modification times."
+        ),
+    ] = False,
     generator: Annotated[
         str, typer.Option(help="template (no network) or llm (an OpenAI-compatible endpoint).")
     ] = "template",
@@ -192,6 +208,8 @@ def build(
         "workers": workers,
         "runner": runner,
         "dask_address": dask_address,
+        "rebuild_changed": rebuild_changed,
+        "verify_sources": verify_sources,
     }
     if ct_window is not None:
         fields["ct_window"] = _pair(ct_window, "--ct-window")
@@ -225,6 +243,7 @@ def build(
     existing = is_medgrit_dataset(out)  # built before: built again, adding what is new
     if existing and not replace:
         _check_same_settings(out, config)
+        _check_sources_unchanged(out, config, opened)
     with ExitStack() as stack:
         task_runner = stack.enter_context(shard_runner(config, [s.root for s in opened]))
         if replace:
@@ -258,6 +277,28 @@ def _check_same_settings(out: Path, config: BuildConfig) -> None:
         )
 
 
+def _check_sources_unchanged(
+    out: Path, config: BuildConfig, opened: list, resume: bool = False
+) -> None:
+    """A build or resume into a dataset whose sources changed since it was built is refused
+    before anything starts (unless --rebuild-changed; with --verify-sources the build checks,
+    so that every file is read once)."""
+    from medgrit.adapters.build import check_sources_unchanged
+    from medgrit.adapters.runtime.keys import load_or_create_key
+    from medgrit.cli.preflight import key_path_of
+
+    key_path = key_path_of(config)
+    if config.verify_sources or not key_path.is_file():
+        return  # the build says so (a new key matches no recorded case)
+    try:
+        key = load_or_create_key(key_path)
+    except (OSError, ValueError) as exc:
+        fail(f"cannot use the pseudonymisation key {shown(key_path)}: {reason_of(exc)}")
+    message = check_sources_unchanged(config, out, opened, key, resume)
+    if message:
+        fail(message)
+
+
 @app.command()
 def resume(
     out: Annotated[Path, typer.Argument(help="Dataset directory of an interrupted build.")],
@@ -274,6 +315,17 @@ def resume(
     workers: Annotated[
         int | None, typer.Option(help="Shards built at once (default: as the build ran).")
     ] = None,
+    rebuild_changed: Annotated[
+        bool,
+        typer.Option(
+            help="Sources changed since the build began (a label map, a case's files): "
+            "rebuild the changed cases as new shards and retire the old ones (default: refuse)."
+        ),
+    ] = False,
+    verify_sources: Annotated[
+        bool,
+        typer.Option(help="Tell changed cases by a sha256 of their files (reads every file)."),
+    ] = False,
 ) -> None:
     """Finish an interrupted or failed build: only shards not yet done are built.
 
@@ -292,6 +344,7 @@ def resume(
     except (ValidationError, KeyError, TypeError):
         fail(f"{shown(out)}/dataset.json holds no valid build config")
     how: dict = {} if workers is None else {"workers": workers}
+    how.update(rebuild_changed=rebuild_changed, verify_sources=verify_sources)
     if runner is not None:  # a runner given anew: a local cluster unless an address is too
         how.update(runner=runner, dask_address=dask_address)
     elif dask_address is not None:
@@ -302,6 +355,7 @@ def resume(
         except ValidationError as exc:
             _config_error(exc)
     opened = open_checked(config, out)
+    _check_sources_unchanged(out, config, opened, resume=True)
     with ExitStack() as stack:
         task_runner = stack.enter_context(shard_runner(config, [s.root for s in opened]))
         take_out(out, stack, "resume")
@@ -328,6 +382,7 @@ def status(
         build_state,
         exit_code,
         render_status_table,
+        retired_line,
         shard_statuses,
         status_json,
     )
@@ -339,7 +394,13 @@ def status(
     shards = shard_statuses(manifest)
     state = build_state(shards)
     if as_json:
-        document = status_json(shown(out), shards, manifest.get("totals"), current_writer(out))
+        document = status_json(
+            shown(out),
+            shards,
+            manifest.get("totals"),
+            current_writer(out),
+            manifest.get("retired"),
+        )
         typer.echo(json.dumps(document, indent=2))
         raise typer.Exit(exit_code(state))
     counts = {k: sum(s.status == k for s in shards) for k in ("done", "pending", "failed")}
@@ -348,6 +409,9 @@ def status(
         f"{counts['failed']} failed (of {len(shards)})"
     )
     typer.echo(render_status_table(shards))
+    retired = retired_line(manifest.get("retired") or [])
+    if retired:
+        typer.echo(retired)
     if manifest.get("totals") and state == "complete":
         typer.echo("")
         typer.echo(summary_text(out))
@@ -372,7 +436,7 @@ def validate(out: Annotated[Path, typer.Argument(help="Dataset directory.")]) ->
     except ManifestError as exc:
         fail(str(exc))
     for p in problems:
-        typer.echo(escape_name(p))
+        typer.echo(printable_text(p))
     if problems:
         typer.echo(f"{len(problems)} problem(s) found", err=True)
         raise typer.Exit(1)

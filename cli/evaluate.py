@@ -2,8 +2,9 @@
 
 With ``--task`` every line is scored as that task (lines whose own ``task`` field names another
 task are left out); without it every line must carry a ``task`` field and each task found is
-scored. User errors (a missing file, a malformed line, an unknown task) print one line and exit
-with code 2. The caption scorers (Java) start only when an RC or MIA line is scored.
+scored. User errors (a missing file, a malformed line, an unknown task, a ``--json`` path that
+cannot be written) print one line and exit with code 2, before any line is scored. The caption
+scorers (Java) start only when an RC or MIA line is scored.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from typing import Annotated
 import typer
 
 from medgrit.cli.messages import fail, reason_of, shown
+from medgrit.cli.outputs import check_output
 from medgrit.core.metrics import TASKS
 
 
@@ -43,6 +45,8 @@ def evaluate(
             fail(f"unknown task {task!r}; use one of {', '.join(TASKS)}")
     if not predictions.is_file():
         fail(f"no such predictions file: {shown(predictions)}")
+    if json_out is not None:
+        check_output(json_out, "--json", "file")
     try:
         lines = read_predictions(predictions)
     except PredictionFileError as exc:

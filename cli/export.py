@@ -9,17 +9,19 @@ Hugging Face dataset folder with a card; ``--license``). The format logic is in
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 import typer
 
 from medgrit.cli.messages import fail, fail_unreadable_tables, reason_of, shown
+from medgrit.cli.outputs import check_output
 
 FORMAT_NAMES = ("bird", "llava", "trl", "qwen2vl", "hf")
 
 
-def check_new_out(out: Path, kind: str = "folder") -> None:
-    """Refuse an --out that exists and is not empty (an export never overwrites)."""
+def check_new_out(out: Path, kind: Literal["file", "folder"] = "folder") -> None:
+    """Refuse an --out that exists and is not empty (an export never overwrites), or that could
+    not be written: checked before the dataset is read, however long the export would take."""
     if not str(out).strip():
         fail("--out needs a name")
     if kind == "folder":
@@ -32,6 +34,7 @@ def check_new_out(out: Path, kind: str = "folder") -> None:
             fail(f"--out {shown(out)} is a folder; choose a file name")
         if out.exists() and out.stat().st_size > 0:
             fail(f"--out {shown(out)} exists and is not empty; choose a new file")
+    check_output(out, "--out", kind, make_parents=True)  # missing folders above it are made
 
 
 def export(
@@ -60,10 +63,12 @@ def export(
     """Export a dataset for training code (BiRD, LLaVA, TRL, Qwen2-VL, Hugging Face)."""
     from pyarrow import ArrowException
 
-    from medgrit.adapters.export.hf import split_licences
+    from medgrit.adapters.export.hf import check_licence_sources, split_licences
     from medgrit.adapters.export.records import ExportError
     from medgrit.adapters.export.write import ExportOptions, export_dataset
+    from medgrit.adapters.store.bookkeeping import read_dataset
     from medgrit.adapters.store.manifest import ManifestError
+    from medgrit.adapters.store.parquet import MissingPart
 
     fmt = format.strip().lower()
     if fmt not in FORMAT_NAMES:
@@ -75,14 +80,19 @@ def export(
     if license and fmt != "hf":
         fail("--license applies to --format hf only")
     try:
-        split_licences(list(license or []))
+        _, per_source = split_licences(list(license or []))
     except ValueError as exc:
         fail(str(exc))
+    if per_source:  # a misspelt SOURCE= would leave that source's licence out of the card
+        try:
+            check_licence_sources(per_source, read_dataset(dataset))
+        except (ManifestError, ValueError) as exc:
+            fail(str(exc))
     check_new_out(out)
     options = ExportOptions(jsonl, absolute_boxes, tuple(license or []))
     try:
         counts = export_dataset(dataset, fmt, out, options)
-    except (ManifestError, ExportError) as exc:
+    except (ManifestError, ExportError, MissingPart) as exc:
         fail(str(exc))
     except ArrowException as exc:
         fail_unreadable_tables(dataset, exc)

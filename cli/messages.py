@@ -2,19 +2,39 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import NoReturn
 
 import typer
 
 from medgrit.core.fsnames import escape_name
+from medgrit.core.markdown import printable_text
 
 EXIT_USER_ERROR = 2
+
+_subjects: list[str] = []
+
+
+@contextmanager
+def speaking_of(subject: str) -> Iterator[None]:
+    """Start every error line of the block with ``subject``: the checks of ``build`` say which
+    deployment of a service config they are about (``service.toml: deployments[0] (nightly)``).
+    """
+    _subjects.append(subject)
+    try:
+        yield
+    finally:
+        _subjects.pop()
 
 
 def fail(message: str, code: int = EXIT_USER_ERROR) -> NoReturn:
     """Print one error line to stderr (names escaped) and exit."""
-    typer.echo(f"medgrit: error: {' '.join(escape_name(message).split())}", err=True)
+    if _subjects:
+        message = f"{': '.join(_subjects)}: {message}"
+    # One line, and nothing a terminal acts on (an escape code in a folder name, say).
+    typer.echo(f"medgrit: error: {printable_text(' '.join(message.split()))}", err=True)
     raise typer.Exit(code)
 
 
@@ -31,7 +51,10 @@ def reason_of(exc: BaseException) -> str:
 
 def fail_unreadable_tables(dataset: Path, exc: BaseException) -> NoReturn:
     """A dataset whose table part pyarrow cannot read: one line pointing at ``validate``."""
+    from medgrit.adapters.store.parquet import UnreadablePart
+
+    reason = exc.reason if isinstance(exc, UnreadablePart) else type(exc).__name__
     fail(
         f"{shown(dataset)} holds a table part that is not readable Parquet "
-        f"({type(exc).__name__}); `medgrit validate {shown(dataset)}` says which"
+        f"({reason}); `medgrit validate {shown(dataset)}` says which"
     )

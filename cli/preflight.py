@@ -11,6 +11,7 @@ from contextlib import ExitStack
 from pathlib import Path
 
 from medgrit.cli.messages import fail, reason_of, shown
+from medgrit.cli.outputs import creation_problem, folder_problem, nearest_existing
 from medgrit.schemas.config import BuildConfig
 
 
@@ -21,7 +22,7 @@ def absolute_spec(spec: str) -> str:
     return f"{kind}:{Path(path).expanduser().absolute()}"
 
 
-def _key_path(config: BuildConfig) -> Path:
+def key_path_of(config: BuildConfig) -> Path:
     from medgrit.adapters.runtime.keys import default_key_file
 
     return Path(config.key_file).expanduser() if config.key_file else default_key_file()
@@ -39,7 +40,7 @@ def open_checked(config: BuildConfig, out: Path) -> list:
     from medgrit.adapters.runtime.keys import is_inside, load_or_create_key
     from medgrit.adapters.sources import SourceError
 
-    key_path = _key_path(config)
+    key_path = key_path_of(config)
     if is_inside(key_path, out):
         fail(f"the pseudonymisation key {shown(key_path)} must be kept outside --out {shown(out)}")
     try:
@@ -71,7 +72,7 @@ def open_checked(config: BuildConfig, out: Path) -> list:
 def create_key(config: BuildConfig) -> None:
     from medgrit.adapters.runtime.keys import load_or_create_key
 
-    key_path = _key_path(config)
+    key_path = key_path_of(config)
     try:
         load_or_create_key(key_path)
     except (OSError, ValueError) as exc:
@@ -87,18 +88,19 @@ def holds_more_than_locks(folder: Path) -> bool:
     return any(entry.name not in _LOCK_FILES for entry in folder.iterdir())
 
 
-def check_out(out: Path, source_roots: list[Path], overwrite: bool) -> bool:
-    """Check --out before anything is written; True when it holds a dataset to replace."""
+def check_out(out: Path, source_roots: list[Path], overwrite: bool, flag: str = "--out") -> bool:
+    """Check --out before anything is written; True when it holds a dataset to replace.
+
+    ``flag`` names ``out`` in the messages (``config.out`` for a deployment of ``serve``).
+    """
     from medgrit.adapters.runtime.keys import is_inside
     from medgrit.adapters.store.dataset_dir import foreign_entries, is_medgrit_dataset
 
-    existing = out
-    while not existing.exists() and not existing.is_symlink() and existing != existing.parent:
-        existing = existing.parent
+    existing = nearest_existing(out)
     if existing.exists() and not existing.is_dir():
         if existing == out:
-            fail(f"--out {shown(out)} is a file, not a folder")
-        fail(f"--out {shown(out)} lies under {shown(existing)}, which is a file, not a folder")
+            fail(f"{flag} {shown(out)} is a file, not a folder")
+        fail(f"{flag} {shown(out)} lies under {shown(existing)}, which is a file, not a folder")
     for root in source_roots:
         if is_inside(out, root) or is_inside(root, out):
             relation = (
@@ -107,19 +109,26 @@ def check_out(out: Path, source_roots: list[Path], overwrite: bool) -> bool:
                 else ("lies inside" if is_inside(out, root) else "contains")
             )
             fail(
-                f"--out {shown(out)} {relation} the source folder {shown(root)}; "
+                f"{flag} {shown(out)} {relation} the source folder {shown(root)}; "
                 "write the dataset to another folder (sources are never written)"
             )
     for parent in out.resolve().parents:
         if is_medgrit_dataset(parent):
             fail(
-                f"--out {shown(out)} lies inside the dataset {shown(parent)}; "
+                f"{flag} {shown(out)} lies inside the dataset {shown(parent)}; "
                 "choose a folder outside it"
             )
+    # A folder to be made must be makeable (root ignores permission bits; /proc takes nothing).
+    problem = folder_problem(out) if existing == out else creation_problem(existing)
+    if problem is not None:
+        where = "" if existing == out else f" in {shown(existing)}"
+        fail(f"{flag} {shown(out)} cannot be written{where}: {problem}; choose another folder")
     if not (out.is_dir() and holds_more_than_locks(out)):
         return False
     if not is_medgrit_dataset(out):
-        fail(f"--out {shown(out)} is not empty and holds no medgrit dataset; choose another folder")
+        fail(
+            f"{flag} {shown(out)} is not empty and holds no medgrit dataset; choose another folder"
+        )
     if not overwrite:
         # Built again with the same settings: finished shards are kept and the cases the
         # sources gained are added; other settings are refused by the build itself.
@@ -130,7 +139,7 @@ def check_out(out: Path, source_roots: list[Path], overwrite: bool) -> bool:
             f" and {len(foreign) - 3} more" if len(foreign) > 3 else ""
         )
         fail(
-            f"--out {shown(out)} holds files medgrit did not write ({listed}); "
+            f"{flag} {shown(out)} holds files medgrit did not write ({listed}); "
             "move them out, or choose another folder"
         )
     return True
@@ -140,10 +149,29 @@ def check_out(out: Path, source_roots: list[Path], overwrite: bool) -> bool:
 writing: list[tuple[Path, str]] = []
 
 
+def check_dataset_folders(out: Path) -> None:
+    """Refuse, in one line naming it, a folder of the dataset ``out`` that a build or resume
+    could not write into (read-only, a file or a broken link where a table folder must be), so
+    that it fails here rather than shard by shard once the work has started."""
+    from medgrit.adapters.store.dataset_dir import RECORDS_DIR, TABLE_DIRS
+
+    for name in ("", *TABLE_DIRS, RECORDS_DIR, "llm", "llm/cache"):
+        folder = out / name if name else out
+        problem = folder_problem(folder)
+        if problem is not None:
+            where = f"{shown(folder)} in the dataset {shown(out)}" if name else shown(out)
+            fail(
+                f"cannot write to {where}: {problem}; "
+                "make it a writable folder, then run the command again"
+            )
+
+
 def take_out(out: Path, stack: ExitStack, mode: str) -> None:
-    """Create --out (when missing) and hold its writer lock until ``stack`` closes."""
+    """Create --out (when missing) and hold its writer lock until ``stack`` closes; first check
+    that the folders of the dataset in it can be written."""
     from medgrit.adapters.store.dataset_dir import DatasetBusy, hold_dataset
 
+    check_dataset_folders(out)
     if not writing:
         writing.append((out, mode))
     created = not out.exists()

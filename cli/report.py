@@ -1,31 +1,26 @@
 """``medgrit report DIR --out report.html``: one self-contained HTML page about a dataset.
 
 User errors (DIR is not a medgrit dataset, --out is a folder or cannot be written, --out lies
-inside DIR) are one line and exit code 2, checked before anything is read; the page is written
-to a temporary file and renamed, so a failed run leaves nothing half-written.
+inside DIR, --out exists and --overwrite was not given) are one line and exit code 2, checked
+before anything is read; the page is written to a temporary file and renamed, so a failed run
+leaves nothing half-written.
 """
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
 from medgrit.cli.messages import fail, fail_unreadable_tables, reason_of, shown
+from medgrit.cli.outputs import check_output
 
 
-def _check_target(out: Path, dataset: Path) -> None:
-    if out.is_dir():
-        fail(f"--out {shown(out)} is a folder; give a file name, e.g. {shown(out / 'report.html')}")
-    parent = out.parent
-    if not parent.exists():
-        fail(f"--out {shown(out)}: the folder {shown(parent)} does not exist; create it first")
-    if not parent.is_dir():
-        fail(f"--out {shown(out)} lies under {shown(parent)}, which is a file, not a folder")
-    if not os.access(parent, os.W_OK | os.X_OK):
-        fail(f"--out {shown(out)}: the folder {shown(parent)} is not writable; choose another")
+def _check_target(out: Path, dataset: Path, overwrite: bool) -> None:
+    check_output(out, "--out", "file")
+    if out.exists() and not overwrite:
+        fail(f"--out {shown(out)} exists; give --overwrite to replace it, or another file name")
     resolved, root = out.resolve(), dataset.resolve()
     if resolved == root or root in resolved.parents:
         fail(
@@ -43,6 +38,9 @@ def report(
         int, typer.Option(min=0, help="Gallery size: images shown with boxes and conversation.")
     ] = 8,
     seed: Annotated[int, typer.Option(help="Seed of the gallery's choice of images.")] = 0,
+    overwrite: Annotated[
+        bool, typer.Option(help="Replace --out when it exists (else an existing file is refused).")
+    ] = False,
 ) -> None:
     """Write a self-contained HTML report of a dataset: counts, labels, boxes, a gallery.
 
@@ -59,15 +57,16 @@ def report(
         fail(f"{shown(dataset)} is not a folder; give a dataset directory")
     if not is_medgrit_dataset(dataset):
         fail(f"{shown(dataset)} is not a medgrit dataset (no medgrit dataset.json in it)")
-    _check_target(out, dataset)
+    _check_target(out, dataset, overwrite)
 
     from pyarrow import ArrowException
 
     from medgrit.adapters.report.html import write_report
+    from medgrit.adapters.store.parquet import MissingPart
 
     try:
         written = write_report(dataset, out, samples=samples, seed=seed)
-    except ManifestError as exc:
+    except (ManifestError, MissingPart) as exc:
         fail(str(exc))
     except ArrowException as exc:
         fail_unreadable_tables(dataset, exc)

@@ -6,7 +6,9 @@ connects to Prefect: a problem is one line naming the field by its path
 (``deployments[0].config.plane: ...``) and exit code 2. A dataset folder that already holds a
 medgrit dataset of the same settings is fine: each scheduled run builds into it again and adds
 what is new. ``--prefect-yaml FILE`` writes the same deployments as a ``prefect.yaml`` for
-``prefect deploy --all`` and a work pool instead, and serves nothing.
+``prefect deploy --all`` and a work pool instead, and serves nothing; it checks each deployment
+the same way first, so a file that names a missing source or a folder that cannot be written is
+never written.
 """
 
 from __future__ import annotations
@@ -19,8 +21,8 @@ import typer
 from pydantic import ValidationError
 
 from medgrit.cli.configfile import invalid_config, parse_config_file
-from medgrit.cli.messages import fail, reason_of, shown
-from medgrit.cli.preflight import check_out, create_key, open_checked
+from medgrit.cli.messages import fail, reason_of, shown, speaking_of
+from medgrit.cli.preflight import check_dataset_folders, check_out, create_key, open_checked
 from medgrit.schemas.service import ServiceConfig
 
 
@@ -47,29 +49,34 @@ def load_service_config(path: Path) -> ServiceConfig:
     return service
 
 
-def _check_deployment(where: str, service: ServiceConfig, i: int) -> None:
-    """The checks of ``medgrit build`` for one deployment, except that an existing dataset of
-    the same settings is welcome (each run builds into it again)."""
+def check_deployment(where: str, service: ServiceConfig, i: int) -> None:
+    """The checks of ``medgrit build`` for one deployment (its sources, its key, its ``out``:
+    a folder that can be written, outside every source), each problem one line naming the
+    deployment; an existing dataset of the same settings is welcome (each run builds into it
+    again) when its folders can be written."""
     from medgrit.adapters.store.bookkeeping import content_config, read_dataset
     from medgrit.adapters.store.manifest import ManifestError
 
-    config = service.deployments[i].config
+    deployment = service.deployments[i]
+    config = deployment.config
     out = Path(config.out)
-    opened = open_checked(config, out)
-    if not check_out(out, [Path(s.root) for s in opened], overwrite=True):
-        return
-    try:
-        built = read_dataset(out)["config"]
-    except (ManifestError, KeyError, TypeError):
-        fail(f"{shown(out)}/dataset.json holds no valid build config")
-    ours = content_config(config.model_dump(mode="json"))
-    theirs = content_config(built) if isinstance(built, dict) else {}
-    differ = sorted(k for k in ours.keys() | theirs.keys() if ours.get(k) != theirs.get(k))
-    if differ:
-        fail(
-            f"{where}: deployments[{i}].config: {shown(out)} holds a dataset built with other "
-            f"settings ({', '.join(differ)}); give those settings or another folder"
-        )
+    with speaking_of(f"{where}: deployments[{i}] ({deployment.name})"):
+        opened = open_checked(config, out)
+        if not check_out(out, [Path(s.root) for s in opened], overwrite=True, flag="config.out"):
+            return
+        try:
+            built = read_dataset(out)["config"]
+        except (ManifestError, KeyError, TypeError):
+            fail(f"{shown(out)}/dataset.json holds no valid build config")
+        ours = content_config(config.model_dump(mode="json"))
+        theirs = content_config(built) if isinstance(built, dict) else {}
+        differ = sorted(k for k in ours.keys() | theirs.keys() if ours.get(k) != theirs.get(k))
+        if differ:
+            fail(
+                f"config.out {shown(out)} holds a dataset built with other settings "
+                f"({', '.join(differ)}); give those settings or another folder"
+            )
+        check_dataset_folders(out)
 
 
 def _check_server() -> str:
@@ -146,6 +153,8 @@ def serve(
     """Serve scheduled builds from a config file (needs a Prefect server: PREFECT_API_URL)."""
     service = load_service_config(config)
     if prefect_yaml is not None:
+        for i in range(len(service.deployments)):
+            check_deployment(shown(config), service, i)
         write_prefect_yaml(service, config, prefect_yaml)
         typer.echo(
             f"{shown(prefect_yaml)} written ({len(service.deployments)} deployment(s)); deploy "
@@ -154,7 +163,7 @@ def serve(
         return
     url = _check_server()
     for i in range(len(service.deployments)):
-        _check_deployment(shown(config), service, i)
+        check_deployment(shown(config), service, i)
     _check_reachable(url)
     for deployment in service.deployments:
         create_key(deployment.config)

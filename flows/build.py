@@ -42,6 +42,7 @@ from medgrit.adapters.store.bookkeeping import (  # noqa: E402
 from medgrit.adapters.store.dataset_dir import DatasetBusy  # noqa: E402
 from medgrit.adapters.store.manifest import ManifestError  # noqa: E402
 from medgrit.core.fsnames import escape_name  # noqa: E402
+from medgrit.core.markdown import escape_markdown  # noqa: E402
 from medgrit.flows.dashboard import (  # noqa: E402
     BuildDashboard,
     build_run_name,
@@ -142,8 +143,8 @@ def build_dataset(
     def publish(summary: str) -> None:
         create_markdown_artifact(
             key="medgrit-build-summary",
-            markdown=escape_name(_with_lines(summary, dashboard.summary_lines(config.out))),
-            description=f"medgrit build of {shown}",
+            markdown=summary_markdown(summary, dashboard, config.out),
+            description=f"medgrit build of {escape_markdown(shown)}",
         )
 
     try:
@@ -169,6 +170,7 @@ def build_dataset(
         DatasetMismatch,
         LLMEndpointError,
         ManifestError,
+        OSError,  # the disk or a folder of the dataset: infrastructure, said in one line
     ) as exc:
         # An expected end, not a crash: the run is Failed with this message and no
         # traceback; calling the flow still raises ``exc``.
@@ -178,6 +180,13 @@ def build_dataset(
             dashboard.flush()  # a stopped or broken build shows where it ended
         except Exception as exc:  # noqa: BLE001 - as run_build treats its hook
             logger.warning("progress not published: %s", escape_name(str(exc))[:200])
+
+
+def summary_markdown(summary: str, dashboard: BuildDashboard, out: str) -> str:
+    """The build summary artifact: ``render_summary``'s Markdown with the dashboard's lines (a
+    link to the dataset folder, this run's shards) after its shard count. Both escape what
+    they show of the dataset's path."""
+    return escape_name(_with_lines(summary, dashboard.summary_lines(out)))
 
 
 def _with_lines(summary: str, lines: list[str]) -> str:

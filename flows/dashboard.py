@@ -37,6 +37,7 @@ from pathlib import Path  # noqa: E402
 from typing import Any, Protocol  # noqa: E402
 from uuid import UUID  # noqa: E402
 
+from medgrit.core.markdown import escape_cells, escape_markdown  # noqa: E402
 from medgrit.schemas.config import BuildConfig  # noqa: E402
 
 TASKS = ("VG", "ROC", "RC", "MIA")
@@ -136,9 +137,16 @@ def tag_flow_run(tags: list[str]) -> None:
 class _QuietTaskEngine(logging.Filter):
     """Drops the task engine's per-task "Created task run" and "Finished in state Completed"
     lines: a 400-shard build would log hundreds of them beside run_build's own line per shard.
-    Retries and failures (and anything at WARNING or above) still show."""
+    Retries and failures (and anything at WARNING or above) still show.
+
+    A shard that failed on an ``OSError`` (the disk, a folder of the dataset) shows as its one
+    line, which names the error, without the traceback: it is infrastructure, not a bug, and
+    the build ends with one line saying what failed and how to resume."""
 
     def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and isinstance(record.exc_info[1], OSError):
+            record.exc_info = None
+            record.exc_text = None
         if record.levelno >= logging.WARNING:
             return True
         message = record.getMessage()
@@ -354,7 +362,11 @@ class ArtifactSink(Protocol):
 
 class PrefectArtifacts:
     """Artifacts of the running flow: one progress artifact per run, created and then updated;
-    tables created anew under their key (a new version each time)."""
+    tables created anew under their key (a new version each time).
+
+    The Prefect UI renders descriptions and a table's string cells as Markdown: both are
+    escaped here (:mod:`medgrit.core.markdown`), so the sink's callers pass plain text.
+    """
 
     def __init__(self) -> None:
         self._progress_ids: dict[str, UUID] = {}
@@ -365,15 +377,15 @@ class PrefectArtifacts:
         known = self._progress_ids.get(key)
         if known is None:
             self._progress_ids[key] = create_progress_artifact(
-                percent, key=key, description=description
+                percent, key=key, description=escape_markdown(description)
             )
         else:
-            update_progress_artifact(known, percent, description=description)
+            update_progress_artifact(known, percent, description=escape_markdown(description))
 
     def table(self, key: str, rows: list[dict[str, Any]], description: str) -> None:
         from prefect.artifacts import create_table_artifact
 
-        create_table_artifact(rows, key=key, description=description)
+        create_table_artifact(escape_cells(rows), key=key, description=escape_markdown(description))
 
 
 class BuildDashboard:
@@ -456,9 +468,10 @@ class BuildDashboard:
             self.sink.table(self.keys.llm, tally.llm_table(), f"LLM requests and spend, {where}")
 
     def summary_lines(self, out: str | Path) -> list[str]:
-        """Markdown lines for the build summary: a link to the dataset and this run's shards."""
+        """Markdown lines for the build summary: a link to the dataset and this run's shards
+        (the folder's name escaped, its URI percent-encoded)."""
         folder = Path(out).absolute()
-        lines = [f"- dataset folder: [{folder}]({folder.as_uri()})"]
+        lines = [f"- dataset folder: [{escape_markdown(str(folder))}]({folder.as_uri()})"]
         if self.tally is not None:
             t = self.tally
             lines.append(

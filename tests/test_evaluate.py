@@ -306,3 +306,22 @@ def test_a_reference_box_that_is_not_finite_is_refused() -> None:
 
     with pytest.raises(ValueError, match="not four finite numbers"):
         reference_boxes("<ref>a</ref><box>(1,2),(3,inf)</box>")
+
+
+def test_cli_checks_the_json_path_before_scoring(tmp_path: Path, medgrit_offline) -> None:
+    src = write_jsonl(tmp_path / "p.jsonl", [line("ct", "liver", "liver", 0, task="ROC")])
+    a_file = tmp_path / "a-file"
+    a_file.write_text("mine")
+    cases = (
+        (tmp_path / "missing" / "s.json", "the folder"),
+        (a_file / "s.json", "which is a file"),
+        (tmp_path, "is a folder"),
+        (Path("/proc/s.json"), "the folder /proc is not writable"),
+    )
+    for target, words in cases:
+        done = medgrit_offline("evaluate", str(src), "--json", str(target))
+        assert done.returncode == 2, done.stderr
+        lines = done.stderr.strip().splitlines()
+        assert len(lines) == 1 and f"--json {target}" in lines[0] and words in lines[0], lines
+        assert done.stdout == ""  # nothing was scored
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a-file", "p.jsonl"]

@@ -10,6 +10,8 @@ from __future__ import annotations
 import json
 import re
 import shutil
+import subprocess
+import sys
 from collections import Counter
 from pathlib import Path
 
@@ -289,6 +291,82 @@ def test_hf_card_names_splits_counts_sources_and_licences(exported: dict, datase
     assert str(dataset) not in card  # no local paths in a card meant for publishing
 
 
+EVIL_NAME = "Evil | name\n# heading <img src=x onerror=alert(1)>"
+EVIL_LICENCE = "[free](javascript:alert(1)) \x1b[31m| CC0\n---\nlicense: ["
+
+
+def test_hf_card_shows_hostile_names_and_licences_inert(dataset: Path) -> None:
+    import dataclasses
+
+    import yaml
+    from markdown_it import MarkdownIt
+
+    from medgrit.adapters.export.hf import dataset_card
+    from medgrit.core.markdown import printable_text
+
+    records = read_records(dataset)
+    manifest = json.loads(json.dumps(records.manifest))
+    first = manifest["sources"][0]
+    old = first["dataset"]
+    first["dataset"] = EVIL_NAME
+    first["datasets"] = {EVIL_NAME: first["datasets"][old]}
+    overall = "<script>alert(1)</script>\n# Licence: MIT: {a: [b"
+    card = dataset_card(
+        dataclasses.replace(records, manifest=manifest), overall, {EVIL_NAME: EVIL_LICENCE}
+    )
+
+    _, front, body = card.split("---\n", 2)
+    meta = yaml.safe_load(front)
+    assert meta["license"] == "other" and meta["configs"][0]["config_name"] == "default"
+
+    md = MarkdownIt("commonmark").enable(["table", "strikethrough"])
+    md.validateLink = lambda url: True  # a javascript: link would render: none may form
+    tokens = md.parse(body)
+    headings = [tokens[i + 1].content for i, t in enumerate(tokens) if t.type == "heading_open"]
+    assert headings == [
+        "Med-GRIT-style refer-and-ground dataset",
+        "Counts (images, and QA pairs per task)",
+        "Sources",
+        "Build config",
+    ]
+    assert not [t for t in tokens if t.type == "html_block"]
+    inline = [t for t in tokens if t.type == "inline"]
+    assert {c.type for t in inline for c in t.children or []} <= {"text", "code_inline"}
+
+    def cells(table: int) -> list[list[str]]:
+        opens = [i for i, t in enumerate(tokens) if t.type == "table_open"]
+        end = next(i for i, t in enumerate(tokens) if t.type == "table_close" and i > opens[table])
+        rows: list[list[str]] = []
+        for t in tokens[opens[table] : end]:
+            if t.type == "tr_open":
+                rows.append([])
+            elif t.type == "inline":
+                rows[-1].append("".join(c.content for c in t.children or []))
+        return rows
+
+    sources = cells(1)
+    assert sources[0] == ["dataset", "kind", "modalities", "cases", "licence"]
+    assert len(sources) == 1 + len(manifest["sources"]) and {len(r) for r in sources} == {5}
+    assert sources[1][0] == printable_text(EVIL_NAME)
+    assert sources[1][4] == printable_text(EVIL_LICENCE)
+    assert f"Licence: {printable_text(overall)}." in [
+        "".join(c.content for c in t.children or []) for t in inline
+    ]
+    assert "\x1b" not in card
+
+
+def test_a_licence_for_an_unknown_source_is_refused(
+    medgrit_offline, dataset: Path, tmp_path: Path
+) -> None:
+    target = tmp_path / "hf"
+    result = medgrit_offline(
+        "export", str(dataset), "-f", "hf", "--license", "nosuch=MIT", "--out", str(target)
+    )
+    line = _one_error_line(result)
+    assert "nosuch" in line and "SyntheticCTPhantom" in line  # the unknown and the known names
+    assert not target.exists() and not list(tmp_path.iterdir())
+
+
 def test_own_tables_load_with_datasets(dataset: Path, tmp_path: Path) -> None:
     datasets = pytest.importorskip("datasets")
     files = sorted(str(p) for p in (dataset / "images").glob("part-*.parquet"))
@@ -376,6 +454,22 @@ def test_user_errors_are_one_line_and_write_nothing(
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporaries left
 
 
+def test_an_out_that_cannot_be_written_is_refused_before_the_dataset_is_read(
+    medgrit_offline, dataset: Path, tmp_path: Path
+) -> None:
+    a_file = tmp_path / "a-file"
+    a_file.write_text("mine")
+    for command, name in (("export", "bird"), ("predict-baseline", "p.jsonl")):
+        for out, words in (
+            (a_file / "deeper" / name, f"lies under {a_file}, which is a file"),
+            (Path("/proc/medgrit-test") / name, "the folder /proc is not writable"),
+        ):
+            args = ["-f", "bird"] if command == "export" else []
+            line = _one_error_line(medgrit_offline(command, str(dataset), *args, "--out", str(out)))
+            assert f"--out {out}" in line and words in line, line
+    assert [p.name for p in tmp_path.iterdir()] == ["a-file"]
+
+
 def test_export_command_writes_into_an_empty_folder(
     medgrit_offline, dataset: Path, tmp_path: Path
 ) -> None:
@@ -404,3 +498,89 @@ def test_a_damaged_table_part_is_one_line_for_every_reader(
         message = _one_error_line(medgrit_offline(*args))
         assert "not readable Parquet" in message and "medgrit validate" in message, args
     assert not (tmp_path / "bird").exists() and not (tmp_path / "r.html").exists()
+
+
+# A writer that dies by SIGKILL where it stands: in mid-export (its format writer has written a
+# file of the staging folder) and in mid-baseline (the staging file is whole, not yet renamed).
+_KILLED_WRITER = """
+import os, sys
+from pathlib import Path
+from medgrit.adapters.export import write
+
+def killed(records, folder, options):
+    (folder / "train.json").write_text("half a file")
+    os.kill(os.getpid(), 9)
+
+write.FORMATS["bird"] = killed
+os.replace = lambda *args: os.kill(os.getpid(), 9)
+dataset, out, kind = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3]
+if kind == "export":
+    write.export_dataset(dataset, "bird", out)
+else:
+    write.write_predictions(dataset, out, ["VG"])
+"""
+
+# A writer that is alive while the test runs: it says so once its staging folder holds a file,
+# then waits for its stdin to close.
+_LIVE_WRITER = """
+import sys
+from pathlib import Path
+from medgrit.adapters.export import write
+
+def waiting(records, folder, options):
+    (folder / "train.json").write_text("[]")
+    print("writing", flush=True)
+    sys.stdin.read()
+    return {}
+
+write.FORMATS["bird"] = waiting
+write.export_dataset(Path(sys.argv[1]), "bird", Path(sys.argv[2]))
+"""
+
+
+def test_an_export_killed_outright_leaves_nothing_the_next_one_keeps(
+    medgrit_offline, dataset: Path, tmp_path: Path
+) -> None:
+    left: list[str] = []
+    for kind, out in (("export", tmp_path / "bird"), ("baseline", tmp_path / "p.jsonl")):
+        killed = subprocess.run(
+            [sys.executable, "-c", _KILLED_WRITER, str(dataset), str(out), kind],
+            capture_output=True,
+            timeout=120,
+            check=False,
+        )
+        assert killed.returncode == -9, killed.stderr
+        # Only the staging of the writer just killed: each writer removes those before it.
+        (staging,) = [p.name for p in tmp_path.iterdir()]
+        assert staging.startswith(f".{out.name}.") and staging not in left
+        left.append(staging)
+    # Another machine's export (on a shared folder) may be alive whatever our process table says.
+    elsewhere = tmp_path / ".x.export.tmp-another.host~4194305~abcd1234"
+    elsewhere.mkdir()
+    live = subprocess.Popen(
+        [sys.executable, "-c", _LIVE_WRITER, str(dataset), str(tmp_path / "other")],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert live.stdout.readline() == "writing\n"
+        (writing,) = [p for p in tmp_path.iterdir() if p.name not in [*left, elsewhere.name]]
+        result = medgrit_offline(
+            "export", str(dataset), "-f", "llava", "--out", str(tmp_path / "l")
+        )
+        assert result.returncode == 0, result.stderr
+        kept = sorted(["l", writing.name, elsewhere.name])
+        assert sorted(p.name for p in tmp_path.iterdir()) == kept
+        result = medgrit_offline(
+            "predict-baseline", str(dataset), "--out", str(tmp_path / "b.jsonl")
+        )
+        assert result.returncode == 0, result.stderr
+        assert (writing / "train.json").read_text() == "[]"  # a live writer's work is kept
+    finally:
+        live.stdin.close()
+        live.wait(timeout=120)
+    assert live.returncode == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        ["b.jsonl", "l", "other", elsewhere.name]
+    )

@@ -392,6 +392,86 @@ def test_read_only_out_is_one_line_and_writes_nothing(
     assert result.stdout.strip().splitlines()[-1] == "0"
 
 
+def test_a_folder_of_the_dataset_that_cannot_be_written_is_one_line_before_any_work(
+    ct_source: Path, reference: Path, cli_env: dict[str, str], tmp_path: Path
+) -> None:
+    out = tmp_path / "ds"
+    shutil.copytree(reference, out)
+    manifest = json.loads((out / "dataset.json").read_text())
+    manifest["shards"][-1]["status"] = "failed"  # one shard left to build
+    (out / "dataset.json").write_text(json.dumps(manifest))
+    exe = shlex.quote(shutil.which("medgrit") or "medgrit")
+    ds = shlex.quote(str(out))
+    resume = f"{exe} resume {ds}"
+    build = f"{exe} build nnunet:{shlex.quote(str(ct_source))} --out {ds} --cases-per-shard 1"
+    cases = (  # a read-only mount binds root too; "file" and "link" take the folder's place
+        ("", "read-only", resume, "Read-only file system"),
+        ("images", "read-only", resume, "Read-only file system"),
+        ("shards", "read-only", build, "Read-only file system"),
+        ("regions", "file", resume, "it is a file, not a folder"),
+        ("conversations", "link", build, "it is a symbolic link that cannot be followed"),
+    )
+    for folder, how, command, reason in cases:
+        path, aside = (out / folder if folder else out), tmp_path / folder
+        if how == "file":
+            path.rename(aside)
+            path.write_text("")
+        elif how == "link":
+            path.rename(aside)
+            path.symlink_to(tmp_path / "gone")
+        before = _contents(out)
+        target = shlex.quote(str(path))
+        mount = f"mount --bind {target} {target}; mount -o remount,bind,ro {target}"
+        script = f"""
+            {mount if how == "read-only" else ""}
+            set +e
+            {command}
+            echo "exit=$?"
+        """
+        result = _in_namespace(script, cli_env)
+        assert "exit=2" in result.stdout, (folder, result.stderr[-3000:])
+        line = _one_line(result)
+        where = f"{path} in the dataset {out}" if folder else str(out)
+        assert f"cannot write to {where}: {reason}" in line, line
+        assert _contents(out) == before
+        if how != "read-only":
+            path.unlink()
+            aside.rename(path)
+
+
+def test_a_part_that_cannot_be_written_during_the_build_is_one_line(
+    reference: Path, medgrit, tmp_path: Path
+) -> None:
+    out = tmp_path / "ds"
+    shutil.copytree(reference, out)
+    manifest = json.loads((out / "dataset.json").read_text())
+    lost = manifest["shards"][-1]
+    lost["status"] = "failed"
+    for rel in lost["files"]:
+        (out / rel).unlink()
+    (out / "images" / f"part-{lost['id']}.parquet").mkdir()  # the part cannot be put in place
+    (out / "dataset.json").write_text(json.dumps(manifest))
+    result = medgrit("resume", str(out))
+    assert result.returncode == 1, result.stderr[-3000:]
+    line = _one_line(result)
+    assert f"1 shard(s) failed ({lost['id']})" in line and "medgrit resume" in line
+    assert "IsADirectoryError" in result.stderr  # the shard's own line says why
+
+
+def test_a_manifest_that_cannot_be_written_is_one_line(
+    reference: Path, medgrit, tmp_path: Path
+) -> None:
+    out = tmp_path / "ds"
+    shutil.copytree(reference, out)
+    lock = out / ".dataset.json.lock"
+    lock.unlink(missing_ok=True)
+    lock.mkdir()  # the manifest's update lock cannot be opened
+    result = medgrit("resume", str(out))
+    assert result.returncode == 1, result.stderr[-3000:]
+    line = _one_line(result)
+    assert f"Is a directory ({lock})" in line and "medgrit resume" in line, line
+
+
 def test_a_demo_folder_holding_something_else_is_never_replaced(
     medgrit_offline, tmp_path: Path
 ) -> None:

@@ -258,6 +258,28 @@ def test_user_errors_are_one_line_and_exit_2(
     assert not (dataset / "r.html").exists()
 
 
+def test_an_existing_file_is_replaced_only_with_overwrite(
+    medgrit_offline, dataset: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "r.html"
+    out.write_text("my notes")
+    result = medgrit_offline("report", str(dataset), "--out", str(out), "--samples", "1")
+    assert result.returncode == 2, result.stderr
+    (line,) = result.stderr.strip().splitlines()
+    assert f"--out {out} exists; give --overwrite" in line
+    assert out.read_text() == "my notes"
+    result = medgrit_offline("report", str(dataset), "--out", "/proc/r.html", "--samples", "1")
+    assert result.returncode == 2, result.stderr
+    (line,) = result.stderr.strip().splitlines()
+    assert "--out /proc/r.html: the folder /proc is not writable" in line, line
+    result = medgrit_offline(
+        "report", str(dataset), "--out", str(out), "--samples", "1", "--overwrite"
+    )
+    assert result.returncode == 0, result.stderr
+    assert len(_parse(out.read_text(encoding="utf-8")).samples) == 1
+    assert [p.name for p in tmp_path.iterdir()] == ["r.html"]
+
+
 def test_samples_cover_each_modality_whatever_the_row_order() -> None:
     ids = [f"img{i:03d}" for i in range(60)]
     mods = ["ct"] * 40 + ["mr"] * 15 + ["xray"] * 5

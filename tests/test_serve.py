@@ -151,6 +151,38 @@ def test_sources_and_out_are_checked_like_build(tmp_path: Path) -> None:
     assert done.returncode == 2 and "lies inside the source folder" in done.stderr
 
 
+@pytest.mark.parametrize(
+    ("problem", "expected"),
+    [
+        ("missing source", "source path does not exist"),
+        ("out inside the source", "lies inside the source folder"),
+        ("out in /proc", "config.out /proc/medgrit-serve-test/ds cannot be written in /proc"),
+        ("out is a file", "is a file, not a folder"),
+    ],
+)
+def test_every_deployment_is_checked_like_build_when_served_or_written(
+    tmp_path: Path, problem: str, expected: str
+) -> None:
+    env = {**_offline_env(tmp_path), "PREFECT_API_URL": "http://127.0.0.1:9/api"}
+    good = _images(tmp_path / "good-src", ["c0"])
+    (tmp_path / "a-file").write_text("mine")
+    source, out = {
+        "missing source": (tmp_path / "missing", "ds"),
+        "out inside the source": (good, "good-src/ds"),
+        "out in /proc": (good, "/proc/medgrit-serve-test/ds"),
+        "out is a file": (good, "a-file"),
+    }[problem]
+    path = _write(tmp_path / "s.yaml", _service_yaml([("a", good, "a-ds"), ("b", source, out)]))
+    for extra in ([], ["--prefect-yaml", str(tmp_path / "prefect.yaml")]):
+        done = run_cli("serve", str(path), *extra, env=env, timeout=120)
+        assert done.returncode == 2, (extra, done.stderr)
+        (line,) = done.stderr.strip().splitlines()
+        assert line.startswith(f"medgrit: error: {path}: deployments[1] (b): "), line
+        assert expected in line, line
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a-file", "good-src", "s.yaml"]
+    assert (tmp_path / "a-file").read_text() == "mine"
+
+
 def test_relative_paths_are_relative_to_the_config_file(tmp_path: Path) -> None:
     from medgrit.cli.serve import load_service_config
 
@@ -166,12 +198,14 @@ def test_relative_paths_are_relative_to_the_config_file(tmp_path: Path) -> None:
     assert deployment.all_tags == ["medgrit"]
 
 
-def test_the_committed_prefect_yaml_is_what_the_example_gives(tmp_path: Path) -> None:
+def test_the_committed_prefect_yaml_is_what_the_example_gives(
+    tmp_path: Path, demo_dir: Path
+) -> None:
     written = tmp_path / "prefect.yaml"
     shutil.copytree(ROOT / "examples", tmp_path / "examples")
     done = subprocess.run(
         [MEDGRIT, "serve", "examples/service.toml", "--prefect-yaml", "prefect.yaml"],
-        env=_offline_env(tmp_path),
+        env={**_offline_env(tmp_path), "MEDGRIT_DEMO_DIR": str(demo_dir)},  # its demo source
         cwd=tmp_path,
         capture_output=True,
         text=True,

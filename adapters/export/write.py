@@ -1,12 +1,16 @@
 """Run one export or the baseline into a temporary folder or file next to ``--out``, then rename.
 
-Nothing half-written is left at ``--out``: the work goes to ``.{name}.export-{pid}`` beside it,
-which is removed when anything fails, and is renamed into place only once complete.
+Nothing half-written is left at ``--out``: the work goes to ``.{name}.export.tmp-{host}~{pid}~
+{token}`` beside it (the dataset folder's :func:`temp_suffix`), which is removed when anything
+fails, and is renamed into place only once complete. A writer killed outright (``kill -9``) cannot
+remove its own, so each writer first removes those of this host's processes that are gone; one
+of a live process, or of another machine, is never touched.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import shutil
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -19,6 +23,7 @@ from medgrit.adapters.export.llava import write_llava
 from medgrit.adapters.export.qwen2vl import write_qwen2vl
 from medgrit.adapters.export.records import DatasetRecords, read_records
 from medgrit.adapters.export.trl import write_trl
+from medgrit.adapters.store.dataset_dir import is_left_by_dead_process, temp_suffix
 
 
 @dataclass(frozen=True)
@@ -42,8 +47,31 @@ FORMATS: dict[str, Writer] = {
 }
 
 
+_STAGING = re.compile(r"^\..+\.export\.tmp-.+$")
+
+
 def _temporary(out: Path) -> Path:
-    return out.parent / f".{out.name}.export-{os.getpid()}"
+    return out.parent / f".{out.name}.export{temp_suffix()}"
+
+
+def remove_stale_staging(folder: Path) -> list[str]:
+    """Remove the staging folders and files that killed writers left in ``folder``; returns
+    their names."""
+    try:
+        with os.scandir(folder) as entries:
+            stale = [e for e in entries if _STAGING.match(e.name)]
+    except OSError:
+        return []  # no folder yet: nothing was left there
+    removed = []
+    for entry in stale:
+        if not is_left_by_dead_process(entry.name):
+            continue
+        if entry.is_dir(follow_symlinks=False):
+            shutil.rmtree(entry.path, ignore_errors=True)
+        else:
+            Path(entry.path).unlink(missing_ok=True)
+        removed.append(entry.name)
+    return removed
 
 
 def export_dataset(
@@ -61,8 +89,8 @@ def export_dataset(
     writer = FORMATS[fmt]
     records = read_records(dataset)
     out.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_staging(out.parent)
     staging = _temporary(out)
-    shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir()
     try:
         counts = writer(records, staging, options)
@@ -83,6 +111,7 @@ def write_predictions(dataset: Path, out: Path, tasks: Sequence[str]) -> int:
     """
     lines = baseline_lines(read_records(dataset), tasks)
     out.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_staging(out.parent)
     staging = _temporary(out)
     try:
         staging.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
