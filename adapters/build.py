@@ -65,7 +65,13 @@ from medgrit.core.pipeline import (
     build_vocabulary,
     count_case_images,
 )
-from medgrit.core.sharding import PlanConflict, RecordedPlan, extend_plan, plan_build
+from medgrit.core.sharding import (
+    PlanConflict,
+    RecordedPlan,
+    RetiredShard,
+    extend_plan,
+    plan_build,
+)
 from medgrit.core.summary import shard_stats
 from medgrit.schemas.config import BuildConfig, LLMConfig
 
@@ -132,7 +138,7 @@ class PreparedBuild:
     generations: dict[str, int] = field(default_factory=dict)
     new_cases: int = 0
     rebuilt: int = 0
-    retired: tuple[dict, ...] = ()
+    retired: tuple[RetiredShard, ...] = ()
     recorded_vocabularies: dict[int, tuple[str, ...]] = field(default_factory=dict)
 
     def vocabularies(self) -> dict[int, tuple[str, ...]]:
@@ -710,7 +716,7 @@ def _run_locked(
     vocabularies = prepared.vocabularies()
     retired = [
         *((previous or {}).get("retired") or []),
-        *({**entry, "retired_at": now()} for entry in prepared.retired),
+        *(shard.record(now()) for shard in prepared.retired),
     ]
     manifest = new_manifest(
         config,
@@ -728,9 +734,9 @@ def _run_locked(
         logger.info(
             "%d shards retired (%s; first: %s): %d of their cases are built again as new shards",
             len(prepared.retired),
-            ", ".join(r["id"] for r in prepared.retired[:5])
+            ", ".join(r.id for r in prepared.retired[:5])
             + (", ..." if len(prepared.retired) > 5 else ""),
-            prepared.retired[0]["reason"],
+            prepared.retired[0].reason,
             prepared.rebuilt,
         )
     if prepared.new_cases:

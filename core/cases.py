@@ -65,6 +65,9 @@ class Case:
         modality: modality key (``ct``, ``mr``, ``xray``, ...).
         labels: (label id, readable name) pairs known at discovery.
         patient: the key the train/test split groups by (patient); empty means the case.
+        written_labels: the same ids with their names as the label file writes them
+            (normalised: ``medgrit.core.label_names``); what a dataset records as its source's
+            label map and compares later, whatever words medgrit makes of them.
     """
 
     # Which reader of the source registry reads this type (``medgrit.adapters.sources``).
@@ -82,6 +85,7 @@ class Case:
     modality: str
     labels: tuple[tuple[int, str], ...] = ()
     patient: str = ""
+    written_labels: tuple[tuple[int, str], ...] = ()
 
     @property
     def reference(self) -> str:

@@ -1,12 +1,19 @@
 """What changed in a dataset's sources since it was built: label maps and cases.
 
-A dataset is built from one label map per source, forever. Its manifest records, per source,
-the label map of each dataset the source holds (label id -> readable name, as
-:func:`label_maps_of` gives it, with its sha256), and, per planned case, what its listing showed
-(``listed_images``), a fingerprint of its labels and files (``fingerprint``) and, when asked
-for, a hash of its files' bytes (``content_sha256``). A later build, resume or scheduled append
-compares them with the sources as they are now (:func:`case_change`, :func:`label_map_changes`):
-a case that changed is never kept beside cases built under another meaning of its labels.
+A dataset is built from one label map per source, forever. Its manifest records, per source and
+dataset, the label map as the source's label file writes it (``label_maps``: label id -> name,
+normalised; :func:`label_maps_of`) and as medgrit words it in the text (``label_words``), and,
+per planned case, what its listing showed (``listed_images``), a fingerprint of its files
+(``fingerprint``) and, when asked for, a hash of their bytes (``content_sha256``). A later build,
+resume or scheduled append compares them with the sources as they are now
+(:func:`label_map_changes`, :func:`case_change`): a case is never kept beside cases built under
+another meaning, or another wording, of its labels.
+
+- A label renamed or removed changes a label map; a label added does not (ids the map did not
+  name were rejected as ``unknown_label``, never named otherwise, so no shard says a thing by
+  them).
+- The same names worded otherwise (a newer medgrit) change the wording: shards built before
+  would say one id with other words than shards built now.
 
 Cases whose label ids are numbered per case (DICOM SEG segments, RTSTRUCT ROIs:
 ``Case.labels_per_case``) carry their names in their fingerprint instead of a source-wide map.
@@ -17,11 +24,15 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 
 from medgrit.core.cases import Case
 from medgrit.core.fsnames import escape_name
 
 __all__ = [
+    "MISSING_PREFIX",
+    "CaseChange",
+    "LabelMapChange",
     "case_change",
     "describe_label_change",
     "label_map_changes",
@@ -30,17 +41,27 @@ __all__ = [
 ]
 
 
-def label_maps_of(cases: Iterable[Case]) -> dict[str, dict[str, str]]:
+def _by_id(item: tuple[str, object]) -> tuple[bool, int, str]:
+    """Sort key of label ids as text (a hand-edited manifest may hold any text)."""
+    text = str(item[0])
+    return (not text.isdigit(), int(text) if text.isdigit() else 0, text)
+
+
+def label_maps_of(cases: Iterable[Case], words: bool = False) -> dict[str, dict[str, str]]:
     """Dataset name (escaped) -> {label id as text: name} of cases whose ids mean one thing
-    per dataset; cases numbered per case are left out."""
+    per dataset (cases numbered per case are left out): the names as written, or with
+    ``words`` as the text says them."""
     maps: dict[str, dict[str, str]] = {}
+    seen: set[tuple[str, int]] = set()
     for case in cases:
-        if case.labels_per_case:
+        labels = case.labels if words else (case.written_labels or case.labels)
+        if case.labels_per_case or (case.dataset, id(labels)) in seen:
             continue
+        seen.add((case.dataset, id(labels)))
         maps.setdefault(escape_name(case.dataset), {}).update(
-            {str(i): escape_name(n) for i, n in case.labels}
+            {str(i): escape_name(n) for i, n in labels}
         )
-    return {d: dict(sorted(m.items(), key=lambda kv: int(kv[0]))) for d, m in maps.items()}
+    return {d: dict(sorted(m.items(), key=_by_id)) for d, m in maps.items()}
 
 
 def label_map_digest(maps: Mapping[str, Mapping[str, str]]) -> str:
@@ -50,57 +71,63 @@ def label_map_digest(maps: Mapping[str, Mapping[str, str]]) -> str:
 
 
 def describe_label_change(before: Mapping[str, str], now: Mapping[str, str]) -> str:
-    """``3: 'liver' then, 'spleen' now; 5: new 'tumour'`` (the first few differences)."""
+    """``3: 'liver' then, 'spleen' now; 5: 'tumour' gone`` (the first few differences), or ""
+    when every label of ``before`` has its name in ``now`` (labels added are no change)."""
     parts = []
-    for label_id in sorted(set(before) | set(now), key=int):
-        old, new = before.get(label_id), now.get(label_id)
-        if old == new:
-            continue
-        if old is None:
-            parts.append(f"{label_id}: new {new!r}")
-        elif new is None:
+    for label_id, old in sorted(before.items(), key=_by_id):
+        new = now.get(label_id)
+        if new is None:
             parts.append(f"{label_id}: {old!r} gone")
-        else:
+        elif new != old:
             parts.append(f"{label_id}: {old!r} then, {new!r} now")
     shown = "; ".join(parts[:4])
     return shown + (f"; and {len(parts) - 4} more" if len(parts) > 4 else "")
 
 
-def label_map_changes(
-    recorded_sources: Sequence[Mapping], cases: Sequence[Case]
-) -> dict[tuple[str, str], str]:
-    """(source spec, dataset) -> what changed in its label map since the dataset was built.
+@dataclass(frozen=True)
+class LabelMapChange:
+    """A dataset of a source whose labels mean, or read, otherwise than when it was built.
 
-    Args:
-        recorded_sources: the manifest's ``sources`` (``spec``, ``label_maps``; a manifest
-            written before label maps were recorded has each dataset's ``labels`` under
-            ``datasets``, compared for sources other than DICOM, whose SEG segments are numbered
-            per case).
-        cases: every case of the build's sources now.
+    Attributes:
+        spec: the source (escaped spec); dataset: the dataset's name.
+        renamed: the label file renamed or removed labels (else medgrit words them otherwise).
+        what: the differences (:func:`describe_label_change`).
     """
-    by_source: dict[str, list[Case]] = {}
-    for case in cases:
-        by_source.setdefault(escape_name(case.source), []).append(case)
-    changes: dict[tuple[str, str], str] = {}
-    for entry in recorded_sources:
-        if not isinstance(entry, Mapping) or entry.get("spec") not in by_source:
-            continue  # a source no longer given: its cases are gone, said as such
-        recorded = _recorded_maps(entry)
-        now = label_maps_of(by_source[entry["spec"]])
-        for dataset, before in recorded.items():
-            if dataset not in now:
-                continue
-            before = {str(k): str(v) for k, v in before.items()}
-            if before != now[dataset]:
-                changes[(entry["spec"], dataset)] = describe_label_change(before, now[dataset])
-    return changes
+
+    spec: str
+    dataset: str
+    renamed: bool
+    what: str
+
+    @property
+    def reason(self) -> str:
+        """Why its shards are retired, for ``dataset.json``."""
+        if self.renamed:
+            return "its source's label map changed"
+        return "its labels are worded otherwise now"
+
+    def __str__(self) -> str:
+        if self.renamed:
+            return f"the label map of {self.spec} ({self.dataset}) changed: {self.what}"
+        return (
+            f"medgrit words the labels of {self.spec} ({self.dataset}) otherwise than the "
+            f"dataset's shards do: {self.what}"
+        )
 
 
-def _recorded_maps(entry: Mapping) -> dict[str, Mapping]:
-    """Dataset -> recorded label map of one manifest source entry (see label_map_changes)."""
-    maps = entry.get("label_maps")
+def _recorded(entry: Mapping, key: str) -> dict[str, Mapping]:
+    maps = entry.get(key)
     if isinstance(maps, Mapping):
         return {d: m for d, m in maps.items() if isinstance(m, Mapping)}
+    return {}
+
+
+def _recorded_words(entry: Mapping) -> dict[str, Mapping]:
+    """The wording a manifest source entry records: ``label_words``; a manifest written
+    before label maps were recorded has each dataset's ``labels`` (for sources other than
+    DICOM, whose SEG segments are numbered per case)."""
+    if "label_words" in entry:
+        return _recorded(entry, "label_words")
     datasets = entry.get("datasets")
     if entry.get("kind") == "dicom" or not isinstance(datasets, Mapping):
         return {}
@@ -111,12 +138,63 @@ def _recorded_maps(entry: Mapping) -> dict[str, Mapping]:
     }
 
 
+def label_map_changes(
+    recorded_sources: Sequence[Mapping], cases: Sequence[Case]
+) -> dict[tuple[str, str], LabelMapChange]:
+    """(source spec, dataset) -> how its labels changed since the dataset was built.
+
+    Args:
+        recorded_sources: the manifest's ``sources`` (``spec``, ``label_maps``,
+            ``label_words``).
+        cases: every case of the build's sources now.
+    """
+    by_source: dict[str, list[Case]] = {}
+    for case in cases:
+        by_source.setdefault(escape_name(case.source), []).append(case)
+    changes: dict[tuple[str, str], LabelMapChange] = {}
+    for entry in recorded_sources:
+        if not isinstance(entry, Mapping) or entry.get("spec") not in by_source:
+            continue  # a source no longer given: its cases are gone, said as such
+        spec = str(entry["spec"])
+        now = by_source[spec]
+        # A manifest that records no label_words holds only the words of each label: a change
+        # there is most likely a label renamed in the source.
+        worded = "label_words" in entry
+        for renamed, before_maps, now_maps in (
+            (True, _recorded(entry, "label_maps"), label_maps_of(now)),
+            (not worded, _recorded_words(entry), label_maps_of(now, words=True)),
+        ):
+            for dataset, before in before_maps.items():
+                if dataset in now_maps and (spec, dataset) not in changes:
+                    recorded = {str(k): str(v) for k, v in before.items()}
+                    what = describe_label_change(recorded, now_maps[dataset])
+                    if what:
+                        changes[(spec, dataset)] = LabelMapChange(spec, dataset, renamed, what)
+    return changes
+
+
+# How a fingerprint starts when a file of its case could not be read (missing, unmounted).
+MISSING_PREFIX = "missing-"
+
+
+@dataclass(frozen=True)
+class CaseChange:
+    """Why a recorded case no longer holds what it was built from.
+
+    ``unreadable``: a file of it cannot be read now, which a mount or a permission that comes
+    back would undo; such a case is never rebuilt from what is readable of it.
+    """
+
+    why: str
+    unreadable: bool = False
+
+
 def case_change(
     entry: Mapping,
     listed: int | None,
     fingerprint: tuple[str, str | None] | None,
-) -> str | None:
-    """Why a recorded case no longer holds what it was built from, or None.
+) -> CaseChange | None:
+    """How a recorded case changed since it was built, or None.
 
     Args:
         entry: the case's entry in the manifest (``listed_images``, ``fingerprint``,
@@ -124,16 +202,20 @@ def case_change(
         listed: the images its listing shows now (None: not known).
         fingerprint: its (fingerprint, content digest or None) now; None: not computed.
     """
+    recorded = str(entry.get("fingerprint") or "")
+    if fingerprint is not None and fingerprint[0].startswith(MISSING_PREFIX):
+        if not recorded.startswith(MISSING_PREFIX):
+            return CaseChange("a file of it cannot be read now", unreadable=True)
     before = entry.get("listed_images")
     if before is not None and listed is not None and before != listed:
-        return f"{before} images then, {listed} now"
+        return CaseChange(f"{before} images then, {listed} now")
     if fingerprint is None:
         return None
     stamp, content = fingerprint
     if content is not None and entry.get("content_sha256"):
         same = content == entry["content_sha256"]
-    elif entry.get("fingerprint"):
-        same = stamp == entry["fingerprint"]
+    elif recorded:
+        same = stamp == recorded
     else:
         return None
-    return None if same else "its files or labels changed"
+    return None if same else CaseChange("its files or labels changed")

@@ -31,6 +31,9 @@ INFRASTRUCTURE_ERRNOS: frozenset[int] = frozenset(
     }
 )
 DISK_FULL_ERRNOS: frozenset[int] = frozenset({errno.ENOSPC, errno.EDQUOT})
+# What a write into a dataset folder meets when a folder of it cannot be written (no
+# permission, a file where a folder must be).
+FOLDER_ERRNOS: frozenset[int] = frozenset({errno.EACCES, errno.EPERM, errno.ENOTDIR, errno.EISDIR})
 
 
 class InfrastructureError(Exception):
@@ -48,6 +51,12 @@ def fails_the_shard(exc: BaseException) -> bool:
     if not isinstance(exc, Exception):
         return True  # KeyboardInterrupt, SystemExit
     return isinstance(exc, OSError) and exc.errno in INFRASTRUCTURE_ERRNOS
+
+
+def is_infrastructure(exc: BaseException | None) -> bool:
+    """Whether ``exc`` is an OSError of the machine or of the dataset's folders (what a build
+    reports in one line), not a bug whose traceback is wanted."""
+    return isinstance(exc, OSError) and exc.errno in INFRASTRUCTURE_ERRNOS | FOLDER_ERRNOS
 
 
 def is_disk_full(exc: BaseException) -> bool:

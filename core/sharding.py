@@ -159,7 +159,8 @@ def allocate_images(counts: Iterable[int], n_cases: int, max_images: int) -> lis
 
 
 Fingerprint = Callable[[Case], "tuple[str, str | None]"]
-"""A case's (fingerprint, content digest or None): ``medgrit.core.changes.case_change``."""
+"""A case's (fingerprint, content digest or None) now, as ``medgrit.adapters.sources.
+fingerprints`` computes them; ``medgrit.core.changes.case_change`` compares them."""
 
 
 def plan_build(
@@ -242,7 +243,8 @@ class RecordedPlan:
     Attributes:
         shards: the shard entries, in order (``id``, ``cases`` with ``source``, ``case``,
             ``case_id``, ``split``, ``quota`` and what tells a changed case; ``generation``).
-        sources: the manifest's ``sources`` (``spec``, ``kind``, each dataset's ``labels``).
+        sources: the manifest's ``sources`` (``spec``, ``kind``, ``label_maps``,
+            ``label_words``; see ``medgrit.core.changes.label_map_changes``).
         retired: entries of shards retired before (``id``, ``generation``): their ids and
             generations are never used again.
     """
@@ -263,20 +265,45 @@ class RecordedPlan:
 
 
 @dataclass(frozen=True)
+class RetiredShard:
+    """A recorded shard no longer part of the dataset: a case of it changed, and its cases are
+    planned again. Its id and generation are never used again.
+
+    Attributes:
+        id, generation: as recorded; cases: how many cases it held; reason: why it is retired.
+    """
+
+    id: str
+    generation: int
+    cases: int
+    reason: str
+
+    def record(self, retired_at: str) -> dict:
+        """Its entry under ``retired`` in ``dataset.json``."""
+        return {
+            "id": self.id,
+            "generation": self.generation,
+            "cases": self.cases,
+            "reason": self.reason,
+            "retired_at": retired_at,
+        }
+
+
+@dataclass(frozen=True)
 class ExtendedPlan:
     """A recorded plan with the shards of the cases new since it was made.
 
     ``generations``: the plan generation of each shard id (0: the first build; each extension
     that added cases is one more). ``new_cases``: cases the sources gained; ``rebuilt``: cases
     planned again because they (or a case sharing their shard) changed; ``retired``: the
-    shards they were in, ``{"id", "generation", "cases", "reason"}`` each.
+    shards they were in.
     """
 
     plan: list[tuple[str, list[CaseTask]]]
     generations: dict[str, int]
     new_cases: int
     rebuilt: int = 0
-    retired: tuple[dict, ...] = ()
+    retired: tuple[RetiredShard, ...] = ()
 
 
 def case_identity(source: str, case: str, case_id: str) -> tuple[str, str, str]:
@@ -306,11 +333,12 @@ def extend_plan(
     new patients are split by :func:`assign_new_splits`; under ``max_images`` the new cases
     share what the recorded quotas left of it.
 
-    A recorded case that is gone from the sources or changed since it was built (its listing,
-    fingerprint or its source's label map: ``medgrit.core.changes``) is a
-    :class:`PlanConflict`, unless ``rebuild_changed``: then every shard holding such a case is
-    retired (its id never used again) and its cases still in the sources are planned again,
-    with their recorded splits, as new shards.
+    A recorded case that changed since it was built (its listing, its fingerprint, or its
+    source's label map or wording: ``medgrit.core.changes``) is a :class:`PlanConflict`, unless
+    ``rebuild_changed``: then every shard holding such a case is retired (its id never used
+    again) and its cases are planned again, with their recorded splits and (under
+    ``max_images``) quotas, as new shards. A recorded case gone from the sources, or whose
+    files cannot be read now, is a :class:`PlanConflict` either way.
 
     Args:
         recorded: the dataset's recorded plan.
@@ -337,9 +365,11 @@ def extend_plan(
     placed: set[int] = set()
     seen: set[int] = set()
     patient_split: dict[tuple[str, str], str] = {}
-    retired: list[dict] = []
+    recorded_quota: dict[int, int | None] = {}
+    retired: list[RetiredShard] = []
     gone = 0
     changed: list[str] = []
+    unreadable: list[str] = []
     spent = 0
     try:
         for shard in recorded.shards:
@@ -351,26 +381,28 @@ def extend_plan(
                 i = by_identity.get(case_identity(entry["source"], entry["case"], entry["case_id"]))
                 if i is None:
                     gone += 1
-                    why_retired.append("a case is gone from its source")
                     continue
                 if i in seen or entry["split"] not in ("train", "test"):
                     return None
                 seen.add(i)
                 case = cases[i]
                 patient_split[(case.dataset, patient_ids[i])] = entry["split"]
-                if (escape_name(case.source), escape_name(case.dataset)) in relabelled:
-                    why_retired.append("its source's label map changed")
-                else:
-                    listed_now = (
-                        estimate_images(case)
-                        if estimate_images and entry.get("listed_images") is not None
-                        else None
-                    )
-                    now = fingerprint(case) if fingerprint else None
-                    why = case_change(entry, listed_now, now)
-                    if why:
-                        changed.append(f"{entry['case']}: {why}")
-                        why_retired.append(f"a case changed ({why})")
+                recorded_quota[i] = entry.get("quota")
+                now = fingerprint(case) if fingerprint else None
+                listed_now = (
+                    estimate_images(case)
+                    if estimate_images and entry.get("listed_images") is not None
+                    else None
+                )
+                change = case_change(entry, listed_now, now)
+                relabel = relabelled.get((escape_name(case.source), escape_name(case.dataset)))
+                if change is not None and change.unreadable:
+                    unreadable.append(f"{entry['case']}: {change.why}")
+                elif relabel is not None:
+                    why_retired.append(relabel.reason)
+                elif change is not None:
+                    changed.append(f"{entry['case']}: {change.why}")
+                    why_retired.append(f"a case changed ({change.why})")
                 task = CaseTask(
                     case,
                     case_ids[i],
@@ -383,12 +415,7 @@ def extend_plan(
                 kept.append((i, task))
             if why_retired and rebuild_changed:
                 retired.append(
-                    {
-                        "id": shard_id,
-                        "generation": generation,
-                        "cases": len(shard["cases"]),
-                        "reason": why_retired[0],
-                    }
+                    RetiredShard(shard_id, generation, len(shard["cases"]), why_retired[0])
                 )
                 continue
             for i, task in kept:
@@ -404,26 +431,30 @@ def extend_plan(
             "is there: was it built with another pseudonymisation key file, or from sources "
             "whose datasets were named otherwise (a dataset's name is part of its cases' ids)?"
         )
-    if (gone or changed or relabelled) and not rebuild_changed:
-        problems = [
-            f"the label map of {spec} ({dataset}) changed: {what}"
-            for (spec, dataset), what in sorted(relabelled.items())
-        ]
-        if gone:
-            before = len(seen) + gone
-            fresh = len(cases) - len(seen)
-            problems.append(
-                f"{before} cases then, {len(cases)} now: {gone} gone, {fresh} new; the dataset "
-                "would hold cases its sources no longer have"
-            )
+    # Gone and unreadable cases are refused whatever the flag: a mount that comes back, or a
+    # case restored, would make a rebuild from what is readable now lose finished shards.
+    problems = []
+    if gone:
+        before, fresh = len(seen) + gone, len(cases) - len(seen)
+        problems.append(
+            f"{before} cases then, {len(cases)} now: {gone} gone, {fresh} new; the dataset "
+            "would hold cases its sources no longer have"
+        )
+    if unreadable:
+        problems.append(
+            f"{len(unreadable)} of its cases cannot be read now ({_listing(unreadable)}); "
+            "restore their files or mount"
+        )
+    if not rebuild_changed:
+        problems += [str(change) for _, change in sorted(relabelled.items())]
         if changed:
             problems.append(
                 f"{len(changed)} of its cases changed since they were built ({_listing(changed)})"
             )
+    if problems:
         raise PlanConflict("; ".join(problems))
 
     new = [i for i in range(len(cases)) if i not in placed]
-    rebuilt = sum(1 for i in new if i in seen)
     fresh = sorted({(cases[i].dataset, patient_ids[i]) for i in new} - set(patient_split))
     kept_splits: dict[str, list[str]] = {}
     for (dataset, _), split in patient_split.items():
@@ -437,24 +468,31 @@ def extend_plan(
     )
     patient_split.update(zip(fresh, splits, strict=True))
 
-    quotas: list[int | None] = [None] * len(new)
+    quotas: dict[int, int | None] = dict.fromkeys(new)
     if config.max_images is not None:
-        left = max(0, config.max_images - spent)
-        taken = allocate_images((count_images(cases[i]) for i in new), len(new), left)
-        quotas = [*taken, *([0] * (len(new) - len(taken)))]
+        # A case built again keeps the images it was given (as many as it holds now); the new
+        # cases share what is left of the cap.
+        for i in new:
+            if i in seen:
+                quotas[i] = min(int(recorded_quota[i] or 0), count_images(cases[i]))
+        left = max(0, config.max_images - spent - sum(q or 0 for q in quotas.values()))
+        added = [i for i in new if i not in seen]
+        taken = allocate_images((count_images(cases[i]) for i in added), len(added), left)
+        quotas.update(zip(added, [*taken, *([0] * (len(added) - len(taken)))], strict=True))
+    planned = [i for i in new if quotas[i] != 0]
     tasks = [
         _task(
             cases[i],
             case_ids[i],
             patient_split[(cases[i].dataset, patient_ids[i])],
-            quota,
+            quotas[i],
             estimate_images,
             fingerprint,
         )
-        for i, quota in zip(new, quotas, strict=True)
-        if quota != 0
+        for i in planned
     ]
-    new_cases = sum(1 for i, quota in zip(new, quotas, strict=True) if quota != 0 and i not in seen)
+    rebuilt = sum(1 for i in planned if i in seen)
+    new_cases = len(planned) - rebuilt
     if not tasks:
         return ExtendedPlan(plan, generations, 0, 0, tuple(retired))
     work = [t.quota if t.quota is not None else (t.listed or 1) for t in tasks]

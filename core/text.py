@@ -81,6 +81,11 @@ def readable_label_name(raw: str) -> str:
     return f"{side} {name}" if side else name
 
 
+def readable_labels(written: tuple[tuple[int, str], ...]) -> tuple[tuple[int, str], ...]:
+    """(id, readable name) of each (id, name as written) pair, in the same order."""
+    return tuple((label_id, readable_label_name(name)) for label_id, name in written)
+
+
 def laterality_of(name: str) -> str | None:
     """Patient side named by a readable label name: ``left``, ``right`` or None."""
     first = name.split(" ", 1)[0]

@@ -38,9 +38,11 @@ from medgrit.adapters.store.bookkeeping import (  # noqa: E402
     BuildFailed,
     DatasetMismatch,
     DiskFull,
+    shard_error,
 )
 from medgrit.adapters.store.dataset_dir import DatasetBusy  # noqa: E402
 from medgrit.adapters.store.manifest import ManifestError  # noqa: E402
+from medgrit.core.failures import is_infrastructure  # noqa: E402
 from medgrit.core.fsnames import escape_name  # noqa: E402
 from medgrit.core.markdown import escape_markdown  # noqa: E402
 from medgrit.flows.dashboard import (  # noqa: E402
@@ -170,11 +172,16 @@ def build_dataset(
         DatasetMismatch,
         LLMEndpointError,
         ManifestError,
-        OSError,  # the disk or a folder of the dataset: infrastructure, said in one line
     ) as exc:
         # An expected end, not a crash: the run is Failed with this message and no
         # traceback; calling the flow still raises ``exc``.
         return Failed(message=escape_name(str(exc)), data=exc)  # type: ignore[return-value]
+    except OSError as exc:
+        if not is_infrastructure(exc):
+            raise  # a bug: its traceback is wanted
+        # The disk or a folder of the dataset: said in one line, without the path (a DICOM
+        # file name may carry identifiers).
+        return Failed(message=shard_error(exc), data=exc)  # type: ignore[return-value]
     finally:
         try:
             dashboard.flush()  # a stopped or broken build shows where it ended

@@ -37,6 +37,7 @@ from pathlib import Path  # noqa: E402
 from typing import Any, Protocol  # noqa: E402
 from uuid import UUID  # noqa: E402
 
+from medgrit.core.failures import is_infrastructure  # noqa: E402
 from medgrit.core.markdown import escape_cells, escape_markdown  # noqa: E402
 from medgrit.schemas.config import BuildConfig  # noqa: E402
 
@@ -144,7 +145,7 @@ class _QuietTaskEngine(logging.Filter):
     the build ends with one line saying what failed and how to resume."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if record.exc_info and isinstance(record.exc_info[1], OSError):
+        if record.exc_info and is_infrastructure(record.exc_info[1]):
             record.exc_info = None
             record.exc_text = None
         if record.levelno >= logging.WARNING:

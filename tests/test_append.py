@@ -343,7 +343,7 @@ def test_a_changed_case_is_refused_or_its_shard_retired_and_planned_again(
     extended = extend_plan(plan, cases, config, KEY, _one, _one, changed, rebuild_changed=True)
     assert extended is not None and extended.new_cases == 0 and extended.rebuilt == 2
     (gone,) = extended.retired
-    assert gone["id"] == "00001" and gone["reason"].startswith("a case changed")
+    assert gone.id == "00001" and gone.reason.startswith("a case changed")
     kept = [shard for shard, _ in extended.plan[:2]]
     assert kept == ["00000", "00002"]
     (added, tasks) = extended.plan[2]
@@ -371,12 +371,9 @@ def test_a_changed_label_map_names_its_ids(tmp_path: Path) -> None:
 
     before = labelled({1: "liver", 2: "spleen"})
     plan = plan_build(before, config, KEY, _one, _one)
+    written = {"D": {"1": "liver", "2": "spleen"}}
     sources = [
-        {
-            "spec": "nnunet:/data/D",
-            "kind": "nnunet",
-            "datasets": {"D": {"labels": {"1": "liver", "2": "spleen"}}},
-        }
+        {"spec": "nnunet:/data/D", "kind": "nnunet", "label_maps": written, "label_words": written}
     ]
     recorded = RecordedPlan(_recorded(config, plan), sources)
     now = labelled({1: "spleen", 2: "liver", 3: "tumour"})
@@ -384,10 +381,69 @@ def test_a_changed_label_map_names_its_ids(tmp_path: Path) -> None:
         extend_plan(recorded, now, config, KEY, _one, _one)
     assert str(error.value) == (
         "the label map of nnunet:/data/D (D) changed: 1: 'liver' then, 'spleen' now; "
-        "2: 'spleen' then, 'liver' now; 3: new 'tumour'"
+        "2: 'spleen' then, 'liver' now"
     )
     extended = extend_plan(recorded, now, config, KEY, _one, _one, rebuild_changed=True)
     assert extended is not None and len(extended.retired) == 2 and extended.rebuilt == 3
-    assert {r["reason"] for r in extended.retired} == {"its source's label map changed"}
-    # The same map again: nothing changed.
+    assert {r.reason for r in extended.retired} == {"its source's label map changed"}
+    # The same map again, or with a label added (no id the dataset holds says another thing).
     assert extend_plan(recorded, before, config, KEY, _one, _one).retired == ()
+    grown = labelled({1: "liver", 2: "spleen", 3: "tumour"})
+    assert extend_plan(recorded, grown, config, KEY, _one, _one).retired == ()
+
+    # The same label file, worded otherwise by the medgrit that built the dataset.
+    older = {"D": {"1": "hepar", "2": "spleen"}}
+    worded = RecordedPlan(recorded.shards, [{**sources[0], "label_words": older}])
+    with pytest.raises(PlanConflict, match=r"medgrit words the labels of .*1: 'hepar' then"):
+        extend_plan(worded, before, config, KEY, _one, _one)
+    again = extend_plan(worded, before, config, KEY, _one, _one, rebuild_changed=True)
+    assert {r.reason for r in again.retired} == {"its labels are worded otherwise now"}
+    # A manifest that recorded only each dataset's words: a difference is a label map change.
+    plain = [
+        {"spec": "nnunet:/data/D", "kind": "nnunet", "datasets": {"D": {"labels": older["D"]}}}
+    ]
+    with pytest.raises(PlanConflict, match=r"the label map of .*1: 'hepar' then, 'liver' now"):
+        extend_plan(RecordedPlan(recorded.shards, plain), before, config, KEY, _one, _one)
+
+
+def test_gone_or_unreadable_cases_are_refused_even_when_rebuilding(tmp_path: Path) -> None:
+    config = BuildConfig(out=str(tmp_path), images_per_shard=2)
+    cases = _cases([f"c{i}" for i in range(4)])
+    recorded = RecordedPlan(
+        _recorded(config, plan_build(cases, config, KEY, _one, _one, _stamps()))
+    )
+    with pytest.raises(PlanConflict, match="4 cases then, 3 now: 1 gone"):
+        extend_plan(recorded, cases[1:], config, KEY, _one, _one, _stamps(), rebuild_changed=True)
+
+    def unmounted(case: Case) -> tuple[str, None]:
+        return (f"missing-{case.case}" if case.case == "c2" else case.case), None
+
+    with pytest.raises(PlanConflict, match=r"1 of its cases cannot be read now .*c2"):
+        extend_plan(recorded, cases, config, KEY, _one, _one, unmounted, rebuild_changed=True)
+
+
+def test_a_rebuilt_case_keeps_its_share_of_the_image_cap(tmp_path: Path) -> None:
+    config = BuildConfig(out=str(tmp_path), images_per_shard=1, max_images=4)
+    cases = _cases(["c0", "c1", "c2", "c3"])
+
+    def three(case: Case) -> int:
+        return 3
+
+    recorded = _recorded(config, plan_build(cases, config, KEY, three, three, _stamps()))
+    quota_of = {c["case"]: c["quota"] for s in recorded for c in s["cases"]}
+    assert sum(quota_of.values()) == 4
+    grown = _cases(["c0", "c0a", "c1", "c2", "c3"])  # a new case, and c1 changed
+    extended = extend_plan(
+        RecordedPlan(recorded),
+        grown,
+        config,
+        KEY,
+        three,
+        three,
+        _stamps(frozenset({"c1"})),
+        rebuild_changed=True,
+    )
+    assert extended is not None and extended.rebuilt == 1
+    planned = {t.ref.case: t.quota for _, tasks in extended.plan for t in tasks}
+    assert planned["c1"] == quota_of["c1"]  # rebuilt with the images it had
+    assert sum(planned.values()) == 4 and "c0a" not in planned  # nothing left for c0a

@@ -177,7 +177,7 @@ def test_validate_finds_a_label_id_with_two_names(built) -> None:
     source, out, spare = built
     manifest = json.loads((out / "dataset.json").read_text())
     for entry in manifest["sources"]:
-        for key in ("datasets", "label_maps", "label_map_sha256"):
+        for key in ("datasets", "label_maps", "label_map_sha256", "label_words"):
             entry.pop(key)
     for shard in manifest["shards"]:
         for case in shard["cases"]:
@@ -191,3 +191,40 @@ def test_validate_finds_a_label_id_with_two_names(built) -> None:
         "label id 1 of dataset Dataset090_Abdomen has 2 names: 'liver'" in p and "'spleen'" in p
         for p in problems
     ), problems
+
+
+def test_a_dicom_seg_dataset_written_before_label_maps_were_recorded_resumes(
+    tmp_path: Path,
+) -> None:
+    """Two SEGs number their segments each their own way (1 is the liver in one, the spleen in
+    the other): a dataset of them, whose manifest predates label maps and fingerprints, is
+    resumed and validates."""
+    from medgrit.adapters.synthetic.dicom_writer import write_seg, write_series
+
+    root = tmp_path / "Segs"
+    for n, names in enumerate(({1: "liver", 2: "spleen"}, {1: "spleen", 2: "liver"})):
+        image = np.random.default_rng(n).normal(40, 80, (40, 36, 3)).astype(np.float32)
+        labels = np.zeros((40, 36, 3), np.uint8)
+        labels[4:18, 5:20, :] = 1
+        labels[22:36, 14:30, :] = 2
+        series = write_series(image, (1.0, 1.0, 3.0), root / f"s{n}", seed=f"s{n}")
+        write_seg(labels, names, series, root / f"s{n}_seg.dcm", seed=f"seg{n}")
+    out = tmp_path / "ds"
+    config = BuildConfig(sources=[f"dicom:{root}"], out=str(out), cases_per_shard=1)
+    run_build(config, LoopMapper())
+    manifest = json.loads((out / "dataset.json").read_text())
+    for entry in manifest["sources"]:
+        for key in ("label_maps", "label_map_sha256", "label_words"):
+            entry.pop(key)
+    for shard in manifest["shards"]:
+        for case in shard["cases"]:
+            case.pop("fingerprint")
+            case.pop("labels_per_case")
+    manifest["shards"][-1]["status"] = "pending"  # as a build killed before its last shard
+    (out / "dataset.json").write_text(json.dumps(manifest))
+
+    finished = run_build(config, LoopMapper(), append=False)
+
+    assert finished["status"] == "complete" and validate_dataset(out) == []
+    names = {(r["label_id"], r["label"]) for r in read_table(out, "regions")}
+    assert names == {(1, "liver"), (2, "spleen"), (1, "spleen"), (2, "liver")}

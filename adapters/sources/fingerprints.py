@@ -25,30 +25,36 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 
 from medgrit.core.cases import Case
+from medgrit.core.changes import MISSING_PREFIX
 from medgrit.core.fsnames import name_bytes
 
-__all__ = ["case_fingerprint", "content_digest", "fingerprint_cases"]
+__all__ = ["MISSING_PREFIX", "case_fingerprint", "content_digest", "fingerprint_cases"]
 
 _CHUNK = 1 << 20
 
 
 def _labels_part(case: Case) -> bytes:
-    """What the case's metadata says of it: its modality and its label names."""
-    named = [case.modality, [[i, n] for i, n in case.labels]]
+    """What the case's metadata says of it: its modality, and the label names it carries
+    itself when its ids are numbered per case (a source-wide label map is compared as such:
+    ``medgrit.core.changes``)."""
+    labels = (case.written_labels or case.labels) if case.labels_per_case else ()
+    named = [case.modality, [[i, n] for i, n in labels]]
     return json.dumps(named, ensure_ascii=True).encode("ascii")
 
 
 def case_fingerprint(case: Case) -> str:
-    """sha256 of the case's labels and each file's path, size and modification time."""
+    """sha256 of the case's metadata and each file's path, size and modification time,
+    prefixed with ``MISSING_PREFIX`` when a file cannot be read now."""
     digest = hashlib.sha256(_labels_part(case))
+    missing = False
     for path in case.content_files:
         try:
             info = os.stat(path)
             stamp = f"{info.st_size}:{info.st_mtime_ns}"
         except (OSError, ValueError):
-            stamp = "missing"
+            stamp, missing = "missing", True
         digest.update(b"\0" + name_bytes(path) + b"\0" + stamp.encode("ascii"))
-    return digest.hexdigest()
+    return (MISSING_PREFIX if missing else "") + digest.hexdigest()
 
 
 def content_digest(case: Case) -> str:

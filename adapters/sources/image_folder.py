@@ -75,7 +75,7 @@ from medgrit.core.failures import fails_the_shard
 from medgrit.core.fsnames import escape_name, library_message
 from medgrit.core.label_names import checked_dataset_name
 from medgrit.core.regions import label_dtype
-from medgrit.core.text import MODALITIES, readable_label_name
+from medgrit.core.text import MODALITIES, readable_labels
 
 __all__ = [
     "IMAGE_SUFFIXES",
@@ -361,7 +361,8 @@ def open_image_folder(
         image = FolderImage(str(images_dir / images[stem]), found)
         by_case.setdefault(case, []).append(image)  # type: ignore[arg-type]
 
-    labels = tuple(sorted((i, readable_label_name(n)) for i, n in raw_labels.items()))
+    written = tuple(sorted(raw_labels.items()))
+    labels = readable_labels(written)
     cases = [
         ImageFolderCase(
             source=spec,
@@ -369,6 +370,7 @@ def open_image_folder(
             case=case,
             modality=mod,
             labels=labels,
+            written_labels=written,
             patient=case,
             images=tuple(by_case[case]),
             masks_dir=str(masks_dir),

@@ -30,7 +30,6 @@ from medgrit.core.failures import fails_the_shard
 from medgrit.core.fsnames import escape_name, library_message
 from medgrit.core.label_maps import as_label_array
 from medgrit.core.label_names import check_label_map
-from medgrit.core.text import readable_label_name
 
 __all__ = [
     "JPEG_THRESHOLD",
@@ -79,7 +78,7 @@ def read_label_names(path: Path) -> tuple[tuple[int, str], ...]:
     """A ``labels.json`` of id -> name (``{"1": "left lung"}``) next to DICOM mask PNGs.
 
     Returns:
-        (label id, readable name) pairs sorted by id, the background left out.
+        (label id, name as written, normalised) pairs sorted by id, the background left out.
 
     Raises:
         SourceError: unreadable or malformed JSON, or what
@@ -88,8 +87,7 @@ def read_label_names(path: Path) -> tuple[tuple[int, str], ...]:
     data = read_label_file(path, '{"1": "left lung"}')
     if not isinstance(data, dict):
         raise SourceError(f"malformed {path}: expected a JSON object of id -> name")
-    names = check_label_map(data.items(), escape_name(str(path)))
-    return tuple(sorted((i, readable_label_name(n)) for i, n in names.items()))
+    return tuple(sorted(check_label_map(data.items(), escape_name(str(path))).items()))
 
 
 # --------------------------------------------------------------------------- mask files

@@ -20,7 +20,7 @@ from medgrit.adapters.sources.nifti import NiftiCase
 from medgrit.core.cases import Source, SourceError
 from medgrit.core.fsnames import escape_name
 from medgrit.core.label_names import check_label_map, checked_dataset_name
-from medgrit.core.text import readable_label_name
+from medgrit.core.text import readable_labels
 
 NIFTI_ENDINGS = (".nii.gz", ".nii")
 
@@ -80,13 +80,13 @@ def _modality(channels: object, path: Path, key: str, override: str | None) -> s
 
 
 def _labels(pairs: list[tuple[object, object]], path: Path) -> tuple[tuple[int, str], ...]:
-    """Readable (id, name) pairs of a label list, background left out.
+    """(id, name as written) pairs of a label list, by id, background left out.
 
     Raises:
         SourceError: what :func:`medgrit.core.label_names.check_label_map` refuses.
     """
     names = check_label_map(pairs, f"malformed dataset.json at {escape_name(str(path))}")
-    return tuple(sorted((i, readable_label_name(n)) for i, n in names.items()))
+    return tuple(sorted(names.items()))
 
 
 def _dataset_name(meta: dict, root: Path, path: Path) -> str:
@@ -104,6 +104,7 @@ def _nifti_case(
     image: Path,
     label: Path,
     modality: str,
+    written: tuple[tuple[int, str], ...],
     labels: tuple[tuple[int, str], ...],
 ) -> NiftiCase:
     return NiftiCase(
@@ -114,6 +115,7 @@ def _nifti_case(
         label=str(label),
         modality=modality,
         labels=labels,
+        written_labels=written,
     )
 
 
@@ -142,12 +144,13 @@ def open_nnunet(spec: str, root: Path, modality: str | None = None, key: bytes =
     if not labels_dir.is_dir():
         raise SourceError(f"no labelsTr folder in {root}: not an nnU-Net raw dataset")
     dataset = _dataset_name(meta, root, meta_path)
-    labels = _labels(pairs, meta_path)
+    written = _labels(pairs, meta_path)
+    labels = readable_labels(written)
     cases = []
     for label_file in sorted(labels_dir.glob(f"*{ending}")):
         case = label_file.name[: -len(ending)]
         image = root / "imagesTr" / f"{case}_0000{ending}"
-        cases.append(_nifti_case(spec, dataset, case, image, label_file, mod, labels))
+        cases.append(_nifti_case(spec, dataset, case, image, label_file, mod, written, labels))
     return Source(spec, "nnunet", str(root), dataset, mod, labels, tuple(cases))
 
 
@@ -163,7 +166,8 @@ def open_msd(spec: str, root: Path, modality: str | None = None, key: bytes = b"
         raise SourceError(f"malformed dataset.json at {meta_path}: 'training' must be a list")
     mod = _modality(meta.get("modality"), meta_path, "modality", modality)
     dataset = _dataset_name(meta, root, meta_path)
-    labels = _labels(list(raw_labels.items()), meta_path)
+    written = _labels(list(raw_labels.items()), meta_path)
+    labels = readable_labels(written)
     cases = []
     for entry in training:
         if not isinstance(entry, dict) or "image" not in entry or "label" not in entry:
@@ -174,6 +178,6 @@ def open_msd(spec: str, root: Path, modality: str | None = None, key: bytes = b"
         label = (root / str(entry["label"])).resolve()
         name = label.name
         case = next((name[: -len(e)] for e in NIFTI_ENDINGS if name.endswith(e)), name)
-        cases.append(_nifti_case(spec, dataset, case, image, label, mod, labels))
+        cases.append(_nifti_case(spec, dataset, case, image, label, mod, written, labels))
     cases.sort(key=lambda c: c.case)
     return Source(spec, "msd", str(root), dataset, mod, labels, tuple(cases))

@@ -86,7 +86,7 @@ from medgrit.core.label_names import (
     normalise_label_name,
 )
 from medgrit.core.regions import label_dtype
-from medgrit.core.text import MODALITIES, readable_label_name
+from medgrit.core.text import MODALITIES, readable_label_name, readable_labels
 
 __all__ = [
     "CLASS_MAPPING_JSON",
@@ -281,9 +281,10 @@ def _read_class_mapping(path: Path) -> dict[str, dict[int, str]]:
 
 
 def _dataset_labels(classes: dict[int, str]) -> tuple[tuple[int, str], ...]:
+    """(id, class name as written) of the classes medgrit names, by id."""
     return tuple(
         sorted(
-            (label_id, readable_label_name(name))
+            (label_id, name)
             for label_id, name in classes.items()
             if label_filter_reason(name) is None
         )
@@ -357,7 +358,8 @@ def open_samed2d(spec: str, root: Path, modality: str | None = None, key: bytes 
         )
     for dataset in datasets:
         checked_dataset_name(dataset, f"an image name in {escape_name(str(index_path))}")
-    labels_of = {d: _dataset_labels(mapping[d]) for d in datasets}
+    written_of = {d: _dataset_labels(mapping[d]) for d in datasets}
+    labels_of = {d: readable_labels(w) for d, w in written_of.items()}
     modality_of: dict[str, str] = {}
     for sub in sorted({sub for _, _, sub in volumes}):
         found = modality_of_prefix(sub) or modality
@@ -385,6 +387,7 @@ def open_samed2d(spec: str, root: Path, modality: str | None = None, key: bytes 
                 case=f"{case}--{sub}",
                 modality=modality_of[sub],
                 labels=labels_of[dataset],
+                written_labels=written_of[dataset],
                 patient=case,
                 index=str(index_path),
                 name=f"{sub}--{dataset}--{case}",

@@ -255,9 +255,9 @@ def _datasets_of(source: Source) -> dict:
 
 
 def _source_entry(source: Source) -> dict:
-    """A source as the manifest records it, with the label map of each of its datasets and its
-    sha256 (cases whose ids are numbered per case, as DICOM SEG segments are, keep their names
-    in their fingerprints instead)."""
+    """A source as the manifest records it, with the label map of each of its datasets as its
+    label files write it (and its sha256) and as the text words it (cases whose ids are
+    numbered per case, as DICOM SEG segments are, keep their names in their fingerprints)."""
     maps = label_maps_of(source.cases)
     return {
         "spec": escape_name(source.spec),
@@ -267,6 +267,7 @@ def _source_entry(source: Source) -> dict:
         "cases": len(source.cases),
         "label_maps": maps,
         "label_map_sha256": label_map_digest(maps),
+        "label_words": label_maps_of(source.cases, words=True),
         "datasets": _datasets_of(source),
     }
 
@@ -360,6 +361,21 @@ def mismatch_message(previous: dict, manifest: dict, same_config: bool, shown: s
     return f"{shown} holds another build: {what}; nothing was changed. {hint}"
 
 
+_PLAN_KEYS = ("source", "case", "case_id", "split", "quota")
+
+
+def _plan_of(shard: dict) -> tuple:
+    """What a shard entry plans: its id and, per case, what it builds and how (not what tells
+    a changed case, which a dataset written before fingerprints were recorded lacks)."""
+    cases = shard.get("cases")
+    if not isinstance(cases, list):
+        return (shard.get("id"), cases)
+    return (
+        shard.get("id"),
+        [tuple(c.get(k) for k in _PLAN_KEYS) if isinstance(c, dict) else c for c in cases],
+    )
+
+
 def resume_from(out: Path, manifest: dict, rebuild_if_changed: bool, extends: bool = False) -> None:
     """Fill ``manifest`` with what ``OUT`` already holds of the same build (finished shards,
     submitted batches), and write it. ``extends``: ``manifest`` may hold OUT's plan followed
@@ -377,8 +393,8 @@ def resume_from(out: Path, manifest: dict, rebuild_if_changed: bool, extends: bo
         # less the shards the plan retires (their cases changed and are planned again).
         retired = {str(r.get("id")) for r in manifest.get("retired") or []}
         kept = [s for s in previous["shards"] if s["id"] not in retired]
-        recorded = [(s["id"], s.get("cases")) for s in kept]
-        planned = [(s["id"], s["cases"]) for s in manifest["shards"]]
+        recorded = [_plan_of(s) for s in kept]
+        planned = [_plan_of(s) for s in manifest["shards"]]
         same_plan = (planned[: len(recorded)] if extends else planned) == recorded
         if same_config and same_plan:
             manifest["created_at"] = previous.get("created_at", manifest["created_at"])

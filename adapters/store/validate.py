@@ -139,18 +139,20 @@ def validate_dataset(out_dir: str | Path) -> list[str]:
 
 def _cases_numbered_per_case(manifest: dict) -> set[str]:
     """Case ids whose label ids are numbered per case (DICOM SEG segments and RTSTRUCT ROIs,
-    marked so in their entries; every DICOM case of a manifest that records no label maps):
-    their ids are compared within their case, all others within their dataset."""
-    older = {
+    marked so in their entries; a DICOM case whose entry was written before entries were
+    marked, which carries no fingerprint either): their ids are compared within their case,
+    all others within their dataset."""
+    dicom = {
         s.get("spec")
         for s in manifest.get("sources") or []
-        if isinstance(s, dict) and s.get("kind") == "dicom" and "label_maps" not in s
+        if isinstance(s, dict) and s.get("kind") == "dicom"
     }
     return {
         str(c.get("case_id"))
         for shard in manifest["shards"]
         for c in shard.get("cases") or []
-        if isinstance(c, dict) and (c.get("labels_per_case") or c.get("source") in older)
+        if isinstance(c, dict)
+        and (c.get("labels_per_case") or (c.get("source") in dicom and "fingerprint" not in c))
     }
 
 

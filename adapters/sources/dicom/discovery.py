@@ -54,7 +54,7 @@ from medgrit.core.cases import Source, SourceError
 from medgrit.core.fsnames import escape_name
 from medgrit.core.ids import pseudonymise_case
 from medgrit.core.label_names import checked_dataset_name
-from medgrit.core.text import MODALITIES
+from medgrit.core.text import MODALITIES, readable_labels
 
 __all__ = ["open_dicom"]
 
@@ -193,7 +193,8 @@ def open_dicom(spec: str, root: Path, modality: str | None = None, key: bytes = 
                     source=spec,
                     dataset=dataset,
                     modality=image_modality(images[0]),
-                    labels=header.labels,
+                    labels=readable_labels(header.labels),
+                    written_labels=header.labels,
                     files=tuple(sorted(str(m.path) for m in images)),
                     mask=str(header.path),
                     **pseudonyms(header, images[0].series_uid, header.sop_uid),
@@ -204,12 +205,14 @@ def open_dicom(spec: str, root: Path, modality: str | None = None, key: bytes = 
             if not frames:
                 continue
             mask_name = frames[0][1].relative_to(root).as_posix()
+            written = label_files.for_image(header.path)
             cases.append(
                 DicomPlanarCase(
                     source=spec,
                     dataset=dataset,
                     modality=image_modality(header),
-                    labels=label_files.for_image(header.path),
+                    labels=readable_labels(written),
+                    written_labels=written,
                     image=str(header.path),
                     frames=tuple(MaskFrame(frame, str(mask)) for frame, mask in frames),
                     **pseudonyms(header, header.series_uid, f"{header.sop_uid}/{mask_name}"),
@@ -232,7 +235,8 @@ def open_dicom(spec: str, root: Path, modality: str | None = None, key: bytes = 
                 source=spec,
                 dataset=dataset,
                 modality=mod,
-                labels=header.labels,
+                labels=readable_labels(header.labels),
+                written_labels=header.labels,
                 files=(),
                 mask=str(header.path),
                 **pseudonyms(header, ",".join(header.ref_series), header.sop_uid),

@@ -26,7 +26,6 @@ from medgrit.adapters.sources.dicom.files import (
 )
 from medgrit.core.failures import fails_the_shard
 from medgrit.core.label_names import label_name_problem, normalise_label_name
-from medgrit.core.text import readable_label_name
 
 __all__ = [
     "DICOM_MODALITIES",
@@ -207,7 +206,8 @@ def _summarise(path: Path, ds: Dataset, sop_uid: str) -> Header:
 
 
 def usable_names(labels: list[tuple[int, str]]) -> tuple[tuple[int, str], ...]:
-    """Readable names of segments or ROIs, by number. A name that cannot name a structure
+    """Names of segments or ROIs as written (normalised), by number. A name that cannot name a
+    structure
     (:func:`medgrit.core.label_names.label_name_problem`: no letter, markup, control
     characters) is left out, so its pixels become ``unknown_label`` rejects, as does a number
     given twice (which of its names is meant cannot be told)."""
@@ -216,7 +216,7 @@ def usable_names(labels: list[tuple[int, str]]) -> tuple[tuple[int, str], ...]:
     for number, raw in labels:
         name = normalise_label_name(raw)
         if counts[number] == 1 and label_name_problem(name) is None:
-            out.append((number, readable_label_name(name)))
+            out.append((number, name))
     return tuple(sorted(out))
 
 

@@ -18,6 +18,7 @@ from pydicom.dataset import Dataset
 from medgrit.adapters.sources.dicom.headers import usable_names
 from medgrit.adapters.sources.dicom.series import SeriesGrid
 from medgrit.core.contours import fill_even_odd
+from medgrit.core.text import readable_labels
 
 __all__ = ["rtstruct_labels"]
 
@@ -73,5 +74,7 @@ def rtstruct_labels(
     present = {number for number, _ in polygons}
     listed = {n for n, _ in rois}
     unlisted = [(n, f"roi {n}") for n in sorted(present - listed)]
-    names = usable_names([(n, name) for n, name in rois if n in present] + unlisted)
+    names = readable_labels(
+        usable_names([(n, name) for n, name in rois if n in present] + unlisted)
+    )
     return labels, names

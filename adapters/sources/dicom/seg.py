@@ -17,6 +17,7 @@ from medgrit.adapters.sources.dicom.files import read_pixels
 from medgrit.adapters.sources.dicom.headers import usable_names
 from medgrit.adapters.sources.dicom.series import ORIENTATION_TOL, SeriesGrid, functional_item
 from medgrit.core.cases import UnreadableImage
+from medgrit.core.text import readable_labels
 
 __all__ = ["seg_labels"]
 
@@ -40,7 +41,7 @@ def seg_labels(
     for segment in seg.get("SegmentSequence", []):
         number = int(segment.SegmentNumber)
         raw_names.append((number, str(segment.get("SegmentLabel", "") or f"segment {number}")))
-    names = usable_names(raw_names)
+    names = readable_labels(usable_names(raw_names))
     count = int(seg.get("NumberOfFrames", 1) or 1)
     pixels = read_pixels(seg, "SEG").reshape(count, rows, cols)
     fractional = str(seg.get("SegmentationType", "BINARY")).upper() == "FRACTIONAL"
