@@ -253,7 +253,7 @@ def check_sources_unchanged(
             source_fingerprints(config, cases),
         )
     except PlanConflict as exc:
-        return changed_sources_message(escape_name(str(out)), str(exc))
+        return changed_sources_message(escape_name(str(out)), exc)
     if resume and extended is not None and extended.new_cases:
         before = sum(len(s.get("cases") or []) for s in recorded.shards)
         return (
@@ -265,13 +265,17 @@ def check_sources_unchanged(
     return None
 
 
-def changed_sources_message(shown: str, what: str) -> str:
+def changed_sources_message(shown: str, conflict: PlanConflict) -> str:
     """The one line that refuses a build whose dataset's sources changed since it was built."""
+    rebuild = (
+        "build again with --rebuild-changed to rebuild what changed as new shards, "
+        if conflict.rebuildable
+        else ""
+    )
     return (
-        f"{shown} holds another build: its sources changed since it was built ({what}); "
-        "nothing was changed. Restore the sources, build again with --rebuild-changed to "
-        "rebuild what changed as new shards, build into a new folder, or replace it with "
-        "`medgrit build ... --overwrite`"
+        f"{shown} holds another build: its sources changed since it was built ({conflict}); "
+        f"nothing was changed. Restore the sources, {rebuild}build into a new folder, or "
+        "replace it with `medgrit build ... --overwrite`"
     )
 
 
@@ -711,7 +715,7 @@ def _run_locked(
     try:
         prepared = prepare_build(config, previous)
     except PlanConflict as exc:
-        raise DatasetMismatch(changed_sources_message(shown, str(exc))) from None
+        raise DatasetMismatch(changed_sources_message(shown, exc)) from None
     plan = prepared.plan
     vocabularies = prepared.vocabularies()
     retired = [

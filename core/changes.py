@@ -9,9 +9,9 @@ resume or scheduled append compares them with the sources as they are now
 (:func:`label_map_changes`, :func:`case_change`): a case is never kept beside cases built under
 another meaning, or another wording, of its labels.
 
-- A label renamed or removed changes a label map; a label added does not (ids the map did not
-  name were rejected as ``unknown_label``, never named otherwise, so no shard says a thing by
-  them).
+- A label renamed, removed or added changes a label map. An added label changes what existing
+  masks say too: pixels of its id were rejected before, or read as the only label (a binary
+  mask of a one-label image folder); and the names the build's texts are verified with change.
 - The same names worded otherwise (a newer medgrit) change the wording: shards built before
   would say one id with other words than shards built now.
 
@@ -71,12 +71,14 @@ def label_map_digest(maps: Mapping[str, Mapping[str, str]]) -> str:
 
 
 def describe_label_change(before: Mapping[str, str], now: Mapping[str, str]) -> str:
-    """``3: 'liver' then, 'spleen' now; 5: 'tumour' gone`` (the first few differences), or ""
-    when every label of ``before`` has its name in ``now`` (labels added are no change)."""
+    """``3: 'liver' then, 'spleen' now; 4: 'tumour' gone; 5: new 'cyst'`` (the first few
+    differences), or "" when the maps are equal."""
     parts = []
-    for label_id, old in sorted(before.items(), key=_by_id):
-        new = now.get(label_id)
-        if new is None:
+    for label_id in sorted({**before, **now}, key=lambda k: _by_id((k, None))):
+        old, new = before.get(label_id), now.get(label_id)
+        if old is None:
+            parts.append(f"{label_id}: new {new!r}")
+        elif new is None:
             parts.append(f"{label_id}: {old!r} gone")
         elif new != old:
             parts.append(f"{label_id}: {old!r} then, {new!r} now")
@@ -189,6 +191,27 @@ class CaseChange:
     unreadable: bool = False
 
 
+def _files_of(stamp: str) -> tuple[bool, int | None]:
+    """(a file was unreadable, file count) of a recorded or current fingerprint."""
+    missing = stamp.startswith(MISSING_PREFIX)
+    count, sep, _ = stamp.removeprefix(MISSING_PREFIX).partition(":")
+    return missing, int(count) if sep and count.isdigit() else None
+
+
+def _lost_files(recorded: str, now: str) -> str | None:
+    """Why a case lost files it was built from (unreadable now, or fewer listed), or None.
+    A mount or a permission that comes back undoes it, so it is never rebuilt from."""
+    if not recorded or not now:
+        return None
+    was_missing, was = _files_of(recorded)
+    is_missing, count = _files_of(now)
+    if is_missing and not was_missing:
+        return "a file of it cannot be read now"
+    if was is not None and count is not None and count < was:
+        return f"{was} files then, {count} now"
+    return None
+
+
 def case_change(
     entry: Mapping,
     listed: int | None,
@@ -203,11 +226,14 @@ def case_change(
         fingerprint: its (fingerprint, content digest or None) now; None: not computed.
     """
     recorded = str(entry.get("fingerprint") or "")
-    if fingerprint is not None and fingerprint[0].startswith(MISSING_PREFIX):
-        if not recorded.startswith(MISSING_PREFIX):
-            return CaseChange("a file of it cannot be read now", unreadable=True)
+    if fingerprint is not None:
+        lost = _lost_files(recorded, fingerprint[0]) or _lost_files(
+            str(entry.get("content_sha256") or ""), fingerprint[1] or ""
+        )
+        if lost:
+            return CaseChange(lost, unreadable=True)
     before = entry.get("listed_images")
-    if before is not None and listed is not None and before != listed:
+    if before is not None and listed is not None and str(before) != str(listed):
         return CaseChange(f"{before} images then, {listed} now")
     if fingerprint is None:
         return None

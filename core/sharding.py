@@ -233,7 +233,12 @@ def _task(
 class PlanConflict(ValueError):
     """A recorded plan cannot be extended: cases it holds are gone from the sources, or changed
     since they were built, or a source's label map changed. The message says which, in counts
-    (and changed cases' names)."""
+    (and changed cases' names). ``rebuildable``: ``rebuild_changed`` would build it (nothing
+    is gone or unreadable)."""
+
+    def __init__(self, message: str, rebuildable: bool = False) -> None:
+        super().__init__(message)
+        self.rebuildable = rebuildable
 
 
 @dataclass(frozen=True)
@@ -403,14 +408,17 @@ def extend_plan(
                 elif change is not None:
                     changed.append(f"{entry['case']}: {change.why}")
                     why_retired.append(f"a case changed ({change.why})")
+                # What tells a change later is refreshed (a case verified by its bytes after a
+                # copy that did not keep times is compared by the copy's times from now on).
+                stamp, content = now if now is not None else (None, None)
                 task = CaseTask(
                     case,
                     case_ids[i],
                     entry["split"],
                     entry.get("quota"),
                     entry.get("listed_images"),
-                    entry.get("fingerprint"),
-                    entry.get("content_sha256"),
+                    stamp or entry.get("fingerprint"),
+                    content or entry.get("content_sha256"),
                 )
                 kept.append((i, task))
             if why_retired and rebuild_changed:
@@ -452,7 +460,7 @@ def extend_plan(
                 f"{len(changed)} of its cases changed since they were built ({_listing(changed)})"
             )
     if problems:
-        raise PlanConflict("; ".join(problems))
+        raise PlanConflict("; ".join(problems), rebuildable=not (gone or unreadable))
 
     new = [i for i in range(len(cases)) if i not in placed]
     fresh = sorted({(cases[i].dataset, patient_ids[i]) for i in new} - set(patient_split))

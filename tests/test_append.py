@@ -381,15 +381,17 @@ def test_a_changed_label_map_names_its_ids(tmp_path: Path) -> None:
         extend_plan(recorded, now, config, KEY, _one, _one)
     assert str(error.value) == (
         "the label map of nnunet:/data/D (D) changed: 1: 'liver' then, 'spleen' now; "
-        "2: 'spleen' then, 'liver' now"
+        "2: 'spleen' then, 'liver' now; 3: new 'tumour'"
     )
     extended = extend_plan(recorded, now, config, KEY, _one, _one, rebuild_changed=True)
     assert extended is not None and len(extended.retired) == 2 and extended.rebuilt == 3
     assert {r.reason for r in extended.retired} == {"its source's label map changed"}
-    # The same map again, or with a label added (no id the dataset holds says another thing).
+    # The same map again: no change. A label added is one (its pixels were rejected, or read
+    # as the only label, before).
     assert extend_plan(recorded, before, config, KEY, _one, _one).retired == ()
     grown = labelled({1: "liver", 2: "spleen", 3: "tumour"})
-    assert extend_plan(recorded, grown, config, KEY, _one, _one).retired == ()
+    with pytest.raises(PlanConflict, match="3: new 'tumour'"):
+        extend_plan(recorded, grown, config, KEY, _one, _one)
 
     # The same label file, worded otherwise by the medgrit that built the dataset.
     older = {"D": {"1": "hepar", "2": "spleen"}}

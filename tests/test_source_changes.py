@@ -14,6 +14,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 from catalogue import tree_digest, write_ct_source
+from PIL import Image
 
 from medgrit.adapters.build import LoopMapper, run_build
 from medgrit.adapters.store.bookkeeping import DatasetMismatch
@@ -228,3 +229,71 @@ def test_a_dicom_seg_dataset_written_before_label_maps_were_recorded_resumes(
     assert finished["status"] == "complete" and validate_dataset(out) == []
     names = {(r["label_id"], r["label"]) for r in read_table(out, "regions")}
     assert names == {(1, "liver"), (2, "spleen"), (1, "spleen"), (2, "liver")}
+
+
+def test_files_that_cannot_be_read_now_are_refused_even_when_rebuilding(built, tmp_path) -> None:
+    """An unmounted folder is not a change to rebuild from: nothing finished is thrown away."""
+    source, out, _ = built
+    before = _parts(out)
+    away = tmp_path / "unmounted"
+    (source / "imagesTr").rename(away)
+    with pytest.raises(DatasetMismatch, match="3 of its cases cannot be read now"):
+        _build(source, out, images_per_shard=6, rebuild_changed=True)
+    assert _parts(out) == before
+    away.rename(source / "imagesTr")
+
+    folder = tmp_path / "polyps"
+    (folder / "images").mkdir(parents=True)
+    (folder / "masks").mkdir()
+    for stem in ("a", "b"):
+        pixels = np.random.default_rng(len(stem)).integers(0, 255, (32, 32, 3), np.uint8)
+        Image.fromarray(pixels).save(folder / "images" / f"{stem}.png")
+        Image.fromarray(np.eye(32, dtype=np.uint8)).save(folder / "masks" / f"{stem}.png")
+    meta = {"modality": "endoscopy", "labels": {"1": "polyp"}, "masks": "label_map"}
+    (folder / "labels.json").write_text(json.dumps(meta))
+    polyps = tmp_path / "polyp-ds"
+    config = BuildConfig(sources=[f"images:{folder}"], out=str(polyps), rebuild_changed=True)
+    run_build(config, LoopMapper())
+    kept = _parts(polyps)
+    (folder / "masks").rename(tmp_path / "masks-elsewhere")
+    with pytest.raises(DatasetMismatch, match="a: 2 files then, 1 now"):
+        run_build(config, LoopMapper())
+    assert _parts(polyps) == kept
+
+
+def test_verify_sources_guards_a_dataset_first_built_without_it(built) -> None:
+    source, out, _ = built
+    label = source / "labelsTr" / "case000.nii.gz"
+    _build(source, out, images_per_shard=6, verify_sources=True)  # records the bytes now
+    manifest = json.loads((out / "dataset.json").read_text())
+    assert all("content_sha256" in c for s in manifest["shards"] for c in s["cases"])
+    info = label.stat()
+    _relabel_in_place(label)
+    with label.open("r+b") as handle:  # the same size as before, and the same time
+        handle.truncate(info.st_size)
+    os.utime(label, ns=(info.st_atime_ns, info.st_mtime_ns))
+    _build(source, out, images_per_shard=6)  # sizes and times alone cannot tell
+    with pytest.raises(DatasetMismatch, match="case000: its files or labels changed"):
+        _build(source, out, images_per_shard=6, verify_sources=True)
+
+
+@pytest.mark.parametrize(
+    "edit",
+    [
+        {"retired": [{"id": "abc"}]},
+        {"retired": [{"id": "00007", "generation": "x"}]},
+        {"sources": 5},
+        {"sources": [{"spec": "nnunet:/x", "label_maps": {"D": "x"}}]},
+    ],
+    ids=["retired-id", "retired-generation", "sources", "label-maps"],
+)
+def test_a_hand_edited_manifest_is_one_line(built, medgrit_offline, edit: dict) -> None:
+    source, out, _ = built
+    manifest = json.loads((out / "dataset.json").read_text())
+    (out / "dataset.json").write_text(json.dumps({**manifest, **edit}))
+    before = tree_digest(out)
+    for command in (("validate", str(out)), ("build", f"nnunet:{source}", "--out", str(out))):
+        result = medgrit_offline(*command)
+        assert result.returncode == 2, (command, result.stderr)
+        assert "dataset.json" in _one_line(result)
+    assert tree_digest(out) == before

@@ -42,25 +42,37 @@ def _labels_part(case: Case) -> bytes:
     return json.dumps(named, ensure_ascii=True).encode("ascii")
 
 
+def _stamped(files: tuple[str, ...], digest: str, missing: bool) -> str:
+    """``{files}:{sha256}``, prefixed with ``MISSING_PREFIX`` when a file cannot be read now
+    (``medgrit.core.changes.case_change`` reads both back)."""
+    return f"{MISSING_PREFIX if missing else ''}{len(files)}:{digest}"
+
+
 def case_fingerprint(case: Case) -> str:
-    """sha256 of the case's metadata and each file's path, size and modification time,
-    prefixed with ``MISSING_PREFIX`` when a file cannot be read now."""
+    """The case's file count and a sha256 of its metadata and each file's path, size and
+    modification time (see :func:`_stamped`)."""
     digest = hashlib.sha256(_labels_part(case))
     missing = False
-    for path in case.content_files:
+    files = case.content_files
+    for path in files:
         try:
             info = os.stat(path)
             stamp = f"{info.st_size}:{info.st_mtime_ns}"
+            if not os.access(path, os.R_OK):
+                stamp, missing = "unreadable", True
         except (OSError, ValueError):
             stamp, missing = "missing", True
         digest.update(b"\0" + name_bytes(path) + b"\0" + stamp.encode("ascii"))
-    return (MISSING_PREFIX if missing else "") + digest.hexdigest()
+    return _stamped(files, digest.hexdigest(), missing)
 
 
 def content_digest(case: Case) -> str:
-    """sha256 of the case's labels and the bytes of each of its files (a full read)."""
+    """The case's file count and a sha256 of its metadata and the bytes of each of its files
+    (a full read; see :func:`_stamped`)."""
     digest = hashlib.sha256(_labels_part(case))
-    for path in case.content_files:
+    missing = False
+    files = case.content_files
+    for path in files:
         digest.update(b"\0" + name_bytes(path) + b"\0")
         file_digest = hashlib.sha256()
         try:
@@ -70,7 +82,8 @@ def content_digest(case: Case) -> str:
             digest.update(file_digest.digest())
         except (OSError, ValueError):
             digest.update(b"missing")
-    return digest.hexdigest()
+            missing = True
+    return _stamped(files, digest.hexdigest(), missing)
 
 
 def fingerprint_cases(

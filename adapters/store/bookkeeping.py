@@ -400,7 +400,8 @@ def resume_from(out: Path, manifest: dict, rebuild_if_changed: bool, extends: bo
             manifest["created_at"] = previous.get("created_at", manifest["created_at"])
             for entry, old in zip(manifest["shards"], kept, strict=False):
                 if shard_done(out, old):
-                    entry.update(old)
+                    # The same cases (same plan); what tells them changed is the build's own.
+                    entry.update({k: v for k, v in old.items() if k != "cases"})
                 elif old.get("batches"):
                     entry["batches"] = list(old["batches"])  # resumed, not resubmitted
         elif not rebuild_if_changed:

@@ -111,9 +111,18 @@ def read_manifest(out_dir: str | Path) -> dict:
         raise ManifestError(f"{where}/{MANIFEST} has no build 'config' object")
     retired = data.get("retired", [])
     if not isinstance(retired, list) or not all(
-        isinstance(r, dict) and isinstance(r.get("id"), str) for r in retired
+        isinstance(r, dict)
+        and isinstance(r.get("id"), str)
+        and r["id"].isdigit()
+        and isinstance(r.get("generation", 0), int)
+        and not isinstance(r.get("generation", 0), bool)
+        for r in retired
     ):
-        raise ManifestError(f"{where}/{MANIFEST}: 'retired' is not a list of shards (id each)")
+        raise ManifestError(
+            f"{where}/{MANIFEST}: 'retired' is not a list of shards (a numeric id and a whole "
+            "generation each)"
+        )
+    _check_sources(data.get("sources", []), f"{where}/{MANIFEST}")
     for shard in shards:
         check_shard_files(shard, f"{where}/{MANIFEST}")
         for key in ("rows", "stats", "tokens"):
@@ -131,6 +140,28 @@ def read_manifest(out_dir: str | Path) -> dict:
 
 
 _TABLES = ("images", "regions", "conversations", "rejects")
+
+
+def _is_label_maps(maps: object) -> bool:
+    return isinstance(maps, dict) and all(
+        isinstance(m, dict) and all(isinstance(k, str) and k.isdigit() for k in m)
+        for m in maps.values()
+    )
+
+
+def _check_sources(sources: object, where: str) -> None:
+    """The recorded sources must be what a later build compares its sources with."""
+    if not isinstance(sources, list) or not all(
+        isinstance(s, dict) and isinstance(s.get("spec"), str) for s in sources
+    ):
+        raise ManifestError(f"{where}: 'sources' is not a list of sources (a spec each)")
+    for source in sources:
+        for key in ("label_maps", "label_words"):
+            if key in source and not _is_label_maps(source[key]):
+                raise ManifestError(
+                    f"{where}: source {escape_name(source['spec'])} has a '{key}' that is not "
+                    "{dataset: {label id: name}}"
+                )
 
 
 def check_shard_files(shard: dict, where: str) -> None:
