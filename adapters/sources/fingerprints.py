@@ -1,19 +1,20 @@
 """Fingerprints of a case's content: how a later build tells that a case changed since it was
 built.
 
-:func:`case_fingerprint` hashes the case's modality and label names (id and readable name) and,
-for each of its :attr:`~medgrit.core.cases.Case.content_files`, the path, size and modification
-time (ns): one ``stat`` per file, about two microseconds, so a Med-GRIT-size source of 75,000
-images and their masks (315,000 files) is fingerprinted in under a second
+The fingerprint of a case (:func:`case_fingerprint`) is its file count and a sha256 of its
+modality (with its segment names, for cases numbered per case: DICOM SEG and RTSTRUCT; a source-
+wide label map is compared as such) and, for each of its
+:attr:`~medgrit.core.cases.Case.content_files`, the path, size and modification time (ns): a
+``stat`` and an ``access`` per file, about three microseconds, so a Med-GRIT-size source of
+75,000 images and their masks (315,000 files) is fingerprinted in under a second
 (``benchmarks/bench_fingerprints.py``). A mask relabelled in place, an image replaced, a mask
-added to or removed from a case, a label renamed or the modality changed changes it. A copy that
-keeps sizes and modification times (``cp -p``, ``rsync -a``) does not, and neither does a file
-rewritten with the same size within one clock tick; :func:`content_digest`
-(``--verify-sources``) hashes the bytes of every file instead, which settles those and costs a
-full read of the source.
+added to or removed from a case, or the modality changed changes it. A copy that keeps sizes and
+modification times (``cp -p``, ``rsync -a``) does not, and neither does a file rewritten with
+the same size within one clock tick; :func:`content_digest` (``--verify-sources``) hashes the
+bytes of every file instead, which settles those and costs a full read of the source.
 
-Both are hex strings; a file that cannot be read counts as missing (it reads as a reject when
-the case is built).
+Both are ``{file count}:{sha256}``, prefixed with ``MISSING_PREFIX`` when a file cannot be read
+now (``medgrit.core.changes.case_change`` refuses such a case rather than rebuild it).
 """
 
 from __future__ import annotations
