@@ -13,10 +13,10 @@ so that each dataset's share of test patients stays near ``test_fraction``.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from medgrit.core.cases import Case
-from medgrit.core.changes import case_change, label_map_changes
+from medgrit.core.changes import LabelMapChange, case_change, label_map_changes
 from medgrit.core.fsnames import escape_name
 from medgrit.core.ids import pseudonymise_case, unit_hash
 from medgrit.core.shard_rows import CaseTask
@@ -320,6 +320,143 @@ def _listing(items: list[str]) -> str:
     return "; ".join(items[:3]) + (f"; and {len(items) - 3} more" if len(items) > 3 else "")
 
 
+@dataclass
+class _Review:
+    """The recorded shards as they stand against the sources now (see :func:`extend_plan`).
+
+    ``plan``/``generations``: the shards kept; ``placed``: the cases in them; ``seen``: every
+    recorded case still in the sources (kept or to be built again); ``patient_split`` and
+    ``recorded_quota``: as recorded; ``spent``: the images the kept shards were given.
+    """
+
+    plan: list[tuple[str, list[CaseTask]]] = field(default_factory=list)
+    generations: dict[str, int] = field(default_factory=dict)
+    placed: set[int] = field(default_factory=set)
+    seen: set[int] = field(default_factory=set)
+    patient_split: dict[tuple[str, str], str] = field(default_factory=dict)
+    recorded_quota: dict[int, int | None] = field(default_factory=dict)
+    retired: list[RetiredShard] = field(default_factory=list)
+    gone: int = 0
+    changed: list[str] = field(default_factory=list)
+    unreadable: list[str] = field(default_factory=list)
+    spent: int = 0
+
+    def conflict(
+        self,
+        relabelled: Mapping[tuple[str, str], LabelMapChange],
+        n_cases: int,
+        rebuild_changed: bool,
+    ) -> PlanConflict | None:
+        """Why the recorded plan cannot be extended, or None."""
+        gone, seen = self.gone, len(self.seen)
+        if gone and not seen:
+            return PlanConflict(
+                f"{gone} cases then, {n_cases} now: {gone} gone, {n_cases} new; none of them "
+                "is there: was it built with another pseudonymisation key file, or from sources "
+                "whose datasets were named otherwise (a dataset's name is part of its cases' ids)?"
+            )
+        # Gone and unreadable cases are refused whatever the flag: a mount that comes back, or
+        # a case restored, would make a rebuild from what is readable now lose finished shards.
+        problems = []
+        if gone:
+            problems.append(
+                f"{seen + gone} cases then, {n_cases} now: {gone} gone, {n_cases - seen} new; "
+                "the dataset would hold cases its sources no longer have"
+            )
+        if self.unreadable:
+            problems.append(
+                f"{len(self.unreadable)} of its cases cannot be read now "
+                f"({_listing(self.unreadable)}); restore their files or mount"
+            )
+        if not rebuild_changed:
+            problems += [str(change) for _, change in sorted(relabelled.items())]
+            if self.changed:
+                problems.append(
+                    f"{len(self.changed)} of its cases changed since they were built "
+                    f"({_listing(self.changed)})"
+                )
+        if not problems:
+            return None
+        return PlanConflict("; ".join(problems), rebuildable=not (gone or self.unreadable))
+
+
+def _review(
+    shards: Sequence[Mapping],
+    cases: Sequence[Case],
+    case_ids: list[str],
+    patient_ids: list[str],
+    relabelled: Mapping[tuple[str, str], LabelMapChange],
+    estimate_images: Callable[[Case], int] | None,
+    fingerprint: Fingerprint | None,
+    rebuild_changed: bool,
+) -> _Review | None:
+    """Each recorded shard kept as recorded, or retired (``rebuild_changed``) when a case of it
+    changed; None when ``shards`` is not a plan."""
+    by_identity = {
+        case_identity(c.source, c.case, cid): i
+        for i, (c, cid) in enumerate(zip(cases, case_ids, strict=True))
+    }
+    review = _Review()
+    try:
+        for shard in shards:
+            shard_id = str(shard["id"])
+            generation = int(shard.get("generation") or 0)
+            kept: list[tuple[int, CaseTask]] = []
+            why_retired: list[str] = []
+            for entry in shard["cases"]:
+                i = by_identity.get(case_identity(entry["source"], entry["case"], entry["case_id"]))
+                if i is None:
+                    review.gone += 1
+                    continue
+                if i in review.seen or entry["split"] not in ("train", "test"):
+                    return None
+                review.seen.add(i)
+                case = cases[i]
+                review.patient_split[(case.dataset, patient_ids[i])] = entry["split"]
+                review.recorded_quota[i] = entry.get("quota")
+                now = fingerprint(case) if fingerprint else None
+                listed_now = (
+                    estimate_images(case)
+                    if estimate_images and entry.get("listed_images") is not None
+                    else None
+                )
+                change = case_change(entry, listed_now, now)
+                relabel = relabelled.get((escape_name(case.source), escape_name(case.dataset)))
+                if change is not None and change.unreadable:
+                    review.unreadable.append(f"{entry['case']}: {change.why}")
+                elif relabel is not None:
+                    why_retired.append(relabel.reason)
+                elif change is not None:
+                    review.changed.append(f"{entry['case']}: {change.why}")
+                    why_retired.append(f"a case changed ({change.why})")
+                # What tells a change later is refreshed (a case verified by its bytes after a
+                # copy that did not keep times is compared by the copy's times from now on).
+                stamp, content = now if now is not None else (None, None)
+                task = CaseTask(
+                    case,
+                    case_ids[i],
+                    entry["split"],
+                    entry.get("quota"),
+                    entry.get("listed_images"),
+                    stamp or entry.get("fingerprint"),
+                    content or entry.get("content_sha256"),
+                )
+                kept.append((i, task))
+            if why_retired and rebuild_changed:
+                review.retired.append(
+                    RetiredShard(shard_id, generation, len(shard["cases"]), why_retired[0])
+                )
+                continue
+            for i, task in kept:
+                review.placed.add(i)
+                review.spent += int(task.quota or 0)
+            review.plan.append((shard_id, [task for _, task in kept]))
+            review.generations[shard_id] = generation
+    except (KeyError, TypeError, ValueError):
+        return None
+    return review
+
+
 def extend_plan(
     recorded: RecordedPlan,
     cases: Sequence[Case],
@@ -360,107 +497,25 @@ def extend_plan(
     """
     case_ids = [pseudonymise_case(c.dataset, c.case, key) for c in cases]
     patient_ids = [pseudonymise_case(c.dataset, c.patient or c.case, key) for c in cases]
-    by_identity = {
-        case_identity(c.source, c.case, cid): i
-        for i, (c, cid) in enumerate(zip(cases, case_ids, strict=True))
-    }
     relabelled = label_map_changes(recorded.sources, cases)
-    plan: list[tuple[str, list[CaseTask]]] = []
-    generations: dict[str, int] = {}
-    placed: set[int] = set()
-    seen: set[int] = set()
-    patient_split: dict[tuple[str, str], str] = {}
-    recorded_quota: dict[int, int | None] = {}
-    retired: list[RetiredShard] = []
-    gone = 0
-    changed: list[str] = []
-    unreadable: list[str] = []
-    spent = 0
-    try:
-        for shard in recorded.shards:
-            shard_id = str(shard["id"])
-            generation = int(shard.get("generation") or 0)
-            kept: list[tuple[int, CaseTask]] = []
-            why_retired: list[str] = []
-            for entry in shard["cases"]:
-                i = by_identity.get(case_identity(entry["source"], entry["case"], entry["case_id"]))
-                if i is None:
-                    gone += 1
-                    continue
-                if i in seen or entry["split"] not in ("train", "test"):
-                    return None
-                seen.add(i)
-                case = cases[i]
-                patient_split[(case.dataset, patient_ids[i])] = entry["split"]
-                recorded_quota[i] = entry.get("quota")
-                now = fingerprint(case) if fingerprint else None
-                listed_now = (
-                    estimate_images(case)
-                    if estimate_images and entry.get("listed_images") is not None
-                    else None
-                )
-                change = case_change(entry, listed_now, now)
-                relabel = relabelled.get((escape_name(case.source), escape_name(case.dataset)))
-                if change is not None and change.unreadable:
-                    unreadable.append(f"{entry['case']}: {change.why}")
-                elif relabel is not None:
-                    why_retired.append(relabel.reason)
-                elif change is not None:
-                    changed.append(f"{entry['case']}: {change.why}")
-                    why_retired.append(f"a case changed ({change.why})")
-                # What tells a change later is refreshed (a case verified by its bytes after a
-                # copy that did not keep times is compared by the copy's times from now on).
-                stamp, content = now if now is not None else (None, None)
-                task = CaseTask(
-                    case,
-                    case_ids[i],
-                    entry["split"],
-                    entry.get("quota"),
-                    entry.get("listed_images"),
-                    stamp or entry.get("fingerprint"),
-                    content or entry.get("content_sha256"),
-                )
-                kept.append((i, task))
-            if why_retired and rebuild_changed:
-                retired.append(
-                    RetiredShard(shard_id, generation, len(shard["cases"]), why_retired[0])
-                )
-                continue
-            for i, task in kept:
-                placed.add(i)
-                spent += int(task.quota or 0)
-            plan.append((shard_id, [task for _, task in kept]))
-            generations[shard_id] = generation
-    except (KeyError, TypeError, ValueError):
+    review = _review(
+        recorded.shards,
+        cases,
+        case_ids,
+        patient_ids,
+        relabelled,
+        estimate_images,
+        fingerprint,
+        rebuild_changed,
+    )
+    if review is None:
         return None
-    if gone and not seen:
-        raise PlanConflict(
-            f"{gone} cases then, {len(cases)} now: {gone} gone, {len(cases)} new; none of them "
-            "is there: was it built with another pseudonymisation key file, or from sources "
-            "whose datasets were named otherwise (a dataset's name is part of its cases' ids)?"
-        )
-    # Gone and unreadable cases are refused whatever the flag: a mount that comes back, or a
-    # case restored, would make a rebuild from what is readable now lose finished shards.
-    problems = []
-    if gone:
-        before, fresh = len(seen) + gone, len(cases) - len(seen)
-        problems.append(
-            f"{before} cases then, {len(cases)} now: {gone} gone, {fresh} new; the dataset "
-            "would hold cases its sources no longer have"
-        )
-    if unreadable:
-        problems.append(
-            f"{len(unreadable)} of its cases cannot be read now ({_listing(unreadable)}); "
-            "restore their files or mount"
-        )
-    if not rebuild_changed:
-        problems += [str(change) for _, change in sorted(relabelled.items())]
-        if changed:
-            problems.append(
-                f"{len(changed)} of its cases changed since they were built ({_listing(changed)})"
-            )
-    if problems:
-        raise PlanConflict("; ".join(problems), rebuildable=not (gone or unreadable))
+    conflict = review.conflict(relabelled, len(cases), rebuild_changed)
+    if conflict is not None:
+        raise conflict
+    plan, generations, retired = review.plan, review.generations, review.retired
+    placed, seen, patient_split = review.placed, review.seen, review.patient_split
+    recorded_quota, spent = review.recorded_quota, review.spent
 
     new = [i for i in range(len(cases)) if i not in placed]
     fresh = sorted({(cases[i].dataset, patient_ids[i]) for i in new} - set(patient_split))
