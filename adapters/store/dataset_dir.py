@@ -274,13 +274,8 @@ def is_left_by_dead_process(name: str) -> bool:
     is gone. Stricter than :func:`is_stale_temporary`, for writers that hold no lock (exports):
     another machine's process may be writing beside us now, so only our host's dead are judged.
     """
-    if name.endswith(temp_suffix()):
-        return False
     match = _TEMP_OWNER.search(name)
-    if match is None or match.group("host") != _host_token():
-        return False
-    pid = int(match.group("pid"))
-    return pid == os.getpid() or not _pid_alive(pid)
+    return match is not None and match.group("host") == _host_token() and is_stale_temporary(name)
 
 
 # --------------------------------------------------------------------------- replacing
