@@ -198,9 +198,7 @@ def prepare_build(config: BuildConfig, previous: dict | None = None) -> Prepared
     def count(case: Case) -> int:
         return count_case_images(case, config, load_case)
 
-    def estimate(case: Case) -> int:
-        return estimate_images(case, config.plane, config.slice_stride, config.max_slices_per_case)
-
+    estimate = _estimator(config)
     if previous is not None:
         extended = extend_plan(
             RecordedPlan.of(previous),
@@ -237,32 +235,33 @@ def check_sources_unchanged(
     if previous is None or config.rebuild_changed:
         return None
     cases = [case for source in sources for case in source.cases]
-
-    def estimate(case: Case) -> int:
-        return estimate_images(case, config.plane, config.slice_stride, config.max_slices_per_case)
-
-    recorded = RecordedPlan.of(previous)
+    shown = escape_name(str(out))
     try:
         extended = extend_plan(
-            recorded,
+            RecordedPlan.of(previous),
             cases,
             config,
             key,
             lambda case: 1,  # quotas of new cases do not matter here
-            estimate,
+            _estimator(config),
             source_fingerprints(config, cases),
         )
     except PlanConflict as exc:
-        return changed_sources_message(escape_name(str(out)), exc)
+        return changed_sources_message(shown, exc)
     if resume and extended is not None and extended.new_cases:
-        before = sum(len(s.get("cases") or []) for s in recorded.shards)
-        return (
-            f"{escape_name(str(out))} holds another build: its sources changed since it was "
-            f"built ({before} cases then, {len(cases)} now: 0 gone, {extended.new_cases} new); "
-            "nothing was changed. `medgrit build` with the same sources and settings adds the "
-            "new cases as new shards; a resume only finishes what was planned"
-        )
+        planned = new_manifest(config, sources, extended.plan, {})
+        return mismatch_message(previous, planned, True, shown)
     return None
+
+
+def _estimator(config: BuildConfig) -> Callable[[Case], int]:
+    """A case's images as its listing or header tells, under the build's plane, stride and
+    cap (``medgrit.adapters.sources.estimate_images``)."""
+
+    def estimate(case: Case) -> int:
+        return estimate_images(case, config.plane, config.slice_stride, config.max_slices_per_case)
+
+    return estimate
 
 
 def changed_sources_message(shown: str, conflict: PlanConflict) -> str:
