@@ -28,16 +28,17 @@ import pytest
 from pydantic import ValidationError
 
 from medgrit.adapters.text.templates import make_environment
-from medgrit.core.generation import QA, TASKS, ImageFacts, RegionFacts
+from medgrit.core.generation import QA, ImageFacts, RegionFacts
 from medgrit.core.verify import TextRules, verify_qa
+from medgrit.core.vocab import TASKS
 from medgrit.schemas.llm import ImagePromptFacts, LLMConversation
-from medgrit.testing.openai_server import (
+from medgrit_testing.openai_server import (
     LIE_CLASSES,
     LIE_DECOYS,
     PLANE_WORDS,
+    ProviderLimits,
     RunningServer,
     ServerConfig,
-    TokenBucket,
     estimate_prompt_tokens,
     format_duration,
     serve,
@@ -312,15 +313,15 @@ def test_limits_hold_the_long_run_rate(fresh) -> None:
 
 
 def test_bucket_and_duration_text() -> None:
-    bucket = TokenBucket(60, now=0.0)
-    assert bucket.capacity == 1 and bucket.wait_for(1) == 0
-    bucket.level -= 1
-    assert bucket.wait_for(1) == pytest.approx(1.0)
-    bucket.refill(0.5)
-    assert bucket.reset_in() == pytest.approx(0.5)
-    big = TokenBucket(6000, now=0.0)  # capacity 100: a request of 250 waits for a full bucket
-    big.level = 40
-    assert big.wait_for(250) == pytest.approx(0.6)
+    limits = ProviderLimits(rpm=60, tpm=None, now=0.0)
+    assert limits.limiter.requests_capacity == 1 and limits.acquire(1, 0.0) == (None, 0.0)
+    refused, wait = limits.acquire(1, 0.0)  # the bucket is empty now
+    assert refused == "requests" and wait == pytest.approx(1.0)
+    assert limits.headers(0.5)["x-ratelimit-reset-requests"] == "0.5s"
+    big = ProviderLimits(rpm=None, tpm=6000, now=0.0)  # capacity 100: a request of 250 waits
+    assert big.acquire(60, 0.0) == (None, 0.0)  # for a full bucket; 40 are left
+    refused, wait = big.acquire(250, 0.0)
+    assert refused == "tokens" and wait == pytest.approx(0.6)
     assert [format_duration(s) for s in (0, 0.05, 1, 12.5, 360, 3723)] == [
         "0s", "0.05s", "1s", "12.5s", "6m0s", "1h2m3s"
     ]  # fmt: skip
@@ -738,7 +739,7 @@ def test_server_stops_with_its_context_and_its_parent() -> None:
     parent = subprocess.Popen(
         [sys.executable, "-c", textwrap.dedent("""
             import time
-            from medgrit.testing.openai_server import serve
+            from medgrit_testing.openai_server import serve
             with serve() as server:
                 print(server.port, flush=True)
                 time.sleep(60)
@@ -758,7 +759,7 @@ def test_server_stops_with_its_context_and_its_parent() -> None:
 
 def test_command_line_help() -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "medgrit.testing.openai_server", "--help"],
+        [sys.executable, "-m", "medgrit_testing.openai_server", "--help"],
         capture_output=True,
         text=True,
         check=True,
@@ -781,7 +782,7 @@ def test_invalid_config_is_one_clear_error() -> None:
     with pytest.raises(ValidationError, match="at most 1"):
         ServerConfig(fail_500_rate=0.6, fail_503_rate=0.6)
     result = subprocess.run(
-        [sys.executable, "-m", "medgrit.testing.openai_server", "--config-json",
+        [sys.executable, "-m", "medgrit_testing.openai_server", "--config-json",
          '{"hang_rate": 2}'],
         capture_output=True,
         text=True,
@@ -792,7 +793,7 @@ def test_invalid_config_is_one_clear_error() -> None:
     with pytest.raises(ValidationError):
         ServerConfig(lie_rate=1.5)
     result = subprocess.run(
-        [sys.executable, "-m", "medgrit.testing.openai_server", "--lie-rate", "0.3",
+        [sys.executable, "-m", "medgrit_testing.openai_server", "--lie-rate", "0.3",
          "--lie-classes", "wrong_size,white_lie"],
         capture_output=True,
         text=True,

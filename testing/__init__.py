@@ -1,1 +1,0 @@
-"""Test helpers users may reuse: an OpenAI-compatible fake provider (the ``testing`` extra)."""
