@@ -20,6 +20,7 @@ from typing import Annotated
 import typer
 from pydantic import ValidationError
 
+from medgrit.adapters.runtime.atomic import write_atomic
 from medgrit.cli.configfile import invalid_config, parse_config_file
 from medgrit.cli.messages import fail, reason_of, shown, speaking_of
 from medgrit.cli.preflight import check_dataset_folders, check_out, create_key, open_checked
@@ -61,7 +62,7 @@ def check_deployment(where: str, service: ServiceConfig, i: int) -> None:
     config = deployment.config
     out = Path(config.out)
     with speaking_of(f"{where}: deployments[{i}] ({deployment.name})"):
-        opened = open_checked(config, out)
+        opened = open_checked(config, out).sources
         if not check_out(out, [Path(s.root) for s in opened], overwrite=True, flag="config.out"):
             return
         try:
@@ -128,12 +129,9 @@ def write_prefect_yaml(service: ServiceConfig, config_path: Path, target: Path) 
     body = yaml.safe_dump(
         prefect_yaml(service, folder), sort_keys=False, allow_unicode=True, width=100
     )
-    partial = target.with_name(f".{target.name}.{os.getpid()}.tmp")
     try:
-        partial.write_text(header + body, encoding="utf-8")
-        partial.replace(target)
+        write_atomic(target, header + body)
     except OSError as exc:
-        partial.unlink(missing_ok=True)
         fail(f"cannot write {shown(target)}: {reason_of(exc)}")
 
 

@@ -1,10 +1,11 @@
 """Run one export or the baseline into a temporary folder or file next to ``--out``, then rename.
 
-Nothing half-written is left at ``--out``: the work goes to ``.{name}.export.tmp-{host}~{pid}~
-{token}`` beside it (the dataset folder's :func:`temp_suffix`), which is removed when anything
-fails, and is renamed into place only once complete. A writer killed outright (``kill -9``) cannot
-remove its own, so each writer first removes those of this host's processes that are gone; one
-of a live process, or of another machine, is never touched.
+Nothing half-written is left at ``--out``: the work goes to ``.{name}.tmp-{host}~{pid}~{token}``
+beside it (``medgrit.adapters.runtime.atomic``, the writer of every file), which is removed when
+anything fails, and is renamed into place only once complete. A writer killed outright
+(``kill -9``) cannot remove its own, so each writer first removes those of this host's processes
+that are gone (also the ``.{name}.export.tmp-...`` of earlier versions); one of a live process,
+or of another machine, is never touched.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from medgrit.adapters.export.llava import write_llava
 from medgrit.adapters.export.qwen2vl import write_qwen2vl
 from medgrit.adapters.export.records import DatasetRecords, read_records
 from medgrit.adapters.export.trl import write_trl
-from medgrit.adapters.store.dataset_dir import is_left_by_dead_process, temp_suffix
+from medgrit.adapters.runtime.atomic import atomic_folder, is_left_by_dead_process, write_atomic
 
 
 @dataclass(frozen=True)
@@ -47,11 +48,7 @@ FORMATS: dict[str, Writer] = {
 }
 
 
-_STAGING = re.compile(r"^\..+\.export\.tmp-.+$")
-
-
-def _temporary(out: Path) -> Path:
-    return out.parent / f".{out.name}.export{temp_suffix()}"
+_STAGING = re.compile(r"^\..+\.tmp-.+$")  # also the ``.{name}.export.tmp-...`` of earlier versions
 
 
 def remove_stale_staging(folder: Path) -> list[str]:
@@ -90,16 +87,9 @@ def export_dataset(
     records = read_records(dataset)
     out.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_staging(out.parent)
-    staging = _temporary(out)
-    staging.mkdir()
-    try:
+    # ``out`` is absent or empty (checked by the caller); the rename never replaces anything else.
+    with atomic_folder(out) as staging:
         counts = writer(records, staging, options)
-        if out.is_dir():
-            out.rmdir()  # empty: checked by the caller, and rmdir refuses anything else
-        staging.rename(out)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return counts
 
 
@@ -112,11 +102,5 @@ def write_predictions(dataset: Path, out: Path, tasks: Sequence[str]) -> int:
     lines = baseline_lines(read_records(dataset), tasks)
     out.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_staging(out.parent)
-    staging = _temporary(out)
-    try:
-        staging.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
-        os.replace(staging, out)
-    except BaseException:
-        staging.unlink(missing_ok=True)
-        raise
+    write_atomic(out, "".join(line + "\n" for line in lines))
     return len(lines)

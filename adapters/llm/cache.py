@@ -1,7 +1,7 @@
 """Content-addressed cache of LLM answers, stored inside the dataset directory.
 
 Layout: ``<folder>/<key[:2]>/<key>.json``, one JSON record per request, where ``key`` is the
-request's :func:`medgrit.adapters.llm.client.request_hash` (sha256 hex of the model, sampling
+request's :func:`medgrit.adapters.llm.chat.request_hash` (sha256 hex of the model, sampling
 parameters and messages). A record is ``{"content", "prompt_tokens", "completion_tokens",
 "model"}``. Only answers the pipeline judged valid are stored, so a rerun or a resume sends no
 request whose valid answer is known.
@@ -10,20 +10,19 @@ request whose valid answer is known.
 first and stores there the answers it judged valid; the client and the batch runner are
 transport only.
 
-Writes are atomic (a unique temporary file in the same folder, then ``os.replace``), so a reader,
-a concurrent writer thread or an interrupted run never sees half a record. Two writers of the
-same key write the same content; the last replace wins.
+Writes are atomic (``medgrit.adapters.runtime.atomic``: a temporary file of its own in the same
+folder, then ``os.replace``), so a reader, a concurrent writer thread or an interrupted run never
+sees half a record. Two writers of the same key write the same content; the last replace wins.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import re
-import tempfile
 from pathlib import Path
 
-from medgrit.adapters.llm.client import ChatRequest, ChatResult, LLMSettings, request_hash
+from medgrit.adapters.llm.chat import ChatRequest, ChatResult, LLMSettings, request_hash
+from medgrit.adapters.runtime.atomic import write_atomic
 
 _KEY = re.compile(r"[0-9a-f]{8,128}")
 
@@ -68,18 +67,10 @@ class ResponseCache:
         return record if isinstance(record, dict) else None
 
     def put(self, key: str, record: dict) -> None:
-        """Store ``record`` under ``key`` atomically (temp file + ``os.replace``)."""
+        """Store ``record`` under ``key`` atomically (``write_atomic``)."""
         target = self.path(key)
         target.parent.mkdir(parents=True, exist_ok=True)
-        data = json.dumps(record, ensure_ascii=False, sort_keys=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{key[:16]}.", suffix=".tmp", dir=target.parent)
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as handle:
-                handle.write(data)
-            os.replace(tmp, target)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        write_atomic(target, json.dumps(record, ensure_ascii=False, sort_keys=True))
 
     def __contains__(self, key: str) -> bool:
         return self.path(key).is_file()

@@ -16,8 +16,6 @@ What is read: see :mod:`medgrit.adapters.report.reader`.
 from __future__ import annotations
 
 import base64
-import os
-import tempfile
 from collections import Counter
 from html import escape
 from pathlib import Path
@@ -31,6 +29,7 @@ from medgrit.adapters.report.reader import (
     read_report_data,
     read_samples,
 )
+from medgrit.adapters.runtime.atomic import write_atomic
 from medgrit.core.fsnames import escape_name
 from medgrit.core.report_stats import (
     box_measures,
@@ -38,8 +37,7 @@ from medgrit.core.report_stats import (
     choose_samples,
     ranked,
 )
-
-TASKS = ("VG", "ROC", "RC", "MIA")
+from medgrit.core.vocab import TASKS
 
 _CSS = """
 body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1200px; color: #222; }
@@ -214,13 +212,5 @@ def write_report(out_dir: str | Path, target: str | Path, samples: int = 8, seed
     )
     page = render_report(data, chosen, escape_name(Path(out_dir).resolve().name) or "dataset")
     target = Path(target)
-    fd, temp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(page)
-        os.chmod(temp, 0o644)
-        os.replace(temp, target)
-    except BaseException:
-        Path(temp).unlink(missing_ok=True)
-        raise
+    write_atomic(target, page, permissions=0o644)
     return target

@@ -12,6 +12,8 @@ import os
 import secrets
 from pathlib import Path
 
+from medgrit.adapters.runtime.atomic import write_atomic
+
 
 def default_key_file() -> Path:
     """Where the key lives unless configured."""
@@ -31,18 +33,10 @@ def load_or_create_key(path: Path | None = None) -> bytes:
             raise ValueError(f"pseudonymisation key {path} is shorter than 16 bytes")
         return key
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     try:
-        os.write(fd, secrets.token_bytes(32))
-    finally:
-        os.close(fd)
-    try:
-        os.link(tmp, path)  # fails if another process created it first: use theirs
+        write_atomic(path, secrets.token_bytes(32), permissions=0o600, exclusive=True)
     except FileExistsError:
-        pass
-    finally:
-        tmp.unlink(missing_ok=True)
+        pass  # another process created it first: use theirs
     return path.read_bytes()
 
 

@@ -13,8 +13,9 @@
   (:func:`staging_dir`) and exchanged with OUT only once complete (:func:`swap_in`); the old one
   is deleted after the exchange. A killed overwrite leaves OUT as it was, and running the same
   command again resumes the staging folder.
-- Temporary files carry their owner (:func:`temp_suffix`: host, process id, random token), so
-  cleanup (:func:`is_stale_temporary`) never removes the files of a live writer.
+- Temporary files carry their owner (``medgrit.adapters.runtime.atomic``, the one writer of
+  every file: host, process id, random token), so cleanup (:func:`is_stale_temporary`) never
+  removes the files of a live writer. The patterns below recognise them as medgrit's.
 """
 
 from __future__ import annotations
@@ -35,6 +36,12 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+# The owner of a temporary file is the atomic writer's; these names are kept importable here.
+from medgrit.adapters.runtime.atomic import (
+    is_left_by_dead_process as is_left_by_dead_process,
+)
+from medgrit.adapters.runtime.atomic import is_stale_temporary as is_stale_temporary
+from medgrit.adapters.runtime.atomic import temp_suffix as temp_suffix
 from medgrit.core.fsnames import escape_name
 
 MANIFEST = "dataset.json"
@@ -110,7 +117,11 @@ def foreign_entries(out: Path) -> list[str]:
 
 
 _CACHE_DIR = re.compile(r"^[0-9a-f]{2}$")
-_CACHE_FILE = re.compile(r"^([0-9a-f]{64}\.json|\.[0-9a-f]{16}\..+\.tmp)$")
+# A record, its temporary (``.{key}.json.tmp-{owner}``), or one of the mkstemp temporaries
+# (``.{key[:16]}.XXXXXXXX.tmp``) that earlier versions wrote.
+_CACHE_FILE = re.compile(
+    r"^([0-9a-f]{64}\.json|\.[0-9a-f]{64}\.json\.tmp-.+|\.[0-9a-f]{16}\..+\.tmp)$"
+)
 
 
 def _foreign_in_cache(llm: Path) -> list[str]:
@@ -226,56 +237,6 @@ def _read_owner(fd: int) -> str:
         return os.pread(fd, 200, 0).decode("utf-8", "replace").strip()
     except OSError:
         return ""
-
-
-# --------------------------------------------------------------------------- temporaries
-
-_TOKEN = secrets.token_hex(4)
-_TEMP_OWNER = re.compile(r"\.tmp-(?:(?P<host>[A-Za-z0-9_.]+)~)?(?P<pid>\d+)(?:~[0-9a-f]+)?$")
-
-
-def _host_token() -> str:
-    return re.sub(r"[^A-Za-z0-9_.]", "_", socket.gethostname()) or "host"
-
-
-def temp_suffix() -> str:
-    """Suffix of a temporary file written by this process: ``.tmp-{host}~{pid}~{token}``."""
-    return f".tmp-{_host_token()}~{os.getpid()}~{_TOKEN}"
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def is_stale_temporary(name: str) -> bool:
-    """Whether a temporary file was left by a writer that is gone (never this process's own,
-    never one whose process is alive on this host)."""
-    if name.endswith(temp_suffix()):
-        return False  # this process's own
-    match = _TEMP_OWNER.search(name)
-    if match is None:
-        return True
-    host, pid = match.group("host"), int(match.group("pid"))
-    if host is not None and host != _host_token():
-        return True  # another machine's writer cannot hold this dataset's lock now
-    if pid == os.getpid():
-        return True  # an earlier process that had this pid (its token differs)
-    return not _pid_alive(pid)
-
-
-def is_left_by_dead_process(name: str) -> bool:
-    """Whether a temporary name of :func:`temp_suffix` was left by a process of this host that
-    is gone. Stricter than :func:`is_stale_temporary`, for writers that hold no lock (exports):
-    another machine's process may be writing beside us now, so only our host's dead are judged.
-    """
-    match = _TEMP_OWNER.search(name)
-    return match is not None and match.group("host") == _host_token() and is_stale_temporary(name)
 
 
 # --------------------------------------------------------------------------- replacing

@@ -26,7 +26,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from medgrit.adapters.store.dataset_dir import is_stale_temporary, temp_suffix
+from medgrit.adapters.runtime.atomic import atomic_file, is_stale_temporary
 from medgrit.schemas.tables import TABLES
 
 
@@ -158,22 +158,16 @@ class ParquetShardWriter:
         self.compression = compression
 
     def write_table(self, table: str, shard: str, rows: list[dict]) -> WrittenFile:
-        """Write one table's rows for a shard atomically (temp file, fsync, rename)."""
+        """Write one table's rows for a shard atomically (``atomic_file``: temp file, fsync,
+        rename, fsync of the folder)."""
         schema = TABLES[table]
         arrow = pa.Table.from_pylist(rows, schema=schema)
         rel = part_path(table, shard)
         final = self.out_dir / rel
         final.parent.mkdir(parents=True, exist_ok=True)
-        tmp = final.with_name(f".{final.name}{temp_suffix()}")
-        try:
-            # A file object, not a path: pyarrow's paths must be UTF-8, folders may not be.
-            with tmp.open("wb") as handle:
-                pq.write_table(arrow, handle, compression=self.compression, row_group_size=1024)
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.replace(tmp, final)
-        finally:
-            tmp.unlink(missing_ok=True)
+        # A file object, not a path: pyarrow's paths must be UTF-8, folders may not be.
+        with atomic_file(final, "wb") as handle:
+            pq.write_table(arrow, handle, compression=self.compression, row_group_size=1024)
         return WrittenFile(rel, arrow.num_rows, sha256_file(final))
 
     def remove_temporaries(self) -> list[str]:

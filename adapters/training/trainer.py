@@ -23,6 +23,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from medgrit.adapters.runtime.atomic import write_atomic
 from medgrit.adapters.training.examples import load_train_examples
 from medgrit.adapters.training.model import load_base_model, prepare_model
 from medgrit.adapters.training.processor import TrainCollator, VisionChatProcessor
@@ -156,7 +157,7 @@ def train(config: FinetuneConfig, examples: Path) -> TrainResult:
         processor.save_pretrained(work)
         shutil.rmtree(output / MODEL, ignore_errors=True)
         os.replace(work, output / MODEL)
-        (output / TRAIN_RESULT).write_text(json.dumps(result.to_json(), indent=2) + "\n")
+        write_atomic(output / TRAIN_RESULT, json.dumps(result.to_json(), indent=2) + "\n")
     trainer.accelerator.wait_for_everyone()
     return result
 
