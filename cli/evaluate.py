@@ -18,7 +18,7 @@ import typer
 
 from medgrit.cli.messages import fail, reason_of, shown
 from medgrit.cli.outputs import check_output
-from medgrit.core.metrics import TASKS
+from medgrit.core.vocab import TASKS
 
 
 def evaluate(

@@ -15,8 +15,7 @@ import typer
 
 from medgrit.cli.export import check_new_out
 from medgrit.cli.messages import fail, fail_unreadable_tables, reason_of, shown
-
-TASK_NAMES = ("VG", "ROC", "RC", "MIA")
+from medgrit.core.vocab import TASKS
 
 
 def predict_baseline(
@@ -39,10 +38,10 @@ def predict_baseline(
     from medgrit.adapters.store.manifest import ManifestError
     from medgrit.adapters.store.parquet import MissingPart
 
-    tasks = [t.strip().upper() for t in (task or TASK_NAMES)]
-    unknown = [t for t in tasks if t not in TASK_NAMES]
+    tasks = [t.strip().upper() for t in (task or TASKS)]
+    unknown = [t for t in tasks if t not in TASKS]
     if unknown:
-        fail(f"unknown --task {unknown[0]!r}; choose from {', '.join(TASK_NAMES)}")
+        fail(f"unknown --task {unknown[0]!r}; choose from {', '.join(TASKS)}")
     check_new_out(out, kind="file")
     try:
         n = write_predictions(dataset, out, tasks)

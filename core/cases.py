@@ -20,11 +20,13 @@ from typing import ClassVar
 
 import numpy as np
 
+from medgrit.core.vocab import RejectReason
+
 
 class UnreadableImage(Exception):
     """A file that cannot be read as an image; ``reason`` is a reject reason code."""
 
-    def __init__(self, reason: str, detail: str) -> None:
+    def __init__(self, reason: RejectReason, detail: str) -> None:
         detail = " ".join(detail.split())  # one line, whatever the library said
         super().__init__(detail)
         self.reason = reason
@@ -163,4 +165,4 @@ class LoadedCase:
     label_volume: Volume | None = None
     images: tuple[PlanarImage, ...] = ()
     label_names: tuple[tuple[int, str], ...] = ()
-    rejects: tuple[tuple[str, str, int | None], ...] = ()
+    rejects: tuple[tuple[RejectReason, str, int | None], ...] = ()

@@ -10,12 +10,12 @@ written has one conversation.
 
 from __future__ import annotations
 
-from medgrit.core.claims import Lexicon, lexicon_for
 from medgrit.core.failures import fails_the_shard
 from medgrit.core.generation import QA, Generated, Generator, ImageFacts, RegionFacts
+from medgrit.core.lexicon import Lexicon, lexicon_for
+from medgrit.core.rows import conversation_row, reject_row
 from medgrit.core.shard_rows import PendingImage, Reject, ShardRows, error_detail
 from medgrit.core.verify import Failure, ImageTruth, check_turn
-from medgrit.schemas.rows import conversation_row, reject_row
 
 
 def turn_detail(number: int, qa: QA, failure: Failure) -> str:

@@ -26,28 +26,19 @@ from collections import Counter, defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
+from medgrit.core.vocab import BIRD_MODALITY, TASKS, Task
+
 Box = tuple[int, int, int, int]
 
-BIRD_MODALITY: Mapping[str, str] = {
-    "ct": "ct",
-    "mr": "mr",
-    "xray": "x",
-    "pet": "pet",
-    "endoscopy": "endoscopy",
-    "dermoscopy": "dermoscopy",
-    "fundus": "fundus",
-    "ultrasound": "ultrasound",
-}
 MEDGRIT_MODALITY: Mapping[str, str] = {v: k for k, v in BIRD_MODALITY.items()}
 PLANE_AXIS: Mapping[str, str] = {"sagittal": "x", "coronal": "y", "axial": "z", "2d": "z"}
 # BiRD's test file of each task.
-BIRD_TEST_FILES: Mapping[str, str] = {
+BIRD_TEST_FILES: Mapping[Task, str] = {
     "VG": "Test_VG.json",
     "ROC": "Test_RO.json",
     "RC": "Test_GC.json",
     "MIA": "Test_MII.json",
 }
-TASKS: tuple[str, ...] = ("VG", "ROC", "RC", "MIA")
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9.]+")
 _NAME = re.compile(

@@ -14,9 +14,7 @@ from typing import Protocol
 import numpy as np
 
 from medgrit.core.ids import derive_seed
-
-TASKS: tuple[str, ...] = ("VG", "ROC", "RC", "MIA")
-REGION_TASKS: tuple[str, ...] = ("VG", "ROC", "RC")
+from medgrit.core.vocab import REGION_TASKS, Task
 
 
 @dataclass(frozen=True)
@@ -83,7 +81,7 @@ class Generator(Protocol):
 class TurnPlan:
     """A turn before rendering: the task, the regions it refers to and the phrasing variants."""
 
-    task: str
+    task: Task
     region_ids: tuple[str, ...]
     question_variant: int
     answer_variant: int

@@ -24,21 +24,13 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.optimize import linear_sum_assignment
 
-# BiRD's modality keys, in its table order. "x" is X-ray.
-MODALITIES: tuple[str, ...] = (
-    "ct",
-    "mr",
-    "x",
-    "pet",
-    "endoscopy",
-    "dermoscopy",
-    "fundus",
-    "ultrasound",
-)
-# medgrit's dataset keys that BiRD spells differently.
-MODALITY_ALIASES: Mapping[str, str] = {"xray": "x"}
+from medgrit.core.vocab import BIRD_MODALITY
+from medgrit.core.vocab import MODALITIES as DATASET_MODALITIES
 
-TASKS: tuple[str, ...] = ("VG", "ROC", "RC", "MIA")
+# BiRD's modality keys, in its table order. "x" is X-ray.
+MODALITIES: tuple[str, ...] = tuple(BIRD_MODALITY[m] for m in DATASET_MODALITIES)
+# medgrit's dataset keys that BiRD spells differently.
+MODALITY_ALIASES: Mapping[str, str] = {m: k for m, k in BIRD_MODALITY.items() if m != k}
 
 BOX_PATTERN = re.compile(r"<box>(.*?)</box>")
 # BiRD's fallback for answers that drop the tags: integers, no spaces.

@@ -41,6 +41,8 @@ from medgrit.core.intensity import (
     window_bounds,
 )
 from medgrit.core.regions import extract_regions, to_bbox_1000
+from medgrit.core.rows import image_row, region_row
+from medgrit.core.settings import ImageSettings
 from medgrit.core.shard_rows import CaseTask, PendingImage, Reject, ShardRows, case_source, guarded
 from medgrit.core.slicing import (
     display_slice,
@@ -50,8 +52,6 @@ from medgrit.core.slicing import (
     square_pixels,
 )
 from medgrit.core.text import laterality_of, position_word, size_word
-from medgrit.schemas.config import BuildConfig
-from medgrit.schemas.rows import image_row, region_row
 
 
 def _go_on() -> None:
@@ -97,35 +97,35 @@ class DescribedRegions:
 # -- slices ----------------------------------------------------------------------------------
 
 
-def select_case_slices(labels: np.ndarray, config: BuildConfig, quota: int | None) -> np.ndarray:
+def select_case_slices(labels: np.ndarray, config: ImageSettings, quota: int | None) -> np.ndarray:
     """The slice indices a volume contributes under the config (and the max-images quota)."""
     slices = foreground_slices(labels, config.plane, min_pixels=config.min_area)
     return _apply_quota(slices, config, quota)
 
 
 def select_planar_images(
-    images: tuple[PlanarImage, ...], config: BuildConfig, quota: int | None
+    images: tuple[PlanarImage, ...], config: ImageSettings, quota: int | None
 ) -> list[PlanarImage]:
     """The 2D images of a planar case to take (those with foreground, stride, cap, quota)."""
     with_foreground = np.array([i for i, im in enumerate(images) if im.labels.any()], dtype=int)
     return [images[i] for i in _apply_quota(with_foreground, config, quota)]
 
 
-def _apply_quota(indices: np.ndarray, config: BuildConfig, quota: int | None) -> np.ndarray:
+def _apply_quota(indices: np.ndarray, config: ImageSettings, quota: int | None) -> np.ndarray:
     chosen = select_slices(indices, config.slice_stride, config.max_slices_per_case)
     if quota is not None:
         chosen = select_slices(chosen, 1, quota)
     return chosen
 
 
-def count_loaded_images(loaded: LoadedCase, config: BuildConfig) -> int:
+def count_loaded_images(loaded: LoadedCase, config: ImageSettings) -> int:
     """How many images a loaded case would give without a quota (at least 1)."""
     if loaded.label_volume is not None:
         return max(1, int(select_case_slices(loaded.label_volume.data, config, None).size))
     return max(1, len(select_planar_images(loaded.images, config, None)))
 
 
-def count_case_images(case: Case, config: BuildConfig, load: Callable[[Case], LoadedCase]) -> int:
+def count_case_images(case: Case, config: ImageSettings, load: Callable[[Case], LoadedCase]) -> int:
     """How many images a case would give without a quota (reads the case; 1 if unreadable)."""
     try:
         return count_loaded_images(load(case), config)
@@ -135,7 +135,7 @@ def count_case_images(case: Case, config: BuildConfig, load: Callable[[Case], Lo
         return 1  # keep the case in the plan: its shard writes the reject row
 
 
-def intensity_bounds(kind: str, values: np.ndarray, config: BuildConfig) -> tuple[float, float]:
+def intensity_bounds(kind: str, values: np.ndarray, config: ImageSettings) -> tuple[float, float]:
     """Bounds mapped to 0 and 255 for an intensity kind (see ``medgrit.core.cases``)."""
     if kind == "hu":
         return window_bounds(*config.ct_window)
@@ -162,7 +162,7 @@ def check_loaded(case: Case, loaded: LoadedCase) -> Reject | None:
 
 
 def volume_images(
-    loaded: LoadedCase, config: BuildConfig, quota: int | None
+    loaded: LoadedCase, config: ImageSettings, quota: int | None
 ) -> Iterator[tuple[int, Callable[[], DisplayImage]]]:
     """The chosen slices of a volume case: (slice index, a function that makes its image)."""
     image, labels = loaded.volume, loaded.label_volume
@@ -185,7 +185,7 @@ def volume_images(
         yield int(index), make
 
 
-def planar_image(loaded: LoadedCase, planar: PlanarImage, config: BuildConfig) -> DisplayImage:
+def planar_image(loaded: LoadedCase, planar: PlanarImage, config: ImageSettings) -> DisplayImage:
     """One 2D image of a planar case, mapped to 8 bits unless it already is display-ready."""
     pixels, non_finite = planar.pixels, 0
     if loaded.intensity != "display":
@@ -198,7 +198,7 @@ def planar_image(loaded: LoadedCase, planar: PlanarImage, config: BuildConfig) -
 
 
 def describe_regions(
-    label_map: np.ndarray, names: dict[int, str], config: BuildConfig, image_id: str
+    label_map: np.ndarray, names: dict[int, str], config: ImageSettings, image_id: str
 ) -> DescribedRegions:
     """The named regions of a label map with their words, and rejects for the others."""
     height, width = label_map.shape
@@ -241,7 +241,7 @@ def describe_regions(
 # -- cases and images ------------------------------------------------------------------------
 
 
-def build_case(task: CaseTask, config: BuildConfig, io: ShardIO, rows: ShardRows) -> None:
+def build_case(task: CaseTask, config: ImageSettings, io: ShardIO, rows: ShardRows) -> None:
     """Rows of one case appended to ``rows`` (each image under its own guard)."""
     try:
         loaded = io.load(task.ref)
@@ -286,7 +286,7 @@ def build_image(
     modality: str,
     image: DisplayImage,
     names: dict[int, str],
-    config: BuildConfig,
+    config: ImageSettings,
     io: ShardIO,
     rows: ShardRows,
 ) -> None:
@@ -330,7 +330,7 @@ def _at(reject: Reject, index: int) -> Reject:
 
 def build_shard_rows(
     cases: list[CaseTask],
-    config: BuildConfig,
+    config: ImageSettings,
     generator: Generator,
     io: ShardIO,
     vocabulary: tuple[str, ...] = (),

@@ -16,7 +16,8 @@ from medgrit.core.cases import Case, UnreadableImage
 from medgrit.core.failures import fails_the_shard
 from medgrit.core.fsnames import escape_name
 from medgrit.core.generation import ImageFacts, RegionFacts
-from medgrit.schemas.rows import reject_row
+from medgrit.core.rows import reject_row
+from medgrit.core.vocab import RejectReason
 
 
 @dataclass(frozen=True)
@@ -40,7 +41,7 @@ class Reject:
     """A record dropped, before it becomes a row: stage, stable reason, detail, slice."""
 
     stage: str
-    reason: str
+    reason: RejectReason
     detail: str
     index: int | None = None
 

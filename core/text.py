@@ -11,8 +11,10 @@ from __future__ import annotations
 import re
 
 from medgrit.core.fsnames import escape_name
+from medgrit.core.vocab import Modality
 
-MODALITY_NAMES: dict[str, str] = {
+# How the text names each modality.
+MODALITY_NAMES: dict[Modality, str] = {
     "ct": "CT",
     "mr": "MRI",
     "xray": "X-ray",
@@ -22,7 +24,6 @@ MODALITY_NAMES: dict[str, str] = {
     "fundus": "fundus",
     "ultrasound": "ultrasound",
 }
-MODALITIES: tuple[str, ...] = tuple(MODALITY_NAMES)
 
 _SIDE_TOKENS = {
     "l": "left",

@@ -38,18 +38,11 @@ import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
-from medgrit.core.claims import (
-    Box,
-    Lexicon,
-    Mention,
-    TextClaims,
-    lexicon_for,
-    read_claims,
-    split_side,
-    words_of,
-)
-from medgrit.core.generation import QA, TASKS, ImageFacts, RegionFacts
+from medgrit.core.claims import Box, Mention, TextClaims, read_claims
+from medgrit.core.generation import QA, ImageFacts, RegionFacts
+from medgrit.core.lexicon import Lexicon, lexicon_for, split_side, words_of
 from medgrit.core.text import format_box
+from medgrit.core.vocab import TASKS, RejectReason
 
 _WORD = re.compile(r"[a-z0-9]+")
 # A tag-like run (``<|``, ``<img``, ``</x``) that is not one of the four tags the text may use,
@@ -107,14 +100,14 @@ class TextRules:
 class Failure:
     """Why a turn fails: the reason code and the words that broke the rule."""
 
-    reason: str
+    reason: RejectReason
     evidence: str = ""
 
     def __str__(self) -> str:
         return f"{self.reason} ({self.evidence})" if self.evidence else self.reason
 
 
-def check_text(qa: QA, rules: TextRules) -> str | None:
+def check_text(qa: QA, rules: TextRules) -> RejectReason | None:
     """The reason a turn's text breaks ``rules``, or None."""
     if len(qa.question) > rules.max_question_chars:
         return "question_too_long"
@@ -244,13 +237,16 @@ def _holds(kind: str, value: str, region: _Region) -> bool:
     return region.side == value  # side
 
 
-_WRONG = {
+_WRONG: dict[str, RejectReason] = {
     "position": "wrong_position",
     "row": "wrong_position",
     "column": "wrong_position",
     "size": "wrong_size",
     "side": "wrong_side",
 }
+
+# The asked region's label is missing from an answer of this task.
+_LABEL_MISSING: dict[str, RejectReason] = {"ROC": "roc_label_missing", "RC": "rc_label_missing"}
 
 
 def _check_attributes(
@@ -309,7 +305,7 @@ def _check_asked(
             for m in answer.mentions:
                 if m.kind != "box" and m.side and truth.same_structure(m) & asked:
                     return Failure("laterality_mismatch", m.text)
-            return Failure(f"{qa.task.lower()}_label_missing")
+            return Failure(_LABEL_MISSING[qa.task])
         for m, r in zip(answer.mentions, a_refs, strict=True):
             if not asked & r:
                 return Failure("other_structure_named", m.text)
@@ -335,7 +331,9 @@ def _check_asked(
     return None
 
 
-_LENGTH_REASONS = frozenset({"question_too_long", "answer_too_short", "answer_too_long"})
+_LENGTH_REASONS: frozenset[RejectReason] = frozenset(
+    {"question_too_long", "answer_too_short", "answer_too_long"}
+)
 
 
 def check_turn(qa: QA, truth: ImageTruth, rules: TextRules | None = None) -> Failure | None:

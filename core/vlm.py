@@ -31,12 +31,14 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
+from medgrit.core.vocab import Task
+
 Box = tuple[int, int, int, int]
 
 BOX_FORMATS: tuple[str, ...] = ("qwen2.5-vl", "qwen-vl")
 DEFAULT_SYSTEM = "You are a helpful assistant."
 # BiRD's generation lengths (new tokens) per task.
-MAX_NEW_TOKENS: Mapping[str, int] = {"VG": 80, "ROC": 80, "RC": 80, "MIA": 100}
+MAX_NEW_TOKENS: Mapping[Task, int] = {"VG": 80, "ROC": 80, "RC": 80, "MIA": 100}
 
 IM_START, IM_END = "<|im_start|>", "<|im_end|>"
 VISION_START, VISION_END, IMAGE_PAD = "<|vision_start|>", "<|vision_end|>", "<|image_pad|>"

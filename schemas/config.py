@@ -18,11 +18,11 @@ from pydantic import (
 )
 
 from medgrit.core.fsnames import from_portable, to_portable
+from medgrit.core.vocab import Modality
 from medgrit.schemas.sources import KIND_NAMES
 
 _DASK_ADDRESS = re.compile(r"(tcp|tls)://(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._-]+):(?P<port>[0-9]{1,5})")
 
-Modality = Literal["ct", "mr", "xray", "pet", "endoscopy", "dermoscopy", "fundus", "ultrasound"]
 # Structured-output modes (medgrit.adapters.llm.formats); auto: the first the endpoint accepts.
 ResponseFormat = Literal["auto", "json_schema", "json_object_schema", "json_object", "none"]
 
@@ -33,38 +33,39 @@ class LLMConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
-    model: str = Field(description="Model name, e.g. gpt-4o-mini.")
-    base_url: str | None = Field(
-        None, description="OpenAI-compatible endpoint (default: OPENAI_BASE_URL or OpenAI)."
-    )
+    model: str = Field(description="LLM model name.")
+    base_url: str | None = Field(None, description="OpenAI-compatible endpoint URL.")
     api_key_block: str | None = Field(
-        None, description="Name of a Prefect Secret block holding the API key."
+        None, description="Prefect Secret block with the API key (else $OPENAI_API_KEY)."
     )
-    temperature: float = Field(0.2, ge=0.0, le=2.0)
-    max_tokens: int = Field(1024, ge=64)
-    requests_per_minute: int = Field(500, ge=1)
-    tokens_per_minute: int = Field(200_000, ge=100)
+    temperature: float = Field(0.2, ge=0.0, le=2.0, description="Sampling temperature.")
+    max_tokens: int = Field(1024, ge=64, description="Max completion tokens.")
+    requests_per_minute: int = Field(500, ge=1, description="Requests per minute allowed.")
+    tokens_per_minute: int = Field(200_000, ge=100, description="Tokens per minute allowed.")
     max_concurrency: int | None = Field(
         None,
         ge=1,
-        description="Requests in flight at most (default: sized from the limit and the "
-        "observed latency, by Little's law).",
+        description="Requests in flight at most (default: the limit times the observed latency).",
     )
-    timeout_s: float = Field(60.0, gt=0)
+    timeout_s: float = Field(60.0, gt=0, description="Seconds before a request times out.")
     price_input_per_million: float = Field(0.0, ge=0.0, description="USD per 1M prompt tokens.")
     price_output_per_million: float = Field(
         0.0, ge=0.0, description="USD per 1M completion tokens."
     )
     response_format: ResponseFormat = Field(
         "auto",
-        description="How the endpoint is asked for JSON; auto tries json_schema, "
-        "json_object_schema, json_object, then none, and keeps the first it accepts.",
+        description="How the endpoint is asked for JSON: auto (ask it: the first of json_schema, "
+        "json_object_schema, json_object, none it accepts), json_schema, json_object_schema "
+        "(json_object with a schema field: llama-cpp-python's server), json_object or none "
+        "(the prompt only).",
     )
     retry_invalid: int = Field(
-        1, ge=0, le=3, description="Retries of an invalid answer, with the error fed back."
+        1, ge=0, le=3, description="Ask again with the error fed back, this many times."
     )
-    batch: bool = Field(False, description="Use the Batch API (half price, hours of latency).")
-    batch_poll_s: float = Field(30.0, gt=0)
+    batch: bool = Field(False, description="Use the OpenAI Batch API.")
+    batch_poll_s: float = Field(
+        30.0, gt=0, description="Seconds between polls of a batch's status."
+    )
 
 
 class BuildConfig(BaseModel):

@@ -16,8 +16,8 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from medgrit.core.vlm import MAX_NEW_TOKENS
+from medgrit.core.vocab import TASKS, Task
 
-TASK_NAMES = ("VG", "ROC", "RC", "MIA")
 DEFAULT_MODEL = "Qwen/Qwen2.5-VL-3B-Instruct"
 # The language model's linear layers; LoRA adapts these (and never the vision tower).
 LANGUAGE_LINEARS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
@@ -102,14 +102,14 @@ class FinetuneConfig(BaseModel):
     )
 
     predict: bool = Field(True, description="Generate answers for the test split and score them.")
-    eval_tasks: list[Literal["VG", "ROC", "RC", "MIA"]] = Field(
-        default_factory=lambda: list(TASK_NAMES), description="Tasks to predict and score."
+    eval_tasks: list[Task] = Field(
+        default_factory=lambda: list(TASKS), description="Tasks to predict and score."
     )
     max_eval_samples: int | None = Field(
         None, ge=1, description="At most this many test turns per task (for trials)."
     )
     per_device_eval_batch_size: int = Field(8, ge=1)
-    max_new_tokens: dict[Literal["VG", "ROC", "RC", "MIA"], int] = Field(
+    max_new_tokens: dict[Task, int] = Field(
         default_factory=lambda: dict(MAX_NEW_TOKENS),
         description="New tokens per task (BiRD: 80, and 100 for MIA); tasks not named keep those.",
     )

@@ -11,6 +11,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from medgrit.core.vocab import Task
+
 FACTS_MARKER = "Image facts (JSON):"
 
 
@@ -42,7 +44,7 @@ class LLMTurn(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    task: Literal["VG", "ROC", "RC", "MIA"]
+    task: Task
     question: str = Field(min_length=1)
     answer: str = Field(min_length=1)
     region_ids: list[str] = Field(min_length=1)

@@ -1,82 +1,52 @@
-"""The registry of source formats: the only place a new format is added.
+"""The source formats and kinds a user may name: their names and ``--help`` lines.
 
-Each :class:`Format` names the module that reads its cases and the source kinds (layouts) a
-user types as ``KIND:PATH``; the config's checks, ``medgrit build --help`` and the source opener
-(``medgrit.adapters.sources``) all read it. Modules are named, not imported, so each format's
-dependencies load only when a source of it is used.
+Each :class:`Format` names the source kinds (layouts) a user types as ``KIND:PATH``; the config's
+checks and ``medgrit build --help`` read them here, without importing any reader. The reader of
+each kind is ``medgrit.adapters.sources.registry.READERS[kind]`` (a test keeps the two in step).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import NamedTuple
 
 
 @dataclass(frozen=True)
 class Format:
-    """One source format: its module and the source kinds (layouts) that list its cases.
+    """One source format and the source kinds (layouts) that list its cases.
 
     Attributes:
         name: the format, as its case type's ``format`` names it.
-        module: the module with the case type and ``read_case(case) -> LoadedCase``.
-        kinds: source kind -> (its opener as ``module:function``, a line for ``--help``). An
-            opener is ``(spec, root, modality, key) -> Source``.
+        kinds: source kind -> a line for ``--help``.
     """
 
     name: str
-    module: str
-    kinds: dict[str, tuple[str, str]]
+    kinds: dict[str, str]
+
+
+class SourceKind(NamedTuple):
+    """A source kind: the format of its cases and its line in ``--help``."""
+
+    format: str
+    help: str
 
 
 FORMATS: tuple[Format, ...] = (
     Format(
         "nifti",
-        "medgrit.adapters.sources.nifti",
         {
-            "nnunet": (
-                "medgrit.adapters.sources.nnunet:open_nnunet",
-                "nnU-Net v2 raw dataset (dataset.json, imagesTr, labelsTr)",
-            ),
-            "msd": (
-                "medgrit.adapters.sources.nnunet:open_msd",
-                "Medical Segmentation Decathlon task (dataset.json, training)",
-            ),
+            "nnunet": "nnU-Net v2 raw dataset (dataset.json, imagesTr, labelsTr)",
+            "msd": "Medical Segmentation Decathlon task (dataset.json, training)",
         },
     ),
-    Format(
-        "dicom",
-        "medgrit.adapters.sources.dicom",
-        {
-            "dicom": (
-                "medgrit.adapters.sources.dicom:open_dicom",
-                "folder of DICOM files with SEG, RTSTRUCT or PNG masks",
-            )
-        },
-    ),
-    Format(
-        "samed2d",
-        "medgrit.adapters.sources.samed2d",
-        {
-            "samed2d": (
-                "medgrit.adapters.sources.samed2d:open_samed2d",
-                "SA-Med2D-20M release (images, masks, SAMed2D_v1.json)",
-            )
-        },
-    ),
-    Format(
-        "images",
-        "medgrit.adapters.sources.image_folder",
-        {
-            "images": (
-                "medgrit.adapters.sources.image_folder:open_image_folder",
-                "folder of 2D images and masks with labels.json",
-            )
-        },
-    ),
+    Format("dicom", {"dicom": "folder of DICOM files with SEG, RTSTRUCT or PNG masks"}),
+    Format("samed2d", {"samed2d": "SA-Med2D-20M release (images, masks, SAMed2D_v1.json)"}),
+    Format("images", {"images": "folder of 2D images and masks with labels.json"}),
 )
 
-# Source kind -> (format, opener name, help line), in the order ``--help`` lists them.
-SOURCE_KINDS: dict[str, tuple[Format, str, str]] = {
-    kind: (fmt, opener, line) for fmt in FORMATS for kind, (opener, line) in fmt.kinds.items()
+# Source kind -> (format, help line), in the order ``--help`` lists them.
+SOURCE_KINDS: dict[str, SourceKind] = {
+    kind: SourceKind(fmt.name, line) for fmt in FORMATS for kind, line in fmt.kinds.items()
 }
 
 # Every source kind a user may type; ``demo`` is the bundled demo (a set of the kinds above).
@@ -85,4 +55,4 @@ KIND_NAMES: tuple[str, ...] = (*SOURCE_KINDS, "demo")
 
 def kinds_help() -> str:
     """One line per source kind, for ``--help``."""
-    return "; ".join(f"{kind}: {line}" for kind, (_, _, line) in SOURCE_KINDS.items())
+    return "; ".join(f"{kind}: {entry.help}" for kind, entry in SOURCE_KINDS.items())

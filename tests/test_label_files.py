@@ -14,7 +14,8 @@ import pytest
 from catalogue import write_ct_source, write_samed2d
 from PIL import Image
 
-from medgrit.adapters.sources import SourceError, open_sources
+from medgrit.adapters.source_specs import open_sources
+from medgrit.adapters.sources import SourceError
 from medgrit.adapters.synthetic.dicom_writer import write_mask_png, write_single_image
 from medgrit.core.label_names import check_label_map, label_id_of, normalise_label_name
 

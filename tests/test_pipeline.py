@@ -16,8 +16,8 @@ from medgrit.adapters.text.templates import TemplateGenerator
 from medgrit.core.cases import Case, LoadedCase, PlanarImage, UnreadableImage, Volume
 from medgrit.core.generation import QA, Generated
 from medgrit.core.pipeline import CaseTask, ShardIO, build_shard_rows
+from medgrit.core.rows import qa_of, qa_row, region_facts, region_row
 from medgrit.schemas.config import BuildConfig
-from medgrit.schemas.rows import qa_of, qa_row, region_facts, region_row
 
 
 @dataclass(frozen=True, kw_only=True)

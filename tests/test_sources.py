@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 from catalogue import EIGHT_MODALITIES
 
-from medgrit.adapters.sources import SourceError, open_sources
+from medgrit.adapters.source_specs import open_sources
+from medgrit.adapters.sources import SourceError
 from medgrit.adapters.sources.nnunet import modality_from_channel, open_msd, open_nnunet
 
 
@@ -99,6 +100,18 @@ def test_malformed_nnunet_dataset_json_is_one_clear_error(
 def test_modality_override_resolves_unknown_channel(tmp_path: Path) -> None:
     root = _nnunet(tmp_path / "D", {"channel_names": {"0": "zscore"}, "labels": {"a": 1}}, ["c"])
     assert open_nnunet("nnunet:x", root, modality="mr").modality == "mr"
+
+
+def test_every_source_kind_has_a_reader_of_its_format() -> None:
+    from medgrit.adapters.sources.registry import READERS
+    from medgrit.schemas.sources import SOURCE_KINDS
+
+    assert list(READERS) == list(SOURCE_KINDS)
+    for kind, entry in SOURCE_KINDS.items():
+        reader = READERS[kind]
+        assert reader.format == entry.format, kind
+        for method in ("open_source", "read_case", "estimate_images"):
+            assert callable(getattr(reader(), method)), (kind, method)
 
 
 def test_open_sources_user_errors(tmp_path: Path) -> None:

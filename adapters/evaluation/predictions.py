@@ -13,7 +13,8 @@ import json
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-from medgrit.core.metrics import MODALITIES, TASKS, modality_key
+from medgrit.core.metrics import MODALITIES, modality_key
+from medgrit.core.vocab import TASKS
 
 
 class PredictionFileError(ValueError):

@@ -15,7 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from medgrit.adapters.export.records import DatasetRecords, ExportRecord, write_pngs
-from medgrit.core.exports import BIRD_TEST_FILES, TASKS, bird_question
+from medgrit.core.exports import BIRD_TEST_FILES, bird_question
+from medgrit.core.vocab import TASKS
 
 
 @dataclass(frozen=True)

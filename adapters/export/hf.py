@@ -35,8 +35,8 @@ from medgrit.adapters.export.hfparquet import (
 )
 from medgrit.adapters.export.records import SPLITS, DatasetRecords, ExportRecord, iter_images
 from medgrit.adapters.store.bookkeeping import content_config
-from medgrit.core.exports import TASKS
 from medgrit.core.markdown import escape_markdown, markdown_table
+from medgrit.core.vocab import TASKS
 
 _QA = pa.struct(
     [

@@ -1,35 +1,35 @@
-"""Segmentation sources: the registry of formats, and opening sources and reading their cases.
+"""Segmentation sources: opening a ``KIND:PATH`` source and reading its cases.
 
-A source spec is ``KIND:PATH``. Each format lives in its own module, which defines its frozen
-case type (a :class:`medgrit.core.cases.Case`), an opener per source kind that lists a folder's
-cases (reading metadata only), and ``read_case(case) -> LoadedCase``.
-``medgrit.schemas.sources.FORMATS`` is the only place a format is added: the source kinds users
-type, ``--help`` and the config's checks all come from it. A format's module is imported when
-a source or case of it is first used, so each format's dependencies load only then.
+Each format lives in its own module, which defines its frozen case type (a
+:class:`medgrit.core.cases.Case`) and a reader class per source kind that lists a folder's cases
+(reading metadata only) and reads one case (``medgrit.adapters.sources.registry``). A format's
+module is imported when a source or case of it is first used, so each format's dependencies load
+only then. The bundled demo (``demo``, ``demo:PATH``) is no source kind here: it is expanded
+into sources of these kinds by ``medgrit.adapters.source_specs``.
 """
 
 from __future__ import annotations
 
-import importlib
 from pathlib import Path
 
+from medgrit.adapters.sources.registry import READERS, Reader
 from medgrit.core.cases import Case, LoadedCase, Source, SourceError
 from medgrit.core.fsnames import escape_name
 from medgrit.schemas.sources import FORMATS, SOURCE_KINDS
 
 __all__ = [
-    "FORMATS",
-    "SOURCE_KINDS",
     "Case",
     "Source",
     "SourceError",
+    "check_distinct",
     "estimate_images",
     "load_case",
-    "open_sources",
+    "open_source",
+    "parse_source_spec",
 ]
 
-
-_BY_FORMAT = {fmt.name: fmt for fmt in FORMATS}
+# Format -> its first source kind: every kind of a format reads its cases alike.
+_KIND_OF_FORMAT = {fmt.name: next(iter(fmt.kinds)) for fmt in FORMATS}
 
 
 def parse_source_spec(spec: str) -> tuple[str, str]:
@@ -38,20 +38,17 @@ def parse_source_spec(spec: str) -> tuple[str, str]:
     return kind, path
 
 
-def _demo_sources(root: Path, key: bytes) -> list[Source]:
-    from medgrit.adapters.synthetic.demo import demo_source_specs, ensure_demo_data
+def open_source(spec: str, modality: str | None = None, key: bytes = b"") -> Source:
+    """Open one ``KIND:PATH`` source with its kind's reader.
 
-    try:
-        ensure_demo_data(root)
-    except FileExistsError:
-        raise SourceError(
-            f"the demo folder {escape_name(str(root))} holds something else; point "
-            "$MEDGRIT_DEMO_DIR (or demo:PATH) at a new folder"
-        ) from None
-    return [_open_one(spec, None, key) for spec in demo_source_specs(root)]
+    Args:
+        spec: ``KIND:PATH``.
+        modality: modality for a source whose metadata does not say.
+        key: pseudonymisation key for sources that hash identifiers while listing (DICOM).
 
-
-def _open_one(spec: str, modality: str | None, key: bytes) -> Source:
+    Raises:
+        SourceError: an unknown kind, a missing path, or a folder a user must fix.
+    """
     kind, path = parse_source_spec(spec)
     if kind not in SOURCE_KINDS:
         kinds = ", ".join(f"{k}:PATH" for k in SOURCE_KINDS)
@@ -63,40 +60,7 @@ def _open_one(spec: str, modality: str | None, key: bytes) -> Source:
         raise SourceError(f"source path does not exist: {root}")
     if not root.is_dir():
         raise SourceError(f"source path is not a folder: {root}")
-    module, _, function = SOURCE_KINDS[kind][1].partition(":")
-    opener = getattr(importlib.import_module(module), function)
-    return opener(spec, root.resolve(), modality, key)
-
-
-def open_sources(
-    specs: list[str],
-    demo_dir: Path | None = None,
-    modality: str | None = None,
-    key: bytes = b"",
-) -> list[Source]:
-    """Open every source spec, in order (``demo`` expands to the bundled demo sources).
-
-    Args:
-        specs: ``KIND:PATH`` strings, or ``demo`` / ``demo:PATH``.
-        demo_dir: where the demo lives (default: the user cache).
-        modality: modality for sources whose metadata does not say.
-        key: pseudonymisation key for sources that hash identifiers while listing (DICOM).
-
-    Raises:
-        SourceError: on the first source a user must fix.
-    """
-    out: list[Source] = []
-    for spec in specs:
-        kind, path = parse_source_spec(spec)
-        if kind == "demo":
-            from medgrit.adapters.synthetic.demo import default_demo_dir
-
-            root = Path(path) if path else (demo_dir or default_demo_dir())
-            out.extend(_demo_sources(root, key))
-        else:
-            out.append(_open_one(spec, modality, key))
-    check_distinct(out)
-    return out
+    return READERS[kind]().open_source(spec, root.resolve(), modality, key)
 
 
 def check_distinct(sources: list[Source]) -> None:
@@ -163,16 +127,21 @@ def _check_one_label_map(sources: list[Source]) -> None:
                 )
 
 
+def _reader_of(case: Case) -> Reader | None:
+    kind = _KIND_OF_FORMAT.get(case.format)
+    return READERS[kind]() if kind is not None else None
+
+
 def load_case(case: Case) -> LoadedCase:
     """Read one case with its format's reader.
 
     Raises:
         UnreadableImage: when the case cannot be read (the pipeline makes it a reject row).
     """
-    fmt = _BY_FORMAT.get(case.format)
-    if fmt is None:
+    reader = _reader_of(case)
+    if reader is None:
         raise TypeError(f"{type(case).__name__} names no known format ({case.format!r})")
-    return importlib.import_module(fmt.module).read_case(case)
+    return reader.read_case(case)
 
 
 def estimate_images(
@@ -180,17 +149,14 @@ def estimate_images(
 ) -> int:
     """A cheap estimate of the images a case gives, for sizing shards (at least 1).
 
-    The format's ``estimate_images(case, plane)`` counts the slices or images its listing or
+    The reader's ``estimate_images(case, plane)`` counts the slices or images its listing or
     header holds (never pixels; slices without foreground are counted too); stride and cap
-    apply as in the build. A format without one, or a case whose header cannot be read,
-    counts as one image.
+    apply as in the build. A case of no known format, or whose header cannot be read, counts
+    as one image.
     """
-    fmt = _BY_FORMAT.get(case.format)
-    estimate = (
-        getattr(importlib.import_module(fmt.module), "estimate_images", None) if fmt else None
-    )
+    reader = _reader_of(case)
     try:
-        n = int(estimate(case, plane)) if estimate is not None else 1
+        n = int(reader.estimate_images(case, plane)) if reader is not None else 1
     except Exception:  # noqa: BLE001 - an unreadable case is the shard's reject row, not ours
         n = 1
     n = -(-max(1, n) // slice_stride)

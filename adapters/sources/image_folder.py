@@ -12,7 +12,7 @@ Layout of an ``images:PATH`` source (Kvasir-SEG, ISIC, BUSI and the like, once a
     {"modality": "endoscopy", "labels": {"1": "polyp"}, "masks": "per_class",
      "cases": "stem", "name": "Kvasir-SEG"}
 
-- ``modality`` (a key of ``medgrit.core.text.MODALITIES``): required unless ``--modality`` is
+- ``modality`` (a key of ``medgrit.core.vocab.MODALITIES``): required unless ``--modality`` is
   given; when both are given, ``labels.json`` wins (the flag is for sources that do not say).
 - ``labels``: label id (integer > 0, as a string key) -> name; names go through
   ``readable_label_name``.
@@ -42,7 +42,8 @@ its case, images sorted by stem.
 Rejects (``LoadedCase.rejects``, one per image): ``mask_missing`` (no mask for the image),
 ``mask_shape_mismatch`` (mask size differs from the image's), ``mask_unreadable``,
 ``image_unreadable`` and ``file_missing``. Problems a user must fix (no ``labels.json``, an
-unknown modality, malformed JSON, a bad ``cases`` pattern) raise ``SourceError``.
+unknown modality, malformed JSON, a bad ``cases`` pattern) raise ``SourceError``; ``labels.json``
+is read by ``medgrit.adapters.sources.image_folder_labels``.
 
 Cases (:class:`ImageFolderCase`): one per case (stem or ``cases`` match), sorted by case, its
 images sorted by stem; each image lists the mask files found for it at opening. The image
@@ -60,7 +61,14 @@ from typing import ClassVar
 
 import numpy as np
 
-from medgrit.adapters.sources.label_files import read_label_file
+from medgrit.adapters.sources.image_folder_labels import (
+    MASK_MODES,
+    case_pattern,
+    class_mask_keys,
+    config_error,
+    modality_of,
+    read_labels_json,
+)
 from medgrit.adapters.sources.limits import open_image
 from medgrit.adapters.sources.masks import (
     LOSSY_SUFFIXES,
@@ -75,23 +83,21 @@ from medgrit.core.failures import fails_the_shard
 from medgrit.core.fsnames import escape_name, library_message
 from medgrit.core.label_names import checked_dataset_name
 from medgrit.core.regions import label_dtype
-from medgrit.core.text import MODALITIES, readable_labels
+from medgrit.core.text import readable_labels
 
 __all__ = [
     "IMAGE_SUFFIXES",
-    "LABELS_JSON",
     "ClassMask",
     "FolderImage",
     "ImageFolderCase",
+    "ImageFolderReader",
     "LabelMapMask",
     "open_image_folder",
     "read_case",
     "read_planar_image",
 ]
 
-LABELS_JSON = "labels.json"
 IMAGE_SUFFIXES: tuple[str, ...] = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
-MASK_MODES: tuple[str, ...] = ("label_map", "per_class")
 _HIGH_DEPTH_GREY = ("I;16", "I;16B", "I;16L", "I;16N", "I", "F")
 
 
@@ -205,56 +211,6 @@ class ImageFolderCase(Case):
 # --------------------------------------------------------------------------- discovery
 
 
-def _config_error(path: Path, problem: str) -> SourceError:
-    return SourceError(f"{path}: {problem}")
-
-
-def _read_labels_json(root: Path) -> tuple[Path, dict]:
-    path = root / LABELS_JSON
-    if not path.is_file():
-        raise SourceError(
-            f"no {LABELS_JSON} in {root}: add one like "
-            '{"modality": "endoscopy", "labels": {"1": "polyp"}, "masks": "label_map"}'
-        )
-    meta = read_label_file(
-        path, '{"modality": "endoscopy", "labels": {"1": "polyp"}, "masks": "label_map"}'
-    )
-    if not isinstance(meta, dict):
-        raise _config_error(path, "expected a JSON object")
-    return path, meta
-
-
-def _modality(meta: dict, path: Path, override: str | None) -> str:
-    value = meta.get("modality")
-    if value is None:
-        if override is None:
-            keys = ", ".join(MODALITIES)
-            raise _config_error(path, f'add "modality" (one of {keys}) or pass --modality')
-        value = override
-    if value not in MODALITIES:
-        raise _config_error(
-            path, f"modality {value!r} is not one of {', '.join(MODALITIES)}; fix it"
-        )
-    return str(value)
-
-
-def _case_pattern(meta: dict, path: Path) -> re.Pattern[str] | None:
-    raw = meta.get("cases", "stem")
-    if raw == "stem":
-        return None
-    if not isinstance(raw, str):
-        raise _config_error(path, '"cases" must be "stem" or a regular expression')
-    try:
-        pattern = re.compile(raw)
-    except re.error as exc:
-        raise _config_error(path, f'"cases" is not a valid regular expression: {exc}') from None
-    if pattern.groups != 1:
-        raise _config_error(
-            path, f'"cases" needs exactly one group that captures the case, got {pattern.groups}'
-        )
-    return pattern
-
-
 def _list_files(folder: Path) -> dict[str, str]:
     """Stem -> file name of the image files in ``folder`` (no recursion, no hidden files)."""
     found: dict[str, str] = {}
@@ -304,16 +260,16 @@ def open_image_folder(
             ``images/`` folder, a ``cases`` pattern that does not match every stem, or two
             files with the same stem.
     """
-    path, meta = _read_labels_json(root)
-    mod = _modality(meta, path, modality)
+    path, meta = read_labels_json(root)
+    mod = modality_of(meta, path, modality)
     raw_labels = check_label_names(meta.get("labels"), path)
     mode = meta.get("masks")
     if mode not in MASK_MODES:
-        raise _config_error(path, f'set "masks" to "label_map" or "per_class" (got {mode!r})')
-    pattern = _case_pattern(meta, path)
+        raise config_error(path, f'set "masks" to "label_map" or "per_class" (got {mode!r})')
+    pattern = case_pattern(meta, path)
     dataset = meta.get("name") or root.name
     if not isinstance(dataset, str):
-        raise _config_error(path, '"name" must be a string')
+        raise config_error(path, '"name" must be a string')
     dataset = checked_dataset_name(dataset, escape_name(str(path)))
 
     images_dir, masks_dir = root / "images", root / "masks"
@@ -326,37 +282,19 @@ def open_image_folder(
 
     unmatched = sorted(s for s in images if _case_of(s, pattern) is None)
     if unmatched:
-        raise _config_error(
+        raise config_error(
             path,
             f'"cases" pattern matches no case in {unmatched[0]!r} '
             f'({len(unmatched)} image(s) in all); fix the pattern or use "stem"',
         )
-    mask_keys: list[tuple[int, str]] = []  # (label id, mask stem suffix) per label
-    if mode == "per_class":
-        ids = {str(i): i for i in raw_labels}
-        for label_id, name in sorted(raw_labels.items()):
-            if ids.get(name, label_id) != label_id:
-                raise _config_error(
-                    path,
-                    f"label {label_id} is named {name!r}, which is label {name}'s id: a mask "
-                    f"named _{name} would be both; rename label {label_id}",
-                )
-        for label_id, name in sorted(raw_labels.items()):
-            mask_keys.append((label_id, f"_{name}"))
-            mask_keys.append((label_id, f"_{label_id}"))
-
+    mask_keys = class_mask_keys(raw_labels, path) if mode == "per_class" else []
     by_case: dict[str, list[FolderImage]] = {}
     for stem in sorted(images):
         found: LabelMapMask | tuple[ClassMask, ...]
         if mode == "label_map":
             found = LabelMapMask(str(masks_dir / masks[stem])) if stem in masks else ()
         else:
-            per_class: dict[int, ClassMask] = {}
-            for label_id, suffix in mask_keys:
-                mask = masks.get(stem + suffix)
-                if mask is not None and label_id not in per_class:
-                    per_class[label_id] = ClassMask(label_id, str(masks_dir / mask))
-            found = tuple(per_class.values())
+            found = _class_masks(stem, masks, masks_dir, mask_keys)
         case = _case_of(stem, pattern)
         image = FolderImage(str(images_dir / images[stem]), found)
         by_case.setdefault(case, []).append(image)  # type: ignore[arg-type]
@@ -381,6 +319,19 @@ def open_image_folder(
 
 
 # --------------------------------------------------------------------------- loading
+
+
+def _class_masks(
+    stem: str, masks: dict[str, str], masks_dir: Path, mask_keys: list[tuple[int, str]]
+) -> tuple[ClassMask, ...]:
+    """The ``per_class`` masks of the image ``stem``: one per label at most, the first found of
+    its ``mask_keys`` suffixes."""
+    per_class: dict[int, ClassMask] = {}
+    for label_id, suffix in mask_keys:
+        mask = masks.get(stem + suffix)
+        if mask is not None and label_id not in per_class:
+            per_class[label_id] = ClassMask(label_id, str(masks_dir / mask))
+    return tuple(per_class.values())
 
 
 def _label_map_from_file(
@@ -487,3 +438,12 @@ def read_case(case: ImageFolderCase) -> LoadedCase:
 def estimate_images(case: ImageFolderCase, plane: str) -> int:
     """The images listed for the case."""
     return len(case.images)
+
+
+class ImageFolderReader:
+    """The reader of ``images:PATH`` sources: a folder of 2D images and masks."""
+
+    format: ClassVar[str] = ImageFolderCase.format
+    open_source = staticmethod(open_image_folder)
+    read_case = staticmethod(read_case)
+    estimate_images = staticmethod(estimate_images)

@@ -14,7 +14,9 @@ of {"image": "./imagesTr/x.nii.gz", "label": "./labelsTr/x.nii.gz"}; multi-chann
 from __future__ import annotations
 
 from pathlib import Path
+from typing import ClassVar
 
+from medgrit.adapters.sources import nifti
 from medgrit.adapters.sources.label_files import read_label_file
 from medgrit.adapters.sources.nifti import NiftiCase
 from medgrit.core.cases import Source, SourceError
@@ -181,3 +183,18 @@ def open_msd(spec: str, root: Path, modality: str | None = None, key: bytes = b"
         cases.append(_nifti_case(spec, dataset, case, image, label, mod, written, labels))
     cases.sort(key=lambda c: c.case)
     return Source(spec, "msd", str(root), dataset, mod, labels, tuple(cases))
+
+
+class NnunetReader:
+    """The reader of ``nnunet:PATH`` sources: an nnU-Net v2 raw dataset's NIfTI cases."""
+
+    format: ClassVar[str] = NiftiCase.format
+    open_source = staticmethod(open_nnunet)
+    read_case = staticmethod(nifti.read_case)
+    estimate_images = staticmethod(nifti.estimate_images)
+
+
+class MsdReader(NnunetReader):
+    """The reader of ``msd:PATH`` sources: a Decathlon task's NIfTI cases."""
+
+    open_source = staticmethod(open_msd)

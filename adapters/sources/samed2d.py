@@ -70,114 +70,44 @@ from dataclasses import dataclass
 from functools import lru_cache
 from itertools import pairwise
 from pathlib import Path
-from typing import ClassVar, NamedTuple
+from typing import ClassVar
 
 import numpy as np
 
 from medgrit.adapters.sources.image_folder import read_planar_image
 from medgrit.adapters.sources.label_files import read_label_file
 from medgrit.adapters.sources.masks import read_mask
+from medgrit.adapters.sources.samed2d_index import (
+    CLASS_MAPPING_JSON,
+    INDEX_JSON,
+    SaMed2dSlice,
+    dataset_labels,
+    find_index,
+    group_volumes,
+    label_filter_reason,
+    modalities_of,
+    parse_image_name,
+    read_class_mapping,
+)
 from medgrit.core.cases import Case, LoadedCase, PlanarImage, Source, SourceError, UnreadableImage
 from medgrit.core.fsnames import escape_name
-from medgrit.core.label_names import (
-    MAX_LABEL_ID,
-    checked_dataset_name,
-    label_name_problem,
-    normalise_label_name,
-)
+from medgrit.core.label_names import checked_dataset_name
 from medgrit.core.regions import label_dtype
-from medgrit.core.text import MODALITIES, readable_label_name, readable_labels
+from medgrit.core.text import readable_labels
+from medgrit.core.vocab import MODALITIES
 
 __all__ = [
-    "CLASS_MAPPING_JSON",
-    "INDEX_JSON",
     "SaMed2dCase",
-    "SaMed2dSlice",
-    "SliceName",
-    "label_filter_reason",
-    "modality_of_prefix",
+    "SaMed2dReader",
     "open_samed2d",
-    "parse_image_name",
     "read_case",
 ]
 
-INDEX_JSON = "SAMed2D_v1.json"
-CLASS_MAPPING_JSON = "SAMed2D_v1_class_mapping_id.json"
 RELEASE_NAME = "SA-Med2D-20M"
-PLANES: dict[str, str] = {"x": "sagittal", "y": "coronal", "z": "axial"}
-_PLANE_ORDER: dict[str, int] = {"sagittal": 0, "coronal": 1, "axial": 2, "2d": 3}
-_TWO_D = "2d_none"
-_PREFIX_MODALITIES: dict[str, str] = {
-    "ct": "ct",
-    "mr": "mr",
-    "pet": "pet",
-    "endoscopy": "endoscopy",
-    "dermoscopy": "dermoscopy",
-    "ultrasound": "ultrasound",
-}
-_WHOLE_PREFIXES: dict[str, str] = {"x_ray": "xray", "fundus_photography": "fundus"}
-_GENERIC = re.compile(r"class[\W_]*\d*", re.IGNORECASE)
 _MASK_TAIL = re.compile(r"(\d+)_(\d+)")
 
 
-class SliceName(NamedTuple):
-    """The parts of an SA-Med2D-20M image file name."""
-
-    sub_modality: str
-    dataset: str
-    case: str
-    plane: str
-    slice_index: int
-
-
-def parse_image_name(path: str) -> SliceName | None:
-    """Parse ``.../{sub}--{dataset}--{case}--{axis}_{slice}.png``; None if it does not fit."""
-    name = path.rsplit("/", 1)[-1]
-    if not name.endswith(".png"):
-        return None
-    parts = name[:-4].split("--")
-    if len(parts) < 4 or not all(parts):
-        return None
-    where = parts[-1]
-    if where == _TWO_D:
-        plane, index = "2d", 0
-    else:
-        axis, _, number = where.partition("_")
-        if axis not in PLANES or not number.isdigit():
-            return None
-        plane, index = PLANES[axis], int(number)
-    return SliceName(parts[0], parts[1], "--".join(parts[2:-1]), plane, index)
-
-
-def modality_of_prefix(sub_modality: str) -> str | None:
-    """Modality key of a file-name prefix (``mr_flair`` -> ``mr``), or None if unknown."""
-    whole = _WHOLE_PREFIXES.get(sub_modality)
-    if whole is not None:
-        return whole
-    return _PREFIX_MODALITIES.get(sub_modality.split("_", 1)[0])
-
-
-def label_filter_reason(raw: str) -> str | None:
-    """Reject reason for a class name medgrit does not use, or None for a usable name."""
-    name = raw.strip()
-    if name.lower().startswith("union_"):
-        return "composite_label"
-    if _GENERIC.fullmatch(name):
-        return "generic_label"
-    if name.lower() in ("left", "right"):
-        return "fragment_label"
-    return None
-
-
 # --------------------------------------------------------------------------- cases
-
-
-@dataclass(frozen=True)
-class SaMed2dSlice:
-    """One slice of a volume: its image and the masks ``SAMed2D_v1.json`` lists for it."""
-
-    image: str
-    masks: tuple[str, ...]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -211,86 +141,6 @@ class SaMed2dCase(Case):
         return tuple(path for item in self.slices for path in (item.image, *item.masks))
 
 
-# --------------------------------------------------------------------------- discovery
-
-
-def _find_index(root: Path) -> tuple[Path, Path]:
-    """(path of SAMed2D_v1.json, folder its paths are relative to)."""
-    for folder, data_root in (
-        (root, root),
-        (root / "annotations", root),
-        (root / "SAMed2Dv1", root / "SAMed2Dv1"),
-    ):
-        if (folder / INDEX_JSON).is_file():
-            return folder / INDEX_JSON, data_root
-    raise SourceError(
-        f"no {INDEX_JSON} in {root} (nor in annotations/ or SAMed2Dv1/): point samed2d: at the "
-        "unpacked SAMed2Dv1 folder"
-    )
-
-
-def _read_class_mapping(path: Path) -> dict[str, dict[int, str]]:
-    """Dataset -> {label id (class index + 1): class name, normalised}.
-
-    Raises:
-        SourceError: a missing or malformed file, a key given twice, a class index that is not
-            a whole number >= 0 or is given to two classes, or a class name that
-            :func:`medgrit.core.label_names.label_name_problem` refuses.
-    """
-    if not path.is_file():
-        raise SourceError(
-            f"no {CLASS_MAPPING_JSON} next to {INDEX_JSON} in {path.parent}: it names the "
-            "classes; copy it from the release"
-        )
-    raw = read_label_file(path, '{"<dataset>": {"<class name>": 0, ...}}')
-    where = f"malformed {path.name} at {escape_name(str(path))}"
-    if not isinstance(raw, dict):
-        raise SourceError(f"{where}: expected {{dataset: {{name: index}}}}")
-    mapping: dict[str, dict[int, str]] = {}
-    for dataset, classes in raw.items():
-        if not isinstance(classes, dict):
-            raise SourceError(f"{where}: {dataset!r} must map class name -> index")
-        by_id: dict[int, str] = {}
-        read_as: dict[str, str] = {}  # the words a kept class reaches the text as
-        for name, index in classes.items():
-            whole = isinstance(index, int) and not isinstance(index, bool)
-            if not whole or not 0 <= index < MAX_LABEL_ID:
-                raise SourceError(
-                    f"{where}: class {name!r} of {dataset!r} has index {index!r}; expected a "
-                    "whole number >= 0"
-                )
-            normal = normalise_label_name(name)
-            problem = label_name_problem(normal)
-            if problem:
-                raise SourceError(f"{where}: the name of class {name!r} of {dataset!r} {problem}")
-            if index + 1 in by_id:
-                raise SourceError(
-                    f"{where}: class index {index} of {dataset!r} is given to both "
-                    f"{by_id[index + 1]!r} and {normal!r}"
-                )
-            words = readable_label_name(normal)
-            if label_filter_reason(normal) is None and words in read_as:
-                raise SourceError(
-                    f"{where}: classes {read_as[words]!r} and {normal!r} of {dataset!r} both "
-                    f"read as {words!r} in the text; the release's mapping is not this one"
-                )
-            read_as.setdefault(words, normal)
-            by_id[index + 1] = normal
-        mapping[str(dataset)] = by_id
-    return mapping
-
-
-def _dataset_labels(classes: dict[int, str]) -> tuple[tuple[int, str], ...]:
-    """(id, class name as written) of the classes medgrit names, by id."""
-    return tuple(
-        sorted(
-            (label_id, name)
-            for label_id, name in classes.items()
-            if label_filter_reason(name) is None
-        )
-    )
-
-
 def open_samed2d(spec: str, root: Path, modality: str | None = None, key: bytes = b"") -> Source:
     """Open an unpacked SA-Med2D-20M release (or a subset with the same layout).
 
@@ -310,45 +160,15 @@ def open_samed2d(spec: str, root: Path, modality: str | None = None, key: bytes 
     """
     if modality is not None and modality not in MODALITIES:
         raise SourceError(f"unknown modality {modality!r}; use one of {', '.join(MODALITIES)}")
-    index_path, data_root = _find_index(root)
+    index_path, data_root = find_index(root)
     index = read_label_file(index_path)
     if not isinstance(index, dict) or not index:
         raise SourceError(
             f"malformed {INDEX_JSON} at {index_path}: expected a non-empty object mapping "
             "image path -> list of mask paths"
         )
-    mapping = _read_class_mapping(index_path.with_name(CLASS_MAPPING_JSON))
-
-    prefix = str(data_root) + os.sep
-    volumes: dict[tuple[str, str, str], list[tuple[int, int, SaMed2dSlice]]] = {}
-    bad_names: list[str] = []
-    for image, masks in index.items():
-        parsed = parse_image_name(image)
-        if parsed is None:
-            bad_names.append(image)
-            continue
-        if not isinstance(masks, list):
-            raise SourceError(
-                f"malformed {INDEX_JSON} at {index_path}: {image!r} must map to a list of mask "
-                "paths"
-            )
-        if not all(isinstance(m, str) for m in masks):
-            raise SourceError(
-                f"malformed {INDEX_JSON} at {index_path}: masks of {image!r} must be path strings"
-            )
-        found = SaMed2dSlice(
-            image if image[0] == "/" else prefix + image,
-            tuple(m if m[:1] == "/" else prefix + m for m in masks),
-        )
-        order = _PLANE_ORDER[parsed.plane]
-        volume = (parsed.dataset, parsed.case, parsed.sub_modality)
-        volumes.setdefault(volume, []).append((order, parsed.slice_index, found))
-    if bad_names:
-        raise SourceError(
-            f"malformed {INDEX_JSON} at {index_path}: {len(bad_names)} image name(s) do not follow "
-            f"{{modality}}--{{dataset}}--{{case}}--{{x|y|z}}_{{slice}}.png, e.g. {bad_names[0]!r}"
-        )
-
+    mapping = read_class_mapping(index_path.with_name(CLASS_MAPPING_JSON))
+    volumes = group_volumes(index, index_path, data_root)
     datasets = sorted({dataset for dataset, _, _ in volumes})
     missing = [d for d in datasets if d not in mapping]
     if missing:
@@ -358,18 +178,9 @@ def open_samed2d(spec: str, root: Path, modality: str | None = None, key: bytes 
         )
     for dataset in datasets:
         checked_dataset_name(dataset, f"an image name in {escape_name(str(index_path))}")
-    written_of = {d: _dataset_labels(mapping[d]) for d in datasets}
+    written_of = {d: dataset_labels(mapping[d]) for d in datasets}
     labels_of = {d: readable_labels(w) for d, w in written_of.items()}
-    modality_of: dict[str, str] = {}
-    for sub in sorted({sub for _, _, sub in volumes}):
-        found = modality_of_prefix(sub) or modality
-        if found is None:
-            raise SourceError(
-                f"unknown modality prefix {sub!r} in {index_path}; pass --modality "
-                f"({', '.join(MODALITIES)})"
-            )
-        modality_of[sub] = found
-
+    modality_of = modalities_of({sub for _, _, sub in volumes}, modality, index_path)
     masks_dir = str(data_root / "masks")
     cases = []
     for dataset, case, sub in sorted(volumes):
@@ -409,7 +220,7 @@ def open_samed2d(spec: str, root: Path, modality: str | None = None, key: bytes 
 
 @lru_cache(maxsize=8)
 def _class_names(mapping_path: str) -> dict[str, dict[int, str]]:
-    return _read_class_mapping(Path(mapping_path))
+    return read_class_mapping(Path(mapping_path))
 
 
 def _mask_class(mask_path: str, image_stem: str) -> tuple[int, int] | None:
@@ -523,3 +334,12 @@ def _dropped_class_rejects(
 def estimate_images(case: SaMed2dCase, plane: str) -> int:
     """The slices the release lists for the case."""
     return len(case.slices)
+
+
+class SaMed2dReader:
+    """The reader of ``samed2d:PATH`` sources: an SA-Med2D-20M release's volumes."""
+
+    format: ClassVar[str] = SaMed2dCase.format
+    open_source = staticmethod(open_samed2d)
+    read_case = staticmethod(read_case)
+    estimate_images = staticmethod(estimate_images)

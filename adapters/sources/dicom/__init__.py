@@ -25,6 +25,8 @@ attribute values, are silenced while it reads.
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 from medgrit.adapters.sources.dicom.cases import (
     DicomCase,
     DicomPlanarCase,
@@ -41,6 +43,7 @@ __all__ = [
     "DICOM_MODALITIES",
     "DicomCase",
     "DicomPlanarCase",
+    "DicomReader",
     "DicomSeriesCase",
     "DicomUnparseableCase",
     "MaskFrame",
@@ -52,3 +55,13 @@ __all__ = [
     "read_series",
     "suv_tags",
 ]
+
+
+class DicomReader:
+    """The reader of ``dicom:PATH`` sources: image series with SEG or RTSTRUCT masks, and single
+    images with PNG masks."""
+
+    format: ClassVar[str] = DicomCase.format
+    open_source = staticmethod(open_dicom)
+    read_case = staticmethod(read_case)
+    estimate_images = staticmethod(estimate_images)

@@ -32,7 +32,7 @@ import os
 import re
 from collections import Counter, defaultdict
 from collections.abc import Iterator
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from medgrit.adapters.sources.dicom.cases import (
@@ -54,7 +54,8 @@ from medgrit.core.cases import Source, SourceError
 from medgrit.core.fsnames import escape_name
 from medgrit.core.ids import pseudonymise_case
 from medgrit.core.label_names import checked_dataset_name
-from medgrit.core.text import MODALITIES, readable_labels
+from medgrit.core.text import readable_labels
+from medgrit.core.vocab import MODALITIES
 
 __all__ = ["open_dicom"]
 
@@ -140,123 +141,21 @@ def open_dicom(spec: str, root: Path, modality: str | None = None, key: bytes = 
         raise SourceError(f"DICOM source folder does not exist: {root}")
     if modality is not None and modality not in MODALITIES:
         raise SourceError(f"unknown modality {modality!r}; use one of {', '.join(MODALITIES)}")
-    headers: list[Header] = []
-    broken: list[Path] = []
-    for path in _walk(root):
-        header = read_header(path)
-        if isinstance(header, Unparseable):
-            broken.append(header.path)
-        elif isinstance(header, Header):
-            headers.append(header)
+    headers, broken = _read_headers(root)
     if not headers and not broken:
         raise SourceError(f"no DICOM files under {root}: is this the right folder?")
-
-    series: dict[str, list[Header]] = defaultdict(list)
-    series_of: dict[str, str] = {}  # SOPInstanceUID -> SeriesInstanceUID
-    for header in headers:
-        if header.kind == "image" and header.sop_uid not in series_of:  # copies count once
-            series[header.series_uid].append(header)
-            series_of[header.sop_uid] = header.series_uid
     dataset = checked_dataset_name(root.name, f"the folder name of {escape_name(str(root))}")
-    label_files = _LabelFiles(root)
-
-    def image_modality(header: Header) -> str:
-        if modality:
-            return modality
-        mapped = modality_from_dicom(header.modality)
-        if mapped is None:
-            raise SourceError(
-                f"cannot tell the modality of DICOM Modality {header.modality or '(empty)'!r} "
-                f"under {root}; pass --modality {'|'.join(MODALITIES)}"
-            )
-        return mapped
-
-    def pseudonyms(header: Header, series_uid: str, obj: str) -> dict[str, str]:
-        parts = [header.patient_id, header.study_uid, series_uid, obj]
-        return {
-            "case": _pseudonym("case", parts, key),
-            "patient": _pseudonym("patient", [header.patient_id or header.study_uid], key),
-        }
-
-    cases: list[DicomCase] = []
-    orphans: list[Header] = []  # masks whose image series is absent
-    for header in headers:
-        if header.kind in ("seg", "rtstruct"):
-            # The referenced series, else the series of a referenced instance.
-            candidates = [*header.ref_series, *(series_of.get(i, "") for i in header.ref_instances)]
-            images = next((series[s] for s in candidates if s in series), None)
-            if images is None:
-                orphans.append(header)
-                continue
-            cases.append(
-                DicomSeriesCase(
-                    source=spec,
-                    dataset=dataset,
-                    modality=image_modality(images[0]),
-                    labels=readable_labels(header.labels),
-                    written_labels=header.labels,
-                    files=tuple(sorted(str(m.path) for m in images)),
-                    mask=str(header.path),
-                    **pseudonyms(header, images[0].series_uid, header.sop_uid),
-                )
-            )
-        elif header.kind == "image":
-            frames = _mask_frames(header.path)
-            if not frames:
-                continue
-            mask_name = frames[0][1].relative_to(root).as_posix()
-            written = label_files.for_image(header.path)
-            cases.append(
-                DicomPlanarCase(
-                    source=spec,
-                    dataset=dataset,
-                    modality=image_modality(header),
-                    labels=readable_labels(written),
-                    written_labels=written,
-                    image=str(header.path),
-                    frames=tuple(MaskFrame(frame, str(mask)) for frame, mask in frames),
-                    **pseudonyms(header, header.series_uid, f"{header.sop_uid}/{mask_name}"),
-                )
-            )
-
+    folder = _Folder(spec, root, dataset, modality, key)
+    cases, orphans = _masked_cases(headers, folder)
     known = Counter(c.modality for c in cases) or Counter(
         h.ref_modality for h in orphans if h.ref_modality
     )
     dominant = modality or (known.most_common(1)[0][0] if known else None)
-    for header in orphans:
-        mod = modality or header.ref_modality or dominant
-        if mod is None:
-            raise SourceError(
-                f"cannot tell the modality of a mask whose image series is missing under "
-                f"{root}; pass --modality {'|'.join(MODALITIES)}"
-            )
-        cases.append(
-            DicomSeriesCase(
-                source=spec,
-                dataset=dataset,
-                modality=mod,
-                labels=readable_labels(header.labels),
-                written_labels=header.labels,
-                files=(),
-                mask=str(header.path),
-                **pseudonyms(header, ",".join(header.ref_series), header.sop_uid),
-            )
-        )
+    cases.extend(_orphan_case(header, folder, dominant) for header in orphans)
     dominant = dominant or (
         Counter(c.modality for c in cases).most_common(1)[0][0] if cases else None
     )
-    for path in broken:
-        if dominant is None:
-            raise SourceError(f"no DICOM header under {root} can be parsed")
-        cases.append(
-            DicomUnparseableCase(
-                source=spec,
-                dataset=dataset,
-                case=_pseudonym("file", [path.relative_to(root).as_posix()], key),
-                modality=dominant,
-                path=str(path),
-            )
-        )
+    cases.extend(_unparseable_case(path, folder, dominant) for path in broken)
     if not cases:
         raise SourceError(
             f"no DICOM SEG, RTSTRUCT or masked single image under {root}: image series alone "
@@ -272,6 +171,150 @@ def open_dicom(spec: str, root: Path, modality: str | None = None, key: bytes = 
         modality=dominant or cases[0].modality,
         labels=_merge_labels(cases),
         cases=tuple(cases),
+    )
+
+
+@dataclass(frozen=True)
+class _Folder:
+    """What the cases of one DICOM source share: its spec, folder and dataset name, the
+    modality that overrides every file's (None: read each file's), and the pseudonymisation
+    key."""
+
+    spec: str
+    root: Path
+    dataset: str
+    modality: str | None
+    key: bytes
+
+    def image_modality(self, header: Header) -> str:
+        """The modality key of an image: the override, else its DICOM Modality mapped."""
+        if self.modality:
+            return self.modality
+        mapped = modality_from_dicom(header.modality)
+        if mapped is None:
+            raise SourceError(
+                f"cannot tell the modality of DICOM Modality {header.modality or '(empty)'!r} "
+                f"under {self.root}; pass --modality {'|'.join(MODALITIES)}"
+            )
+        return mapped
+
+    def pseudonyms(self, header: Header, series_uid: str, obj: str) -> dict[str, str]:
+        """The case and patient pseudonyms of the case of mask object ``obj`` on a series."""
+        parts = [header.patient_id, header.study_uid, series_uid, obj]
+        return {
+            "case": _pseudonym("case", parts, self.key),
+            "patient": _pseudonym("patient", [header.patient_id or header.study_uid], self.key),
+        }
+
+
+def _read_headers(root: Path) -> tuple[list[Header], list[Path]]:
+    """The parsed headers of the DICOM files under ``root``, and the files that claim to be
+    DICOM but whose header cannot be parsed, in path order."""
+    headers: list[Header] = []
+    broken: list[Path] = []
+    for path in _walk(root):
+        header = read_header(path)
+        if isinstance(header, Unparseable):
+            broken.append(header.path)
+        elif isinstance(header, Header):
+            headers.append(header)
+    return headers, broken
+
+
+def _masked_cases(headers: list[Header], folder: _Folder) -> tuple[list[DicomCase], list[Header]]:
+    """A case per SEG or RTSTRUCT with its image series and per single image with mask PNGs,
+    in header order; and the SEGs and RTSTRUCTs whose image series is absent."""
+    series: dict[str, list[Header]] = defaultdict(list)
+    series_of: dict[str, str] = {}  # SOPInstanceUID -> SeriesInstanceUID
+    for header in headers:
+        if header.kind == "image" and header.sop_uid not in series_of:  # copies count once
+            series[header.series_uid].append(header)
+            series_of[header.sop_uid] = header.series_uid
+    label_files = _LabelFiles(folder.root)
+    cases: list[DicomCase] = []
+    orphans: list[Header] = []  # masks whose image series is absent
+    for header in headers:
+        if header.kind in ("seg", "rtstruct"):
+            # The referenced series, else the series of a referenced instance.
+            candidates = [*header.ref_series, *(series_of.get(i, "") for i in header.ref_instances)]
+            images = next((series[s] for s in candidates if s in series), None)
+            if images is None:
+                orphans.append(header)
+            else:
+                cases.append(_series_case(header, images, folder))
+        elif header.kind == "image":
+            frames = _mask_frames(header.path)
+            if frames:
+                written = label_files.for_image(header.path)
+                cases.append(_planar_case(header, frames, written, folder))
+    return cases, orphans
+
+
+def _series_case(header: Header, images: list[Header], folder: _Folder) -> DicomSeriesCase:
+    """The case of a SEG or RTSTRUCT and the image series it labels."""
+    return DicomSeriesCase(
+        source=folder.spec,
+        dataset=folder.dataset,
+        modality=folder.image_modality(images[0]),
+        labels=readable_labels(header.labels),
+        written_labels=header.labels,
+        files=tuple(sorted(str(m.path) for m in images)),
+        mask=str(header.path),
+        **folder.pseudonyms(header, images[0].series_uid, header.sop_uid),
+    )
+
+
+def _planar_case(
+    header: Header,
+    frames: list[tuple[int, Path]],
+    written: tuple[tuple[int, str], ...],
+    folder: _Folder,
+) -> DicomPlanarCase:
+    """The case of a single image and its mask PNGs, named by ``labels.json`` (``written``)."""
+    mask_name = frames[0][1].relative_to(folder.root).as_posix()
+    return DicomPlanarCase(
+        source=folder.spec,
+        dataset=folder.dataset,
+        modality=folder.image_modality(header),
+        labels=readable_labels(written),
+        written_labels=written,
+        image=str(header.path),
+        frames=tuple(MaskFrame(frame, str(mask)) for frame, mask in frames),
+        **folder.pseudonyms(header, header.series_uid, f"{header.sop_uid}/{mask_name}"),
+    )
+
+
+def _orphan_case(header: Header, folder: _Folder, dominant: str | None) -> DicomSeriesCase:
+    """The case of a SEG or RTSTRUCT whose image series is absent (it lists no files), of the
+    modality its header names, else the source's ``dominant`` one."""
+    mod = folder.modality or header.ref_modality or dominant
+    if mod is None:
+        raise SourceError(
+            f"cannot tell the modality of a mask whose image series is missing under "
+            f"{folder.root}; pass --modality {'|'.join(MODALITIES)}"
+        )
+    return DicomSeriesCase(
+        source=folder.spec,
+        dataset=folder.dataset,
+        modality=mod,
+        labels=readable_labels(header.labels),
+        written_labels=header.labels,
+        files=(),
+        mask=str(header.path),
+        **folder.pseudonyms(header, ",".join(header.ref_series), header.sop_uid),
+    )
+
+
+def _unparseable_case(path: Path, folder: _Folder, dominant: str | None) -> DicomUnparseableCase:
+    """The case of a file whose DICOM header cannot be parsed, of the source's modality."""
+    if dominant is None:
+        raise SourceError(f"no DICOM header under {folder.root} can be parsed")
+    return DicomUnparseableCase(
+        source=folder.spec,
+        dataset=folder.dataset,
+        case=_pseudonym("file", [path.relative_to(folder.root).as_posix()], folder.key),
+        modality=dominant,
+        path=str(path),
     )
 
 

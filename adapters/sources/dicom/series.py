@@ -171,17 +171,7 @@ def read_series(paths: list[Path]) -> tuple[SeriesGrid, np.ndarray, Dataset]:
     if any(int(ds.get("SamplesPerPixel", 1) or 1) != 1 for ds in datasets):
         raise UnreadableImage("unsupported_image", "colour image series are not supported")
     rows, cols = shapes.pop()
-    orientation = frames[0].orientation
-    for f in frames[1:]:
-        if np.max(np.abs(f.orientation - orientation)) > ORIENTATION_TOL:
-            raise UnreadableImage(
-                "inconsistent_orientation",
-                f"slice orientations differ: {np.round(orientation, 4).tolist()} vs "
-                f"{np.round(f.orientation, 4).tolist()}",
-            )
-    pixel_spacings = np.array([f.pixel_spacing for f in frames])
-    if np.ptp(pixel_spacings, axis=0).max() > 1e-4:
-        raise UnreadableImage("inconsistent_spacing", "slices differ in pixel spacing")
+    orientation = _common_orientation(frames)
     row_cos, col_cos = orientation[:3], orientation[3:]
     row_cos = row_cos / np.linalg.norm(row_cos)
     col_cos = col_cos / np.linalg.norm(col_cos)
@@ -210,16 +200,7 @@ def read_series(paths: list[Path]) -> tuple[SeriesGrid, np.ndarray, Dataset]:
     affine[:3, 1] = col_cos * row_mm
     affine[:3, 2] = slice_vector
     affine[:3, 3] = frames[0].position
-    check_pixels((cols, rows, len(frames)), "image series", limit=MAX_VOXELS)
-    image = np.empty((cols, rows, len(frames)), dtype=np.float32)
-    by_file: dict[int, list[tuple[int, _Frame]]] = defaultdict(list)
-    for s, f in enumerate(frames):
-        by_file[f.file_index].append((s, f))
-    for file_index, placed in sorted(by_file.items()):
-        pixels = read_pixels(datasets[file_index], "image series").reshape(-1, rows, cols)
-        for s, f in placed:
-            plane = pixels[f.frame - 1].astype(np.float32)
-            image[:, :, s] = (plane * np.float32(f.slope) + np.float32(f.intercept)).T
+    image = _rescaled_image(datasets, frames, rows, cols)
     grid = SeriesGrid(
         shape=(cols, rows, len(frames)),
         affine_lps=affine,
@@ -231,6 +212,41 @@ def read_series(paths: list[Path]) -> tuple[SeriesGrid, np.ndarray, Dataset]:
         index={(f.sop_uid, f.frame): s for s, f in enumerate(frames)},
     )
     return grid, image, datasets[0]
+
+
+def _common_orientation(frames: list[_Frame]) -> np.ndarray:
+    """The orientation (row and column cosines) every frame shares, after checking that the
+    frames agree on it and on their pixel spacing."""
+    orientation = frames[0].orientation
+    for f in frames[1:]:
+        if np.max(np.abs(f.orientation - orientation)) > ORIENTATION_TOL:
+            raise UnreadableImage(
+                "inconsistent_orientation",
+                f"slice orientations differ: {np.round(orientation, 4).tolist()} vs "
+                f"{np.round(f.orientation, 4).tolist()}",
+            )
+    pixel_spacings = np.array([f.pixel_spacing for f in frames])
+    if np.ptp(pixel_spacings, axis=0).max() > 1e-4:
+        raise UnreadableImage("inconsistent_spacing", "slices differ in pixel spacing")
+    return orientation
+
+
+def _rescaled_image(
+    datasets: list[Dataset], frames: list[_Frame], rows: int, cols: int
+) -> np.ndarray:
+    """The frames' pixels, rescaled (slope, intercept), as float32 (columns, rows, slices) in
+    the order of ``frames``; each file's pixel data is decoded once."""
+    check_pixels((cols, rows, len(frames)), "image series", limit=MAX_VOXELS)
+    image = np.empty((cols, rows, len(frames)), dtype=np.float32)
+    by_file: dict[int, list[tuple[int, _Frame]]] = defaultdict(list)
+    for s, f in enumerate(frames):
+        by_file[f.file_index].append((s, f))
+    for file_index, placed in sorted(by_file.items()):
+        pixels = read_pixels(datasets[file_index], "image series").reshape(-1, rows, cols)
+        for s, f in placed:
+            plane = pixels[f.frame - 1].astype(np.float32)
+            image[:, :, s] = (plane * np.float32(f.slope) + np.float32(f.intercept)).T
+    return image
 
 
 def canonical_pair(

@@ -1,12 +1,14 @@
 """Table rows <-> the pipeline's frozen dataclasses, written once for the writer and ``validate``.
 
 The columns are those of ``medgrit.schemas.tables`` (the pyarrow schemas); this module holds
-the Python side only (no pyarrow), so the pure pipeline in ``medgrit.core`` can use it.
+the Python side only (no pyarrow): the pure pipeline builds its rows with it, and ``validate``
+reads them back.
 """
 
 from __future__ import annotations
 
 from medgrit.core.generation import QA, ImageFacts, RegionFacts
+from medgrit.core.vocab import RejectReason
 
 
 def image_row(
@@ -101,7 +103,7 @@ def conversation_row(
 
 def reject_row(
     stage: str,
-    reason: str,
+    reason: RejectReason,
     detail: str,
     source: str,
     dataset: str,
