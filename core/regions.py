@@ -80,6 +80,23 @@ def extract_regions(label_map: np.ndarray, min_area: int = 1) -> Extraction:
     Raises:
         ValueError: if the map is not 2D, not integer, or holds negative values.
     """
+    labels = _checked_labels(label_map)
+    components, n = cc3d.connected_components(labels, connectivity=8, return_N=True)
+    if n == 0:
+        empty = np.zeros(0, np.int64)
+        return Extraction(_empty_table(), empty, empty)
+    label_id, bbox, area = _measure_components(components, n, labels)
+    keep = area >= min_area
+    dropped_label, dropped_area = label_id[~keep], area[~keep]
+    if not keep.any():
+        return Extraction(_empty_table(), dropped_label, dropped_area)
+    table = _region_table(label_id[keep], bbox[keep], area[keep])
+    return Extraction(table, dropped_label, dropped_area)
+
+
+def _checked_labels(label_map: np.ndarray) -> np.ndarray:
+    """The label map as a writable C-contiguous unsigned array, after checking its shape,
+    dtype and sign (see :func:`extract_regions`)."""
     if label_map.ndim != 2:
         raise ValueError(f"label map must be 2D, got shape {label_map.shape}")
     if label_map.dtype.kind not in "iu":
@@ -90,13 +107,14 @@ def extract_regions(label_map: np.ndarray, min_area: int = 1) -> Extraction:
             raise ValueError("label map holds negative values")
         labels = labels.astype(np.uint32 if labels.max(initial=0) > 65535 else np.uint16)
     # cc3d wants a writable C-contiguous buffer (decoded images are often read-only views).
-    labels = np.require(labels, requirements=["C", "W"])
+    return np.require(labels, requirements=["C", "W"])
 
-    components, n = cc3d.connected_components(labels, connectivity=8, return_N=True)
-    if n == 0:
-        empty = np.zeros(0, np.int64)
-        return Extraction(_empty_table(), empty, empty)
 
+def _measure_components(
+    components: np.ndarray, n: int, labels: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The label id, box (x0, y0, x1, y1) and pixel count of each of the ``n`` components
+    (numbered 1..n in ``components``), in component order."""
     slices = ndimage.find_objects(components)
     if n <= _CROP_COUNT_MAX:
         # Counting inside each component's own box beats a bincount over the whole map when
@@ -115,13 +133,12 @@ def extract_regions(label_map: np.ndarray, min_area: int = 1) -> Extraction:
     top_rows = components[bbox[:, 1]]
     first_col = np.argmax(top_rows == comp_ids[:, None], axis=1)
     label_id = labels[bbox[:, 1], first_col].astype(np.int64)
+    return label_id, bbox, area
 
-    keep = area >= min_area
-    dropped_label, dropped_area = label_id[~keep], area[~keep]
-    label_id, bbox, area = label_id[keep], bbox[keep], area[keep]
-    if label_id.size == 0:
-        return Extraction(_empty_table(), dropped_label, dropped_area)
 
+def _region_table(label_id: np.ndarray, bbox: np.ndarray, area: np.ndarray) -> RegionTable:
+    """The rows of the kept instances (at least one): per label, its merged row, then its
+    instances (numbered from 1 in box order) when it has several."""
     order = np.lexsort((bbox[:, 1], bbox[:, 0], label_id))
     label_id, bbox, area = label_id[order], bbox[order], area[order]
     unique_labels, starts, counts = np.unique(label_id, return_index=True, return_counts=True)
@@ -154,8 +171,7 @@ def extract_regions(label_map: np.ndarray, min_area: int = 1) -> Extraction:
         out_bbox[pos] = bbox[inst_mask]
         out_area[pos] = area[inst_mask]
         out_instance[pos] = rank + 1
-    table = RegionTable(out_label, out_instance, out_bbox, out_area)
-    return Extraction(table, dropped_label, dropped_area)
+    return RegionTable(out_label, out_instance, out_bbox, out_area)
 
 
 def label_dtype(max_label: int) -> type[np.unsignedinteger]:

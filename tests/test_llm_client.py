@@ -1,6 +1,6 @@
 """The LLM client stack against a real OpenAI-compatible HTTP server on 127.0.0.1.
 
-``medgrit.testing.openai_server`` runs in a child process (Starlette on uvicorn) and the real
+``medgrit_testing.openai_server`` runs in a child process (Starlette on uvicorn) and the real
 ``openai`` SDK talks to it over HTTP: rate limits with 429 + Retry-After + x-ratelimit-*
 headers, injected 500/503s and hangs, API-key auth, files and batches. Its ``/stats`` counters
 show what actually reached the server.
@@ -22,16 +22,17 @@ from tenacity import wait_random_exponential
 from medgrit.adapters.llm import client as llm_client
 from medgrit.adapters.llm.batch import BatchError, BatchRunner
 from medgrit.adapters.llm.cache import AnswerCache, ResponseCache
-from medgrit.adapters.llm.client import (
+from medgrit.adapters.llm.chat import (
     ChatRequest,
     ChatResult,
     LLMSettings,
-    OpenAICompatibleClient,
     Usage,
+    estimate_cost,
     request_hash,
 )
+from medgrit.adapters.llm.client import OpenAICompatibleClient
 from medgrit.schemas.llm import FACTS_MARKER, LLMConversation
-from medgrit.testing.openai_server import ServerConfig, serve
+from medgrit_testing.openai_server import ServerConfig, serve
 
 KEY = "sk-medgrit-test-7f3a9c1e5b"
 
@@ -127,7 +128,7 @@ def test_answers_come_back_in_input_order_with_usage(server, configure):
     assert usage.completion_tokens == stats["completion_tokens"]
     assert (usage.retries, usage.rate_limited) == (0, 0)
     expected = (usage.prompt_tokens * 2.0 + usage.completion_tokens * 8.0) / 1e6
-    assert llm_client.estimate_cost(config, usage) == pytest.approx(expected)
+    assert estimate_cost(config, usage) == pytest.approx(expected)
 
 
 def test_the_cache_key_covers_model_parameters_and_messages_but_not_the_custom_id(server):

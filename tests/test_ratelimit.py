@@ -1,7 +1,7 @@
 """The pure RPM/TPM limiter, on a fake clock: rates, bursts, refunds, server headers, pauses.
 
 The last tests replay a client against a model of the provider's limiter (OpenAI-style token
-buckets holding one second's worth, as ``medgrit.testing.openai_server`` implements them) with
+buckets holding one second's worth, as ``medgrit_testing.openai_server`` implements them) with
 network jitter and latency, and count the 429s the client would get.
 """
 
@@ -14,13 +14,8 @@ import random
 
 import pytest
 
-from medgrit.core.ratelimit import (
-    RateLimiter,
-    RateLimitHeaders,
-    estimate_tokens,
-    parse_duration,
-    parse_retry_after,
-)
+from medgrit.core.ratelimit import RateLimiter, estimate_tokens
+from medgrit.core.ratelimit_headers import RateLimitHeaders, parse_duration, parse_retry_after
 
 BIG = 10**9  # a limit that never binds
 
@@ -180,6 +175,24 @@ def test_invalid_limits_are_rejected():
 
 
 # --- usage corrections -----------------------------------------------------------------------
+
+
+def test_try_take_admits_or_names_the_limit_that_refuses_and_spends_nothing_then():
+    # A server's buckets: one second's worth, no reserve, no margin, starting full.
+    limiter = RateLimiter(60, 6000, 0.0, reserve=0.0, margin_s=0.0, initial_fill=1.0)
+    grant, refused, wait = limiter.try_take(60, 0.0)
+    assert grant is not None and (refused, wait) == (None, 0.0)
+    assert limiter.levels(0.0) == pytest.approx((0, 40))
+    grant, refused, wait = limiter.try_take(1, 0.0)
+    assert grant is None and refused == "requests" and wait == pytest.approx(1.0)
+    assert limiter.levels(0.0) == pytest.approx((0, 40))  # a refusal spends nothing
+    grant, refused, _ = limiter.try_take(250, 1.0)  # oversized: passes on a full bucket
+    assert grant is not None and refused is None
+    assert limiter.levels(1.0) == pytest.approx((0, -150))
+    grant, refused, wait = limiter.try_take(10, 2.0)
+    assert grant is None and refused == "tokens" and wait == pytest.approx(0.6)
+    limiter.pause(3.0, 2.0)
+    assert limiter.try_take(1, 2.0)[1:] == ("paused", pytest.approx(3.0))
 
 
 def test_unused_tokens_are_refunded_when_the_server_reports_no_remaining_tokens():

@@ -14,13 +14,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from medgrit.adapters.sources.samed2d import (
+from medgrit.adapters.sources.samed2d import open_samed2d, read_case
+from medgrit.adapters.sources.samed2d_index import (
     SliceName,
     label_filter_reason,
     modality_of_prefix,
-    open_samed2d,
     parse_image_name,
-    read_case,
 )
 from medgrit.core.cases import SourceError
 

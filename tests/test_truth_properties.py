@@ -10,8 +10,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from medgrit.adapters.text.templates import TemplateGenerator
-from medgrit.core.claims import Lexicon, words_of
 from medgrit.core.generation import QA, ImageFacts, RegionFacts
+from medgrit.core.lexicon import Lexicon, words_of
 from medgrit.core.regions import to_bbox_1000
 from medgrit.core.text import format_box, position_word, size_word
 from medgrit.core.verify import verify_qa

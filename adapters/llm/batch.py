@@ -41,18 +41,15 @@ from typing import Any
 
 import openai
 
-from medgrit.adapters.llm.client import (
+from medgrit.adapters.llm.chat import (
     ChatRequest,
     ChatResult,
     LLMSettings,
-    RequestFailure,
     Usage,
     chat_body,
-    classify_error,
-    make_retrying,
     request_hash,
-    status_reason,
 )
+from medgrit.adapters.llm.client import RequestFailure, classify_error, make_retrying, status_reason
 from medgrit.adapters.runtime.interrupt import check_stop
 from medgrit.core.failures import InfrastructureError
 

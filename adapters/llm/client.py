@@ -44,15 +44,12 @@ Units: times in seconds, limits per minute, prices in USD per million tokens.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import json
 import logging
 import random
 import re
 import time
-from collections import deque
 from collections.abc import Sequence
-from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
 
@@ -66,15 +63,19 @@ from tenacity import (
     wait_random_exponential,
 )
 
-from medgrit.adapters.runtime.interrupt import stop_requested
-from medgrit.core.ratelimit import (
-    Grant,
-    RateLimiter,
-    RateLimitHeaders,
-    estimate_tokens,
-    littles_law_window,
-    parse_retry_after,
+from medgrit.adapters.llm.chat import (
+    ChatRequest,
+    ChatResult,
+    LLMSettings,
+    Usage,
+    chat_body,
+    estimate_cost,
+    request_hash,
 )
+from medgrit.adapters.llm.pacing import AsyncRateLimiter, InFlightWindow
+from medgrit.adapters.runtime.interrupt import stop_requested
+from medgrit.core.ratelimit import RateLimiter, estimate_tokens, littles_law_window
+from medgrit.core.ratelimit_headers import RateLimitHeaders, parse_retry_after
 
 try:  # openai >= 3 runs on httpx2; older releases on httpx
     import httpx2 as _httpx2
@@ -94,217 +95,6 @@ INITIAL_LATENCY_S = 1.0
 """The latency the window is sized for before any answer was timed."""
 LATENCY_SMOOTHING = 0.1
 """Weight of the newest answer in the moving averages of latency and tokens per request."""
-
-RESPONSE_FORMATS = ("json_schema", "json_object", "json_object_schema", "none")
-
-
-@dataclass(frozen=True)
-class LLMSettings:
-    """Endpoint, sampling and limit settings of one model (never the API key).
-
-    Attributes:
-        model: model name sent with every request.
-        base_url: endpoint; ``None`` uses ``OPENAI_BASE_URL`` or the SDK default (OpenAI).
-        temperature, max_tokens: sampling parameters (part of the cache key).
-        requests_per_minute, tokens_per_minute: the account's limits; the client paces at them
-            and adopts lower ones from the server's ``x-ratelimit-*`` headers.
-        max_concurrency: requests in flight at most; ``None`` sizes the window by Little's
-            law (limit x observed latency).
-        timeout_s: seconds one attempt may take before it counts as a timeout.
-        max_attempts: attempts per request for infrastructure failures (1 = no retry).
-        price_input_per_million, price_output_per_million: USD per 1M prompt/completion tokens.
-        response_format: the structured-output mode the caller builds ``ChatRequest.
-            response_format`` for: ``json_schema``, ``json_object``, ``json_object_schema`` or
-            ``none``.
-    """
-
-    model: str
-    base_url: str | None = None
-    temperature: float = 0.2
-    max_tokens: int = 1024
-    requests_per_minute: int = 500
-    tokens_per_minute: int = 200_000
-    max_concurrency: int | None = None
-    timeout_s: float = 60.0
-    max_attempts: int = 6
-    price_input_per_million: float = 0.0
-    price_output_per_million: float = 0.0
-    response_format: str = "json_schema"
-
-    def __post_init__(self) -> None:
-        if not self.model:
-            raise ValueError("LLM model is empty: pass a model name such as gpt-4o-mini")
-        for name in ("max_tokens", "requests_per_minute", "tokens_per_minute", "max_concurrency"):
-            value = getattr(self, name)
-            if value is not None and value < 1:
-                raise ValueError(f"LLM {name} must be >= 1, got {getattr(self, name)}")
-        if self.max_attempts < 1:
-            raise ValueError(f"LLM max_attempts must be >= 1, got {self.max_attempts}")
-        if self.timeout_s <= 0:
-            raise ValueError(f"LLM timeout_s must be positive, got {self.timeout_s}")
-        if self.response_format not in RESPONSE_FORMATS:
-            raise ValueError(
-                f"LLM response_format must be one of {', '.join(RESPONSE_FORMATS)}, "
-                f"got {self.response_format!r}"
-            )
-
-
-@dataclass(frozen=True)
-class ChatRequest:
-    """One chat completion to ask for.
-
-    Attributes:
-        custom_id: the caller's id, returned with the result (unique within one call).
-        messages: ``({"role": "system", "content": ...}, {"role": "user", "content": ...})``.
-        response_format: passed through as the ``response_format`` argument (``None``: omitted).
-    """
-
-    custom_id: str
-    messages: tuple[dict[str, str], ...]
-    response_format: dict | None = None
-
-
-@dataclass(frozen=True)
-class ChatResult:
-    """The answer to one :class:`ChatRequest`.
-
-    ``content`` is ``None`` when the request failed for good; ``error`` then says why (see the
-    module docstring). Token counts are the server's ``usage`` (the cached ones on a hit).
-    """
-
-    custom_id: str
-    content: str | None
-    prompt_tokens: int
-    completion_tokens: int
-    request_hash: str
-    from_cache: bool = False
-    error: str | None = None
-
-
-@dataclass(frozen=True)
-class Usage:
-    """What a client sent and received so far.
-
-    Attributes:
-        requests_sent: HTTP requests sent (every attempt counts).
-        prompt_tokens, completion_tokens: tokens of the answered requests (server ``usage``).
-        retries: attempts after the first one.
-        rate_limited: 429 answers received.
-    """
-
-    requests_sent: int = 0
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    retries: int = 0
-    rate_limited: int = 0
-
-
-def estimate_cost(settings: LLMSettings, usage: Usage) -> float:
-    """USD for ``usage`` at the settings' prices per million tokens."""
-    return (
-        usage.prompt_tokens * settings.price_input_per_million
-        + usage.completion_tokens * settings.price_output_per_million
-    ) / 1e6
-
-
-def request_hash(settings: LLMSettings, request: ChatRequest) -> str:
-    """sha256 hex of the canonical JSON of (model, temperature, max_tokens, response_format,
-    messages): the response cache key. ``custom_id`` is not part of it."""
-    canonical = json.dumps(
-        {
-            "model": settings.model,
-            "temperature": settings.temperature,
-            "max_tokens": settings.max_tokens,
-            "response_format": request.response_format,
-            "messages": request.messages,
-        },
-        sort_keys=True,
-        separators=(",", ":"),
-        ensure_ascii=False,
-    )
-    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
-
-
-def chat_body(settings: LLMSettings, request: ChatRequest) -> dict[str, Any]:
-    """The JSON body of ``POST /v1/chat/completions`` for ``request`` (also a batch line's)."""
-    body: dict[str, Any] = {
-        "model": settings.model,
-        "messages": list(request.messages),
-        "temperature": settings.temperature,
-        "max_tokens": settings.max_tokens,
-    }
-    if request.response_format is not None:
-        body["response_format"] = request.response_format
-    return body
-
-
-class AsyncRateLimiter:
-    """The pure :class:`RateLimiter` on the event loop: ``await acquire(tokens)``.
-
-    Waiters queue on a FIFO lock; only the head sleeps (for the time the limiter names) and asks
-    again, so a grant costs O(1) and nobody polls.
-
-    Args:
-        limiter: the pure limiter (shared state).
-        clock: monotonic seconds (``time.monotonic``).
-    """
-
-    def __init__(self, limiter: RateLimiter, clock: Any = time.monotonic) -> None:
-        self.limiter = limiter
-        self.clock = clock
-        self._lock = asyncio.Lock()
-
-    async def acquire(self, tokens: int) -> Grant:
-        """Wait until a request costing ``tokens`` may start, spend it, and return the grant."""
-        limiter, clock = self.limiter, self.clock
-        async with self._lock:
-            wait = limiter.delay(tokens, clock())
-            while wait > 0:
-                await asyncio.sleep(wait)
-                wait = limiter.delay(tokens, clock())
-            return limiter.take(tokens, clock())
-
-
-class InFlightWindow:
-    """At most ``limit`` holders at once, FIFO, with a limit that may change (``resize``)."""
-
-    def __init__(self, limit: int) -> None:
-        self.limit = limit
-        self.in_flight = 0
-        self._waiters: deque[asyncio.Future] = deque()
-
-    async def acquire(self) -> None:
-        """Wait for a slot (FIFO)."""
-        if self.in_flight < self.limit and not self._waiters:
-            self.in_flight += 1
-            return
-        waiter = asyncio.get_running_loop().create_future()
-        self._waiters.append(waiter)
-        try:
-            await waiter
-        except asyncio.CancelledError:
-            if waiter.done() and not waiter.cancelled():
-                self.release()  # granted, then cancelled before it could run: hand it on
-            else:
-                self._waiters.remove(waiter)
-            raise
-
-    def release(self) -> None:
-        """Give a slot back."""
-        self.in_flight -= 1
-        self._wake()
-
-    def resize(self, limit: int) -> None:
-        """A new limit (holders above it finish; no new one starts until below it)."""
-        self.limit = limit
-        self._wake()
-
-    def _wake(self) -> None:
-        while self._waiters and self.in_flight < self.limit:
-            waiter = self._waiters.popleft()
-            if not waiter.done():
-                self.in_flight += 1
-                waiter.set_result(None)
 
 
 class RequestFailure(Exception):

@@ -32,15 +32,8 @@ import time
 
 import openai
 
-from medgrit.adapters.llm.client import (
-    ChatRequest,
-    LLMSettings,
-    RequestFailure,
-    chat_body,
-    classify_error,
-    make_retrying,
-    redact,
-)
+from medgrit.adapters.llm.chat import ChatRequest, LLMSettings, chat_body
+from medgrit.adapters.llm.client import RequestFailure, classify_error, make_retrying, redact
 from medgrit.core.failures import InfrastructureError
 from medgrit.schemas.llm import LLMConversation, response_json_schema
 

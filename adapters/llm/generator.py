@@ -27,7 +27,7 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from medgrit.adapters.llm.cache import AnswerCache
-from medgrit.adapters.llm.client import (
+from medgrit.adapters.llm.chat import (
     ChatRequest,
     ChatResult,
     LLMSettings,
@@ -43,12 +43,13 @@ from medgrit.adapters.text.templates import (
     template_hashes,
     view_variables,
 )
-from medgrit.core.claims import lexicon_for
 from medgrit.core.conversations import turn_detail
 from medgrit.core.failures import InfrastructureError
-from medgrit.core.generation import QA, TASKS, Generated, ImageFacts, RegionFacts
+from medgrit.core.generation import QA, Generated, ImageFacts, RegionFacts
+from medgrit.core.lexicon import lexicon_for
 from medgrit.core.text import laterality_of
 from medgrit.core.verify import Failure, ImageTruth, TextRules, check_turn
+from medgrit.core.vocab import TASKS
 from medgrit.schemas.config import LLMConfig
 from medgrit.schemas.llm import ImagePromptFacts, LLMConversation, PromptRegion
 

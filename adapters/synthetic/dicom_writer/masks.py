@@ -54,20 +54,10 @@ def write_seg(
     if numbers != list(range(1, len(numbers) + 1)):
         raise ValueError("segment numbers must be 1..N")
     datasets, orientation = _read_series(series_files)
-    volume = np.asarray(label_volume)
-    if volume.ndim == 3:
-        stack = np.stack([volume == n for n in numbers], axis=-1)
-    elif volume.ndim == 4 and volume.shape[3] == len(numbers):
-        stack = volume.astype(bool)
-    else:
-        raise ValueError("label_volume must be (X, Y, Z) or (X, Y, Z, len(names))")
+    stack = _segment_stack(np.asarray(label_volume), numbers)
     frames = _frames(stack, datasets, orientation)  # (slices, rows, cols, N)
     if fractional:
-        ring = np.zeros(frames.shape, dtype=bool)
-        for i in range(frames.shape[0]):
-            for n in range(frames.shape[3]):
-                ring[i, :, :, n] = ndimage.binary_dilation(frames[i, :, :, n]) & ~frames[i, :, :, n]
-        pixel_array = np.where(frames, 1.0, np.where(ring, 0.3, 0.0)).astype(np.float32)
+        pixel_array = _fractional_frames(frames)
         seg_type = hd.seg.SegmentationTypeValues.FRACTIONAL
     else:
         pixel_array = frames.astype(np.uint8)
@@ -100,10 +90,39 @@ def write_seg(
         content_creator_name="medgrit^writer",
         content_label="SEGMENTATION",
     )
-    # highdicom stamps creation times and a random dimension organisation UID: pin them so
-    # the file is byte-for-byte reproducible.
-    day = str(datasets[0].get("StudyDate", "") or "20240101")
-    time = str(datasets[0].get("StudyTime", "") or "120000")
+    _pin_seg_stamps(seg, datasets[0], _uid(seed, series_uid, "dimension-organisation"))
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    seg.save_as(path)
+    return path
+
+
+def _segment_stack(volume: np.ndarray, numbers: list[int]) -> np.ndarray:
+    """An (X, Y, Z, N) boolean stack, one segment per number: from a label map, or a stack
+    given as one."""
+    if volume.ndim == 3:
+        return np.stack([volume == n for n in numbers], axis=-1)
+    if volume.ndim == 4 and volume.shape[3] == len(numbers):
+        return volume.astype(bool)
+    raise ValueError("label_volume must be (X, Y, Z) or (X, Y, Z, len(names))")
+
+
+def _fractional_frames(frames: np.ndarray) -> np.ndarray:
+    """Probabilities of (slices, rows, cols, N) boolean frames: 1.0 inside each segment, 0.3 on
+    a one-pixel ring around it in-plane, 0.0 elsewhere."""
+    ring = np.zeros(frames.shape, dtype=bool)
+    for i in range(frames.shape[0]):
+        for n in range(frames.shape[3]):
+            ring[i, :, :, n] = ndimage.binary_dilation(frames[i, :, :, n]) & ~frames[i, :, :, n]
+    return np.where(frames, 1.0, np.where(ring, 0.3, 0.0)).astype(np.float32)
+
+
+def _pin_seg_stamps(seg: Dataset, first: Dataset, organisation: str) -> None:
+    """Set the creation dates and times highdicom stamps to the study's, and its random
+    dimension organisation UID to ``organisation``, so that the file is byte-for-byte
+    reproducible."""
+    day = str(first.get("StudyDate", "") or "20240101")
+    time = str(first.get("StudyTime", "") or "120000")
     for keyword in ("ContentDate", "SeriesDate", "InstanceCreationDate"):
         if keyword in seg:
             setattr(seg, keyword, day)
@@ -113,14 +132,9 @@ def write_seg(
     for item in seg.get("ContributingEquipmentSequence", []):
         if "ContributionDateTime" in item:
             item.ContributionDateTime = day + time
-    organisation = _uid(seed, series_uid, "dimension-organisation")
     for sequence in ("DimensionOrganizationSequence", "DimensionIndexSequence"):
         for item in seg.get(sequence, []):
             item.DimensionOrganizationUID = organisation
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    seg.save_as(path)
-    return path
 
 
 def write_rtstruct(
@@ -148,27 +162,13 @@ def write_rtstruct(
     Returns:
         ``path``.
     """
-    from skimage.measure import find_contours
-
     datasets, orientation = _read_series(series_files)
     frames = _frames(np.asarray(label_volume), datasets, orientation)  # (slices, rows, cols)
     first = datasets[0]
     series_uid = str(first.SeriesInstanceUID)
     sop_uid = _uid(seed, series_uid, "rtstruct", _digest(frames))
     ds = _file_dataset(_RTSTRUCT_SOP_CLASS, sop_uid)
-    for keyword in (
-        "PatientName",
-        "PatientID",
-        "PatientBirthDate",
-        "PatientSex",
-        "StudyInstanceUID",
-        "StudyDate",
-        "StudyTime",
-        "StudyID",
-        "AccessionNumber",
-        "ReferringPhysicianName",
-        "InstitutionName",
-    ):
+    for keyword in _PATIENT_AND_STUDY:
         if keyword in first:
             setattr(ds, keyword, first.get(keyword))
     ds.Modality = "RTSTRUCT"
@@ -179,29 +179,9 @@ def write_rtstruct(
     ds.StructureSetLabel = "medgrit"
     ds.StructureSetDate = str(first.get("StudyDate", "20240101"))
     ds.StructureSetTime = str(first.get("StudyTime", "120000"))
-
-    def image_ref(image: Dataset) -> Dataset:
-        item = Dataset()
-        item.ReferencedSOPClassUID = image.SOPClassUID
-        item.ReferencedSOPInstanceUID = image.SOPInstanceUID
-        return item
-
-    series_ref = Dataset()
-    series_ref.SeriesInstanceUID = series_uid
-    series_ref.ContourImageSequence = DicomSequence([image_ref(d) for d in datasets])
-    study_ref = Dataset()
-    study_ref.ReferencedSOPClassUID = _STUDY_COMPONENT_SOP_CLASS
-    study_ref.ReferencedSOPInstanceUID = first.StudyInstanceUID
-    study_ref.RTReferencedSeriesSequence = DicomSequence([series_ref])
-    frame_ref = Dataset()
-    frame_ref.FrameOfReferenceUID = first.FrameOfReferenceUID
-    frame_ref.RTReferencedStudySequence = DicomSequence([study_ref])
-    ds.ReferencedFrameOfReferenceSequence = DicomSequence([frame_ref])
+    ds.ReferencedFrameOfReferenceSequence = DicomSequence([_frame_of_reference(datasets)])
 
     rois, contours, observations = [], [], []
-    row_cos = np.array([float(v) for v in first.ImageOrientationPatient[:3]])
-    col_cos = np.array([float(v) for v in first.ImageOrientationPatient[3:]])
-    row_mm, col_mm = (float(v) for v in first.PixelSpacing)
     for number in sorted(names):
         roi = Dataset()
         roi.ROINumber = number
@@ -209,23 +189,7 @@ def write_rtstruct(
         roi.ROIName = str(names[number])
         roi.ROIGenerationAlgorithm = "AUTOMATIC"
         rois.append(roi)
-        items = []
-        for s, image in enumerate(datasets):
-            mask = np.pad(frames[s] == number, 1)
-            if not mask.any():
-                continue
-            origin = np.array([float(v) for v in image.ImagePositionPatient])
-            for line in find_contours(mask.astype(np.float32), 0.5):
-                rows, cols = line[:-1, 0] - 1.0, line[:-1, 1] - 1.0  # closed: drop repeat
-                points = (
-                    origin + np.outer(cols * col_mm, row_cos) + np.outer(rows * row_mm, col_cos)
-                )
-                item = Dataset()
-                item.ContourImageSequence = DicomSequence([image_ref(image)])
-                item.ContourGeometricType = "CLOSED_PLANAR"
-                item.NumberOfContourPoints = len(points)
-                item.ContourData = [_ds_number(v) for v in points.ravel()]
-                items.append(item)
+        items = _contour_items(frames, datasets, number)
         contour = Dataset()
         contour.ReferencedROINumber = number
         contour.ROIDisplayColor = [255, 0, 0]
@@ -244,3 +208,71 @@ def write_rtstruct(
     path.parent.mkdir(parents=True, exist_ok=True)
     ds.save_as(path, enforce_file_format=True)
     return path
+
+
+# What an RT Structure Set copies from its image series.
+_PATIENT_AND_STUDY = (
+    "PatientName",
+    "PatientID",
+    "PatientBirthDate",
+    "PatientSex",
+    "StudyInstanceUID",
+    "StudyDate",
+    "StudyTime",
+    "StudyID",
+    "AccessionNumber",
+    "ReferringPhysicianName",
+    "InstitutionName",
+)
+
+
+def _image_ref(image: Dataset) -> Dataset:
+    """A reference to one image (its SOP class and instance UIDs)."""
+    item = Dataset()
+    item.ReferencedSOPClassUID = image.SOPClassUID
+    item.ReferencedSOPInstanceUID = image.SOPInstanceUID
+    return item
+
+
+def _frame_of_reference(datasets: list[Dataset]) -> Dataset:
+    """The item of ReferencedFrameOfReferenceSequence: the frame of reference of the series,
+    its study, and the series with every image of it."""
+    first = datasets[0]
+    series_ref = Dataset()
+    series_ref.SeriesInstanceUID = str(first.SeriesInstanceUID)
+    series_ref.ContourImageSequence = DicomSequence([_image_ref(d) for d in datasets])
+    study_ref = Dataset()
+    study_ref.ReferencedSOPClassUID = _STUDY_COMPONENT_SOP_CLASS
+    study_ref.ReferencedSOPInstanceUID = first.StudyInstanceUID
+    study_ref.RTReferencedSeriesSequence = DicomSequence([series_ref])
+    frame_ref = Dataset()
+    frame_ref.FrameOfReferenceUID = first.FrameOfReferenceUID
+    frame_ref.RTReferencedStudySequence = DicomSequence([study_ref])
+    return frame_ref
+
+
+def _contour_items(frames: np.ndarray, datasets: list[Dataset], number: int) -> list[Dataset]:
+    """The ContourSequence items of label ``number``: per slice, each boundary of the label
+    traced at level 0.5 on the padded mask, as a CLOSED_PLANAR polygon in LPS mm."""
+    from skimage.measure import find_contours
+
+    first = datasets[0]
+    row_cos = np.array([float(v) for v in first.ImageOrientationPatient[:3]])
+    col_cos = np.array([float(v) for v in first.ImageOrientationPatient[3:]])
+    row_mm, col_mm = (float(v) for v in first.PixelSpacing)
+    items = []
+    for s, image in enumerate(datasets):
+        mask = np.pad(frames[s] == number, 1)
+        if not mask.any():
+            continue
+        origin = np.array([float(v) for v in image.ImagePositionPatient])
+        for line in find_contours(mask.astype(np.float32), 0.5):
+            rows, cols = line[:-1, 0] - 1.0, line[:-1, 1] - 1.0  # closed: drop repeat
+            points = origin + np.outer(cols * col_mm, row_cos) + np.outer(rows * row_mm, col_cos)
+            item = Dataset()
+            item.ContourImageSequence = DicomSequence([_image_ref(image)])
+            item.ContourGeometricType = "CLOSED_PLANAR"
+            item.NumberOfContourPoints = len(points)
+            item.ContourData = [_ds_number(v) for v in points.ravel()]
+            items.append(item)
+    return items
