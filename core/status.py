@@ -1,15 +1,18 @@
 """What ``medgrit status`` shows of a dataset directory: one row per shard, the totals, the
 state of the whole build, and the exit code scripts read from it.
 
-Pure: it reads a manifest as ``medgrit.adapters.store.bookkeeping.read_dataset`` gives it
-(``dataset.json`` with the shards' completion records merged).
+Pure: it takes each shard's id, case count, error and counts
+(:class:`~medgrit.core.summary.ShardCounts`), as ``dataset.json`` with the shards' completion
+records merged holds them; the numbers come from :func:`~medgrit.core.summary.build_totals`.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
 from medgrit.core.markdown import printable_text
+from medgrit.core.summary import ShardCounts, build_totals, qa_pairs
 
 EXIT_COMPLETE = 0
 EXIT_FAILED = 1
@@ -29,27 +32,32 @@ class ShardStatus:
     tokens: int
     error: str | None = None
 
-
-def shard_statuses(manifest: dict) -> list[ShardStatus]:
-    """One :class:`ShardStatus` per shard of ``manifest``, in plan order."""
-    out = []
-    for entry in manifest.get("shards", []):
-        rows = entry.get("rows") or {}
-        qa = (entry.get("stats") or {}).get("qa_by_modality_task") or {}
-        tokens = entry.get("tokens") or {}
-        out.append(
-            ShardStatus(
-                id=str(entry.get("id")),
-                status=str(entry.get("status", "pending")),
-                cases=len(entry.get("cases") or []),
-                images=int(rows.get("images", 0)),
-                qa=sum(int(n) for per in qa.values() for n in per.values()),
-                rejects=int(rows.get("rejects", 0)),
-                tokens=int(tokens.get("prompt", 0)) + int(tokens.get("completion", 0)),
-                error=entry.get("error") if entry.get("status") == "failed" else None,
-            )
+    @classmethod
+    def of(cls, id: str, cases: int, counts: ShardCounts, error: str | None = None) -> ShardStatus:
+        """A shard as ``status`` shows it: its counts as it adds them to the totals, the
+        error only while it is failed."""
+        return cls(
+            id=id,
+            status=counts.status,
+            cases=cases,
+            **status_sums([counts]),
+            error=error if counts.status == "failed" else None,
         )
-    return out
+
+
+_STATUS_TABLES = ("images", "rejects")
+
+
+def status_sums(shards: Sequence[ShardCounts]) -> dict[str, int]:
+    """Images, QA pairs, rejects (of done shards) and tokens (prompt and completion, of every
+    shard) over ``shards``: the build's totals as ``status`` shows them."""
+    totals = build_totals(shards, _STATUS_TABLES)
+    return {
+        "images": totals["rows"]["images"],
+        "qa": qa_pairs(totals),
+        "rejects": totals["rows"]["rejects"],
+        "tokens": int(totals["llm"]["prompt"]) + int(totals["llm"]["completion"]),
+    }
 
 
 def build_state(shards: list[ShardStatus]) -> str:
@@ -103,6 +111,8 @@ def retired_line(retired: list[dict]) -> str | None:
 
 
 def _sums(shards: list[ShardStatus]) -> dict[str, int]:
+    """The table's column sums: each shard's numbers are :func:`status_sums` of it, so these
+    are :func:`status_sums` of all shards."""
     return {k: sum(getattr(s, k) for s in shards) for k in ("images", "qa", "rejects", "tokens")}
 
 

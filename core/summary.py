@@ -1,10 +1,20 @@
-"""Counts of a build (per shard and in total) and their markdown summary."""
+"""Counts of a build (per shard and in total) and their markdown summary.
+
+:func:`build_totals` is the one place a build's totals are counted from its shards (the
+manifest's ``totals``, ``status``'s sums, the dashboard's running tallies): rows, images per
+modality and split, QA pairs per modality and task, rejects per reason and non-finite values
+over the shards that are done; LLM requests, tokens and cost over every shard that spent them.
+"""
 
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
 
 from medgrit.core.markdown import escape_markdown, markdown_code, markdown_table
+from medgrit.core.vocab import TASKS
 
 
 def shard_stats(tables: dict[str, list[dict]]) -> dict:
@@ -24,7 +34,7 @@ def shard_stats(tables: dict[str, list[dict]]) -> dict:
     }
 
 
-def merge_stats(stats: list[dict]) -> dict:
+def merge_stats(stats: Iterable[Mapping[str, Any]]) -> dict:
     """Totals over shard stats."""
     images: Counter = Counter()
     splits: Counter = Counter()
@@ -47,6 +57,42 @@ def merge_stats(stats: list[dict]) -> dict:
     }
 
 
+TOKEN_FIELDS = ("requests", "cache_hits", "prompt", "completion", "cost_usd")
+"""What a build's ``totals.llm`` counts, in its order (a shard's ``tokens`` holds some of them)."""
+
+
+@dataclass(frozen=True)
+class ShardCounts:
+    """What one shard adds to a build's totals: its status, row counts per table, stats (as
+    :func:`shard_stats` gives them, with ``non_finite_values``) and LLM spend (``tokens``)."""
+
+    status: str
+    rows: Mapping[str, int] = field(default_factory=dict)
+    stats: Mapping[str, Any] = field(default_factory=dict)
+    tokens: Mapping[str, int | float] = field(default_factory=dict)
+
+
+def build_totals(shards: Iterable[ShardCounts], tables: Sequence[str]) -> dict:
+    """A build's totals, in the layout of ``dataset.json``'s ``totals``: ``rows`` per table
+    (in ``tables``' order) and the merged stats of the done shards, and ``llm``: requests,
+    cache hits, tokens and cost (rounded to 6 decimals) of every shard that has them."""
+    shards = list(shards)
+    done = [s for s in shards if s.status == "done"]
+    rows = {t: sum(int(s.rows.get(t, 0)) for s in done) for t in tables}
+    llm: dict[str, int | float] = {k: 0 for k in TOKEN_FIELDS}
+    for shard in shards:
+        for k in TOKEN_FIELDS:
+            llm[k] += shard.tokens.get(k, 0)
+    llm["cost_usd"] = round(llm["cost_usd"], 6)
+    return {"rows": rows, **merge_stats([s.stats for s in done]), "llm": llm}
+
+
+def qa_pairs(totals: Mapping[str, Any]) -> int:
+    """QA pairs of totals (or of one shard's stats): all modalities and tasks."""
+    qa = totals.get("qa_by_modality_task") or {}
+    return sum(int(n) for per in qa.values() for n in per.values())
+
+
 def render_summary(
     out_dir: str,
     rows: dict[str, int],
@@ -61,7 +107,7 @@ def render_summary(
     ``llm`` holds what an LLM build sent and spent (requests, cache hits, tokens, cost). The
     path, shard ids, modalities and reasons are escaped (:mod:`medgrit.core.markdown`).
     """
-    tasks = ("VG", "ROC", "RC", "MIA")
+    tasks = TASKS
     lines = [
         f"## medgrit dataset {markdown_code(out_dir)}",
         "",

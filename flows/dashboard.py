@@ -39,11 +39,10 @@ from uuid import UUID  # noqa: E402
 
 from medgrit.core.failures import is_infrastructure  # noqa: E402
 from medgrit.core.markdown import escape_cells, escape_markdown  # noqa: E402
+from medgrit.core.summary import ShardCounts, build_totals  # noqa: E402
+from medgrit.core.vocab import MODALITIES, TASKS  # noqa: E402
 from medgrit.schemas.config import BuildConfig  # noqa: E402
-
-TASKS = ("VG", "ROC", "RC", "MIA")
-MODALITIES = ("ct", "mr", "xray", "pet", "endoscopy", "dermoscopy", "fundus", "ultrasound")
-TOKEN_FIELDS = ("requests", "cache_hits", "prompt", "completion", "cost_usd")
+from medgrit.schemas.manifest import Manifest, ShardEntry  # noqa: E402
 
 UPDATE_EVERY_S = 2.0
 """Least seconds between two updates of the progress artifact (one API call each); the first
@@ -179,14 +178,28 @@ class _Contribution:
     rejects: Counter = field(default_factory=Counter)
     tokens: Counter = field(default_factory=Counter)
 
+    @classmethod
+    def of(cls, counts: ShardCounts) -> _Contribution:
+        """What a shard adds, as :func:`~medgrit.core.summary.build_totals` counts it."""
+        totals = build_totals([counts], tuple(counts.rows))
+        settled = counts.status if counts.status in ("done", "failed") else None
+        return cls(
+            settled,
+            Counter(totals["rows"]),
+            {m: Counter(per) for m, per in totals["qa_by_modality_task"].items()},
+            Counter(totals["rejects_by_reason"]),
+            Counter({k: v for k, v in totals["llm"].items() if v}),
+        )
+
 
 @dataclass
 class BuildTally:
     """Running totals of a build's shards as they are recorded: rows, QA pairs per modality
     and task, rejects per reason, LLM spend, and this run's pace.
 
-    Numbers equal ``dataset.json``'s totals once every shard is recorded: stats count done
-    shards only, tokens every shard that has them (as ``llm_totals`` does).
+    Numbers equal ``dataset.json``'s totals once every shard is recorded: each shard's part is
+    counted by :func:`~medgrit.core.summary.build_totals`, as the totals are (stats of done
+    shards only, tokens of every shard that has them).
     """
 
     total: int = 0
@@ -201,40 +214,28 @@ class BuildTally:
     _parts: dict[str, _Contribution] = field(default_factory=dict, repr=False)
 
     @classmethod
-    def start(cls, manifest: dict) -> BuildTally:
+    def start(cls, manifest: Manifest) -> BuildTally:
         """The totals of the plan: shards a resume found done are counted, not timed."""
-        tally = cls(total=len(manifest["shards"]))
-        for entry in manifest["shards"]:
+        tally = cls(total=len(manifest.shards))
+        for entry in manifest.shards:
             tally._apply(entry)
         tally.done_before = tally.done
         return tally
 
-    def record(self, entry: dict) -> None:
+    def record(self, entry: ShardEntry) -> None:
         """Add a shard just recorded done or failed (its manifest entry)."""
-        status = entry.get("status")
-        if status == "done":
+        if entry.status == "done":
             self.built_now += 1
-        elif status == "failed":
+        elif entry.status == "failed":
             self.failed_now += 1
         self._apply(entry)
 
-    def _apply(self, entry: dict) -> None:
-        old = self._parts.pop(entry["id"], None)
+    def _apply(self, entry: ShardEntry) -> None:
+        old = self._parts.pop(entry.id, None)
         if old is not None:
             self._add(old, -1)
-        part = _Contribution()
-        tokens = entry.get("tokens") or {}
-        part.tokens.update({k: tokens[k] for k in TOKEN_FIELDS if tokens.get(k)})
-        if entry.get("status") == "done":
-            part.settled = "done"
-            part.rows.update(entry.get("rows") or {})
-            stats = entry.get("stats") or {}
-            for modality, per in (stats.get("qa_by_modality_task") or {}).items():
-                part.qa[modality] = Counter(per)
-            part.rejects.update(stats.get("rejects_by_reason") or {})
-        elif entry.get("status") == "failed":
-            part.settled = "failed"
-        self._parts[entry["id"]] = part
+        part = _Contribution.of(entry.counts())
+        self._parts[entry.id] = part
         self._add(part, 1)
 
     def _add(self, part: _Contribution, sign: int) -> None:
@@ -417,21 +418,19 @@ class BuildDashboard:
         self.table_fraction = TABLE_EVERY_FRACTION if table_fraction is None else table_fraction
         self.clock = clock
         self.tally: BuildTally | None = None
-        self._entries: dict[str, dict] = {}
         self.started = clock()
         self._progress_at: float | None = None
         self._tables_at: float | None = None
         self._unpublished = False
 
-    def __call__(self, manifest: dict, shard: str | None) -> None:
-        """The plan (``shard`` None) or one shard recorded; publish when due."""
-        if shard is None or self.tally is None:
+    def __call__(self, manifest: Manifest, entry: ShardEntry | None) -> None:
+        """The plan (``entry`` None) or one shard recorded (its entry); publish when due."""
+        if entry is None or self.tally is None:
             self.tally = BuildTally.start(manifest)
-            self._entries = {e["id"]: e for e in manifest["shards"]}
             self.started = self.clock()
             first = True
         else:
-            self.tally.record(self._entries[shard])
+            self.tally.record(entry)
             first = False
         self._unpublished = True
         now = self.clock()

@@ -14,17 +14,11 @@ import pyarrow.parquet as pq
 import pytest
 from catalogue import tree_digest, write_ct_source
 
-from medgrit.adapters.store.bookkeeping import new_manifest
+from medgrit.adapters.store.bookkeeping import plan_manifest
 from medgrit.adapters.store.validate import validate_dataset
 from medgrit.core.cases import Case
-from medgrit.core.sharding import (
-    PlanConflict,
-    RecordedPlan,
-    assign_new_splits,
-    assign_splits,
-    extend_plan,
-    plan_build,
-)
+from medgrit.core.plan_extension import PlanConflict, RecordedPlan, extend_plan
+from medgrit.core.sharding import assign_new_splits, assign_splits, plan_build
 from medgrit.schemas.config import BuildConfig
 
 KEY = b"k" * 32
@@ -41,7 +35,7 @@ def _cases(names: list[str], patients: dict[str, str] | None = None) -> list[Cas
 
 
 def _recorded(config: BuildConfig, plan) -> list[dict]:
-    return new_manifest(config, [], plan, {})["shards"]
+    return plan_manifest(config, [], plan, None).to_json()["shards"]
 
 
 def _one(case: Case) -> int:

@@ -36,7 +36,8 @@ from medgrit.flows import dashboard
 from medgrit.flows.build import build_dataset
 from medgrit.flows.dashboard import BuildDashboard, BuildTally, dataset_name
 from medgrit.schemas.config import BuildConfig
-from medgrit.testing.openai_server import ServerConfig, serve
+from medgrit.schemas.manifest import Manifest, ShardEntry
+from medgrit_testing.openai_server import ServerConfig, serve
 
 API_KEY = "sk-medgrit-dashboard-test"
 TASKS = ("VG", "ROC", "RC", "MIA")
@@ -109,8 +110,8 @@ class _Recorder:
         self.calls.append(("table", key, rows))
 
 
-def _entry(shard: str, status: str = "pending", images: int = 0) -> dict:
-    entry: dict = {"id": shard, "status": status}
+def _entry(shard: str, status: str = "pending", images: int = 0) -> ShardEntry:
+    entry: dict = {"id": shard, "cases": [], "status": status}
     if status == "done":
         entry.update(
             rows={"images": images, "regions": 0, "conversations": images, "rejects": 1},
@@ -120,7 +121,11 @@ def _entry(shard: str, status: str = "pending", images: int = 0) -> dict:
             },
             tokens={"prompt": 0, "completion": 0},
         )
-    return entry
+    return ShardEntry.model_validate(entry)
+
+
+def _plan(entries: list[ShardEntry]) -> Manifest:
+    return Manifest(schema_version=1, config={}, shards=entries)
 
 
 def test_updates_are_throttled_but_the_first_and_last_shard_always_show() -> None:
@@ -128,12 +133,11 @@ def test_updates_are_throttled_but_the_first_and_last_shard_always_show() -> Non
     sink = _Recorder()
     config = BuildConfig(out="/data/ds")
     board = BuildDashboard(config, sink, every_s=2.0, table_fraction=0.0, clock=lambda: now[0])
-    manifest = {"shards": [_entry(f"{i:05d}") for i in range(100)]}
+    manifest = _plan([_entry(f"{i:05d}") for i in range(100)])
     board(manifest, None)
-    for entry in manifest["shards"]:
+    for entry in manifest.shards:
         now[0] += 0.1  # a shard every 0.1 s: 10 s in all
-        entry.update(_entry(entry["id"], "done", images=2))
-        board(manifest, entry["id"])
+        board(manifest, _entry(entry.id, "done", images=2))
     progress = [c for c in sink.calls if c[0] == "progress"]
     qa = [c for c in sink.calls if c[1] == "medgrit-ds-qa"]
     assert 5 <= len(progress) <= 7  # the plan, every 2 s, the last shard
@@ -145,13 +149,13 @@ def test_updates_are_throttled_but_the_first_and_last_shard_always_show() -> Non
 
 
 def test_eta_counts_only_shards_built_in_this_run() -> None:
-    manifest = {"shards": [_entry(f"{i}", "done", 4) for i in range(6)]}
-    manifest["shards"] += [_entry(f"{i}") for i in range(6, 10)]
+    manifest = _plan(
+        [_entry(f"{i}", "done", 4) for i in range(6)] + [_entry(f"{i}") for i in range(6, 10)]
+    )
     tally = BuildTally.start(manifest)
     assert tally.done_before == 6 and tally.percent == 60.0 and tally.rows["images"] == 24
     assert tally.eta_s(30.0) is None  # no shard of this run yet: no pace
-    manifest["shards"][6].update(_entry("6", "done", 4))
-    tally.record(manifest["shards"][6])
+    tally.record(_entry("6", "done", 4))
     assert tally.eta_s(30.0) == 90.0  # 1 shard in 30 s, 3 left
     assert "6 done before this run" in tally.describe(30.0) and "ETA 1 min 30 s" in (
         tally.describe(30.0)

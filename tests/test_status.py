@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from medgrit.adapters.build import LoopMapper, run_build
+from medgrit.adapters.build import run_build
+from medgrit.adapters.runtime.mappers import LoopMapper
 from medgrit.adapters.store.dataset_dir import hold_dataset
 from medgrit.schemas.config import BuildConfig
 

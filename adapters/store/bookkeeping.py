@@ -14,6 +14,10 @@ recorded sha256. A directory holding a build of other sources
 or settings is :class:`DatasetMismatch` (finished shards are never thrown away) unless the
 caller owns it (medgrit's staging folder). Names from the sources are escaped wherever people or
 other tools read them.
+
+The manifest and the records are the models of ``medgrit.schemas.manifest``: every function
+here reads and writes them; :func:`read_dataset` gives the manifest as plain JSON to readers
+that take it so.
 """
 
 from __future__ import annotations
@@ -21,18 +25,18 @@ from __future__ import annotations
 import datetime as _dt
 import hashlib
 import json
-import os
 import socket
 from pathlib import Path
 
-from medgrit.adapters.store.dataset_dir import RECORDS_DIR, is_stale_temporary, temp_suffix
+from medgrit.adapters.runtime.atomic import atomic_file, is_stale_temporary
+from medgrit.adapters.store.dataset_dir import RECORDS_DIR
 from medgrit.adapters.store.manifest import (
     FORMAT_MARKER,
     MANIFEST,
     ManifestError,
     check_shard_files,
-    read_manifest,
-    update_manifest,
+    load_manifest,
+    replace_manifest,
 )
 from medgrit.adapters.store.parquet import sha256_file
 from medgrit.core.cases import Source
@@ -40,8 +44,19 @@ from medgrit.core.changes import label_map_digest, label_maps_of
 from medgrit.core.failures import StopRequested, is_disk_full
 from medgrit.core.fsnames import escape_name
 from medgrit.core.shard_rows import CaseTask
-from medgrit.core.summary import merge_stats, render_summary
+from medgrit.core.summary import render_summary
 from medgrit.schemas.config import BuildConfig
+from medgrit.schemas.manifest import (
+    OUTCOME_FIELDS,
+    CaseEntry,
+    DatasetEntry,
+    GeneratorEntry,
+    Manifest,
+    RetiredShard,
+    ShardEntry,
+    ShardRecord,
+    SourceEntry,
+)
 from medgrit.schemas.tables import SCHEMA_VERSION, TABLES
 
 try:
@@ -72,42 +87,31 @@ def now() -> str:
     return _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
 
 
-def shard_done(out: Path, entry: dict) -> bool:
-    """Whether a manifest entry's shard is done and its files hold what it recorded."""
-    if entry.get("status") != "done":
+def shard_is_done(out: Path, entry: ShardEntry) -> bool:
+    """Whether a shard is done and its files hold what its entry recorded."""
+    if entry.status != "done":
         return False
     return all(
         (out / rel).is_file() and sha256_file(out / rel) == digest
-        for rel, digest in entry.get("files", {}).items()
+        for rel, digest in (entry.files or {}).items()
     )
 
 
-def save_manifest(out: Path, manifest: dict) -> None:
-    """Write the build's manifest, keeping batch ids that shard tasks recorded meanwhile."""
+def store_manifest(out: Path, manifest: Manifest) -> Manifest:
+    """Write the build's manifest, keeping batch ids that shard tasks recorded meanwhile;
+    returns what was written."""
 
-    def change(on_disk: dict) -> None:
-        recorded = {s.get("id"): s.get("batches", []) for s in on_disk.get("shards", [])}
-        for entry in manifest["shards"]:
-            merged = list(
-                dict.fromkeys([*entry.get("batches", []), *recorded.get(entry["id"], [])])
-            )
-            if merged:
-                entry["batches"] = merged
-        on_disk.clear()
-        on_disk.update(manifest)
+    def change(on_disk: Manifest | None) -> Manifest:
+        recorded = {s.id: s.batches or [] for s in on_disk.shards} if on_disk else {}
+        entries = []
+        for entry in manifest.shards:
+            merged = list(dict.fromkeys([*(entry.batches or []), *recorded.get(entry.id, [])]))
+            if merged and merged != entry.batches:
+                entry = entry.evolve(batches=merged)
+            entries.append(entry)
+        return manifest.evolve(shards=entries)
 
-    update_manifest(out, change)
-
-
-def llm_totals(shards: list[dict]) -> dict:
-    """Requests, tokens and cost over all shards (what this build sent and spent)."""
-    keys = ("requests", "cache_hits", "prompt", "completion", "cost_usd")
-    totals = {k: 0 for k in keys}
-    for shard in shards:
-        for k in keys:
-            totals[k] += shard.get("tokens", {}).get(k, 0)
-    totals["cost_usd"] = round(totals["cost_usd"], 6)
-    return totals
+    return replace_manifest(out, change)
 
 
 # Build settings that change how a build runs or what it compares, never what its tables hold:
@@ -122,88 +126,68 @@ def content_config(config: dict) -> dict:
 
 # -- completion records ----------------------------------------------------------------------
 
-_RECORD_FIELDS = (
-    "status",
-    "rows",
-    "files",
-    "stats",
-    "tokens",
-    "seconds",
-    "finished_at",
-    "error",
-)
-
 
 def _settings_digest(config: dict) -> str:
     canonical = json.dumps(content_config(config), sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
 
 
-def record_key(settings_digest: str, entry: dict) -> str:
+def record_key(settings_digest: str, entry: ShardEntry) -> str:
     """What a completion record is valid for: the shard id, its cases and the build's content
     settings (``settings_digest`` of the manifest's config)."""
+    cases = [c.to_json() for c in entry.cases]
     canonical = json.dumps(
-        [settings_digest, entry["id"], entry.get("cases")], sort_keys=True, separators=(",", ":")
+        [settings_digest, entry.id, cases], sort_keys=True, separators=(",", ":")
     )
     return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
 
 
-def write_shard_record(out: Path, manifest: dict, entry: dict) -> None:
-    """Write a shard's completion record atomically (temp file, fsync, rename)."""
+def write_record(out: Path, config: dict, entry: ShardEntry) -> None:
+    """Write a shard's completion record atomically (temp file, fsync, rename); ``config``:
+    the manifest's build config (what the record's key is of)."""
     folder = out / RECORDS_DIR
     folder.mkdir(exist_ok=True)
-    record = {k: entry[k] for k in _RECORD_FIELDS if k in entry}
-    record["id"] = entry["id"]
-    record["key"] = record_key(_settings_digest(manifest["config"]), entry)
-    path = folder / f"{entry['id']}.json"
-    tmp = folder / f".{path.name}{temp_suffix()}"
-    try:
-        with tmp.open("w", encoding="utf-8") as handle:
-            json.dump(record, handle, allow_nan=False)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    record = ShardRecord.model_validate(
+        {
+            **{k: getattr(entry, k) for k in OUTCOME_FIELDS if k in entry.model_fields_set},
+            "id": entry.id,
+            "key": record_key(_settings_digest(config), entry),
+        }
+    ).to_json()
+    path = folder / f"{entry.id}.json"
+    with atomic_file(path, "w") as handle:
+        json.dump(record, handle, allow_nan=False)
 
 
-def _read_record(path: Path) -> dict | None:
+def _read_record(path: Path) -> ShardRecord | None:
     try:
-        record = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError, UnicodeDecodeError):
-        return None  # unreadable: as if absent, the shard is built again
-    if not isinstance(record, dict) or not all(
-        isinstance(record.get(k), str) for k in ("id", "status", "key")
-    ):
-        return None
-    try:
-        check_shard_files(record, str(path))
-    except ManifestError:
-        return None
+        record = ShardRecord.model_validate(json.loads(path.read_text(encoding="utf-8")))
+        check_shard_files(record.id, record.files, str(path))
+    except (OSError, ValueError, UnicodeDecodeError, RecursionError, ManifestError):
+        return None  # unreadable or not a record: as if absent, the shard is built again
     return record
 
 
-def merge_records(out: Path, manifest: dict) -> int:
-    """Merge the completion records in ``OUT/shards`` into ``manifest`` (in place); returns how
-    many were merged. Records of other shards, cases or settings are ignored."""
+def with_records(out: Path, manifest: Manifest) -> tuple[Manifest, int]:
+    """``manifest`` with the completion records in ``OUT/shards`` merged, and how many were
+    merged. Records of other shards, cases or settings are ignored."""
     folder = out / RECORDS_DIR
     if not folder.is_dir():
-        return 0
-    digest = _settings_digest(manifest["config"])
-    entries = {e["id"]: e for e in manifest["shards"]}
+        return manifest, 0
+    digest = _settings_digest(manifest.config)
+    entries = list(manifest.shards)
+    where = {e.id: i for i, e in enumerate(entries)}
     merged = 0
     for path in sorted(folder.glob("*.json")):
-        entry = entries.get(path.stem)
-        if entry is None:
+        index = where.get(path.stem)
+        if index is None:
             continue
         record = _read_record(path)
-        if record is None or record["key"] != record_key(digest, entry):
+        if record is None or record.key != record_key(digest, entries[index]):
             continue
-        for k in _RECORD_FIELDS:
-            entry.pop(k, None)
-        entry.update({k: record[k] for k in _RECORD_FIELDS if k in record})
+        entries[index] = entries[index].with_outcome(record)
         merged += 1
-    return merged
+    return (manifest.evolve(shards=entries) if merged else manifest), merged
 
 
 def clear_records(out: Path, keep: set[str] = frozenset()) -> None:  # type: ignore[assignment]
@@ -221,126 +205,130 @@ def clear_records(out: Path, keep: set[str] = frozenset()) -> None:  # type: ign
             path.unlink(missing_ok=True)
 
 
-def compact(out: Path, manifest: dict) -> None:
-    """Write ``dataset.json`` with every shard's state, then drop the records it now holds."""
-    save_manifest(out, manifest)
+def compact_manifest(out: Path, manifest: Manifest) -> Manifest:
+    """Write ``dataset.json`` with every shard's state, then drop the records it now holds;
+    returns what was written."""
+    written = store_manifest(out, manifest)
     clear_records(out)
+    return written
 
 
-def read_dataset(out: str | Path) -> dict:
+def load_dataset(out: str | Path) -> Manifest:
     """``dataset.json`` with the shards' completion records merged: the state of a dataset
     directory, also while a build runs or after one was killed.
 
     Raises:
-        ManifestError: see ``medgrit.adapters.store.manifest.read_manifest``.
+        ManifestError: see ``medgrit.adapters.store.manifest.load_manifest``.
     """
-    manifest = read_manifest(out)
-    merge_records(Path(out), manifest)
-    return manifest
+    return with_records(Path(out), load_manifest(out))[0]
 
 
-def _datasets_of(source: Source) -> dict:
+def read_dataset(out: str | Path) -> dict:
+    """:func:`load_dataset` as plain JSON (for callers that read it as a dict).
+
+    Raises:
+        ManifestError: see ``medgrit.adapters.store.manifest.load_manifest``.
+    """
+    return load_dataset(out).to_json()
+
+
+def _datasets_of(source: Source) -> dict[str, DatasetEntry]:
     """Per dataset of a source: case count, modalities and label names known at discovery
     (for people; ``label_maps`` beside it is what a later build compares)."""
-    out: dict[str, dict] = {}
+    found: dict[str, dict] = {}
     for case in source.cases:
-        entry = out.setdefault(
+        entry = found.setdefault(
             escape_name(case.dataset), {"cases": 0, "modalities": [], "labels": {}}
         )
         entry["cases"] += 1
         if case.modality not in entry["modalities"]:
             entry["modalities"].append(case.modality)
         entry["labels"].update({str(i): n for i, n in case.labels})
-    return out
+    return {name: DatasetEntry.model_validate(entry) for name, entry in found.items()}
 
 
-def _source_entry(source: Source) -> dict:
+def _source_entry(source: Source) -> SourceEntry:
     """A source as the manifest records it, with the label map of each of its datasets as its
     label files write it (and its sha256) and as the text words it (cases whose ids are
     numbered per case, as DICOM SEG segments are, keep their names in their fingerprints)."""
     maps = label_maps_of(source.cases)
-    return {
-        "spec": escape_name(source.spec),
-        "kind": source.kind,
-        "dataset": escape_name(source.dataset),
-        "modality": source.modality,
-        "cases": len(source.cases),
-        "label_maps": maps,
-        "label_map_sha256": label_map_digest(maps),
-        "label_words": label_maps_of(source.cases, words=True),
-        "datasets": _datasets_of(source),
-    }
+    return SourceEntry(
+        spec=escape_name(source.spec),
+        kind=source.kind,
+        dataset=escape_name(source.dataset),
+        modality=source.modality,
+        cases=len(source.cases),
+        label_maps=maps,
+        label_map_sha256=label_map_digest(maps),
+        label_words=label_maps_of(source.cases, words=True),
+        datasets=_datasets_of(source),
+    )
 
 
-def new_manifest(
+def _case_entry(c: CaseTask) -> CaseEntry:
+    """A planned case as its shard's entry records it."""
+    return CaseEntry.model_validate(
+        {
+            "source": escape_name(c.ref.source),
+            "case": escape_name(c.ref.case),
+            "case_id": c.case_id,
+            "split": c.split,
+            "quota": c.quota,
+            **({} if c.listed is None else {"listed_images": c.listed}),
+            **({} if c.fingerprint is None else {"fingerprint": c.fingerprint}),
+            **({} if c.content is None else {"content_sha256": c.content}),
+            **({"labels_per_case": True} if c.ref.labels_per_case else {}),
+        }
+    )
+
+
+def plan_manifest(
     config: BuildConfig,
     sources: list[Source],
     plan: Plan,
-    generator: dict,
+    generator: GeneratorEntry | None,
     vocabulary: tuple[str, ...] = (),
     appended: dict[str, tuple[int, tuple[str, ...]]] | None = None,
-    retired: list[dict] | None = None,
-) -> dict:
+    retired: list[RetiredShard] | None = None,
+) -> Manifest:
     """The manifest of a build that has not started: every shard pending. ``vocabulary`` (the
     build's label names, which every turn was read with) lets ``validate`` read them alike.
-    ``appended``: shards that extend the dataset (``medgrit.core.sharding.extend_plan``), with
+    ``appended``: shards that extend the dataset (``medgrit.core.plan_extension.extend_plan``), with
     their plan generation and the vocabulary they are read with, recorded in their entries.
     ``retired``: shards no longer part of the dataset (their cases changed and were planned
-    again), ``{"id", "generation", "cases", "reason", "retired_at"}`` each, oldest first: their
-    ids are never used again."""
+    again), oldest first: their ids are never used again."""
     appended = appended or {}
 
-    def shard_entry(shard: str, cases: list[CaseTask]) -> dict:
-        entry: dict = {
-            "id": shard,
-            "cases": [
-                {
-                    "source": escape_name(c.ref.source),
-                    "case": escape_name(c.ref.case),
-                    "case_id": c.case_id,
-                    "split": c.split,
-                    "quota": c.quota,
-                    **({} if c.listed is None else {"listed_images": c.listed}),
-                    **({} if c.fingerprint is None else {"fingerprint": c.fingerprint}),
-                    **({} if c.content is None else {"content_sha256": c.content}),
-                    **({"labels_per_case": True} if c.ref.labels_per_case else {}),
-                }
-                for c in cases
-            ],
-            "status": "pending",
-        }
+    def shard_entry(shard: str, cases: list[CaseTask]) -> ShardEntry:
+        extra: dict = {}
         if shard in appended:
             generation, words = appended[shard]
-            entry["generation"] = generation
-            entry["vocabulary"] = [escape_name(name) for name in words]
-        return entry
+            extra = {"generation": generation, "vocabulary": [escape_name(w) for w in words]}
+        return ShardEntry(
+            id=shard, cases=[_case_entry(c) for c in cases], status="pending", **extra
+        )
 
-    return {
-        "format": FORMAT_MARKER,
-        "schema_version": SCHEMA_VERSION,
-        "medgrit_version": MEDGRIT_VERSION,
-        "config": config.model_dump(mode="json"),
-        "sources": [_source_entry(s) for s in sources],
-        "generator": generator,
-        "vocabulary": [escape_name(name) for name in vocabulary],
-        "tables": sorted(TABLES),
-        "shards": [shard_entry(shard, cases) for shard, cases in plan],
+    return Manifest(
+        format=FORMAT_MARKER,
+        schema_version=SCHEMA_VERSION,
+        medgrit_version=MEDGRIT_VERSION,
+        config=config.model_dump(mode="json"),
+        sources=[_source_entry(s) for s in sources],
+        **({"generator": generator} if generator is not None else {}),
+        vocabulary=[escape_name(name) for name in vocabulary],
+        tables=sorted(TABLES),
+        shards=[shard_entry(shard, cases) for shard, cases in plan],
         **({"retired": retired} if retired else {}),
-        "created_at": now(),
-        "host": socket.gethostname(),
-    }
+        created_at=now(),
+        host=socket.gethostname(),
+    )
 
 
-def _case_keys(shards: list[dict]) -> set[tuple]:
-    return {
-        (c.get("source"), c.get("case"), c.get("case_id"))
-        for s in shards
-        for c in (s.get("cases") or [])
-        if isinstance(c, dict)
-    }
+def _case_keys(shards: list[ShardEntry]) -> set[tuple]:
+    return {(c.source, c.case, c.case_id) for s in shards for c in s.cases}
 
 
-def mismatch_message(previous: dict, manifest: dict, same_config: bool, shown: str) -> str:
+def mismatch_message(previous: Manifest, manifest: Manifest, same_config: bool, shown: str) -> str:
     """Why ``previous`` (OUT's build) cannot be finished as ``manifest``, and what to do."""
     hint = (
         "Restore the sources, build into a new folder, or replace it with "
@@ -349,7 +337,7 @@ def mismatch_message(previous: dict, manifest: dict, same_config: bool, shown: s
     if not same_config:
         what = "the build settings differ from the ones it was built with"
     else:
-        before, now_ = _case_keys(previous["shards"]), _case_keys(manifest["shards"])
+        before, now_ = _case_keys(previous.shards), _case_keys(manifest.shards)
         gone, added = len(before - now_), len(now_ - before)
         what = f"its sources changed since it was built ({len(before)} cases then, {len(now_)} now"
         what += f": {gone} gone, {added} new)" if gone or added else ")"
@@ -361,25 +349,18 @@ def mismatch_message(previous: dict, manifest: dict, same_config: bool, shown: s
     return f"{shown} holds another build: {what}; nothing was changed. {hint}"
 
 
-_PLAN_KEYS = ("source", "case", "case_id", "split", "quota")
-
-
-def _plan_of(shard: dict) -> tuple:
+def _plan_of(shard: ShardEntry) -> tuple:
     """What a shard entry plans: its id and, per case, what it builds and how (not what tells
     a changed case, which a dataset written before fingerprints were recorded lacks)."""
-    cases = shard.get("cases")
-    if not isinstance(cases, list):
-        return (shard.get("id"), cases)
-    return (
-        shard.get("id"),
-        [tuple(c.get(k) for k in _PLAN_KEYS) if isinstance(c, dict) else c for c in cases],
-    )
+    return (shard.id, [(c.source, c.case, c.case_id, c.split, c.quota) for c in shard.cases])
 
 
-def resume_from(out: Path, manifest: dict, rebuild_if_changed: bool, extends: bool = False) -> None:
-    """Fill ``manifest`` with what ``OUT`` already holds of the same build (finished shards,
-    submitted batches), and write it. ``extends``: ``manifest`` may hold OUT's plan followed
-    by new shards (its sources gained cases); otherwise the plans must be equal.
+def resume_manifest(
+    out: Path, manifest: Manifest, rebuild_if_changed: bool, extends: bool = False
+) -> Manifest:
+    """``manifest`` with what ``OUT`` already holds of the same build (finished shards,
+    submitted batches), written; returns it. ``extends``: ``manifest`` may hold OUT's plan
+    followed by new shards (its sources gained cases); otherwise the plans must be equal.
 
     Raises:
         DatasetMismatch: ``OUT`` holds a build of other sources or settings and
@@ -387,29 +368,34 @@ def resume_from(out: Path, manifest: dict, rebuild_if_changed: bool, extends: bo
         DiskFull: the manifest could not be written for want of space.
     """
     if (out / MANIFEST).is_file():
-        previous = read_dataset(out)
-        same_config = content_config(previous["config"]) == content_config(manifest["config"])
+        previous = load_dataset(out)
+        same_config = content_config(previous.config) == content_config(manifest.config)
         # The same plan, or that plan with new shards after it (sources that gained cases),
         # less the shards the plan retires (their cases changed and are planned again).
-        retired = {str(r.get("id")) for r in manifest.get("retired") or []}
-        kept = [s for s in previous["shards"] if s["id"] not in retired]
+        retired = {r.id for r in manifest.retired or []}
+        kept = [s for s in previous.shards if s.id not in retired]
         recorded = [_plan_of(s) for s in kept]
-        planned = [_plan_of(s) for s in manifest["shards"]]
+        planned = [_plan_of(s) for s in manifest.shards]
         same_plan = (planned[: len(recorded)] if extends else planned) == recorded
         if same_config and same_plan:
-            manifest["created_at"] = previous.get("created_at", manifest["created_at"])
-            for entry, old in zip(manifest["shards"], kept, strict=False):
-                if shard_done(out, old):
+            entries = list(manifest.shards)
+            for i, old in enumerate(kept[: len(entries)]):
+                if shard_is_done(out, old):
                     # The same cases (same plan); what tells them changed is the build's own.
-                    entry.update({k: v for k, v in old.items() if k != "cases"})
-                elif old.get("batches"):
-                    entry["batches"] = list(old["batches"])  # resumed, not resubmitted
+                    given = {k: getattr(old, k) for k in old.model_fields_set - {"cases"}}
+                    entries[i] = entries[i].evolve(**given)
+                elif old.batches:
+                    entries[i] = entries[i].evolve(batches=list(old.batches))  # not resubmitted
+            created = previous.created_at if "created_at" in previous.model_fields_set else None
+            manifest = manifest.evolve(
+                shards=entries, **({"created_at": created} if created is not None else {})
+            )
         elif not rebuild_if_changed:
             raise DatasetMismatch(
                 mismatch_message(previous, manifest, same_config, escape_name(str(out)))
             )
     try:
-        compact(out, manifest)  # dataset.json now holds every record
+        return compact_manifest(out, manifest)  # dataset.json now holds every record
     except OSError as exc:
         if is_disk_full(exc):
             raise DiskFull(exc.errno, exc.strerror, str(out / MANIFEST)) from exc
@@ -425,39 +411,42 @@ def shard_error(exc: BaseException) -> str:
     return escape_name(f"{type(exc).__name__}: {exc}")[:500]
 
 
-def record_outcome(entry: dict, outcome: dict | BaseException) -> str:
-    """Record a shard's outcome (its result, or what it raised) in its manifest entry.
+def shard_outcome(entry: ShardEntry, outcome: dict | BaseException) -> tuple[ShardEntry, str]:
+    """A shard's entry with its outcome (its result: rows, files, stats, tokens, seconds; or
+    what it raised) recorded.
 
     Returns:
-        ``done``, ``failed``, or ``stopped`` (a stop request: it stays pending for the resume).
+        The entry, and ``done``, ``failed``, or ``stopped`` (a stop request: the entry stays
+        as it was, pending for the resume).
     """
     if isinstance(outcome, StopRequested):
-        return "stopped"
+        return entry, "stopped"
     if isinstance(outcome, BaseException):
-        entry.update(status="failed", error=shard_error(outcome))
-        return "failed"
-    entry.update(status="done", finished_at=now(), **outcome)
-    entry.pop("error", None)
-    return "done"
+        return entry.evolve(status="failed", error=shard_error(outcome)), "failed"
+    done = entry.evolve(drop=("error",), status="done", finished_at=now(), **outcome)
+    return done, "done"
 
 
-def finalise(out: Path, manifest: dict) -> str:
-    """Totals, status and the time written to the manifest; returns the build summary."""
-    done = [s for s in manifest["shards"] if s["status"] == "done"]
-    rows = {t: sum(s["rows"][t] for s in done) for t in TABLES}
-    totals = merge_stats([s["stats"] for s in done])
-    failed = [s["id"] for s in manifest["shards"] if s["status"] == "failed"]
-    manifest["totals"] = {"rows": rows, **totals}
-    manifest["status"] = "complete" if len(done) == len(manifest["shards"]) else "incomplete"
-    manifest["totals"]["llm"] = llm_totals(manifest["shards"])
-    manifest["updated_at"] = now()
-    compact(out, manifest)
-    return render_summary(
-        escape_name(str(out)),
-        rows,
-        totals,
-        len(done),
-        len(manifest["shards"]),
-        failed,
-        llm=manifest["totals"]["llm"] if manifest["config"]["generator"] == "llm" else None,
+def finalise_manifest(out: Path, manifest: Manifest) -> tuple[Manifest, str]:
+    """The manifest with its totals, status and time, written; and the build summary."""
+    totals = manifest.totals_now()
+    done = sum(s.status == "done" for s in manifest.shards)
+    failed = [s.id for s in manifest.shards if s.status == "failed"]
+    manifest = compact_manifest(
+        out,
+        manifest.evolve(
+            totals=totals,
+            status="complete" if done == len(manifest.shards) else "incomplete",
+            updated_at=now(),
+        ),
     )
+    summary = render_summary(
+        escape_name(str(out)),
+        totals.rows,
+        totals.to_json(),
+        done,
+        len(manifest.shards),
+        failed,
+        llm=totals.llm.to_json() if totals.llm and manifest.config["generator"] == "llm" else None,
+    )
+    return manifest, summary

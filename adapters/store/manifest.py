@@ -1,25 +1,10 @@
 """``dataset.json``: the manifest of a dataset directory and the single source of truth for resume.
 
-Layout (schema version 1)::
-
-    {"format": "medgrit-dataset", "schema_version": 1, "medgrit_version": ...,
-     "config": {...BuildConfig...},
-     "sources": [{"spec", "kind", "dataset", "modality", "cases": n,
-                  "label_maps": {dataset: {id: name as written}}, "label_map_sha256",
-                  "label_words": {dataset: {id: name as the text says it}},
-                  "datasets": {name: {"cases", "modalities", "labels": {id: name}}}}],
-     "generator": {"name", "template_hash", "templates": {file: sha256}, "model"?, ...},
-     "tables": ["conversations", "images", "regions", "rejects"],
-     "shards": [{"id", "cases": [{"source", "case", "case_id", "split", "quota",
-                                  "listed_images"?, "fingerprint"?, "content_sha256"?,
-                                  "labels_per_case"?}],
-                 "status": "pending" | "done" | "failed", "error"?, "batches"?,
-                 "generation"?, "vocabulary"?,
-                 "rows": {table: n}, "files": {path: sha256}, "stats": {...},
-                 "tokens": {...}, "seconds", "finished_at"}],
-     "retired"?: [{"id", "generation", "cases": n, "reason", "retired_at"}],
-     "totals": {"rows", ..., "llm": {...}}, "status": "complete" | "incomplete",
-     "created_at", "updated_at", "host"}
+Its layout (schema version 1) is the model :class:`medgrit.schemas.manifest.Manifest`: the
+build's config, sources (with their label maps), generator, vocabulary, tables, one entry per
+shard (its cases, status and, once it ran, rows, files with sha256, stats, tokens, seconds),
+retired shards, totals, status, times and host. Every reader here parses the file into that
+model and every writer writes one.
 
 While a build runs, each finished shard's state is its own completion record,
 ``shards/{id}.json``; ``dataset.json`` is compacted from those at the end of the build and when a
@@ -28,7 +13,7 @@ build or resume starts (``medgrit.adapters.store.bookkeeping.read_dataset`` merg
 The build writes it through ``medgrit.adapters.store.bookkeeping`` (new manifest, resume
 decision, shard records, totals). Wall-clock times and the host name live only here, never in
 table rows. The file is strict JSON (no NaN or Infinity) and is replaced atomically on every
-update. :func:`read_manifest` accepts only a manifest medgrit wrote (see
+update. :func:`load_manifest` accepts only a manifest medgrit wrote (see
 ``medgrit.adapters.store.dataset_dir``) whose structure it can use; anything else is a
 :class:`ManifestError` with a one-line message.
 """
@@ -37,27 +22,32 @@ from __future__ import annotations
 
 import fcntl
 import json
-import os
 import threading
 from collections.abc import Callable
 from pathlib import Path
 
+from pydantic import ValidationError
+
+from medgrit.adapters.runtime.atomic import atomic_file
 from medgrit.adapters.store.dataset_dir import (
     FORMAT_MARKER,
     KNOWN_SCHEMA_VERSIONS,
     MANIFEST,
+    TABLE_DIRS,
     manifest_is_medgrit,
-    temp_suffix,
 )
 from medgrit.core.fsnames import escape_name
+from medgrit.schemas.manifest import Manifest
 
 __all__ = [
     "FORMAT_MARKER",
     "MANIFEST",
     "ManifestError",
     "check_shard_files",
+    "load_manifest",
     "read_manifest",
     "record_batch",
+    "replace_manifest",
     "update_manifest",
     "write_manifest",
 ]
@@ -71,12 +61,13 @@ def _reject_constant(name: str) -> float:
     raise ValueError(f"not strict JSON: {name}")
 
 
-def read_manifest(out_dir: str | Path) -> dict:
+def load_manifest(out_dir: str | Path) -> Manifest:
     """Load and check ``dataset.json`` of a dataset directory.
 
     Raises:
         ManifestError: when it is missing, unreadable, not strict JSON, not written by
-            medgrit, of an unknown schema version, or without a usable shard list.
+            medgrit, of an unknown schema version, not of the manifest's structure
+            (:class:`~medgrit.schemas.manifest.Manifest`), or naming files outside the dataset.
     """
     where = escape_name(str(out_dir))
     path = Path(out_dir) / MANIFEST
@@ -101,131 +92,139 @@ def read_manifest(out_dir: str | Path) -> dict:
         raise ManifestError(
             f"{where}/{MANIFEST} has schema_version {version!r}; this medgrit reads {known}"
         )
-    shards = data.get("shards")
-    if not isinstance(shards, list) or not all(
-        isinstance(s, dict) and isinstance(s.get("id"), str) and isinstance(s.get("status"), str)
-        for s in shards
-    ):
-        raise ManifestError(f"{where}/{MANIFEST} has no valid 'shards' list (id and status each)")
-    if not isinstance(data.get("config"), dict):
-        raise ManifestError(f"{where}/{MANIFEST} has no build 'config' object")
-    retired = data.get("retired", [])
-    if not isinstance(retired, list) or not all(
-        isinstance(r, dict)
-        and isinstance(r.get("id"), str)
-        and r["id"].isdigit()
-        and isinstance(r.get("generation", 0), int)
-        and not isinstance(r.get("generation", 0), bool)
-        for r in retired
-    ):
-        raise ManifestError(
-            f"{where}/{MANIFEST}: 'retired' is not a list of shards (a numeric id and a whole "
-            "generation each)"
+    try:
+        manifest = Manifest.model_validate(data)
+    except ValidationError as exc:
+        raise ManifestError(_invalid(f"{where}/{MANIFEST}", data, exc)) from None
+    for shard in manifest.shards:
+        check_shard_files(shard.id, shard.files, f"{where}/{MANIFEST}")
+    return manifest
+
+
+def read_manifest(out_dir: str | Path) -> dict:
+    """:func:`load_manifest` as plain JSON (for callers that read it as a dict).
+
+    Raises:
+        ManifestError: see :func:`load_manifest`.
+    """
+    return load_manifest(out_dir).to_json()
+
+
+# What each part of the manifest must be, as the one-line message of a part that is not.
+_HINTS = {
+    "shards": "has no valid 'shards' list (id and status each)",
+    "config": "has no build 'config' object",
+    "retired": "'retired' is not a list of shards (a numeric id and a whole generation each)",
+    "sources": "'sources' is not a list of sources (a spec each)",
+    "totals": "'totals' is not an object of objects",
+}
+_SHARD_PARTS = {
+    "files": "'files' must map path -> sha256",
+    "rows": "'rows' is not an object of counts",
+    "stats": "'stats' is not an object of counts",
+    "tokens": "'tokens' is not an object of counts",
+}
+
+
+def _invalid(where: str, data: dict, exc: ValidationError) -> str:
+    """One line on the first part of ``data`` the manifest model refused: what that part must
+    be, and where and why it is not."""
+    error = exc.errors()[0]
+    loc = error["loc"]
+    place = ".".join(str(part) for part in loc)
+    why = f"({escape_name(place)}: {escape_name(error['msg'])})"
+    head = loc[0] if loc else None
+    item = data.get(head) if isinstance(head, str) else None
+    if head == "shards" and len(loc) > 2 and loc[2] in _SHARD_PARTS and isinstance(item, list):
+        shard_id = escape_name(str(item[loc[1]].get("id")))  # type: ignore[index]
+        return f"{where}: shard {shard_id} {_SHARD_PARTS[str(loc[2])]} {why}"
+    if head == "sources" and len(loc) > 2 and loc[2] in ("label_maps", "label_words"):
+        spec = escape_name(str(item[loc[1]].get("spec")))  # type: ignore[index]
+        return (
+            f"{where}: source {spec} has a '{loc[2]}' that is not "
+            f"{{dataset: {{label id: name}}}} {why}"
         )
-    _check_sources(data.get("sources", []), f"{where}/{MANIFEST}")
-    for shard in shards:
-        check_shard_files(shard, f"{where}/{MANIFEST}")
-        for key in ("rows", "stats", "tokens"):
-            if key in shard and not isinstance(shard[key], dict):
-                raise ManifestError(
-                    f"{where}/{MANIFEST}: shard {shard['id']} '{key}' is not an object"
-                )
-    totals = data.get("totals")
-    if totals is not None and not (
-        isinstance(totals, dict)
-        and all(isinstance(v, dict) for k, v in totals.items() if k != "non_finite_values")
-    ):
-        raise ManifestError(f"{where}/{MANIFEST}: 'totals' is not an object of objects")
-    return data
+    hint = _HINTS.get(head) if isinstance(head, str) else None
+    if hint is None:
+        return f"{where} is not a manifest medgrit can use {why}"
+    joiner = " " if hint.startswith("has ") else ": "
+    return f"{where}{joiner}{hint} {why}"
 
 
-_TABLES = ("images", "regions", "conversations", "rejects")
-
-
-def _is_label_maps(maps: object) -> bool:
-    return isinstance(maps, dict) and all(
-        isinstance(m, dict) and all(isinstance(k, str) and k.isdigit() for k in m)
-        for m in maps.values()
-    )
-
-
-def _check_sources(sources: object, where: str) -> None:
-    """The recorded sources must be what a later build compares its sources with."""
-    if not isinstance(sources, list) or not all(
-        isinstance(s, dict) and isinstance(s.get("spec"), str) for s in sources
-    ):
-        raise ManifestError(f"{where}: 'sources' is not a list of sources (a spec each)")
-    for source in sources:
-        for key in ("label_maps", "label_words"):
-            if key in source and not _is_label_maps(source[key]):
-                raise ManifestError(
-                    f"{where}: source {escape_name(source['spec'])} has a '{key}' that is not "
-                    "{dataset: {label id: name}}"
-                )
-
-
-def check_shard_files(shard: dict, where: str) -> None:
+def check_shard_files(shard_id: str, files: dict[str, str] | None, where: str) -> None:
     """A shard's files (in its manifest entry or completion record) must be
     ``{table}/part-{id}.parquet``: never a path that leaves the
     dataset directory (absolute, ``..``) or names another file."""
-    files = shard.get("files", {})
-    if not isinstance(files, dict):
-        raise ManifestError(f"{where}: shard {shard['id']} 'files' must map path -> sha256")
-    allowed = {f"{table}/part-{shard['id']}.parquet" for table in _TABLES}
-    for rel in files:
+    allowed = {f"{table}/part-{shard_id}.parquet" for table in TABLE_DIRS}
+    for rel in files or {}:
         if rel not in allowed:
             raise ManifestError(
-                f"{where}: shard {shard['id']} names the file {escape_name(str(rel))!r}; "
-                f"its parts are {{table}}/part-{shard['id']}.parquet inside the dataset"
+                f"{where}: shard {escape_name(shard_id)} names the file "
+                f"{escape_name(str(rel))!r}; its parts are {{table}}/part-{escape_name(shard_id)}"
+                ".parquet inside the dataset"
             )
 
 
-def write_manifest(out_dir: str | Path, manifest: dict) -> None:
+def write_manifest(out_dir: str | Path, manifest: Manifest) -> None:
     """Write ``dataset.json`` atomically (temp file, fsync, rename) as strict JSON.
 
     Raises:
         ValueError: a value is NaN or infinite (a bug: no such value may reach the file).
     """
     path = Path(out_dir) / MANIFEST
-    tmp = path.with_name(f".{MANIFEST}{temp_suffix()}")
-    try:
-        with tmp.open("w", encoding="utf-8") as handle:
-            json.dump(manifest, handle, indent=2, sort_keys=False, allow_nan=False)
-            handle.write("\n")
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with atomic_file(path, "w") as handle:
+        json.dump(manifest.to_json(), handle, indent=2, sort_keys=False, allow_nan=False)
+        handle.write("\n")
 
 
 _LOCK = threading.Lock()
 
 
-def update_manifest(out_dir: str | Path, change: Callable[[dict], None]) -> dict:
-    """Read, change and write ``dataset.json`` as one step.
+def replace_manifest(
+    out_dir: str | Path, change: Callable[[Manifest | None], Manifest]
+) -> Manifest:
+    """Read ``dataset.json``, write what ``change`` makes of it, as one step; returns that.
 
     Shard tasks (threads) and the flow both record things here (batch ids, shard results);
     a thread lock and an ``flock`` on ``.dataset.json.lock`` keep their updates from crossing.
-    A missing manifest starts as an empty object.
+    ``change`` gets None when there is no manifest yet.
     """
     out = Path(out_dir)
     with _LOCK, (out / f".{MANIFEST}.lock").open("w") as handle:
         fcntl.flock(handle, fcntl.LOCK_EX)
-        manifest = read_manifest(out) if (out / MANIFEST).is_file() else {}
-        change(manifest)
+        manifest = change(load_manifest(out) if (out / MANIFEST).is_file() else None)
         write_manifest(out, manifest)
         return manifest
+
+
+def update_manifest(out_dir: str | Path, change: Callable[[dict], None]) -> dict:
+    """:func:`replace_manifest` for a ``change`` that edits the manifest's JSON in place (a
+    missing manifest starts as an empty object); what it leaves must be a valid manifest.
+
+    Raises:
+        pydantic.ValidationError: ``change`` left something that is not a manifest.
+    """
+
+    def edit(manifest: Manifest | None) -> Manifest:
+        data = {} if manifest is None else manifest.to_json()
+        change(data)
+        return Manifest.model_validate(data)
+
+    return replace_manifest(out_dir, edit).to_json()
 
 
 def record_batch(out_dir: str | Path, shard: str, batch_id: str) -> None:
     """Add an LLM batch id to a shard's entry, so a resumed build polls it, not resubmits."""
 
-    def change(manifest: dict) -> None:
-        for entry in manifest.get("shards", []):
-            if entry.get("id") == shard:
-                batches = entry.setdefault("batches", [])
-                if batch_id not in batches:
-                    batches.append(batch_id)
+    def change(manifest: Manifest | None) -> Manifest:
+        if manifest is None:
+            raise ManifestError(f"no {MANIFEST} in {escape_name(str(out_dir))} to record in")
+        entries = []
+        for entry in manifest.shards:
+            batches = entry.batches or []
+            if entry.id == shard and batch_id not in batches:
+                entry = entry.evolve(batches=[*batches, batch_id])
+            entries.append(entry)
+        return manifest.evolve(shards=entries)
 
-    update_manifest(out_dir, change)
+    replace_manifest(out_dir, change)

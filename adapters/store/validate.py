@@ -28,6 +28,7 @@ import os
 import re
 from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -35,7 +36,7 @@ import pyarrow as pa
 from PIL import Image
 from pydantic import ValidationError
 
-from medgrit.adapters.store.bookkeeping import read_dataset
+from medgrit.adapters.store.bookkeeping import load_dataset
 from medgrit.adapters.store.parquet import (
     UnreadablePart,
     open_parquet,
@@ -43,17 +44,18 @@ from medgrit.adapters.store.parquet import (
     read_parquet,
     sha256_file,
 )
-from medgrit.core.claims import Lexicon, lexicon_for
 from medgrit.core.generation import ImageFacts, RegionFacts
 from medgrit.core.ids import image_id_for
 from medgrit.core.intensity import is_blank
+from medgrit.core.lexicon import Lexicon, lexicon_for
 from medgrit.core.regions import to_bbox_1000
+from medgrit.core.rows import qa_of, region_facts
 from medgrit.core.sharding import shard_name
-from medgrit.core.summary import merge_stats, shard_stats
+from medgrit.core.summary import ShardCounts, build_totals, shard_stats
 from medgrit.core.text import laterality_of, position_word, size_word
 from medgrit.core.verify import ImageTruth, check_turn
 from medgrit.schemas.config import BuildConfig
-from medgrit.schemas.rows import qa_of, region_facts
+from medgrit.schemas.manifest import Manifest, ShardEntry
 from medgrit.schemas.tables import TABLES
 
 _PART = re.compile(r"^part-(?P<shard>[0-9A-Za-z_-]+)\.parquet$")
@@ -63,13 +65,28 @@ _STAT_KEYS = ("images_by_modality", "images_by_split", "qa_by_modality_task", "r
 def read_table(out_dir: str | Path, table: str) -> list[dict]:
     """All rows of one table of a dataset directory, shards in manifest order."""
     out = Path(out_dir)
-    manifest = read_dataset(out)
+    manifest = load_dataset(out)
     rows: list[dict] = []
-    for shard in manifest["shards"]:
-        rel = part_path(table, shard["id"])
-        if shard.get("status") == "done" and (out / rel).is_file():
+    for shard in manifest.shards:
+        rel = part_path(table, shard.id)
+        if shard.status == "done" and (out / rel).is_file():
             rows.extend(read_parquet(out / rel, schema=TABLES[table]).to_pylist())
     return rows
+
+
+@dataclass
+class _Seen:
+    """What the checks gather over the shards: image ids, the splits of each case, the names
+    of each label id (within its dataset, or its case where ``per_case`` holds the case's id),
+    and each readable shard's counts as recomputed from its tables."""
+
+    per_case: set[str]
+    image_ids: set[str] = field(default_factory=set)
+    case_splits: dict[tuple[str, str], set[str]] = field(default_factory=lambda: defaultdict(set))
+    names: dict[tuple[str, str, int], dict[str, str]] = field(
+        default_factory=lambda: defaultdict(dict)
+    )
+    counts: list[ShardCounts] = field(default_factory=list)
 
 
 def validate_dataset(out_dir: str | Path) -> list[str]:
@@ -80,16 +97,15 @@ def validate_dataset(out_dir: str | Path) -> list[str]:
             version, or names files outside the dataset.
     """
     out = Path(out_dir)
-    manifest = read_dataset(out)
+    manifest = load_dataset(out)
     problems: list[str] = []
     try:
-        BuildConfig(**manifest["config"])
+        BuildConfig(**manifest.config)
     except (ValidationError, TypeError) as exc:
         problems.append(f"dataset.json: the build config is not valid ({str(exc).splitlines()[0]})")
-    shards = manifest["shards"]
-    retired = manifest.get("retired") or []
-    retired_ids = [str(r.get("id")) for r in retired if isinstance(r, dict)]
-    ids = [s["id"] for s in shards]
+    shards = manifest.shards
+    retired_ids = [r.id for r in manifest.retired or []]
+    ids = [s.id for s in shards]
     expected_ids = [shard_name(i) for i in range(len(shards) + len(retired_ids))]
     if ids != sorted(ids) or sorted([*ids, *retired_ids]) != expected_ids:
         problems.append(
@@ -97,62 +113,40 @@ def validate_dataset(out_dir: str | Path) -> list[str]:
             "removed from or added to dataset.json"
         )
     problems += _unlisted_parts(out, shards)
-    not_done = [s["id"] for s in shards if s["status"] != "done"]
-    for shard_id in not_done:
-        status = next(s["status"] for s in shards if s["id"] == shard_id)
-        problems.append(f"shard {shard_id} is {status}")
-    if manifest.get("status") == "complete" and not_done:
+    not_done = [s for s in shards if s.status != "done"]
+    problems += [f"shard {s.id} is {s.status}" for s in not_done]
+    if manifest.status == "complete" and not_done:
         problems.append("dataset.json says complete, but not every shard is done")
 
-    vocabulary = manifest.get("vocabulary") or []
-    if not isinstance(vocabulary, list) or not all(isinstance(v, str) for v in vocabulary):
-        problems.append("dataset.json: vocabulary is not a list of label names")
-        vocabulary = []
-    lexicon = lexicon_for(frozenset(vocabulary))
-    per_case = _cases_numbered_per_case(manifest)
-    names: dict[tuple[str, str, int], dict[str, str]] = defaultdict(dict)
-    image_ids: set[str] = set()
-    case_splits: dict[tuple[str, str], set[str]] = defaultdict(set)
-    rows_total = {t: 0 for t in TABLES}
-    stats: list[dict] = []
+    lexicon = lexicon_for(frozenset(manifest.vocabulary or []))
+    seen = _Seen(_cases_numbered_per_case(manifest))
     for shard in shards:
-        if shard["status"] != "done":
+        if shard.status != "done":
             continue
-        own = shard.get("vocabulary")  # a shard appended later: read with its own names
-        if isinstance(own, list) and all(isinstance(v, str) for v in own):
-            words = lexicon_for(frozenset(own))
-        else:
-            words = lexicon
-        found = _check_shard(
-            out, shard, image_ids, case_splits, rows_total, stats, words, per_case, names
-        )
-        problems += found
-    problems += _label_meanings(names)
-    for (dataset, case_id), splits in sorted(case_splits.items()):
+        # A shard appended later is read with its own names.
+        own = lexicon if shard.vocabulary is None else lexicon_for(frozenset(shard.vocabulary))
+        problems += _check_shard(out, shard, seen, own)
+    problems += _label_meanings(seen.names)
+    for (dataset, case_id), splits in sorted(seen.case_splits.items()):
         if len(splits) > 1:
             problems.append(f"case {dataset}/{case_id} is in both splits")
-    readable = len(stats) == sum(s["status"] == "done" for s in shards)
-    if readable:  # totals over unreadable parts would only repeat the problems above
-        problems += _check_totals(manifest, rows_total, stats)
+    if len(seen.counts) == len(shards) - len(not_done):
+        # totals over unreadable parts would only repeat the problems above
+        problems += _check_totals(manifest, seen.counts)
     return problems
 
 
-def _cases_numbered_per_case(manifest: dict) -> set[str]:
+def _cases_numbered_per_case(manifest: Manifest) -> set[str]:
     """Case ids whose label ids are numbered per case (DICOM SEG segments and RTSTRUCT ROIs,
     marked so in their entries; a DICOM case whose entry was written before entries were
     marked, which carries no fingerprint either): their ids are compared within their case,
     all others within their dataset."""
-    dicom = {
-        s.get("spec")
-        for s in manifest.get("sources") or []
-        if isinstance(s, dict) and s.get("kind") == "dicom"
-    }
+    dicom = {s.spec for s in manifest.sources if s.kind == "dicom"}
     return {
-        str(c.get("case_id"))
-        for shard in manifest["shards"]
-        for c in shard.get("cases") or []
-        if isinstance(c, dict)
-        and (c.get("labels_per_case") or (c.get("source") in dicom and "fingerprint" not in c))
+        c.case_id
+        for shard in manifest.shards
+        for c in shard.cases
+        if c.labels_per_case or (c.source in dicom and c.fingerprint is None)
     }
 
 
@@ -168,8 +162,8 @@ def _label_meanings(names: dict[tuple[str, str, int], dict[str, str]]) -> list[s
     return problems
 
 
-def _unlisted_parts(out: Path, shards: list[dict]) -> list[str]:
-    listed = {rel for s in shards for rel in (s.get("files") or {})}
+def _unlisted_parts(out: Path, shards: list[ShardEntry]) -> list[str]:
+    listed = {rel for s in shards for rel in (s.files or {})}
     problems = []
     for table in TABLES:
         folder = out / table
@@ -186,11 +180,11 @@ def _unlisted_parts(out: Path, shards: list[dict]) -> list[str]:
     return problems
 
 
-def _read_part(out: Path, shard: dict, table: str, problems: list[str]) -> pa.Table | None:
-    rel = part_path(table, shard["id"])
-    files = shard.get("files") or {}
+def _read_part(out: Path, shard: ShardEntry, table: str, problems: list[str]) -> pa.Table | None:
+    rel = part_path(table, shard.id)
+    files = shard.files or {}
     if rel not in files:
-        problems.append(f"shard {shard['id']}: dataset.json lists no {table} part")
+        problems.append(f"shard {shard.id}: dataset.json lists no {table} part")
         return None
     path = out / rel
     if not path.is_file():
@@ -204,7 +198,7 @@ def _read_part(out: Path, shard: dict, table: str, problems: list[str]) -> pa.Ta
             if not schema.equals(TABLES[table], check_metadata=False):
                 problems.append(f"{rel}: schema differs from the contract")
                 return None
-            recorded = (shard.get("rows") or {}).get(table)
+            recorded = (shard.rows or {}).get(table)
             if parquet.metadata.num_rows != recorded:
                 problems.append(
                     f"{rel}: {parquet.metadata.num_rows} rows, dataset.json says {recorded}"
@@ -253,33 +247,41 @@ def _region_words(r: dict, width: int, height: int) -> list[str]:
     return found
 
 
-def _check_shard(
-    out: Path,
-    shard: dict,
-    image_ids: set[str],
-    case_splits: dict[tuple[str, str], set[str]],
-    rows_total: dict[str, int],
-    stats: list[dict],
-    lexicon: Lexicon,
-    per_case: set[str],
-    names: dict[tuple[str, str, int], dict[str, str]],
-) -> list[str]:
+def _check_shard(out: Path, shard: ShardEntry, seen: _Seen, lexicon: Lexicon) -> list[str]:
+    """The problems of one done shard's parts; its counts join ``seen`` when all are readable."""
     problems: list[str] = []
     tables = {t: _read_part(out, shard, t, problems) for t in TABLES}
     if any(t is None for t in tables.values()):
         return problems
-    sid = shard["id"]
-    for name, table in tables.items():
-        rows_total[name] += table.num_rows  # type: ignore[union-attr]
+    parts: dict[str, pa.Table] = tables  # type: ignore[assignment]
+    images = _check_images(parts["images"].to_pylist(), seen, problems)
+    by_image = _check_regions(parts["regions"].to_pylist(), images, shard.id, seen, problems)
+    conversations = parts["conversations"].to_pylist()
+    _check_conversations(conversations, images, by_image, shard.id, lexicon, problems)
 
+    rejects = parts["rejects"].select(["reason"]).to_pylist()
+    known = [c for c in conversations if c["image_id"] in images]
+    recomputed = shard_stats(
+        {"images": list(images.values()), "conversations": known, "rejects": rejects}
+    )
+    recorded = shard.stats.to_json() if shard.stats is not None else {}
+    for key in _STAT_KEYS:
+        if recorded.get(key) != recomputed[key]:
+            problems.append(f"shard {shard.id}: {key} in dataset.json differ from its tables")
+    rows = {name: table.num_rows for name, table in parts.items()}
+    seen.counts.append(ShardCounts("done", rows, recomputed))
+    return problems
+
+
+def _check_images(rows: list[dict], seen: _Seen, problems: list[str]) -> dict[str, dict]:
+    """Each image's id and PNG against its row; returns the rows by image id, bytes dropped."""
     images: dict[str, dict] = {}
-    rows = tables["images"].to_pylist()  # type: ignore[union-attr]
     # Decoding is most of validate's time; Pillow decodes without the GIL, so threads help.
     with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
         sizes = list(pool.map(_png_size, (r["image"]["bytes"] for r in rows)))
     for row, size in zip(rows, sizes, strict=True):
         image_id = row["image_id"]
-        if image_id in image_ids or image_id in images:
+        if image_id in seen.image_ids or image_id in images:
             problems.append(f"image {image_id}: duplicate id")
         if image_id != image_id_for(row["case_id"], row["plane"], row["slice_index"]):
             problems.append(f"image {image_id}: id does not match its case, plane and slice")
@@ -292,11 +294,17 @@ def _check_shard(
             )
         row["image"] = None  # keep the bytes out of memory once checked
         images[image_id] = row
-        case_splits[(row["dataset"], row["case_id"])].add(row["split"])
-    image_ids.update(images)
+        seen.case_splits[(row["dataset"], row["case_id"])].add(row["split"])
+    seen.image_ids.update(images)
+    return images
 
+
+def _check_regions(
+    rows: list[dict], images: dict[str, dict], shard_id: str, seen: _Seen, problems: list[str]
+) -> dict[str, dict[str, RegionFacts]]:
+    """Each region against its image; returns the regions' facts per image."""
     by_image: dict[str, dict[str, RegionFacts]] = defaultdict(dict)
-    for r in tables["regions"].to_pylist():  # type: ignore[union-attr]
+    for r in rows:
         image = images.get(r["image_id"])
         if image is None:
             problems.append(f"region {r['region_id']}: unknown image {r['image_id']}")
@@ -311,14 +319,24 @@ def _check_shard(
             problems.append(f"region {r['region_id']}: id does not name its image")
         if r["region_id"] in by_image[r["image_id"]]:
             problems.append(f"region {r['region_id']}: duplicate id")
-        scope = image["case_id"] if image["case_id"] in per_case else ""
-        names[(image["dataset"], scope, r["label_id"])].setdefault(r["label"], sid)
+        scope = image["case_id"] if image["case_id"] in seen.per_case else ""
+        seen.names[(image["dataset"], scope, r["label_id"])].setdefault(r["label"], shard_id)
         by_image[r["image_id"]][r["region_id"]] = region_facts(r)
+    return by_image
 
-    conversations = tables["conversations"].to_pylist()  # type: ignore[union-attr]
+
+def _check_conversations(
+    conversations: list[dict],
+    images: dict[str, dict],
+    by_image: dict[str, dict[str, RegionFacts]],
+    shard_id: str,
+    lexicon: Lexicon,
+    problems: list[str],
+) -> None:
+    """Ids, splits and every turn's truth, and exactly one conversation per image."""
     per_image: dict[str, int] = defaultdict(int)
     seen_conversations: set[str] = set()
-    part = part_path("conversations", sid)
+    part = part_path("conversations", shard_id)
     for row_number, conv in enumerate(conversations):
         cid = conv["conversation_id"]
         if cid in seen_conversations:
@@ -349,33 +367,22 @@ def _check_shard(
         if count != 1:
             problems.append(f"image {image_id}: {count} conversations, expected exactly one")
 
-    rejects = tables["rejects"].select(["reason"]).to_pylist()  # type: ignore[union-attr]
-    known = [c for c in conversations if c["image_id"] in images]
-    recomputed = shard_stats(
-        {"images": list(images.values()), "conversations": known, "rejects": rejects}
-    )
-    recorded = shard.get("stats") or {}
-    for key in _STAT_KEYS:
-        if recorded.get(key) != recomputed[key]:
-            problems.append(f"shard {sid}: {key} in dataset.json differ from its tables")
-    stats.append(recomputed)
-    return problems
 
-
-def _check_totals(manifest: dict, rows_total: dict[str, int], stats: list[dict]) -> list[str]:
-    totals = manifest.get("totals")
-    if totals is None:
-        return [] if manifest.get("status") != "complete" else ["dataset.json has no totals"]
+def _check_totals(manifest: Manifest, counts: list[ShardCounts]) -> list[str]:
+    """The recorded totals against the totals of the shards' tables."""
+    if manifest.totals is None:
+        return [] if manifest.status != "complete" else ["dataset.json has no totals"]
+    recorded = manifest.totals.to_json()
+    found = build_totals(counts, tuple(TABLES))
     problems = []
-    recorded_rows = totals.get("rows") or {}
-    for table, count in rows_total.items():
+    recorded_rows = recorded.get("rows") or {}
+    for table, count in found["rows"].items():
         if recorded_rows.get(table) != count:
             problems.append(
                 f"totals: {recorded_rows.get(table)} {table} in dataset.json, "
                 f"the tables hold {count}"
             )
-    merged = merge_stats(stats)
     for key in _STAT_KEYS:
-        if totals.get(key) != merged[key]:
+        if recorded.get(key) != found[key]:
             problems.append(f"totals: {key} in dataset.json differ from the tables")
     return problems

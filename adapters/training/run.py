@@ -32,7 +32,8 @@ from pathlib import Path
 from typing import Any
 
 from medgrit.adapters.export.records import DatasetRecords, read_records
-from medgrit.adapters.store.bookkeeping import read_dataset
+from medgrit.adapters.runtime.atomic import write_atomic
+from medgrit.adapters.store.bookkeeping import load_dataset
 from medgrit.schemas.finetune import FinetuneConfig
 
 RECORD = "finetune.json"
@@ -65,11 +66,11 @@ def training_fields(config: FinetuneConfig) -> dict[str, Any]:
 def dataset_fingerprint(dataset: Path) -> str:
     """A digest of the dataset's shard files (their sha256 in the manifest): it changes when a
     shard is added or rebuilt."""
-    manifest = read_dataset(dataset)
+    manifest = load_dataset(dataset)
     digest = hashlib.sha256()
-    for shard in manifest.get("shards") or []:
-        for rel, sha in sorted((shard.get("files") or {}).items()):
-            digest.update(f"{shard.get('id')}\x00{rel}\x00{sha}\n".encode())
+    for shard in manifest.shards:
+        for rel, sha in sorted((shard.files or {}).items()):
+            digest.update(f"{shard.id}\x00{rel}\x00{sha}\n".encode())
     return digest.hexdigest()
 
 
@@ -101,15 +102,8 @@ def training_started(output: Path, record: dict) -> bool:
     )
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    """Write ``text`` to a temporary name beside ``path``, then rename it into place."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-
-
 def write_record(output: Path, record: dict) -> None:
-    _write_atomic(output / RECORD, json.dumps(record, indent=2) + "\n")
+    write_atomic(output / RECORD, json.dumps(record, indent=2) + "\n")
 
 
 def check_output(config: FinetuneConfig) -> str | None:
@@ -237,7 +231,7 @@ def train_model(config: FinetuneConfig) -> dict:
         result = train(config, examples).to_json()
     else:
         settings = output / ".train-config.json"
-        settings.write_text(config.model_dump_json(), encoding="utf-8")
+        write_atomic(settings, config.model_dump_json())
         command = [
             sys.executable,
             "-m",
@@ -292,9 +286,9 @@ def predict_test(config: FinetuneConfig) -> dict:
         config.max_new_tokens,
         config.box_format,
     )
-    _write_atomic(output / PREDICTIONS, "".join(line + "\n" for line in lines))
+    write_atomic(output / PREDICTIONS, "".join(line + "\n" for line in lines))
     baseline = baseline_lines(records, list(config.eval_tasks), chosen)
-    _write_atomic(output / BASELINE, "".join(line + "\n" for line in baseline))
+    write_atomic(output / BASELINE, "".join(line + "\n" for line in baseline))
     result = {"predictions": len(lines), "file": PREDICTIONS, "baseline": BASELINE}
     finish_step(config, "predict", result)
     return result
@@ -304,7 +298,7 @@ def score_file(path: Path, stack: ExitStack, scorer: list) -> dict:
     """``medgrit evaluate``'s numbers for one prediction file: ``{task: report JSON}``."""
     from medgrit.adapters.evaluation.predictions import read_predictions
     from medgrit.adapters.evaluation.report import score_task
-    from medgrit.core.metrics import TASKS
+    from medgrit.core.vocab import TASKS
 
     lines = read_predictions(path)
     reports = {}
@@ -331,6 +325,6 @@ def evaluate_predictions(config: FinetuneConfig) -> dict:
             "model": score_file(output / PREDICTIONS, stack, scorer),
             "baseline": score_file(output / BASELINE, stack, scorer),
         }
-    _write_atomic(output / METRICS, json.dumps(metrics, indent=2) + "\n")
+    write_atomic(output / METRICS, json.dumps(metrics, indent=2) + "\n")
     finish_step(config, "evaluate", {"file": METRICS})
     return metrics
