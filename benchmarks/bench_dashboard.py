@@ -81,8 +81,8 @@ def _build_once(release: Path, out: Path, per_shard: int, dashboard: bool) -> di
 
 
 def _plan_rows(release: Path, key_file: Path) -> dict:
-    from medgrit.adapters.build import prepare_build
-    from medgrit.adapters.store.bookkeeping import new_manifest
+    from medgrit.adapters.planning import prepare_build
+    from medgrit.adapters.store.bookkeeping import plan_manifest
     from medgrit.schemas.config import BuildConfig
 
     config = BuildConfig(sources=[f"samed2d:{release}"], out="unused", key_file=str(key_file))
@@ -97,7 +97,7 @@ def _plan_rows(release: Path, key_file: Path) -> dict:
         (shard, [t for t in tasks if t.case_id in kept_ids]) for shard, tasks in fresh.plan
     ]
     recorded_plan = [(s, t) for s, t in recorded_plan if t]
-    previous = new_manifest(config, [], recorded_plan, {})
+    previous = plan_manifest(config, [], recorded_plan, None)
     started = time.perf_counter()
     extended = prepare_build(config, previous)
     extend_s = time.perf_counter() - started

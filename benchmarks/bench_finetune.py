@@ -42,7 +42,8 @@ from pathlib import Path
 
 
 def _build(out: Path, images: int) -> Path:
-    from medgrit.adapters.build import ThreadMapper, run_build
+    from medgrit.adapters.build import run_build
+    from medgrit.adapters.runtime.mappers import ThreadMapper
     from medgrit.schemas.config import BuildConfig
 
     run_build(BuildConfig(out=str(out), max_images=images), ThreadMapper(2))
@@ -200,7 +201,7 @@ def run_baseline(config, warmup: int, params_lm: int, peak: float) -> dict:
     return _row("baseline (Trainer + peft)", config, timer, params_lm, peak)
 
 
-def main() -> None:
+def _parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--images", type=int, default=400)
     parser.add_argument("--shape", default="3b", choices=["3b", "tiny"])
@@ -212,14 +213,34 @@ def main() -> None:
     parser.add_argument("--modes", default="lora,full")
     parser.add_argument("--tiny", action="store_true", help="CPU smoke run with the tiny model")
     parser.add_argument("--json", type=Path, help="also write the rows here")
-    args = parser.parse_args()
+    return parser.parse_args()
+
+
+def _print_results(rows: list[dict], modes: list[str]) -> None:
+    """A row per run (throughput, memory, MFU), then medgrit's throughput over the baseline's
+    per fine-tune mode."""
+    print(f"{'row':<28} {'mode':<5} {'tokens/s':>10} {'samples/s':>10} {'GiB':>7} {'MFU':>7}")
+    for r in rows:
+        print(
+            f"{r['row']:<28} {r['mode']:<5} {r['tokens_per_s']:>10.0f} "
+            f"{r['samples_per_s']:>10.2f} {r['peak_gpu_gib']:>7.1f} {r['est_mfu']:>7.3f}"
+        )
+    for mode in modes:
+        ours = next(r for r in rows if r["mode"] == mode and r["row"].startswith("medgrit"))
+        theirs = next(r for r in rows if r["mode"] == mode and r["row"].startswith("baseline"))
+        ratio = ours["tokens_per_s"] / max(theirs["tokens_per_s"], 1e-9)
+        print(f"{mode}: medgrit / baseline tokens/s = {ratio:.2f}x")
+
+
+def main() -> None:
+    args = _parse_args()
 
     import torch
 
     from medgrit.adapters.export.records import read_records
     from medgrit.adapters.training import run
     from medgrit.schemas.finetune import FinetuneConfig
-    from medgrit.testing.tiny_vlm import write_model
+    from medgrit_testing.tiny_vlm import write_model
 
     cuda = torch.cuda.is_available()
     if not cuda and not args.tiny:
@@ -276,17 +297,7 @@ def main() -> None:
 
     device = torch.cuda.get_device_name(0) if cuda else platform.processor() or "cpu"
     print(f"\ndevice: {device}; shape {shape}; batch {args.batch}; steps {args.steps}")
-    print(f"{'row':<28} {'mode':<5} {'tokens/s':>10} {'samples/s':>10} {'GiB':>7} {'MFU':>7}")
-    for r in rows:
-        print(
-            f"{r['row']:<28} {r['mode']:<5} {r['tokens_per_s']:>10.0f} "
-            f"{r['samples_per_s']:>10.2f} {r['peak_gpu_gib']:>7.1f} {r['est_mfu']:>7.3f}"
-        )
-    for mode in args.modes.split(","):
-        ours = next(r for r in rows if r["mode"] == mode and r["row"].startswith("medgrit"))
-        theirs = next(r for r in rows if r["mode"] == mode and r["row"].startswith("baseline"))
-        ratio = ours["tokens_per_s"] / max(theirs["tokens_per_s"], 1e-9)
-        print(f"{mode}: medgrit / baseline tokens/s = {ratio:.2f}x")
+    _print_results(rows, args.modes.split(","))
     if args.json:
         args.json.write_text(json.dumps({"device": device, "rows": rows}, indent=2) + "\n")
 

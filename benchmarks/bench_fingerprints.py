@@ -51,13 +51,14 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=3)
     args = parser.parse_args()
 
-    from medgrit.adapters.build import estimate_images, load_case
-    from medgrit.adapters.sources import open_sources
+    from medgrit.adapters.source_specs import open_sources
+    from medgrit.adapters.sources import estimate_images, load_case
     from medgrit.adapters.sources.fingerprints import fingerprint_cases
-    from medgrit.adapters.store.bookkeeping import new_manifest
+    from medgrit.adapters.store.bookkeeping import plan_manifest
     from medgrit.adapters.synthetic.samed2d import write_samed2d_release
     from medgrit.core.pipeline import count_case_images
-    from medgrit.core.sharding import RecordedPlan, extend_plan, plan_build
+    from medgrit.core.plan_extension import RecordedPlan, extend_plan
+    from medgrit.core.sharding import plan_build
     from medgrit.schemas.config import BuildConfig
 
     work = Path(tempfile.mkdtemp(prefix="medgrit-bench-fingerprints-"))
@@ -88,7 +89,7 @@ def main() -> None:
 
         by_id = {id(c): v for c, v in zip(cases, stamps, strict=True)}
         plan = plan_build(cases, config, key, count, estimate, lambda c: by_id[id(c)])
-        recorded = RecordedPlan.of(new_manifest(config, sources, plan, {}))
+        recorded = RecordedPlan.of(plan_manifest(config, sources, plan, None).to_json())
 
         def compare():
             found = fingerprint_cases(cases)

@@ -2,7 +2,7 @@
 
 What it measures
 ----------------
-The test server (:mod:`medgrit.testing.openai_server`) runs in its own process with 50-300 ms of
+The test server (:mod:`medgrit_testing.openai_server`) runs in its own process with 50-300 ms of
 latency per request and OpenAI-style RPM/TPM limits (token buckets of one second's worth, 429
 with ``Retry-After`` and ``x-ratelimit-*`` headers). This process runs only the client, so its
 ``time.process_time`` is the client's CPU. For each setting it prints:
@@ -65,12 +65,13 @@ from tenacity import (
     wait_random_exponential,
 )
 
-from medgrit.adapters.llm.client import ChatRequest, LLMSettings, OpenAICompatibleClient
+from medgrit.adapters.llm.chat import ChatRequest, LLMSettings
+from medgrit.adapters.llm.client import OpenAICompatibleClient
 from medgrit.adapters.text.templates import make_environment, view_variables
-from medgrit.core.generation import TASKS
-from medgrit.core.text import MODALITIES, laterality_of
+from medgrit.core.text import laterality_of
+from medgrit.core.vocab import MODALITIES, TASKS
 from medgrit.schemas.llm import ImagePromptFacts, PromptRegion, response_json_schema
-from medgrit.testing.openai_server import RunningServer, ServerConfig, serve
+from medgrit_testing.openai_server import RunningServer, ServerConfig, serve
 
 SEED = 20240611
 MAX_TOKENS = 1024

@@ -2,7 +2,7 @@
 
 What it measures
 ----------------
-The project's OpenAI-compatible test server (:mod:`medgrit.testing.openai_server`) runs in a
+The project's OpenAI-compatible test server (:mod:`medgrit_testing.openai_server`) runs in a
 child process with a fixed latency and an RPM limit (honest answers, so each image is one
 request unless its answer fails verification). The build is the ``medgrit`` CLI in a
 subprocess over a synthetic SA-Med2D-20M release of small (96x96) images, so that image work
@@ -42,7 +42,7 @@ import time
 from pathlib import Path
 
 from medgrit.adapters.synthetic.samed2d import write_samed2d_release
-from medgrit.testing.openai_server import ServerConfig, serve
+from medgrit_testing.openai_server import ServerConfig, serve
 
 API_KEY = "sk-bench-not-a-secret"
 
@@ -102,16 +102,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
 
     root = Path(tempfile.mkdtemp(prefix="medgrit-bench-llm-build-"))
-    env = {
-        **os.environ,
-        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-        "DO_NOT_TRACK": "1",
-        "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120",
-        "PREFECT_HOME": str(root / "prefect"),
-        "MEDGRIT_KEY_FILE": str(root / "pseudonym.key"),
-        "OPENAI_API_KEY": API_KEY,
-    }
-    env.pop("PREFECT_API_URL", None)
+    env = _environment(root)
     exe = shutil.which("medgrit") or "medgrit"
     only = {int(x) for x in args.only.split(",")}
     settings = []
@@ -170,7 +161,27 @@ def main(argv: list[str] | None = None) -> None:
                 print(f"{rpm} RPM, concurrency {concurrency or 'auto'}: {wall:.0f} s", flush=True)
     finally:
         shutil.rmtree(root, ignore_errors=True)
+    _print_table(rows)
 
+
+def _environment(root: Path) -> dict[str, str]:
+    """The environment of the ``medgrit`` subprocesses: a Prefect home and key file under
+    ``root``, the server's API key, no Prefect server of the caller's."""
+    env = {
+        **os.environ,
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "DO_NOT_TRACK": "1",
+        "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120",
+        "PREFECT_HOME": str(root / "prefect"),
+        "MEDGRIT_KEY_FILE": str(root / "pseudonym.key"),
+        "OPENAI_API_KEY": API_KEY,
+    }
+    env.pop("PREFECT_API_URL", None)
+    return env
+
+
+def _print_table(rows: list[dict]) -> None:
+    """The results as a Markdown table, one row per limit and concurrency."""
     print()
     print(
         "| limit RPM | latency ms | --llm-concurrency | images | requests | wall s | "

@@ -34,8 +34,8 @@ import numpy as np
 
 from medgrit.adapters.store.validate import read_table
 from medgrit.adapters.text.templates import TemplateGenerator
-from medgrit.core.claims import lexicon_for
 from medgrit.core.generation import ImageFacts, RegionFacts
+from medgrit.core.lexicon import lexicon_for
 from medgrit.core.regions import to_bbox_1000
 from medgrit.core.text import position_word, size_word
 from medgrit.core.verify import ImageTruth, check_turn
@@ -53,7 +53,7 @@ VOCABULARY = (*ORGANS, *(f"{s} {o}" for o in SIDED for s in ("left", "right")), 
 
 
 def lies_caught(images: int) -> None:
-    from medgrit.testing.openai_server import LIE_CLASSES, ServerConfig, serve
+    from medgrit_testing.openai_server import LIE_CLASSES, ServerConfig, serve
 
     config = ServerConfig(rpm=6000, latency_ms=(1, 5), seed=3, lie_rate=0.3, api_key="sk-bench")
     with serve(config) as server, tempfile.TemporaryDirectory() as tmp:

@@ -49,7 +49,8 @@ for part in sorted(Path(sys.argv[1], "images").glob("part-*.parquet")):
 
 BUILD = """
 import sys
-from medgrit.adapters.build import ThreadMapper, run_build
+from medgrit.adapters.runtime.mappers import ThreadMapper
+from medgrit.adapters.build import run_build
 from medgrit.schemas.config import BuildConfig
 run_build(BuildConfig(sources=["samed2d:" + sys.argv[1]], out=sys.argv[2]), ThreadMapper(2))
 """

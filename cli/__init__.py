@@ -13,7 +13,7 @@ import json
 import sys
 from contextlib import ExitStack
 from pathlib import Path
-from typing import Annotated, NoReturn
+from typing import Annotated, Any, NoReturn
 
 import typer
 from pydantic import ValidationError
@@ -22,6 +22,7 @@ from medgrit.adapters.store.dataset_dir import is_medgrit_dataset
 from medgrit.cli.evaluate import evaluate
 from medgrit.cli.export import export
 from medgrit.cli.finetune import finetune
+from medgrit.cli.llm_options import with_llm_options
 from medgrit.cli.messages import EXIT_USER_ERROR, fail, reason_of, shown
 from medgrit.cli.predict import predict_baseline
 from medgrit.cli.preflight import (
@@ -69,6 +70,7 @@ def _config_error(exc: ValidationError) -> NoReturn:
 
 
 @app.command()
+@with_llm_options
 def build(
     sources: Annotated[
         list[str] | None,
@@ -146,48 +148,15 @@ def build(
     generator: Annotated[
         str, typer.Option(help="template (no network) or llm (an OpenAI-compatible endpoint).")
     ] = "template",
-    llm_model: Annotated[str | None, typer.Option(help="LLM model name.")] = None,
-    llm_base_url: Annotated[
-        str | None,
-        typer.Option(envvar="OPENAI_BASE_URL", help="OpenAI-compatible endpoint URL."),
-    ] = None,
-    llm_api_key_block: Annotated[
-        str | None,
-        typer.Option(help="Prefect Secret block with the API key (else $OPENAI_API_KEY)."),
-    ] = None,
-    llm_temperature: Annotated[float, typer.Option(help="Sampling temperature.")] = 0.2,
-    llm_max_tokens: Annotated[int, typer.Option(help="Max completion tokens.")] = 1024,
-    llm_rpm: Annotated[int, typer.Option(help="Requests per minute allowed.")] = 500,
-    llm_tpm: Annotated[int, typer.Option(help="Tokens per minute allowed.")] = 200_000,
-    llm_concurrency: Annotated[
-        int | None,
-        typer.Option(
-            help="Requests in flight at most (default: the limit times the observed latency)."
-        ),
-    ] = None,
-    llm_price_input: Annotated[float, typer.Option(help="USD per 1M prompt tokens.")] = 0.0,
-    llm_price_output: Annotated[float, typer.Option(help="USD per 1M completion tokens.")] = 0.0,
-    llm_response_format: Annotated[
-        str,
-        typer.Option(
-            help="How the endpoint is asked for JSON: auto (ask it: the first of json_schema, "
-            "json_object_schema, json_object, none it accepts), json_schema, json_object_schema "
-            "(json_object with a schema field: llama-cpp-python's server), json_object or none "
-            "(the prompt only)."
-        ),
-    ] = "auto",
-    llm_retry_invalid: Annotated[
-        int, typer.Option(help="Ask again with the error fed back, this many times.")
-    ] = 1,
-    llm_batch: Annotated[bool, typer.Option(help="Use the OpenAI Batch API.")] = False,
-    llm_batch_poll_s: Annotated[
-        float, typer.Option(help="Seconds between polls of a batch's status.")
-    ] = 30.0,
-    llm_timeout_s: Annotated[
-        float, typer.Option(help="Seconds before a request times out.")
-    ] = 60.0,
+    # The --llm-* options (with_llm_options): by LLMConfig field, None without --llm-model.
+    llm: dict[str, Any] | None = None,
 ) -> None:
-    """Build a dataset from segmentation sources (the bundled demo when none is given)."""
+    """Build a dataset from segmentation sources (the bundled demo when none is given).
+    \f
+    The parameters are the command's options (typer reads them from the signature, the
+    ``--llm-*`` ones from LLMConfig), one per parameter, which is what makes this function long;
+    it turns them into a BuildConfig and hands that to ``_build_into``.
+    """
     if not str(out).strip():
         fail("--out needs a folder name")
     fields: dict = {
@@ -216,29 +185,20 @@ def build(
     if percentiles is not None:
         fields["percentiles"] = _pair(percentiles, "--percentiles")
     fields["generator"] = generator
-    if llm_model is not None:
-        fields["llm"] = {
-            "model": llm_model,
-            "base_url": llm_base_url,
-            "api_key_block": llm_api_key_block,
-            "temperature": llm_temperature,
-            "max_tokens": llm_max_tokens,
-            "requests_per_minute": llm_rpm,
-            "tokens_per_minute": llm_tpm,
-            "max_concurrency": llm_concurrency,
-            "price_input_per_million": llm_price_input,
-            "price_output_per_million": llm_price_output,
-            "response_format": llm_response_format,
-            "retry_invalid": llm_retry_invalid,
-            "batch": llm_batch,
-            "batch_poll_s": llm_batch_poll_s,
-            "timeout_s": llm_timeout_s,
-        }
+    if llm is not None:
+        fields["llm"] = llm
     try:
         config = BuildConfig(**fields)
     except ValidationError as exc:
         _config_error(exc)
-    opened = open_checked(config, out)
+    _build_into(out, config, overwrite)
+
+
+def _build_into(out: Path, config: BuildConfig, overwrite: bool) -> None:
+    """Check --out and the sources, then build into --out: a new dataset, more of an existing
+    one, or (with --overwrite) a replacement of one."""
+    listing = open_checked(config, out)
+    opened = listing.sources
     replace = check_out(out, [Path(s.root) for s in opened], overwrite)
     existing = is_medgrit_dataset(out)  # built before: built again, adding what is new
     if existing and not replace:
@@ -247,7 +207,7 @@ def build(
     with ExitStack() as stack:
         task_runner = stack.enter_context(shard_runner(config, [s.root for s in opened]))
         if replace:
-            build_replacing(config, out, task_runner)
+            build_replacing(config, out, task_runner, listing)
             return
         take_out(out, stack, "build")
         if not existing and holds_more_than_locks(out):
@@ -255,7 +215,7 @@ def build(
                 f"--out {shown(out)} was filled by another process meanwhile; choose another folder"
             )
         create_key(config)
-        report(out, run_flow(config, task_runner=task_runner))
+        report(out, run_flow(config, task_runner=task_runner, listing=listing))
 
 
 def _check_same_settings(out: Path, config: BuildConfig) -> None:
@@ -283,7 +243,7 @@ def _check_sources_unchanged(
     """A build or resume into a dataset whose sources changed since it was built is refused
     before anything starts (unless --rebuild-changed; with --verify-sources the build checks,
     so that every file is read once)."""
-    from medgrit.adapters.build import check_sources_unchanged
+    from medgrit.adapters.planning import check_sources_unchanged
     from medgrit.adapters.runtime.keys import load_or_create_key
     from medgrit.cli.preflight import key_path_of
 
@@ -354,13 +314,17 @@ def resume(
             config = BuildConfig(**{**manifest["config"], "out": str(out), **how})
         except ValidationError as exc:
             _config_error(exc)
-    opened = open_checked(config, out)
+    listing = open_checked(config, out)
+    opened = listing.sources
     _check_sources_unchanged(out, config, opened, resume=True)
     with ExitStack() as stack:
         task_runner = stack.enter_context(shard_runner(config, [s.root for s in opened]))
         take_out(out, stack, "resume")
         create_key(config)
-        report(out, run_flow(config, task_runner=task_runner, add_new_cases=False))
+        report(
+            out,
+            run_flow(config, task_runner=task_runner, add_new_cases=False, listing=listing),
+        )
 
 
 @app.command()
@@ -375,32 +339,28 @@ def status(
 
     Exit code: 0 when every shard is done, 1 while any shard failed, 3 while any is pending.
     """
-    from medgrit.adapters.store.bookkeeping import read_dataset
+    from medgrit.adapters.store.bookkeeping import load_dataset
     from medgrit.adapters.store.dataset_dir import current_writer
     from medgrit.adapters.store.manifest import ManifestError
     from medgrit.core.status import (
+        ShardStatus,
         build_state,
         exit_code,
         render_status_table,
         retired_line,
-        shard_statuses,
         status_json,
     )
 
     try:
-        manifest = read_dataset(out)
+        manifest = load_dataset(out)
     except ManifestError as exc:
         fail(str(exc))
-    shards = shard_statuses(manifest)
+    shards = [ShardStatus.of(e.id, len(e.cases), e.counts(), e.error) for e in manifest.shards]
     state = build_state(shards)
+    totals = manifest.totals.to_json() if manifest.totals is not None else None
+    retired = [r.to_json() for r in manifest.retired or []]
     if as_json:
-        document = status_json(
-            shown(out),
-            shards,
-            manifest.get("totals"),
-            current_writer(out),
-            manifest.get("retired"),
-        )
+        document = status_json(shown(out), shards, totals, current_writer(out), retired)
         typer.echo(json.dumps(document, indent=2))
         raise typer.Exit(exit_code(state))
     counts = {k: sum(s.status == k for s in shards) for k in ("done", "pending", "failed")}
@@ -409,10 +369,10 @@ def status(
         f"{counts['failed']} failed (of {len(shards)})"
     )
     typer.echo(render_status_table(shards))
-    retired = retired_line(manifest.get("retired") or [])
-    if retired:
-        typer.echo(retired)
-    if manifest.get("totals") and state == "complete":
+    retired_shards = retired_line(retired)
+    if retired_shards:
+        typer.echo(retired_shards)
+    if totals and state == "complete":
         typer.echo("")
         typer.echo(summary_text(out))
     elif state != "complete":

@@ -9,10 +9,14 @@ from __future__ import annotations
 import os
 from contextlib import ExitStack
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from medgrit.cli.messages import fail, reason_of, shown
 from medgrit.cli.outputs import creation_problem, folder_problem, nearest_existing
 from medgrit.schemas.config import BuildConfig
+
+if TYPE_CHECKING:
+    from medgrit.adapters.planning import SourceListing
 
 
 def absolute_spec(spec: str) -> str:
@@ -28,15 +32,16 @@ def key_path_of(config: BuildConfig) -> Path:
     return Path(config.key_file).expanduser() if config.key_file else default_key_file()
 
 
-def open_checked(config: BuildConfig, out: Path) -> list:
+def open_checked(config: BuildConfig, out: Path) -> SourceListing:
     """Open the sources and check them, the key and the API key; nothing is written.
 
     A key file that does not exist yet is created only once every check has passed (see
-    :func:`create_key`); until then a throwaway key lists the cases.
+    :func:`create_key`); until then a throwaway key lists the cases. The listing goes to the
+    build (``run_flow(..., listing=...)``), which takes it when it was made with the build's key.
     """
     import secrets
 
-    from medgrit.adapters.build import open_build_sources
+    from medgrit.adapters.planning import open_build_sources
     from medgrit.adapters.runtime.keys import is_inside, load_or_create_key
     from medgrit.adapters.sources import SourceError
 
@@ -48,13 +53,14 @@ def open_checked(config: BuildConfig, out: Path) -> list:
     except (OSError, ValueError) as exc:
         fail(f"cannot use the pseudonymisation key {shown(key_path)}: {reason_of(exc)}")
     try:
-        opened = open_build_sources(config, key)
+        listing = open_build_sources(config, key)
     except SourceError as exc:
         fail(str(exc))
     except OSError as exc:
         fail(f"cannot read the sources: {reason_of(exc)}")
     except (RecursionError, ValueError) as exc:
         fail(f"cannot read the sources: {type(exc).__name__}: {str(exc)[:200]}")
+    opened = listing.sources
     for source in opened:
         if is_inside(key_path, Path(source.root)):
             fail(
@@ -66,7 +72,7 @@ def open_checked(config: BuildConfig, out: Path) -> list:
             fail("--generator llm needs an API key: set OPENAI_API_KEY or --llm-api-key-block")
     if not any(s.cases for s in opened):
         fail("the sources hold no cases (no label files found)")
-    return opened
+    return listing
 
 
 def create_key(config: BuildConfig) -> None:

@@ -19,6 +19,8 @@ from medgrit.schemas.config import BuildConfig
 if TYPE_CHECKING:
     from prefect.task_runners import TaskRunner
 
+    from medgrit.adapters.planning import SourceListing
+
 
 @contextmanager
 def shard_runner(config: BuildConfig, source_roots: Sequence[str]) -> Iterator[TaskRunner | None]:
@@ -42,6 +44,7 @@ def run_flow(
     fresh: bool = False,
     task_runner: TaskRunner | None = None,
     add_new_cases: bool = True,
+    listing: SourceListing | None = None,
 ) -> dict:
     """Run the build flow; the failures a user can act on end in one line.
 
@@ -49,10 +52,11 @@ def run_flow(
     another build (else a changed plan is a user error). ``task_runner``: from
     :func:`shard_runner` (default: a thread pool). ``add_new_cases``: a build (True) adds the
     cases its sources gained to a dataset of the same settings; a resume (False) finishes only
-    what was planned."""
+    what was planned. ``listing``: the sources the checks opened, for the build to take.
+    """
     from prefect.task_runners import ThreadPoolTaskRunner
 
-    from medgrit.adapters.build import shards_in_flight
+    from medgrit.adapters.llm.dispatch import shards_in_flight
     from medgrit.adapters.llm.formats import LLMEndpointError
     from medgrit.adapters.runtime.interrupt import signalled
     from medgrit.adapters.store.dataset_dir import DatasetBusy
@@ -69,7 +73,12 @@ def run_flow(
     task_runner = task_runner or ThreadPoolTaskRunner(max_workers=workers)
     flow = build_dataset.with_options(task_runner=task_runner)
     try:
-        return flow(config=config, rebuild_if_changed=fresh, add_new_cases=add_new_cases)
+        return flow(
+            config=config,
+            rebuild_if_changed=fresh,
+            add_new_cases=add_new_cases,
+            listing=listing,
+        )
     except DatasetMismatch as exc:
         fail(str(exc))
     except LLMEndpointError as exc:
@@ -125,28 +134,30 @@ def report(out: Path, manifest: dict) -> None:
 
 
 def summary_text(out: Path) -> str:
-    from medgrit.adapters.store.bookkeeping import read_dataset
+    """The markdown summary of the build in ``out``, from its recorded totals."""
+    from medgrit.adapters.store.bookkeeping import load_dataset
     from medgrit.core.summary import render_summary
+    from medgrit.schemas.manifest import Totals
 
-    manifest = read_dataset(out)
-    totals = manifest.get("totals") or {
-        "rows": {},
-        "images_by_modality": {},
-        "images_by_split": {},
-        "qa_by_modality_task": {},
-        "rejects_by_reason": {},
-    }
-    shards = manifest["shards"]
-    done = sum(s["status"] == "done" for s in shards)
-    failed = [s["id"] for s in shards if s["status"] == "failed"]
-    llm = totals.get("llm") if manifest["config"].get("generator") == "llm" else None
+    manifest = load_dataset(out)
+    totals = manifest.totals or Totals()
+    done = sum(s.status == "done" for s in manifest.shards)
+    failed = [s.id for s in manifest.shards if s.status == "failed"]
+    generator = manifest.config.get("generator")
+    llm = totals.llm.to_json() if totals.llm is not None and generator == "llm" else None
     return render_summary(
-        shown(out), totals.get("rows", {}), totals, done, len(shards), failed, llm=llm
+        shown(out), totals.rows, totals.model_dump(), done, len(manifest.shards), failed, llm=llm
     )
 
 
-def build_replacing(config: BuildConfig, out: Path, task_runner: TaskRunner | None = None) -> None:
-    """--overwrite: build beside ``out`` and swap the new dataset in once it is complete."""
+def build_replacing(
+    config: BuildConfig,
+    out: Path,
+    task_runner: TaskRunner | None = None,
+    listing: SourceListing | None = None,
+) -> None:
+    """--overwrite: build beside ``out`` and swap the new dataset in once it is complete
+    (``listing``: the sources the checks opened)."""
     from medgrit.adapters.runtime.interrupt import signalled
     from medgrit.adapters.store.dataset_dir import foreign_entries, prepare_staging, swap_in
     from medgrit.adapters.store.manifest import update_manifest
@@ -165,7 +176,8 @@ def build_replacing(config: BuildConfig, out: Path, task_runner: TaskRunner | No
         _share_llm_cache(out, staging)
         create_key(config)
         try:
-            manifest = run_flow(config.model_copy(update={"out": str(staging)}), True, task_runner)
+            staged = config.model_copy(update={"out": str(staging)})
+            manifest = run_flow(staged, True, task_runner, listing=listing)
         except typer.Exit as exc:
             if exc.exit_code == 1:
                 typer.echo(

@@ -18,6 +18,7 @@ apply_prefect_defaults()
 from collections.abc import Iterator  # noqa: E402
 from dataclasses import dataclass, replace  # noqa: E402
 from pathlib import Path  # noqa: E402
+from typing import Any  # noqa: E402
 
 from prefect import flow, get_run_logger, tags  # noqa: E402
 from prefect.artifacts import create_markdown_artifact  # noqa: E402
@@ -25,15 +26,12 @@ from prefect.context import FlowRunContext  # noqa: E402
 from prefect.futures import PrefectFuture, as_completed  # noqa: E402
 from prefect.states import Failed  # noqa: E402
 
-from medgrit.adapters.build import (  # noqa: E402
-    RunnerFuture,
-    ShardJob,
-    in_completion_order,
-    run_build,
-    with_absolute_paths,
-)
+from medgrit.adapters.build import run_build  # noqa: E402
 from medgrit.adapters.llm.formats import LLMEndpointError  # noqa: E402
+from medgrit.adapters.planning import SourceListing, with_absolute_paths  # noqa: E402
 from medgrit.adapters.runtime.interrupt import BuildInterrupted  # noqa: E402
+from medgrit.adapters.runtime.mappers import RunnerFuture, in_completion_order  # noqa: E402
+from medgrit.adapters.shard import ShardJob  # noqa: E402
 from medgrit.adapters.store.bookkeeping import (  # noqa: E402
     BuildFailed,
     DatasetMismatch,
@@ -117,7 +115,10 @@ class PrefectMapper:
 
 @flow(name="build_dataset", flow_run_name=build_run_name, log_prints=False)
 def build_dataset(
-    config: BuildConfig, rebuild_if_changed: bool = False, add_new_cases: bool = True
+    config: BuildConfig,
+    rebuild_if_changed: bool = False,
+    add_new_cases: bool = True,
+    listing: SourceListing | None = None,
 ) -> dict:
     """Build (or resume) a Med-GRIT-style dataset directory from segmentation sources.
 
@@ -129,6 +130,9 @@ def build_dataset(
         add_new_cases: when the directory holds this build and its sources gained cases
             since, build them as new shards after the ones it has (a scheduled build of a
             growing source); False finishes only what was planned (``medgrit resume``).
+        listing: the sources the CLI's checks opened (``open_build_sources``), taken when
+            they were listed for this build; a scheduled run lists its own. Not stored with
+            the flow run's parameters.
 
     Returns:
         The final manifest (also written to ``OUT/dataset.json``).
@@ -149,20 +153,18 @@ def build_dataset(
             description=f"medgrit build of {escape_markdown(shown)}",
         )
 
-    try:
-        tag_flow_run(labels)
-    except Exception as exc:  # noqa: BLE001 - an API hiccup over tags never ends a build
-        logger.warning("flow run not tagged: %s", escape_name(str(exc))[:200])
-    context = FlowRunContext.get()
-    processes = worker_processes(context.task_runner) if context else 1
-    if processes > 1:
-        split = "; each takes its share of the LLM rate limits" if config.generator == "llm" else ""
-        logger.info("shards run on %d worker processes%s", processes, split)
-    mapper = PrefectMapper(processes, dashboard.name, tuple(labels))
+    mapper = _tagged_mapper(config, dashboard, labels, logger)
     try:
         with tags(*labels), quiet_task_engine():
             return run_build(
-                config, mapper, rebuild_if_changed, logger, publish, dashboard, add_new_cases
+                config,
+                mapper,
+                rebuild_if_changed,
+                logger,
+                publish,
+                dashboard,
+                add_new_cases,
+                listing,
             )
     except (
         BuildFailed,
@@ -187,6 +189,22 @@ def build_dataset(
             dashboard.flush()  # a stopped or broken build shows where it ended
         except Exception as exc:  # noqa: BLE001 - as run_build treats its hook
             logger.warning("progress not published: %s", escape_name(str(exc))[:200])
+
+
+def _tagged_mapper(
+    config: BuildConfig, dashboard: BuildDashboard, labels: list[str], logger: Any
+) -> PrefectMapper:
+    """Tag the flow run, and map shards on its task runner's worker processes."""
+    try:
+        tag_flow_run(labels)
+    except Exception as exc:  # noqa: BLE001 - an API hiccup over tags never ends a build
+        logger.warning("flow run not tagged: %s", escape_name(str(exc))[:200])
+    context = FlowRunContext.get()
+    processes = worker_processes(context.task_runner) if context else 1
+    if processes > 1:
+        split = "; each takes its share of the LLM rate limits" if config.generator == "llm" else ""
+        logger.info("shards run on %d worker processes%s", processes, split)
+    return PrefectMapper(processes, dashboard.name, tuple(labels))
 
 
 def summary_markdown(summary: str, dashboard: BuildDashboard, out: str) -> str:

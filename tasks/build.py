@@ -1,4 +1,4 @@
-"""Prefect tasks of the build flow: thin wrappers over ``medgrit.adapters.build``.
+"""Prefect tasks of the build flow: thin wrappers over ``medgrit.adapters.shard``.
 
 One task per shard (never per slice or region). Only infrastructure failures (``OSError``: disk,
 network file systems) are retried, and not a full disk, which waiting does not fix; record-level
@@ -10,7 +10,7 @@ from __future__ import annotations
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from medgrit.adapters.build import ShardJob, build_one_shard
+from medgrit.adapters.shard import ShardJob, build_one_shard
 from medgrit.core.failures import is_disk_full
 
 

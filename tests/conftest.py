@@ -126,7 +126,8 @@ def prefect_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 def build_demo_dataset(out: Path, demo_dir: Path, max_images: int) -> Path:
     """A template build of ``max_images`` demo images into ``out``, in this process (no
     Prefect), with MEDGRIT_DEMO_DIR pointed at ``demo_dir`` only while it builds."""
-    from medgrit.adapters.build import LoopMapper, run_build
+    from medgrit.adapters.build import run_build
+    from medgrit.adapters.runtime.mappers import LoopMapper
     from medgrit.schemas.config import BuildConfig
 
     before = os.environ.get("MEDGRIT_DEMO_DIR")

@@ -17,10 +17,12 @@ from pathlib import Path
 import pytest
 from conftest import run_cli
 
-from medgrit.adapters.build import LoopMapper, build_one_shard, run_build
+from medgrit.adapters.build import run_build
+from medgrit.adapters.runtime.mappers import LoopMapper
+from medgrit.adapters.shard import build_one_shard
 from medgrit.adapters.store import bookkeeping
 from medgrit.adapters.store import manifest as manifest_module
-from medgrit.adapters.store.bookkeeping import read_dataset
+from medgrit.adapters.store.bookkeeping import load_dataset, read_dataset
 from medgrit.adapters.store.validate import read_table, validate_dataset
 from medgrit.schemas.config import BuildConfig
 
@@ -81,9 +83,10 @@ def test_a_crash_between_records_and_compaction_resumes_to_the_same_dataset(
         built.append(job.shard)
         return build_one_shard(job)
 
-    import medgrit.adapters.build as build_module
+    import medgrit.adapters.store.book as book_module
 
-    monkeypatch.setattr(build_module, "compact", lambda out, manifest: None)  # never reached
+    never = lambda out, manifest: manifest  # noqa: E731 - never reached
+    monkeypatch.setattr(book_module, "compact_manifest", never)
     with pytest.raises(SystemExit):
         run_build(config, LoopMapper(crash_after_three))
     monkeypatch.undo()
@@ -115,25 +118,26 @@ def test_records_of_other_settings_or_cases_are_not_taken(
 ) -> None:
     out = tmp_path / "ds"
     run_build(BuildConfig(out=str(out), max_images=6, images_per_shard=2))
-    manifest = read_dataset(out)
-    entry = manifest["shards"][0]
-    bookkeeping.write_shard_record(out, manifest, entry)
-    assert bookkeeping.merge_records(out, json.loads(json.dumps(manifest))) == 1
+    manifest = load_dataset(out)
+    entry = manifest.shards[0]
+    bookkeeping.write_record(out, manifest.config, entry)
+    assert bookkeeping.with_records(out, manifest)[1] == 1
 
-    other = json.loads(json.dumps(manifest))
-    other["config"]["seed"] = 7  # other content settings
-    for s in other["shards"]:
-        s["status"] = "pending"
-    assert bookkeeping.merge_records(out, other) == 0
-    assert {s["status"] for s in other["shards"]} == {"pending"}
+    other = manifest.evolve(
+        config={**manifest.config, "seed": 7},  # other content settings
+        shards=[s.evolve(status="pending") for s in manifest.shards],
+    )
+    merged, count = bookkeeping.with_records(out, other)
+    assert count == 0
+    assert {s.status for s in merged.shards} == {"pending"}
 
-    moved = json.loads(json.dumps(manifest))
-    moved["shards"][0]["cases"] = moved["shards"][1]["cases"]  # other cases under that id
-    moved["shards"][0]["status"] = "pending"
-    assert bookkeeping.merge_records(out, moved) == 0
+    moved = manifest.with_shard(  # other cases under that id
+        entry.evolve(cases=manifest.shards[1].cases, status="pending")
+    )
+    assert bookkeeping.with_records(out, moved)[1] == 0
 
-    (out / "shards" / f"{entry['id']}.json").write_text("{not json")
-    assert bookkeeping.merge_records(out, json.loads(json.dumps(manifest))) == 0
+    (out / "shards" / f"{entry.id}.json").write_text("{not json")
+    assert bookkeeping.with_records(out, manifest)[1] == 0
 
 
 @pytest.mark.slow

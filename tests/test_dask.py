@@ -139,7 +139,7 @@ def test_the_flow_splits_llm_limits_over_the_cluster_workers(cluster: str) -> No
 def test_each_worker_takes_its_share_of_the_llm_limits(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    from medgrit.adapters.build import make_generator
+    from medgrit.adapters.text.generators import make_generator
     from medgrit.schemas.config import BuildConfig
 
     monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
@@ -163,7 +163,8 @@ def test_a_shard_job_builds_the_same_shard_in_a_fresh_spawned_process(
     demo_dir: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     """What a Dask worker does: unpickle the job in a new interpreter and build it there."""
-    from medgrit.adapters.build import ShardJob, build_one_shard, prepare_build
+    from medgrit.adapters.planning import prepare_build
+    from medgrit.adapters.shard import ShardJob, build_one_shard
     from medgrit.core.pipeline import build_vocabulary
     from medgrit.schemas.config import BuildConfig
 

@@ -27,7 +27,7 @@ def dataset(tmp_path_factory: pytest.TempPathFactory, demo_dir: Path) -> Path:
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory: pytest.TempPathFactory, dataset: Path) -> Path:
     from medgrit.adapters.export.records import read_records
-    from medgrit.testing.tiny_vlm import write_model
+    from medgrit_testing.tiny_vlm import write_model
 
     records = read_records(dataset)
     texts = [q.question + " " + q.answer for s in records.splits.values() for r in s for q in r.qa]

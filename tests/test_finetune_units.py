@@ -1,7 +1,7 @@
 """The fine-tune's text and geometry rules, its processor and its examples, on a tiny model.
 
 The model is a Qwen2.5-VL built from a config with random weights and a tokenizer trained on the
-demo dataset's own text (``medgrit.testing.tiny_vlm``): no download, no GPU.
+demo dataset's own text (``medgrit_testing.tiny_vlm``): no download, no GPU.
 """
 
 from __future__ import annotations
@@ -43,7 +43,7 @@ def records(dataset: Path):
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory: pytest.TempPathFactory, records) -> Path:
-    from medgrit.testing.tiny_vlm import write_model
+    from medgrit_testing.tiny_vlm import write_model
 
     texts = [q.question + " " + q.answer for s in records.splits.values() for r in s for q in r.qa]
     return write_model(tmp_path_factory.mktemp("tiny") / "model", texts, max_pixels=112 * 112)

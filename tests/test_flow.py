@@ -81,7 +81,8 @@ def _tables(out: Path) -> dict[str, list[dict]]:
 def test_a_plain_loop_builds_the_same_tables_as_the_prefect_flow(
     on_server: str, tmp_path: Path
 ) -> None:
-    from medgrit.adapters.build import LoopMapper, ThreadMapper, run_build
+    from medgrit.adapters.build import run_build
+    from medgrit.adapters.runtime.mappers import LoopMapper, ThreadMapper
 
     settings = {"max_images": 10, "cases_per_shard": 2}
     flow_out, loop_out, pool_out = tmp_path / "flow", tmp_path / "loop", tmp_path / "pool"
@@ -106,8 +107,10 @@ def test_a_plain_loop_builds_the_same_tables_as_the_prefect_flow(
 def test_a_stopped_thread_pool_build_leaves_the_rest_pending_not_failed(
     demo_dir: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    from medgrit.adapters.build import ThreadMapper, build_one_shard, run_build
+    from medgrit.adapters.build import run_build
     from medgrit.adapters.runtime.interrupt import BuildInterrupted, request_stop, stop_requested
+    from medgrit.adapters.runtime.mappers import ThreadMapper
+    from medgrit.adapters.shard import build_one_shard
 
     monkeypatch.setenv("MEDGRIT_DEMO_DIR", str(demo_dir))
 

@@ -1,5 +1,5 @@
 """``medgrit build --generator llm`` end to end: the CLI in a subprocess, the real ``openai`` SDK,
-and the OpenAI-compatible test server (``medgrit.testing.openai_server``) on 127.0.0.1."""
+and the OpenAI-compatible test server (``medgrit_testing.openai_server``) on 127.0.0.1."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from medgrit.schemas.tables import TABLES
-from medgrit.testing.openai_server import ServerConfig, serve
+from medgrit_testing.openai_server import ServerConfig, serve
 
 pytestmark = pytest.mark.slow
 

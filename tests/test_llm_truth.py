@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from medgrit.adapters.store.validate import read_table
-from medgrit.testing.openai_server import LIE_CLASSES, ServerConfig, serve
+from medgrit_testing.openai_server import LIE_CLASSES, ServerConfig, serve
 
 pytestmark = pytest.mark.slow
 

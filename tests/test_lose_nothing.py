@@ -26,7 +26,7 @@ from catalogue import tree_digest, write_ct_source
 from conftest import run_cli
 
 from medgrit.schemas.tables import TABLES
-from medgrit.testing.openai_server import ServerConfig, serve
+from medgrit_testing.openai_server import ServerConfig, serve
 
 pytestmark = pytest.mark.slow
 

@@ -9,7 +9,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from medgrit.adapters.build import SHARD_IO
+from medgrit.adapters.shard import SHARD_IO
 from medgrit.adapters.sources.nifti import NiftiReader
 from medgrit.adapters.sources.nnunet import open_msd, open_nnunet
 from medgrit.adapters.text.templates import TemplateGenerator

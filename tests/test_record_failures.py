@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from medgrit.adapters.build import SHARD_IO
+from medgrit.adapters.shard import SHARD_IO
 from medgrit.adapters.sources import load_case
 from medgrit.adapters.sources.image_folder import read_planar_image
 from medgrit.adapters.sources.limits import MAX_PIXELS
@@ -295,7 +295,7 @@ def test_dicom_files_that_share_their_uids_are_distinct_cases(tmp_path: Path) ->
 
     from pydicom.data import get_testdata_file
 
-    from medgrit.adapters.sources import open_sources
+    from medgrit.adapters.source_specs import open_sources
 
     root = tmp_path / "Liver"
     root.mkdir()

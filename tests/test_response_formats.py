@@ -1,6 +1,6 @@
 """Structured-output negotiation against a real OpenAI-compatible HTTP server on 127.0.0.1.
 
-The test server (``medgrit.testing.openai_server``) plays each kind of endpoint through its
+The test server (``medgrit_testing.openai_server``) plays each kind of endpoint through its
 ``response_formats`` and ``response_format_refusal`` settings: OpenAI (answers every kind),
 llama-cpp-python's server (``text``/``json_object``, a 500 validation error otherwise), a server
 that takes ``json_object`` but no ``schema`` field, one refusing every ``response_format``; the
@@ -18,16 +18,15 @@ from pathlib import Path
 import pytest
 from tenacity import wait_random_exponential
 
-from medgrit.adapters.build import generator_info, resolve_llm_config
 from medgrit.adapters.llm import client as llm_client
 from medgrit.adapters.llm import formats
+from medgrit.adapters.llm.chat import ChatRequest, LLMSettings
 from medgrit.adapters.llm.client import (
-    ChatRequest,
-    LLMSettings,
     OpenAICompatibleClient,
     is_request_validation_error,
     status_reason,
 )
+from medgrit.adapters.llm.endpoint import resolve_llm_config
 from medgrit.adapters.llm.formats import (
     MODE_ORDER,
     PROBE_ATTEMPTS,
@@ -36,10 +35,12 @@ from medgrit.adapters.llm.formats import (
     negotiate_response_format,
     response_format_for,
 )
-from medgrit.adapters.store.bookkeeping import new_manifest, save_manifest
+from medgrit.adapters.store.bookkeeping import plan_manifest, store_manifest
+from medgrit.adapters.text.generators import generator_info
 from medgrit.schemas.config import BuildConfig, LLMConfig
 from medgrit.schemas.llm import FACTS_MARKER
-from medgrit.testing.openai_server import ServerConfig, serve
+from medgrit.schemas.manifest import GeneratorEntry
+from medgrit_testing.openai_server import ServerConfig, serve
 
 KEY = "sk-medgrit-test-negotiation-4b1d"
 LLAMA_CPP_PYTHON = {
@@ -324,7 +325,8 @@ def test_a_resume_reuses_the_recorded_mode_and_sends_nothing(
     earlier = config.model_copy(
         update={"llm": config.llm.model_copy(update={"response_format": "json_object"})}
     )
-    save_manifest(tmp_path, new_manifest(config, [], [], generator_info(earlier)))
+    generator = GeneratorEntry.model_validate(generator_info(earlier))
+    store_manifest(tmp_path, plan_manifest(config, [], [], generator))
     assert resolve_llm_config(config, tmp_path).llm.response_format == "json_object"
     explicit = llm_build(server, tmp_path, "json_object")
     assert resolve_llm_config(explicit, tmp_path) == explicit

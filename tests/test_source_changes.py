@@ -16,7 +16,8 @@ import pytest
 from catalogue import tree_digest, write_ct_source
 from PIL import Image
 
-from medgrit.adapters.build import LoopMapper, run_build
+from medgrit.adapters.build import run_build
+from medgrit.adapters.runtime.mappers import LoopMapper
 from medgrit.adapters.store.bookkeeping import DatasetMismatch
 from medgrit.adapters.store.validate import read_table, validate_dataset
 from medgrit.schemas.config import BuildConfig

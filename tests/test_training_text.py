@@ -13,12 +13,14 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from medgrit.adapters.build import LoopMapper, run_build
+from medgrit.adapters.build import run_build
 from medgrit.adapters.export.write import FORMATS, ExportOptions, export_dataset
-from medgrit.adapters.sources import SourceError, open_sources
+from medgrit.adapters.runtime.mappers import LoopMapper
+from medgrit.adapters.source_specs import open_sources
+from medgrit.adapters.sources import SourceError
 from medgrit.adapters.store.validate import read_table, validate_dataset
 from medgrit.schemas.config import BuildConfig, LLMConfig
-from medgrit.testing.openai_server import ServerConfig, serve
+from medgrit_testing.openai_server import ServerConfig, serve
 
 KEY = "sk-medgrit-markup-test"
 # What a chat template would read as the end of a turn and a new system prompt.

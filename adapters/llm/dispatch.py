@@ -7,7 +7,7 @@ gives every shard of the process the same :class:`SharedClient` for the same end
 and key: one client, one RPM/TPM limiter and one in-flight window, on an event loop in a daemon
 thread of its own. A shard's requests join those of the shards already waiting, so the provider's
 limit is the only bottleneck as long as enough shards are in flight
-(``medgrit.adapters.build.shards_in_flight``). :func:`close_shared_clients` closes them (at the
+(:func:`shards_in_flight`). :func:`close_shared_clients` closes them (at the
 end of a build, and at exit).
 """
 
@@ -19,11 +19,19 @@ import hashlib
 import threading
 from collections.abc import Sequence
 
-from medgrit.adapters.llm.client import ChatRequest, ChatResult, LLMSettings, OpenAICompatibleClient
+from medgrit.adapters.llm.chat import ChatRequest, ChatResult, LLMSettings
+from medgrit.adapters.llm.client import OpenAICompatibleClient
 from medgrit.adapters.runtime.interrupt import check_stop
 from medgrit.core.failures import InfrastructureError
+from medgrit.schemas.config import BuildConfig
 
-__all__ = ["ClientClosed", "SharedClient", "close_shared_clients", "shared_client"]
+__all__ = [
+    "ClientClosed",
+    "SharedClient",
+    "close_shared_clients",
+    "shards_in_flight",
+    "shared_client",
+]
 
 
 class ClientClosed(InfrastructureError, RuntimeError):
@@ -114,3 +122,23 @@ def close_shared_clients() -> None:
 
 
 atexit.register(close_shared_clients)
+
+
+LLM_LATENCY_GUESS_S = 10.0
+"""A generous request latency for sizing how many LLM shards run at once."""
+MAX_LLM_SHARDS_IN_FLIGHT = 32
+"""The most shards an LLM build runs at once, whatever its limit."""
+
+
+def shards_in_flight(config: BuildConfig) -> int:
+    """How many shards a build runs at once: ``workers``; for an LLM build enough more that
+    the pending requests of the shards in flight fill the limit's in-flight window (requests
+    per second times a generous latency), since the shards' threads mostly wait on the
+    shared client."""
+    if config.generator != "llm" or config.llm is None or config.llm.batch:
+        return config.workers
+    window = config.llm.max_concurrency or (
+        config.llm.requests_per_minute / 60.0 * LLM_LATENCY_GUESS_S
+    )
+    needed = -(-int(window) // config.images_per_shard) + 1
+    return max(config.workers, min(MAX_LLM_SHARDS_IN_FLIGHT, needed))

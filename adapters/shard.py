@@ -1,0 +1,55 @@
+"""One shard: the pure shard pipeline (``medgrit.core.pipeline``) with the real I/O passed in,
+then the Parquet writer. What every mapper runs, in this process or on a worker."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from medgrit.adapters.runtime.interrupt import check_stop
+from medgrit.adapters.sources import load_case
+from medgrit.adapters.store.parquet import ParquetShardWriter
+from medgrit.adapters.store.png import encode_png
+from medgrit.adapters.text.generators import make_generator
+from medgrit.core.pipeline import CaseTask, ShardIO, build_shard_rows
+from medgrit.core.summary import shard_stats
+from medgrit.schemas.config import BuildConfig
+
+SHARD_IO = ShardIO(load=load_case, encode_png=encode_png, check_stop=check_stop)
+
+
+@dataclass(frozen=True)
+class ShardJob:
+    """One shard to build: its id, its cases, the config, batches already submitted and the
+    build's label vocabulary (``medgrit.core.pipeline.build_vocabulary``)."""
+
+    shard: str
+    cases: list[CaseTask]
+    config: BuildConfig
+    known_batches: list[str] = field(default_factory=list)
+    vocabulary: tuple[str, ...] = ()
+    llm_share: int = 1  # worker processes sharing the LLM limits (see ``make_generator``)
+
+
+def build_one_shard(job: ShardJob) -> dict:
+    """Build and write one shard; returns its manifest entry (files, row counts, stats, tokens,
+    and the seconds it took, which live only in ``dataset.json``)."""
+    started = time.perf_counter()
+    generator = make_generator(
+        job.config, job.shard, job.known_batches, job.vocabulary, llm_share=job.llm_share
+    )
+    rows = build_shard_rows(job.cases, job.config, generator, SHARD_IO, job.vocabulary)
+    tables = rows.as_tables()
+    check_stop()
+    written = ParquetShardWriter(Path(job.config.out)).write_shard(job.shard, tables)
+    spend = getattr(generator, "spend", None)
+    stats = shard_stats(tables)
+    stats["non_finite_values"] = rows.non_finite
+    return {
+        "rows": {name: f.rows for name, f in written.items()},
+        "files": {f.path: f.sha256 for f in written.values()},
+        "stats": stats,
+        "tokens": spend.as_dict() if spend else {"prompt": 0, "completion": 0},
+        "seconds": round(time.perf_counter() - started, 3),
+    }
