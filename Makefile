@@ -2,11 +2,14 @@
 # (the package with its test extra, the test helpers of testing/, and two Debian data packages)
 # and runs the suite.
 PYTHON ?= python3
+# Test files run in parallel worker processes (pytest-xdist), each file whole on one worker so
+# that its module fixtures are built once.
+TEST_WORKERS ?= 2
 
 .PHONY: test test-deps
 
 test: test-deps
-	$(PYTHON) -m pytest
+	$(PYTHON) -m pytest -n $(TEST_WORKERS) --dist loadfile
 
 test-deps:
 	bash scripts/install-test-data.sh

@@ -22,6 +22,15 @@ import pytest
 
 MRICRON = Path("/usr/share/mricron/templates")
 
+# Under pytest-xdist each worker gets a Prefect home of its own: a CLI run without
+# PREFECT_API_URL starts Prefect's ephemeral server on PREFECT_HOME's database, which two workers
+# must not share.
+_WORKER = os.environ.get("PYTEST_XDIST_WORKER")
+if _WORKER and not os.environ.get("MEDGRIT_TESTS_PREFECT_HOME"):  # once: tests import conftest
+    _home = Path(os.environ.get("PREFECT_HOME") or Path.home() / ".prefect") / "xdist" / _WORKER
+    _home.mkdir(parents=True, exist_ok=True)
+    os.environ["PREFECT_HOME"] = os.environ["MEDGRIT_TESTS_PREFECT_HOME"] = str(_home)
+
 
 def _free_port() -> int:
     with socket.socket() as s:
