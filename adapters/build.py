@@ -4,7 +4,7 @@ Each step lives in a module named for its job: probing the LLM endpoint
 (``medgrit.adapters.llm.endpoint``), opening the sources and planning the shards
 (``medgrit.adapters.planning``), one shard (``medgrit.adapters.shard``), how shards run
 (``medgrit.adapters.runtime.mappers``; the build flow's Prefect task runners in
-``medgrit.flows.build``) and the book of the running build (``medgrit.adapters.store.book``).
+``medgrit.flows.build``) and the book of the running build (``medgrit.adapters.book``).
 The Prefect flow and the plain runner both call :func:`run_build`; the mapper changes how shards
 run, never what they hold.
 """
@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from medgrit.adapters.book import BuildBook, ProgressHook
 from medgrit.adapters.llm.endpoint import resolve_llm_config
 from medgrit.adapters.planning import (
     SourceListing,
@@ -30,7 +31,6 @@ from medgrit.adapters.runtime.interrupt import (
     stop_on_signals,
 )
 from medgrit.adapters.runtime.mappers import LoopMapper, ShardMapper, outcome_of
-from medgrit.adapters.store.book import BuildBook, ProgressHook
 from medgrit.adapters.store.bookkeeping import DatasetMismatch
 from medgrit.adapters.store.dataset_dir import hold_dataset
 from medgrit.adapters.text.generators import generator_info
@@ -109,7 +109,8 @@ def run_build(
             # Stopped (a signal) or broken: keep what finished, so a resume does not redo it.
             request_stop()
             mapper.close()
-            book.salvage((s, outcome_of(f)) for f, s in futures.items() if f.done())
+            ended = [(f, s) for f, s in futures.items() if f.done() and not book.is_done(s)]
+            book.salvage((s, outcome_of(f)) for f, s in ended)
             raise
         mapper.close()
         return book.finish(publish_summary).to_json()

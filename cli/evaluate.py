@@ -79,7 +79,13 @@ def evaluate(
     typer.echo("\n\n".join(r.render() for r in reports))
     if json_out is not None:
         data = {"predictions": str(predictions), "tasks": {r.task: r.to_json() for r in reports}}
+        text = json.dumps(data, indent=2) + "\n"
         try:
-            json_out.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
+            if json_out.exists() and not json_out.is_file():  # /dev/stdout, a pipe
+                json_out.write_text(text, encoding="utf-8")
+            else:
+                from medgrit.adapters.runtime.atomic import write_atomic
+
+                write_atomic(json_out, text)
         except OSError as exc:
             fail(f"cannot write {shown(json_out)}: {reason_of(exc)}")

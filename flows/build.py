@@ -25,6 +25,7 @@ from prefect.artifacts import create_markdown_artifact  # noqa: E402
 from prefect.context import FlowRunContext  # noqa: E402
 from prefect.futures import PrefectFuture, as_completed  # noqa: E402
 from prefect.states import Failed  # noqa: E402
+from pydantic.json_schema import SkipJsonSchema  # noqa: E402
 
 from medgrit.adapters.build import run_build  # noqa: E402
 from medgrit.adapters.llm.formats import LLMEndpointError  # noqa: E402
@@ -118,7 +119,7 @@ def build_dataset(
     config: BuildConfig,
     rebuild_if_changed: bool = False,
     add_new_cases: bool = True,
-    listing: SourceListing | None = None,
+    listing: SkipJsonSchema[SourceListing | None] = None,
 ) -> dict:
     """Build (or resume) a Med-GRIT-style dataset directory from segmentation sources.
 
@@ -131,8 +132,8 @@ def build_dataset(
             since, build them as new shards after the ones it has (a scheduled build of a
             growing source); False finishes only what was planned (``medgrit resume``).
         listing: the sources the CLI's checks opened (``open_build_sources``), taken when
-            they were listed for this build; a scheduled run lists its own. Not stored with
-            the flow run's parameters.
+            they were listed for this build; a scheduled run lists its own. Not in the
+            deployment's parameter form, and stored with the flow run only as a placeholder.
 
     Returns:
         The final manifest (also written to ``OUT/dataset.json``).

@@ -4,8 +4,9 @@ Each model is strict (no coercion: a string is not a number, ``true`` is not ``1
 keys it does not know, so a hand-edited or damaged file is refused as a whole, with the place
 that is wrong (``medgrit.adapters.store.manifest`` turns that into one line). Fields that older
 manifests lack are optional; :meth:`ManifestModel.to_json` writes only the fields a model was
-given, in the order declared here, which is the order medgrit has always written them, so a
-file read and written again is the same JSON.
+given, in the order declared here, which is the order a build writes them, so a file this
+version wrote, read and written again, is the same JSON (an older manifest compacted from its
+shard records may list a shard's keys in another order: the same JSON object, other text).
 
 Layout (schema version 1; ``?``: optional)::
 
@@ -181,12 +182,6 @@ class ShardEntry(ManifestModel):
             self.tokens.to_json() if self.tokens is not None else {},
         )
 
-    def outcome(self) -> ShardOutcome:
-        """Its outcome fields (what its completion record holds)."""
-        return ShardOutcome.model_validate(
-            {k: getattr(self, k) for k in OUTCOME_FIELDS if k in self.model_fields_set}
-        )
-
     def with_outcome(self, outcome: ShardOutcome) -> ShardEntry:
         """This entry with ``outcome`` in place of its own outcome fields."""
         given = {k: getattr(outcome, k) for k in OUTCOME_FIELDS if k in outcome.model_fields_set}
@@ -249,17 +244,6 @@ class Manifest(ManifestModel):
     totals: Totals | None = None
     status: str | None = None
     updated_at: str | None = None
-
-    def shard(self, shard_id: str) -> ShardEntry:
-        """The entry of shard ``shard_id``.
-
-        Raises:
-            KeyError: no shard has that id.
-        """
-        for entry in self.shards:
-            if entry.id == shard_id:
-                return entry
-        raise KeyError(shard_id)
 
     def with_shard(self, entry: ShardEntry) -> Manifest:
         """This manifest with ``entry`` in place of the entry of the same id."""

@@ -83,7 +83,7 @@ def test_a_crash_between_records_and_compaction_resumes_to_the_same_dataset(
         built.append(job.shard)
         return build_one_shard(job)
 
-    import medgrit.adapters.store.book as book_module
+    import medgrit.adapters.book as book_module
 
     never = lambda out, manifest: manifest  # noqa: E731 - never reached
     monkeypatch.setattr(book_module, "compact_manifest", never)

@@ -127,3 +127,38 @@ def test_a_stopped_thread_pool_build_leaves_the_rest_pending_not_failed(
     assert status[0] == "done" and len(status) > 2
     assert set(status[1:]) == {"pending"}
     assert not stop_requested()  # the stop ended with the build it stopped
+
+
+def test_the_source_listing_is_taken_by_the_flow_and_kept_out_of_its_parameters(
+    on_server: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The CLI's listing reaches the build as an argument: the build opens no source itself,
+    the flow run stores a placeholder for it, and a deployment's form does not offer it."""
+    from prefect.utilities.callables import parameter_schema
+
+    import medgrit.adapters.planning as planning
+    from medgrit.adapters.runtime.keys import load_or_create_key
+
+    config = BuildConfig(out=str(tmp_path / "ds"), max_images=6)
+    key = load_or_create_key(None)
+    listing = planning.open_build_sources(config, key)
+    opened: list[str] = []
+    real_open = planning._open
+
+    def counting_open(config: BuildConfig, key: bytes) -> list:
+        opened.append(config.out)
+        return real_open(config, key)
+
+    monkeypatch.setattr(planning, "_open", counting_open)
+    manifest = build_dataset(config=config, listing=listing)
+    assert manifest["status"] == "complete" and opened == []
+
+    other_key = build_dataset(
+        config=config.model_copy(update={"out": str(tmp_path / "two")}),
+        listing=planning.SourceListing(config, b"another key of 32 bytes.........", []),
+    )
+    assert other_key["status"] == "complete" and opened == [str(tmp_path / "two")]
+
+    assert "listing" not in parameter_schema(build_dataset.fn).properties
+    stored = build_dataset.serialize_parameters({"config": config, "listing": listing})
+    assert stored["listing"] == "<SourceListing>"

@@ -45,7 +45,6 @@ __all__ = [
     "ManifestError",
     "check_shard_files",
     "load_manifest",
-    "read_manifest",
     "record_batch",
     "replace_manifest",
     "update_manifest",
@@ -99,15 +98,6 @@ def load_manifest(out_dir: str | Path) -> Manifest:
     for shard in manifest.shards:
         check_shard_files(shard.id, shard.files, f"{where}/{MANIFEST}")
     return manifest
-
-
-def read_manifest(out_dir: str | Path) -> dict:
-    """:func:`load_manifest` as plain JSON (for callers that read it as a dict).
-
-    Raises:
-        ManifestError: see :func:`load_manifest`.
-    """
-    return load_manifest(out_dir).to_json()
 
 
 # What each part of the manifest must be, as the one-line message of a part that is not.

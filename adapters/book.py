@@ -225,6 +225,10 @@ class BuildBook:
                 request_stop()  # the shards not yet started would only fail the same way
         return status != "stopped"
 
+    def is_done(self, shard: str) -> bool:
+        """Whether ``shard`` is recorded done (by this build or the one it resumes)."""
+        return self.entries[shard].status == "done"
+
     def salvage(self, finished: Iterable[tuple[str, dict | BaseException]]) -> None:
         """After a stop (a signal) or a break: note the shards that ended meanwhile and write
         the manifest, so a resume does not redo them (the records already written stay valid
