@@ -129,11 +129,22 @@ def test_the_file_and_then_its_folder_are_fsynced(
     assert synced[1] == str(tmp_path)  # then the folder that now names it
 
     synced.clear()
+    real_sync = os.sync
+
+    def recording_sync() -> None:
+        synced.append("sync")
+        real_sync()
+
+    monkeypatch.setattr(os, "sync", recording_sync)
     with atomic_folder(tmp_path / "bird") as folder:
         (folder / "images").mkdir()
         (folder / "images" / "a.png").write_bytes(b"png")
+        assert synced == []  # nothing is synced while the folder is written
     assert (tmp_path / "bird" / "images" / "a.png").read_bytes() == b"png"
-    assert Path(synced[0]).name == "a.png"  # everything inside, then the folder beside it
+    # Everything inside (one sync of the file systems), the folder itself, then the folder
+    # beside it that now names it.
+    assert synced[0] == "sync"
+    assert Path(synced[1]).name.startswith(".bird.tmp-")
     assert synced[-1] == str(tmp_path)
 
 
