@@ -220,11 +220,11 @@ def _build_into(out: Path, config: BuildConfig, overwrite: bool) -> None:
 
 def _check_same_settings(out: Path, config: BuildConfig) -> None:
     """A build into a dataset of other settings is refused before anything starts."""
-    from medgrit.adapters.store.bookkeeping import content_config, read_dataset
+    from medgrit.adapters.store.bookkeeping import content_config, load_dataset
     from medgrit.adapters.store.manifest import ManifestError
 
     try:
-        recorded = read_dataset(out).get("config") or {}
+        recorded = load_dataset(out).config
     except ManifestError as exc:
         fail(str(exc))
     before, now = content_config(recorded), content_config(config.model_dump(mode="json"))
@@ -292,15 +292,15 @@ def resume(
     It runs as the build ran (threads or Dask, the same workers) unless told otherwise; how
     shards run never changes what they hold.
     """
-    from medgrit.adapters.store.bookkeeping import read_dataset
+    from medgrit.adapters.store.bookkeeping import load_dataset
     from medgrit.adapters.store.manifest import ManifestError
 
     try:
-        manifest = read_dataset(out)
+        manifest = load_dataset(out)
     except ManifestError as exc:
         fail(str(exc))
     try:
-        config = BuildConfig(**{**manifest["config"], "out": str(out)})
+        config = BuildConfig(**{**manifest.config, "out": str(out)})
     except (ValidationError, KeyError, TypeError):
         fail(f"{shown(out)}/dataset.json holds no valid build config")
     how: dict = {} if workers is None else {"workers": workers}
@@ -311,7 +311,7 @@ def resume(
         how["dask_address"] = dask_address
     if how:
         try:
-            config = BuildConfig(**{**manifest["config"], "out": str(out), **how})
+            config = BuildConfig(**{**manifest.config, "out": str(out), **how})
         except ValidationError as exc:
             _config_error(exc)
     listing = open_checked(config, out)

@@ -66,7 +66,7 @@ def export(
     from medgrit.adapters.export.hf import check_licence_sources, split_licences
     from medgrit.adapters.export.records import ExportError
     from medgrit.adapters.export.write import ExportOptions, export_dataset
-    from medgrit.adapters.store.bookkeeping import read_dataset
+    from medgrit.adapters.store.bookkeeping import load_dataset
     from medgrit.adapters.store.manifest import ManifestError
     from medgrit.adapters.store.parquet import MissingPart
 
@@ -85,7 +85,7 @@ def export(
         fail(str(exc))
     if per_source:  # a misspelt SOURCE= would leave that source's licence out of the card
         try:
-            check_licence_sources(per_source, read_dataset(dataset))
+            check_licence_sources(per_source, load_dataset(dataset))
         except (ManifestError, ValueError) as exc:
             fail(str(exc))
     check_new_out(out)

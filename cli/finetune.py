@@ -41,30 +41,30 @@ def load_finetune_config(path: Path) -> FinetuneConfig:
 
 
 def _check_dataset(config: FinetuneConfig) -> None:
-    from medgrit.adapters.store.bookkeeping import read_dataset
+    from medgrit.adapters.store.bookkeeping import load_dataset
     from medgrit.adapters.store.manifest import ManifestError
 
     dataset = Path(config.dataset)
     if not dataset.is_dir():
         fail(f"dataset: no such dataset folder: {shown(dataset)}")
     try:
-        manifest = read_dataset(dataset)
+        manifest = load_dataset(dataset)
     except (ManifestError, OSError, ValueError) as exc:
         fail(f"dataset: {reason_of(exc)}")
-    shards = manifest.get("shards") or []
-    if manifest.get("status") != "complete" or any(s.get("status") != "done" for s in shards):
+    shards = manifest.shards
+    if manifest.status != "complete" or any(s.status != "done" for s in shards):
         fail(
             f"dataset: {shown(dataset)} is not a complete build; finish it with "
             f"`medgrit resume {shown(dataset)}` first"
         )
     for shard in shards:
-        for rel in shard.get("files") or {}:
+        for rel in shard.files or {}:
             if not (dataset / rel).is_file():
                 fail(
                     f"dataset: {shown(dataset)} lacks {shown(rel)}; "
                     f"`medgrit validate {shown(dataset)}` says what else is wrong"
                 )
-    split = (manifest.get("totals") or {}).get("images_by_split") or {}
+    split = manifest.totals.images_by_split if manifest.totals else {}
     if not split.get("train"):
         fail(f"dataset: {shown(dataset)} has no train images to fine-tune on")
     if config.predict and not split.get("test"):

@@ -160,7 +160,8 @@ def build_replacing(
     (``listing``: the sources the checks opened)."""
     from medgrit.adapters.runtime.interrupt import signalled
     from medgrit.adapters.store.dataset_dir import foreign_entries, prepare_staging, swap_in
-    from medgrit.adapters.store.manifest import update_manifest
+    from medgrit.adapters.store.manifest import replace_manifest
+    from medgrit.schemas.manifest import Manifest
 
     given = out
     out = out.resolve()  # replace the folder itself, not a link to it
@@ -196,10 +197,12 @@ def build_replacing(
             report(staging, manifest)  # exits 1: nothing to replace the dataset with
         swap_in(staging, out)
 
-        def retarget(on_disk: dict) -> None:
-            on_disk.setdefault("config", {})["out"] = config.model_dump(mode="json")["out"]
+        def retarget(on_disk: Manifest | None) -> Manifest:
+            assert on_disk is not None  # the swapped-in dataset's own
+            out_json = config.model_dump(mode="json")["out"]
+            return on_disk.evolve(config={**on_disk.config, "out": out_json})
 
-        update_manifest(out, retarget)
+        replace_manifest(out, retarget)
         report(out, manifest)
 
 

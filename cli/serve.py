@@ -55,7 +55,7 @@ def check_deployment(where: str, service: ServiceConfig, i: int) -> None:
     a folder that can be written, outside every source), each problem one line naming the
     deployment; an existing dataset of the same settings is welcome (each run builds into it
     again) when its folders can be written."""
-    from medgrit.adapters.store.bookkeeping import content_config, read_dataset
+    from medgrit.adapters.store.bookkeeping import content_config, load_dataset
     from medgrit.adapters.store.manifest import ManifestError
 
     deployment = service.deployments[i]
@@ -66,7 +66,7 @@ def check_deployment(where: str, service: ServiceConfig, i: int) -> None:
         if not check_out(out, [Path(s.root) for s in opened], overwrite=True, flag="config.out"):
             return
         try:
-            built = read_dataset(out)["config"]
+            built = load_dataset(out).config
         except (ManifestError, KeyError, TypeError):
             fail(f"{shown(out)}/dataset.json holds no valid build config")
         ours = content_config(config.model_dump(mode="json"))

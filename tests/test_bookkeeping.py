@@ -22,7 +22,7 @@ from medgrit.adapters.runtime.mappers import LoopMapper
 from medgrit.adapters.shard import build_one_shard
 from medgrit.adapters.store import bookkeeping
 from medgrit.adapters.store import manifest as manifest_module
-from medgrit.adapters.store.bookkeeping import load_dataset, read_dataset
+from medgrit.adapters.store.bookkeeping import load_dataset
 from medgrit.adapters.store.validate import read_table, validate_dataset
 from medgrit.schemas.config import BuildConfig
 
@@ -94,7 +94,7 @@ def test_a_crash_between_records_and_compaction_resumes_to_the_same_dataset(
 
     on_disk = json.loads((out / "dataset.json").read_text())
     assert {s["status"] for s in on_disk["shards"]} == {"pending"}  # only the plan
-    state = read_dataset(out)  # dataset.json plus the records
+    state = load_dataset(out).to_json()  # dataset.json plus the records
     assert [s["status"] for s in state["shards"]][:3] == ["done"] * 3
 
     status = run_cli("status", str(out), "--json", env=cli_env)

@@ -305,14 +305,18 @@ def test_hf_card_shows_hostile_names_and_licences_inert(dataset: Path) -> None:
     from medgrit.core.markdown import printable_text
 
     records = read_records(dataset)
-    manifest = json.loads(json.dumps(records.manifest))
+    from medgrit.schemas.manifest import Manifest
+
+    manifest = json.loads(json.dumps(records.manifest.to_json()))
     first = manifest["sources"][0]
     old = first["dataset"]
     first["dataset"] = EVIL_NAME
     first["datasets"] = {EVIL_NAME: first["datasets"][old]}
     overall = "<script>alert(1)</script>\n# Licence: MIT: {a: [b"
     card = dataset_card(
-        dataclasses.replace(records, manifest=manifest), overall, {EVIL_NAME: EVIL_LICENCE}
+        dataclasses.replace(records, manifest=Manifest.model_validate(manifest)),
+        overall,
+        {EVIL_NAME: EVIL_LICENCE},
     )
 
     _, front, body = card.split("---\n", 2)

@@ -109,9 +109,9 @@ def test_the_report_is_one_file_that_fetches_nothing(report_file: Path, page: _P
 
 
 def test_the_tables_equal_the_manifest_totals(dataset: Path, page: _Page) -> None:
-    from medgrit.adapters.store.bookkeeping import read_dataset
+    from medgrit.adapters.store.bookkeeping import load_dataset
 
-    totals = read_dataset(dataset)["totals"]
+    totals = load_dataset(dataset).to_json()["totals"]
     shown = _pairs(page.tables["totals"])
     for table in ("images", "regions", "conversations", "rejects"):
         assert shown[table] == totals["rows"][table]
@@ -170,9 +170,9 @@ def test_no_source_file_name_reaches_the_page(dataset: Path, report_file: Path) 
 
 
 def _manifest(dataset: Path) -> dict:
-    from medgrit.adapters.store.bookkeeping import read_dataset
+    from medgrit.adapters.store.bookkeeping import load_dataset
 
-    return read_dataset(dataset)
+    return load_dataset(dataset).to_json()
 
 
 def _rewrite(part: Path, column: str, value: str, schema: pa.Schema) -> None:

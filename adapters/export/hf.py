@@ -37,6 +37,7 @@ from medgrit.adapters.export.records import SPLITS, DatasetRecords, ExportRecord
 from medgrit.adapters.store.bookkeeping import content_config
 from medgrit.core.markdown import escape_markdown, markdown_table
 from medgrit.core.vocab import TASKS
+from medgrit.schemas.manifest import Manifest
 
 _QA = pa.struct(
     [
@@ -135,17 +136,17 @@ def split_licences(licences: list[str]) -> tuple[str | None, dict[str, str]]:
     return overall, per
 
 
-def source_names(manifest: Mapping) -> list[str]:
+def source_names(manifest: Manifest) -> list[str]:
     """The names ``--license SOURCE=LICENCE`` may give: each source's dataset names, sorted."""
     names: set[str] = set()
-    for src in manifest.get("sources") or []:
-        if src.get("dataset") is not None:
-            names.add(str(src["dataset"]))
-        names.update(str(n) for n in src.get("datasets") or {})
+    for src in manifest.sources:
+        if src.dataset is not None:
+            names.add(src.dataset)
+        names.update(src.datasets or {})
     return sorted(names)
 
 
-def check_licence_sources(per_source: Mapping[str, str], manifest: Mapping) -> None:
+def check_licence_sources(per_source: Mapping[str, str], manifest: Manifest) -> None:
     """Refuse a per-source licence for a name no source of the dataset has (a typo would
     otherwise leave that source's licence out of the card without a word).
 
@@ -204,15 +205,15 @@ def dataset_card(
             per_task = [counts.get(split, Counter())[(m, t)] for t in TASKS]
             rows.append([split, m, images.get(split, Counter())[m], *per_task, sum(per_task)])
     sources = []
-    for src in manifest.get("sources") or []:
-        for name, info in (src.get("datasets") or {src.get("dataset", "?"): {}}).items():
-            licence = per_source.get(name) or per_source.get(str(src.get("dataset"))) or "not given"
-            mods = ", ".join(info.get("modalities") or [str(src.get("modality"))])
-            cases = info.get("cases", src.get("cases"))
-            sources.append([name, src.get("kind"), mods, cases, licence])
+    for src in manifest.sources:
+        for name, info in (src.datasets or {src.dataset or "?": None}).items():
+            licence = per_source.get(name) or per_source.get(str(src.dataset)) or "not given"
+            mods = ", ".join((info.modalities if info else None) or [str(src.modality)])
+            cases = info.cases if info else src.cases
+            sources.append([name, src.kind, mods, cases, licence])
     config = {
         k: v
-        for k, v in content_config(dict(manifest.get("config") or {})).items()
+        for k, v in content_config(dict(manifest.config)).items()
         if k not in ("key_file", "sources")
     }
     body = [

@@ -18,10 +18,11 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from medgrit.adapters.store.bookkeeping import read_dataset
+from medgrit.adapters.store.bookkeeping import load_dataset
 from medgrit.adapters.store.parquet import open_parquet, part_path, read_parquet, require_parts
 from medgrit.adapters.store.validate import read_table
 from medgrit.core.exports import Box, TextRegion, sample_name
+from medgrit.schemas.manifest import Manifest
 from medgrit.schemas.tables import TABLES
 
 SPLITS: tuple[str, ...] = ("train", "test")
@@ -97,7 +98,7 @@ class DatasetRecords:
     directory and images parts (paths relative to it, manifest order) for :func:`iter_images`."""
 
     splits: Mapping[str, tuple[ExportRecord, ...]]
-    manifest: Mapping
+    manifest: Manifest
     root: Path
     image_parts: tuple[str, ...]
 
@@ -111,9 +112,9 @@ def read_records(out: Path) -> DatasetRecords:
         MissingPart: when a table part is not in ``out``.
         UnreadablePart: when a table part is not readable Parquet.
     """
-    manifest = read_dataset(out)
-    shards = manifest.get("shards") or []
-    if manifest.get("status") != "complete" or any(s.get("status") != "done" for s in shards):
+    manifest = load_dataset(out)
+    shards = manifest.shards
+    if manifest.status != "complete" or any(s.status != "done" for s in shards):
         raise ExportError(
             f"{out} is not a complete build; finish it with `medgrit resume {out}` first"
         )
@@ -131,7 +132,7 @@ def read_records(out: Path) -> DatasetRecords:
     }
     splits: dict[str, list[ExportRecord]] = {s: [] for s in SPLITS}
     names: set[str] = set()
-    parts = [part_path("images", s["id"]) for s in shards]
+    parts = [part_path("images", s.id) for s in shards]
     for part in parts:
         rows = read_parquet(out / part, _TEXT_COLUMNS, TABLES["images"]).to_pylist()
         for row, im in enumerate(rows):

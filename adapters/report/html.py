@@ -123,7 +123,7 @@ def _sample_html(sample: Sample) -> str:
 def render_report(data: ReportData, samples: list[Sample], title: str) -> str:
     """The whole page as a string (see the module docstring for its ids and guarantees)."""
     manifest = data.manifest
-    shards = manifest.get("shards", [])
+    shards = manifest.shards
     done = len(done_shards(manifest))
     note = ""
     if done < len(shards):
@@ -147,10 +147,10 @@ def render_report(data: ReportData, samples: list[Sample], title: str) -> str:
     rejects = _counts("rejects", "reason", data.rejects_by_reason)
     gallery = "".join(_sample_html(s) for s in samples) or "<p>no images</p>"
     about = (
-        f"medgrit {escape(str(manifest.get('medgrit_version', '?')))} · schema "
-        f"{escape(str(manifest.get('schema_version', '?')))} · status "
-        f"{escape(str(manifest.get('status', '?')))} · created "
-        f"{escape(str(manifest.get('created_at', '?')))}"
+        f"medgrit {escape(str(manifest.medgrit_version or '?'))} · schema "
+        f"{escape(str(manifest.schema_version))} · status "
+        f"{escape(str(manifest.status or '?'))} · created "
+        f"{escape(str(manifest.created_at or '?'))}"
     )
     return f"""<!DOCTYPE html>
 <html lang="en">

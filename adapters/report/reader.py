@@ -22,8 +22,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from medgrit.adapters.store.bookkeeping import read_dataset
+from medgrit.adapters.store.bookkeeping import load_dataset
 from medgrit.adapters.store.parquet import open_parquet, part_path, read_parquet, require_parts
+from medgrit.schemas.manifest import Manifest
 
 
 @dataclass(frozen=True)
@@ -38,7 +39,7 @@ class RowAt:
 class ReportData:
     """Counts and columns over every done shard of one dataset."""
 
-    manifest: dict
+    manifest: Manifest
     image_ids: list[str] = field(default_factory=list)
     modalities: list[str] = field(default_factory=list)
     images_by_modality: Counter = field(default_factory=Counter)
@@ -72,9 +73,9 @@ def _leaves(file: pq.ParquetFile, prefix: str) -> list[str]:
     return [meta.column(i).path for i in range(len(meta)) if meta.column(i).path.startswith(prefix)]
 
 
-def done_shards(manifest: dict) -> list[str]:
+def done_shards(manifest: Manifest) -> list[str]:
     """Ids of the shards whose parts are complete, in manifest order."""
-    return [s["id"] for s in manifest.get("shards", []) if s.get("status") == "done"]
+    return [s.id for s in manifest.shards if s.status == "done"]
 
 
 def read_report_data(out_dir: str | Path) -> ReportData:
@@ -86,7 +87,7 @@ def read_report_data(out_dir: str | Path) -> ReportData:
         UnreadablePart: when a table part is not readable Parquet.
     """
     out = Path(out_dir)
-    data = ReportData(manifest=read_dataset(out))
+    data = ReportData(manifest=load_dataset(out))
     require_parts(out, data.manifest)
     modality_of: dict[str, str] = {}
     boxes: list[np.ndarray] = []

@@ -5,7 +5,7 @@ A build writes its manifest (the plan: every shard pending) once before any shar
 shard that finishes (or fails) writes only its own small completion record,
 ``OUT/shards/{id}.json`` (status, files with sha256, rows, stats, tokens), atomically: O(1) per
 shard, whatever the size of the build. ``dataset.json`` is compacted from the records at the end
-of a build and when a build or resume starts; :func:`read_dataset` reads the manifest with the
+of a build and when a build or resume starts; :func:`load_dataset` reads the manifest with the
 records merged, so ``status``, ``validate`` and resume see every finished shard even when a
 build was killed between a record and the compaction. A record counts only for the shard, cases
 and content settings it was written for (its ``key``). An interrupted build can be resumed: a
@@ -16,8 +16,7 @@ caller owns it (medgrit's staging folder). Names from the sources are escaped wh
 other tools read them.
 
 The manifest and the records are the models of ``medgrit.schemas.manifest``: every function
-here reads and writes them; :func:`read_dataset` gives the manifest as plain JSON to readers
-that take it so.
+here, and every reader of a dataset, reads and writes them.
 """
 
 from __future__ import annotations
@@ -221,15 +220,6 @@ def load_dataset(out: str | Path) -> Manifest:
         ManifestError: see ``medgrit.adapters.store.manifest.load_manifest``.
     """
     return with_records(Path(out), load_manifest(out))[0]
-
-
-def read_dataset(out: str | Path) -> dict:
-    """:func:`load_dataset` as plain JSON (for callers that read it as a dict).
-
-    Raises:
-        ManifestError: see ``medgrit.adapters.store.manifest.load_manifest``.
-    """
-    return load_dataset(out).to_json()
 
 
 def _datasets_of(source: Source) -> dict[str, DatasetEntry]:

@@ -8,7 +8,7 @@ model and every writer writes one.
 
 While a build runs, each finished shard's state is its own completion record,
 ``shards/{id}.json``; ``dataset.json`` is compacted from those at the end of the build and when a
-build or resume starts (``medgrit.adapters.store.bookkeeping.read_dataset`` merges them).
+build or resume starts (``medgrit.adapters.store.bookkeeping.load_dataset`` merges them).
 
 The build writes it through ``medgrit.adapters.store.bookkeeping`` (new manifest, resume
 decision, shard records, totals). Wall-clock times and the host name live only here, never in
@@ -47,7 +47,6 @@ __all__ = [
     "load_manifest",
     "record_batch",
     "replace_manifest",
-    "update_manifest",
     "write_manifest",
 ]
 
@@ -185,22 +184,6 @@ def replace_manifest(
         manifest = change(load_manifest(out) if (out / MANIFEST).is_file() else None)
         write_manifest(out, manifest)
         return manifest
-
-
-def update_manifest(out_dir: str | Path, change: Callable[[dict], None]) -> dict:
-    """:func:`replace_manifest` for a ``change`` that edits the manifest's JSON in place (a
-    missing manifest starts as an empty object); what it leaves must be a valid manifest.
-
-    Raises:
-        pydantic.ValidationError: ``change`` left something that is not a manifest.
-    """
-
-    def edit(manifest: Manifest | None) -> Manifest:
-        data = {} if manifest is None else manifest.to_json()
-        change(data)
-        return Manifest.model_validate(data)
-
-    return replace_manifest(out_dir, edit).to_json()
 
 
 def record_batch(out_dir: str | Path, shard: str, batch_id: str) -> None:

@@ -18,7 +18,7 @@ import errno
 import hashlib
 import os
 import stat
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +27,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from medgrit.adapters.runtime.atomic import atomic_file, is_stale_temporary
+from medgrit.schemas.manifest import Manifest
 from medgrit.schemas.tables import TABLES
 
 
@@ -127,18 +128,18 @@ def read_parquet(
         )
 
 
-def require_parts(out: Path, manifest: Mapping, tables: Iterable[str] = TABLES) -> None:
+def require_parts(out: Path, manifest: Manifest, tables: Iterable[str] = TABLES) -> None:
     """Refuse a dataset whose done shards lack a table part: what reads it (an export, the
     baseline, the report) would leave that shard's rows out without a word.
 
     Raises:
         MissingPart: naming the first part that is not a file.
     """
-    for shard in manifest.get("shards") or []:
-        if shard.get("status") != "done":
+    for shard in manifest.shards:
+        if shard.status != "done":
             continue
         for table in tables:
-            rel = part_path(table, shard["id"])
+            rel = part_path(table, shard.id)
             if not (out / rel).is_file():
                 raise MissingPart(
                     f"{out} lacks {rel}; `medgrit validate {out}` says what else is wrong"
