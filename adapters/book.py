@@ -64,7 +64,7 @@ class BuildBook:
         self.logger, self.on_progress = logger, on_progress
         self.shown = escape_name(str(out))
         self.entries: dict[str, ShardEntry] = {e.id: e for e in manifest.shards}
-        self.vocabularies = prepared.vocabularies()
+        self.vocabularies = prepared.vocabularies
         self.total = len(prepared.plan)
         self.finished = sum(1 for e in manifest.shards if e.status == "done")
         self.disk_full: OSError | None = None
@@ -95,7 +95,7 @@ class BuildBook:
                 (``append`` False) whose sources gained cases.
         """
         out = Path(config.out)
-        vocabularies = prepared.vocabularies()
+        vocabularies = prepared.vocabularies
         retired = [
             *((previous.retired or []) if previous is not None else []),
             *(RetiredShard.model_validate(shard.record(now())) for shard in prepared.retired),

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 
 from medgrit.adapters.runtime.keys import load_or_create_key
@@ -98,9 +99,10 @@ class PreparedBuild:
     retired: tuple[RetiredShard, ...] = ()
     recorded_vocabularies: dict[int, tuple[str, ...]] = field(default_factory=dict)
 
+    @cached_property
     def vocabularies(self) -> dict[int, tuple[str, ...]]:
         """The label vocabulary of each generation: the names of the cases planned up to it
-        (what the shards of that generation were, or will be, read with)."""
+        (what the shards of that generation were, or will be, read with); computed once."""
         by_generation: dict[int, list[CaseTask]] = {}
         for shard, cases in self.plan:
             by_generation.setdefault(self.generations.get(shard, 0), []).extend(cases)

@@ -11,15 +11,14 @@ from pathlib import Path
 
 import pytest
 
+from medgrit.adapters.runtime.atomic import is_stale_temporary, temp_suffix
 from medgrit.adapters.store.dataset_dir import (
     DatasetBusy,
     foreign_entries,
     hold_dataset,
     is_medgrit_dataset,
-    is_stale_temporary,
     prepare_staging,
     swap_in,
-    temp_suffix,
 )
 from medgrit.adapters.store.parquet import ParquetShardWriter
 

@@ -14,7 +14,8 @@
   is deleted after the exchange. A killed overwrite leaves OUT as it was, and running the same
   command again resumes the staging folder.
 - Temporary files carry their owner (``medgrit.adapters.runtime.atomic``, the one writer of
-  every file: host, process id, random token), so cleanup (:func:`is_stale_temporary`) never
+  every file: host, process id, random token), so cleanup
+  (``medgrit.adapters.runtime.atomic.is_stale_temporary``) never
   removes the files of a live writer. The patterns below recognise them as medgrit's.
 """
 
@@ -36,12 +37,6 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-# The owner of a temporary file is the atomic writer's; these names are kept importable here.
-from medgrit.adapters.runtime.atomic import (
-    is_left_by_dead_process as is_left_by_dead_process,
-)
-from medgrit.adapters.runtime.atomic import is_stale_temporary as is_stale_temporary
-from medgrit.adapters.runtime.atomic import temp_suffix as temp_suffix
 from medgrit.core.fsnames import escape_name
 
 MANIFEST = "dataset.json"
