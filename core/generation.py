@@ -30,7 +30,12 @@ class ImageFacts:
 
 @dataclass(frozen=True)
 class RegionFacts:
-    """What the text may say about a region (all boxes are Qwen-VL ``bbox_1000``)."""
+    """What the text may say about a region (all boxes are Qwen-VL ``bbox_1000``).
+
+    ``relations`` holds the region's relations to other regions of its image that its mask
+    gives, as (relation, other region id): "inside", "contains" or "adjacent" (see
+    ``medgrit.core.relations``, which also derives the relations its box and area give).
+    """
 
     region_id: str
     label: str
@@ -40,6 +45,7 @@ class RegionFacts:
     area: int
     position: str
     size: str
+    relations: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True)

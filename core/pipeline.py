@@ -24,11 +24,18 @@ mapping and counted (``ShardRows.non_finite``); an image that shows nothing afte
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
-from medgrit.core.cases import Case, LoadedCase, PlanarImage, UnreadableImage
+from medgrit.core.cases import (
+    NO_VOCABULARY,
+    Case,
+    LoadedCase,
+    PlanarImage,
+    UnreadableImage,
+    Vocabulary,
+)
 from medgrit.core.conversations import write_conversations
 from medgrit.core.failures import fails_the_shard
 from medgrit.core.generation import Generator, ImageFacts, RegionFacts
@@ -41,6 +48,7 @@ from medgrit.core.intensity import (
     window_bounds,
 )
 from medgrit.core.regions import extract_regions, to_bbox_1000
+from medgrit.core.relations import mask_relations
 from medgrit.core.rows import image_row, region_row
 from medgrit.core.settings import ImageSettings
 from medgrit.core.shard_rows import CaseTask, PendingImage, Reject, ShardRows, case_source, guarded
@@ -200,7 +208,8 @@ def planar_image(loaded: LoadedCase, planar: PlanarImage, config: ImageSettings)
 def describe_regions(
     label_map: np.ndarray, names: dict[int, str], config: ImageSettings, image_id: str
 ) -> DescribedRegions:
-    """The named regions of a label map with their words, and rejects for the others."""
+    """The named regions of a label map with their words and mask relations (see
+    ``medgrit.core.relations``), and rejects for the others."""
     height, width = label_map.shape
     extraction = extract_regions(label_map, min_area=config.min_area)
     rejects: list[Reject] = []
@@ -235,6 +244,8 @@ def describe_regions(
             )
         )
         bboxes.append(bbox)  # type: ignore[arg-type]
+    relations = mask_relations(label_map, facts, bboxes)
+    facts = [replace(f, relations=r) if r else f for f, r in zip(facts, relations, strict=True)]
     return DescribedRegions(tuple(facts), tuple(bboxes), tuple(rejects))
 
 
@@ -333,10 +344,11 @@ def build_shard_rows(
     config: ImageSettings,
     generator: Generator,
     io: ShardIO,
-    vocabulary: tuple[str, ...] = (),
+    vocabulary: Vocabulary = NO_VOCABULARY,
 ) -> ShardRows:
     """All rows of a shard, cases in the given order; ``vocabulary`` is the build's label names
-    (see :func:`build_vocabulary`), against which every turn's names are read."""
+    and their synonyms (see :func:`build_vocabulary`), against which every turn's names are
+    read."""
     rows = ShardRows()
     for task in cases:
         io.check_stop()
@@ -346,7 +358,11 @@ def build_shard_rows(
     return rows
 
 
-def build_vocabulary(cases: list[CaseTask]) -> tuple[str, ...]:
-    """The label names of a build's cases, sorted: the structure names its texts may use (a
-    name a case does not have is an invented structure there). The same for any shard plan."""
-    return tuple(sorted({name for task in cases for _, name in task.ref.labels}))
+def build_vocabulary(cases: list[CaseTask]) -> Vocabulary:
+    """The label names of a build's cases and the synonyms their label files give them,
+    sorted: the structure names its texts may use (a name a case does not have is an invented
+    structure there). The same for any shard plan."""
+    return Vocabulary(
+        tuple(sorted({name for task in cases for _, name in task.ref.labels})),
+        tuple(sorted({pair for task in cases for pair in task.ref.synonyms})),
+    )

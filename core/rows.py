@@ -32,7 +32,8 @@ def image_row(
 def region_row(
     fact: RegionFacts, image_id: str, bbox: tuple[int, int, int, int], laterality: str | None
 ) -> dict:
-    """One ``regions`` row: the facts text may use, the pixel box and the side."""
+    """One ``regions`` row: the facts text may use (with the mask relations), the pixel box
+    and the side."""
     return {
         "region_id": fact.region_id,
         "image_id": image_id,
@@ -45,11 +46,15 @@ def region_row(
         "position": fact.position,
         "size": fact.size,
         "laterality": laterality,
+        "relations": [{"relation": rel, "region_id": other} for rel, other in fact.relations],
     }
 
 
 def region_facts(row: dict) -> RegionFacts:
-    """The facts a ``regions`` row records (the inverse of :func:`region_row`)."""
+    """The facts a ``regions`` row records (the inverse of :func:`region_row`). A row of a
+    schema version 1 table has no ``relations`` (absent, or None when read with the current
+    schema): its region has none."""
+    relations = row.get("relations") or ()
     return RegionFacts(
         region_id=row["region_id"],
         label=row["label"],
@@ -59,6 +64,7 @@ def region_facts(row: dict) -> RegionFacts:
         area=row["area"],
         position=row["position"],
         size=row["size"],
+        relations=tuple((r["relation"], r["region_id"]) for r in relations),
     )
 
 

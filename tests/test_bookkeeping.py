@@ -172,3 +172,19 @@ def test_kill_9_mid_build_keeps_the_finished_shards_and_resume_finishes_identica
     assert resumed.returncode == 0, resumed.stderr
     assert _tables(out) == _tables(reference)
     assert validate_dataset(out) == []
+
+
+def test_a_dataset_of_an_older_table_schema_is_not_resumed_into_a_mix(
+    demo: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "ds"
+    run_build(BuildConfig(out=str(out), max_images=6, images_per_shard=2))
+    data = json.loads((out / "dataset.json").read_text())
+    data["schema_version"] = 1  # written by a medgrit whose regions had no relations
+    data["shards"][-1]["status"] = "pending"
+    (out / "dataset.json").write_text(json.dumps(data))
+    before = {p: p.read_bytes() for p in out.rglob("*.parquet")}
+
+    with pytest.raises(bookkeeping.DatasetMismatch, match="schema version 1"):
+        run_build(BuildConfig(out=str(out), max_images=6, images_per_shard=2))
+    assert {p: p.read_bytes() for p in out.rglob("*.parquet")} == before  # nothing changed

@@ -58,6 +58,9 @@ region_rows = st.fixed_dictionaries(
         "position": text,
         "size": text,
         "laterality": st.none() | st.sampled_from(["left", "right"]),
+        "relations": st.lists(
+            st.fixed_dictionaries({"relation": text, "region_id": text}), max_size=3
+        ),
     }
 )
 qa_items = st.fixed_dictionaries(
@@ -131,7 +134,7 @@ def test_written_schema_is_the_declared_schema(table, data):
         # compliant nested layout), which pyarrow counts as metadata, so that is compared apart.
         assert schema.equals(TABLES[table])
         assert schema.metadata == TABLES[table].metadata
-        assert schema.metadata[b"medgrit.schema_version"] == b"1"
+        assert schema.metadata[b"medgrit.schema_version"] == b"2"
 
 
 @pytest.mark.parametrize("table", sorted(TABLES))

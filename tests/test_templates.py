@@ -15,6 +15,7 @@ from medgrit.adapters.text.templates import (
     make_environment,
     number_word,
     render_phrasings,
+    render_relation_answers,
     view_variables,
     with_article,
 )
@@ -153,6 +154,7 @@ def test_rc_golden_render_with_patient_side(env):
         position="middle right",
         size="small",
         side="left",
+        relation="below the liver",
     )
 
     assert questions == [
@@ -181,6 +183,7 @@ def test_rc_golden_render_without_side(env):
         position="upper left",
         size="large",
         side=None,
+        relation=None,
     )
 
     assert answers == [
@@ -201,6 +204,7 @@ def test_rc_golden_render_of_a_plural_label(env):
         position="center",
         size="large",
         side=None,
+        relation="contains the nodule",
     )
 
     assert answers == [
@@ -209,6 +213,33 @@ def test_rc_golden_render_of_a_plural_label(env):
         "they are large in size and lie in the center of the image.",
         "The lungs: a large region in the center of the CT image in the axial plane.",
     ]
+
+
+@pytest.mark.parametrize(
+    ("label", "side", "relation", "expected"),
+    [
+        ("left kidney", "left", "below the liver",
+         "The left kidney in <box>(100,200),(450,600)</box>, on the patient's left side, in the "
+         "center of this axial CT image, lies below the liver."),
+        ("lungs", None, "contains the nodule",
+         "The lungs in <box>(100,200),(450,600)</box>, in the center of this axial CT image, "
+         "form a region that contains the nodule."),
+        ("liver", None, "larger than the spleen",
+         "The liver in <box>(100,200),(450,600)</box>, in the center of this axial CT image, "
+         "is larger than the spleen."),
+    ],
+)  # fmt: skip
+def test_rc_relation_golden_render(env, label, side, relation, expected):
+    variables = {**view_variables("ct", "axial"), "position": "center", "size": "large"}
+    said = render_relation_answers(
+        env, label=label, box=LIVER_BOX, side=side, relation=relation, **variables
+    )
+    none = render_relation_answers(
+        env, label=label, box=LIVER_BOX, side=side, relation=None, **variables
+    )
+
+    assert said == [expected]
+    assert none == []
 
 
 def test_mia_golden_render(env):
@@ -412,6 +443,7 @@ def test_phrasing_counts_do_not_depend_on_the_label(env, task, label, boxes):
         position="center",
         size="small",
         side=None,
+        relation=None,
         regions=[region] * boxes,
     )
 
@@ -672,6 +704,7 @@ def test_2d_images_are_described_without_plane_words() -> None:
         position="middle right",
         size="large",
         side="left",
+        relation=None,
     )
     assert answers[2] == (
         "The left lung, on the patient's left side: a large structure in the middle right of "

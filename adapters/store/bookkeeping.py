@@ -38,10 +38,11 @@ from medgrit.adapters.store.manifest import (
     replace_manifest,
 )
 from medgrit.adapters.store.parquet import sha256_file
-from medgrit.core.cases import Source
+from medgrit.core.cases import NO_VOCABULARY, Source, Vocabulary
 from medgrit.core.changes import label_map_digest, label_maps_of
 from medgrit.core.failures import StopRequested, is_disk_full
 from medgrit.core.fsnames import escape_name
+from medgrit.core.lexicon import VOCABULARY_VERSION
 from medgrit.core.shard_rows import CaseTask
 from medgrit.core.summary import render_summary
 from medgrit.schemas.config import BuildConfig
@@ -277,12 +278,13 @@ def plan_manifest(
     sources: list[Source],
     plan: Plan,
     generator: GeneratorEntry | None,
-    vocabulary: tuple[str, ...] = (),
-    appended: dict[str, tuple[int, tuple[str, ...]]] | None = None,
+    vocabulary: Vocabulary = NO_VOCABULARY,
+    appended: dict[str, tuple[int, Vocabulary]] | None = None,
     retired: list[RetiredShard] | None = None,
 ) -> Manifest:
     """The manifest of a build that has not started: every shard pending. ``vocabulary`` (the
-    build's label names, which every turn was read with) lets ``validate`` read them alike.
+    build's label names and their synonyms, which every turn was read with) and the version of
+    the packaged words let ``validate`` read them alike.
     ``appended``: shards that extend the dataset (``medgrit.core.plan_extension.extend_plan``), with
     their plan generation and the vocabulary they are read with, recorded in their entries.
     ``retired``: shards no longer part of the dataset (their cases changed and were planned
@@ -293,7 +295,7 @@ def plan_manifest(
         extra: dict = {}
         if shard in appended:
             generation, words = appended[shard]
-            extra = {"generation": generation, "vocabulary": [escape_name(w) for w in words]}
+            extra = {"generation": generation, **_recorded_vocabulary(words)}
         return ShardEntry(
             id=shard, cases=[_case_entry(c) for c in cases], status="pending", **extra
         )
@@ -305,13 +307,26 @@ def plan_manifest(
         config=config.model_dump(mode="json"),
         sources=[_source_entry(s) for s in sources],
         **({"generator": generator} if generator is not None else {}),
-        vocabulary=[escape_name(name) for name in vocabulary],
+        **_recorded_vocabulary(vocabulary),
+        vocabulary_version=VOCABULARY_VERSION,
         tables=sorted(TABLES),
         shards=[shard_entry(shard, cases) for shard, cases in plan],
         **({"retired": retired} if retired else {}),
         created_at=now(),
         host=socket.gethostname(),
     )
+
+
+def _recorded_vocabulary(vocabulary: Vocabulary) -> dict:
+    """A vocabulary as ``dataset.json`` records it: its names, and its synonyms per name
+    (``medgrit.core.cases.Vocabulary.recorded`` reads them back), escaped."""
+    return {
+        "vocabulary": [escape_name(name) for name in vocabulary.names],
+        "synonyms": {
+            escape_name(label): [escape_name(word) for word in words]
+            for label, words in vocabulary.synonyms_by_label().items()
+        },
+    }
 
 
 def _case_keys(shards: list[ShardEntry]) -> set[tuple]:
@@ -324,7 +339,13 @@ def mismatch_message(previous: Manifest, manifest: Manifest, same_config: bool, 
         "Restore the sources, build into a new folder, or replace it with "
         "`medgrit build ... --overwrite`"
     )
-    if not same_config:
+    if previous.schema_version != manifest.schema_version:
+        what = (
+            f"its tables follow schema version {previous.schema_version} and this medgrit "
+            f"writes version {manifest.schema_version}, so its finished shards cannot be kept"
+        )
+        hint = "Build into a new folder, or rebuild it with `medgrit build ... --overwrite`"
+    elif not same_config:
         what = "the build settings differ from the ones it was built with"
     else:
         before, now_ = _case_keys(previous.shards), _case_keys(manifest.shards)
@@ -367,19 +388,26 @@ def resume_manifest(
         recorded = [_plan_of(s) for s in kept]
         planned = [_plan_of(s) for s in manifest.shards]
         same_plan = (planned[: len(recorded)] if extends else planned) == recorded
-        if same_config and same_plan:
+        # Shards of an older table schema cannot stand beside new ones: a dataset never holds
+        # two layouts of one table.
+        same_schema = previous.schema_version == manifest.schema_version
+        if same_config and same_plan and same_schema:
             entries = list(manifest.shards)
+            carried = False
             for i, old in enumerate(kept[: len(entries)]):
                 if shard_is_done(out, old):
                     # The same cases (same plan); what tells them changed is the build's own.
                     given = {k: getattr(old, k) for k in old.model_fields_set - {"cases"}}
                     entries[i] = entries[i].evolve(**given)
+                    carried = True
                 elif old.batches:
                     entries[i] = entries[i].evolve(batches=list(old.batches))  # not resubmitted
             created = previous.created_at if "created_at" in previous.model_fields_set else None
             manifest = manifest.evolve(
                 shards=entries, **({"created_at": created} if created is not None else {})
             )
+            if carried:
+                manifest = _with_version_of(previous, manifest)
         elif not rebuild_if_changed:
             raise DatasetMismatch(
                 mismatch_message(previous, manifest, same_config, escape_name(str(out)))
@@ -390,6 +418,17 @@ def resume_manifest(
         if is_disk_full(exc):
             raise DiskFull(exc.errno, exc.strerror, str(out / MANIFEST)) from exc
         raise
+
+
+def _with_version_of(previous: Manifest, manifest: Manifest) -> Manifest:
+    """``manifest`` recording the vocabulary version of ``previous``, whose finished shards it
+    keeps (they were read with that version's words; none recorded: it records none)."""
+    version = previous.vocabulary_version
+    if version == manifest.vocabulary_version:
+        return manifest
+    if version is None:
+        return manifest.evolve(drop=("vocabulary_version",))
+    return manifest.evolve(vocabulary_version=version)
 
 
 def shard_error(exc: BaseException) -> str:

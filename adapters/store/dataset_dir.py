@@ -41,7 +41,8 @@ from medgrit.core.fsnames import escape_name
 
 MANIFEST = "dataset.json"
 FORMAT_MARKER = "medgrit-dataset"
-KNOWN_SCHEMA_VERSIONS: tuple[int, ...] = (1,)
+KNOWN_SCHEMA_VERSIONS: tuple[int, ...] = (1, 2)
+"""Schema versions this medgrit reads (``medgrit.schemas.tables``: 2 added region relations)."""
 LOCK_FILE = ".medgrit.lock"
 STAGING_MARKER = ".medgrit-staging"
 TABLE_DIRS: tuple[str, ...] = ("images", "regions", "conversations", "rejects")

@@ -9,7 +9,9 @@ a phrasing, never how many there are).
 The text is written to pass every rule of :mod:`medgrit.core.verify` by construction: it names
 only the labels it is given (always the exact label text, never re-inflected), states position,
 size, side, modality and plane only through its variables, and says "left"/"right" only inside a
-label, a grid phrase or "the patient's left/right".
+label, a grid phrase or "the patient's left/right". An RC turn may state one relation of its
+region to another (``medgrit.core.relations``: the first by priority, "within the liver"), which
+names that other region's label.
 """
 
 from __future__ import annotations
@@ -27,6 +29,8 @@ from medgrit.core.generation import (
     TurnPlan,
     plan_conversation,
 )
+from medgrit.core.ids import derive_seed
+from medgrit.core.relations import first_relation_phrase
 from medgrit.core.text import MODALITY_NAMES, format_box, laterality_of
 
 TEMPLATE_FILES: dict[str, str] = {"VG": "vg.j2", "ROC": "roc.j2", "RC": "rc.j2", "MIA": "mia.j2"}
@@ -157,6 +161,17 @@ def render_phrasings(env: jinja2.Environment, task: str, **variables: object) ->
     return list(module.questions), list(module.answers)  # type: ignore[attr-defined]
 
 
+def render_relation_answers(env: jinja2.Environment, **variables: object) -> list[str]:
+    """The RC phrasings that state the region's relation (empty without one)."""
+    module = env.get_template(TEMPLATE_FILES["RC"]).make_module(vars=variables)
+    return list(module.relation_answers)  # type: ignore[attr-defined]
+
+
+RELATION_SHARE = 3
+"""One RC turn in this many, of a region with a relation, states it (drawn apart from the
+other phrasings, so every other turn reads as before)."""
+
+
 class TemplateGenerator:
     """The default generator: conversations from templates, no network.
 
@@ -195,6 +210,7 @@ class TemplateGenerator:
             "position": "center",
             "size": "small",
             "side": None,
+            "relation": None,
             "regions": [{"label": "x", "box": "b", "position": "center", "size": "small"}],
         }
         out = {}
@@ -245,11 +261,24 @@ class TemplateGenerator:
                 "position": r.position,
                 "size": r.size,
                 "side": laterality_of(r.label),
+                "relation": None,
             }
         questions, answers = render_phrasings(self.env, plan.task, **variables)
+        answer = answers[plan.answer_variant]
+        if plan.task == "RC" and self._states_relation(image, plan):
+            relation = first_relation_phrase(refs[0], list(by_id.values()))
+            if relation:
+                variables["relation"] = relation
+                answer = render_relation_answers(self.env, **variables)[0]
         return QA(
             task=plan.task,
             question=questions[plan.question_variant],
-            answer=answers[plan.answer_variant],
+            answer=answer,
             region_ids=plan.region_ids,
         )
+
+    def _states_relation(self, image: ImageFacts, plan: TurnPlan) -> bool:
+        """Whether an RC turn states its region's relation: one in :data:`RELATION_SHARE`, by
+        a seed of its own (the conversation's draws are left as they are)."""
+        key = f"{image.image_id}:{plan.region_ids[0]}:relation"
+        return derive_seed(self.seed, key) % RELATION_SHARE == 0
