@@ -21,7 +21,7 @@ from medgrit.adapters.sources import Source, estimate_images, load_case
 from medgrit.adapters.sources.fingerprints import fingerprint_cases
 from medgrit.adapters.store.bookkeeping import mismatch_message, plan_manifest
 from medgrit.adapters.synthetic.demo import default_demo_dir
-from medgrit.core.cases import Case
+from medgrit.core.cases import NO_VOCABULARY, Case, Vocabulary
 from medgrit.core.fsnames import escape_name
 from medgrit.core.pipeline import CaseTask, build_vocabulary, count_case_images
 from medgrit.core.plan_extension import PlanConflict, RecordedPlan, RetiredShard, extend_plan
@@ -87,8 +87,9 @@ class PreparedBuild:
     ``generations``: each shard's plan generation (0 unless the plan extends a dataset whose
     sources gained or changed cases: ``medgrit.core.plan_extension.extend_plan``); ``new_cases``:
     the cases the sources gained; ``rebuilt``: cases planned again because they changed;
-    ``retired``: the shards they were in; ``recorded_vocabularies``: the label vocabulary each
-    recorded generation was read with (kept as recorded, whatever was retired since).
+    ``retired``: the shards they were in; ``recorded_vocabularies``: the label vocabulary (names
+    and synonyms) each recorded generation was read with, kept as recorded whatever was retired
+    since or whatever its label files say now: a generation's shards are all read alike.
     """
 
     sources: list[Source]
@@ -97,31 +98,34 @@ class PreparedBuild:
     new_cases: int = 0
     rebuilt: int = 0
     retired: tuple[RetiredShard, ...] = ()
-    recorded_vocabularies: dict[int, tuple[str, ...]] = field(default_factory=dict)
+    recorded_vocabularies: dict[int, Vocabulary] = field(default_factory=dict)
 
     @cached_property
-    def vocabularies(self) -> dict[int, tuple[str, ...]]:
-        """The label vocabulary of each generation: the names of the cases planned up to it
-        (what the shards of that generation were, or will be, read with); computed once."""
+    def vocabularies(self) -> dict[int, Vocabulary]:
+        """The label vocabulary of each generation: the names and synonyms of the cases planned
+        up to it (what the shards of that generation were, or will be, read with); computed
+        once. Generation 0, the dataset's top level, is always there."""
         by_generation: dict[int, list[CaseTask]] = {}
         for shard, cases in self.plan:
             by_generation.setdefault(self.generations.get(shard, 0), []).extend(cases)
-        out: dict[int, tuple[str, ...]] = {}
+        out: dict[int, Vocabulary] = {}
         seen: list[CaseTask] = []
         for generation in sorted(by_generation):
             seen += by_generation[generation]
             out[generation] = self.recorded_vocabularies.get(generation) or build_vocabulary(seen)
-        return out or {0: ()}
+        out.setdefault(0, self.recorded_vocabularies.get(0, NO_VOCABULARY))
+        return out
 
 
-def _recorded_vocabularies(previous: Manifest) -> dict[int, tuple[str, ...]]:
-    """The vocabulary of each generation a manifest records (generation 0: its top level)."""
-    out: dict[int, tuple[str, ...]] = {}
+def _recorded_vocabularies(previous: Manifest) -> dict[int, Vocabulary]:
+    """The vocabulary of each generation a manifest records (generation 0: its top level;
+    synonyms a dataset written before they were recorded lacks are none)."""
+    out: dict[int, Vocabulary] = {}
     if previous.vocabulary:
-        out[0] = tuple(previous.vocabulary)
+        out[0] = Vocabulary.recorded(previous.vocabulary, previous.synonyms)
     for entry in previous.shards:
         if entry.vocabulary is not None and entry.generation:
-            out.setdefault(entry.generation, tuple(entry.vocabulary))
+            out.setdefault(entry.generation, Vocabulary.recorded(entry.vocabulary, entry.synonyms))
     return out
 
 

@@ -12,6 +12,7 @@ from medgrit.adapters.sources import load_case
 from medgrit.adapters.store.parquet import ParquetShardWriter
 from medgrit.adapters.store.png import encode_png
 from medgrit.adapters.text.generators import make_generator
+from medgrit.core.cases import NO_VOCABULARY, Vocabulary
 from medgrit.core.pipeline import CaseTask, ShardIO, build_shard_rows
 from medgrit.core.summary import shard_stats
 from medgrit.schemas.config import BuildConfig
@@ -22,13 +23,13 @@ SHARD_IO = ShardIO(load=load_case, encode_png=encode_png, check_stop=check_stop)
 @dataclass(frozen=True)
 class ShardJob:
     """One shard to build: its id, its cases, the config, batches already submitted and the
-    build's label vocabulary (``medgrit.core.pipeline.build_vocabulary``)."""
+    build's label vocabulary with its synonyms (``medgrit.core.pipeline.build_vocabulary``)."""
 
     shard: str
     cases: list[CaseTask]
     config: BuildConfig
     known_batches: list[str] = field(default_factory=list)
-    vocabulary: tuple[str, ...] = ()
+    vocabulary: Vocabulary = NO_VOCABULARY
     llm_share: int = 1  # worker processes sharing the LLM limits (see ``make_generator``)
 
 

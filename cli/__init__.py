@@ -388,13 +388,17 @@ def status(
 @app.command()
 def validate(out: Annotated[Path, typer.Argument(help="Dataset directory.")]) -> None:
     """Check a dataset against the data contract (files, schemas, boxes, text, splits)."""
+    from medgrit.adapters.store.bookkeeping import load_dataset
     from medgrit.adapters.store.manifest import ManifestError
-    from medgrit.adapters.store.validate import validate_dataset
+    from medgrit.adapters.store.validate import validate_dataset, vocabulary_note
 
     try:
         problems = validate_dataset(out)
+        note = vocabulary_note(load_dataset(out))
     except ManifestError as exc:
         fail(str(exc))
+    if note:
+        typer.echo(printable_text(note))
     for p in problems:
         typer.echo(printable_text(p))
     if problems:

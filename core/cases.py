@@ -11,15 +11,20 @@ becomes a reject row.
 Privacy: a case holds file paths and, for DICOM, *pseudonymous* case and patient keys; no
 DICOM attribute value other than whitelisted technical ones (modality, spacing, orientation)
 leaves a reader.
+
+The label names of the cases, with the synonyms their label files give, make a build's
+:class:`Vocabulary`: the names every text of the build is read with.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import ClassVar
 
 import numpy as np
 
+from medgrit.core.lexicon import Lexicon, lexicon_for
 from medgrit.core.vocab import RejectReason
 
 
@@ -70,6 +75,8 @@ class Case:
         written_labels: the same ids with their names as the label file writes them
             (normalised: ``medgrit.core.label_names``); what a dataset records as its source's
             label map and compares later, whatever words medgrit makes of them.
+        synonyms: (synonym, readable label name) pairs the label file gives, sorted: other
+            words a text may name those labels by.
     """
 
     # Which reader of the source registry reads this type (``medgrit.adapters.sources``).
@@ -88,6 +95,7 @@ class Case:
     labels: tuple[tuple[int, str], ...] = ()
     patient: str = ""
     written_labels: tuple[tuple[int, str], ...] = ()
+    synonyms: tuple[tuple[str, str], ...] = ()
 
     @property
     def reference(self) -> str:
@@ -104,6 +112,43 @@ class Case:
         """Every file the case's images and masks are read from: what a dataset fingerprints
         to tell, at a later build, that the case changed since it was built."""
         return ()
+
+
+@dataclass(frozen=True)
+class Vocabulary:
+    """The structure names a build's texts are read with (``medgrit.core.lexicon``).
+
+    Attributes:
+        names: the readable label names of the build's cases, sorted.
+        synonyms: (synonym, readable label name) pairs their label files give, sorted.
+    """
+
+    names: tuple[str, ...] = ()
+    synonyms: tuple[tuple[str, str], ...] = ()
+
+    @classmethod
+    def recorded(
+        cls, names: Iterable[str], synonyms: Mapping[str, Iterable[str]] | None = None
+    ) -> Vocabulary:
+        """The vocabulary a dataset records: its names and its synonyms per label name
+        (``dataset.json`` writes ``{label: [synonym, ...]}``; None: none recorded)."""
+        pairs = {(word, label) for label, words in (synonyms or {}).items() for word in words}
+        return cls(tuple(sorted(set(names))), tuple(sorted(pairs)))
+
+    def synonyms_by_label(self) -> dict[str, list[str]]:
+        """The synonyms per label name, labels and synonyms sorted (as a dataset records them)."""
+        out: dict[str, list[str]] = {}
+        for word, label in self.synonyms:
+            out.setdefault(label, []).append(word)
+        return {label: sorted(words) for label, words in sorted(out.items())}
+
+    def lexicon(self) -> Lexicon:
+        """The (cached) lexicon of these names and synonyms."""
+        return lexicon_for(frozenset(self.names), frozenset(self.synonyms))
+
+
+NO_VOCABULARY = Vocabulary()
+"""The vocabulary of no label: texts are read with the packaged words only."""
 
 
 @dataclass(frozen=True)

@@ -10,9 +10,10 @@ written has one conversation.
 
 from __future__ import annotations
 
+from medgrit.core.cases import NO_VOCABULARY, Vocabulary
 from medgrit.core.failures import fails_the_shard
 from medgrit.core.generation import QA, Generated, Generator, ImageFacts, RegionFacts
-from medgrit.core.lexicon import Lexicon, lexicon_for
+from medgrit.core.lexicon import Lexicon
 from medgrit.core.rows import conversation_row, reject_row
 from medgrit.core.shard_rows import PendingImage, Reject, ShardRows, error_detail
 from medgrit.core.verify import Failure, ImageTruth, check_turn
@@ -101,11 +102,12 @@ def _reject_row(item: PendingImage, reject: Reject) -> dict:
 
 
 def write_conversations(
-    generator: Generator, rows: ShardRows, vocabulary: tuple[str, ...] = ()
+    generator: Generator, rows: ShardRows, vocabulary: Vocabulary = NO_VOCABULARY
 ) -> None:
     """Generate, verify and append the conversations of every pending image.
 
-    ``vocabulary`` holds the build's label names: a text naming one its image lacks is untrue.
+    ``vocabulary`` holds the build's label names and their synonyms: a text naming one its
+    image lacks is untrue.
 
     An image left without a conversation (its turns all failed, or writing them failed) is
     dropped from the image and region rows: every image written has one conversation.
@@ -119,7 +121,7 @@ def write_conversations(
         if fails_the_shard(exc):
             raise
         results = [_generate_one(generator, item, rows) for item in pending]
-    lexicon = lexicon_for(frozenset(vocabulary))
+    lexicon = vocabulary.lexicon()
     dropped: set[str] = set()
     for item, result in zip(pending, results, strict=True):
         if result is None or not _write_guarded(item, result, generator, rows, lexicon):

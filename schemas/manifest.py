@@ -11,16 +11,22 @@ shard records may list a shard's keys in another order: the same JSON object, ot
 Layout (schema version 1; ``?``: optional)::
 
     Manifest      format?, schema_version, medgrit_version?, config, sources, generator?,
-                  vocabulary?, tables?, shards, retired?, created_at?, host?, totals?, status?,
-                  updated_at?
+                  vocabulary?, synonyms?, vocabulary_version?, tables?, shards, retired?,
+                  created_at?, host?, totals?, status?, updated_at?
     SourceEntry   spec, kind?, dataset?, modality?, cases?, label_maps?, label_map_sha256?,
                   label_words?, datasets?
-    ShardEntry    id, cases, status, generation?, vocabulary?, error?, batches?, finished_at?,
-                  rows?, files?, stats?, tokens?, seconds?
+    ShardEntry    id, cases, status, generation?, vocabulary?, synonyms?, error?, batches?,
+                  finished_at?, rows?, files?, stats?, tokens?, seconds?
     ShardRecord   status, rows?, files?, stats?, tokens?, seconds?, finished_at?, error?, id, key
     RetiredShard  id (digits), generation, cases, reason, retired_at
     Totals        rows, images_by_modality, images_by_split, qa_by_modality_task,
                   rejects_by_reason, non_finite_values, llm
+
+``vocabulary`` holds the build's label names and ``synonyms`` the synonyms its label files give
+them (``{label: [synonym, ...]}``), which every turn was read with; a shard appended later (its
+``generation``) records its own. ``vocabulary_version`` is the version of the packaged words
+(``medgrit.core.lexicon.VOCABULARY_VERSION``) the dataset was read with; datasets written before
+it was recorded lack it.
 
 ``config`` stays the plain JSON of ``medgrit.schemas.config.BuildConfig``: ``validate`` reports
 a config that no longer validates as a problem of the dataset, not as an unreadable manifest.
@@ -164,6 +170,7 @@ class ShardEntry(ManifestModel):
     status: Literal["pending", "done", "failed"]
     generation: int | None = None
     vocabulary: list[str] | None = None
+    synonyms: dict[str, list[str]] | None = None
     error: str | None = None
     batches: list[str] | None = None
     finished_at: str | None = None
@@ -236,6 +243,8 @@ class Manifest(ManifestModel):
     sources: list[SourceEntry] = []
     generator: GeneratorEntry | None = None
     vocabulary: list[str] | None = None
+    synonyms: dict[str, list[str]] | None = None
+    vocabulary_version: int | None = None
     tables: list[str] | None = None
     shards: list[ShardEntry]
     retired: list[RetiredShard] | None = None

@@ -327,3 +327,60 @@ def test_an_rtstruct_roi_number_given_twice_names_no_region(tmp_path: Path) -> N
     (case,) = source.cases
     loaded = load_case(case)
     assert 1 not in dict(case.labels) and 1 not in dict(loaded.label_names)
+
+
+# -- synonyms ----------------------------------------------------------------------------------
+
+SYNONYM_READERS = sorted(set(READERS) - {"samed2d"})  # its class mapping is the release's own
+SYNONYM_LABELS = '{"1": "Kidney_L", "2": "polyp"}'
+
+
+def _give_synonyms(spec: str, synonyms: object) -> None:
+    """Add a ``synonyms`` entry to the label file of ``spec``."""
+    kind, path = spec.split(":", 1)
+    label_file = Path(path) / ("dataset.json" if kind in ("msd", "nnunet") else "labels.json")
+    meta = json.loads(label_file.read_text())
+    label_file.write_text(json.dumps({**meta, "synonyms": synonyms}))
+
+
+@pytest.mark.parametrize("reader", SYNONYM_READERS)
+def test_every_label_file_gives_its_cases_the_synonyms_of_its_labels(
+    tmp_path: Path, reader: str
+) -> None:
+    spec = READERS[reader](tmp_path, SYNONYM_LABELS)
+    # Keyed by the name as written (in any case) or as the text words it.
+    synonyms = {"kidney_l": ["Left  Renal Unit"], "polyp": ["polypoid lesion", "Adenoma"]}
+    _give_synonyms(spec, synonyms)
+    (source,) = open_sources([spec])
+    assert {case.synonyms for case in source.cases} == {
+        (("adenoma", "polyp"), ("left renal unit", "left kidney"), ("polypoid lesion", "polyp"))
+    }
+    _give_synonyms(spec, {"left kidney": ["left renal unit", "Left Kidney"], "polyp": []})
+    (source,) = open_sources([spec])
+    assert {case.synonyms for case in source.cases} == {(("left renal unit", "left kidney"),)}
+
+
+SYNONYM_PROBLEMS = {
+    "not an object": (["polyp"], "must map a label name to a list of synonyms"),
+    "no label of the file": ({"tumour": ["mass"]}, "'tumour', which is no label of the file"),
+    "not a list": ({"polyp": "adenoma"}, "'polyp' must be a list of text"),
+    "not text": ({"polyp": [3]}, "'polyp' must be a list of text"),
+    "empty": ({"polyp": [" "]}, "is empty"),
+    "markup": ({"polyp": ["<ref>adenoma"]}, "markup"),
+    "another label's name": ({"polyp": ["Left Kidney"]}, "names the label 'left kidney' too"),
+    "two labels": ({"polyp": ["growth"], "Kidney_L": ["growth"]}, "'growth' names the label"),
+}
+
+
+@pytest.mark.parametrize("problem", sorted(SYNONYM_PROBLEMS))
+@pytest.mark.parametrize("reader", SYNONYM_READERS)
+def test_a_bad_synonyms_entry_is_one_line_naming_the_file_and_the_key(
+    tmp_path: Path, reader: str, problem: str
+) -> None:
+    spec = READERS[reader](tmp_path, SYNONYM_LABELS)
+    synonyms, why = SYNONYM_PROBLEMS[problem]
+    _give_synonyms(spec, synonyms)
+    message = _refusal(spec)
+    file_name = "dataset.json" if reader in ("msd", "nnunet") else "labels.json"
+    assert file_name in message and '"synonyms"' in message, message
+    assert why in message, message

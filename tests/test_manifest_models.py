@@ -115,3 +115,30 @@ def test_totals_count_done_shards_and_the_tokens_of_every_shard() -> None:
         {"id": "00000", "cases": [], "status": "done", "rows": {"images": 3, "rejects": 1}}
     )
     assert Totals.of([entry], ("images", "rejects")).rows == {"images": 3, "rejects": 1}
+
+
+def test_a_manifest_records_its_synonyms_and_the_version_of_its_words(built: Path) -> None:
+    from medgrit.core.lexicon import VOCABULARY_VERSION
+
+    manifest = load_dataset(built)
+    assert manifest.synonyms == {}  # the demo's label files give none
+    assert manifest.vocabulary_version == VOCABULARY_VERSION
+
+
+def test_a_manifest_written_before_synonyms_and_versions_reads_as_it_is(built: Path) -> None:
+    on_disk = _json(built)
+    del on_disk["synonyms"], on_disk["vocabulary_version"]
+    manifest = Manifest.model_validate(on_disk)
+    assert manifest.synonyms is None and manifest.vocabulary_version is None
+    assert manifest.to_json() == on_disk  # nothing added when written back
+
+
+def test_synonyms_that_are_not_lists_of_text_are_refused(built: Path, tmp_path: Path) -> None:
+    out = tmp_path / "ds"
+    shutil.copytree(built, out)
+    manifest = _json(out)
+    manifest["synonyms"] = {"liver": "hepar"}
+    (out / "dataset.json").write_text(json.dumps(manifest))
+    with pytest.raises(ManifestError) as raised:
+        load_manifest(out)
+    assert "\n" not in str(raised.value) and "synonyms.liver" in str(raised.value)

@@ -28,6 +28,8 @@ Layout of an ``images:PATH`` source (Kvasir-SEG, ISIC, BUSI and the like, once a
   with one group, searched in each stem, whose match is the case (patient): the images of one
   case share its train/test split.
 - ``name`` (optional): the dataset name (default: the folder name).
+- ``synonyms`` (optional): label name -> other words a text may name it by,
+  ``{"polyp": ["polypoid lesion"]}`` (``medgrit.adapters.sources.label_files.read_synonyms``).
 
 Files in ``images/`` with other suffixes, hidden files and subfolders are not part of the source.
 
@@ -69,6 +71,7 @@ from medgrit.adapters.sources.image_folder_labels import (
     modality_of,
     read_labels_json,
 )
+from medgrit.adapters.sources.label_files import SYNONYMS, read_synonyms
 from medgrit.adapters.sources.limits import open_image
 from medgrit.adapters.sources.masks import (
     LOSSY_SUFFIXES,
@@ -263,6 +266,7 @@ def open_image_folder(
     path, meta = read_labels_json(root)
     mod = modality_of(meta, path, modality)
     raw_labels = check_label_names(meta.get("labels"), path)
+    synonyms = read_synonyms(meta.get(SYNONYMS), raw_labels.items(), escape_name(str(path)))
     mode = meta.get("masks")
     if mode not in MASK_MODES:
         raise config_error(path, f'set "masks" to "label_map" or "per_class" (got {mode!r})')
@@ -309,6 +313,7 @@ def open_image_folder(
             modality=mod,
             labels=labels,
             written_labels=written,
+            synonyms=synonyms,
             patient=case,
             images=tuple(by_case[case]),
             masks_dir=str(masks_dir),

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from medgrit.adapters.sources.label_files import read_label_file
+from medgrit.adapters.sources.label_files import SYNONYMS, read_label_file, read_synonyms
 from medgrit.adapters.sources.limits import open_image
 from medgrit.core.cases import SourceError, UnreadableImage
 from medgrit.core.failures import fails_the_shard
@@ -74,20 +74,28 @@ def check_label_names(raw: object, path: Path) -> dict[int, str]:
     return check_label_map(raw.items(), f'{escape_name(str(path))}, "labels"')
 
 
-def read_label_names(path: Path) -> tuple[tuple[int, str], ...]:
-    """A ``labels.json`` of id -> name (``{"1": "left lung"}``) next to DICOM mask PNGs.
+def read_label_names(
+    path: Path,
+) -> tuple[tuple[tuple[int, str], ...], tuple[tuple[str, str], ...]]:
+    """A ``labels.json`` of id -> name (``{"1": "left lung"}``) next to DICOM mask PNGs, with
+    an optional ``"synonyms"`` entry (``{"left lung": ["left pulmonary field"]}``).
 
     Returns:
-        (label id, name as written, normalised) pairs sorted by id, the background left out.
+        (label id, name as written, normalised) pairs sorted by id, the background left out;
+        and the (synonym, readable label name) pairs of
+        :func:`medgrit.adapters.sources.label_files.read_synonyms`.
 
     Raises:
-        SourceError: unreadable or malformed JSON, or what
-            :func:`medgrit.core.label_names.check_label_map` refuses.
+        SourceError: unreadable or malformed JSON, what
+            :func:`medgrit.core.label_names.check_label_map` refuses, or a bad synonym.
     """
     data = read_label_file(path, '{"1": "left lung"}')
     if not isinstance(data, dict):
         raise SourceError(f"malformed {path}: expected a JSON object of id -> name")
-    return tuple(sorted(check_label_map(data.items(), escape_name(str(path))).items()))
+    where = escape_name(str(path))
+    entries = [(key, name) for key, name in data.items() if key != SYNONYMS]
+    written = tuple(sorted(check_label_map(entries, where).items()))
+    return written, read_synonyms(data.get(SYNONYMS), written, where)
 
 
 # --------------------------------------------------------------------------- mask files

@@ -9,6 +9,8 @@ nnU-Net v2: ``dataset.json`` with ``channel_names`` {"0": "CT"}, ``labels`` {nam
 ``file_ending``; images ``imagesTr/{case}_{XXXX}{ending}``, labels ``labelsTr/{case}{ending}``.
 MSD: ``dataset.json`` with ``modality`` {"0": "CT"}, ``labels`` {id: name} and a ``training`` list
 of {"image": "./imagesTr/x.nii.gz", "label": "./labelsTr/x.nii.gz"}; multi-channel images are 4D.
+Either may give ``synonyms`` {label name: [synonym, ...]}
+(``medgrit.adapters.sources.label_files.read_synonyms``).
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from pathlib import Path
 from typing import ClassVar
 
 from medgrit.adapters.sources import nifti
-from medgrit.adapters.sources.label_files import read_label_file
+from medgrit.adapters.sources.label_files import SYNONYMS, read_label_file, read_synonyms
 from medgrit.adapters.sources.nifti import NiftiCase
 from medgrit.core.cases import Source, SourceError
 from medgrit.core.fsnames import escape_name
@@ -108,6 +110,7 @@ def _nifti_case(
     modality: str,
     written: tuple[tuple[int, str], ...],
     labels: tuple[tuple[int, str], ...],
+    synonyms: tuple[tuple[str, str], ...],
 ) -> NiftiCase:
     return NiftiCase(
         source=spec,
@@ -118,6 +121,7 @@ def _nifti_case(
         modality=modality,
         labels=labels,
         written_labels=written,
+        synonyms=synonyms,
     )
 
 
@@ -148,11 +152,14 @@ def open_nnunet(spec: str, root: Path, modality: str | None = None, key: bytes =
     dataset = _dataset_name(meta, root, meta_path)
     written = _labels(pairs, meta_path)
     labels = readable_labels(written)
+    synonyms = read_synonyms(meta.get(SYNONYMS), written, escape_name(str(meta_path)))
     cases = []
     for label_file in sorted(labels_dir.glob(f"*{ending}")):
         case = label_file.name[: -len(ending)]
         image = root / "imagesTr" / f"{case}_0000{ending}"
-        cases.append(_nifti_case(spec, dataset, case, image, label_file, mod, written, labels))
+        cases.append(
+            _nifti_case(spec, dataset, case, image, label_file, mod, written, labels, synonyms)
+        )
     return Source(spec, "nnunet", str(root), dataset, mod, labels, tuple(cases))
 
 
@@ -170,6 +177,7 @@ def open_msd(spec: str, root: Path, modality: str | None = None, key: bytes = b"
     dataset = _dataset_name(meta, root, meta_path)
     written = _labels(list(raw_labels.items()), meta_path)
     labels = readable_labels(written)
+    synonyms = read_synonyms(meta.get(SYNONYMS), written, escape_name(str(meta_path)))
     cases = []
     for entry in training:
         if not isinstance(entry, dict) or "image" not in entry or "label" not in entry:
@@ -180,7 +188,7 @@ def open_msd(spec: str, root: Path, modality: str | None = None, key: bytes = b"
         label = (root / str(entry["label"])).resolve()
         name = label.name
         case = next((name[: -len(e)] for e in NIFTI_ENDINGS if name.endswith(e)), name)
-        cases.append(_nifti_case(spec, dataset, case, image, label, mod, written, labels))
+        cases.append(_nifti_case(spec, dataset, case, image, label, mod, written, labels, synonyms))
     cases.sort(key=lambda c: c.case)
     return Source(spec, "msd", str(root), dataset, mod, labels, tuple(cases))
 

@@ -4,19 +4,21 @@ Contents, not only hashes. The manifest must be medgrit's, of a known schema ver
 ids ``00000..N-1`` in order (ids of retired shards, whose cases were rebuilt, left out) and part
 paths of the form ``{table}/part-{shard}.parquet`` (never a path outside the dataset). Every
 done shard lists one part per table; each part is present with its recorded sha256, row count
-and the contract's schema; no part file lies in a table folder unless the manifest lists it.
-Within each shard: image, region and conversation ids are unique; every image decodes as a PNG
-of its recorded width and height that is not blank, and its id is that of its case, plane and
-slice; every image has exactly one conversation and every conversation an image; regions belong
-to an image of the shard, with boxes inside it, ``bbox_1000`` equal to the conversion of
-``bbox``, an area that fits the box, and the position, size and side words their box, area and
-label give; every turn is true of its image by the truth rules the build keeps turns by
-(:func:`medgrit.core.verify.check_turn`, names read with the manifest's ``vocabulary``; the LLM
-generator's length and copying bounds are its own), each failure reported as table part, row
-(0-based), turn and reason; the shard's recorded stats equal its tables. Over the dataset: the
-build config is valid, image ids are unique, no case is in both splits, each label id has one
-name across all shards (within its dataset; within its case where ids are numbered per case, as
-DICOM SEG segments are), and ``totals`` equal the tables.
+and the contract's schema (of the manifest's schema version); no part file lies in a table
+folder unless the manifest lists it. Within each shard: image, region and conversation ids are
+unique; every image decodes as a PNG of its recorded width and height that is not blank, and its
+id is that of its case, plane and slice; every image has exactly one conversation and every
+conversation an image; regions belong to an image of the shard, with boxes inside it,
+``bbox_1000`` equal to the conversion of ``bbox``, an area that fits the box, the position, size
+and side words their box, area and label give, and mask relations to another label's region of
+the image that states them the other way round; every turn is true of its image by the truth
+rules the build keeps turns by (:func:`medgrit.core.verify.check_turn`, names read with the
+manifest's ``vocabulary``; the LLM generator's length and copying bounds are its own), each
+failure reported as table part, row (0-based), turn and reason; the shard's recorded stats
+equal its tables. Over the dataset: the build config is valid, image ids are unique, no case is
+in both splits, each label id has one name across all shards (within its dataset; within its
+case where ids are numbered per case, as DICOM SEG segments are), and ``totals`` equal the
+tables.
 
 Shards are read one at a time, so memory stays bounded by the largest shard.
 """
@@ -44,10 +46,11 @@ from medgrit.adapters.store.parquet import (
     read_parquet,
     sha256_file,
 )
+from medgrit.core.cases import Vocabulary
 from medgrit.core.generation import ImageFacts, RegionFacts
 from medgrit.core.ids import image_id_for
 from medgrit.core.intensity import is_blank
-from medgrit.core.lexicon import Lexicon, lexicon_for
+from medgrit.core.lexicon import VOCABULARY_VERSION, Lexicon
 from medgrit.core.regions import to_bbox_1000
 from medgrit.core.rows import qa_of, region_facts
 from medgrit.core.sharding import shard_name
@@ -56,7 +59,7 @@ from medgrit.core.text import laterality_of, position_word, size_word
 from medgrit.core.verify import ImageTruth, check_turn
 from medgrit.schemas.config import BuildConfig
 from medgrit.schemas.manifest import Manifest, ShardEntry
-from medgrit.schemas.tables import TABLES
+from medgrit.schemas.tables import TABLES, schema_for
 
 _PART = re.compile(r"^part-(?P<shard>[0-9A-Za-z_-]+)\.parquet$")
 _STAT_KEYS = ("images_by_modality", "images_by_split", "qa_by_modality_task", "rejects_by_reason")
@@ -118,14 +121,18 @@ def validate_dataset(out_dir: str | Path) -> list[str]:
     if manifest.status == "complete" and not_done:
         problems.append("dataset.json says complete, but not every shard is done")
 
-    lexicon = lexicon_for(frozenset(manifest.vocabulary or []))
+    lexicon = Vocabulary.recorded(manifest.vocabulary or [], manifest.synonyms).lexicon()
     seen = _Seen(_cases_numbered_per_case(manifest))
     for shard in shards:
         if shard.status != "done":
             continue
-        # A shard appended later is read with its own names.
-        own = lexicon if shard.vocabulary is None else lexicon_for(frozenset(shard.vocabulary))
-        problems += _check_shard(out, shard, seen, own)
+        # A shard appended later is read with its own names and synonyms.
+        own = (
+            lexicon
+            if shard.vocabulary is None
+            else Vocabulary.recorded(shard.vocabulary, shard.synonyms).lexicon()
+        )
+        problems += _check_shard(out, shard, seen, own, manifest.schema_version)
     problems += _label_meanings(seen.names)
     for (dataset, case_id), splits in sorted(seen.case_splits.items()):
         if len(splits) > 1:
@@ -134,6 +141,21 @@ def validate_dataset(out_dir: str | Path) -> list[str]:
         # totals over unreadable parts would only repeat the problems above
         problems += _check_totals(manifest, seen.counts)
     return problems
+
+
+def vocabulary_note(manifest: Manifest) -> str | None:
+    """The line that says which version of the packaged words (``VOCABULARY_VERSION``) a
+    dataset records when it is not this medgrit's, whose words :func:`validate_dataset` reads
+    the turns with (a turn kept by older words may read otherwise now); None when they agree."""
+    recorded = manifest.vocabulary_version
+    if recorded == VOCABULARY_VERSION:
+        return None
+    said = (
+        "no vocabulary version (it was written before versions were recorded)"
+        if recorded is None
+        else f"vocabulary version {recorded}"
+    )
+    return f"dataset.json records {said}; its turns are read with version {VOCABULARY_VERSION}"
 
 
 def _cases_numbered_per_case(manifest: Manifest) -> set[str]:
@@ -180,7 +202,12 @@ def _unlisted_parts(out: Path, shards: list[ShardEntry]) -> list[str]:
     return problems
 
 
-def _read_part(out: Path, shard: ShardEntry, table: str, problems: list[str]) -> pa.Table | None:
+def _read_part(
+    out: Path, shard: ShardEntry, table: str, version: int, problems: list[str]
+) -> pa.Table | None:
+    """One part of a shard, checked against the contract of the dataset's schema ``version``
+    (a version 2 dataset with a version 1 regions part, from a build resumed across versions,
+    is a problem)."""
     rel = part_path(table, shard.id)
     files = shard.files or {}
     if rel not in files:
@@ -195,7 +222,7 @@ def _read_part(out: Path, shard: ShardEntry, table: str, problems: list[str]) ->
     try:
         with open_parquet(path) as parquet:
             schema = parquet.schema_arrow
-            if not schema.equals(TABLES[table], check_metadata=False):
+            if not schema.equals(schema_for(table, version), check_metadata=False):
                 problems.append(f"{rel}: schema differs from the contract")
                 return None
             recorded = (shard.rows or {}).get(table)
@@ -247,10 +274,13 @@ def _region_words(r: dict, width: int, height: int) -> list[str]:
     return found
 
 
-def _check_shard(out: Path, shard: ShardEntry, seen: _Seen, lexicon: Lexicon) -> list[str]:
-    """The problems of one done shard's parts; its counts join ``seen`` when all are readable."""
+def _check_shard(
+    out: Path, shard: ShardEntry, seen: _Seen, lexicon: Lexicon, version: int
+) -> list[str]:
+    """The problems of one done shard's parts (of schema ``version``); its counts join ``seen``
+    when all are readable."""
     problems: list[str] = []
-    tables = {t: _read_part(out, shard, t, problems) for t in TABLES}
+    tables = {t: _read_part(out, shard, t, version, problems) for t in TABLES}
     if any(t is None for t in tables.values()):
         return problems
     parts: dict[str, pa.Table] = tables  # type: ignore[assignment]
@@ -322,7 +352,34 @@ def _check_regions(
         scope = image["case_id"] if image["case_id"] in seen.per_case else ""
         seen.names[(image["dataset"], scope, r["label_id"])].setdefault(r["label"], shard_id)
         by_image[r["image_id"]][r["region_id"]] = region_facts(r)
+    for regions in by_image.values():
+        problems += _relation_problems(regions)
     return by_image
+
+
+_CONVERSE = {"inside": "contains", "contains": "inside", "adjacent": "adjacent"}
+
+
+def _relation_problems(regions: dict[str, RegionFacts]) -> list[str]:
+    """The stored mask relations of one image's regions: each a mask relation to another
+    region of the image with another label, stated by that region the other way round."""
+    problems = []
+    for rid, fact in regions.items():
+        for relation, other_id in fact.relations:
+            other = regions.get(other_id)
+            if relation not in _CONVERSE:
+                problems.append(f"region {rid}: unknown relation {relation!r}")
+            elif other is None or other.label_id == fact.label_id:
+                problems.append(
+                    f"region {rid}: relation {relation!r} to {other_id}, not another label's "
+                    "region of its image"
+                )
+            elif (_CONVERSE[relation], rid) not in other.relations:
+                problems.append(
+                    f"region {rid}: {relation} {other_id}, but {other_id} does not say "
+                    f"{_CONVERSE[relation]} {rid}"
+                )
+    return problems
 
 
 def _check_conversations(

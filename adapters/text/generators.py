@@ -7,6 +7,7 @@ from pathlib import Path
 from medgrit.adapters.llm.endpoint import resolve_api_key
 from medgrit.adapters.store.manifest import record_batch
 from medgrit.adapters.text.templates import TemplateGenerator, combined_hash, template_hashes
+from medgrit.core.cases import NO_VOCABULARY, Vocabulary
 from medgrit.core.generation import Generator
 from medgrit.schemas.config import BuildConfig
 
@@ -15,11 +16,12 @@ def make_generator(
     config: BuildConfig,
     shard: str,
     known_batches: list[str],
-    vocabulary: tuple[str, ...] = (),
+    vocabulary: Vocabulary = NO_VOCABULARY,
     llm_share: int = 1,
 ) -> Generator:
     """The build's generator for one shard (templates, or an LLM endpoint whose answers are
-    checked against the build's label ``vocabulary`` before it is asked again). ``llm_share``:
+    checked against the build's label ``vocabulary`` and its synonyms before it is asked
+    again). ``llm_share``:
     the processes that share the provider's limits, each allowed its part of them."""
     if config.generator == "template" or config.llm is None:
         return TemplateGenerator(seed=config.seed, max_region_turns=config.max_region_turns)

@@ -13,7 +13,8 @@
   = label id): ``{stem}_mask.png`` for frame 0, or ``{stem}_mask_{frame}.png`` per 0-based frame
   of a multi-frame file such as an ultrasound cine, where ``{stem}`` is the file name without a
   ``.dcm``/``.dicom``/``.ima`` suffix; label names come from ``labels.json``
-  (``{"1": "left lung"}``) in the image's folder, else the root: a :class:`DicomPlanarCase`;
+  (``{"1": "left lung"}``, optionally with ``"synonyms"``) in the image's folder, else the
+  root: a :class:`DicomPlanarCase`;
 - a file that claims to be DICOM but whose header cannot be parsed: a
   :class:`DicomUnparseableCase`, which fails to read with ``dicom_unreadable``.
 
@@ -88,14 +89,19 @@ def _glob_escape(text: str) -> str:
     return re.sub(r"([\[\]*?])", r"[\1]", text)
 
 
+_LabelFile = tuple[tuple[tuple[int, str], ...], tuple[tuple[str, str], ...]]
+"""A ``labels.json``'s (label id, name as written) pairs and (synonym, label name) pairs."""
+
+
 class _LabelFiles:
-    """``labels.json`` files (id -> name), looked up in the image's folder, then the root."""
+    """``labels.json`` files (id -> name, and synonyms), looked up in the image's folder, then
+    the root."""
 
     def __init__(self, root: Path) -> None:
         self.root = root
-        self._cache: dict[Path, tuple[tuple[int, str], ...] | None] = {}
+        self._cache: dict[Path, _LabelFile | None] = {}
 
-    def _read(self, folder: Path) -> tuple[tuple[int, str], ...] | None:
+    def _read(self, folder: Path) -> _LabelFile | None:
         if folder not in self._cache:
             path = folder / "labels.json"
             if not path.is_file():
@@ -104,7 +110,7 @@ class _LabelFiles:
                 self._cache[folder] = read_label_names(path)
         return self._cache[folder]
 
-    def for_image(self, image: Path) -> tuple[tuple[int, str], ...]:
+    def for_image(self, image: Path) -> _LabelFile:
         found = self._read(image.parent)
         if found is None:
             found = self._read(self.root)
@@ -245,8 +251,8 @@ def _masked_cases(headers: list[Header], folder: _Folder) -> tuple[list[DicomCas
         elif header.kind == "image":
             frames = _mask_frames(header.path)
             if frames:
-                written = label_files.for_image(header.path)
-                cases.append(_planar_case(header, frames, written, folder))
+                written, synonyms = label_files.for_image(header.path)
+                cases.append(_planar_case(header, frames, written, synonyms, folder))
     return cases, orphans
 
 
@@ -268,9 +274,11 @@ def _planar_case(
     header: Header,
     frames: list[tuple[int, Path]],
     written: tuple[tuple[int, str], ...],
+    synonyms: tuple[tuple[str, str], ...],
     folder: _Folder,
 ) -> DicomPlanarCase:
-    """The case of a single image and its mask PNGs, named by ``labels.json`` (``written``)."""
+    """The case of a single image and its mask PNGs, named by ``labels.json`` (``written``,
+    with its ``synonyms``)."""
     mask_name = frames[0][1].relative_to(folder.root).as_posix()
     return DicomPlanarCase(
         source=folder.spec,
@@ -278,6 +286,7 @@ def _planar_case(
         modality=folder.image_modality(header),
         labels=readable_labels(written),
         written_labels=written,
+        synonyms=synonyms,
         image=str(header.path),
         frames=tuple(MaskFrame(frame, str(mask)) for frame, mask in frames),
         **folder.pseudonyms(header, header.series_uid, f"{header.sop_uid}/{mask_name}"),
