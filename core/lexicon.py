@@ -1,9 +1,13 @@
-"""The structure names a text may use (pure): the build's labels, a packaged list of common
-anatomy and finding words, and the words of the image's kind that never name a structure.
+"""The structure names a text may use (pure): the build's labels and their synonyms (packaged in
+:mod:`medgrit.core.terms` and given by users per label), broader words that name several
+structures, common anatomy and finding words, the body parts an image shows, and the words of
+the image's kind that never name a structure.
 
 Names are matched whole-word, longest first, case-insensitive, with an optional left/right in
-front, simple plurals, and British and American spellings as one. Finding words name one
-another's regions within a group of synonyms ("mass" is a region labelled tumour).
+front, simple plurals, and British and American spellings as one. Every name has one canonical
+form: synonyms share it ("urinary bladder" is the region labelled bladder), unless two labels of
+the build are synonyms of each other (then each names only itself). A finding word names the
+regions whose label holds it or one of its synonyms ("mass" is a region labelled liver tumour).
 :mod:`medgrit.core.claims` reads a text's mentions with a :class:`Lexicon`.
 """
 
@@ -13,28 +17,17 @@ import re
 from collections.abc import Iterable
 from functools import lru_cache
 
-SIDES = ("left", "right")
-
-# Findings a text may name; one refers to any region whose label holds the word ("tumor" is the
-# region "liver tumor"), and is an invented structure on an image without such a region.
-FINDING_WORDS: tuple[str, ...] = (
-    "tumor", "lesion", "mass", "nodule", "fracture", "cyst", "hemorrhage", "effusion", "polyp",
-    "metastasis", "calcification", "stone", "calculus", "abscess", "aneurysm", "edema",
-    "hematoma", "thrombus", "infarct", "infarction", "ulcer", "melanoma", "nevus", "carcinoma",
-    "cancer", "pneumothorax", "consolidation", "opacity", "stenosis", "exudate", "microaneurysm",
-    "neoplasm", "malignancy",
-)  # fmt: skip
-
-# Finding words that name one another's regions: a "mass" of an image whose label is a tumour is
-# that tumour. A broader word names no narrower region ("a lesion is also visible" beside a cyst
-# may be another one), and a region labelled "lesion" need not be a mass.
-_SAME_FINDINGS: tuple[frozenset[str], ...] = (
-    frozenset({"tumor", "mass", "neoplasm", "malignancy", "cancer", "carcinoma"}),
-    frozenset({"melanoma", "nevus"}),
-    frozenset({"hemorrhage", "hematoma"}),
-    frozenset({"stone", "calculus"}),
-    frozenset({"infarct", "infarction"}),
+from medgrit.core.terms import (
+    ANATOMY_WORDS,
+    BODY_REGION_WORDS,
+    BROADER_TERMS,
+    FINDING_WORDS,
+    GENERIC_FINDINGS,
+    STRUCTURE_REGIONS,
+    SYNONYM_GROUPS,
 )
+
+SIDES = ("left", "right")
 
 # Words of the image's kind and of the text's own frame: never a structure name outside <ref>.
 RESERVED_WORDS: frozenset[str] = frozenset(
@@ -44,22 +37,8 @@ RESERVED_WORDS: frozenset[str] = frozenset(
         "right", "upper", "lower", "top", "bottom", "tiny", "small", "medium", "large", "ct",
         "mri", "mr", "pet", "xray", "x", "ray", "radiograph", "endoscopy", "dermoscopy",
         "fundus", "ultrasound", "axial", "coronal", "sagittal", "transverse", "patient",
+        "organ", "organs", "tissue", "tissues", "anatomy", "anatomical",
     }
-)  # fmt: skip
-
-# Structures a text may name although no label of the build has them: naming one the image does
-# not show is an invented structure. Specific organs and structures only, not body regions.
-ANATOMY_WORDS: tuple[str, ...] = (
-    "liver", "spleen", "pancreas", "stomach", "gallbladder", "kidney", "adrenal gland",
-    "urinary bladder", "bladder", "prostate", "uterus", "ovary", "esophagus", "duodenum",
-    "small bowel", "small intestine", "large bowel", "large intestine", "colon", "rectum",
-    "appendix", "aorta", "inferior vena cava", "vena cava", "portal vein", "heart", "lung",
-    "trachea", "bronchus", "thyroid", "thyroid gland", "brain", "cerebellum", "brainstem",
-    "hippocampus", "spinal cord", "vertebra", "rib", "femur", "humerus", "sternum", "clavicle",
-    "scapula", "skull", "optic disc", "optic cup", "macula", "fovea", "retina", "lymph node",
-    "breast", "pleura", "diaphragm", "testis", "pituitary gland", "thalamus", "caudate",
-    "putamen", "amygdala", "transverse colon", "sigmoid colon", "ascending colon",
-    "descending colon", "ureter", "spine", "psoas", "gallstone",
 )  # fmt: skip
 
 # British spellings (and a few variants) as the lexicon stores them.
@@ -125,26 +104,32 @@ class Lexicon:
     """The structure names a text may use, each with the one canonical form it stands for.
 
     Args:
-        names: readable label names (``left kidney``); the packaged anatomy and finding words are
-            always added. A name's side is kept apart: every name is matched with or without a
-            left/right in front.
+        names: readable label names (``left kidney``); the packaged anatomy, finding, broader and
+            synonym words are always added. A name's side is kept apart: every name is matched
+            with or without a left/right in front.
+        synonyms: (synonym, label name) pairs a user gave for the labels of a source.
     """
 
-    def __init__(self, names: Iterable[str] = ()) -> None:
+    def __init__(self, names: Iterable[str] = (), synonyms: Iterable[tuple[str, str]] = ()) -> None:
         self.names = frozenset(names)
-        bases: set[tuple[str, ...]] = set()
-        for name in (*self.names, *ANATOMY_WORDS, *FINDING_WORDS):
-            base, _ = split_side(words_of(name))
-            if base:
-                bases.add(base)
-        canonical: dict[tuple[str, ...], tuple[str, ...]] = {b: b for b in bases}
-        # A plural that is a name of its own (label "lungs", anatomy "lung") is the same structure.
-        for base in sorted(bases, key=lambda b: (len(b[-1]), b)):
-            for plural in plural_forms(base[-1]):
-                surface = (*base[:-1], plural)
-                if surface in bases and canonical[surface] == surface and surface != base:
-                    canonical[surface] = canonical[base]
-                canonical.setdefault(surface, canonical[base])
+        self.user_synonyms = frozenset(synonyms)
+        groups = [tuple(words_of(m) for m in group) for group in SYNONYM_GROUPS]
+        for synonym, label in sorted(self.user_synonyms):
+            groups.append((split_side(words_of(label))[0], split_side(words_of(synonym))[0]))
+        label_bases = {split_side(words_of(n))[0] for n in self.names} - {()}
+        bases = set(label_bases)
+        for name in (
+            *ANATOMY_WORDS,
+            *FINDING_WORDS,
+            *GENERIC_FINDINGS,
+            *BROADER_TERMS,
+            *BODY_REGION_WORDS,
+        ):
+            bases.add(split_side(words_of(name))[0])
+        bases.update(m for group in groups for m in group)
+        bases.discard(())
+        canonical = _with_plurals(bases)
+        canonical = _joined(canonical, groups, {canonical[b] for b in label_bases})
         self.surfaces = canonical  # every name, for <ref> texts
         lengths: dict[str, set[int]] = {}
         for surface in canonical:
@@ -152,13 +137,35 @@ class Lexicon:
                 lengths.setdefault(surface[0], set()).add(len(surface))
         # Lengths of the names that start with a word, longest first (a side word adds one).
         self.starts = {w: tuple(sorted(n, reverse=True)) for w, n in lengths.items()}
-        self.findings = frozenset(canonical[(w,)][0] for w in FINDING_WORDS)
-        kin: dict[str, set[str]] = {}
-        for group in _SAME_FINDINGS:
-            for word in group:
-                kin.setdefault(word, {word}).update(group)
-        # The finding words whose regions a finding word names (itself and its kin).
-        self.finding_kin = {w: frozenset(kin.get(w, {w})) for w in self.findings}
+        self.labels = frozenset(canonical[b] for b in label_bases)
+        self.findings = frozenset(canonical[split_side(words_of(w))[0]] for w in FINDING_WORDS)
+        # The one-word findings: a region whose label holds one is a finding ("liver tumor").
+        self.finding_words = frozenset(b[0] for b in self.findings if len(b) == 1)
+        self.generic = frozenset(canonical[words_of(w)] for w in GENERIC_FINDINGS)
+        self.broader = {
+            canonical[words_of(term)]: frozenset(
+                canonical.get(words_of(m), words_of(m)) for m in members
+            )
+            for term, members in BROADER_TERMS.items()
+            if canonical[words_of(term)] not in self.labels
+        }
+        self.context = {
+            canonical[words_of(word)]: region
+            for word, region in BODY_REGION_WORDS.items()
+            if words_of(word) in canonical
+        }
+        self.structure_regions = {
+            canonical.get(words_of(name), words_of(name)): regions
+            for name, regions in STRUCTURE_REGIONS.items()
+        }
+
+    def regions_implied(self, base: tuple[str, ...]) -> frozenset[str]:
+        """The body regions a structure implies (``liver tumor``: abdomen), by its whole name
+        and by each of its words."""
+        found = set(self.structure_regions.get(base, ()))
+        for word in base:
+            found.update(self.structure_regions.get(self.surfaces.get((word,), (word,)), ()))
+        return frozenset(found)
 
     def canonical(self, words: tuple[str, ...]) -> tuple[tuple[str, ...], str | None] | None:
         """(canonical base, side) of a whole name, or None when it is no structure name."""
@@ -197,10 +204,60 @@ class Lexicon:
         extra = frozenset(names)
         if extra <= self.names:
             return self
-        return lexicon_for(self.names | extra)
+        return lexicon_for(self.names | extra, self.user_synonyms)
+
+
+def _with_plurals(bases: set[tuple[str, ...]]) -> dict[tuple[str, ...], tuple[str, ...]]:
+    """Every base and its plural spellings, each mapped to its singular base."""
+    canonical: dict[tuple[str, ...], tuple[str, ...]] = {b: b for b in bases}
+    # A plural that is a name of its own (label "lungs", anatomy "lung") is the same structure.
+    for base in sorted(bases, key=lambda b: (len(b[-1]), b)):
+        for plural in plural_forms(base[-1]):
+            surface = (*base[:-1], plural)
+            if surface in bases and canonical[surface] == surface and surface != base:
+                canonical[surface] = canonical[base]
+            canonical.setdefault(surface, canonical[base])
+    return canonical
+
+
+def _joined(
+    canonical: dict[tuple[str, ...], tuple[str, ...]],
+    groups: list[tuple[tuple[str, ...], ...]],
+    labels: set[tuple[str, ...]],
+) -> dict[tuple[str, ...], tuple[str, ...]]:
+    """``canonical`` with each synonym group sharing one form: its label's when a label of the
+    build is in it, else its first member's. A group that would join two labels is left out."""
+    parent: dict[tuple[str, ...], tuple[str, ...]] = {}
+
+    def root(x: tuple[str, ...]) -> tuple[str, ...]:
+        while parent.get(x, x) != x:
+            x = parent[x]
+        return x
+
+    for group in groups:
+        roots = []
+        for member in group:
+            r = root(canonical.get(member, member))
+            if r not in roots:
+                roots.append(r)
+        labelled = [r for r in roots if r in labels]
+        if len(labelled) > 1:
+            continue  # two labels of the build: each names itself only
+        head = labelled[0] if labelled else roots[0]
+        for r in roots:
+            if r != head:
+                parent[r] = head
+    return {surface: root(base) for surface, base in canonical.items()}
+
+
+VOCABULARY_VERSION = 2
+"""The version of the packaged vocabulary (synonyms, broader terms, context anatomy, the words
+read as claims); recorded in ``dataset.json``."""
 
 
 @lru_cache(maxsize=64)
-def lexicon_for(names: frozenset[str]) -> Lexicon:
-    """The (cached) lexicon of a set of label names."""
-    return Lexicon(names)
+def lexicon_for(
+    names: frozenset[str], synonyms: frozenset[tuple[str, str]] = frozenset()
+) -> Lexicon:
+    """The (cached) lexicon of a set of label names and user synonyms, (synonym, label) pairs."""
+    return Lexicon(names, synonyms)

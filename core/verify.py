@@ -11,20 +11,30 @@ failure is a stable snake_case reason stored in reject rows, checked in this ord
 - tags: ``malformed_box``, ``malformed_ref`` (cut off, unclosed, not ``<box>(x1,y1),(x2,y2)</box>``)
   and ``unknown_box`` (a box that is no region's ``bbox_1000``);
 - names: ``invented_structure`` (a structure the image has no region of, named in words or in a
-  ``<ref>``, whatever the task), ``laterality_mismatch`` (a sided name, ``right kidney``, whose
+  ``<ref>``, whatever the task; also "a second polyp" where it has one), ``wrong_body_region`` (a
+  body part the image's structures and modality do not imply: "the chest" where the only
+  structure is the bladder), ``laterality_mismatch`` (a sided name, ``right kidney``, whose
   structure the image has only on the other side or without a side), ``ref_box_mismatch`` (a box
   after ``<ref>X</ref>`` or after the name X is not a box, merged or instance, of a region X);
 - the asked region: ``question_box_missing`` (an ROC or RC question gives no box),
   ``question_box_mismatch`` (a question box is not the box of a region in ``region_ids``),
-  ``roc_label_missing`` / ``rc_label_missing`` (the answer does not name the asked region's label;
-  an RC answer may give its box instead), ``other_structure_named`` (an ROC or RC answer names
-  another structure of the image), ``vg_box_missing`` (a VG answer gives no box),
-  ``vg_wrong_structure`` (a structure the VG question names is not the one the answer names);
+  ``roc_label_missing`` / ``rc_label_missing`` (the answer does not name the asked region's label
+  or a synonym of it; an RC answer may give its box instead), ``ambiguous_name`` (a broader word
+  that fits two labels, "the lesion" of a cyst and a polyp), ``other_structure_named`` (an ROC
+  or RC answer names another structure of the image outside a relation), ``vg_box_missing`` (a
+  VG answer gives no box), ``vg_wrong_structure`` (a structure the VG question names is not
+  the one the answer names);
 - ``region_ids_mismatch``: a region id the text does not refer to, or a name or box the text refers
-  to that is not among ``region_ids``;
+  to that is not among ``region_ids`` (body parts and the other ends of relations apart);
 - facts: ``wrong_position``, ``wrong_size``, ``wrong_side`` (an attribute word that is not its
-  region's own), ``ambiguous_side`` (a lone "left"/"right": of the image or of the patient?),
-  ``wrong_modality``, ``wrong_plane`` (words that disagree with the image; a 2D image has no plane);
+  region's own; "the right half of the image" and "right of the midline" hold of a box centre
+  right of the middle), ``ambiguous_side`` (a lone "left"/"right": of the image or of the
+  patient?), ``wrong_relation`` (a relation the boxes and masks do not bear out, see
+  :mod:`medgrit.core.relations`, or one no fact records: "anterior to"), ``wrong_modality``,
+  ``wrong_plane`` (words that disagree with the image; a 2D image has no plane),
+  ``unknown_sequence`` (T2, FLAIR, contrast-enhanced: no fact records a sequence) and
+  ``unsupported_finding`` (appearance, diagnosis or measurement: "ulcerated", "hyperdense",
+  "irregular margins", "normal", "5 mm");
 - with :class:`TextRules` (an LLM's text): ``question_too_long``, ``answer_too_short``,
   ``answer_too_long`` and ``copied_instructions`` (a run of ``copy_words`` words copied from the
   generator's instructions).
@@ -37,10 +47,14 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from functools import partial
+from typing import NamedTuple
 
-from medgrit.core.claims import Box, Mention, TextClaims, read_claims
+from medgrit.core.claims import Attribute, Mention, TextClaims, read_claims
 from medgrit.core.generation import QA, ImageFacts, RegionFacts
-from medgrit.core.lexicon import Lexicon, lexicon_for, split_side, words_of
+from medgrit.core.image_truth import ENCLOSING, ImageTruth, holds, lies_in
+from medgrit.core.lexicon import lexicon_for
+from medgrit.core.relations import RELATIONS, relation_holds
 from medgrit.core.text import format_box
 from medgrit.core.vocab import TASKS, RejectReason
 
@@ -122,206 +136,233 @@ def check_text(qa: QA, rules: TextRules) -> RejectReason | None:
     return None
 
 
-_ROW = {"upper": "upper", "middle": "middle", "lower": "lower"}
+def _twin_named(truth: ImageTruth, claims: TextClaims, m: Mention, generic: bool) -> set[str]:
+    """The regions of the other name of a pair written together ("left and right lungs")."""
+    return {
+        rid
+        for t in claims.mentions
+        if t is not m and t.clause == m.clause and t.position == m.position and t.base == m.base
+        for rid in truth.named(t, generic=generic)
+    }
 
 
-def _row_and_column(position: str) -> tuple[str, str]:
-    """(row, column) of a grid position word: ``upper left`` -> ``("upper", "left")``."""
-    if position == "center":
-        return "middle", "center"
-    row, _, col = position.partition(" ")
-    return row, col
-
-
-@dataclass(frozen=True)
-class _Region:
-    facts: RegionFacts
-    base: tuple[str, ...]
-    side: str | None
-    words: frozenset[str]
-
-
-class ImageTruth:
-    """What is true of one image: its regions (by id and by box), modality and plane, and the
-    lexicon its texts are read with.
-
-    Args:
-        regions: all regions of the image.
-        image: the image's facts (modality and plane words are checked only when given).
-        lexicon: structure names of the build; the image's own labels are added.
-    """
-
-    def __init__(
-        self,
-        regions: Iterable[RegionFacts],
-        image: ImageFacts | None = None,
-        lexicon: Lexicon | None = None,
-    ) -> None:
-        facts = list(regions)
-        base_lexicon = lexicon if lexicon is not None else lexicon_for(frozenset())
-        self.lexicon = base_lexicon.with_names(r.label for r in facts)
-        self.image = image
-        self.regions: dict[str, _Region] = {}
-        self.by_box: dict[Box, list[str]] = {}
-        for r in facts:
-            found = self.lexicon.canonical(words_of(r.label))
-            base, side = found if found else split_side(words_of(r.label))
-            words = frozenset(self.lexicon.surfaces.get((w,), (w,))[0] for w in base)
-            self.regions[r.region_id] = _Region(r, base, side, words)
-            self.by_box.setdefault(tuple(r.bbox_1000), []).append(r.region_id)  # type: ignore[arg-type]
-
-    def named(self, mention: Mention, exact: bool = False) -> set[str]:
-        """Regions a name refers to: those whose label it is (same structure and side); when it
-        is no label of the image, those of the same structure on any side (it names none) and,
-        for a finding word, those whose label holds it. ``exact``: only the label itself."""
-        own = {
-            rid
-            for rid, r in self.regions.items()
-            if r.base == mention.base and r.side == mention.side
-        }
-        if own or exact:
-            return own
-        out = set()
-        for rid, r in self.regions.items():
-            if mention.side not in (None, r.side):
-                continue
-            if r.base == mention.base or (
-                len(mention.base) == 1
-                and mention.base[0] in self.lexicon.findings
-                and not r.words.isdisjoint(self.lexicon.finding_kin[mention.base[0]])
-            ):
-                out.add(rid)
-        return out
-
-    def same_structure(self, mention: Mention) -> set[str]:
-        """Regions of the named structure on any side (to tell a wrong side from an invention)."""
-        return {rid for rid, r in self.regions.items() if r.base == mention.base}
-
-
-def _referents(truth: ImageTruth, claims: TextClaims) -> tuple[list[set[str]], Failure | None]:
-    """The regions each mention refers to, or the first name or box that is untrue."""
+def _referents(
+    truth: ImageTruth, claims: TextClaims, generic: bool
+) -> tuple[list[set[str]], set[int], Failure | None]:
+    """The regions each mention refers to, the mentions that name a body part the image shows
+    (no region), or the first name or box that is untrue. ``generic``: whether a word for any
+    finding names the image's findings (not in a VG turn, which asks for one structure)."""
     out: list[set[str]] = []
-    for m in claims.mentions:
+    context: set[int] = set()
+    for i, m in enumerate(claims.mentions):
         if m.kind == "box":
             out.append(set(truth.by_box[m.boxes[0]]))
             continue
-        named = truth.named(m) if m.known else set()
+        named = truth.named(m, generic=generic) if m.known and not m.context else set()
+        if not named and m.known and m.base in truth.lexicon.context and not m.boxes:
+            if truth.lexicon.context[m.base] not in truth.body_regions:
+                return out, context, Failure("wrong_body_region", m.text)
+            context.add(i)
+            out.append(set())
+            continue
         if not named:
             if m.known and m.side and truth.same_structure(m):
-                return out, Failure("laterality_mismatch", m.text)
-            return out, Failure("invented_structure", m.text)
+                return out, context, Failure("laterality_mismatch", m.text)
+            return out, context, Failure("invented_structure", m.text)
+        if m.more and len({tuple(truth.regions[r].facts.bbox_1000) for r in named}) < 2:
+            return out, context, Failure("invented_structure", m.text)  # "a second polyp"
         if not m.boxes:
             out.append(named)
             continue
+        # "the left and right lungs <box> <box>": the boxes of either
+        named |= _twin_named(truth, claims, m, generic)
         bound: set[str] = set()
         for box in m.boxes:
             hit = named.intersection(truth.by_box[box])
             if not hit:
-                return out, Failure("ref_box_mismatch", f"{m.text}{format_box(box)}")
+                return out, context, Failure("ref_box_mismatch", f"{m.text}{format_box(box)}")
             bound |= hit
         out.append(bound)
-    return out, None
-
-
-def _holds(kind: str, value: str, region: _Region) -> bool:
-    r = region.facts
-    if kind == "position":
-        return r.position == value
-    row, col = _row_and_column(r.position)
-    if kind == "row":
-        return row == value
-    if kind == "column":
-        return col == value
-    if kind == "size":
-        return r.size == value
-    return region.side == value  # side
+    return out, context, None
 
 
 _WRONG: dict[str, RejectReason] = {
     "position": "wrong_position",
     "row": "wrong_position",
     "column": "wrong_position",
+    "half": "wrong_position",
     "size": "wrong_size",
     "side": "wrong_side",
+}
+_IMAGE_WORDS: dict[str, RejectReason] = {
+    "ambiguous_side": "ambiguous_side",
+    "sequence": "unknown_sequence",
+    "unsupported": "unsupported_finding",
 }
 
 # The asked region's label is missing from an answer of this task.
 _LABEL_MISSING: dict[str, RejectReason] = {"ROC": "roc_label_missing", "RC": "rc_label_missing"}
 
 
-def _check_attributes(
-    truth: ImageTruth, claims: TextClaims, referents: list[set[str]], asked: set[str]
-) -> Failure | None:
-    image = truth.image
-    for a in claims.attributes:
-        if a.kind == "ambiguous_side":
-            return Failure("ambiguous_side", a.text)
-        if a.kind == "modality":
-            if image is not None and a.value != image.modality:
-                return Failure("wrong_modality", a.text)
-            continue
-        if a.kind == "plane":
-            if image is not None and a.value != image.plane:
-                return Failure("wrong_plane", a.text)
-            continue
-        # A name stands for the region of it the turn asks about ("the lesion" of two lesions).
-        targets = (
-            (referents[a.mention] & asked or referents[a.mention])
-            if a.mention is not None
-            else asked
+class _Read(NamedTuple):
+    """One text of a turn as the checks see it: its claims, what each mention refers to, and
+    the mentions exempt from the asked-region rules (body parts, the other end of a relation)."""
+
+    claims: TextClaims
+    referents: list[set[str]]
+    exempt: frozenset[int]
+
+
+def _described(text: _Read, mention: int, asked: set[str]) -> set[str]:
+    # A name stands for the region of it the turn asks about ("the lesion" of two lesions).
+    found = text.referents[mention]
+    return found & asked or found
+
+
+def _check_relation(truth: ImageTruth, text: _Read, a: Attribute, asked: set[str]) -> bool:
+    if a.target is None or (a.value not in RELATIONS and a.value not in ("in", "same")):
+        return False
+    if a.target in text.exempt and not text.referents[a.target]:
+        return True  # a body part: "the polyp in the colon"
+    if a.value in ("in", "inside") and text.claims.mentions[a.target].kind == "box":
+        return True  # "the object inside <box>": the box says where, it relates nothing
+    if a.also:  # "below the right and left lungs": below each
+        return all(
+            _check_relation(truth, text, a._replace(target=t, also=()), asked)
+            for t in (a.target, *a.also)
         )
-        if not any(_holds(a.kind, a.value, truth.regions[rid]) for rid in targets):
-            return Failure(_WRONG[a.kind], a.text)
-    return None
-
-
-def _names_label(truth: ImageTruth, claims: TextClaims, asked: set[str]) -> bool:
-    return any(
-        m.kind != "box" and m.known and truth.named(m, exact=True) & asked for m in claims.mentions
+    others = text.referents[a.target]
+    if a.value in ENCLOSING and (
+        not a.mentions or any(others & text.referents[m] for m in a.mentions)
+    ):
+        return True  # "the image contains a cyst", "<box> encloses the lungs": naming, not relating
+    if a.value == "same":  # "the kidney <box> is the left kidney": one structure
+        return all(others & text.referents[m] for m in a.mentions if text.referents[m])
+    subjects = [_described(text, m, asked) for m in a.mentions] or [asked]
+    holds = partial(lies_in, truth) if a.value == "in" else partial(relation_holds, a.value)
+    return all(
+        any(
+            holds(truth.regions[s].facts, truth.regions[o].facts)
+            for s in group
+            for o in others
+            if s != o
+        )
+        for group in subjects
+        if group
     )
 
 
-def _check_asked(
-    qa: QA, truth: ImageTruth, turn: tuple[TextClaims, TextClaims], refs: tuple[list, list]
-) -> Failure | None:
+def _check_attributes(truth: ImageTruth, text: _Read, asked: set[str]) -> Failure | None:
+    image = truth.image
+    for a in text.claims.attributes:
+        if a.kind == "adverb" or (a.negated and a.kind == "ambiguous_side"):
+            continue
+        if a.kind in _IMAGE_WORDS:
+            return Failure(_IMAGE_WORDS[a.kind], a.text)
+        if a.kind in ("modality", "plane"):
+            given = (
+                None if image is None else (image.modality if a.kind == "modality" else image.plane)
+            )
+            if given is not None and (a.value == given) == a.negated:
+                return Failure("wrong_modality" if a.kind == "modality" else "wrong_plane", a.text)
+            continue
+        if a.kind == "relation":
+            if a.negated and a.target is not None and a.value in RELATIONS:
+                if _check_relation(truth, text, a, asked):  # "not above the liver"
+                    return Failure("wrong_relation", a.text)
+            elif not _check_relation(truth, text, a, asked):
+                return Failure("wrong_relation", a.text)
+            continue
+        groups = [_described(text, m, asked) for m in a.mentions] or [asked]
+        for targets in groups:
+            if not targets:
+                continue
+            held = any(holds(a.kind, a.value, truth.regions[r]) for r in targets)
+            if held == a.negated:  # "not in the centre" must not hold
+                return Failure(_WRONG[a.kind], a.text)
+    return None
+
+
+def _sides_stated(text: _Read) -> dict[int, str]:
+    """The patient's side the text gives a name apart from it ("the grey matter of the
+    patient's left side"), by mention."""
+    return {m: a.value for a in text.claims.attributes if a.kind == "side" for m in a.mentions}
+
+
+def _on_side(truth: ImageTruth, refs: set[str], side: str | None) -> set[str]:
+    """``refs`` on the patient's ``side`` (all of them when no side is given or none is on it:
+    the side is then checked as a claim)."""
+    if side is None:
+        return refs
+    return {r for r in refs if truth.regions[r].side == side} or refs
+
+
+def _check_label(qa: QA, truth: ImageTruth, answer: _Read, asked: set[str]) -> Failure | None:
+    """An ROC or RC answer names the asked region's label (a synonym will do) and nothing else
+    but body parts and the other ends of its relations."""
+    mentions, refs = answer.claims.mentions, answer.referents
+    gives_box = qa.task == "RC" and any(
+        m.kind == "box" and asked & r for m, r in zip(mentions, refs, strict=True)
+    )
+    own = truth.labels_of(asked)
+    naming = [i for i, m in enumerate(mentions) if m.kind != "box" and asked & refs[i]]
+    sided = _sides_stated(answer)
+    if (
+        not any(truth.labels_of(_on_side(truth, refs[i], sided.get(i))) == own for i in naming)
+        and not gives_box
+    ):
+        for i, m in enumerate(mentions):
+            if i in answer.exempt:
+                continue
+            if m.kind != "box" and m.side and truth.same_structure(m) & asked:
+                return Failure("laterality_mismatch", m.text)
+        for i in naming:  # "the lesion" of a cyst and a polyp; not "the kidney" of one side
+            if len(truth.labels_of(refs[i])) > 1 and not truth.same_structure(mentions[i]):
+                return Failure("ambiguous_name", mentions[i].text)
+        return Failure(_LABEL_MISSING[qa.task])
+    for i, m in enumerate(mentions):
+        if i not in answer.exempt and not asked & refs[i]:
+            return Failure("other_structure_named", m.text)
+    return None
+
+
+def _check_asked(qa: QA, truth: ImageTruth, question: _Read, answer: _Read) -> Failure | None:
     """Task rules: the question's boxes and the answer's names against the asked regions."""
-    question, answer = turn
-    q_refs, a_refs = refs
     asked = set(qa.region_ids)
-    for box in question.boxes:
+    for box in question.claims.boxes:
         if not asked.intersection(truth.by_box[box]):
             return Failure("question_box_mismatch", format_box(box))
     if qa.task in ("ROC", "RC"):
-        if not question.boxes:
+        if not question.claims.boxes:
             return Failure("question_box_missing")
-        boxed = {rid for box in question.boxes for rid in truth.by_box[box]}
+        boxed = {rid for box in question.claims.boxes for rid in truth.by_box[box]}
         for rid in qa.region_ids:
             if rid not in boxed:  # the asked regions are those of the question's boxes
                 return Failure("region_ids_mismatch", f"region id {rid} is not the question's box")
-        gives_box = qa.task == "RC" and any(
-            m.kind == "box" and asked & r for m, r in zip(answer.mentions, a_refs, strict=True)
-        )
-        if not _names_label(truth, answer, asked) and not gives_box:
-            for m in answer.mentions:
-                if m.kind != "box" and m.side and truth.same_structure(m) & asked:
-                    return Failure("laterality_mismatch", m.text)
-            return Failure(_LABEL_MISSING[qa.task])
-        for m, r in zip(answer.mentions, a_refs, strict=True):
-            if not asked & r:
-                return Failure("other_structure_named", m.text)
+        failure = _check_label(qa, truth, answer, asked)
+        if failure:
+            return failure
     if qa.task == "VG":
-        if not answer.boxes:
+        if not answer.claims.boxes:
             return Failure("vg_box_missing")
-        given = {(m.base, m.side) for m in answer.mentions if m.kind != "box"}
-        for m in question.mentions:
-            if m.kind != "box" and (m.base, m.side) not in given:
-                same = {(b, s) for b, s in given if b == m.base}
-                if m.side is None and same:
-                    continue  # "Where are the kidneys?" answered with each side
-                return Failure("vg_wrong_structure", m.text)
+        given = truth.labels_of(
+            rid
+            for i, m in enumerate(answer.claims.mentions)
+            if m.kind != "box" and i not in answer.exempt
+            for rid in answer.referents[i]
+        )
+        sided = _sides_stated(question)
+        for i, m in enumerate(question.claims.mentions):
+            if m.kind != "box" and i not in question.exempt:
+                asked_for = _on_side(truth, question.referents[i], sided.get(i))
+                if not truth.labels_of(asked_for) <= given:
+                    return Failure("vg_wrong_structure", m.text)
     referred: set[str] = set()
-    for claims, found in ((question, q_refs), (answer, a_refs)):
-        for m, r in zip(claims.mentions, found, strict=True):
+    for text in (question, answer):
+        for i, (m, r) in enumerate(zip(text.claims.mentions, text.referents, strict=True)):
+            if i in text.exempt:
+                referred |= asked & r  # "lies in the liver": the liver is referred to
+                continue
             if not asked & r:
                 return Failure("region_ids_mismatch", m.text if m.kind != "box" else "<box>")
             referred |= r
@@ -369,18 +410,19 @@ def check_turn(qa: QA, truth: ImageTruth, rules: TextRules | None = None) -> Fai
         for box in text.boxes:
             if box not in truth.by_box:
                 return Failure("unknown_box", format_box(box))
-    found = []
+    read: list[_Read] = []
     for text in texts:
-        referents, failure = _referents(truth, text)
+        referents, context, failure = _referents(truth, text, True)
         if failure:
             return failure
-        found.append(referents)
-    failure = _check_asked(qa, truth, texts, (found[0], found[1]))
+        ends = {t for a in text.attributes if a.kind == "relation" for t in (a.target, *a.also)}
+        read.append(_Read(text, referents, frozenset(context | (ends - {None}))))
+    failure = _check_asked(qa, truth, read[0], read[1])
     if failure:
         return failure
     asked = set(qa.region_ids)
-    for text, referents in zip(texts, found, strict=True):
-        failure = _check_attributes(truth, text, referents, asked)
+    for text in read:
+        failure = _check_attributes(truth, text, asked)
         if failure:
             return failure
     if rules is not None:

@@ -181,11 +181,11 @@ def test_ref_naming_nothing_of_the_image_is_invented_structure():
 
 
 def test_a_label_of_the_build_the_image_lacks_is_invented_structure():
-    answer = f"It shows the <ref>liver</ref>{box(LIVER)} and the falciform ligament."
+    answer = f"It shows the <ref>liver</ref>{box(LIVER)} and the falciform crest."
     turn = qa("MIA", "Describe this image.", answer, LIVER)
 
     assert verify_qa(turn, REGIONS) is None  # not a structure name of this build
-    assert verify_qa(turn, REGIONS, vocabulary=["falciform ligament"]) == "invented_structure"
+    assert verify_qa(turn, REGIONS, vocabulary=["falciform crest"]) == "invented_structure"
 
 
 def test_roc_answer_naming_only_the_base_of_a_lateral_label_is_roc_label_missing():
@@ -195,17 +195,35 @@ def test_roc_answer_naming_only_the_base_of_a_lateral_label_is_roc_label_missing
 
 
 def test_roc_answer_naming_the_label_and_another_structure_is_other_structure_named():
-    answer = "It is the liver, next to the right kidney."
+    answer = "It is the liver, near the right kidney."
     turn = qa("ROC", f"What is in {box(LIVER)}?", answer, LIVER)
 
     assert verify_qa(turn, REGIONS) == "other_structure_named"
 
 
 def test_rc_answer_naming_another_structure_is_other_structure_named():
-    answer = "The small left kidney, below the liver."
+    answer = "The small left kidney, near the liver."
     turn = qa("RC", f"Describe {box(LEFT_KIDNEY)}.", answer, LEFT_KIDNEY)
 
     assert verify_qa(turn, REGIONS) == "other_structure_named"
+
+
+def test_rc_answer_may_name_another_structure_in_a_true_relation():
+    below = qa(
+        "RC",
+        f"Describe {box(LEFT_KIDNEY)}.",
+        "The small left kidney, below the liver.",
+        LEFT_KIDNEY,
+    )
+    above = qa(
+        "RC",
+        f"Describe {box(LEFT_KIDNEY)}.",
+        "The small left kidney, above the liver.",
+        LEFT_KIDNEY,
+    )
+
+    assert verify_qa(below, REGIONS) is None
+    assert verify_qa(above, REGIONS) == "wrong_relation"
 
 
 def test_rc_answer_without_the_region_is_rc_label_missing():
@@ -462,18 +480,21 @@ def test_an_attribute_in_a_clause_naming_nothing_describes_the_name_before():
     assert verify_qa(qa("MIA", "Describe.", honest, LIVER, LEFT_KIDNEY), REGIONS) is None
 
 
-@pytest.mark.parametrize("words", ["a small mass", "a hypodense neoplasm", "a tumour"])
+@pytest.mark.parametrize("words", ["a small mass", "a neoplasm", "a tumour"])
 def test_finding_words_name_the_regions_of_their_kin(words):
     tumour = region(40, "liver tumor", 9, (150, 250, 250, 350), position="middle left")
     regions = {LIVER.region_id: LIVER, tumour.region_id: tumour}
     answer = f"In the liver, {words} is at {box(tumour)}."
 
     assert verify_qa(qa("MIA", "Describe.", answer, LIVER, tumour), regions) is None
-    for other in ("a cyst", "a lesion"):  # another finding, or a broader word: not this tumour
+    # Another finding, or a word for any finding said to be one more: not this tumour.
+    for other in ("a cyst", "another lesion", "a second tumour"):
         text = answer.replace(words, other)
         assert (
             verify_qa(qa("MIA", "Describe.", text, LIVER, tumour), regions) == "invented_structure"
         )
+    lesion = answer.replace(words, "a lesion")  # a word for any finding names this one
+    assert verify_qa(qa("MIA", "Describe.", lesion, LIVER, tumour), regions) is None
 
 
 def test_words_of_the_text_and_the_image_kind_are_never_structure_names():
