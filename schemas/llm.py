@@ -26,7 +26,17 @@ class PromptRegion(BaseModel):
     box: tuple[int, int, int, int] = Field(description="Qwen-VL bbox_1000 (x1, y1, x2, y2).")
     position: str
     size: str
-    side: Literal["left", "right"] | None = None
+    side: Literal["left", "right"] | None = Field(
+        default=None, description="The patient's side the label names, if any."
+    )
+    image_side: Literal["left", "right", "midline"] = Field(
+        default="midline",
+        description="The half of the image the box centre lies in (midline: within 2% of it).",
+    )
+    relations: list[str] = Field(
+        default_factory=list,
+        description="Verified relations to other regions, e.g. 'above the spleen (r2)'.",
+    )
 
 
 class ImagePromptFacts(BaseModel):

@@ -5,6 +5,7 @@ and nearly all honest turns, and ``medgrit validate`` agrees with what it kept."
 from __future__ import annotations
 
 import collections
+import re
 from pathlib import Path
 
 import pytest
@@ -105,6 +106,13 @@ def test_the_retry_names_the_failed_turns_and_keeps_no_lie(
     lies = {_lie_key(lie) for lie in lying_server.lies()}
     assert lies and not lies.intersection(_kept_turns(out))
     assert lying_server.stats()["feedback_requests"] > 0
+    # A retry asks again for the untrue turns of an answer only, never for a whole conversation.
+    users = [messages[-1]["content"] for messages in lying_server.requests()]
+    retries = [text for text in users if text.startswith("Part of your previous answer")]
+    named = [len(re.findall(r"^Turn \d+: task ", text, re.MULTILINE)) for text in retries]
+    assert retries and all(1 <= n <= 4 for n in named) and sum(named) < 3 * len(retries)
+    assert not any("Write a conversation of" in text for text in retries)
+    assert all(len(c["qa"]) <= 4 for c in read_table(out, "conversations"))
     replaced = [r for r in read_table(out, "rejects") if r["detail"].startswith("attempt ")]
     assert replaced and all(", turn " in r["detail"] for r in replaced)
     assert medgrit("validate", str(out)).returncode == 0

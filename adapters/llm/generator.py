@@ -7,9 +7,14 @@ asked at once: concurrently through the process's shared :class:`OpenAICompatibl
 (``medgrit.adapters.llm.dispatch``: one limiter and in-flight window for all shards), or
 through the Batch API. Each answer is parsed with pydantic and every turn is verified
 (``medgrit.core.verify``, with length and copy rules, names read with the build's label
-vocabulary); an answer with an untrue turn is asked again with each failed turn and its reason
-fed back (``retry_invalid`` times). The attempt with the most true turns is kept (the later one
-on a tie); its untrue turns, and those of the attempts it replaced, become reject rows.
+vocabulary). An answer with untrue turns keeps its true ones, and only the untrue turns are asked
+for again (``retry_invalid`` times): the retry names each one (its number, task, region ids,
+text, and the reason with the words that broke the rule), shows the facts of just their regions,
+and asks for the same turns (same task and region ids) in the same JSON shape. A true replacement
+takes its turn's place; a replacement that is untrue, or about another task or other regions, is
+a reject row ("attempt N") and its turn is asked for again while attempts remain. A replaced turn
+is a reject row too (it was paid for); turns still untrue at the end are rejected on writing. An
+answer that is not the JSON asked for is asked for again whole, with that fed back.
 
 Cache: every answer that parses is stored, content-addressed by the request, inside the dataset
 directory; a rerun or a resume answers those requests from the cache and sends nothing. Table
@@ -43,10 +48,10 @@ from medgrit.adapters.text.templates import (
     template_hashes,
     view_variables,
 )
+from medgrit.core.cases import NO_VOCABULARY, Vocabulary
 from medgrit.core.conversations import turn_detail
 from medgrit.core.failures import InfrastructureError
 from medgrit.core.generation import QA, Generated, ImageFacts, RegionFacts
-from medgrit.core.lexicon import lexicon_for
 from medgrit.core.text import laterality_of
 from medgrit.core.verify import Failure, ImageTruth, TextRules, check_turn
 from medgrit.core.vocab import TASKS
@@ -95,6 +100,22 @@ def settings_from_config(config: LLMConfig, share: int = 1) -> LLMSettings:
     )
 
 
+@dataclass(frozen=True)
+class _Untrue:
+    """An untrue turn: its number (its place in the image's conversation), the turn, why, and
+    the attempt that wrote it (0 = the first ask)."""
+
+    number: int
+    qa: QA
+    failure: Failure
+    attempt: int
+
+    def reject(self) -> tuple[str, str]:
+        """The (reason, detail) of its reject row."""
+        detail = turn_detail(self.number, self.qa, self.failure)
+        return self.failure.reason, f"attempt {self.attempt + 1}, {detail}"
+
+
 @dataclass
 class _Item:
     """One image on its way through the rounds of asking and checking."""
@@ -106,10 +127,12 @@ class _Item:
     prompt_hash: str = ""
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    # The first answer read, each untrue turn replaced by its true replacement once one came.
     turns: tuple[QA, ...] = ()
-    failed: list[tuple[int, QA, Failure]] = field(default_factory=list)  # of ``turns``
-    attempt: int = 0  # the attempt ``turns`` came from
-    feedback: str | None = None
+    failed: list[_Untrue] = field(default_factory=list)  # the turns of ``turns`` still untrue
+    # The latest untrue replacement of a turn (by number): what a retry shows of that turn.
+    retried: dict[int, _Untrue] = field(default_factory=dict)
+    feedback: str | None = None  # why the last answer could not be read at all
     rejects: list[tuple[str, str]] = field(default_factory=list)
     done: bool = False
 
@@ -143,6 +166,21 @@ def _in_prompt_ids(text: str, ids: dict[str, str]) -> str:
     return text
 
 
+def _pair(asked: list[_Untrue], answer: tuple[QA, ...]) -> list[tuple[_Untrue, QA | None]]:
+    """Each turn asked for again with its replacement: the answer's first turn of the same task
+    and regions, else the next turn left over (which then fails: another task or regions), else
+    None (left out)."""
+    left = list(answer)
+    found: dict[int, QA] = {}
+    for untrue in asked:
+        key = (untrue.qa.task, set(untrue.qa.region_ids))
+        match = next((qa for qa in left if (qa.task, set(qa.region_ids)) == key), None)
+        if match is not None:
+            left.remove(match)
+            found[untrue.number] = match
+    return [(u, found.get(u.number) or (left.pop(0) if left else None)) for u in asked]
+
+
 class LLMGenerator:
     """Conversations from an OpenAI-compatible endpoint (see the module docstring).
 
@@ -153,7 +191,8 @@ class LLMGenerator:
         max_region_turns: region turns asked for after the MIA turn.
         known_batches: batch ids recorded by an interrupted run (reused, not resubmitted).
         on_batch: called with each new batch id as soon as it exists.
-        vocabulary: the build's label names (a turn naming one its image lacks is untrue).
+        vocabulary: the build's label names and their synonyms (a turn naming one its image
+            lacks is untrue).
         share: the processes that share the provider's limits; this one takes 1/share of them.
     """
 
@@ -167,11 +206,11 @@ class LLMGenerator:
         max_region_turns: int = 3,
         known_batches: Sequence[str] = (),
         on_batch: Callable[[str], None] | None = None,
-        vocabulary: Sequence[str] = (),
+        vocabulary: Vocabulary = NO_VOCABULARY,
         share: int = 1,
     ) -> None:
         self.config = config
-        self.lexicon = lexicon_for(frozenset(vocabulary))
+        self.lexicon = vocabulary.lexicon()
         self.settings = settings_from_config(config, share)
         self._api_key = api_key
         self.cache = AnswerCache(cache_dir, self.settings)
@@ -192,9 +231,15 @@ class LLMGenerator:
         return response_format_for(self.config.response_format)
 
     def _item(self, image: ImageFacts, regions: list[RegionFacts]) -> _Item:
+        """An image's facts as the model sees them: at most ``MAX_PROMPT_REGIONS`` regions
+        (merged ones and the largest first), each with its side of the image and its verified
+        relations to the other regions shown."""
+        from medgrit.core.relations import image_side, prompt_relations
+
         shown = sorted(regions, key=lambda r: (r.instance > 0, -r.area, r.label_id, r.instance))
         shown = sorted(shown[:MAX_PROMPT_REGIONS], key=lambda r: (r.label_id, r.instance))
         ids = {f"r{i}": r.region_id for i, r in enumerate(shown)}
+        short_ids = {rid: short for short, rid in ids.items()}
         facts = ImagePromptFacts(
             modality=view_variables(image.modality, image.plane)["modality"],
             view=view_variables(image.modality, image.plane)["view"],
@@ -206,6 +251,8 @@ class LLMGenerator:
                     position=r.position,
                     size=r.size,
                     side=laterality_of(r.label),
+                    image_side=image_side(r),
+                    relations=prompt_relations(r, shown, short_ids),
                 )  # type: ignore[arg-type]
                 for i, r in enumerate(shown)
             ],
@@ -213,10 +260,21 @@ class LLMGenerator:
         return _Item(image, regions, ids, facts.model_dump_json())
 
     def request_for(self, item: _Item, attempt: int) -> ChatRequest:
-        """The chat request of an image's ``attempt``-th answer (0 = first ask)."""
-        user = self.env.get_template("llm_user.j2").render(
-            facts_json=item.facts_json, turns=1 + self.max_region_turns, feedback=item.feedback
-        )
+        """The chat request of an image's ``attempt``-th answer (0 = first ask).
+
+        An image whose answer has untrue turns is asked for replacements of just those
+        (:meth:`_retry_variables`); one with no answer read yet is asked for the whole
+        conversation. Either way it is one system and one user message, which servers whose
+        chat template wants the roles to alternate take too."""
+        variables: dict = {
+            "facts_json": item.facts_json,
+            "turns": 1 + self.max_region_turns,
+            "feedback": item.feedback,
+        }
+        asked = self._asked(item)
+        if asked:
+            variables.update(self._retry_variables(item, asked))
+        user = self.env.get_template("llm_user.j2").render(**variables)
         return ChatRequest(
             custom_id=f"{item.image.image_id}-a{attempt}",
             messages=(
@@ -226,11 +284,43 @@ class LLMGenerator:
             response_format=self._response_format(),
         )
 
-    def parse(self, content: str, item: _Item) -> tuple[QA, ...] | None:
+    @staticmethod
+    def _asked(item: _Item) -> list[_Untrue]:
+        """The untrue turns a retry asks for again: those whose region ids are all in the
+        prompt (no replacement of a turn about a region the model was never shown is true)."""
+        shown = set(item.ids.values())
+        return [u for u in item.failed if set(u.qa.region_ids) <= shown]
+
+    def _retry_variables(self, item: _Item, asked: list[_Untrue]) -> dict:
+        """Template variables of a retry: each asked turn as the model wrote it last, and facts
+        of only the regions the turns are about and the others of their labels (a VG answer
+        lists every box of its label), which keeps the request small."""
+        short = {rid: sid for sid, rid in item.ids.items()}
+        facts = ImagePromptFacts.model_validate_json(item.facts_json)
+        wanted = {short[rid] for u in asked for rid in u.qa.region_ids}
+        labels = {r.label for r in facts.regions if r.id in wanted}
+        regions = [r for r in facts.regions if r.id in wanted or r.label in labels]
+        failed = []
+        for untrue in asked:
+            last = item.retried.get(untrue.number, untrue)
+            failed.append(
+                {
+                    "number": untrue.number,
+                    "task": untrue.qa.task,
+                    "region_ids": [short[rid] for rid in untrue.qa.region_ids],
+                    "question": last.qa.question,
+                    "answer": last.qa.answer,
+                    "reason": _in_prompt_ids(str(last.failure), item.ids),
+                }
+            )
+        subset = facts.model_copy(update={"regions": regions})
+        return {"facts_json": subset.model_dump_json(), "failed": failed}
+
+    def parse(self, content: str, item: _Item, limit: int | None = None) -> tuple[QA, ...] | None:
         """Turns of an answer, region ids mapped back; None when it is not the asked JSON.
 
-        A turn given twice is kept once, and turns past the number asked for are dropped (so
-        an answer cannot outweigh another by repeating itself)."""
+        A turn given twice is kept once, and turns past the number asked for (``limit``, else
+        a whole conversation's) are dropped, so an answer never adds turns."""
         try:
             conversation = LLMConversation.model_validate_json(content)
         except ValidationError:
@@ -247,31 +337,42 @@ class LLMGenerator:
             if qa not in seen:
                 seen.add(qa)
                 turns.append(qa)
-        return tuple(turns[: 1 + self.max_region_turns])
+        return tuple(turns[: limit or 1 + self.max_region_turns])
 
-    def _check(self, item: _Item, turns: tuple[QA, ...]) -> list[tuple[int, QA, Failure]]:
-        """The untrue turns of an answer: (turn number, turn, why)."""
-        truth = ImageTruth(item.regions, item.image, self.lexicon)
-        failed = []
-        for number, qa in enumerate(turns, 1):
-            failure = check_turn(qa, truth, self.text_rules)
-            if failure:
-                failed.append((number, qa, failure))
-        return failed
-
-    @staticmethod
-    def _keep_best(state: _Item, turns: tuple[QA, ...], failed: list, attempt: int) -> None:
-        """Keep the attempt with the most true turns (the later on a tie); the untrue turns of
-        the one it replaces become rejects now (the kept one's are verified again on writing)."""
-        true_turns = len(turns) - len(failed)
-        if state.turns and len(state.turns) - len(state.failed) > true_turns:
-            replaced, replaced_attempt = failed, attempt
-        else:
-            replaced, replaced_attempt = state.failed, state.attempt
-            state.turns, state.failed, state.attempt = turns, failed, attempt
-        for number, qa, failure in replaced:
-            detail = f"attempt {replaced_attempt + 1}, {turn_detail(number, qa, failure)}"
-            state.rejects.append((failure.reason, detail))
+    def _read_answer(self, state: _Item, turns: tuple[QA, ...], attempt: int) -> None:
+        """Take a readable answer: the whole conversation, or replacements of the turns the
+        request asked for again."""
+        asked = self._asked(state)  # what the request was built from: nothing changed since
+        truth = ImageTruth(state.regions, state.image, self.lexicon)
+        if not asked:
+            state.turns = turns
+            state.failed = [
+                _Untrue(number, qa, failure, attempt)
+                for number, qa in enumerate(turns, 1)
+                if (failure := check_turn(qa, truth, self.text_rules)) is not None
+            ]
+            return
+        slots = list(state.turns)
+        still = [u for u in state.failed if u not in asked]
+        for untrue, new in _pair(asked, turns):
+            if new is None:  # left out of the answer: asked for again
+                still.append(untrue)
+                continue
+            failure = None
+            if (new.task, set(new.region_ids)) != (untrue.qa.task, set(untrue.qa.region_ids)):
+                ids = ", ".join(untrue.qa.region_ids)
+                failure = Failure("region_ids_mismatch", f"asked for {untrue.qa.task} of {ids}")
+            failure = failure or check_turn(new, truth, self.text_rules)
+            if failure is None:
+                state.rejects.append(untrue.reject())
+                slots[untrue.number - 1] = new
+                state.retried.pop(untrue.number, None)
+            else:
+                state.rejects.append(_Untrue(untrue.number, new, failure, attempt).reject())
+                state.retried[untrue.number] = _Untrue(untrue.number, new, failure, attempt)
+                still.append(untrue)
+        state.turns = tuple(slots)
+        state.failed = sorted(still, key=lambda u: u.number)
 
     def generate_all(self, items: list[tuple[ImageFacts, list[RegionFacts]]]) -> list[Generated]:
         """Conversations for all images of a shard (requests run concurrently)."""
@@ -355,23 +456,17 @@ class LLMGenerator:
                     continue
                 state.prompt_tokens += result.prompt_tokens
                 state.completion_tokens += result.completion_tokens
-                turns = self.parse(result.content, state)
+                turns = self.parse(result.content, state, len(self._asked(state)) or None)
                 if turns is None:
-                    problems = ["the answer is not a JSON object of the requested shape"]
+                    state.feedback = "the answer is not a JSON object of the requested shape"
+                    if last:
+                        state.rejects.append(("invalid_json", result.content[:200]))
                 else:
                     if not result.from_cache:
                         self.cache.store(sent, result)
-                    failed = self._check(state, turns)
-                    self._keep_best(state, turns, failed, attempt)
-                    problems = [f"turn {n} ({qa.task}): {failure}" for n, qa, failure in failed]
-                if not problems:
-                    state.done = True
-                elif last:
-                    if turns is None:
-                        state.rejects.append(("invalid_json", result.content[:200]))
-                    state.done = True
-                else:
-                    state.feedback = _in_prompt_ids("; ".join(problems), state.ids)
+                    state.feedback = None
+                    self._read_answer(state, turns, attempt)
+                state.done = last or (turns is not None and not self._asked(state))
             if "stopped" in unavailable:
                 check_stop()  # answers that arrived are cached above; raises BuildInterrupted
             if refused:  # every request has that shape: the others would be refused too

@@ -11,10 +11,11 @@ HTTP (Starlette on uvicorn), so the real ``openai`` SDK talks to it unchanged:
   ``usage.completion_tokens`` ceil(characters of the answer / 4).
 - ``/v1/files`` and ``/v1/batches`` (:mod:`.batches`): uploads, batches answered in the
   background, with failing lines, expiry and cancellation.
-- ``GET /stats``, ``POST /stats/reset``, ``GET /lies``, ``POST /admin/config``, ``GET /health``
-  (:mod:`.app`), for tests; these are not under ``/v1`` and need no key.
+- ``GET /stats``, ``POST /stats/reset``, ``GET /lies``, ``GET /requests``, ``POST /admin/config``,
+  ``GET /health`` (:mod:`.app`), for tests; these are not under ``/v1`` and need no key.
 
-:class:`ServerConfig` (:mod:`.config`) sets limits, latency, faults, lies, batches, the key and
+:class:`ServerConfig` (:mod:`.config`) sets limits, latency, faults, lies, the answers' style
+(``plain`` templates or ``paraphrase``, fluent prose of :mod:`.paraphrase`), batches, the key and
 the formats answered. Start a server in a separate process with :func:`serve` (a context manager,
 :mod:`.process`) or from the shell with
 ``python -m medgrit_testing.openai_server --port 8000 --rpm 1200 --lie-rate 0.2`` (:mod:`.cli`).
@@ -25,11 +26,13 @@ with medgrit; nothing of medgrit's build imports it.
 
 from .answers import estimate_prompt_tokens
 from .config import (
+    ANSWER_STYLES,
     CONTENT_FAULTS,
     LIE_CLASSES,
     MARKUP_LIES,
     RESPONSE_FORMAT_KINDS,
     TRANSPORT_FAULTS,
+    AnswerStyle,
     RefusalStyle,
     ServerConfig,
 )
@@ -38,6 +41,7 @@ from .limits import ProviderLimits, format_duration
 from .process import READY_PREFIX, RunningServer, serve
 
 __all__ = [
+    "ANSWER_STYLES",
     "CONTENT_FAULTS",
     "LIE_CLASSES",
     "LIE_DECOYS",
@@ -48,6 +52,7 @@ __all__ = [
     "RESPONSE_FORMAT_KINDS",
     "SIZE_WORDS",
     "TRANSPORT_FAULTS",
+    "AnswerStyle",
     "ProviderLimits",
     "RefusalStyle",
     "RunningServer",

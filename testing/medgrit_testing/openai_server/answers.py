@@ -231,6 +231,8 @@ def apply_content_fault(
     if fault == "invented_box":
         known = {tuple(r.box) for r in regions}
         with_box = [t for t in turns if "<box>" in t["answer"]]
+        if not with_box:  # e.g. a retry of one ROC turn: no box to invent
+            return
         turn = rng.choice(with_box)
         region = next(r for r in regions if r.id in turn["region_ids"])
         fake = format_box(invent_box(known, tuple(region.box), rng))
@@ -247,7 +249,7 @@ def apply_content_fault(
 
 
 def has_feedback(messages: list) -> bool:
-    """Whether the last message feeds back why a previous answer was rejected."""
+    """Whether the last message feeds back why a previous answer, or part of it, was rejected."""
     last = messages[-1] if messages else None
     text = content_text(last.get("content")) if isinstance(last, dict) else ""
     return "previous answer was rejected" in text

@@ -2,8 +2,9 @@
 
 The OpenAI routes live in :mod:`.chat` and :mod:`.batches`. The endpoints for tests are not under
 ``/v1`` and need no key: ``GET /stats`` and ``POST /stats/reset`` (counters, see
-:meth:`.state.ProviderState.stats`), ``GET /lies`` (the ledger of lies told), ``POST
-/admin/config`` (replace the configuration of a running server) and ``GET /health``.
+:meth:`.state.ProviderState.stats`), ``GET /lies`` (the ledger of lies told), ``GET /requests``
+(the messages of the chat requests answered), ``POST /admin/config`` (replace the configuration
+of a running server) and ``GET /health``.
 """
 
 from __future__ import annotations
@@ -38,6 +39,11 @@ class AdminEndpoints:
     async def get_lies(self, request: Request) -> Response:
         """``GET /lies``: the ledger of lie turns sent since start or the last reset."""
         return json_response(self.state.lie_ledger)
+
+    async def get_requests(self, request: Request) -> Response:
+        """``GET /requests``: the messages of each chat request answered since start or the last
+        reset (the latest ``RECEIVED_KEPT``), oldest first."""
+        return json_response(list(self.state.received))
 
     async def post_stats_reset(self, request: Request) -> Response:
         """``POST /stats/reset``."""
@@ -76,6 +82,7 @@ def create_app(config: ServerConfig) -> Starlette:
         Route("/stats", admin.get_stats, methods=["GET"]),
         Route("/stats/reset", admin.post_stats_reset, methods=["POST"]),
         Route("/lies", admin.get_lies, methods=["GET"]),
+        Route("/requests", admin.get_requests, methods=["GET"]),
         Route("/admin/config", admin.post_config, methods=["POST"]),
         Route("/health", admin.health, methods=["GET"]),
     ]

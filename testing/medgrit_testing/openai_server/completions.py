@@ -2,10 +2,12 @@
 
 With ``deterministic`` (the default) the answer, content faults and lies included, is a function
 of the messages and ``seed`` alone, so the same request gives the same answer online and in a
-batch. Content faults (a truncated JSON string, an invented box, a wrong ROC label) are drawn
-first; lies (:mod:`.lies`) are drawn after the true answer and content faults, so the turns left
-true are exactly those of the same request without lies, and a turn spoiled by a content fault is
-never also a lie. An answer longer than ``max_tokens`` is cut there with
+batch. A retry (:mod:`.retries`) is answered with replacements of just the turns it asks for.
+Content faults (a truncated JSON string, an invented box, a wrong ROC label) are drawn first;
+lies (:mod:`.lies`) are drawn after the true answer and content faults, so the turns left true
+are exactly those of the same request without lies, and a turn spoiled by a content fault is
+never also a lie. ``style`` picks the writer of the true answer (:mod:`.answers` or
+:mod:`.paraphrase`), and lies are told in it. An answer longer than ``max_tokens`` is cut there with
 ``finish_reason: "length"``. Limits, latency and transport faults are the online endpoint's.
 """
 
@@ -30,6 +32,8 @@ from .answers import (
 )
 from .config import ServerConfig
 from .lies import tell_lies
+from .paraphrase import paraphrase_conversation
+from .retries import asked_turns, replacement_turns
 
 
 @dataclass
@@ -91,7 +95,11 @@ def answer_chat(
     else:
         rng = random.Random(server_rng.getrandbits(64))
     fault = _draw_content_fault(config, rng)
-    conversation = build_conversation(facts, turns, rng)
+    # A retry gets replacements of only the turns it names (a whole answer if it names none
+    # that can be written).
+    conversation = replacement_turns(facts, asked_turns(messages), rng)
+    write = paraphrase_conversation if config.style == "paraphrase" else build_conversation
+    conversation = conversation or write(facts, turns, rng)
     spoiled: frozenset[int] = frozenset()
     if fault in ("invented_box", "wrong_label"):
         before = [dict(turn) for turn in conversation]
@@ -99,7 +107,9 @@ def answer_chat(
         spoiled = frozenset(i for i, t in enumerate(before) if t != conversation[i])
     told: list[tuple[int, str]] = []
     if config.lie_rate > 0:  # drawn after the true answer, which the mode leaves unchanged
-        told = tell_lies(conversation, facts, config.lie_rate, config.lie_classes, rng, spoiled)
+        told = tell_lies(
+            conversation, facts, config.lie_rate, config.lie_classes, rng, spoiled, config.style
+        )
     content = json.dumps({"conversation": conversation}, ensure_ascii=False)
     if fault == "malformed_json":
         content = content[: max(1, len(content) // 2)]

@@ -54,6 +54,11 @@ class RunningServer:
         "region_ids", "regions"}``, in the order they were answered."""
         return httpx.get(f"{self.url}/lies", timeout=10).raise_for_status().json()
 
+    def requests(self) -> list[list[dict]]:
+        """``GET /requests``: the messages of each chat request answered (online or in a
+        batch), oldest first; the latest 1000 since start or the last reset."""
+        return httpx.get(f"{self.url}/requests", timeout=10).raise_for_status().json()
+
     def configure(self, config: ServerConfig) -> None:
         """Replace the running server's configuration (buckets start full; stats are kept)."""
         httpx.post(

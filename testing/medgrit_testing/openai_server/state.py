@@ -14,12 +14,15 @@ import hmac
 import os
 import random
 import time
+from collections import deque
 from collections.abc import Mapping
 
 from .answers import canonical_json, has_feedback
 from .completions import Outcome, answer_chat
 from .config import CONTENT_FAULTS, LIE_CLASSES, TRANSPORT_FAULTS, ServerConfig
 from .limits import ProviderLimits
+
+RECEIVED_KEPT = 1000  # chat requests whose messages ``GET /requests`` returns, at most
 
 
 class ProviderState:
@@ -45,13 +48,15 @@ class ProviderState:
         self._auth = f"Bearer {key}".encode() if key else None
 
     def reset_stats(self) -> None:
-        """Zero every counter, forget the bodies seen and empty the lie ledger."""
+        """Zero every counter, forget the bodies seen and empty the lie ledger and request log."""
         self.counters: dict[str, int] = {}
         self.requests_by_endpoint: dict[str, int] = {}
         self.faults = dict.fromkeys(TRANSPORT_FAULTS + CONTENT_FAULTS, 0)
         extra = [c for c in self.config.lie_classes if c not in LIE_CLASSES]
         self.lie_counts = dict.fromkeys((*LIE_CLASSES, *extra), 0)
         self.lie_ledger: list[dict] = []
+        # The messages of the latest chat requests answered (online or batch), oldest first.
+        self.received: deque[list] = deque(maxlen=RECEIVED_KEPT)
         self.seen_bodies: set[bytes] = set()
         self.max_in_flight = self.in_flight  # requests still open are not forgotten
 
@@ -110,6 +115,7 @@ class ProviderState:
 
     def answer(self, body: dict, prompt_tokens: int) -> Outcome:
         """The completion for a chat request body under the current configuration."""
+        self.received.append(body.get("messages"))
         return answer_chat(body, prompt_tokens, self.config, self.rng, self.new_id)
 
     def record_answer(self, outcome: Outcome, body: dict) -> None:
