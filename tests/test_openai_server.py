@@ -4,8 +4,8 @@ What a test of the LLM generator relies on: answers built from the prompt's imag
 verification; RPM and TPM limits answer 429 with ``Retry-After`` and ``x-ratelimit-*`` headers;
 each injected fault shows up; files and batches round-trip (expiry and cancellation included);
 ``/stats`` counts duplicate requests; a configured key is enforced and never leaks; in lies mode
-every class of lie is told, recorded in ``/lies`` and rejected by the verifier, while the true
-turns stay what they are without the mode.
+every class of lie is told and recorded in ``/lies`` (and those of the verifier's long-standing
+rules rejected by it), while the true turns stay what they are without the mode.
 """
 
 from __future__ import annotations
@@ -419,8 +419,14 @@ LIE_TASKS = {
     "wrong_plane": {"MIA"},
     "question_box": {"ROC", "RC"},
     "wrong_region_ids": {"VG", "ROC", "RC"},  # the MIA turn lists all of KIDNEYS' regions
+    "invented_appearance": {"MIA", "VG", "ROC", "RC"},
+    "wrong_body_region": {"MIA", "RC"},  # KIDNEYS is an abdomen: never the knee or the head
+    "wrong_modality_word": {"MIA", "ROC", "RC"},
+    "synonym_wrong_region": {"ROC", "RC"},
+    "wrong_relation": {"ROC", "RC"},  # KIDNEYS' boxes rule out some relation of each region
 }
-# What the verifier must answer to each lie (the rule it breaks, or one it breaks first).
+# What the verifier must answer to each lie of the classes whose rule it has long had (the rule
+# it breaks, or one it breaks first).
 LIE_REASONS = {
     "swapped_box": {"ref_box_mismatch", "region_ids_mismatch"},
     "invented_structure": {"invented_structure"},
@@ -428,7 +434,7 @@ LIE_REASONS = {
     "wrong_position": {"wrong_position"},
     "wrong_size": {"wrong_size"},
     "wrong_side": {"wrong_side", "laterality_mismatch"},
-    "other_structure": {"other_structure_named"},
+    "other_structure": {"other_structure_named", "wrong_relation"},  # "next to": adjacency
     "wrong_modality": {"wrong_modality"},
     "wrong_plane": {"wrong_plane"},
     "question_box": {"question_box_mismatch"},
@@ -437,7 +443,8 @@ LIE_REASONS = {
 
 
 def test_lie_tables_cover_every_class() -> None:
-    assert set(LIE_TASKS) == set(LIE_REASONS) == set(LIE_CLASSES)
+    assert set(LIE_TASKS) == set(LIE_CLASSES)
+    assert set(LIE_REASONS) < set(LIE_CLASSES)
 
 
 def test_lies_are_deterministic_and_recorded_with_their_text(fresh) -> None:
@@ -544,7 +551,7 @@ def test_true_turns_are_unchanged_by_the_mode(fresh, facts) -> None:
 
 @pytest.mark.parametrize(
     ("lie_class", "facts"),
-    [pytest.param(c, f, id=f"{c}-{f['view']}") for c in LIE_CLASSES for f in ALL_FACTS],
+    [pytest.param(c, f, id=f"{c}-{f['view']}") for c in LIE_REASONS for f in ALL_FACTS],
 )
 def test_the_verifier_rejects_each_lie_and_keeps_true_turns(fresh, lie_class, facts) -> None:
     server = fresh(lie_rate=1.0, lie_classes=(lie_class,))
@@ -773,9 +780,11 @@ def test_command_line_help() -> None:
         "--api-key-env",
         "--lie-rate",
         "--lie-classes",
+        "--style",
     ):
         assert flag in result.stdout
     assert "wrong_region_ids" in result.stdout  # the lie classes are listed
+    assert "wrong_relation" in result.stdout and "paraphrase" in result.stdout
 
 
 def test_invalid_config_is_one_clear_error() -> None:
@@ -799,6 +808,14 @@ def test_invalid_config_is_one_clear_error() -> None:
         text=True,
     )  # fmt: skip
     assert result.returncode == 2 and "white_lie" in result.stderr
+    with pytest.raises(ValidationError, match="style"):
+        ServerConfig(style="poetic")
+    result = subprocess.run(
+        [sys.executable, "-m", "medgrit_testing.openai_server", "--style", "poetic"],
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 2 and "poetic" in result.stderr
 
 
 def test_facts_fixtures_follow_the_contract() -> None:

@@ -21,7 +21,7 @@ import uvicorn
 from pydantic import ValidationError
 
 from .app import create_app
-from .config import LIE_CLASSES, RESPONSE_FORMAT_KINDS, RefusalStyle, ServerConfig
+from .config import ANSWER_STYLES, LIE_CLASSES, RESPONSE_FORMAT_KINDS, RefusalStyle, ServerConfig
 from .process import READY_PREFIX
 
 
@@ -83,6 +83,12 @@ def _parser() -> argparse.ArgumentParser:
         help=f"lies to tell, comma-separated (default all: {', '.join(LIE_CLASSES)})",
     )
     parser.add_argument(
+        "--style",
+        choices=ANSWER_STYLES,
+        help="how answers are written: plain templates (default) or paraphrase, fluent clinical "
+        "prose with synonyms, body parts and relations; both true of the image facts",
+    )
+    parser.add_argument(
         "--response-formats",
         type=lambda text: tuple(k.strip() for k in text.split(",") if k.strip()),
         metavar="A,B",
@@ -120,6 +126,7 @@ def _config(args: argparse.Namespace, parser: argparse.ArgumentParser) -> Server
             ("seed", args.seed),
             ("lie_rate", args.lie_rate),
             ("lie_classes", args.lie_classes),
+            ("style", args.style),
             ("response_formats", args.response_formats),
             ("response_format_refusal", args.response_format_refusal),
         ):

@@ -1,4 +1,4 @@
-"""The fake provider's configuration: limits, latency, faults, lies, batches, auth, formats.
+"""The fake provider's configuration: limits, latency, faults, lies, style, batches, auth, formats.
 
 :class:`ServerConfig` is the one typed configuration of a server; the command line
 (:mod:`.cli`) and ``POST /admin/config`` both build one. The names of the faults, lie classes and
@@ -8,7 +8,7 @@
 from __future__ import annotations
 
 import json
-from typing import Literal
+from typing import Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 
@@ -26,6 +26,11 @@ LIE_CLASSES: tuple[str, ...] = (
     "wrong_plane",
     "question_box",
     "wrong_region_ids",
+    "invented_appearance",
+    "wrong_body_region",
+    "wrong_modality_word",
+    "synonym_wrong_region",
+    "wrong_relation",
 )
 # Lies told only when asked for by name (not drawn by default): an answer that carries
 # chat-template special tokens, as text copied from a prompt log or a hostile label would.
@@ -39,6 +44,10 @@ RESPONSE_FORMAT_KINDS: tuple[str, ...] = (
     "json_schema",
 )
 RefusalStyle = Literal["http_400", "http_422", "http_500_validation", "ignore"]
+# How answers are written: the fixed phrasing of plain templates, or fluent clinical prose with
+# synonyms, body parts and relations (:mod:`.paraphrase`); both are true of the facts.
+AnswerStyle = Literal["plain", "paraphrase"]
+ANSWER_STYLES: tuple[str, ...] = get_args(AnswerStyle)
 
 
 class ServerConfig(BaseModel):
@@ -62,6 +71,9 @@ class ServerConfig(BaseModel):
     )
     lie_classes: tuple[str, ...] = Field(
         LIE_CLASSES, min_length=1, description="Kinds of lie to tell (see LIE_CLASSES)."
+    )
+    style: AnswerStyle = Field(
+        "plain", description="How answers are written: plain templates or paraphrase (prose)."
     )
     seed: int = 0
     deterministic: bool = Field(
