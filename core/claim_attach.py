@@ -25,7 +25,12 @@ from dataclasses import dataclass, field
 from typing import NamedTuple
 
 ARTICLES = frozenset({"the", "a", "an"})
-_JOINED_FILLERS = frozenset({"the", "a", "an", "both", "each", "all", "two", "to", "with"})
+_PLURAL_PRONOUNS = frozenset({"both", "each", "all"})
+_JOINED_FILLERS = frozenset(
+    {"the", "a", "an", "both", "each", "all", "two", "to", "with", "of", "from"}
+)
+# Words for a part of a structure that may follow its name ("the left grey matter focus").
+_PART_NOUNS = frozenset({"focus", "portion", "part", "region", "piece", "fragment", "area"})
 # Words between a part's conjunction and its name ("and in the middle right the left lung").
 _PART_WORDS = frozenset({"in", "on", "at", "to", "of", "is", "are", "lies", "lie", "sits", "with"})
 # Words that may stand between an attribute and the name it qualifies ("small and round liver").
@@ -93,6 +98,17 @@ def attach_all(
     targets: list[tuple[int, int]] = []  # (relation position, its other end), in order
     for n, target in found.items():
         a = attributes[n]
+        if target == -3:  # "above the lungs and adjacent to both": the ends before
+            target = targets[-1][1] if targets else None
+        if target == -5:  # "X and Y, adjacent to each other": X to Y
+            other = index.pronoun(a["position"], a["clause"], set())
+            first = index.pronoun(
+                a["position"], a["clause"], {other} if other is not None else set()
+            )
+            if other is not None and first is not None:
+                out[n] = Attribute("relation", a["value"], a["text"], (first,), other)
+                targets.append((a["position"], other))
+            continue
         pronoun = target == -2
         if (
             target == -1
@@ -111,6 +127,8 @@ def attach_all(
         ):
             continue  # "within its left half", "in the abdomen", "in <box>": no relation
         also = index.joined_after(target) if target is not None and target >= 0 else ()
+        if found[n] == -3 and targets:  # every end of the relation before
+            also = tuple(t for p, t in targets if p == targets[-1][0] and t != target)
         before = targets + [(a["position"], t) for t in also]
         subject = index.subject_of(
             a["position"], a["clause"], None if pronoun else target, before, ends
@@ -118,6 +136,9 @@ def attach_all(
         if pronoun:  # "smaller than it": the latest name before that is not the subject
             target = index.pronoun(a["position"], a["clause"], set(subject))
             also = index.joined_after(target) if target is not None else ()
+            if a["value"] == "between" and target is not None:  # "between them": two names
+                before = index.pronoun(a["position"], a["clause"], {*subject, target})
+                also = (*also, before) if before is not None else also
         for t in (target, *also):
             if t is not None:
                 targets.append((a["position"], t))
@@ -147,7 +168,23 @@ def attach_all(
         else:
             described = index.described(a["position"], a["clause"], ends)
             out[n] = Attribute(kind, a["value"], a["text"], described, None, (), negated)
+    if "respectively" in slots:
+        _respectively(out)
     return tuple(a for a in out if a is not None)
+
+
+def _respectively(out: list[Attribute | None]) -> None:
+    """ "The right lung and the left lung occupy the middle left and middle right respectively":
+    attributes of one kind that describe the same joined names, as many as they, go to each in
+    turn."""
+    groups: dict[tuple, list[int]] = {}
+    for n, a in enumerate(out):
+        if a is not None and a.kind != "relation" and len(a.mentions) > 1:
+            groups.setdefault((a.kind, a.mentions), []).append(n)
+    for (_, mentions), found in groups.items():
+        if len(found) == len(mentions):
+            for n, m in zip(found, mentions, strict=True):
+                out[n] = out[n]._replace(mentions=(m,))  # type: ignore[union-attr]
 
 
 def _identities(index: _Index, ends: set[int]) -> tuple[Attribute, ...]:
@@ -357,6 +394,10 @@ class _Index:
         relation's subject ("above the spine and is small"), not about that end ("above the
         spine, which is small")."""
         between = self.slots[self.mentions[end]["position"] + 1 : position]
+        while between[:1] == ["#box"]:
+            between = between[1:]
+        if between[:1] == [","] and between[1:2] in (["a"], ["an"]):
+            return False  # "contains the spine, a small structure ... with its centre ..."
         going = next((k for k, w in enumerate(between) if w in CONTINUING), None)
         relative = next((k for k, w in enumerate(between) if w in RELATIVES), None)
         return going is not None and (relative is None or going < relative)
@@ -376,8 +417,10 @@ class _Index:
         if not PRONOUNS.isdisjoint(phrase["text"].split()):  # "to its left"
             return -2
         k = position + 1
+        plural = False
         while k < len(self.slots):
             if self.slots[k] in fillers or self.phrase_slots.get(k) == "size":  # "a small lesion"
+                plural = plural or self.slots[k] in _PLURAL_PRONOUNS
                 k += 1
             elif self.slots[k] in ("and", "or") and str(self.phrase_slots.get(k + 1)).startswith(
                 "relation"
@@ -387,6 +430,10 @@ class _Index:
                 break
         if k in self.at_slot:
             return self.at_slot[k]
+        if tuple(self.slots[k - 1 : k + 1]) in (("each", "other"), ("one", "another")):
+            return -5  # "adjacent to each other": the two names before
+        if plural:
+            return -3  # "adjacent to both": the other ends of the relation before
         if k in self.phrase_slots:
             return -1
         if k < len(self.slots) and self.slots[k] in PRONOUNS:
@@ -401,6 +448,8 @@ class _Index:
         last = max([target, at, *out])
         while True:
             k = self.mentions[last]["position"] + 1
+            while k < len(self.slots) and self.slots[k] in _PART_NOUNS:
+                k += 1
             if k >= len(self.slots) or self.slots[k] not in ("and", ","):
                 return tuple(out)
             k += 1

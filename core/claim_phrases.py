@@ -144,8 +144,12 @@ def _phrases() -> dict[tuple[str, ...], tuple[str, str]]:
             out[words_of(text)] = ("relation", relation)
     for words in (("in",), ("located", "in"), ("situated", "in"), ("lies", "in"), ("lying", "in")):
         out[words] = ("relation_soft", "in")
+    for words in (("between",), ("in", "between"), ("sandwiched", "between")):
+        out[words] = ("relation_soft", "between")  # "between the lungs"; not "between halves"
     for words in (("right", "at"), ("right", "on"), ("right", "in"), ("right", "by")):
         out[words] = ("adverb", "right")  # "right at the midline": no side
+    for side in SIDES:  # "left-sided structures": a kind of structure, not a place
+        out[(side, "sided")] = ("adverb", side)
     for words in (
         ("box", "center"), ("its", "center"), ("box", "centers"), ("center", "of", "its", "box"),
         ("center", "of", "the", "box"), ("center", "of", "its", "bounding", "box"),

@@ -152,3 +152,15 @@ def lies_in(truth: ImageTruth, a: RegionFacts, b: RegionFacts) -> bool:
         return False
     held = relations_between(a, b)
     return "inside" in held or "adjacent" in held or not truth.masks_known
+
+
+def lies_between(a: RegionFacts, others: list[RegionFacts]) -> bool:
+    """ "A between B and C": A's box centre lies between the centres of two other regions' boxes,
+    across or up and down."""
+    boxes = {tuple(o.bbox_1000) for o in others if o.region_id != a.region_id}
+    if len(boxes) < 2:
+        return False
+    cx, cy = (a.bbox_1000[0] + a.bbox_1000[2]) / 2, (a.bbox_1000[1] + a.bbox_1000[3]) / 2
+    xs = [(b[0] + b[2]) / 2 for b in boxes]
+    ys = [(b[1] + b[3]) / 2 for b in boxes]
+    return min(xs) < cx < max(xs) or min(ys) < cy < max(ys)

@@ -273,5 +273,5 @@ APPEARANCE_SUFFIXES: tuple[str, ...] = (
 # lesion"): the image must have two regions of it.
 MORE_WORDS: frozenset[str] = frozenset(
     {"second", "another", "additional", "other", "satellite", "further", "separate", "third",
-     "extra", "smaller", "larger"}
+     "extra"}
 )  # fmt: skip

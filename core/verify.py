@@ -52,7 +52,7 @@ from typing import NamedTuple
 
 from medgrit.core.claims import Attribute, Mention, TextClaims, read_claims
 from medgrit.core.generation import QA, ImageFacts, RegionFacts
-from medgrit.core.image_truth import ENCLOSING, ImageTruth, holds, lies_in
+from medgrit.core.image_truth import ENCLOSING, ImageTruth, holds, lies_between, lies_in
 from medgrit.core.lexicon import lexicon_for
 from medgrit.core.relations import RELATIONS, relation_holds
 from medgrit.core.text import format_box
@@ -220,12 +220,23 @@ def _described(text: _Read, mention: int, asked: set[str]) -> set[str]:
 
 
 def _check_relation(truth: ImageTruth, text: _Read, a: Attribute, asked: set[str]) -> bool:
-    if a.target is None or (a.value not in RELATIONS and a.value not in ("in", "same")):
+    if a.target is None or (a.value not in RELATIONS and a.value not in ("in", "same", "between")):
         return False
     if a.target in text.exempt and not text.referents[a.target]:
         return True  # a body part: "the polyp in the colon"
     if a.value in ("in", "inside") and text.claims.mentions[a.target].kind == "box":
         return True  # "the object inside <box>": the box says where, it relates nothing
+    if a.value == "between":  # "between the two lungs", "between the liver and the spleen"
+        ends = set().union(*(text.referents[t] for t in (a.target, *a.also)))
+        groups = [_described(text, m, asked) for m in a.mentions] or [asked]
+        return all(
+            any(
+                lies_between(truth.regions[s].facts, [truth.regions[o].facts for o in ends])
+                for s in g
+            )
+            for g in groups
+            if g
+        )
     if a.also:  # "below the right and left lungs": below each
         return all(
             _check_relation(truth, text, a._replace(target=t, also=()), asked)
@@ -259,12 +270,13 @@ def _check_attributes(truth: ImageTruth, text: _Read, asked: set[str]) -> Failur
             continue
         if a.kind in _IMAGE_WORDS:
             return Failure(_IMAGE_WORDS[a.kind], a.text)
-        if a.kind in ("modality", "plane"):
-            given = (
-                None if image is None else (image.modality if a.kind == "modality" else image.plane)
-            )
-            if given is not None and (a.value == given) == a.negated:
-                return Failure("wrong_modality" if a.kind == "modality" else "wrong_plane", a.text)
+        if a.kind == "modality":
+            if image is not None and (a.value == image.modality) == a.negated:
+                return Failure("wrong_modality", a.text)
+            continue
+        if a.kind == "plane":
+            if image is not None and (a.value == image.plane) == a.negated:
+                return Failure("wrong_plane", a.text)
             continue
         if a.kind == "relation":
             if a.negated and a.target is not None and a.value in RELATIONS:

@@ -1,7 +1,7 @@
 """The verifier on turns written in free prose by writers who did not read it
 (``benchmarks/data``, see ``medgrit_testing.natural_turns``): honest turns are kept, lies are not.
 Each set was written by another writer, from the facts of other images; the thresholds hold for
-all of them together."""
+all of them together (MIA, one long text naming every region, keeps the fewest)."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from medgrit.core.verify import ImageTruth, check_turn
 from medgrit_testing.natural_turns import load_turns
 
 DATA = Path(__file__).resolve().parents[1] / "benchmarks" / "data"
-SETS = ("", "_b", "_c", "_d")
+SETS = ("", "_b", "_c", "_d", "_e", "_f")
 
 
 def verdicts(name: str) -> list[tuple[str, str | None, str | None]]:
@@ -35,10 +35,10 @@ def test_honest_natural_turns_are_kept():
     for task, _, reason in found:
         by_task[task].append(reason is None)
 
-    assert len(by_task) == 4 and len(found) >= 500
-    assert sum(reason is None for _, _, reason in found) / len(found) >= 0.98
+    assert len(by_task) == 4 and len(found) >= 800
+    assert sum(reason is None for _, _, reason in found) / len(found) >= 0.975
     for task, kept in by_task.items():
-        assert sum(kept) / len(kept) >= 0.95, task
+        assert sum(kept) / len(kept) >= (0.93 if task == "MIA" else 0.97), task
 
 
 @pytest.mark.parametrize("suffix", SETS)
