@@ -5,7 +5,8 @@ then ``check_turn`` per turn, names read with the build's label vocabulary):
 
 - template turns: the template generator's conversations about random images (1-8 regions of
   60 labels, with boxes, areas and positions as the pipeline computes them);
-- natural turns: ``benchmarks/data/natural_honest.json`` (free clinical prose).
+- natural turns: ``benchmarks/data/natural_honest*.json`` (free clinical prose, see
+  ``medgrit_testing.natural_turns``).
 
 Each text is read afresh in every pass (the cache of read texts is cleared), as a build meets
 it; the best pass counts.
@@ -35,7 +36,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 BASELINE_COMMIT = "606dff8"
-NATURAL = ROOT / "benchmarks" / "data" / "natural_honest.json"
+NATURAL = ROOT / "benchmarks" / "data"
 
 # Runs in a subprocess: times one verifier over the turns in a JSON file (argv[1]).
 TIMER = r"""
@@ -94,50 +95,19 @@ def template_work(turns_wanted: int) -> dict:
     return {"vocabulary": list(VOCABULARY), "images": images}
 
 
-def natural_work(repeat: int) -> dict:
-    """The hand-written natural turns, each image as a 512x512 image of its facts' regions."""
-    from medgrit.core.generation import QA, ImageFacts, RegionFacts
-    from medgrit.core.text import size_word
+def natural_work() -> dict:
+    """The hand-written natural turns of every ``natural_honest*.json`` set."""
+    from medgrit_testing.natural_turns import load_turns
 
-    modality_keys = {
-        "CT": "ct", "MRI": "mr", "PET": "pet", "X-ray": "xray", "ultrasound": "ultrasound",
-        "endoscopy": "endoscopy", "dermoscopy": "dermoscopy", "fundus": "fundus",
-    }  # fmt: skip
-    areas = {"tiny": 600, "small": 3000, "medium": 15000, "large": 60000}
-    images, vocabulary = [], set()
-    for item in json.loads(NATURAL.read_text()):
-        facts = item["facts"]
-        view = facts["view"].split()
-        plane = view[0] if len(view) > 1 and view[0] in ("axial", "coronal", "sagittal") else "2d"
-        image = ImageFacts(item["image_id"], modality_keys[facts["modality"]], plane, 512, 512)
-        regions = []
-        for n, r in enumerate(facts["regions"]):
-            area = areas[r["size"]]
-            assert size_word(area, 512, 512) == r["size"]
-            regions.append(
-                RegionFacts(
-                    f"{image.image_id}-{r['id']}",
-                    r["label"],
-                    n + 1,
-                    0,
-                    tuple(r["box"]),
-                    area,
-                    r["position"],
-                    r["size"],
-                )
-            )
-            vocabulary.add(r["label"])
-        turns = [
-            QA(
-                t["task"],
-                t["question"],
-                t["answer"],
-                tuple(f"{image.image_id}-{i}" for i in t["region_ids"]),
-            )
-            for t in item["turns"]
-        ]
-        images.extend([_item(image, regions, turns)] * repeat)
-    return {"vocabulary": sorted(vocabulary), "images": images}
+    images: dict[str, dict] = {}
+    vocabulary: set[str] = set()
+    for path in sorted(NATURAL.glob("natural_honest*.json")):
+        for t in load_turns(path):
+            key = f"{path.name}:{t.image.image_id}"
+            item = images.setdefault(key, _item(t.image, t.regions, []))
+            item["turns"].append([t.qa.task, t.qa.question, t.qa.answer, list(t.qa.region_ids)])
+            vocabulary.update(r.label for r in t.regions)
+    return {"vocabulary": sorted(vocabulary), "images": list(images.values())}
 
 
 def _item(image, regions, turns) -> dict:
@@ -190,11 +160,11 @@ def main(argv: list[str] | None = None) -> int:
         base = baseline_tree(args.baseline, Path(tmp) / "base")
         for name, work in (
             ("template", template_work(args.turns)),
-            ("natural", natural_work(1)),
+            ("natural", natural_work()),
         ):
             work_file = Path(tmp) / f"{name}.json"
             work_file.write_text(json.dumps(work))
-            passes = args.passes if name == "template" else 20 * args.passes
+            passes = args.passes if name == "template" else 4 * args.passes
             new = timed(work_file, None, passes)
             per_turn = 1e6 * new["seconds"] / new["turns"]
             line = f"{name}: {new['turns']} turns, this checkout {per_turn:.1f} us/turn"

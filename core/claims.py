@@ -160,7 +160,7 @@ def _names_after_boxes(text: str, lexicon: Lexicon) -> str:
             return found.group(0)
         return f" {found.group(2)} {found.group(1)}"
 
-    return _BOX_THEN_NAME.sub(swap, text) if "</box>" in text else text
+    return _BOX_THEN_NAME.sub(swap, text) if "</box> (" in text or "</box>(" in text else text
 
 
 @dataclass
@@ -377,7 +377,7 @@ def _read_words(run: list[str], reading: _Reading) -> None:
                 continue
         if word in _NOTED:
             _note(word, reading)
-        if word.startswith(APPEARANCE_PREFIXES) or word.endswith(APPEARANCE_SUFFIXES):
+        if _is_appearance(word):
             reading.attributes.append(  # "photopenic", "hypoattenuating": no fact says so
                 {"kind": "unsupported", "value": word, "text": word,
                  "position": len(slots), "clause": reading.clause}
@@ -387,6 +387,12 @@ def _read_words(run: list[str], reading: _Reading) -> None:
             continue
         slots.append(word)
         k += 1
+
+
+@lru_cache(maxsize=1 << 16)
+def _is_appearance(word: str) -> bool:
+    """Whether a plain word states appearance by its form ("photopenic", "hypoattenuating")."""
+    return word.startswith(APPEARANCE_PREFIXES) or word.endswith(APPEARANCE_SUFFIXES)
 
 
 def _read_special(run: list[str], k: int, reading: _Reading) -> int:
