@@ -71,12 +71,12 @@ class ImageTruth:
         implied = [self.lexicon.regions_implied(r.base) for r in self.regions.values()]
         return body_regions(implied, self.image)
 
-    def named(self, mention: Mention, exact: bool = False, generic: bool = True) -> set[str]:
+    def named(self, mention: Mention, exact: bool = False) -> set[str]:
         """Regions a name refers to: those whose label it is or is a synonym of (same structure
         and side); when it is no label of the image, those of the same structure on any side
         (it names none), those a broader word covers ("lesion", "brain tissue") and, for a
         finding word, those whose label holds it, and for a word for any finding ("lesion"),
-        the image's findings (``generic``). ``exact``: only the label itself."""
+        the image's findings (``Mention.generic``). ``exact``: only the label itself."""
         own = {
             rid
             for rid, r in self.regions.items()
@@ -95,7 +95,7 @@ class ImageTruth:
                 r.base == mention.base
                 or r.base in covered
                 or (finding and set(mention.base) <= r.words)
-                or (generic and mention.generic and not r.words.isdisjoint(lexicon.finding_words))
+                or (mention.generic and not r.words.isdisjoint(lexicon.finding_words))
             ):
                 out.add(rid)
         return out

@@ -136,29 +136,28 @@ def check_text(qa: QA, rules: TextRules) -> RejectReason | None:
     return None
 
 
-def _twin_named(truth: ImageTruth, claims: TextClaims, m: Mention, generic: bool) -> set[str]:
+def _twin_named(truth: ImageTruth, claims: TextClaims, m: Mention) -> set[str]:
     """The regions of the other name of a pair written together ("left and right lungs")."""
     return {
         rid
         for t in claims.mentions
         if t is not m and t.clause == m.clause and t.position == m.position and t.base == m.base
-        for rid in truth.named(t, generic=generic)
+        for rid in truth.named(t)
     }
 
 
 def _referents(
-    truth: ImageTruth, claims: TextClaims, generic: bool
+    truth: ImageTruth, claims: TextClaims
 ) -> tuple[list[set[str]], set[int], Failure | None]:
     """The regions each mention refers to, the mentions that name a body part the image shows
-    (no region), or the first name or box that is untrue. ``generic``: whether a word for any
-    finding names the image's findings (not in a VG turn, which asks for one structure)."""
+    (no region), or the first name or box that is untrue."""
     out: list[set[str]] = []
     context: set[int] = set()
     for i, m in enumerate(claims.mentions):
         if m.kind == "box":
             out.append(set(truth.by_box[m.boxes[0]]))
             continue
-        named = truth.named(m, generic=generic) if m.known and not m.context else set()
+        named = truth.named(m) if m.known and not m.context else set()
         if not named and m.known and m.base in truth.lexicon.context and not m.boxes:
             if truth.lexicon.context[m.base] not in truth.body_regions:
                 return out, context, Failure("wrong_body_region", m.text)
@@ -175,7 +174,7 @@ def _referents(
             out.append(named)
             continue
         # "the left and right lungs <box> <box>": the boxes of either
-        named |= _twin_named(truth, claims, m, generic)
+        named |= _twin_named(truth, claims, m)
         bound: set[str] = set()
         for box in m.boxes:
             hit = named.intersection(truth.by_box[box])
@@ -424,7 +423,7 @@ def check_turn(qa: QA, truth: ImageTruth, rules: TextRules | None = None) -> Fai
                 return Failure("unknown_box", format_box(box))
     read: list[_Read] = []
     for text in texts:
-        referents, context, failure = _referents(truth, text, True)
+        referents, context, failure = _referents(truth, text)
         if failure:
             return failure
         ends = {t for a in text.attributes if a.kind == "relation" for t in (a.target, *a.also)}
