@@ -15,17 +15,28 @@ Sample names follow SA-Med2D-20M, whose names BiRD's code reads the modality fro
   2D images (one plane, slice 0) are ``z``. ``slice`` is zero-padded to four digits.
 
 Boxes: the dataset's text already uses Qwen-VL syntax ``<ref>X</ref><box>(x1,y1),(x2,y2)</box>``
-with ``bbox_1000`` values (0-1000, Qwen-VL's own frame). Qwen2-VL's tokens are written from the
-regions' own boxes, found by value among the turn's regions, never by rewriting the numbers.
+with ``bbox_1000`` values (0-1000, Qwen-VL's own frame). Every other box format is written from
+the regions' own boxes, found by value among the turn's regions, never by rewriting the numbers
+(:func:`model_box_text`; the formats are described in :mod:`medgrit.core.vlm`):
+
+- ``qwen-vl``: the dataset's text as it is;
+- ``qwen2-tokens`` and ``qwen2.5-absolute``: Qwen2's box tokens (:func:`qwen2vl_text`),
+  ``<|object_ref_start|>liver<|object_ref_end|><|box_start|>(x1,y1),(x2,y2)<|box_end|>``, whose
+  numbers are each region's ``written`` box (``bbox_1000`` or pixels of the resized image);
+- ``qwen2.5-json``: Qwen2.5-VL's grounding JSON, ``{"bbox_2d": [x1, y1, x2, y2], "label":
+  "liver"}`` for a named box, ``{"bbox_2d": [x1, y1, x2, y2]}`` for a bare one, and just the
+  name for a ``<ref>`` without a box.
 """
 
 from __future__ import annotations
 
+import json
 import re
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
+from medgrit.core.vlm import BOX_FORMATS
 from medgrit.core.vocab import BIRD_MODALITY, TASKS, Task
 
 Box = tuple[int, int, int, int]
@@ -98,6 +109,17 @@ _REF_BOX = re.compile(
 _REF = re.compile(r"<ref>(?P<ref>[^<]*)</ref>")
 
 
+def _region_of(match: re.Match, regions: Sequence[TextRegion], text: str) -> TextRegion:
+    """The region a matched Qwen-VL box stands for: its ``bbox_1000``, and its label when a
+    ``<ref>`` names it."""
+    box = tuple(int(match[k]) for k in "abcd")
+    ref = match["ref"]
+    for region in regions:
+        if region.bbox_1000 == box and (ref is None or region.label == ref):
+            return region
+    raise ValueError(f"box {box} of {text!r} is no box of the turn's regions")
+
+
 def qwen2vl_text(text: str, regions: Sequence[TextRegion]) -> str:
     """``text`` with Qwen-VL ``<ref>``/``<box>`` tags as Qwen2-VL's special tokens.
 
@@ -110,19 +132,43 @@ def qwen2vl_text(text: str, regions: Sequence[TextRegion]) -> str:
     """
 
     def box_of(match: re.Match) -> str:
-        box = tuple(int(match[k]) for k in "abcd")
+        x0, y0, x1, y1 = _region_of(match, regions, text).written
+        tokens = f"<|box_start|>({x0},{y0}),({x1},{y1})<|box_end|>"
         ref = match["ref"]
-        for region in regions:
-            if region.bbox_1000 == box and (ref is None or region.label == ref):
-                x0, y0, x1, y1 = region.written
-                tokens = f"<|box_start|>({x0},{y0}),({x1},{y1})<|box_end|>"
-                if ref is not None:
-                    return f"<|object_ref_start|>{ref}<|object_ref_end|>{tokens}"
-                return tokens
-        raise ValueError(f"box {box} of {text!r} is no box of the turn's regions")
+        return tokens if ref is None else f"<|object_ref_start|>{ref}<|object_ref_end|>{tokens}"
 
     boxed = _REF_BOX.sub(box_of, text)
     return _REF.sub(lambda m: f"<|object_ref_start|>{m['ref']}<|object_ref_end|>", boxed)
+
+
+def _json_text(text: str, regions: Sequence[TextRegion]) -> str:
+    """``text`` with Qwen-VL boxes as Qwen2.5-VL's grounding JSON (see the module docstring)."""
+
+    def box_of(match: re.Match) -> str:
+        grounded: dict[str, object] = {"bbox_2d": list(_region_of(match, regions, text).written)}
+        if match["ref"] is not None:
+            grounded["label"] = match["ref"]
+        return json.dumps(grounded, ensure_ascii=False)
+
+    return _REF.sub(lambda m: m["ref"], _REF_BOX.sub(box_of, text))
+
+
+def model_box_text(text: str, regions: Sequence[TextRegion], box_format: str) -> str:
+    """``text`` (the dataset's, with Qwen-VL boxes) as a model of ``box_format`` reads and writes
+    it. Boxes are looked up among ``regions`` as :func:`qwen2vl_text` does, and each region's
+    ``written`` box, in the frame the format writes (:data:`medgrit.core.vlm.BOX_FRAME`), is what
+    appears; ``qwen-vl`` keeps the text as it is.
+
+    Raises:
+        ValueError: for an unknown box format, or a box that is no box of the given regions.
+    """
+    if box_format == "qwen-vl":
+        return text
+    if box_format in ("qwen2-tokens", "qwen2.5-absolute"):
+        return qwen2vl_text(text, regions)
+    if box_format == "qwen2.5-json":
+        return _json_text(text, regions)
+    raise ValueError(f"unknown box format {box_format!r}; expected one of {BOX_FORMATS}")
 
 
 def format_ref_box(label: str, box: Box) -> str:
