@@ -40,7 +40,8 @@ def load_finetune_config(path: Path) -> FinetuneConfig:
     return config.resolved(path.parent.absolute())
 
 
-def _check_dataset(config: FinetuneConfig) -> None:
+def _check_dataset(config: FinetuneConfig) -> int:
+    """The dataset is complete and has what the run reads; returns its train images."""
     from medgrit.adapters.store.bookkeeping import load_dataset
     from medgrit.adapters.store.manifest import ManifestError
 
@@ -67,8 +68,12 @@ def _check_dataset(config: FinetuneConfig) -> None:
     split = manifest.totals.images_by_split if manifest.totals else {}
     if not split.get("train"):
         fail(f"dataset: {shown(dataset)} has no train images to fine-tune on")
-    if config.predict and not split.get("test"):
-        fail(f"dataset: {shown(dataset)} has no test images to answer; set predict = false")
+    if config.predict and not split.get(config.eval_split):
+        fail(
+            f"dataset: {shown(dataset)} has no {config.eval_split} images to answer; set "
+            "predict = false"
+        )
+    return int(split["train"])
 
 
 SUPPORTED_MODELS = ("qwen2_vl", "qwen2_5_vl")
@@ -127,6 +132,15 @@ def _check_model_loads(config: FinetuneConfig) -> None:
         )
 
 
+def _settled(config: FinetuneConfig) -> FinetuneConfig:
+    from medgrit.adapters.training.model import ModelError, settled
+
+    try:
+        return settled(config)
+    except ModelError as exc:
+        fail(f"model_name_or_path: {exc}")
+
+
 def _check_train_extra() -> None:
     missing = [p for p in TRAIN_PACKAGES if importlib.util.find_spec(p) is None]
     if missing:
@@ -170,6 +184,18 @@ def _report(result: dict) -> None:
     metrics = result.get("metrics")
     if not metrics:
         return
+    predicted = result.get("predict") or {}
+    limits, longest = (
+        predicted.get("max_new_tokens", {}),
+        predicted.get("longest_answer_tokens", {}),
+    )
+    if limits:
+        typer.echo(
+            f"answered {predicted['predictions']:,} {predicted['split']} turns; new tokens per "
+            "task (longest answer): "
+            + ", ".join(f"{t} {n} ({longest.get(t, '-')})" for t, n in limits.items())
+            + (f"; {predicted['answers_cut']} answers cut" if predicted.get("answers_cut") else "")
+        )
     typer.echo(
         f"predictions: {shown(out / 'predictions.jsonl')}; scores: {shown(out / 'metrics.json')}"
     )
@@ -195,7 +221,7 @@ def finetune(
 ) -> None:
     """Fine-tune a Qwen2-VL-family model on a dataset, then answer and score its test split."""
     config = load_finetune_config(config_file)
-    _check_dataset(config)
+    train_images = _check_dataset(config)
     from medgrit.adapters.export.records import ExportError, read_records
     from medgrit.adapters.store.dataset_dir import current_writer
     from medgrit.adapters.store.parquet import MissingPart
@@ -211,6 +237,7 @@ def finetune(
     _check_train_extra()
     _check_precision(config)
     _check_model_loads(config)
+    config = _settled(config)
     output = Path(config.output_dir)
     writer = current_writer(output) if output.is_dir() else None
     if writer is not None:
@@ -219,6 +246,11 @@ def finetune(
             f"{f' ({writer})' if writer else ''}; wait for it to finish"
         )
     problem = check_output(config)
+    if problem is not None:
+        fail(problem)
+    from medgrit.adapters.training.footprint import disk_problem
+
+    problem = disk_problem(config, train_images)
     if problem is not None:
         fail(problem)
 

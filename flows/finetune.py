@@ -28,6 +28,7 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact  #
 
 from medgrit.adapters.runtime.interrupt import stop_on_signals  # noqa: E402
 from medgrit.adapters.store.dataset_dir import hold_dataset  # noqa: E402
+from medgrit.adapters.training.model import settled  # noqa: E402
 from medgrit.adapters.training.run import RunMismatch, start_run  # noqa: E402
 from medgrit.core.markdown import (  # noqa: E402
     escape_cells,
@@ -134,14 +135,15 @@ def _summary(config: FinetuneConfig, examples: dict, trained: dict, metrics: dic
 def finetune(config: FinetuneConfig) -> dict:
     """Train a Qwen2-VL-family model on a medgrit dataset, answer its test turns and score them.
 
-    Returns ``{"output_dir", "examples", "train", "metrics"}`` (metrics None without predict).
+    Returns ``{"output_dir", "examples", "train", "predict", "metrics"}`` (the last two None
+    without predict).
 
     Raises:
         RunMismatch: ``output_dir`` holds a run of other settings or of a changed dataset.
         DatasetBusy: another process writes ``output_dir``.
     """
     logger = get_run_logger()
-    config = config.resolved(Path.cwd())
+    config = settled(config.resolved(Path.cwd()))
     tag_flow_run(["medgrit", "finetune", f"model:{config.model_name_or_path}"])
     output = Path(config.output_dir)
     output.mkdir(parents=True, exist_ok=True)
@@ -168,7 +170,7 @@ def finetune(config: FinetuneConfig) -> dict:
                 f"{trained['tokens_per_second']:.0f} tokens/s"
             ),
         )
-        metrics = None
+        metrics = predicted = None
         if config.predict:
             predicted = predict_test(config)
             logger.info("%d test turns answered", predicted["predictions"])
@@ -189,5 +191,6 @@ def finetune(config: FinetuneConfig) -> dict:
         "output_dir": str(output),
         "examples": examples,
         "train": trained,
+        "predict": predicted,
         "metrics": metrics,
     }

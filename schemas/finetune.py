@@ -15,10 +15,12 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from medgrit.core.vlm import MAX_NEW_TOKENS
 from medgrit.core.vocab import TASKS, Task
 
 DEFAULT_MODEL = "Qwen/Qwen2.5-VL-3B-Instruct"
+# Default learning rates: BiRD's 2e-5 for full fine-tuning; LoRA's low-rank updates need about
+# ten times that to move as far.
+LEARNING_RATES = {"lora": 2e-4, "full": 2e-5}
 # The language model's linear layers; LoRA adapts these (and never the vision tower).
 LANGUAGE_LINEARS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
@@ -35,21 +37,30 @@ class FinetuneConfig(BaseModel):
     model_name_or_path: str = Field(
         DEFAULT_MODEL, description="Base model: a Hugging Face hub id or a local folder."
     )
-    box_format: Literal["qwen2.5-vl", "qwen-vl"] = Field(
-        "qwen2.5-vl",
-        description=(
-            "Boxes in the model's text: 'qwen2.5-vl' (box tokens, absolute pixels of the resized "
-            "image) or 'qwen-vl' (<ref>/<box>, 0-999, as BiRD)."
-        ),
+    box_format: Literal["auto", "qwen-vl", "qwen2-tokens", "qwen2.5-absolute", "qwen2.5-json"] = (
+        Field(
+            "auto",
+            description=(
+                "Boxes in the model's text. 'auto': the base model's own ('qwen2-tokens' for "
+                "Qwen2-VL, 'qwen2.5-absolute' for Qwen2.5-VL); 'qwen2-tokens': box tokens, 0-1000; "
+                "'qwen2.5-absolute': box tokens, pixels of the resized image; 'qwen2.5-json': "
+                '{"bbox_2d": [...], "label": ...} in those pixels; \'qwen-vl\': <ref>/<box>, '
+                "0-999, as BiRD."
+            ),
+        )
     )
     finetune: Literal["lora", "full"] = Field(
-        "lora", description="'lora': adapters on the language model; 'full': its weights."
+        "lora",
+        description="'lora': adapters on the language model (fits a 24 GB GPU and a small disk); "
+        "'full': its weights, as BiRD (a 80 GB GPU, checkpoints of ~40 GB for a 3B model).",
     )
     train_vision_tower: bool = Field(False, description="Train the vision encoder (BiRD: no).")
     train_merger: bool = Field(True, description="Train the vision-language merger (BiRD: yes).")
     train_language_model: bool = Field(True, description="Train the language model (BiRD: yes).")
     lora_r: int = Field(64, ge=1)
-    lora_alpha: int = Field(16, ge=1)
+    lora_alpha: int = Field(
+        128, ge=1, description="LoRA's scale is lora_alpha / lora_r (2 by default)."
+    )
     lora_dropout: float = Field(0.05, ge=0, lt=1)
     lora_target_modules: list[str] = Field(
         default_factory=lambda: list(LANGUAGE_LINEARS),
@@ -58,7 +69,17 @@ class FinetuneConfig(BaseModel):
 
     num_train_epochs: float = Field(2.0, gt=0)
     max_steps: int = Field(-1, ge=-1, description="Stop after this many steps (-1: epochs).")
-    learning_rate: float = Field(2e-5, gt=0)
+    learning_rate: float = Field(
+        None,  # type: ignore[assignment]  # filled by _learning_rate_of_mode
+        gt=0,
+        description="Default by mode: 2e-4 for 'lora', 2e-5 (BiRD's) for 'full'.",
+    )
+    merger_learning_rate: float | None = Field(
+        2e-5,
+        gt=0,
+        description="Learning rate of the vision-language merger, which trains whole in both "
+        "modes (null: learning_rate).",
+    )
     lr_scheduler_type: Literal[
         "cosine", "linear", "constant", "constant_with_warmup", "cosine_with_restarts"
     ] = "cosine"
@@ -96,12 +117,24 @@ class FinetuneConfig(BaseModel):
     )
     logging_steps: int = Field(10, ge=1)
     save_steps: int = Field(500, ge=1, description="Checkpoint every N steps (resumable).")
-    save_total_limit: int | None = Field(2, ge=1)
+    save_total_limit: int | None = Field(
+        1, ge=1, description="Checkpoints kept (one more exists while the next is written)."
+    )
+    save_optimizer_state: bool = Field(
+        True,
+        description="Keep the optimizer state in checkpoints (twice the trained weights in "
+        "size). Without it a resumed run restarts Adam's moments, at the right learning rate.",
+    )
     num_processes: int = Field(
         1, ge=1, description="Training processes (GPUs); >1 starts them with torchrun."
     )
 
     predict: bool = Field(True, description="Generate answers for the test split and score them.")
+    eval_split: Literal["test", "train"] = Field(
+        "test",
+        description="The split whose turns are answered and scored ('train': a check that the "
+        "model learned its own examples).",
+    )
     eval_tasks: list[Task] = Field(
         default_factory=lambda: list(TASKS), description="Tasks to predict and score."
     )
@@ -110,17 +143,31 @@ class FinetuneConfig(BaseModel):
     )
     per_device_eval_batch_size: int = Field(8, ge=1)
     max_new_tokens: dict[Task, int] = Field(
-        default_factory=lambda: dict(MAX_NEW_TOKENS),
-        description="New tokens per task (BiRD: 80, and 100 for MIA); tasks not named keep those.",
+        default_factory=dict,
+        description="New tokens per task; a task not named gets its longest answer in the "
+        "dataset, under the model's tokenizer, plus a quarter (at least 16).",
     )
 
     @field_validator("max_new_tokens", mode="after")
     @classmethod
-    def _merge_new_tokens(cls, value: dict[str, int]) -> dict[str, int]:
+    def _check_new_tokens(cls, value: dict[str, int]) -> dict[str, int]:
         low = sorted(task for task, n in value.items() if n < 1)
         if low:
             raise ValueError(f"give each task at least 1 new token ({', '.join(low)})")
-        return {**MAX_NEW_TOKENS, **value}
+        return value
+
+    @field_validator("box_format", mode="before")
+    @classmethod
+    def _older_box_name(cls, value: object) -> object:
+        return "qwen2.5-absolute" if value == "qwen2.5-vl" else value
+
+    @model_validator(mode="before")
+    @classmethod
+    def _learning_rate_of_mode(cls, data: object) -> object:
+        if isinstance(data, dict) and data.get("learning_rate") is None:
+            mode = data.get("finetune", "lora")
+            data = {**data, "learning_rate": LEARNING_RATES.get(mode, LEARNING_RATES["lora"])}
+        return data
 
     @model_validator(mode="after")
     def _check(self) -> FinetuneConfig:

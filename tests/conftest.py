@@ -152,6 +152,23 @@ def build_demo_dataset(out: Path, demo_dir: Path, max_images: int) -> Path:
 
 
 @pytest.fixture(scope="session")
+def finetune_dataset(tmp_path_factory: pytest.TempPathFactory, demo_dir: Path) -> Path:
+    """An 80-image demo build that the fine-tune tests share (read only)."""
+    return build_demo_dataset(tmp_path_factory.mktemp("ft") / "ds", demo_dir, 80)
+
+
+@pytest.fixture(scope="session")
+def tiny_vlm(tmp_path_factory: pytest.TempPathFactory, finetune_dataset: Path) -> Path:
+    """A tiny Qwen2.5-VL (random weights) whose tokenizer is trained on that build's text."""
+    from medgrit.adapters.export.records import read_records
+    from medgrit_testing.tiny_vlm import write_model
+
+    records = read_records(finetune_dataset)
+    texts = [q.question + " " + q.answer for s in records.splits.values() for r in s for q in r.qa]
+    return write_model(tmp_path_factory.mktemp("tiny") / "model", texts, max_pixels=112 * 112)
+
+
+@pytest.fixture(scope="session")
 def cli_env(prefect_server: str, demo_dir: Path) -> dict[str, str]:
     """Environment for ``medgrit`` subprocesses: the session's Prefect server and demo data."""
     env = {

@@ -11,8 +11,6 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import build_demo_dataset
-
 pytest.importorskip("trl", reason="the train extra is part of the test extra")
 
 TASKS = ("VG", "ROC", "RC", "MIA")
@@ -20,18 +18,13 @@ PER_TASK = 3
 
 
 @pytest.fixture(scope="module")
-def dataset(tmp_path_factory: pytest.TempPathFactory, demo_dir: Path) -> Path:
-    return build_demo_dataset(tmp_path_factory.mktemp("ft") / "ds", demo_dir, 80)
+def dataset(finetune_dataset: Path) -> Path:
+    return finetune_dataset
 
 
 @pytest.fixture(scope="module")
-def model_dir(tmp_path_factory: pytest.TempPathFactory, dataset: Path) -> Path:
-    from medgrit.adapters.export.records import read_records
-    from medgrit_testing.tiny_vlm import write_model
-
-    records = read_records(dataset)
-    texts = [q.question + " " + q.answer for s in records.splits.values() for r in s for q in r.qa]
-    return write_model(tmp_path_factory.mktemp("tiny") / "model", texts)
+def model_dir(tiny_vlm: Path) -> Path:
+    return tiny_vlm
 
 
 def _config(folder: Path, dataset: Path, model_dir: Path, **fields) -> Path:
@@ -144,9 +137,9 @@ def test_the_saved_adapter_reloads_and_answers_as_the_run_did(finished, dataset:
     from medgrit.schemas.finetune import FinetuneConfig
 
     _, out, _ = finished
-    config = FinetuneConfig.model_validate(
-        json.loads((out / "finetune.json").read_text())["config"]
-    )
+    record = json.loads((out / "finetune.json").read_text())
+    config = FinetuneConfig.model_validate(record["config"])
+    assert config.box_format == "qwen2.5-absolute"  # "auto" on a Qwen2.5-VL base
     with safe_open(str(out / "model" / "adapter_model.safetensors"), "pt") as weights:
         names = list(weights.keys())
         lora_b = [n for n in names if "lora_B" in n]
@@ -163,7 +156,7 @@ def test_the_saved_adapter_reloads_and_answers_as_the_run_did(finished, dataset:
         processor,
         iter_prompts(records, processor, config.box_format, chosen),
         config.per_device_eval_batch_size,
-        config.max_new_tokens,
+        record["steps"]["predict"]["max_new_tokens"],
         config.box_format,
     )
     assert [json.loads(x) for x in again] == _lines(out / "predictions.jsonl")
@@ -348,7 +341,6 @@ def test_the_defaults_and_the_example_config_are_birds_recipe() -> None:
     assert example == defaults  # the example spells out the defaults
     recipe = (
         defaults.num_train_epochs,
-        defaults.learning_rate,
         defaults.lr_scheduler_type,
         defaults.warmup_ratio,
         defaults.weight_decay,
@@ -356,7 +348,15 @@ def test_the_defaults_and_the_example_config_are_birds_recipe() -> None:
         defaults.max_length,
         defaults.bf16,
     )
-    assert recipe == (2, 2e-5, "cosine", 0.01, 0.1, 0.95, 2048, True)
+    assert recipe == (2, "cosine", 0.01, 0.1, 0.95, 2048, True)
     assert not defaults.train_vision_tower and defaults.train_merger
-    assert defaults.train_language_model and defaults.max_new_tokens["MIA"] == 100
+    assert defaults.train_language_model and defaults.max_new_tokens == {}
+    assert (defaults.finetune, defaults.learning_rate, defaults.merger_learning_rate) == (
+        "lora",
+        2e-4,
+        2e-5,
+    )
+    full = FinetuneConfig(dataset="d", output_dir="o", finetune="full")
+    assert full.learning_rate == 2e-5  # BiRD's, for a full fine-tune
+    assert defaults.save_total_limit == 1 and defaults.box_format == "auto"
     assert Path(example.dataset).is_absolute() and Path(example.output_dir).is_absolute()

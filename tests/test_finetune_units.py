@@ -24,14 +24,13 @@ from medgrit.core.vlm import (
     scale_box,
     smart_resize,
 )
-from tests.conftest import build_demo_dataset
 
 torch = pytest.importorskip("torch", reason="the train extra is part of the test extra")
 
 
 @pytest.fixture(scope="module")
-def dataset(tmp_path_factory: pytest.TempPathFactory, demo_dir: Path) -> Path:
-    return build_demo_dataset(tmp_path_factory.mktemp("ft-units") / "ds", demo_dir, 60)
+def dataset(finetune_dataset: Path) -> Path:
+    return finetune_dataset
 
 
 @pytest.fixture(scope="module")
@@ -42,11 +41,8 @@ def records(dataset: Path):
 
 
 @pytest.fixture(scope="module")
-def model_dir(tmp_path_factory: pytest.TempPathFactory, records) -> Path:
-    from medgrit_testing.tiny_vlm import write_model
-
-    texts = [q.question + " " + q.answer for s in records.splits.values() for r in s for q in r.qa]
-    return write_model(tmp_path_factory.mktemp("tiny") / "model", texts, max_pixels=112 * 112)
+def model_dir(tiny_vlm: Path) -> Path:
+    return tiny_vlm
 
 
 @pytest.fixture(scope="module")
@@ -204,7 +200,7 @@ def test_examples_write_every_train_turn_in_the_models_box_format(
     from medgrit.adapters.training.examples import load_train_examples, write_train_examples
 
     train = [r for r in records.splits["train"] if r.qa]
-    for box_format in ("qwen-vl", "qwen2.5-vl"):
+    for box_format in ("qwen-vl", "qwen2.5-absolute"):
         folder = tmp_path / box_format
         stats = write_train_examples(records, processor, box_format, 4096, folder)
         assert stats.examples == len(train) and stats.examples_too_long == 0
@@ -297,7 +293,7 @@ def test_predicted_box_tokens_are_scored_in_the_thousand_frame(processor) -> Non
     enc = processor.encode(chat_pieces([("Where is the liver?", None)]), 224, 112)
     resized = processor.resized(224, 112)
     prompt = Prompt(0, "VG", "ct_00--D--c--z_0000", "Q", "<ref>liver</ref>", enc.input_ids, resized)
-    (line,) = answer_batch(Replay(), processor, [(prompt, _png(224, 112))], 80, "qwen2.5-vl")
+    (line,) = answer_batch(Replay(), processor, [(prompt, _png(224, 112))], 80, "qwen2.5-absolute")
     w, h = resized
     x0, y0, x1, y1 = box_1000((56, 0, 112, 28), (w, h))
     assert line["response"] == f"<ref>liver</ref><box>({x0},{y0}),({x1},{y1})</box>"
@@ -325,12 +321,28 @@ def test_the_weights_that_train_are_fp32_under_bf16(model_dir: Path, tmp_path: P
         assert summary.trainable == sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
-def test_new_tokens_given_for_some_tasks_keep_birds_for_the_others(tmp_path: Path) -> None:
+def test_new_tokens_follow_the_longest_answer_under_the_models_tokenizer(
+    records, processor
+) -> None:
     from pydantic import ValidationError
 
+    from medgrit.adapters.training.examples import longest_answers, new_token_limits
     from medgrit.schemas.finetune import FinetuneConfig
 
+    expected: dict[str, int] = {}
+    for split in records.splits.values():
+        for qa in (qa for record in split for qa in record.qa):
+            ids = processor.tokenizer(qa.answer + IM_END, add_special_tokens=False)["input_ids"]
+            expected[qa.task] = max(expected.get(qa.task, 0), len(ids))
+    assert longest_answers(records, processor, "qwen-vl") == expected
+    # absolute pixel boxes are written out with other digits: counted in their own form
+    longest = longest_answers(records, processor, "qwen2.5-absolute")
+    assert set(longest) == set(expected) == {"VG", "ROC", "RC", "MIA"}
+    limits = new_token_limits(longest, {"VG": 7})
+    assert limits["VG"] == 7
+    for task in ("ROC", "RC", "MIA"):
+        assert limits[task] >= longest[task] + 16 and limits[task] >= longest[task] * 5 // 4
     config = FinetuneConfig(dataset="d", output_dir="o", max_new_tokens={"VG": 120})
-    assert config.max_new_tokens == {"VG": 120, "ROC": 80, "RC": 80, "MIA": 100}
+    assert config.max_new_tokens == {"VG": 120}
     with pytest.raises(ValidationError, match="at least 1"):
         FinetuneConfig(dataset="d", output_dir="o", max_new_tokens={"MIA": 0})

@@ -26,15 +26,19 @@ def fit_records(records: DatasetRecords) -> BaselineModel:
 
 
 def baseline_lines(
-    records: DatasetRecords, tasks: Iterable[str], chosen: Collection[int] | None = None
+    records: DatasetRecords,
+    tasks: Iterable[str],
+    chosen: Collection[int] | None = None,
+    split: str = "test",
 ) -> list[str]:
-    """The JSONL lines of the baseline's predictions for the test turns of ``tasks``; with
-    ``chosen``, only for those turns (indices into ``test_items(records)``)."""
+    """The JSONL lines of the baseline's predictions for the test turns (or ``split``'s) of
+    ``tasks``; with ``chosen``, only for those turns (indices into ``test_items(records,
+    split)``)."""
     model = fit_records(records)
     wanted = set(tasks)
     keep = None if chosen is None else set(chosen)
     lines = []
-    for index, item in enumerate(test_items(records)):
+    for index, item in enumerate(test_items(records, split)):
         if item.task not in wanted or (keep is not None and index not in keep):
             continue
         asked = next(

@@ -30,11 +30,12 @@ class TestItem:
     region_ids: tuple[str, ...]
 
 
-def test_items(records: DatasetRecords) -> list[TestItem]:
-    """Every turn of the test split, with BiRD's prefixed question, in record order."""
+def test_items(records: DatasetRecords, split: str = "test") -> list[TestItem]:
+    """Every turn of the test split (or of ``split``), with BiRD's prefixed question, in record
+    order."""
     return [
         TestItem(rec, qa.task, bird_question(rec.name, qa.question), qa.answer, qa.region_ids)
-        for rec in records.splits.get("test", ())
+        for rec in records.splits.get(split, ())
         for qa in rec.qa
     ]
 

@@ -25,8 +25,8 @@ from pathlib import Path
 from medgrit.adapters.export.bird import test_items
 from medgrit.adapters.export.records import DatasetRecords, ExportRecord, iter_images
 from medgrit.adapters.training.processor import VisionChatProcessor
-from medgrit.core.exports import TextRegion, bird_question, qwen2vl_text
-from medgrit.core.vlm import chat_pieces, scale_box
+from medgrit.core.exports import TextRegion, bird_question, model_box_text
+from medgrit.core.vlm import chat_pieces, written_box
 
 
 class NoExampleFits(ValueError):
@@ -51,19 +51,16 @@ def model_text(
     """A turn's text as the model reads and writes it (see the module docstring)."""
     if box_format == "qwen-vl":
         return text
+    size = (record.width, record.height)
     regions = [
-        TextRegion(
-            r.label,
-            r.bbox_1000,
-            scale_box(r.bbox, (record.width, record.height), resized),
-        )
+        TextRegion(r.label, r.bbox_1000, written_box(box_format, r.bbox, size, resized))
         for r in (
             record.regions[i]
             for i in [*region_ids, *[k for k in record.regions if k not in region_ids]]
             if i in record.regions
         )
     ]
-    return qwen2vl_text(text, regions)
+    return model_box_text(text, regions, box_format)
 
 
 EXAMPLES_FILE = "train.arrow"
@@ -186,11 +183,13 @@ def _chosen(index: int, name: str, question: str) -> str:
     return hashlib.sha256(f"{index}\x00{name}\x00{question}".encode()).hexdigest()
 
 
-def select_test_items(records: DatasetRecords, tasks: list[str], per_task: int | None) -> list[int]:
-    """Indices into ``test_items(records)`` of the turns to answer: every turn of ``tasks``, or
-    at most ``per_task`` of each, picked by a hash of the turn (spread over the split's datasets
-    and modalities, the same on every run), in test order."""
-    items = test_items(records)
+def select_test_items(
+    records: DatasetRecords, tasks: list[str], per_task: int | None, split: str = "test"
+) -> list[int]:
+    """Indices into ``test_items(records, split)`` of the turns to answer: every turn of
+    ``tasks``, or at most ``per_task`` of each, picked by a hash of the turn (spread over the
+    split's datasets and modalities, the same on every run), in test order."""
+    items = test_items(records, split)
     chosen: list[int] = []
     for task in tasks:
         ids = [i for i, it in enumerate(items) if it.task == task]
@@ -206,15 +205,23 @@ def iter_prompts(
     processor: VisionChatProcessor,
     box_format: str,
     chosen: list[int],
+    split: str = "test",
 ) -> Iterator[tuple[Prompt, bytes]]:
-    """The chosen test turns as prompts with their image bytes, streamed in test order."""
-    items = test_items(records)
+    """The chosen turns of ``split`` as prompts with their image bytes, streamed in order.
+
+    A test turn is asked alone, after the image (BiRD's protocol). A train turn is asked in the
+    conversation it was trained in, after the turns before it with their reference answers: what
+    a model that learned its examples must answer word for word."""
+    items = test_items(records, split)
+    first: dict[str, int] = {}
+    for i, it in enumerate(items):
+        first.setdefault(it.record.name, i)
     wanted = set(chosen)
     by_name: dict[str, list[int]] = {}
     for i in chosen:
         by_name.setdefault(items[i].record.name, []).append(i)
     for record, png in iter_images(records):
-        if record.split != "test" or record.name not in by_name:
+        if record.split != split or record.name not in by_name:
             continue
         resized = processor.resized(record.width, record.height)
         for i in by_name[record.name]:
@@ -223,7 +230,15 @@ def iter_prompts(
             item = items[i]
             plain = item.question.removeprefix(bird_question(record.name, ""))
             text = model_text(plain, record, item.region_ids, box_format, resized)
-            pieces = chat_pieces([(text, None)], processor.system)
+            before = record.qa[: i - first[record.name]] if split == "train" else ()
+            context = [
+                tuple(
+                    model_text(t, record, q.region_ids, box_format, resized)
+                    for t in (q.question, q.answer)
+                )
+                for q in before
+            ]
+            pieces = chat_pieces([*context, (text, None)], processor.system)
             encoded = processor.encode(pieces, record.width, record.height)
             yield (
                 Prompt(
@@ -237,3 +252,34 @@ def iter_prompts(
                 ),
                 png,
             )
+
+
+def longest_answers(
+    records: DatasetRecords, processor: VisionChatProcessor, box_format: str
+) -> dict[str, int]:
+    """Per task, the most tokens any answer of the dataset takes in the model's box format,
+    with its closing ``<|im_end|>``, under the model's own tokenizer (Qwen2's splits numbers
+    into single digits, so a box costs far more tokens than its characters suggest)."""
+    longest: dict[str, int] = {}
+    for split in records.splits.values():
+        for record in split:
+            if not record.qa:
+                continue
+            resized = processor.resized(record.width, record.height)
+            texts = [
+                model_text(q.answer, record, q.region_ids, box_format, resized) for q in record.qa
+            ]
+            ids = processor.tokenizer(texts, add_special_tokens=False)["input_ids"]
+            for q, tokens in zip(record.qa, ids, strict=True):
+                longest[q.task] = max(longest.get(q.task, 0), len(tokens) + 1)
+    return longest
+
+
+def new_token_limits(longest: dict[str, int], given: dict[str, int]) -> dict[str, int]:
+    """New tokens per task: what the config gives, else the longest answer plus a quarter (at
+    least 16), so that an answer a little longer than any reference is not cut."""
+    tasks = set(longest) | set(given)
+    return {
+        t: given[t] if t in given else longest[t] + max(16, -(-longest[t] // 4))
+        for t in sorted(tasks)
+    }

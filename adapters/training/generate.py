@@ -1,12 +1,13 @@
 """Greedy answers of a fine-tuned model to the test turns, in BiRD's inference format.
 
-Prompts (:func:`.examples.iter_prompts`) are answered in batches of one task (BiRD's
-``max_new_tokens`` per task: 80, 100 for MIA), left-padded, without sampling. Each line is
+Prompts (:func:`.examples.iter_prompts`) are answered in batches of one task (new tokens per
+task: :func:`.examples.new_token_limits`), left-padded, without sampling. Each line is
 ``{"id", "image", "question", "annotation", "response", "task"}`` as ``predict-baseline`` writes
 it, in the order of the ``bird`` export's test files; ``response`` is the answer up to the
-model's end of turn in Qwen-VL text (box tokens of ``qwen2.5-vl`` models turned back into the
-0-999 frame, see :func:`medgrit.core.vlm.qwen_vl_text_of_absolute`), and ``raw_response`` is what
-the model wrote when that differs.
+model's end of turn in Qwen-VL text (boxes of the other formats turned back into the 0-999
+frame, see :func:`medgrit.core.vlm.qwen_vl_text_of`), ``raw_response`` is what the model wrote
+when that differs, and ``"cut": true`` marks an answer that ran out of new tokens before its end
+of turn.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from typing import Any
 
 from medgrit.adapters.training.examples import Prompt
 from medgrit.adapters.training.processor import VisionChatProcessor, collate
-from medgrit.core.vlm import cut_answer, qwen_vl_text_of_absolute
+from medgrit.core.vlm import IM_END, cut_answer, qwen_vl_text_of
 
 
 def answer_batch(
@@ -46,14 +47,15 @@ def answer_batch(
             num_beams=1,
             repetition_penalty=1.0,
             pad_token_id=processor.pad_token_id,
-            eos_token_id=processor.tokenizer.convert_tokens_to_ids("<|im_end|>"),
+            eos_token_id=processor.tokenizer.convert_tokens_to_ids(IM_END),
         )
         out = model.generate(**batch, generation_config=greedy)
     new = out[:, batch["input_ids"].shape[1] :]
     lines = []
     for (prompt, _), ids in zip(prompts, new.tolist(), strict=True):
-        raw = cut_answer(processor.tokenizer.decode(ids, skip_special_tokens=False))
-        response = raw if box_format == "qwen-vl" else qwen_vl_text_of_absolute(raw, prompt.resized)
+        text = processor.tokenizer.decode(ids, skip_special_tokens=False)
+        raw = cut_answer(text)
+        response = qwen_vl_text_of(raw, box_format, prompt.resized)
         line = {
             "id": prompt.name,
             "image": f"{prompt.name}.png",
@@ -64,6 +66,8 @@ def answer_batch(
         }
         if response != raw:
             line["raw_response"] = raw
+        if IM_END not in text and "<|endoftext|>" not in text:
+            line["cut"] = True
         lines.append(line)
     return lines
 

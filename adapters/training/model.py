@@ -39,6 +39,30 @@ def dtype_of(config: FinetuneConfig) -> Any:
     return torch.bfloat16 if config.bf16 else torch.float32
 
 
+def settled(config: FinetuneConfig) -> FinetuneConfig:
+    """The config with ``box_format = "auto"`` made the base model's own format (read from its
+    ``config.json``: Qwen2-VL's 0-1000 box tokens, Qwen2.5-VL's absolute pixels).
+
+    Raises:
+        ModelError: when the model is of a family medgrit does not fine-tune.
+    """
+    if config.box_format != "auto":
+        return config
+    from transformers import AutoConfig
+
+    from medgrit.core.vlm import box_format_of_model
+
+    kind = getattr(AutoConfig.from_pretrained(config.model_name_or_path), "model_type", None)
+    try:
+        box_format = box_format_of_model(str(kind))
+    except ValueError:
+        raise ModelError(
+            f"{config.model_name_or_path} is a {kind} model; medgrit fine-tunes Qwen2-VL and "
+            "Qwen2.5-VL models"
+        ) from None
+    return config.model_copy(update={"box_format": box_format})
+
+
 def load_base_model(path: str, config: FinetuneConfig) -> Any:
     """The base model in the training dtype.
 
@@ -119,11 +143,37 @@ def prepare_model(model: Any, config: FinetuneConfig) -> tuple[Any, TrainableSum
     for param in model.parameters():
         if param.requires_grad and param.dtype != torch.float32:
             param.data = param.data.float()
+    if not config.train_vision_tower:
+        detach_frozen_tower(model)
     if config.gradient_checkpointing:
         model.config.use_cache = False
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     total = sum(p.numel() for p in model.parameters())
     return model, TrainableSummary(trainable, total)
+
+
+def _detach_inputs(module: Any, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+    import torch
+
+    def cut(value: Any) -> Any:
+        return value.detach() if isinstance(value, torch.Tensor) else value
+
+    return tuple(cut(a) for a in args), {k: cut(v) for k, v in kwargs.items()}
+
+
+def detach_frozen_tower(model: Any) -> None:
+    """Stop backward at the merger's input: the frozen vision tower gets no backward pass.
+
+    With gradient checkpointing, transformers (and TRL, for a PeftModel) make every sub-model's
+    input embeddings require grad, the vision tower's patch embedding included, so autograd
+    would run the backward of every vision block for gradients nothing uses. The merger (the
+    module at ``visual.merger``, or peft's wrapper around it) keeps its own gradients.
+    """
+    mergers = [m for n, m in model.named_modules() if n.endswith("visual.merger")]
+    if not mergers:
+        raise ModelError("the model has no visual.merger: not a Qwen2-VL-family model")
+    # the outermost: peft's wrapper when the merger trains whole
+    mergers[0].register_forward_pre_hook(_detach_inputs, with_kwargs=True)
 
 
 def load_trained_model(model_dir: str, config: FinetuneConfig) -> Any:

@@ -44,10 +44,25 @@ BASELINE = "baseline.jsonl"
 METRICS = "metrics.json"
 # Fields that change only what is predicted: a run may change them, and predicts again.
 PREDICTION_FIELDS = frozenset(
-    {"predict", "eval_tasks", "max_eval_samples", "per_device_eval_batch_size", "max_new_tokens"}
+    {
+        "predict",
+        "eval_split",
+        "eval_tasks",
+        "max_eval_samples",
+        "per_device_eval_batch_size",
+        "max_new_tokens",
+    }
 )
 # Fields that change neither the model nor the predictions.
-FREE_FIELDS = frozenset({"dataloader_num_workers", "logging_steps", "output_dir"})
+FREE_FIELDS = frozenset(
+    {
+        "dataloader_num_workers",
+        "logging_steps",
+        "output_dir",
+        "save_total_limit",
+        "save_optimizer_state",
+    }
+)
 
 
 class RunMismatch(ValueError):
@@ -193,6 +208,13 @@ def load_processor(config: FinetuneConfig, path: str | None = None):  # -> Visio
     )
 
 
+def box_format_of(config: FinetuneConfig) -> str:
+    """The run's box format (``auto``: the base model's own)."""
+    from medgrit.adapters.training.model import settled
+
+    return settled(config).box_format
+
+
 def records_of(config: FinetuneConfig) -> DatasetRecords:
     return read_records(Path(config.dataset))
 
@@ -208,7 +230,7 @@ def prepare_examples(config: FinetuneConfig) -> dict:
     work = output / f".{EXAMPLES}.partial"
     shutil.rmtree(work, ignore_errors=True)
     stats = write_train_examples(
-        records_of(config), load_processor(config), config.box_format, config.max_length, work
+        records_of(config), load_processor(config), box_format_of(config), config.max_length, work
     )
     shutil.rmtree(output / EXAMPLES, ignore_errors=True)
     os.replace(work, output / EXAMPLES)
@@ -259,9 +281,15 @@ def train_model(config: FinetuneConfig) -> dict:
 
 
 def predict_test(config: FinetuneConfig) -> dict:
-    """The trained model's answers, and the baseline's, to the chosen test turns."""
+    """The trained model's answers, and the baseline's, to the chosen turns of ``eval_split``,
+    with as many new tokens per task as its longest answer needs (and a margin)."""
     from medgrit.adapters.export.baseline import baseline_lines
-    from medgrit.adapters.training.examples import iter_prompts, select_test_items
+    from medgrit.adapters.training.examples import (
+        iter_prompts,
+        longest_answers,
+        new_token_limits,
+        select_test_items,
+    )
     from medgrit.adapters.training.generate import predict_lines
     from medgrit.adapters.training.model import load_trained_model
     from medgrit.adapters.training.trainer import MODEL
@@ -273,23 +301,37 @@ def predict_test(config: FinetuneConfig) -> dict:
 
     output = Path(config.output_dir)
     records = records_of(config)
-    chosen = select_test_items(records, list(config.eval_tasks), config.max_eval_samples)
+    split, tasks = config.eval_split, list(config.eval_tasks)
+    chosen = select_test_items(records, tasks, config.max_eval_samples, split)
     processor = load_processor(config, str(output / MODEL))
+    box_format = box_format_of(config)
+    longest = longest_answers(records, processor, box_format)
+    limits = new_token_limits(longest, dict(config.max_new_tokens))
     model = load_trained_model(str(output / MODEL), config)
     if torch.cuda.is_available():
         model = model.to("cuda")
     lines = predict_lines(
         model,
         processor,
-        iter_prompts(records, processor, config.box_format, chosen),
+        iter_prompts(records, processor, box_format, chosen, split),
         config.per_device_eval_batch_size,
-        config.max_new_tokens,
-        config.box_format,
+        limits,
+        box_format,
     )
+    del model
     write_atomic(output / PREDICTIONS, "".join(line + "\n" for line in lines))
-    baseline = baseline_lines(records, list(config.eval_tasks), chosen)
+    baseline = baseline_lines(records, tasks, chosen, split)
     write_atomic(output / BASELINE, "".join(line + "\n" for line in baseline))
-    result = {"predictions": len(lines), "file": PREDICTIONS, "baseline": BASELINE}
+    cut = sum(1 for line in lines if json.loads(line).get("cut"))
+    result = {
+        "predictions": len(lines),
+        "split": split,
+        "file": PREDICTIONS,
+        "baseline": BASELINE,
+        "max_new_tokens": {t: limits[t] for t in tasks if t in limits},
+        "longest_answer_tokens": {t: longest[t] for t in tasks if t in longest},
+        "answers_cut": cut,
+    }
     finish_step(config, "predict", result)
     return result
 

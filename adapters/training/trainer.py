@@ -14,11 +14,13 @@ model.
 
 from __future__ import annotations
 
+import gc
 import json
 import math
 import os
 import shutil
 import sys
+import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -93,7 +95,7 @@ def sft_config(config: FinetuneConfig, output: Path) -> Any:
         logging_first_step=True,
         save_steps=config.save_steps,
         save_total_limit=config.save_total_limit,
-        save_only_model=False,
+        save_only_model=not config.save_optimizer_state,
         report_to="none",
         disable_tqdm=True,
         remove_unused_columns=False,
@@ -114,23 +116,92 @@ def last_checkpoint(output: Path) -> Path | None:
     return max(found)[1] if found else None
 
 
-def train(config: FinetuneConfig, examples: Path) -> TrainResult:
-    """Train on the examples in ``examples``; save model and processor to ``OUTPUT/model``."""
+def parameter_groups(model: Any, args: Any, merger_lr: float | None) -> list[dict]:
+    """The optimiser's groups: weight decay as transformers' ``Trainer`` applies it (not on
+    biases and norms), and the merger's own learning rate. The language model's groups come
+    first (the trainer logs the first group's learning rate)."""
+    from transformers import Trainer
+
+    # transformers' rule; the method reads nothing of the trainer
+    decay = set(Trainer.get_decay_parameter_names(None, model))  # type: ignore[arg-type]
+    groups: dict[tuple[bool, bool], list] = {}
+    for name, param in model.named_parameters():
+        if param.requires_grad:
+            merger = ".visual.merger." in f".{name}"
+            groups.setdefault((merger, name in decay), []).append(param)
+    return [
+        {
+            "params": params,
+            "lr": merger_lr if merger and merger_lr is not None else args.learning_rate,
+            "weight_decay": args.weight_decay if decays else 0.0,
+        }
+        for (merger, decays), params in sorted(groups.items(), key=lambda kv: kv[0])
+    ]
+
+
+def _catch_up_schedule() -> Any:
+    """A callback that moves the learning-rate schedule to the resumed step when the checkpoint
+    held no scheduler state (``save_optimizer_state = false``)."""
+    from transformers import TrainerCallback
+
+    class CatchUpSchedule(TrainerCallback):
+        def on_train_begin(self, args, state, control, lr_scheduler=None, **kwargs):
+            if lr_scheduler is None:
+                return
+            with warnings.catch_warnings():  # stepping before the optimiser: on purpose
+                warnings.simplefilter("ignore")
+                for _ in range(max(0, state.global_step - lr_scheduler.last_epoch)):
+                    lr_scheduler.step()
+
+    return CatchUpSchedule()
+
+
+def build_trainer(
+    config: FinetuneConfig,
+    output: Path,
+    model: Any,
+    processor: VisionChatProcessor,
+    dataset: Any,
+    callbacks: tuple = (),
+) -> Any:
+    """TRL's ``SFTTrainer`` over a prepared model and the written examples, with the merger's
+    learning rate and the schedule kept right on resume."""
     from trl import SFTTrainer
 
+    args = sft_config(config, output)
+    cls, kwargs = SFTTrainer.get_optimizer_cls_and_kwargs(args, model)
+    groups = parameter_groups(model, args, config.merger_learning_rate)
+    return SFTTrainer(
+        model=model,
+        args=args,
+        train_dataset=dataset,
+        data_collator=TrainCollator(processor, config.pad_to_multiple_of),
+        processing_class=processor.tokenizer,
+        callbacks=[_catch_up_schedule(), *callbacks],
+        optimizer_cls_and_kwargs=(cls, {**kwargs, "params": groups}),
+    )
+
+
+def train(config: FinetuneConfig, examples: Path) -> TrainResult:
+    """Train on the examples in ``examples``; save model and processor to ``OUTPUT/model``.
+    The trained model is freed before this returns (prediction loads the saved one)."""
+    result = _train_and_save(config, examples)
+    gc.collect()  # the trainer's patched forward holds the model in a reference cycle
+    import torch
+
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    return result
+
+
+def _train_and_save(config: FinetuneConfig, examples: Path) -> TrainResult:
     output = Path(config.output_dir)
     processor = VisionChatProcessor.from_pretrained(
         config.model_name_or_path, config.min_pixels, config.max_pixels
     )
     dataset = load_train_examples(examples)
     model, trainable = prepare_model(load_base_model(config.model_name_or_path, config), config)
-    trainer = SFTTrainer(
-        model=model,
-        args=sft_config(config, output),
-        train_dataset=dataset,
-        data_collator=TrainCollator(processor, config.pad_to_multiple_of),
-        processing_class=processor.tokenizer,
-    )
+    trainer = build_trainer(config, output, model, processor, dataset)
     resume = last_checkpoint(output)
     outcome = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
     losses = [(int(e["step"]), float(e["loss"])) for e in trainer.state.log_history if "loss" in e]
