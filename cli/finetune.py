@@ -267,13 +267,21 @@ def _run(config: FinetuneConfig, finetune_flow: Any) -> dict:
 
     from medgrit.adapters.store.dataset_dir import DatasetBusy
     from medgrit.adapters.training.examples import NoExampleFits
+    from medgrit.adapters.training.footprint import DiskTooSmall
     from medgrit.adapters.training.model import ModelError
     from medgrit.adapters.training.processor import ProcessorError
     from medgrit.adapters.training.run import RunMismatch, TrainingFailed
 
     try:
         return finetune_flow(config=config)
-    except (RunMismatch, DatasetBusy, ModelError, ProcessorError, NoExampleFits) as exc:
+    except (
+        RunMismatch,
+        DatasetBusy,
+        ModelError,
+        ProcessorError,
+        NoExampleFits,
+        DiskTooSmall,
+    ) as exc:
         fail(str(exc))
     except TrainingFailed as exc:
         fail(str(exc), code=1)

@@ -28,6 +28,10 @@ _ADAM_MOMENTS_BYTES = 8  # two fp32 moments per trained weight
 _VISION_LINEARS = ("qkv", "proj", "gate_proj", "up_proj", "down_proj")
 
 
+class DiskTooSmall(ValueError):
+    """The disk of ``output_dir`` cannot hold the run's checkpoints and model (one line)."""
+
+
 @dataclass(frozen=True)
 class Footprint:
     """Bytes on disk: one checkpoint, the final model, and how many checkpoints coexist."""

@@ -241,7 +241,12 @@ def prepare_examples(config: FinetuneConfig) -> dict:
 
 def train_model(config: FinetuneConfig) -> dict:
     """Train (resuming from the last checkpoint), once per run; returns the training result.
-    With ``num_processes`` > 1 the trainer runs under ``torchrun``."""
+    With ``num_processes`` > 1 the trainer runs under ``torchrun``.
+
+    Raises:
+        DiskTooSmall: when the disk cannot hold the checkpoints and the model.
+    """
+    from medgrit.adapters.training.footprint import DiskTooSmall, disk_problem
     from medgrit.adapters.training.trainer import MODEL, TRAIN_RESULT, TrainResult, train
 
     done = step_result(config, "train")
@@ -249,6 +254,10 @@ def train_model(config: FinetuneConfig) -> dict:
         return done
     output = Path(config.output_dir)
     examples = output / EXAMPLES
+    totals = load_dataset(Path(config.dataset)).totals
+    problem = disk_problem(config, int(totals.images_by_split.get("train", 0)) if totals else 0)
+    if problem is not None:
+        raise DiskTooSmall(problem)
     if config.num_processes == 1:
         result = train(config, examples).to_json()
     else:
