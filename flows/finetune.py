@@ -173,7 +173,7 @@ def finetune(config: FinetuneConfig) -> dict:
         metrics = predicted = None
         if config.predict:
             predicted = predict_test(config)
-            logger.info("%d test turns answered", predicted["predictions"])
+            logger.info("%d %s turns answered", predicted["predictions"], predicted["split"])
             metrics = evaluate_predictions(config)
             for task, report in metrics["model"].items():
                 create_table_artifact(

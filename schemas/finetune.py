@@ -131,7 +131,9 @@ class FinetuneConfig(BaseModel):
         1, ge=1, description="Training processes (GPUs); >1 starts them with torchrun."
     )
 
-    predict: bool = Field(True, description="Generate answers for the test split and score them.")
+    predict: bool = Field(
+        True, description="Generate answers for the test split (or eval_split) and score them."
+    )
     eval_split: Literal["test", "train"] = Field(
         "test",
         description="The split whose turns are answered and scored ('train': a check that the "

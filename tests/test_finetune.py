@@ -65,8 +65,9 @@ def _config(folder: Path, dataset: Path, model_dir: Path, **fields) -> Path:
 
 @pytest.fixture(scope="module")
 def finished(tmp_path_factory, medgrit, dataset: Path, model_dir: Path) -> tuple[Path, Path, str]:
-    """One complete LoRA run through the CLI: (config file, output folder, stdout). A run into
-    the same folder failed before, with a LoRA target the model lacks, after its examples."""
+    """One complete LoRA run through the CLI, in bf16 (CPU autocast) with the fused AdamW and
+    two data-loader workers: (config file, output folder, stdout). A run into the same folder
+    failed before, with a LoRA target the model lacks, after its examples."""
     folder = tmp_path_factory.mktemp("ft-run")
     wrong = _config(folder, dataset, model_dir, lora_target_modules=["nope"])
     failed = medgrit("finetune", "--config", str(wrong))
@@ -74,7 +75,14 @@ def finished(tmp_path_factory, medgrit, dataset: Path, model_dir: Path) -> tuple
     assert failed.stderr.strip().splitlines()[-1].startswith("medgrit: error: lora_target_modules")
     assert (folder / "run" / "examples").is_dir() and not (folder / "run" / "model").exists()
     # the fixed config runs into that folder: nothing was trained, so nothing binds it
-    config = _config(folder, dataset, model_dir)
+    config = _config(
+        folder,
+        dataset,
+        model_dir,
+        bf16=True,
+        optim="adamw_torch_fused",
+        dataloader_num_workers=2,
+    )
     done = medgrit("finetune", "--config", str(config))
     assert done.returncode == 0, done.stderr[-3000:]
     return config, config.parent / "run", done.stdout
@@ -145,6 +153,8 @@ def test_the_saved_adapter_reloads_and_answers_as_the_run_did(finished, dataset:
         lora_b = [n for n in names if "lora_B" in n]
         assert lora_b and all("language_model" in n for n in lora_b)
         assert any(weights.get_tensor(n).abs().sum() > 0 for n in lora_b)  # trained from zero
+        # bf16 autocast, fp32 master weights: what trained is saved in fp32
+        assert {str(weights.get_tensor(n).dtype) for n in lora_b} == {"torch.float32"}
         assert any("merger" in n for n in names)  # the merger trains whole, saved with it
         assert not any("visual.blocks" in n for n in names)  # the vision tower stays frozen
     records = read_records(dataset)

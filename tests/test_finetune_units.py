@@ -330,10 +330,9 @@ def test_new_tokens_follow_the_longest_answer_under_the_models_tokenizer(
     from medgrit.schemas.finetune import FinetuneConfig
 
     expected: dict[str, int] = {}
-    for split in records.splits.values():
-        for qa in (qa for record in split for qa in record.qa):
-            ids = processor.tokenizer(qa.answer + IM_END, add_special_tokens=False)["input_ids"]
-            expected[qa.task] = max(expected.get(qa.task, 0), len(ids))
+    for qa in (qa for record in records.splits["train"] for qa in record.qa):
+        ids = processor.tokenizer(qa.answer + IM_END, add_special_tokens=False)["input_ids"]
+        expected[qa.task] = max(expected.get(qa.task, 0), len(ids))
     assert longest_answers(records, processor, "qwen-vl") == expected
     # absolute pixel boxes are written out with other digits: counted in their own form
     longest = longest_answers(records, processor, "qwen2.5-absolute")
@@ -346,3 +345,26 @@ def test_new_tokens_follow_the_longest_answer_under_the_models_tokenizer(
     assert config.max_new_tokens == {"VG": 120}
     with pytest.raises(ValidationError, match="at least 1"):
         FinetuneConfig(dataset="d", output_dir="o", max_new_tokens={"MIA": 0})
+
+
+def test_a_train_turn_is_asked_as_it_was_trained(records, processor, tmp_path: Path) -> None:
+    from medgrit.adapters.training.examples import (
+        iter_prompts,
+        load_train_examples,
+        select_test_items,
+        write_train_examples,
+    )
+
+    for box_format in ("qwen-vl", "qwen2.5-absolute"):
+        write_train_examples(records, processor, box_format, 4096, tmp_path / box_format)
+        examples = {r["name"]: r for r in load_train_examples(tmp_path / box_format)}
+        chosen = select_test_items(records, ["VG", "ROC", "RC", "MIA"], None, "train")
+        asked = 0
+        for prompt, _ in iter_prompts(records, processor, box_format, chosen, "train"):
+            example = examples[prompt.name]
+            n = len(prompt.input_ids)
+            # the prompt is the example up to this turn's answer, which is trained from there
+            assert example["input_ids"][:n] == prompt.input_ids
+            assert example["labels"][n - 1] == -100 and example["labels"][n] != -100
+            asked += 1
+        assert asked == sum(len(r.qa) for r in records.splits["train"])

@@ -8,11 +8,12 @@ training, so a Med-GRIT-sized split never sits in memory. An example longer than
 keeps as many whole turns as fit; one whose first turn does not fit is left out and counted.
 
 Test: the test turns of the ``bird`` export (same records, same order), each a prompt of one
-question, for greedy generation per task.
+question, for greedy generation per task. With ``eval_split = "train"``, the train turns that
+were trained, each asked in its conversation.
 
-Text comes from the dataset: for ``qwen-vl`` as it is; for ``qwen2.5-vl`` every box (questions'
-and answers') is written from its region's pixel box scaled to the resized image
-(:func:`medgrit.core.exports.qwen2vl_text`, :func:`medgrit.core.vlm.scale_box`).
+Text comes from the dataset: for ``qwen-vl`` as it is; for the other box formats every box
+(questions' and answers') is written from its region's box in the format's frame
+(:func:`medgrit.core.exports.model_box_text`, :func:`medgrit.core.vlm.written_box`).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from medgrit.adapters.export.bird import test_items
+from medgrit.adapters.export.bird import TestItem, test_items
 from medgrit.adapters.export.records import DatasetRecords, ExportRecord, iter_images
 from medgrit.adapters.training.processor import VisionChatProcessor
 from medgrit.core.exports import TextRegion, bird_question, model_box_text
@@ -183,16 +184,36 @@ def _chosen(index: int, name: str, question: str) -> str:
     return hashlib.sha256(f"{index}\x00{name}\x00{question}".encode()).hexdigest()
 
 
+def _positions(items: list[TestItem]) -> list[int]:
+    """Each turn's place in its conversation (items come in record, then turn, order)."""
+    at: list[int] = []
+    last = None
+    for it in items:
+        at.append(at[-1] + 1 if it.record.name == last else 0)
+        last = it.record.name
+    return at
+
+
 def select_test_items(
-    records: DatasetRecords, tasks: list[str], per_task: int | None, split: str = "test"
+    records: DatasetRecords,
+    tasks: list[str],
+    per_task: int | None,
+    split: str = "test",
+    trained: dict[str, int] | None = None,
 ) -> list[int]:
     """Indices into ``test_items(records, split)`` of the turns to answer: every turn of
     ``tasks``, or at most ``per_task`` of each, picked by a hash of the turn (spread over the
-    split's datasets and modalities, the same on every run), in test order."""
+    split's datasets and modalities, the same on every run), in test order. ``trained`` (train
+    turns kept per example name) leaves out the turns no example holds."""
     items = test_items(records, split)
+    at = _positions(items)
     chosen: list[int] = []
     for task in tasks:
-        ids = [i for i, it in enumerate(items) if it.task == task]
+        ids = [
+            i
+            for i, it in enumerate(items)
+            if it.task == task and (trained is None or at[i] < trained.get(it.record.name, 0))
+        ]
         if per_task is not None and len(ids) > per_task:
             ranked = sorted(ids, key=lambda i: _chosen(i, items[i].record.name, items[i].question))
             ids = sorted(ranked[:per_task])
@@ -213,9 +234,7 @@ def iter_prompts(
     conversation it was trained in, after the turns before it with their reference answers: what
     a model that learned its examples must answer word for word."""
     items = test_items(records, split)
-    first: dict[str, int] = {}
-    for i, it in enumerate(items):
-        first.setdefault(it.record.name, i)
+    at = _positions(items)
     wanted = set(chosen)
     by_name: dict[str, list[int]] = {}
     for i in chosen:
@@ -230,7 +249,7 @@ def iter_prompts(
             item = items[i]
             plain = item.question.removeprefix(bird_question(record.name, ""))
             text = model_text(plain, record, item.region_ids, box_format, resized)
-            before = record.qa[: i - first[record.name]] if split == "train" else ()
+            before = record.qa[: at[i]] if split == "train" else ()
             context = [
                 tuple(
                     model_text(t, record, q.region_ids, box_format, resized)
@@ -257,21 +276,31 @@ def iter_prompts(
 def longest_answers(
     records: DatasetRecords, processor: VisionChatProcessor, box_format: str
 ) -> dict[str, int]:
-    """Per task, the most tokens any answer of the dataset takes in the model's box format,
-    with its closing ``<|im_end|>``, under the model's own tokenizer (Qwen2's splits numbers
-    into single digits, so a box costs far more tokens than its characters suggest)."""
+    """Per task, the most tokens any train answer takes in the model's box format, with its
+    closing ``<|im_end|>``, under the model's own tokenizer (Qwen2's writes every digit as a
+    token, so a box costs far more tokens than its characters suggest). Test answers are not
+    read: they must not set what the model is allowed to write."""
     longest: dict[str, int] = {}
-    for split in records.splits.values():
-        for record in split:
-            if not record.qa:
-                continue
-            resized = processor.resized(record.width, record.height)
-            texts = [
-                model_text(q.answer, record, q.region_ids, box_format, resized) for q in record.qa
-            ]
-            ids = processor.tokenizer(texts, add_special_tokens=False)["input_ids"]
-            for q, tokens in zip(record.qa, ids, strict=True):
-                longest[q.task] = max(longest.get(q.task, 0), len(tokens) + 1)
+    tasks: list[str] = []
+    texts: list[str] = []
+
+    def count() -> None:
+        for task, ids in zip(
+            tasks, processor.tokenizer(texts, add_special_tokens=False)["input_ids"], strict=True
+        ):
+            longest[task] = max(longest.get(task, 0), len(ids) + 1)
+        tasks.clear()
+        texts.clear()
+
+    for record in records.splits.get("train", ()):
+        resized = processor.resized(record.width, record.height)
+        for q in record.qa:
+            tasks.append(q.task)
+            texts.append(model_text(q.answer, record, q.region_ids, box_format, resized))
+        if len(texts) >= 4096:
+            count()
+    if texts:
+        count()
     return longest
 
 

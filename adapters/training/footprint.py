@@ -6,12 +6,15 @@ taken), and the parameters that train are counted as :func:`.model.prepare_model
 - a checkpoint holds the weights the trainer saves (``full``: the whole model, trained weights in
   fp32 and frozen ones in the load dtype; ``lora``: the adapter and the merger, fp32) and, with
   ``save_optimizer_state``, AdamW's two fp32 moments of every trained weight;
-- the trainer writes a new checkpoint before it deletes the oldest, so ``save_total_limit + 1``
-  checkpoints exist at once (fewer when the run saves fewer times);
-- the model saved at the end is the checkpoint's weights without the optimizer.
+- the trainer saves every ``save_steps`` steps and at the last step, and writes a checkpoint
+  before it deletes the oldest, so ``save_total_limit + 1`` checkpoints exist for a moment;
+- the model saved at the end (the checkpoint's weights without the optimizer) is written after
+  the last checkpoint, once only ``save_total_limit`` of them are left;
+- the examples (the train images' PNG bytes and tokens) are written before training.
 
-For Qwen2.5-VL-3B in ``full`` mode a checkpoint is about 39 GB with its optimizer state and 14 GB
-without (the run then needs 91 GB or 41 GB free); a LoRA checkpoint (r = 64) is 1.9 GB.
+For Qwen2.5-VL-3B in ``full`` mode a checkpoint is 38.7 GB with its optimizer state and 13.8 GB
+without, so the run needs 77 GB or 28 GB free besides its examples; a LoRA checkpoint (r = 64)
+is 1.9 GB.
 """
 
 from __future__ import annotations
@@ -22,10 +25,10 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
+from medgrit.adapters.training.model import VISION_LINEARS
 from medgrit.schemas.finetune import FinetuneConfig
 
 _ADAM_MOMENTS_BYTES = 8  # two fp32 moments per trained weight
-_VISION_LINEARS = ("qkv", "proj", "gate_proj", "up_proj", "down_proj")
 
 
 class DiskTooSmall(ValueError):
@@ -39,10 +42,16 @@ class Footprint:
     checkpoint: int
     model: int
     checkpoints_at_once: int
+    checkpoints_kept: int
 
     @property
     def need(self) -> int:
-        return self.checkpoint * self.checkpoints_at_once + self.model
+        """The most the run holds at once: while a checkpoint is written beside the kept ones,
+        or once the model is written beside them."""
+        return max(
+            self.checkpoint * self.checkpoints_at_once,
+            self.checkpoint * self.checkpoints_kept + self.model,
+        )
 
 
 def _part(name: str) -> str:
@@ -59,9 +68,14 @@ def _lora_parameters(model: object, config: FinetuneConfig) -> int:
     for name, module in model.named_modules():  # type: ignore[attr-defined]
         if not isinstance(module, torch.nn.Linear):
             continue
-        leaf, where = name.rsplit(".", 1)[-1], f".{name}"
-        chosen = (".language_model." in where and leaf in config.lora_target_modules) or (
-            ".visual.blocks." in where and config.train_vision_tower and leaf in _VISION_LINEARS
+        where = f".{name}"
+        chosen = (
+            ".language_model." in where
+            and any(where.endswith(f".{m}") for m in config.lora_target_modules)
+        ) or (
+            ".visual.blocks." in where
+            and config.train_vision_tower
+            and any(where.endswith(f".{m}") for m in VISION_LINEARS)
         )
         if chosen:
             count += config.lora_r * (module.in_features + module.out_features)
@@ -69,7 +83,8 @@ def _lora_parameters(model: object, config: FinetuneConfig) -> int:
 
 
 def saves(config: FinetuneConfig, train_images: int) -> int:
-    """How many checkpoints the run writes at most (train images bound the examples)."""
+    """How many checkpoints the run writes at most: one every ``save_steps`` and one at the
+    last step (train images bound the examples)."""
     if config.max_steps > 0:
         steps = config.max_steps
     else:
@@ -79,7 +94,7 @@ def saves(config: FinetuneConfig, train_images: int) -> int:
             * config.num_processes
         )
         steps = math.ceil(config.num_train_epochs * math.ceil(train_images / batch))
-    return max(1, steps // config.save_steps)
+    return max(1, math.ceil(steps / config.save_steps))
 
 
 def footprint(config: FinetuneConfig, train_images: int) -> Footprint:
@@ -110,9 +125,14 @@ def footprint(config: FinetuneConfig, train_images: int) -> Footprint:
         trained = _lora_parameters(model, config) + (sizes["merger"] if config.train_merger else 0)
         weights = trained * 4
     optimizer = trained * _ADAM_MOMENTS_BYTES if config.save_optimizer_state else 0
-    limit = config.save_total_limit
-    at_once = min(saves(config, train_images), limit + 1 if limit else saves(config, train_images))
-    return Footprint(checkpoint=weights + optimizer, model=weights, checkpoints_at_once=at_once)
+    written = saves(config, train_images)
+    limit = config.save_total_limit or written
+    return Footprint(
+        checkpoint=weights + optimizer,
+        model=weights,
+        checkpoints_at_once=min(written, limit + 1),
+        checkpoints_kept=min(written, limit),
+    )
 
 
 def _size_of(folder: Path) -> int:
@@ -130,9 +150,22 @@ def _gb(n: float) -> str:
     return f"{n / 1e9:.1f} GB"
 
 
+def _examples_estimate(config: FinetuneConfig) -> int:
+    """Bytes the examples will take: the dataset's images tables bound their PNG bytes."""
+    from medgrit.adapters.store.bookkeeping import load_dataset
+
+    dataset = Path(config.dataset)
+    manifest = load_dataset(dataset)
+    images = [
+        dataset / rel for shard in manifest.shards for rel in shard.files or {} if "images" in rel
+    ]
+    return sum(p.stat().st_size for p in images if p.is_file())
+
+
 def disk_problem(config: FinetuneConfig, train_images: int) -> str | None:
-    """Why ``output_dir``'s disk cannot take the run (one line), or None. What an earlier run
-    of the same folder already wrote (checkpoints, model) counts as taken."""
+    """Why ``output_dir``'s disk cannot take the run (one line), or None. What the run's folder
+    already holds (examples, checkpoints, model of an earlier try) counts as taken."""
+    from medgrit.adapters.training.run import EXAMPLES
     from medgrit.adapters.training.trainer import CHECKPOINTS, MODEL
 
     output = Path(config.output_dir)
@@ -141,16 +174,19 @@ def disk_problem(config: FinetuneConfig, train_images: int) -> str | None:
         probe = probe.parent
     free = shutil.disk_usage(probe).free
     need = footprint(config, train_images)
-    written = _size_of(output / CHECKPOINTS) + _size_of(output / MODEL) if output.is_dir() else 0
-    if need.need - written <= free:
+    held = sum(_size_of(output / f) for f in (CHECKPOINTS, MODEL)) if output.is_dir() else 0
+    examples = 0 if (output / EXAMPLES).is_dir() else _examples_estimate(config)
+    if need.need + examples - held <= free:
         return None
-    advice = (
-        "set save_optimizer_state = false, free space or choose another output_dir"
-        if config.save_optimizer_state
-        else "free space or choose another output_dir"
-    )
+    advice = ["free space", "choose another output_dir"]
+    if config.save_optimizer_state:
+        advice.insert(0, "set save_optimizer_state = false")
+    if config.finetune == "full":
+        advice.insert(0, "use finetune = 'lora'")
+    kept = need.checkpoints_kept
     return (
-        f"output_dir {output}: the run needs about {_gb(need.need - written)} free "
-        f"({need.checkpoints_at_once} checkpoints of {_gb(need.checkpoint)} while the newest is "
-        f"written, and the model of {_gb(need.model)}); the disk has {_gb(free)}: {advice}"
+        f"output_dir {output}: the run needs about {_gb(need.need + examples)} "
+        f"({need.checkpoints_at_once} checkpoints of {_gb(need.checkpoint)} while one is "
+        f"written, or {kept} and the model of {_gb(need.model)}; examples {_gb(examples)}) and "
+        f"the disk has {_gb(free + held)} for it: {', '.join(advice[:-1])} or {advice[-1]}"
     )

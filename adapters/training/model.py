@@ -18,7 +18,16 @@ from typing import Any
 
 from medgrit.schemas.finetune import FinetuneConfig
 
-_VISION_LINEARS = ("qkv", "attn.proj", "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj")
+# The vision blocks' linear layers (Qwen2.5-VL's gated MLP, Qwen2-VL's fc1/fc2).
+VISION_LINEARS = (
+    "qkv",
+    "attn.proj",
+    "mlp.gate_proj",
+    "mlp.up_proj",
+    "mlp.down_proj",
+    "mlp.fc1",
+    "mlp.fc2",
+)
 
 
 class ModelError(ValueError):
@@ -117,7 +126,7 @@ def prepare_model(model: Any, config: FinetuneConfig) -> tuple[Any, TrainableSum
         layers = "|".join(m.replace(".", r"\.") for m in config.lora_target_modules)
         pattern = rf".*language_model\..*\.({layers})"
         if config.train_vision_tower:
-            vision = "|".join(m.replace(".", r"\.") for m in _VISION_LINEARS)
+            vision = "|".join(m.replace(".", r"\.") for m in VISION_LINEARS)
             pattern = rf"({pattern}|.*visual\.blocks\..*\.({vision}))"
         lora = LoraConfig(
             r=config.lora_r,

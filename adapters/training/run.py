@@ -20,6 +20,7 @@ prediction steps then run again.
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import json
 import os
@@ -311,7 +312,8 @@ def predict_test(config: FinetuneConfig) -> dict:
     output = Path(config.output_dir)
     records = records_of(config)
     split, tasks = config.eval_split, list(config.eval_tasks)
-    chosen = select_test_items(records, tasks, config.max_eval_samples, split)
+    trained = trained_turns(output) if split == "train" else None
+    chosen = select_test_items(records, tasks, config.max_eval_samples, split, trained)
     processor = load_processor(config, str(output / MODEL))
     box_format = box_format_of(config)
     longest = longest_answers(records, processor, box_format)
@@ -328,6 +330,9 @@ def predict_test(config: FinetuneConfig) -> dict:
         box_format,
     )
     del model
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
     write_atomic(output / PREDICTIONS, "".join(line + "\n" for line in lines))
     baseline = baseline_lines(records, tasks, chosen, split)
     write_atomic(output / BASELINE, "".join(line + "\n" for line in baseline))
@@ -343,6 +348,14 @@ def predict_test(config: FinetuneConfig) -> dict:
     }
     finish_step(config, "predict", result)
     return result
+
+
+def trained_turns(output: Path) -> dict[str, int]:
+    """Turns kept per train example (the rest did not fit ``max_length``), by image name."""
+    from medgrit.adapters.training.examples import load_train_examples
+
+    examples = load_train_examples(output / EXAMPLES).select_columns(["name", "turns"])
+    return dict(zip(examples["name"], examples["turns"], strict=True))
 
 
 def score_file(path: Path, stack: ExitStack, scorer: list) -> dict:

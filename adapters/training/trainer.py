@@ -117,18 +117,14 @@ def last_checkpoint(output: Path) -> Path | None:
 
 
 def parameter_groups(model: Any, args: Any, merger_lr: float | None) -> list[dict]:
-    """The optimiser's groups: weight decay as transformers' ``Trainer`` applies it (not on
-    biases and norms), and the merger's own learning rate. The language model's groups come
-    first (the trainer logs the first group's learning rate)."""
-    from transformers import Trainer
-
-    # transformers' rule; the method reads nothing of the trainer
-    decay = set(Trainer.get_decay_parameter_names(None, model))  # type: ignore[arg-type]
+    """The optimiser's groups: weight decay on matrices only (not on biases, norm scales or
+    any other vector, whatever their module's class), and the merger's own learning rate. The
+    language model's groups come first (the trainer logs the first group's learning rate)."""
     groups: dict[tuple[bool, bool], list] = {}
     for name, param in model.named_parameters():
         if param.requires_grad:
             merger = ".visual.merger." in f".{name}"
-            groups.setdefault((merger, name in decay), []).append(param)
+            groups.setdefault((merger, param.ndim >= 2), []).append(param)
     return [
         {
             "params": params,
@@ -168,17 +164,23 @@ def build_trainer(
     learning rate and the schedule kept right on resume."""
     from trl import SFTTrainer
 
-    args = sft_config(config, output)
-    cls, kwargs = SFTTrainer.get_optimizer_cls_and_kwargs(args, model)
-    groups = parameter_groups(model, args, config.merger_learning_rate)
-    return SFTTrainer(
+    merger_lr = config.merger_learning_rate
+
+    class Trainer(SFTTrainer):
+        def create_optimizer(self, model: Any = None) -> Any:
+            if self.optimizer is None:  # transformers takes the groups given as "params"
+                cls, kwargs = self.get_optimizer_cls_and_kwargs(self.args, self.model)
+                groups = parameter_groups(self.model, self.args, merger_lr)
+                self.optimizer_cls_and_kwargs = (cls, {**kwargs, "params": groups})
+            return super().create_optimizer(model)
+
+    return Trainer(
         model=model,
-        args=args,
+        args=sft_config(config, output),
         train_dataset=dataset,
         data_collator=TrainCollator(processor, config.pad_to_multiple_of),
         processing_class=processor.tokenizer,
         callbacks=[_catch_up_schedule(), *callbacks],
-        optimizer_cls_and_kwargs=(cls, {**kwargs, "params": groups}),
     )
 
 
