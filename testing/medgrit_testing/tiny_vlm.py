@@ -6,7 +6,9 @@
 ``<ref>``/``<box>`` tags, a PIL ``Qwen2VLImageProcessorPil`` config, and the model's config and
 weights. ``shape="tiny"`` (hidden size 64, two layers, a two-block vision tower) trains on a CPU
 in seconds, for tests; ``shape="3b"`` has Qwen2.5-VL-3B-Instruct's published dimensions, for
-throughput benchmarks. Needs the ``train`` extra.
+throughput benchmarks, its vocabulary of 151,936 and its LM head tied to the input embeddings:
+the model's embedding matrix is the real one's, rows past the trained tokenizer's last id never
+read from text. Needs the ``train`` extra.
 """
 
 from __future__ import annotations
@@ -73,6 +75,11 @@ SHAPES: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
 }
 
 
+# The model's vocabulary (None: the tokenizer's size) and whether its LM head is tied to the input
+# embeddings, per shape; Qwen2.5-VL-3B-Instruct's config.json has 151936 and true.
+EMBEDDINGS: dict[str, tuple[int | None, bool]] = {"tiny": (None, False), "3b": (151936, True)}
+
+
 def train_tokenizer(texts: Iterable[str], vocab_size: int = 2000) -> Any:
     """A byte-level BPE ``PreTrainedTokenizerFast`` trained on ``texts``, with the special tokens
     a Qwen2-VL-family model needs (``<|im_end|>`` ends a turn; ``<|endoftext|>`` pads)."""
@@ -98,16 +105,25 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int = 2000) -> Any:
     )
 
 
-def model_config(tokenizer: Any, shape: str = "tiny") -> Any:
-    """A ``Qwen2_5_VLConfig`` of ``shape`` whose special token ids are ``tokenizer``'s."""
+def model_config(
+    tokenizer: Any, shape: str = "tiny", vocab: int | None = None, tied: bool | None = None
+) -> Any:
+    """A ``Qwen2_5_VLConfig`` of ``shape`` whose special token ids are ``tokenizer``'s.
+
+    ``vocab`` (the model's vocabulary, at least the tokenizer's size) and ``tied`` (LM head tied
+    to the input embeddings) default to the shape's (:data:`EMBEDDINGS`)."""
     from transformers import Qwen2_5_VLConfig
 
     text, vision = SHAPES[shape]
+    shape_vocab, shape_tied = EMBEDDINGS[shape]
+    vocab = vocab or shape_vocab or len(tokenizer)
+    if vocab < len(tokenizer):
+        raise ValueError(f"vocab {vocab} is smaller than the tokenizer's {len(tokenizer)} tokens")
     ids = {t: tokenizer.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS}
     return Qwen2_5_VLConfig(
         text_config=dict(
             text,
-            vocab_size=len(tokenizer),
+            vocab_size=vocab,
             max_position_embeddings=32768,
             bos_token_id=ids["<|endoftext|>"],
             eos_token_id=ids["<|im_end|>"],
@@ -118,6 +134,7 @@ def model_config(tokenizer: Any, shape: str = "tiny") -> Any:
         video_token_id=ids["<|video_pad|>"],
         vision_start_token_id=ids["<|vision_start|>"],
         vision_end_token_id=ids["<|vision_end|>"],
+        tie_word_embeddings=shape_tied if tied is None else tied,
     )
 
 
@@ -129,8 +146,17 @@ def write_model(
     max_pixels: int = 112 * 112,
     seed: int = 0,
     vocab_size: int = 2000,
+    model_vocab: int | None = None,
+    tied: bool | None = None,
+    dtype: Any = None,
+    device: str | None = None,
 ) -> Path:
-    """Write tokenizer, image processor and a randomly initialised model to ``folder``."""
+    """Write tokenizer, image processor and a randomly initialised model to ``folder``.
+
+    ``vocab_size`` is the tokenizer's; ``model_vocab`` and ``tied`` override the shape's
+    embeddings (:func:`model_config`). ``dtype`` (e.g. ``torch.bfloat16``) is the saved weights'
+    (default fp32); ``device`` is where the weights are drawn ("cuda" initialises the 3B shape
+    in seconds instead of a minute)."""
     import torch
     from transformers import GenerationConfig, Qwen2_5_VLForConditionalGeneration
     from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import (
@@ -144,8 +170,10 @@ def write_model(
         str(folder)
     )
     torch.manual_seed(seed)
-    config = model_config(tokenizer, shape)
-    model = Qwen2_5_VLForConditionalGeneration(config)
+    config = model_config(tokenizer, shape, model_vocab, tied)
+    with torch.device(device or "cpu"):
+        model = Qwen2_5_VLForConditionalGeneration(config)
+    model = model.to("cpu", dtype)  # saved from host memory, whatever drew the weights
     model.generation_config = GenerationConfig(
         eos_token_id=config.text_config.eos_token_id,
         pad_token_id=config.text_config.pad_token_id,
