@@ -169,6 +169,22 @@ def tiny_vlm(tmp_path_factory: pytest.TempPathFactory, finetune_dataset: Path) -
 
 
 @pytest.fixture(scope="session")
+def finetune_records(finetune_dataset: Path):
+    """That build's records, as the fine-tune reads them."""
+    from medgrit.adapters.export.records import read_records
+
+    return read_records(finetune_dataset)
+
+
+@pytest.fixture(scope="session")
+def tiny_processor(tiny_vlm: Path):
+    """The tiny model's tokenizer and image processor."""
+    from medgrit.adapters.training.processor import VisionChatProcessor
+
+    return VisionChatProcessor.from_pretrained(tiny_vlm)
+
+
+@pytest.fixture(scope="session")
 def cli_env(prefect_server: str, demo_dir: Path) -> dict[str, str]:
     """Environment for ``medgrit`` subprocesses: the session's Prefect server and demo data."""
     env = {

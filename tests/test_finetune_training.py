@@ -18,52 +18,30 @@ from tests.test_finetune import _config, _in_process_config
 torch = pytest.importorskip("torch", reason="the train extra is part of the test extra")
 
 
-@pytest.fixture(scope="module")
-def dataset(finetune_dataset: Path) -> Path:
-    return finetune_dataset
-
-
-@pytest.fixture(scope="module")
-def model_dir(tiny_vlm: Path) -> Path:
-    return tiny_vlm
-
-
-@pytest.fixture(scope="module")
-def records(dataset: Path):
-    from medgrit.adapters.export.records import read_records
-
-    return read_records(dataset)
-
-
-@pytest.fixture(scope="module")
-def processor(model_dir: Path):
-    from medgrit.adapters.training.processor import VisionChatProcessor
-
-    return VisionChatProcessor.from_pretrained(model_dir)
-
-
-def _batch(processor, records):
+def _batch(tiny_processor, finetune_records):
     from medgrit.adapters.export.records import iter_images
     from medgrit.adapters.training.processor import collate
     from medgrit.core.vlm import chat_pieces
 
-    record, png = next((r, p) for r, p in iter_images(records) if r.qa)
+    record, png = next((r, p) for r, p in iter_images(finetune_records) if r.qa)
     turns = [(q.question, q.answer) for q in record.qa]
-    enc = processor.encode(chat_pieces(turns), record.width, record.height)
-    return collate(processor, [enc.input_ids], [enc.labels], [png])
+    enc = tiny_processor.encode(chat_pieces(turns), record.width, record.height)
+    return collate(tiny_processor, [enc.input_ids], [enc.labels], [png])
 
 
 @pytest.mark.parametrize("mode", ["lora", "full"])
-def test_the_frozen_vision_tower_gets_no_backward(mode, model_dir, processor, records) -> None:
+def test_the_frozen_vision_tower_gets_no_backward(
+    mode, tiny_vlm, tiny_processor, finetune_records
+) -> None:
     from medgrit.adapters.training.model import load_base_model, prepare_model
     from medgrit.schemas.finetune import FinetuneConfig
 
-    batch = _batch(processor, records)
+    batch = _batch(tiny_processor, finetune_records)
     for tower in (False, True):
         config = FinetuneConfig(
             dataset="d", output_dir="o", bf16=False, finetune=mode, train_vision_tower=tower
         )
-        model, _ = prepare_model(load_base_model(str(model_dir), config), config)
+        model, _ = prepare_model(load_base_model(str(tiny_vlm), config), config)
         # what the trainer does under gradient checkpointing: every input embedding, the
         # vision tower's patch embedding included, is made to require grad
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
@@ -102,8 +80,8 @@ def _losses(config, steps: int) -> list[float]:
 
 
 def test_lora_defaults_train_where_birds_full_fine_tune_rate_barely_moves(
-    dataset,
-    model_dir,
+    finetune_dataset,
+    tiny_vlm,
     tmp_path: Path,
 ) -> None:
     steady = {
@@ -111,9 +89,11 @@ def test_lora_defaults_train_where_birds_full_fine_tune_rate_barely_moves(
         "lr_scheduler_type": "constant",
         "warmup_ratio": 0.0,
     }
-    defaults = _in_process_config(dataset, model_dir, tmp_path / "new").model_copy(update=steady)
+    defaults = _in_process_config(finetune_dataset, tiny_vlm, tmp_path / "new").model_copy(
+        update=steady
+    )
     assert (defaults.finetune, defaults.learning_rate, defaults.lora_alpha) == ("lora", 2e-4, 128)
-    old = _in_process_config(dataset, model_dir, tmp_path / "old").model_copy(
+    old = _in_process_config(finetune_dataset, tiny_vlm, tmp_path / "old").model_copy(
         update={**steady, "learning_rate": 2e-5, "lora_alpha": 16}
     )
     fell = {}
@@ -123,16 +103,16 @@ def test_lora_defaults_train_where_birds_full_fine_tune_rate_barely_moves(
     assert fell["defaults"] > 5 * max(fell["old"], 1e-3), fell
 
 
-def test_the_merger_trains_at_its_own_learning_rate(dataset, model_dir, tmp_path) -> None:
+def test_the_merger_trains_at_its_own_learning_rate(finetune_dataset, tiny_vlm, tmp_path) -> None:
     from medgrit.adapters.training import run
     from medgrit.adapters.training.examples import load_train_examples
     from medgrit.adapters.training.model import load_base_model, prepare_model
     from medgrit.adapters.training.trainer import build_trainer
 
-    config = _in_process_config(dataset, model_dir, tmp_path / "run")
+    config = _in_process_config(finetune_dataset, tiny_vlm, tmp_path / "run")
     run.start_run(config)
     run.prepare_examples(config)
-    model, _ = prepare_model(load_base_model(str(model_dir), config), config)
+    model, _ = prepare_model(load_base_model(str(tiny_vlm), config), config)
     examples = load_train_examples(tmp_path / "run" / "examples")
     trainer = build_trainer(config, tmp_path / "run", model, run.load_processor(config), examples)
     groups = trainer.create_optimizer().param_groups
@@ -156,8 +136,8 @@ def test_the_merger_trains_at_its_own_learning_rate(dataset, model_dir, tmp_path
 
 
 def test_the_trained_model_is_freed_before_training_returns(
-    dataset,
-    model_dir,
+    finetune_dataset,
+    tiny_vlm,
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -172,7 +152,9 @@ def test_the_trained_model_is_freed_before_training_returns(
         return model
 
     monkeypatch.setattr(trainer, "load_base_model", load)
-    config = _in_process_config(dataset, model_dir, tmp_path / "run", max_steps=2, save_steps=10)
+    config = _in_process_config(
+        finetune_dataset, tiny_vlm, tmp_path / "run", max_steps=2, save_steps=10
+    )
     run.start_run(config)
     run.prepare_examples(config)
     gc.collect()
@@ -185,16 +167,16 @@ def test_the_trained_model_is_freed_before_training_returns(
 
 
 def test_a_resume_without_optimizer_state_keeps_the_learning_rate_schedule(
-    dataset,
-    model_dir,
+    finetune_dataset,
+    tiny_vlm,
     tmp_path: Path,
 ) -> None:
     from medgrit.adapters.training import run
     from medgrit.adapters.training.footprint import saves
 
     config = _in_process_config(
-        dataset,
-        model_dir,
+        finetune_dataset,
+        tiny_vlm,
         tmp_path / "run",
         max_steps=6,
         save_steps=4,
@@ -227,12 +209,12 @@ def test_a_resume_without_optimizer_state_keeps_the_learning_rate_schedule(
 
 def test_a_run_the_disk_cannot_hold_is_refused_in_one_line(
     medgrit_offline,
-    dataset,
-    model_dir,
+    finetune_dataset,
+    tiny_vlm,
     tmp_path: Path,
 ) -> None:
     huge = tmp_path / "huge"
-    shutil.copytree(model_dir, huge)
+    shutil.copytree(tiny_vlm, huge)
     settings = json.loads((huge / "config.json").read_text())
     text = settings.get("text_config", settings)
     # about a trillion parameters: checkpoints of some 16 TB with the optimizer state
@@ -240,7 +222,9 @@ def test_a_run_the_disk_cannot_hold_is_refused_in_one_line(
     text.update(layer_types=["full_attention"] * 64)
     text.update(num_attention_heads=64, num_key_value_heads=8)
     (huge / "config.json").write_text(json.dumps(settings))
-    config = _config(tmp_path / "a", dataset, huge, finetune="full", save_steps=1, max_steps=9)
+    config = _config(
+        tmp_path / "a", finetune_dataset, huge, finetune="full", save_steps=1, max_steps=9
+    )
     done = medgrit_offline("finetune", "--config", str(config))
     assert done.returncode == 2, done.stderr[-2000:]
     assert done.stderr.count("\n") == 1, done.stderr
@@ -248,7 +232,7 @@ def test_a_run_the_disk_cannot_hold_is_refused_in_one_line(
     assert not (tmp_path / "a" / "run").exists()
 
 
-def test_the_box_format_follows_the_base_models_family(model_dir, tmp_path: Path) -> None:
+def test_the_box_format_follows_the_base_models_family(tiny_vlm, tmp_path: Path) -> None:
     from transformers import Qwen2VLConfig
 
     from medgrit.adapters.training.model import ModelError, settled
@@ -258,12 +242,12 @@ def test_the_box_format_follows_the_base_models_family(model_dir, tmp_path: Path
         config = FinetuneConfig(dataset="d", output_dir="o", model_name_or_path=str(path), **fields)
         return settled(config).box_format
 
-    assert box_format(model_dir) == "qwen2.5-absolute"
+    assert box_format(tiny_vlm) == "qwen2.5-absolute"
     qwen2 = tmp_path / "qwen2"
     Qwen2VLConfig().save_pretrained(qwen2)
     assert box_format(qwen2) == "qwen2-tokens"
     assert box_format(qwen2, box_format="qwen2.5-json") == "qwen2.5-json"
-    assert box_format(model_dir, box_format="qwen2.5-vl") == "qwen2.5-absolute"  # older name
+    assert box_format(tiny_vlm, box_format="qwen2.5-vl") == "qwen2.5-absolute"  # older name
     bert = tmp_path / "bert"
     bert.mkdir()
     (bert / "config.json").write_text(json.dumps({"model_type": "bert"}))

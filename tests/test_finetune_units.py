@@ -34,10 +34,8 @@ def dataset(finetune_dataset: Path) -> Path:
 
 
 @pytest.fixture(scope="module")
-def records(dataset: Path):
-    from medgrit.adapters.export.records import read_records
-
-    return read_records(dataset)
+def records(finetune_records):
+    return finetune_records
 
 
 @pytest.fixture(scope="module")
@@ -46,10 +44,8 @@ def model_dir(tiny_vlm: Path) -> Path:
 
 
 @pytest.fixture(scope="module")
-def processor(model_dir: Path):
-    from medgrit.adapters.training.processor import VisionChatProcessor
-
-    return VisionChatProcessor.from_pretrained(model_dir)
+def processor(tiny_processor):
+    return tiny_processor
 
 
 # -- pure rules ------------------------------------------------------------------------------
