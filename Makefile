@@ -6,10 +6,14 @@ PYTHON ?= python3
 # that its module fixtures are built once.
 TEST_WORKERS ?= 2
 
-.PHONY: test test-deps
+.PHONY: test test-deps bench-check
 
 test: test-deps
 	$(PYTHON) -m pytest -n $(TEST_WORKERS) --dist loadfile
+
+# The benchmark scripts' CPU modes, end to end (not part of `make test`).
+bench-check: test-deps
+	$(PYTHON) -m pytest -m bench
 
 test-deps:
 	bash scripts/install-test-data.sh

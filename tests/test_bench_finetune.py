@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.bench  # `make bench-check`: a minute of CPU, out of `make test`
+
 if importlib.util.find_spec("trl") is None:  # found, not imported: the runs import it
     pytest.skip("the train extra is part of the test extra", allow_module_level=True)
 

@@ -1,6 +1,7 @@
 """Proof that the fine-tune learns: ``medgrit finetune`` in a subprocess trains a tiny Qwen2.5-VL
-(random weights, fully fine-tuned) on five demo images until greedy decoding gives back every
-answer it was trained on, word for word and box for box, through prediction and evaluation.
+(random weights, fully fine-tuned) on four demo images, CT and MR, until greedy decoding gives
+back every answer it was trained on, word for word and box for box, through prediction and
+evaluation.
 
 Only a model that sees the right tokens can do that: answers that differ only in their boxes
 (the same question about another image) need the image's tokens, in their 3D positions; the
@@ -26,7 +27,7 @@ BIRD_MIA_TOKENS = 100  # BiRD's new tokens for MIA answers
 
 @pytest.fixture(scope="module")
 def few(tmp_path_factory: pytest.TempPathFactory, demo_dir: Path) -> Path:
-    return build_demo_dataset(tmp_path_factory.mktemp("few") / "ds", demo_dir, 6)
+    return build_demo_dataset(tmp_path_factory.mktemp("few") / "ds", demo_dir, 4)
 
 
 @pytest.fixture(scope="module")
@@ -46,7 +47,7 @@ def learned(tmp_path_factory, medgrit, few: Path) -> tuple[Path, Path, str]:
         box_format="qwen2-tokens",
         learning_rate=1e-2,
         weight_decay=0.0,
-        max_steps=200,
+        max_steps=150,
         per_device_train_batch_size=len(train),  # every example in every step
         save_steps=100,
         logging_steps=20,
@@ -109,12 +110,13 @@ def test_one_checkpoint_is_kept_and_its_size_was_known_before(learned) -> None:
 
     out, _, _ = learned
     kept = sorted(p.name for p in (out / "checkpoints").glob("checkpoint-*"))
-    assert kept == ["checkpoint-200"]
+    assert kept == ["checkpoint-150"]  # saved at 100 and at the last step; one kept
     config = FinetuneConfig.model_validate(
         json.loads((out / "finetune.json").read_text())["config"]
     )
-    known = footprint(config, 5)
-    checkpoint = out / "checkpoints" / "checkpoint-200"
+    known = footprint(config, 4)
+    assert (known.checkpoints_at_once, known.checkpoints_kept) == (2, 1)
+    checkpoint = out / "checkpoints" / "checkpoint-150"
     weights = (checkpoint / "model.safetensors").stat().st_size
     optimizer = (checkpoint / "optimizer.pt").stat().st_size
     assert known.model == pytest.approx(weights, rel=0.02)
