@@ -232,6 +232,16 @@ def _in_process_config(dataset: Path, model_dir: Path, out: Path, **fields):
     )
 
 
+def killed_before(out: Path, checkpoint: str) -> None:
+    """Leave ``out`` as a kill while ``checkpoint`` was written would: no such checkpoint, no
+    model, no training step in the run's record."""
+    shutil.rmtree(out / "checkpoints" / checkpoint)
+    shutil.rmtree(out / "model")
+    record = json.loads((out / "finetune.json").read_text())
+    del record["steps"]["train"]
+    (out / "finetune.json").write_text(json.dumps(record))
+
+
 def test_a_killed_training_resumes_from_its_last_checkpoint(dataset, model_dir, tmp_path) -> None:
     from medgrit.adapters.training import run
 
@@ -244,14 +254,10 @@ def test_a_killed_training_resumes_from_its_last_checkpoint(dataset, model_dir, 
     assert first["steps"] == 6 and first["resumed_from"] is None
     # what a kill after the checkpoint of step 3 leaves: no later checkpoint, no model, no record
     out = Path(config.output_dir)
-    shutil.rmtree(out / "checkpoints" / "checkpoint-6")
+    killed_before(out, "checkpoint-6")
     # and a checkpoint cut off while it was written (no trainer_state.json): never resumed from
     (out / "checkpoints" / "checkpoint-5").mkdir()
     (out / "checkpoints" / "checkpoint-5" / "model.safetensors").write_bytes(b"half")
-    shutil.rmtree(out / "model")
-    record = json.loads((out / "finetune.json").read_text())
-    del record["steps"]["train"]
-    (out / "finetune.json").write_text(json.dumps(record))
     second = run.train_model(config)
     assert second["resumed_from"] == "checkpoint-3" and second["steps"] == 6
     assert (out / "model" / "adapter_model.safetensors").is_file()

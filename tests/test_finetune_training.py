@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.test_finetune import _config, _in_process_config
+from tests.test_finetune import _config, _in_process_config, killed_before
 
 torch = pytest.importorskip("torch", reason="the train extra is part of the test extra")
 
@@ -195,11 +195,7 @@ def test_a_resume_without_optimizer_state_keeps_the_learning_rate_schedule(
     state = json.loads((out / "checkpoints" / "checkpoint-6" / "trainer_state.json").read_text())
     rates = [e["learning_rate"] for e in state["log_history"] if "learning_rate" in e]
     assert not (out / "checkpoints" / "checkpoint-4" / "optimizer.pt").exists()
-    shutil.rmtree(out / "checkpoints" / "checkpoint-6")
-    shutil.rmtree(out / "model")
-    record = json.loads((out / "finetune.json").read_text())
-    del record["steps"]["train"]
-    (out / "finetune.json").write_text(json.dumps(record))
+    killed_before(out, "checkpoint-6")
     again = run.train_model(config)
     assert again["resumed_from"] == "checkpoint-4" and again["steps"] == 6
     state = json.loads((out / "checkpoints" / "checkpoint-6" / "trainer_state.json").read_text())
