@@ -98,7 +98,7 @@ def test_lora_defaults_train_where_birds_full_fine_tune_rate_barely_moves(
     )
     fell = {}
     for name, config in (("defaults", defaults), ("old", old)):
-        losses = _losses(config, 12)
+        losses = _losses(config, 8)
         fell[name] = sum(losses[:3]) / 3 - sum(losses[-3:]) / 3
     assert fell["defaults"] > 5 * max(fell["old"], 1e-3), fell
 
