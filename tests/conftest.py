@@ -132,9 +132,12 @@ def prefect_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         yield url
 
 
-def build_demo_dataset(out: Path, demo_dir: Path, max_images: int) -> Path:
+def build_demo_dataset(
+    out: Path, demo_dir: Path, max_images: int, key_file: Path | None = None
+) -> Path:
     """A template build of ``max_images`` demo images into ``out``, in this process (no
-    Prefect), with MEDGRIT_DEMO_DIR pointed at ``demo_dir`` only while it builds."""
+    Prefect), with MEDGRIT_DEMO_DIR pointed at ``demo_dir`` only while it builds; ``key_file``
+    fixes the pseudonyms, and with them the text (else the session's key)."""
     from medgrit.adapters.build import run_build
     from medgrit.adapters.runtime.mappers import LoopMapper
     from medgrit.schemas.config import BuildConfig
@@ -142,7 +145,8 @@ def build_demo_dataset(out: Path, demo_dir: Path, max_images: int) -> Path:
     before = os.environ.get("MEDGRIT_DEMO_DIR")
     os.environ["MEDGRIT_DEMO_DIR"] = str(demo_dir)
     try:
-        run_build(BuildConfig(out=str(out), max_images=max_images), LoopMapper())
+        key = str(key_file) if key_file else None
+        run_build(BuildConfig(out=str(out), max_images=max_images, key_file=key), LoopMapper())
     finally:
         if before is None:
             os.environ.pop("MEDGRIT_DEMO_DIR", None)
