@@ -72,11 +72,20 @@ class Case:
         modality: modality key (``ct``, ``mr``, ``xray``, ...).
         labels: (label id, readable name) pairs known at discovery.
         patient: the key the train/test split groups by (patient); empty means the case.
+        split: the split the source assigns the case (``train`` or ``test``, as
+            TotalSegmentator's ``meta.csv`` does); empty: medgrit draws it
+            (``medgrit.core.sharding``).
         written_labels: the same ids with their names as the label file writes them
             (normalised: ``medgrit.core.label_names``); what a dataset records as its source's
             label map and compares later, whatever words medgrit makes of them.
         synonyms: (synonym, readable label name) pairs the label file gives, sorted: other
             words a text may name those labels by.
+        sequence: the MR sequence (or channel) the case's image shows, as its source names it
+            (``FLAIR``, ``T1Gd``); empty when the source names none. The images table records
+            it and the text may name it (``medgrit.core.sequences``).
+        label_groups: region-based labels (nnU-Net's ``"tumor core": [2, 3]``): (label id,
+            the stored values whose union is its region). Empty: each label id is the stored
+            value of its own pixels. Grouped regions may overlap and nest.
     """
 
     # Which reader of the source registry reads this type (``medgrit.adapters.sources``).
@@ -94,8 +103,11 @@ class Case:
     modality: str
     labels: tuple[tuple[int, str], ...] = ()
     patient: str = ""
+    split: str = ""
     written_labels: tuple[tuple[int, str], ...] = ()
     synonyms: tuple[tuple[str, str], ...] = ()
+    sequence: str = ""
+    label_groups: tuple[tuple[int, tuple[int, ...]], ...] = ()
 
     @property
     def reference(self) -> str:
@@ -200,6 +212,8 @@ class LoadedCase:
         images: 2D images for planar cases.
         label_names: label names found while loading (SEG segments, RTSTRUCT ROIs); they add
             to or replace the discovered names.
+        written_label_names: the same ids with their names as the source writes them (empty:
+            as ``label_names``).
         rejects: (reason, detail, slice_index or None) for parts of the case that were
             dropped while loading (a mask of the wrong size, an unreadable slice).
     """
@@ -210,4 +224,5 @@ class LoadedCase:
     label_volume: Volume | None = None
     images: tuple[PlanarImage, ...] = ()
     label_names: tuple[tuple[int, str], ...] = ()
+    written_label_names: tuple[tuple[int, str], ...] = ()
     rejects: tuple[tuple[RejectReason, str, int | None], ...] = ()

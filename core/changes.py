@@ -50,7 +50,9 @@ def _by_id(item: tuple[str, object]) -> tuple[bool, int, str]:
 def label_maps_of(cases: Iterable[Case], words: bool = False) -> dict[str, dict[str, str]]:
     """Dataset name (escaped) -> {label id as text: name} of cases whose ids mean one thing
     per dataset (cases numbered per case are left out): the names as written, or with
-    ``words`` as the text says them."""
+    ``words`` as the text says them. A region-based label's name as written is followed by the
+    stored values whose union it is (``whole tumor [1, 2, 3]``), so a change of them is a
+    change of the label map."""
     maps: dict[str, dict[str, str]] = {}
     seen: set[tuple[str, int]] = set()
     for case in cases:
@@ -58,8 +60,12 @@ def label_maps_of(cases: Iterable[Case], words: bool = False) -> dict[str, dict[
         if case.labels_per_case or (case.dataset, id(labels)) in seen:
             continue
         seen.add((case.dataset, id(labels)))
+        groups = {} if words else dict(case.label_groups)
         maps.setdefault(escape_name(case.dataset), {}).update(
-            {str(i): escape_name(n) for i, n in labels}
+            {
+                str(i): escape_name(n) + (f" {list(groups[i])}" if i in groups else "")
+                for i, n in labels
+            }
         )
     return {d: dict(sorted(m.items(), key=_by_id)) for d, m in maps.items()}
 

@@ -19,13 +19,15 @@ from medgrit.core.vocab import REGION_TASKS, Task
 
 @dataclass(frozen=True)
 class ImageFacts:
-    """What the text may say about an image."""
+    """What the text may say about an image (``sequence``: the MR sequence its source names,
+    as written, ``FLAIR``; empty when none: ``medgrit.core.sequences``)."""
 
     image_id: str
     modality: str
     plane: str
     width: int
     height: int
+    sequence: str = ""
 
 
 @dataclass(frozen=True)

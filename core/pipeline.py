@@ -47,7 +47,7 @@ from medgrit.core.intensity import (
     to_uint8,
     window_bounds,
 )
-from medgrit.core.regions import extract_regions, to_bbox_1000
+from medgrit.core.regions import extract_group_regions, extract_regions, to_bbox_1000
 from medgrit.core.relations import mask_relations
 from medgrit.core.rows import image_row, region_row
 from medgrit.core.settings import ImageSettings
@@ -206,20 +206,37 @@ def planar_image(loaded: LoadedCase, planar: PlanarImage, config: ImageSettings)
 
 
 def describe_regions(
-    label_map: np.ndarray, names: dict[int, str], config: ImageSettings, image_id: str
+    label_map: np.ndarray,
+    names: dict[int, str],
+    config: ImageSettings,
+    image_id: str,
+    groups: tuple[tuple[int, tuple[int, ...]], ...] = (),
 ) -> DescribedRegions:
     """The named regions of a label map with their words and mask relations (see
-    ``medgrit.core.relations``), and rejects for the others."""
+    ``medgrit.core.relations``), and rejects for the others. ``groups``: region-based labels
+    (``medgrit.core.cases.Case.label_groups``), whose regions are unions of stored values and
+    may overlap; a stored value no group covers is an unknown label."""
     height, width = label_map.shape
-    extraction = extract_regions(label_map, min_area=config.min_area)
+    grouped = bool(groups)
+    if grouped:
+        groups = tuple((i, values) for i, values in groups if i in names)
+        extraction = extract_group_regions(label_map, groups, min_area=config.min_area)
+    else:
+        extraction = extract_regions(label_map, min_area=config.min_area)
     rejects: list[Reject] = []
     for label_id, area in zip(extraction.dropped_label_id, extraction.dropped_area, strict=True):
         name = names.get(int(label_id), f"label {int(label_id)}")
         detail = f"{name}: {int(area)} px < {config.min_area}"
         rejects.append(Reject("regions", "below_min_area", detail))
     table = extraction.regions
-    known = np.isin(table.label_id, list(names))
-    for label_id in np.unique(table.label_id[~known]):
+    if grouped:
+        known = np.ones(len(table), dtype=bool)
+        covered = np.isin(label_map, [0, *(v for _, values in groups for v in values)])
+        unknown = np.unique(label_map[~covered])
+    else:
+        known = np.isin(table.label_id, list(names))
+        unknown = np.unique(table.label_id[~known])
+    for label_id in unknown:
         detail = f"label value {int(label_id)} has no name in the source"
         rejects.append(Reject("regions", "unknown_label", detail))
     if not known.any():
@@ -244,7 +261,7 @@ def describe_regions(
             )
         )
         bboxes.append(bbox)  # type: ignore[arg-type]
-    relations = mask_relations(label_map, facts, bboxes)
+    relations = mask_relations(label_map, facts, bboxes, dict(groups) if grouped else None)
     facts = [replace(f, relations=r) if r else f for f, r in zip(facts, relations, strict=True)]
     return DescribedRegions(tuple(facts), tuple(bboxes), tuple(rejects))
 
@@ -265,7 +282,14 @@ def build_case(task: CaseTask, config: ImageSettings, io: ShardIO, rows: ShardRo
     if problem is not None:
         rows.reject(task, problem)
         return
-    names = {**dict(task.ref.labels), **dict(loaded.label_names)}
+    found = dict(loaded.written_label_names or loaded.label_names)
+    words = config.label_names
+    names = {
+        **dict(task.ref.labels),
+        **dict(loaded.label_names),
+        **{label_id: words[name] for label_id, name in found.items() if name in words},
+    }
+    written = {**dict(task.ref.written_labels), **found}
     if loaded.volume is None:
         for planar in loaded.images:
             if not planar.labels.any():
@@ -287,7 +311,7 @@ def build_case(task: CaseTask, config: ImageSettings, io: ShardIO, rows: ShardRo
         io.check_stop()
 
         def work(make: Callable[[], DisplayImage] = make) -> None:
-            build_image(task, loaded.modality, make(), names, config, io, rows)
+            build_image(task, loaded.modality, make(), (names, written), config, io, rows)
 
         guarded(rows, task, "image", index, work, image_id_for(task.case_id, plane, index))
 
@@ -296,24 +320,26 @@ def build_image(
     task: CaseTask,
     modality: str,
     image: DisplayImage,
-    names: dict[int, str],
+    labels: tuple[dict[int, str], dict[int, str]],
     config: ImageSettings,
     io: ShardIO,
     rows: ShardRows,
 ) -> None:
-    """Rows of one 2D image (8-bit grey or RGB pixels, label map) appended to ``rows``."""
+    """Rows of one 2D image (8-bit grey or RGB pixels, label map) appended to ``rows``;
+    ``labels``: the readable name and the name as the source writes it, by label id."""
+    names, written = labels
     rows.non_finite += image.non_finite
     height, width = image.labels.shape
     image_id = image_id_for(task.case_id, image.plane, image.slice_index)
     if is_blank(image.pixels):
         value = int(image.pixels.flat[0]) if image.pixels.size else 0
         raise UnreadableImage("blank_image", f"every pixel is {value} after intensity mapping")
-    described = describe_regions(image.labels, names, config, image_id)
+    described = describe_regions(image.labels, names, config, image_id, task.ref.label_groups)
     for reject in described.rejects:
         rows.reject(task, _at(reject, image.slice_index), image_id)
     if not described.facts:
         return
-    facts = ImageFacts(image_id, modality, image.plane, width, height)
+    facts = ImageFacts(image_id, modality, image.plane, width, height, task.ref.sequence)
     rows.images.append(
         image_row(
             facts,
@@ -325,7 +351,9 @@ def build_image(
         )
     )
     rows.regions.extend(
-        region_row(fact, image_id, bbox, laterality_of(fact.label))
+        region_row(
+            fact, image_id, bbox, laterality_of(fact.label), written.get(fact.label_id, fact.label)
+        )
         for fact, bbox in zip(described.facts, described.bboxes, strict=True)
     )
     source = case_source(task.ref, image.slice_index)

@@ -27,6 +27,7 @@ from medgrit.core.sharding import (
     case_task,
     plan_shards,
     shard_name,
+    source_splits,
 )
 
 
@@ -272,8 +273,9 @@ def extend_plan(
     The recorded shards stay as they are (ids, cases in order, splits, quotas). Cases not in
     them are planned as :func:`plan_build` plans cases, into shards numbered after the last
     recorded one: a new case of a patient already in the dataset takes that patient's split;
-    new patients are split by :func:`assign_new_splits`; under ``max_images`` the new cases
-    share what the recorded quotas left of it.
+    new patients take the split their source assigns (``Case.split``), else are split by
+    :func:`assign_new_splits`; under ``max_images`` the new cases share what the recorded quotas
+    left of it.
 
     A recorded case that changed since it was built (its listing, its fingerprint, or its
     source's label map or wording: ``medgrit.core.changes``) is a :class:`PlanConflict`, unless
@@ -315,7 +317,11 @@ def extend_plan(
         raise conflict
     new = [i for i in range(len(cases)) if i not in review.placed]
     patients = [(c.dataset, p) for c, p in zip(cases, patient_ids, strict=True)]
-    patient_split = _split_new_patients(review.patient_split, [patients[i] for i in new], config)
+    # A new patient whose source assigns its split keeps it; a recorded patient keeps its own.
+    assigned = source_splits([cases[i] for i in new], [patients[i] for i in new])
+    patient_split = _split_new_patients(
+        {**assigned, **review.patient_split}, [patients[i] for i in new], config
+    )
     quotas = _quotas_of_new_cases(cases, new, review, config.max_images, count_images)
     planned = [i for i in new if quotas[i] != 0]
     tasks = [

@@ -11,6 +11,8 @@ Conventions (pinned by tests/test_regions.py):
   order of x0 then y0) are added only when a label has two or more kept instances.
 - ``bbox_1000`` is the Qwen-VL text box: integers in [0, 1000), ``floor(1000 * v / size)`` for each
   coordinate, with the exclusive edge clamped to 999.
+- Region-based labels (:func:`extract_group_regions`): a label's pixels are those of any of its
+  stored values; each label is extracted alone, so the regions of two labels may overlap.
 
 The work is one connected-components pass (cc3d) and one ``find_objects`` pass over the map,
 whatever the number of labels, plus a pixel count per component (inside its box, or one
@@ -19,6 +21,7 @@ whatever the number of labels, plus a pixel count per component (inside its box,
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import cc3d
@@ -92,6 +95,50 @@ def extract_regions(label_map: np.ndarray, min_area: int = 1) -> Extraction:
         return Extraction(_empty_table(), dropped_label, dropped_area)
     table = _region_table(label_id[keep], bbox[keep], area[keep])
     return Extraction(table, dropped_label, dropped_area)
+
+
+_TABLE_FIELDS = ("label_id", "instance", "bbox", "area")
+
+
+def extract_group_regions(
+    label_map: np.ndarray,
+    groups: Sequence[tuple[int, Sequence[int]]],
+    min_area: int = 1,
+) -> Extraction:
+    """Regions of region-based labels: for each (label id, stored values), the regions
+    :func:`extract_regions` gives for the union of those values' pixels, under that label id.
+
+    Args:
+        label_map: (H, W) non-negative integer array; 0 is background.
+        groups: (label id, the stored values whose union is its pixels), by label id.
+        min_area: instances with fewer pixels are dropped (reported in the result).
+
+    Returns:
+        The kept regions, sorted by label then instance, and the dropped instances.
+
+    Raises:
+        ValueError: if the map is not 2D, not integer, or holds negative values.
+    """
+    _checked_labels(label_map)
+    tables, dropped_label, dropped_area = [], [], []
+    for label_id, values in groups:
+        mask = np.isin(label_map, values)
+        if not mask.any():
+            continue
+        found = extract_regions(mask.view(np.uint8), min_area)
+        table = found.regions
+        tables.append(
+            RegionTable(
+                np.full_like(table.label_id, label_id), table.instance, table.bbox, table.area
+            )
+        )
+        dropped_label.append(np.full_like(found.dropped_label_id, label_id))
+        dropped_area.append(found.dropped_area)
+    if not tables:
+        empty = np.zeros(0, np.int64)
+        return Extraction(_empty_table(), empty, empty)
+    merged = RegionTable(*(np.concatenate([getattr(t, f) for t in tables]) for f in _TABLE_FIELDS))
+    return Extraction(merged, np.concatenate(dropped_label), np.concatenate(dropped_area))
 
 
 def _checked_labels(label_map: np.ndarray) -> np.ndarray:

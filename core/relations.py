@@ -19,14 +19,18 @@ regions are extracted, and are stored with each region (``RegionFacts.relations`
 relation and the other region's id):
 
 - ``inside(a, b)``: at least 90% of a's pixels lie in ``binary_fill_holes(mask_b)`` (a lesion
-  inside the liver is a hole of the liver's mask: the masks of a label map never overlap), and
-  ``area_a < area_b``; ``contains(a, b) = inside(b, a)``;
-- ``adjacent(a, b)``: neither lies inside the other, and a's mask grown by one pixel (a 3x3
-  square) meets b's mask.
+  inside the liver is a hole of the liver's mask), and ``area_a < area_b``;
+  ``contains(a, b) = inside(b, a)``;
+- ``adjacent(a, b)``: neither lies inside the other, they share no pixel, and a's mask grown by
+  one pixel (a 3x3 square) meets b's mask.
 
 A region's mask is, for a merged region (``instance == 0``), its label's pixels inside its box,
-and for an instance region its own 8-connected component. Masks are read from the label map
-(H, W), indexed [row, column] = [y, x], with the regions' half-open pixel boxes [x0, y0, x1, y1).
+and for an instance region its own 8-connected component. A label's pixels are those of its
+value, or of any of its values for region-based labels (``groups``: ``"tumor core": [2, 3]``).
+Plain labels never overlap, so a region inside another lies in its holes; regions whose values
+overlap may share pixels and nest (enhancing tumour within tumour core within whole tumour), and
+two that overlap with neither inside the other have no mask relation. Masks are read from the
+label map (H, W), [row, column] = [y, x], with the regions' half-open boxes [x0, y0, x1, y1).
 
 The mask work stays small: only pairs whose boxes come within one pixel of each other are
 looked at, always on crops of their boxes; each region's mask, holes and grown mask are made
@@ -227,9 +231,13 @@ class _Masks:
     them (pixel count, holes, the mask grown by one pixel), each made once, when first asked."""
 
     def __init__(
-        self, label_map: np.ndarray, regions: Sequence[RegionFacts], boxes: np.ndarray
+        self,
+        label_map: np.ndarray,
+        regions: Sequence[RegionFacts],
+        boxes: np.ndarray,
+        groups: Mapping[int, Sequence[int]] | None = None,
     ) -> None:
-        self.label_map, self.regions, self.boxes = label_map, regions, boxes
+        self.label_map, self.regions, self.boxes, self.groups = label_map, regions, boxes, groups
         self._mask: dict[int, np.ndarray] = {}
         self._count: dict[int, int] = {}
         self._holes: dict[int, tuple[np.ndarray, np.ndarray] | None] = {}
@@ -244,8 +252,14 @@ class _Masks:
             if region.instance > 0:
                 self._mask[i] = self._component(i)
             else:
-                self._mask[i] = self.label_map[y0:y1, x0:x1] == region.label_id
+                self._mask[i] = self._pixels(self.label_map[y0:y1, x0:x1], region.label_id)
         return self._mask[i]
+
+    def _pixels(self, crop: np.ndarray, label_id: int) -> np.ndarray:
+        """Where ``crop`` holds a pixel of the label: its value, or any of its group's."""
+        if self.groups and label_id in self.groups:
+            return np.isin(crop, self.groups[label_id])
+        return crop == label_id
 
     def _component(self, i: int) -> np.ndarray:
         """Instance region ``i``'s own 8-connected component, cut to its box: the component of
@@ -270,7 +284,7 @@ class _Masks:
             own = self.boxes[[r.label_id == label_id for r in self.regions]]
             x0, y0 = own[:, :2].min(axis=0)
             x1, y1 = own[:, 2:].max(axis=0)
-            crop = self.label_map[y0:y1, x0:x1] == label_id
+            crop = self._pixels(self.label_map[y0:y1, x0:x1], label_id)
             # As uint8: cc3d 4.1 numbers some background pixels of a 2D bool array.
             numbered = cc3d.connected_components(crop.view(np.uint8), connectivity=8)
             by_box: dict[tuple, list[int]] = {}
@@ -364,12 +378,43 @@ def _inside(masks: _Masks, a: int, b: int) -> bool:
     return np.count_nonzero(in_box & ~outside[inner]) >= need
 
 
+def _inside_shared(masks: _Masks, a: int, b: int) -> bool:
+    """inside(a, b) for a smaller than b where the two may share pixels (their groups share a
+    value): 90% of a's pixels in b's mask or its holes, anywhere in b's box."""
+    cut = _overlap(masks.boxes[a], masks.boxes[b])
+    if cut is None:
+        return False
+    need = INSIDE_SHARE * masks.count(a)
+    in_box = masks.mask(a)[cut[0], cut[1]]
+    if np.count_nonzero(in_box) < need:
+        return False
+    filled = masks.mask(b)[cut[2], cut[3]]
+    holes = masks.holes(b)
+    if holes is not None:
+        parts, outside = holes
+        filled = filled | ~outside[parts[cut[2], cut[3]]]
+    return np.count_nonzero(in_box & filled) >= need
+
+
+def _share_pixels(masks: _Masks, a: int, b: int) -> bool:
+    """Whether the masks of a and b hold a pixel in common."""
+    cut = _overlap(masks.boxes[a], masks.boxes[b])
+    return cut is not None and bool(np.any(masks.mask(a)[cut[:2]] & masks.mask(b)[cut[2:]]))
+
+
 def _may_lie_inside(
-    boxes: np.ndarray, areas: np.ndarray, a: np.ndarray, b: np.ndarray
+    boxes: np.ndarray,
+    areas: np.ndarray,
+    a: np.ndarray,
+    b: np.ndarray,
+    shared: np.ndarray | None = None,
 ) -> np.ndarray:
     """For pairs (a, b): whether a may lie inside b by boxes and areas alone: a smaller, with
-    90% of its area within b's box less its edge (a's mask holds at least its area)."""
+    90% of its area within b's box less its edge (a's mask holds at least its area), or within
+    b's box where the two may share pixels (``shared``, per pair)."""
     inner = boxes[b] + _SHRINK
+    if shared is not None:
+        inner = np.where(shared[:, None], boxes[b], inner)
     width = np.minimum(boxes[a, 2], inner[:, 2]) - np.maximum(boxes[a, 0], inner[:, 0])
     height = np.minimum(boxes[a, 3], inner[:, 3]) - np.maximum(boxes[a, 1], inner[:, 1])
     room = np.clip(width, 0, None) * np.clip(height, 0, None)
@@ -389,6 +434,7 @@ def mask_relations(
     label_map: np.ndarray,
     regions: Sequence[RegionFacts],
     bboxes: Sequence[Box],
+    groups: Mapping[int, Sequence[int]] | None = None,
 ) -> tuple[tuple[tuple[str, str], ...], ...]:
     """The mask relations (inside, contains, adjacent) of the regions of one label map.
 
@@ -399,6 +445,7 @@ def mask_relations(
         label_map: (H, W) integer label map the regions were extracted from.
         regions: the regions (their ``relations`` are not read).
         bboxes: each region's half-open pixel box [x0, y0, x1, y1), in the order of ``regions``.
+        groups: region-based labels: label id -> its stored values (a label not in it: its id).
 
     Returns:
         Per region, in the order of ``regions``: (relation, other region id) pairs, the other
@@ -421,19 +468,31 @@ def mask_relations(
     if not near.any():
         return tuple(tuple(f) for f in found)
     first, second = first[near], second[near]
+    shared = _shared_values(labels, first, second, groups) if groups else None
+    sharing = shared.tolist() if shared is not None else [False] * len(first)
     areas = np.array([r.area for r in regions])
-    maybe_in = _may_lie_inside(boxes, areas, first, second).tolist()
-    maybe_around = _may_lie_inside(boxes, areas, second, first).tolist()
-    masks = _Masks(label_map, regions, boxes)
+    maybe_in = _may_lie_inside(boxes, areas, first, second, shared).tolist()
+    maybe_around = _may_lie_inside(boxes, areas, second, first, shared).tolist()
+    masks = _Masks(label_map, regions, boxes, groups)
     for k, (a, b) in enumerate(zip(first.tolist(), second.tolist(), strict=True)):
         id_a, id_b = regions[a].region_id, regions[b].region_id
-        if maybe_in[k] and _inside(masks, a, b):
+        inside = _inside_shared if sharing[k] else _inside
+        if maybe_in[k] and inside(masks, a, b):
             found[a].append(("inside", id_b))
             found[b].append(("contains", id_a))
-        elif maybe_around[k] and _inside(masks, b, a):
+        elif maybe_around[k] and inside(masks, b, a):
             found[a].append(("contains", id_b))
             found[b].append(("inside", id_a))
-        elif _adjacent(masks, a, b):
+        elif not (sharing[k] and _share_pixels(masks, a, b)) and _adjacent(masks, a, b):
             found[a].append(("adjacent", id_b))
             found[b].append(("adjacent", id_a))
     return tuple(tuple(f) for f in found)
+
+
+def _shared_values(
+    labels: np.ndarray, first: np.ndarray, second: np.ndarray, groups: Mapping[int, Sequence[int]]
+) -> np.ndarray:
+    """Per pair of regions: whether their labels' values overlap (their masks may share pixels)."""
+    values = {i: frozenset(groups.get(i, (i,))) for i in set(labels.tolist())}
+    pairs = zip(labels[first].tolist(), labels[second].tolist(), strict=True)
+    return np.array([not values[a].isdisjoint(values[b]) for a, b in pairs], dtype=bool)

@@ -14,7 +14,8 @@ from medgrit.core.vocab import RejectReason
 def image_row(
     image: ImageFacts, dataset: str, case_id: str, slice_index: int, split: str, png: bytes
 ) -> dict:
-    """One ``images`` row (the image struct in the Hugging Face ``Image`` layout)."""
+    """One ``images`` row (the image struct in the Hugging Face ``Image`` layout; ``sequence``
+    null when the source names none)."""
     return {
         "image_id": image.image_id,
         "dataset": dataset,
@@ -26,14 +27,19 @@ def image_row(
         "height": image.height,
         "split": split,
         "image": {"bytes": png, "path": f"{image.image_id}.png"},
+        "sequence": image.sequence or None,
     }
 
 
 def region_row(
-    fact: RegionFacts, image_id: str, bbox: tuple[int, int, int, int], laterality: str | None
+    fact: RegionFacts,
+    image_id: str,
+    bbox: tuple[int, int, int, int],
+    laterality: str | None,
+    source_label: str,
 ) -> dict:
-    """One ``regions`` row: the facts text may use (with the mask relations), the pixel box
-    and the side."""
+    """One ``regions`` row: the facts text may use (with the mask relations), the pixel box,
+    the side and the label's name as its source writes it."""
     return {
         "region_id": fact.region_id,
         "image_id": image_id,
@@ -47,6 +53,7 @@ def region_row(
         "size": fact.size,
         "laterality": laterality,
         "relations": [{"relation": rel, "region_id": other} for rel, other in fact.relations],
+        "source_label": source_label,
     }
 
 

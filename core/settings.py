@@ -6,6 +6,7 @@ config (``medgrit.schemas.config.BuildConfig``) has them all, so it is passed as
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Protocol
 
 
@@ -45,6 +46,12 @@ class ImageSettings(Protocol):
     @property
     def pet_suv_window(self) -> tuple[float, float]:
         """SUV range mapped to 0 and 255."""
+        ...
+
+    @property
+    def label_names(self) -> Mapping[str, str]:
+        """The user's words for labels, by the name their source writes (found while loading
+        too: DICOM SEG segments, RTSTRUCT ROIs)."""
         ...
 
 

@@ -113,6 +113,19 @@ def assign_new_splits(
     return out
 
 
+def source_splits(
+    cases: Sequence[Case], patients: Sequence[tuple[str, str]]
+) -> dict[tuple[str, str], str]:
+    """The split of each patient (its ``(dataset, patient id)`` in ``patients``, one per case)
+    whose source assigns one (``Case.split``): ``test`` when the source puts any of its cases
+    there, else ``train``. Patients no source assigns are left out: their split is drawn."""
+    decided: dict[tuple[str, str], str] = {}
+    for case, patient in zip(cases, patients, strict=True):
+        if case.split and decided.get(patient) != "test":
+            decided[patient] = "test" if case.split == "test" else "train"
+    return decided
+
+
 def allocate_images(counts: Iterable[int], n_cases: int, max_images: int) -> list[int]:
     """Share a cap of ``max_images`` over cases taken in order.
 
@@ -168,6 +181,11 @@ def plan_build(
     Shards are sized by work: about ``config.images_per_shard`` images each (a case's quota
     when ``max_images`` gave it one, else ``estimate_images``), never splitting a case.
 
+    Splits go by patient. A patient whose source assigns its split (``Case.split``:
+    TotalSegmentator's ``meta.csv``) keeps it; the others are drawn by
+    :func:`assign_new_splits`, counting the assigned ones of their dataset as kept (with none
+    assigned, as :func:`assign_splits` draws them).
+
     Args:
         cases: every case of the build's sources, in source order.
         config: the build config.
@@ -179,21 +197,17 @@ def plan_build(
         fingerprint: what each planned case records to tell later that it changed.
     """
     case_ids = [pseudonymise_case(c.dataset, c.case, key) for c in cases]
-    # Split by patient: all cases of one patient land on the same side.
+    # Split by patient: all cases of one patient land on the same side. Patients whose source
+    # assigns their split keep it; the others are drawn around them.
     patients = [(c.dataset, pseudonymise_case(c.dataset, c.patient or c.case, key)) for c in cases]
-    unique = sorted(set(patients))
-    patient_split = dict(
-        zip(
-            unique,
-            assign_splits(
-                [p for _, p in unique],
-                [d for d, _ in unique],
-                config.test_fraction,
-                config.split_seed,
-            ),
-            strict=True,
-        )
-    )
+    decided = source_splits(cases, patients)
+    kept: dict[str, list[str]] = {}
+    for (dataset, _), split in decided.items():
+        kept.setdefault(dataset, []).append(split)
+    unique = sorted(set(patients) - set(decided))
+    ids, groups = [p for _, p in unique], [d for d, _ in unique]
+    drawn = assign_new_splits(ids, groups, kept, config.test_fraction, config.split_seed)
+    patient_split = {**dict(zip(unique, drawn, strict=True)), **decided}
     splits = [patient_split[p] for p in patients]
     quotas: list[int | None] = [None] * len(cases)
     if config.max_images is not None:

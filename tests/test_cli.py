@@ -46,7 +46,7 @@ def test_demo_build_meets_the_data_contract(demo_build) -> None:
     assert "images: 60" in result.stdout
     assert f"dataset written to {out.resolve()}" in result.stdout
     manifest = json.loads((out / "dataset.json").read_text())
-    assert manifest["schema_version"] == 2 and manifest["status"] == "complete"
+    assert manifest["schema_version"] == 3 and manifest["status"] == "complete"
     assert manifest["config"]["max_images"] == 60
     images = _read(out, "images")
     regions = _read(out, "regions")

@@ -224,6 +224,7 @@ def test_rows_map_back_to_the_facts_they_were_made_of() -> None:
     rows = build_shard_rows([_case("a", _ct(_liver()))], CONFIG, TemplateGenerator(), IO)
     for row in rows.regions:
         fact = region_facts(row)
-        assert region_row(fact, row["image_id"], tuple(row["bbox"]), row["laterality"]) == row
+        box, side = tuple(row["bbox"]), row["laterality"]
+        assert region_row(fact, row["image_id"], box, side, row["source_label"]) == row
     for turn in rows.conversations[0]["qa"]:
         assert qa_row(qa_of(turn)) == turn

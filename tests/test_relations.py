@@ -331,7 +331,7 @@ def written_regions(tmp_path: Path, version: int) -> tuple[list[RegionFacts], Pa
     described = describe_regions(m, NAMES, SETTINGS, IMAGE_ID)
     schema = schema_for("regions", version)
     rows = [
-        {k: v for k, v in region_row(f, IMAGE_ID, b, None).items() if k in schema.names}
+        {k: v for k, v in region_row(f, IMAGE_ID, b, None, f.label).items() if k in schema.names}
         for f, b in zip(described.facts, described.bboxes, strict=True)
     ]
     pq.write_table(pa.Table.from_pylist(rows, schema=schema), tmp_path / "part-00000.parquet")
@@ -372,32 +372,38 @@ def version_1_build(demo_dir: Path, tmp_path_factory: pytest.TempPathFactory) ->
         patch.setattr(pipeline, "mask_relations", lambda _m, regions, _b: ((),) * len(regions))
         out = build_demo_dataset(tmp_path_factory.mktemp("v1") / "ds", demo_dir, 6)
     _rewrite_regions(out, _as_version_1)
+    _rewrite_regions(out, _images_as_version_1, table="images")
     manifest = json.loads((out / "dataset.json").read_text())
     manifest["schema_version"] = 1
     (out / "dataset.json").write_text(json.dumps(manifest))
     return out
 
 
-def _rewrite_regions(out: Path, change) -> None:
-    """Rewrite every regions part through ``change(rows) -> (rows, schema)`` and record it."""
+def _rewrite_regions(out: Path, change, table: str = "regions") -> None:
+    """Rewrite every part of ``table`` through ``change(rows) -> (rows, schema)`` and record
+    it."""
     manifest = json.loads((out / "dataset.json").read_text())
     for shard in manifest["shards"]:
-        rel = f"regions/part-{shard['id']}.parquet"
+        rel = f"{table}/part-{shard['id']}.parquet"
         rows, schema = change(pq.read_table(out / rel).to_pylist())
         pq.write_table(pa.Table.from_pylist(rows, schema=schema), out / rel)
         shard["files"][rel] = hashlib.sha256((out / rel).read_bytes()).hexdigest()
     (out / "dataset.json").write_text(json.dumps(manifest))
 
 
-def _as_version_1(rows: list[dict]) -> tuple[list[dict], pa.Schema]:
-    v1 = schema_for("regions", 1)
+def _as_version_1(rows: list[dict], table: str = "regions") -> tuple[list[dict], pa.Schema]:
+    v1 = schema_for(table, 1)
     return [{k: v for k, v in r.items() if k in v1.names} for r in rows], v1
+
+
+def _images_as_version_1(rows: list[dict]) -> tuple[list[dict], pa.Schema]:
+    return _as_version_1(rows, "images")
 
 
 def test_a_build_stores_relations_and_validates(demo_build: Path):
     regions = read_table(demo_build, "regions")
 
-    assert json.loads((demo_build / "dataset.json").read_text())["schema_version"] == 2
+    assert json.loads((demo_build / "dataset.json").read_text())["schema_version"] == 3
     assert any(r["relations"] for r in regions)
     assert validate_dataset(demo_build) == []
 
@@ -414,7 +420,7 @@ def test_validate_accepts_a_version_1_dataset_and_refuses_mixed_versions(
     assert validate_dataset(version_1_build) == []
     assert all(r["relations"] is None for r in read_table(version_1_build, "regions"))
     problems = validate_dataset(mixed)
-    assert problems and all("regions/part-" in p for p in problems)
+    assert problems and all("regions/part-" in p or "images/part-" in p for p in problems)
     assert any("schema differs from the contract" in p for p in problems)
 
 

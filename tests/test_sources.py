@@ -33,7 +33,8 @@ def test_nnunet_layout_lists_cases_in_order_with_readable_labels(tmp_path: Path)
     source = open_nnunet("nnunet:x", root)
     assert source.modality == "ct"
     assert source.dataset == "Dataset007_Abd"
-    assert source.labels == ((1, "left kidney"), (2, "liver"))
+    assert source.labels == ((1, "left kidney"), (2, "liver"), (3, "whole"))
+    assert source.cases[0].label_groups == ((1, (1,)), (2, (2,)), (3, (1, 2)))
     assert [c.case for c in source.cases] == ["a_001", "b_002"]
     assert source.cases[0].image.endswith("imagesTr/a_001_0000.nii.gz")
 

@@ -43,6 +43,7 @@ image_rows = st.fixed_dictionaries(
         "image": st.fixed_dictionaries(
             {"bytes": st.none() | st.binary(max_size=64), "path": optional_text}
         ),
+        "sequence": optional_text,
     }
 )
 region_rows = st.fixed_dictionaries(
@@ -61,6 +62,7 @@ region_rows = st.fixed_dictionaries(
         "relations": st.lists(
             st.fixed_dictionaries({"relation": text, "region_id": text}), max_size=3
         ),
+        "source_label": text,
     }
 )
 qa_items = st.fixed_dictionaries(
@@ -134,7 +136,7 @@ def test_written_schema_is_the_declared_schema(table, data):
         # compliant nested layout), which pyarrow counts as metadata, so that is compared apart.
         assert schema.equals(TABLES[table])
         assert schema.metadata == TABLES[table].metadata
-        assert schema.metadata[b"medgrit.schema_version"] == b"2"
+        assert schema.metadata[b"medgrit.schema_version"] == b"3"
 
 
 @pytest.mark.parametrize("table", sorted(TABLES))
@@ -231,6 +233,7 @@ def _image_rows(n: int, png_bytes: int = 64) -> list[dict]:
             "height": 8,
             "split": "train",
             "image": {"bytes": os.urandom(png_bytes), "path": f"{i}.png"},
+            "sequence": None,
         }
         for i in range(n)
     ]

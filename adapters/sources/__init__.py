@@ -100,10 +100,11 @@ def check_distinct(sources: list[Source]) -> None:
 
 
 def _check_one_label_map(sources: list[Source]) -> None:
-    """Refuse label lists that give one label id of a dataset two names (two sources whose
-    datasets share a name, or two ``labels.json`` files of one DICOM source): the tables would
-    say two things by one (dataset, label id). DICOM SEG segments and RTSTRUCT ROIs are
-    numbered per object (``Case.labels_per_case``): they are not compared here."""
+    """Refuse label lists that give one label id of a dataset two meanings (two sources whose
+    datasets share a name, or two ``labels.json`` files of one DICOM source): two names, or
+    one name over other stored values (``Case.label_groups``). The tables would say two things
+    by one (dataset, label id). DICOM SEG segments and RTSTRUCT ROIs are numbered per object
+    (``Case.labels_per_case``): they are not compared here."""
     named: dict[tuple[str, int], tuple[str, str]] = {}
     checked: set[tuple[str, int]] = set()  # (source, id of a labels tuple) already compared
     for source in sources:
@@ -111,7 +112,11 @@ def _check_one_label_map(sources: list[Source]) -> None:
             if case.labels_per_case or (source.spec, id(case.labels)) in checked:
                 continue
             checked.add((source.spec, id(case.labels)))
-            for label_id, name in case.labels:
+            groups = dict(case.label_groups)
+            for label_id, label in case.labels:
+                values = groups.get(label_id, (label_id,))
+                shown = ", ".join(map(str, values))
+                name = repr(label) if values == (label_id,) else f"{label!r} (values {shown})"
                 first = named.setdefault((case.dataset, label_id), (name, source.spec))
                 if first[0] == name:
                     continue
@@ -122,7 +127,7 @@ def _check_one_label_map(sources: list[Source]) -> None:
                 )
                 raise SourceError(
                     f"{where} both name labels of dataset {case.dataset!r}, but label "
-                    f"{label_id} is {first[0]!r} in one and {name!r} in the other; give one "
+                    f"{label_id} is {first[0]} in one and {name} in the other; give one "
                     "label map per dataset, or name the datasets apart"
                 )
 

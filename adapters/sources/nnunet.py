@@ -11,19 +11,39 @@ MSD: ``dataset.json`` with ``modality`` {"0": "CT"}, ``labels`` {id: name} and a
 of {"image": "./imagesTr/x.nii.gz", "label": "./labelsTr/x.nii.gz"}; multi-channel images are 4D.
 Either may give ``synonyms`` {label name: [synonym, ...]}
 (``medgrit.adapters.sources.label_files.read_synonyms``).
+
+Region-based labels (nnU-Net's BraTS layout): ``"labels": {"background": 0, "whole tumor":
+[1, 2, 3], "tumor core": [2, 3], "enhancing tumor": [3]}`` with ``"regions_class_order": [1, 2,
+3]``. Once any label is a list, every label but the background is a region: the stored values
+it lists (a plain id ``v`` is the region ``[v]``), whose union is its pixels; regions may
+overlap and nest. A region's label id is the entry of ``regions_class_order`` at its place
+among the labels, or without that list its place counted from 1 (``Case.label_groups``).
+
+Channels: a dataset of two or more channels (``channel_names`` or ``modality`` {"0": "T1",
+"1": "FLAIR"}) lists one case per channel: ``{case}_{XXXX}`` (nnU-Net's channel file; the
+channel of a Decathlon 4D image), whose patient is ``{case}`` so every channel of a case lands
+in one split. Each channel's modality is the one its name gives, else the dataset's; an MR
+channel's name, as written, is its ``Case.sequence``. A single-channel dataset lists ``{case}``
+alone, with no sequence.
 """
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
-from typing import ClassVar
+from typing import ClassVar, NamedTuple
 
 from medgrit.adapters.sources import nifti
 from medgrit.adapters.sources.label_files import SYNONYMS, read_label_file, read_synonyms
 from medgrit.adapters.sources.nifti import NiftiCase
 from medgrit.core.cases import Source, SourceError
 from medgrit.core.fsnames import escape_name
-from medgrit.core.label_names import check_label_map, checked_dataset_name
+from medgrit.core.label_names import (
+    check_label_map,
+    checked_dataset_name,
+    label_id_of,
+    label_name_problem,
+)
 from medgrit.core.text import readable_labels
 
 NIFTI_ENDINGS = (".nii.gz", ".nii")
@@ -93,6 +113,142 @@ def _labels(pairs: list[tuple[object, object]], path: Path) -> tuple[tuple[int, 
     return tuple(sorted(names.items()))
 
 
+class _Labels(NamedTuple):
+    """A dataset's labels as its cases carry them (see ``medgrit.core.cases.Case``)."""
+
+    written: tuple[tuple[int, str], ...]
+    readable: tuple[tuple[int, str], ...]
+    synonyms: tuple[tuple[str, str], ...]
+    groups: tuple[tuple[int, tuple[int, ...]], ...]
+
+
+def _stored_values(name: str, value: object, where: str) -> tuple[int, ...]:
+    """The stored values a region-based label covers: a plain id or a list of ids.
+
+    Raises:
+        SourceError: an empty list, an entry that is not a canonical id, the background (0)
+            or a value given twice.
+    """
+    entries = value if isinstance(value, list) else [value]
+    values = [label_id_of(v) for v in entries]
+    if not values or any(v is None or v == 0 for v in values) or len(set(values)) < len(values):
+        raise SourceError(
+            f"{where}: region {name!r} must list distinct label values 1..2**31-1 (such as "
+            f"[2, 3]), not {value!r}"
+        )
+    return tuple(sorted(v for v in values if v is not None))
+
+
+def _region_ids(order: object, count: int, where: str) -> list[int]:
+    """The label id of each of ``count`` regions: ``regions_class_order`` when given, else
+    1..count.
+
+    Raises:
+        SourceError: a ``regions_class_order`` that is not one distinct non-zero canonical id
+            per region.
+    """
+    if order is None:
+        return list(range(1, count + 1))
+    ids = [label_id_of(v) for v in order] if isinstance(order, list) else []
+    if len(ids) != count or any(i is None or i == 0 for i in ids) or len(set(ids)) < count:
+        raise SourceError(
+            f"{where}: 'regions_class_order' must give one distinct label id 1..2**31-1 per "
+            f"region ({count} regions, in the order of 'labels'), not {order!r}"
+        )
+    return [i for i in ids if i is not None]
+
+
+def _label_pairs(
+    raw_labels: dict, order: object, where: str
+) -> tuple[list[tuple[object, object]], tuple[tuple[int, tuple[int, ...]], ...]]:
+    """(id, name) pairs of an nnU-Net label list and, when any label is a list, the regions'
+    stored values by id (see the module docstring).
+
+    Raises:
+        SourceError: a label whose id is neither an integer nor a list, or a malformed region
+            or ``regions_class_order``.
+    """
+    for name, value in raw_labels.items():
+        if isinstance(value, bool) or not isinstance(value, int | list):
+            raise SourceError(f"{where}: label {name!r} has id {value!r}")
+    if not any(isinstance(v, list) for v in raw_labels.values()):
+        return [(value, name) for name, value in raw_labels.items()], ()
+    background = [(0, n) for n, v in raw_labels.items() if v == 0]
+    regions = [(n, v) for n, v in raw_labels.items() if v != 0]
+    ids = _region_ids(order, len(regions), where)
+    groups: dict[tuple[int, ...], str] = {}
+    pairs: list[tuple[object, object]] = list(background)
+    by_id = []
+    for (name, value), region_id in zip(regions, ids, strict=True):
+        values = _stored_values(name, value, where)
+        if values in groups:
+            raise SourceError(
+                f"{where}: regions {groups[values]!r} and {name!r} cover the same values "
+                f"{list(values)}; keep one"
+            )
+        groups[values] = name
+        pairs.append((region_id, name))
+        by_id.append((region_id, values))
+    return pairs, tuple(sorted(by_id))
+
+
+class _Channel(NamedTuple):
+    """One channel of a multi-channel dataset: its index, modality and MR sequence."""
+
+    index: int
+    modality: str
+    sequence: str
+
+
+# nnU-Net's normalisation schemes, which ``channel_names`` may give in place of a name.
+_SCHEMES = frozenset({"ct", "nonorm", "zscore", "rescale_to_0_1", "rgb_to_0_1"})
+
+
+def _channels(channels: object, modality: str, where: str) -> tuple[_Channel, ...]:
+    """The channels of a dataset of two or more, by index (empty for one channel or none).
+
+    Raises:
+        SourceError: a key that is no channel number or a name that is not usable text.
+    """
+    if not isinstance(channels, dict) or len(channels) < 2:
+        return ()
+    out = []
+    for key, name in channels.items():
+        index = label_id_of(key)
+        if index is None:
+            raise SourceError(f'{where}: channel {key!r} must be a channel number ("0", "1")')
+        if not isinstance(name, str):
+            raise SourceError(f"{where}: channel {key!r} needs a name as text, not {name!r}")
+        written = name.strip()
+        own = modality_from_channel(written) or modality
+        sequence = written if own == "mr" and written.lower() not in _SCHEMES else ""
+        problem = label_name_problem(sequence) if sequence else None
+        if problem:
+            raise SourceError(f"{where}: the name of channel {key!r} ({name!r}) {problem}")
+        out.append(_Channel(index, own, sequence))
+    return tuple(sorted(out))
+
+
+def _per_channel(
+    case: NiftiCase, channels: tuple[_Channel, ...], image_of: dict[int, Path] | None = None
+) -> list[NiftiCase]:
+    """One case per channel (``{case}_{XXXX}``; the case itself for a single channel): the
+    channel's file in ``image_of``, else the channel of the case's 4D image."""
+    if not channels:
+        return [case]
+    return [
+        replace(
+            case,
+            case=f"{case.case}_{c.index:04d}",
+            patient=case.case,
+            modality=c.modality,
+            sequence=c.sequence,
+            **({"image": str(image_of[c.index])} if image_of is not None else {"channel": c.index}),
+        )
+        for c in channels
+    ]
+
+
 def _dataset_name(meta: dict, root: Path, path: Path) -> str:
     """The dataset's name: its ``name`` in dataset.json, else the folder's name."""
     name = meta.get("name") or root.name
@@ -102,15 +258,7 @@ def _dataset_name(meta: dict, root: Path, path: Path) -> str:
 
 
 def _nifti_case(
-    spec: str,
-    dataset: str,
-    case: str,
-    image: Path,
-    label: Path,
-    modality: str,
-    written: tuple[tuple[int, str], ...],
-    labels: tuple[tuple[int, str], ...],
-    synonyms: tuple[tuple[str, str], ...],
+    spec: str, dataset: str, case: str, image: Path, label: Path, modality: str, labels: _Labels
 ) -> NiftiCase:
     return NiftiCase(
         source=spec,
@@ -119,30 +267,39 @@ def _nifti_case(
         image=str(image),
         label=str(label),
         modality=modality,
-        labels=labels,
-        written_labels=written,
-        synonyms=synonyms,
+        labels=labels.readable,
+        written_labels=labels.written,
+        synonyms=labels.synonyms,
+        label_groups=labels.groups,
     )
+
+
+def _read_labels(
+    pairs: list[tuple[object, object]],
+    groups: tuple[tuple[int, tuple[int, ...]], ...],
+    meta: dict,
+    path: Path,
+) -> _Labels:
+    written = _labels(pairs, path)
+    synonyms = read_synonyms(meta.get(SYNONYMS), written, escape_name(str(path)))
+    return _Labels(written, readable_labels(written), synonyms, groups)
 
 
 def open_nnunet(spec: str, root: Path, modality: str | None = None, key: bytes = b"") -> Source:
-    """Open an nnU-Net v2 raw dataset folder."""
+    """Open an nnU-Net v2 raw dataset folder (see the module docstring).
+
+    Raises:
+        SourceError: a missing folder or dataset.json, or a dataset.json a user must fix.
+    """
     meta_path = root / "dataset.json"
     meta = _load_json(meta_path)
+    where = f"malformed dataset.json at {escape_name(str(meta_path))}"
     raw_labels = meta.get("labels")
     if not isinstance(raw_labels, dict) or not raw_labels:
         raise SourceError(f"malformed dataset.json at {meta_path}: 'labels' must map name -> id")
-    pairs = []
-    for name, value in raw_labels.items():
-        if isinstance(value, bool) or not isinstance(value, int | list):
-            raise SourceError(
-                f"malformed dataset.json at {meta_path}: label {name!r} has id {value!r}"
-            )
-        if isinstance(value, int):  # region-based (list) labels overlap: not a label map
-            pairs.append((value, name))
-    mod = _modality(
-        meta.get("channel_names", meta.get("modality")), meta_path, "channel_names", modality
-    )
+    pairs, groups = _label_pairs(raw_labels, meta.get("regions_class_order"), where)
+    channel_names = meta.get("channel_names", meta.get("modality"))
+    mod = _modality(channel_names, meta_path, "channel_names", modality)
     ending = meta.get("file_ending", ".nii.gz")
     if ending not in NIFTI_ENDINGS:
         raise SourceError(f"file_ending {ending!r} in {meta_path} is not supported; use NIfTI")
@@ -150,21 +307,24 @@ def open_nnunet(spec: str, root: Path, modality: str | None = None, key: bytes =
     if not labels_dir.is_dir():
         raise SourceError(f"no labelsTr folder in {root}: not an nnU-Net raw dataset")
     dataset = _dataset_name(meta, root, meta_path)
-    written = _labels(pairs, meta_path)
-    labels = readable_labels(written)
-    synonyms = read_synonyms(meta.get(SYNONYMS), written, escape_name(str(meta_path)))
+    labels = _read_labels(pairs, groups, meta, meta_path)
+    channels = _channels(channel_names, mod, where)
     cases = []
     for label_file in sorted(labels_dir.glob(f"*{ending}")):
         case = label_file.name[: -len(ending)]
         image = root / "imagesTr" / f"{case}_0000{ending}"
-        cases.append(
-            _nifti_case(spec, dataset, case, image, label_file, mod, written, labels, synonyms)
-        )
-    return Source(spec, "nnunet", str(root), dataset, mod, labels, tuple(cases))
+        files = {c.index: root / "imagesTr" / f"{case}_{c.index:04d}{ending}" for c in channels}
+        found = _nifti_case(spec, dataset, case, image, label_file, mod, labels)
+        cases.extend(_per_channel(found, channels, files))
+    return Source(spec, "nnunet", str(root), dataset, mod, labels.readable, tuple(cases))
 
 
 def open_msd(spec: str, root: Path, modality: str | None = None, key: bytes = b"") -> Source:
-    """Open a Medical Segmentation Decathlon task folder."""
+    """Open a Medical Segmentation Decathlon task folder (see the module docstring).
+
+    Raises:
+        SourceError: a missing dataset.json, or one a user must fix.
+    """
     meta_path = root / "dataset.json"
     meta = _load_json(meta_path)
     raw_labels = meta.get("labels")
@@ -175,9 +335,10 @@ def open_msd(spec: str, root: Path, modality: str | None = None, key: bytes = b"
         raise SourceError(f"malformed dataset.json at {meta_path}: 'training' must be a list")
     mod = _modality(meta.get("modality"), meta_path, "modality", modality)
     dataset = _dataset_name(meta, root, meta_path)
-    written = _labels(list(raw_labels.items()), meta_path)
-    labels = readable_labels(written)
-    synonyms = read_synonyms(meta.get(SYNONYMS), written, escape_name(str(meta_path)))
+    labels = _read_labels(list(raw_labels.items()), (), meta, meta_path)
+    channels = _channels(
+        meta.get("modality"), mod, f"malformed dataset.json at {escape_name(str(meta_path))}"
+    )
     cases = []
     for entry in training:
         if not isinstance(entry, dict) or "image" not in entry or "label" not in entry:
@@ -188,9 +349,11 @@ def open_msd(spec: str, root: Path, modality: str | None = None, key: bytes = b"
         label = (root / str(entry["label"])).resolve()
         name = label.name
         case = next((name[: -len(e)] for e in NIFTI_ENDINGS if name.endswith(e)), name)
-        cases.append(_nifti_case(spec, dataset, case, image, label, mod, written, labels, synonyms))
+        cases.extend(
+            _per_channel(_nifti_case(spec, dataset, case, image, label, mod, labels), channels)
+        )
     cases.sort(key=lambda c: c.case)
-    return Source(spec, "msd", str(root), dataset, mod, labels, tuple(cases))
+    return Source(spec, "msd", str(root), dataset, mod, labels.readable, tuple(cases))
 
 
 class NnunetReader:

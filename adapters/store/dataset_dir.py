@@ -41,8 +41,9 @@ from medgrit.core.fsnames import escape_name
 
 MANIFEST = "dataset.json"
 FORMAT_MARKER = "medgrit-dataset"
-KNOWN_SCHEMA_VERSIONS: tuple[int, ...] = (1, 2)
-"""Schema versions this medgrit reads (``medgrit.schemas.tables``: 2 added region relations)."""
+KNOWN_SCHEMA_VERSIONS: tuple[int, ...] = (1, 2, 3)
+"""Schema versions this medgrit reads (``medgrit.schemas.tables``: 2 added region relations, 3
+the images' sequence and the regions' source label)."""
 LOCK_FILE = ".medgrit.lock"
 STAGING_MARKER = ".medgrit-staging"
 TABLE_DIRS: tuple[str, ...] = ("images", "regions", "conversations", "rejects")

@@ -271,6 +271,8 @@ def _region_words(r: dict, width: int, height: int) -> list[str]:
         found.append(f"region {rid}: size {r['size']!r} is not its area's")
     if r["laterality"] != laterality_of(r["label"]):
         found.append(f"region {rid}: laterality {r['laterality']!r} is not its label's")
+    if "source_label" in r and not r["source_label"]:  # schema 3 on
+        found.append(f"region {rid}: no source label")
     return found
 
 
@@ -409,7 +411,12 @@ def _check_conversations(
         if not conv["qa"]:
             problems.append(f"conversation {cid}: no turns")
         facts = ImageFacts(
-            image["image_id"], image["modality"], image["plane"], image["width"], image["height"]
+            image["image_id"],
+            image["modality"],
+            image["plane"],
+            image["width"],
+            image["height"],
+            image.get("sequence") or "",
         )
         truth = ImageTruth(by_image[conv["image_id"]].values(), facts, lexicon)
         for number, turn in enumerate(conv["qa"], 1):

@@ -29,6 +29,7 @@ from medgrit.adapters.sources.dicom.series import canonical_pair, read_series
 from medgrit.core.cases import LoadedCase, UnreadableImage
 from medgrit.core.label_maps import as_label_array
 from medgrit.core.suv import SUV_KEYWORDS, suv_factor
+from medgrit.core.text import readable_labels
 
 __all__ = ["read_case", "suv_tags"]
 
@@ -103,7 +104,8 @@ def _read_volume(case: DicomSeriesCase) -> LoadedCase:
         intensity=intensity,
         volume=image_volume,
         label_volume=label_volume,
-        label_names=names,
+        label_names=readable_labels(names),
+        written_label_names=names,
         rejects=tuple(rejects),
     )
 

@@ -18,7 +18,6 @@ from pydicom.dataset import Dataset
 from medgrit.adapters.sources.dicom.headers import usable_names
 from medgrit.adapters.sources.dicom.series import SeriesGrid
 from medgrit.core.contours import fill_even_odd
-from medgrit.core.text import readable_labels
 
 __all__ = ["rtstruct_labels"]
 
@@ -26,7 +25,7 @@ __all__ = ["rtstruct_labels"]
 def rtstruct_labels(
     rt: Dataset, grid: SeriesGrid, rejects: list[tuple[str, str, int | None]]
 ) -> tuple[np.ndarray, tuple[tuple[int, str], ...]]:
-    """Label map (grid order) of an RTSTRUCT and the names of the ROIs it holds; higher ROI
+    """Label map (grid order) of an RTSTRUCT and the names (as written) of its ROIs; higher ROI
     numbers overwrite lower ones. Call under ``quiet_pydicom``."""
     cols, rows, _ = grid.shape
     # Every (number, name) the structure set lists, a number listed twice included: its name
@@ -74,7 +73,5 @@ def rtstruct_labels(
     present = {number for number, _ in polygons}
     listed = {n for n, _ in rois}
     unlisted = [(n, f"roi {n}") for n in sorted(present - listed)]
-    names = readable_labels(
-        usable_names([(n, name) for n, name in rois if n in present] + unlisted)
-    )
+    names = usable_names([(n, name) for n, name in rois if n in present] + unlisted)
     return labels, names

@@ -17,7 +17,6 @@ from medgrit.adapters.sources.dicom.files import read_pixels
 from medgrit.adapters.sources.dicom.headers import usable_names
 from medgrit.adapters.sources.dicom.series import ORIENTATION_TOL, SeriesGrid, functional_item
 from medgrit.core.cases import UnreadableImage
-from medgrit.core.text import readable_labels
 
 __all__ = ["seg_labels"]
 
@@ -25,7 +24,7 @@ __all__ = ["seg_labels"]
 def seg_labels(
     seg: Dataset, grid: SeriesGrid, rejects: list[tuple[str, str, int | None]]
 ) -> tuple[np.ndarray, tuple[tuple[int, str], ...]]:
-    """Label map (grid order) of a SEG and its segment names; higher segment numbers
+    """Label map (grid order) of a SEG and its segment names as written; higher segment numbers
     overwrite lower ones. Call under ``quiet_pydicom``.
 
     Raises:
@@ -41,7 +40,7 @@ def seg_labels(
     for segment in seg.get("SegmentSequence", []):
         number = int(segment.SegmentNumber)
         raw_names.append((number, str(segment.get("SegmentLabel", "") or f"segment {number}")))
-    names = readable_labels(usable_names(raw_names))
+    names = usable_names(raw_names)
     count = int(seg.get("NumberOfFrames", 1) or 1)
     pixels = read_pixels(seg, "SEG").reshape(count, rows, cols)
     fractional = str(seg.get("SegmentationType", "BINARY")).upper() == "FRACTIONAL"
