@@ -23,6 +23,7 @@ from medgrit.adapters.store.bookkeeping import mismatch_message, plan_manifest
 from medgrit.adapters.synthetic.demo import default_demo_dir
 from medgrit.core.cases import NO_VOCABULARY, Case, Vocabulary
 from medgrit.core.fsnames import escape_name
+from medgrit.core.label_names import renamed_sources
 from medgrit.core.pipeline import CaseTask, build_vocabulary, count_case_images
 from medgrit.core.plan_extension import PlanConflict, RecordedPlan, RetiredShard, extend_plan
 from medgrit.core.sharding import plan_build
@@ -39,16 +40,17 @@ class SourceListing:
     """Sources opened for the checks before a build, handed to the build that follows so that
     they are listed once.
 
-    It holds the specs, modality and key it was listed with: a build of other sources, another
-    modality or another key (a key created after the checks listed with a throwaway one) lists
-    its own. As a flow parameter it is kept out of the flow run's stored parameters: it has no
-    ``__dict__`` to encode, so Prefect stores a placeholder (a scheduled run lists afresh).
+    It holds the specs, modality, label words, channels and key it was listed with: a build of
+    other sources, another modality, other label words or channels, or another key (a key
+    created after the checks listed with a throwaway one) lists its own. As a flow parameter it
+    is kept out of the flow run's stored parameters: it has no ``__dict__`` to encode, so
+    Prefect stores a placeholder (a scheduled run lists afresh).
     """
 
     __slots__ = ("_key", "_sources")
 
     def __init__(self, config: BuildConfig, key: bytes, sources: list[Source]) -> None:
-        self._key = (tuple(config.sources), config.modality, key)
+        self._key = _listing_key(config, key)
         self._sources = sources
 
     @property
@@ -59,9 +61,17 @@ class SourceListing:
     def sources_for(self, config: BuildConfig, key: bytes) -> list[Source] | None:
         """The sources when they were listed for ``config``'s sources and modality with
         ``key``; None otherwise."""
-        if self._key != (tuple(config.sources), config.modality, key):
+        if self._key != _listing_key(config, key):
             return None
         return self._sources
+
+
+def _listing_key(config: BuildConfig, key: bytes) -> tuple:
+    """What a listing of sources depends on: the specs, modality, label words, channels and
+    key."""
+    channels = None if config.channels is None else tuple(config.channels)
+    words = tuple(config.label_names.items())
+    return (tuple(config.sources), config.modality, words, channels, key)
 
 
 def open_build_sources(config: BuildConfig, key: bytes) -> SourceListing:
@@ -75,9 +85,14 @@ def open_build_sources(config: BuildConfig, key: bytes) -> SourceListing:
 
 
 def _open(config: BuildConfig, key: bytes) -> list[Source]:
-    return open_sources(
-        config.sources, demo_dir=default_demo_dir(), modality=config.modality, key=key
+    sources = open_sources(
+        config.sources,
+        demo_dir=default_demo_dir(),
+        modality=config.modality,
+        key=key,
+        channels=config.channels,
     )
+    return renamed_sources(sources, config.label_names)
 
 
 @dataclass(frozen=True)

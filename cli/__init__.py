@@ -19,6 +19,7 @@ import typer
 from pydantic import ValidationError
 
 from medgrit.adapters.store.dataset_dir import is_medgrit_dataset
+from medgrit.cli.configfile import read_label_words
 from medgrit.cli.evaluate import evaluate
 from medgrit.cli.export import export
 from medgrit.cli.finetune import finetune
@@ -95,6 +96,21 @@ def build(
         str | None,
         typer.Option(help="Modality key (ct, mr, xray, pet, ...) when the source does not say."),
     ] = None,
+    channels: Annotated[
+        str | None,
+        typer.Option(
+            metavar="NAMES",
+            help="Of multi-channel sources, build only these channels: names or indices, "
+            "comma-separated (e.g. FLAIR,T1Gd or 0,3; default: every channel).",
+        ),
+    ] = None,
+    label_names: Annotated[
+        Path | None,
+        typer.Option(
+            help="JSON, TOML or YAML file of the words for labels, by the name their source "
+            'writes: {"GTVp": "primary tumor volume"} (default: medgrit reads the names).'
+        ),
+    ] = None,
     key_file: Annotated[
         Path | None,
         typer.Option(
@@ -170,6 +186,8 @@ def build(
         "max_slices_per_case": max_slices_per_case,
         "min_area": min_area,
         "modality": modality,
+        "channels": None if channels is None else channels.split(","),
+        "label_names": read_label_words(label_names) if label_names else {},
         "key_file": str(key_file.expanduser().absolute()) if key_file else None,
         "test_fraction": test_fraction,
         "images_per_shard": images_per_shard,

@@ -1,9 +1,10 @@
-"""Config files of the commands that take one (``serve``, ``finetune``): TOML or YAML by
-suffix, read whole, every problem one line naming the field by its path
-(``deployments[0].config.plane: ...``) and exit code 2."""
+"""Config files of the commands that take one (``serve``, ``finetune``, ``build
+--label-names``): TOML, YAML or JSON by suffix, read whole, every problem one line naming the
+field by its path (``deployments[0].config.plane: ...``) and exit code 2."""
 
 from __future__ import annotations
 
+import json
 import tomllib
 from pathlib import Path
 from typing import Any, NoReturn
@@ -30,12 +31,13 @@ def invalid_config(where: str, exc: ValidationError) -> NoReturn:
     fail(f"{where}: {path}: {msg}" if path else f"{where}: {msg}")
 
 
-def parse_config_file(path: Path, what: str) -> Any:
-    """The data of a TOML or YAML config file (by suffix); an unreadable or malformed file is
-    one line, naming it as ``what`` ("service config")."""
-    kind = SUFFIXES.get(path.suffix.lower())
+def parse_config_file(path: Path, what: str, suffixes: dict[str, str] = SUFFIXES) -> Any:
+    """The data of a TOML, YAML (or, where ``suffixes`` names it, JSON) config file, by
+    suffix; an unreadable or malformed file is one line, naming it as ``what`` ("service
+    config")."""
+    kind = suffixes.get(path.suffix.lower())
     if kind is None:
-        fail(f"{shown(path)}: the {what} must be a .toml, .yaml or .yml file")
+        fail(f"{shown(path)}: the {what} must be a {_listed(suffixes)} file")
     if not path.exists():
         fail(f"{shown(path)}: no such file")
     if path.is_dir():
@@ -48,6 +50,11 @@ def parse_config_file(path: Path, what: str) -> Any:
         text = data.decode("utf-8")
     except UnicodeDecodeError:
         fail(f"{shown(path)} is not UTF-8 text")
+    if kind == "JSON":
+        try:
+            return json.loads(text)
+        except json.JSONDecodeError as exc:
+            fail(f"{shown(path)} is not valid JSON: {exc}")
     if kind == "TOML":
         try:
             return tomllib.loads(text)
@@ -62,3 +69,22 @@ def parse_config_file(path: Path, what: str) -> Any:
         what = getattr(exc, "problem", None) or type(exc).__name__
         at = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
         fail(f"{shown(path)} is not valid YAML: {what}{at}")
+
+
+def read_label_words(path: Path) -> dict[str, str]:
+    """The words for labels in a ``--label-names`` file: a mapping of the name a source writes
+    to the words the text uses (checked further by the build's config)."""
+    data = parse_config_file(path, "label names file", {**SUFFIXES, ".json": "JSON"})
+    if not isinstance(data, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in data.items()
+    ):
+        fail(
+            f"{shown(path)}: the label names file maps each name, as its source writes it, to "
+            'its words: {"kidney_left": "left kidney"}'
+        )
+    return data
+
+
+def _listed(suffixes: dict[str, str]) -> str:
+    names = list(suffixes)
+    return f"{', '.join(names[:-1])} or {names[-1]}"

@@ -29,9 +29,10 @@ from __future__ import annotations
 
 import re
 import unicodedata
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
+from dataclasses import replace
 
-from medgrit.core.cases import SourceError
+from medgrit.core.cases import Case, Source, SourceError
 from medgrit.core.fsnames import escape_name
 from medgrit.core.text import readable_label_name
 
@@ -40,10 +41,12 @@ __all__ = [
     "MAX_LABEL_NAME",
     "check_label_map",
     "checked_dataset_name",
+    "checked_label_words",
     "dataset_name_problem",
     "label_id_of",
     "label_name_problem",
     "normalise_label_name",
+    "renamed_sources",
 ]
 
 # The tables store label ids as int32.
@@ -181,3 +184,94 @@ def check_label_map(entries: Iterable[tuple[object, object]], where: str) -> dic
     if not names:
         raise SourceError(f"{where}: names no label besides the background (id 0)")
     return names
+
+
+def checked_label_words(words: Mapping[str, str]) -> dict[str, str]:
+    """A user's words for label names (name as a source writes it -> the words the text
+    uses), both normalised (:func:`normalise_label_name`).
+
+    Raises:
+        ValueError: a name or its words that :func:`label_name_problem` refuses, or two names
+            that normalise alike.
+    """
+    out: dict[str, str] = {}
+    for raw, raw_words in words.items():
+        name, said = normalise_label_name(str(raw)), normalise_label_name(str(raw_words))
+        problem = label_name_problem(name)
+        if problem:
+            raise ValueError(f"the label name {raw!r} {problem}")
+        problem = label_name_problem(said)
+        if problem:
+            raise ValueError(f"the words for {raw!r} ({raw_words!r}) {problem}")
+        if name in out:
+            raise ValueError(f"the label name {name!r} is given twice")
+        out[name] = said
+    return out
+
+
+def renamed_sources(sources: list[Source], words: Mapping[str, str]) -> list[Source]:
+    """The sources with each label whose written name ``words`` holds named by those words
+    (in its cases' labels, their synonyms' targets and the source's label list).
+
+    Raises:
+        SourceError: a name in ``words`` that no label of the sources is written as, or two
+            labels of one dataset that would read as the same words.
+    """
+    if not words:
+        return sources
+    used: set[str] = set()
+    out = []
+    for source in sources:
+        cases = tuple(_renamed_case(case, words, used) for case in source.cases)
+        labels = _renamed_labels(source.labels, _written_of(source.cases), words, set())
+        out.append(replace(source, cases=cases, labels=labels))
+    unused = sorted(set(words) - used)
+    if unused:
+        raise SourceError(
+            f"label-names: {unused[0]!r} is the written name of no label of the sources; "
+            "give names as the label files write them"
+        )
+    return out
+
+
+def _written_of(cases: Iterable[Case]) -> dict[int, str]:
+    written: dict[int, str] = {}
+    for case in cases:
+        if not case.labels_per_case:
+            written.update(case.written_labels)
+    return written
+
+
+def _renamed_labels(
+    labels: tuple[tuple[int, str], ...],
+    written: Mapping[int, str],
+    words: Mapping[str, str],
+    used: set[str],
+) -> tuple[tuple[int, str], ...]:
+    out = []
+    for label_id, name in labels:
+        raw = written.get(label_id)
+        if raw in words:
+            used.add(raw)
+            name = words[raw]
+        out.append((label_id, name))
+    return tuple(out)
+
+
+def _renamed_case(case: Case, words: Mapping[str, str], used: set[str]) -> Case:
+    written = dict(case.written_labels)
+    if not any(name in words for name in written.values()):
+        return case
+    labels = _renamed_labels(case.labels, written, words, used)
+    said = [name for _, name in labels]
+    if len(set(said)) != len(said):
+        twice = next(name for name in said if said.count(name) > 1)
+        raise SourceError(
+            f"label-names: two labels of dataset {case.dataset!r} would read as {twice!r}; "
+            "give each label its own words"
+        )
+    before = dict(case.labels)
+    new = dict(labels)
+    renamed = {before[i]: new[i] for i in new if before[i] != new[i]}
+    synonyms = tuple(sorted((w, renamed.get(label, label)) for w, label in case.synonyms))
+    return replace(case, labels=labels, synonyms=synonyms)

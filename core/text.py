@@ -54,13 +54,68 @@ _TISSUES = {
     "csf": "cerebrospinal fluid",
 }
 _CAMEL = re.compile(r"(?<=[a-z])(?=[A-Z])")
+# A spinal level: cervical, thoracic, lumbar or sacral vertebra and its number (``L1``, ``T12``).
+_LEVEL = re.compile(r"[ctls][0-9]{1,2}", re.IGNORECASE)
+_VERTEBRA = frozenset({"vertebra", "vertebrae", "vertebral"})
+# Short words a name written in capitals may hold that are words, not abbreviations.
+_SHORT_WORDS = frozenset(
+    {"arm", "ear", "eye", "fat", "gum", "gut", "hip", "jaw", "leg", "lip", "rib", "sac", "toe",
+     "all", "and", "of", "the", "to", "in", "on", "bed", "cap", "air", "low", "top", "end"}
+)  # fmt: skip
+_VOWELS = frozenset("aeiou")
+
+
+def _ordinal(number: int) -> str:
+    """``1`` -> ``1st``, ``2`` -> ``2nd``, ``11`` -> ``11th``."""
+    if 10 <= number % 100 <= 20:
+        return f"{number}th"
+    return f"{number}{ {1: 'st', 2: 'nd', 3: 'rd'}.get(number % 10, 'th') }"
+
+
+def _is_abbreviation(token: str, all_capitals: bool) -> bool:
+    """Whether a token as written is an abbreviation whose capitals a person keeps (``GTV``,
+    ``GTVp``, ``IVC``, a spinal level ``L1``); ``all_capitals``: the whole name is written in
+    capitals, where only short or vowel-less words read as abbreviations."""
+    if _LEVEL.fullmatch(token):
+        return True
+    capitals = sum(c.isupper() for c in token)
+    if capitals < 2 or capitals <= sum(c.islower() for c in token):  # not ``Right-Left``
+        return False
+    if not all_capitals:
+        return True
+    lower = token.lower()
+    if not lower.isalpha() or lower in _SHORT_WORDS:
+        return False
+    return len(lower) <= 3 or not (_VOWELS & set(lower))
+
+
+def _numbered(tokens: list[str], side: str | None) -> tuple[list[str], str | None] | None:
+    """Words of a numbered bone, or None: ``vertebrae L1`` -> ``L1 vertebra``, ``rib left 3``
+    -> ``left 3rd rib`` (with its side)."""
+    lowered = [t.lower() for t in tokens]
+    if len(tokens) == 2 and _VERTEBRA & set(lowered):
+        level = tokens[1] if lowered[0] in _VERTEBRA else tokens[0]
+        if _LEVEL.fullmatch(level):
+            return [level.upper(), "vertebra"], side
+    if lowered[:1] == ["rib"] and len(tokens) in (2, 3) and tokens[-1].isdigit():
+        middle = lowered[1:-1]
+        if middle and middle[0] not in _SIDE_TOKENS:
+            return None
+        side = _SIDE_TOKENS[middle[0]] if middle else side
+        return [_ordinal(int(tokens[-1])), "rib"], side
+    return None
 
 
 def readable_label_name(raw: str) -> str:
     """Turn a dataset label key into words: ``kidney_left`` -> ``left kidney``.
 
-    Laterality tokens (``left``, ``right``, ``l``, ``r``, ``lt``, ``rt``) at either end move to
-    the front;
+    This is the one normaliser of label names every source uses (``readable_labels``); the name
+    as written stays in the regions table (``source_label``) and the dataset's ``label_maps``.
+    Laterality tokens (``left``, ``right``, ``l``, ``r``, ``lt``, ``rt``, any case) at either end
+    move to the front; numbered bones read as a person writes them (``vertebrae_L1`` -> ``L1
+    vertebra``, ``rib_left_3`` -> ``left 3rd rib``); words are lower case except abbreviations
+    written in capitals (``GTVp``, ``IVC``, a spinal level ``T12``; in a name written all in
+    capitals, ``LIVER``, only short or vowel-less words count as such);
     separators become spaces; common anatomical abbreviations are expanded: tissues anywhere
     (``GM_left``), positions after the first word (``Frontal_Sup_L``; a name's first word is its
     own: ``post-op cavity``, ``Mid-brain``).
@@ -71,15 +126,30 @@ def readable_label_name(raw: str) -> str:
     raw = escape_name(raw).strip()
     separators = r"[\s_./]+" if re.search(r"\s", raw) else r"[\s_\-./]+"
     tokens = [t for t in re.split(separators, _CAMEL.sub(" ", raw)) if t]
-    tokens = [t.lower() for t in tokens]
     side = None
-    if len(tokens) > 1 and tokens[-1] in _SIDE_TOKENS:
-        side = _SIDE_TOKENS[tokens.pop()]
-    elif len(tokens) > 1 and tokens[0] in _SIDE_TOKENS:
-        side = _SIDE_TOKENS[tokens.pop(0)]
-    words = [_TISSUES.get(t) or (_QUALIFIERS.get(t, t) if i else t) for i, t in enumerate(tokens)]
+    if len(tokens) > 1 and tokens[-1].lower() in _SIDE_TOKENS:
+        side = _SIDE_TOKENS[tokens.pop().lower()]
+    elif len(tokens) > 1 and tokens[0].lower() in _SIDE_TOKENS:
+        side = _SIDE_TOKENS[tokens.pop(0).lower()]
+    numbered = _numbered(tokens, side)
+    if numbered is not None:
+        words, side = numbered
+    else:
+        capitals = not any(c.islower() for c in raw)
+        words = [_word(t, i, capitals) for i, t in enumerate(tokens)]
     name = " ".join(words)
     return f"{side} {name}" if side else name
+
+
+def _word(token: str, position: int, all_capitals: bool) -> str:
+    """One token of a label name as a word: an abbreviation of a tissue, or (past the first
+    word) of a position, spelt out; another abbreviation kept as written; else lower case."""
+    lower = token.lower()
+    if lower in _TISSUES:
+        return _TISSUES[lower]
+    if position and lower in _QUALIFIERS:
+        return _QUALIFIERS[lower]
+    return token if _is_abbreviation(token, all_capitals) else lower
 
 
 def readable_labels(written: tuple[tuple[int, str], ...]) -> tuple[tuple[int, str], ...]:

@@ -12,8 +12,10 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    SerializerFunctionWrapHandler,
     field_serializer,
     field_validator,
+    model_serializer,
     model_validator,
 )
 
@@ -115,6 +117,18 @@ class BuildConfig(BaseModel):
     modality: Modality | None = Field(
         None, description="Modality of every source, when its metadata does not tell."
     )
+    channels: list[str] | None = Field(
+        None,
+        description="Of sources that give each channel of a multi-channel image (MR sequences: "
+        "FLAIR, T1Gd, ...) as its own image, keep only these channels: names as the source "
+        "writes them (any case) or channel indices (0, 3). Sources with one channel are kept "
+        "whole. Default: every channel.",
+    )
+    label_names: dict[str, str] = Field(
+        default_factory=dict,
+        description="The words the text names labels by, by the name their source writes "
+        '({"GTVp": "primary tumor volume"}), in place of medgrit\'s reading of that name.',
+    )
     key_file: str | None = Field(
         None,
         description="Pseudonymisation key file, kept outside the dataset directory "
@@ -167,6 +181,30 @@ class BuildConfig(BaseModel):
     def _write_path(self, value: str | None) -> str | None:
         return None if value is None else to_portable(value)
 
+    @model_serializer(mode="wrap")
+    def _without_defaults_of_new_settings(self, handler: SerializerFunctionWrapHandler) -> dict:
+        # Every channel, and medgrit's own words for labels, is what a build without these
+        # settings made: its recorded config (and the digest its shards' records are keyed by)
+        # stays the same.
+        data = handler(self)
+        if self.channels is None:
+            data.pop("channels", None)
+        if not self.label_names:
+            data.pop("label_names", None)
+        return data
+
+    @field_validator("channels")
+    @classmethod
+    def _check_channels(cls, value: list[str] | None) -> list[str] | None:
+        if value is None:
+            return None
+        names = [name.strip() for name in value]
+        if not names or not all(names):
+            raise ValueError(
+                "give channel names or indices separated by commas, e.g. FLAIR,T1Gd or 0,3"
+            )
+        return names
+
     @field_validator("sources")
     @classmethod
     def _check_sources(cls, value: list[str]) -> list[str]:
@@ -209,6 +247,13 @@ class BuildConfig(BaseModel):
         if self.generator == "llm" and self.llm is None:
             raise ValueError("--generator llm needs --llm-model NAME")
         return self
+
+    @field_validator("label_names")
+    @classmethod
+    def _label_words(cls, value: dict[str, str]) -> dict[str, str]:
+        from medgrit.core.label_names import checked_label_words
+
+        return checked_label_words(value)
 
     @field_validator("percentiles")
     @classmethod

@@ -44,6 +44,23 @@ from medgrit.core.text import (
         ("Post_contrast_enhancement", "post contrast enhancement"),
         ("Mid-brain", "mid brain"),
         ("Right-Left shunt", "right-left shunt"),
+        # TotalSegmentator's numbered bones, and names written in capitals.
+        ("vertebrae_L1", "L1 vertebra"),
+        ("vertebrae_T12", "T12 vertebra"),
+        ("vertebrae_C1", "C1 vertebra"),
+        ("rib_left_3", "left 3rd rib"),
+        ("rib_right_12", "right 12th rib"),
+        ("rib_left_1", "left 1st rib"),
+        ("rib_right_2", "right 2nd rib"),
+        ("Corticospinal_tract_L", "left corticospinal tract"),
+        ("GTVp", "GTVp"),
+        ("GTV", "GTV"),
+        ("IVC_filter", "IVC filter"),
+        ("LIVER", "liver"),
+        ("SPINAL_CORD", "spinal cord"),
+        ("EYE_L", "left eye"),
+        ("L_KIDNEY", "left kidney"),
+        ("CTV_HIGH", "CTV high"),
     ],
 )
 def test_readable_label_name(raw, expected):
