@@ -16,7 +16,7 @@ A turn's question and answer are read one text at a time into:
   medium, large, "very small" = tiny), the patient's side ("the patient's left"), a lone
   "left"/"right" (ambiguous: image or patient?; "the left side" is the image's in a clause that
   speaks of the image's sides), modality (an open list: CT, MRI, OCT, mammogram ...), plane,
-  sequence words (T2, FLAIR, contrast-enhanced: no fact records them), words of appearance,
+  sequence words (T2, FLAIR, contrast-enhanced: true of an image of that sequence), appearance,
   diagnosis or measurement (surface, hyperdense, irregular, normal, mm: no fact records them),
   and **relations** to another mention ("below the liver", "within the liver", "adjacent to",
   "larger than", "to the left of": :mod:`medgrit.core.relations`).

@@ -1,5 +1,6 @@
 """What is true of one image, as the verifier checks a text against it (pure): its regions by
-id and by box, the body regions it shows, and whether a region attribute or "A in B" holds.
+id and by box, the body regions it shows, the sequence words true of it, and whether a region
+attribute or "A in B" holds.
 :mod:`medgrit.core.verify` reads a turn's claims and checks them with an :class:`ImageTruth`.
 """
 
@@ -13,6 +14,7 @@ from medgrit.core.claims import Box, Mention
 from medgrit.core.generation import ImageFacts, RegionFacts
 from medgrit.core.lexicon import Lexicon, lexicon_for, split_side, words_of
 from medgrit.core.relations import image_side, relations_between
+from medgrit.core.sequences import known_sequence, sequence_true_words
 from medgrit.core.terms import MODALITY_REGIONS
 
 
@@ -36,12 +38,13 @@ class Region:
 
 
 class ImageTruth:
-    """What is true of one image: its regions (by id and by box), modality and plane, the body
-    regions it shows, and the lexicon its texts are read with.
+    """What is true of one image: its regions (by id and by box), modality, plane and sequence,
+    the body regions it shows, and the lexicon its texts are read with.
 
     Args:
         regions: all regions of the image.
-        image: the image's facts (modality and plane words are checked only when given).
+        image: the image's facts (modality and plane words are checked only when given; no
+            sequence word holds without them).
         lexicon: structure names of the build; the image's own labels are added.
     """
 
@@ -70,6 +73,13 @@ class ImageTruth:
         """The body regions the image shows (see :func:`body_regions`)."""
         implied = [self.lexicon.regions_implied(r.base) for r in self.regions.values()]
         return body_regions(implied, self.image)
+
+    @cached_property
+    def sequence_words(self) -> frozenset[str] | None:
+        """The sequence words true of the image (:mod:`medgrit.core.sequences`), or None when
+        no known sequence is recorded: then no sequence word can be checked, either way."""
+        name = self.image.sequence if self.image is not None else ""
+        return sequence_true_words(name) if known_sequence(name) is not None else None
 
     def named(self, mention: Mention, exact: bool = False) -> set[str]:
         """Regions a name refers to: those whose label it is or is a synonym of (same structure

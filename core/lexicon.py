@@ -250,9 +250,10 @@ def _joined(
     return {surface: root(base) for surface, base in canonical.items()}
 
 
-VOCABULARY_VERSION = 2
+VOCABULARY_VERSION = 3
 """The version of the packaged vocabulary (synonyms, broader terms, context anatomy, the words
-read as claims); recorded in ``dataset.json``."""
+read as claims; 3 read MR sequence words against the image's sequence); recorded in
+``dataset.json``."""
 
 
 @lru_cache(maxsize=64)

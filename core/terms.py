@@ -210,14 +210,18 @@ MODALITY_WORDS: dict[str, str] = {
     "fmri": "fmri", "nuclear medicine": "scintigraphy",
 }  # fmt: skip
 
-# Sequence, phase, window and tracer words: the facts record none, so none can be true.
+# Sequence, phase, window and tracer words: one is true only of an image whose recorded
+# sequence makes it so (``medgrit.core.sequences``); the facts record no phase, window or tracer.
 SEQUENCE_WORDS: tuple[str, ...] = (
     "t1", "t2", "t1 weighted", "t2 weighted", "t1w", "t2w", "flair", "dwi", "diffusion weighted",
     "adc", "swi", "proton density", "contrast enhanced", "post contrast", "postcontrast",
-    "gadolinium", "non contrast", "noncontrast", "unenhanced", "arterial phase", "venous phase",
-    "portal venous phase", "delayed phase", "bone window", "lung window", "soft tissue window",
-    "mip", "maximum intensity projection", "fdg", "tracer", "radiotracer", "stir", "gre",
-    "perfusion", "inversion recovery", "fat suppressed", "fat saturated",
+    "gadolinium", "non contrast", "noncontrast", "unenhanced", "susceptibility weighted",
+    "t1 contrast", "t1 contrast enhanced", "t1 post contrast", "t1ce", "t1gd", "t1c", "t1 gd",
+    "t1 ce", "t1 c", "t1post", "t2 flair", "pre contrast", "precontrast", "gadolinium enhanced",
+    "post gadolinium", "apparent diffusion coefficient", "pd weighted", "arterial phase",
+    "venous phase", "portal venous phase", "delayed phase", "bone window", "lung window",
+    "soft tissue window", "mip", "maximum intensity projection", "fdg", "tracer", "radiotracer",
+    "stir", "gre", "perfusion", "inversion recovery", "fat suppressed", "fat saturated",
 )  # fmt: skip
 
 # Words that state appearance, a diagnosis or a measurement: the facts carry none of them.

@@ -32,7 +32,9 @@ failure is a stable snake_case reason stored in reject rows, checked in this ord
   patient?), ``wrong_relation`` (a relation the boxes and masks do not bear out, see
   :mod:`medgrit.core.relations`, or one no fact records: "anterior to"), ``wrong_modality``,
   ``wrong_plane`` (words that disagree with the image; a 2D image has no plane),
-  ``unknown_sequence`` (T2, FLAIR, contrast-enhanced: no fact records a sequence) and
+  ``unknown_sequence`` (a sequence, contrast, phase or window word that is not true of the
+  image's recorded sequence, :mod:`medgrit.core.sequences`: "T2-weighted" of a FLAIR image,
+  "contrast-enhanced" of a T2 one; any such word where none or an unknown one is recorded) and
   ``unsupported_finding`` (appearance, diagnosis or measurement: "ulcerated", "hyperdense",
   "irregular margins", "normal", "5 mm");
 - with :class:`TextRules` (an LLM's text): ``question_too_long``, ``answer_too_short``,
@@ -195,7 +197,6 @@ _WRONG: dict[str, RejectReason] = {
 }
 _IMAGE_WORDS: dict[str, RejectReason] = {
     "ambiguous_side": "ambiguous_side",
-    "sequence": "unknown_sequence",
     "unsupported": "unsupported_finding",
 }
 
@@ -272,6 +273,11 @@ def _check_attributes(truth: ImageTruth, text: _Read, asked: set[str]) -> Failur
         if a.kind == "modality":
             if image is not None and (a.value == image.modality) == a.negated:
                 return Failure("wrong_modality", a.text)
+            continue
+        if a.kind == "sequence":  # unlike modality words, none holds unless the facts say so
+            true_words = truth.sequence_words
+            if true_words is None or (a.value in true_words) == a.negated:
+                return Failure("unknown_sequence", a.text)
             continue
         if a.kind == "plane":
             if image is not None and (a.value == image.plane) == a.negated:
@@ -458,7 +464,7 @@ def verify_qa(
         qa: the turn.
         regions: all regions of the turn's image, by region id.
         rules: length and copying rules for generated text (none for templates).
-        image: the image's facts, for its modality and plane words.
+        image: the image's facts, for its modality, plane and sequence words.
         vocabulary: the build's label names (structure names a text may use).
     """
     truth = ImageTruth(regions.values(), image, lexicon_for(frozenset(vocabulary)))

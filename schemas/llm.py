@@ -9,7 +9,13 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializerFunctionWrapHandler,
+    model_serializer,
+)
 
 from medgrit.core.vocab import Task
 
@@ -46,7 +52,19 @@ class ImagePromptFacts(BaseModel):
 
     modality: str
     view: str
+    sequence: str | None = Field(
+        default=None,
+        description="The MR sequence as the text may name it (e.g. FLAIR); left out of the "
+        "JSON when the image has none.",
+    )
     regions: list[PromptRegion]
+
+    @model_serializer(mode="wrap")
+    def _without_no_sequence(self, handler: SerializerFunctionWrapHandler) -> dict:
+        data = handler(self)
+        if self.sequence is None:
+            data.pop("sequence", None)
+        return data
 
 
 class LLMTurn(BaseModel):

@@ -1,19 +1,20 @@
 """The LLM generator: conversations written by any OpenAI-compatible endpoint, then verified.
 
-For each image the model gets only text facts (modality, view, regions with their Qwen-VL boxes,
-position, size and side; see ``medgrit.schemas.llm``) rendered with ``prompts/llm_system.j2``
-and ``prompts/llm_user.j2``, and answers with one JSON conversation. All images of a shard are
-asked at once: concurrently through the process's shared :class:`OpenAICompatibleClient`
-(``medgrit.adapters.llm.dispatch``: one limiter and in-flight window for all shards), or
-through the Batch API. Each answer is parsed with pydantic and every turn is verified
-(``medgrit.core.verify``, with length and copy rules, names read with the build's label
-vocabulary). An answer with untrue turns keeps its true ones, and only the untrue turns are asked
-for again (``retry_invalid`` times): the retry names each one (its number, task, region ids,
+For each image the model gets only text facts (modality, view, the MR sequence where the text may
+name one, regions with their Qwen-VL boxes, position, size and side; see ``medgrit.schemas.llm``)
+rendered with ``prompts/llm_system.j2`` and ``prompts/llm_user.j2``, and answers with one JSON
+conversation; the system prompt of an image with a sequence adds the rule for naming it. All images
+of a shard are asked at once: concurrently through the process's shared
+:class:`OpenAICompatibleClient` (``medgrit.adapters.llm.dispatch``: one limiter and in-flight
+window for all shards), or through the Batch API. Each answer is parsed with pydantic and every
+turn is verified (``medgrit.core.verify``, with length and copy rules, names read with the build's
+label vocabulary). An answer with untrue turns keeps its true ones, and only the untrue turns are
+asked for again (``retry_invalid`` times): the retry names each one (its number, task, region ids,
 text, and the reason with the words that broke the rule), shows the facts of just their regions,
 and asks for the same turns (same task and region ids) in the same JSON shape. A true replacement
-takes its turn's place; a replacement that is untrue, or about another task or other regions, is
-a reject row ("attempt N") and its turn is asked for again while attempts remain. A replaced turn
-is a reject row too (it was paid for); turns still untrue at the end are rejected on writing. An
+takes its turn's place; a replacement that is untrue, or about another task or other regions, is a
+reject row ("attempt N") and its turn is asked for again while attempts remain. A replaced turn is
+a reject row too (it was paid for); turns still untrue at the end are rejected on writing. An
 answer that is not the JSON asked for is asked for again whole, with that fed back.
 
 Cache: every answer that parses is stored, content-addressed by the request, inside the dataset
@@ -52,6 +53,7 @@ from medgrit.core.cases import NO_VOCABULARY, Vocabulary
 from medgrit.core.conversations import turn_detail
 from medgrit.core.failures import InfrastructureError
 from medgrit.core.generation import QA, Generated, ImageFacts, RegionFacts
+from medgrit.core.sequences import sequence_phrase
 from medgrit.core.text import laterality_of
 from medgrit.core.verify import Failure, ImageTruth, TextRules, check_turn
 from medgrit.core.vocab import TASKS
@@ -124,6 +126,7 @@ class _Item:
     regions: list[RegionFacts]
     ids: dict[str, str]
     facts_json: str
+    sequence: bool = False  # the facts give a sequence: the system prompt says how to name it
     prompt_hash: str = ""
     prompt_tokens: int = 0
     completion_tokens: int = 0
@@ -218,8 +221,12 @@ class LLMGenerator:
         self.known_batches = list(known_batches)
         self.on_batch = on_batch
         self.env = make_environment()
-        self.system_prompt = self.env.get_template("llm_system.j2").render(tasks=list(TASKS))
+        system = self.env.get_template("llm_system.j2")
+        self.system_prompt = system.render(tasks=list(TASKS))
         self.text_rules = TextRules.for_instructions(self.system_prompt)
+        # Images whose facts give a sequence: the same prompt with the rule for naming it.
+        self.sequence_system_prompt = system.render(tasks=list(TASKS), sequence=True)
+        self.sequence_text_rules = TextRules.for_instructions(self.sequence_system_prompt)
         self.spend = Spend()
         self.template_hashes = template_hashes(list(PROMPT_FILES))
         self.template_hash = combined_hash(self.template_hashes)
@@ -240,9 +247,12 @@ class LLMGenerator:
         shown = sorted(shown[:MAX_PROMPT_REGIONS], key=lambda r: (r.label_id, r.instance))
         ids = {f"r{i}": r.region_id for i, r in enumerate(shown)}
         short_ids = {rid: short for short, rid in ids.items()}
+        named = view_variables(image.modality, image.plane)
+        sequence = sequence_phrase(image.sequence) if image.sequence else ""
         facts = ImagePromptFacts(
-            modality=view_variables(image.modality, image.plane)["modality"],
-            view=view_variables(image.modality, image.plane)["view"],
+            modality=named["modality"],
+            view=named["view"],
+            sequence=sequence or None,
             regions=[
                 PromptRegion(
                     id=f"r{i}",
@@ -257,7 +267,7 @@ class LLMGenerator:
                 for i, r in enumerate(shown)
             ],
         )
-        return _Item(image, regions, ids, facts.model_dump_json())
+        return _Item(image, regions, ids, facts.model_dump_json(), bool(sequence))
 
     def request_for(self, item: _Item, attempt: int) -> ChatRequest:
         """The chat request of an image's ``attempt``-th answer (0 = first ask).
@@ -275,10 +285,11 @@ class LLMGenerator:
         if asked:
             variables.update(self._retry_variables(item, asked))
         user = self.env.get_template("llm_user.j2").render(**variables)
+        system = self.sequence_system_prompt if item.sequence else self.system_prompt
         return ChatRequest(
             custom_id=f"{item.image.image_id}-a{attempt}",
             messages=(
-                {"role": "system", "content": self.system_prompt},
+                {"role": "system", "content": system},
                 {"role": "user", "content": user},
             ),
             response_format=self._response_format(),
@@ -344,12 +355,13 @@ class LLMGenerator:
         request asked for again."""
         asked = self._asked(state)  # what the request was built from: nothing changed since
         truth = ImageTruth(state.regions, state.image, self.lexicon)
+        rules = self.sequence_text_rules if state.sequence else self.text_rules
         if not asked:
             state.turns = turns
             state.failed = [
                 _Untrue(number, qa, failure, attempt)
                 for number, qa in enumerate(turns, 1)
-                if (failure := check_turn(qa, truth, self.text_rules)) is not None
+                if (failure := check_turn(qa, truth, rules)) is not None
             ]
             return
         slots = list(state.turns)
@@ -362,7 +374,7 @@ class LLMGenerator:
             if (new.task, set(new.region_ids)) != (untrue.qa.task, set(untrue.qa.region_ids)):
                 ids = ", ".join(untrue.qa.region_ids)
                 failure = Failure("region_ids_mismatch", f"asked for {untrue.qa.task} of {ids}")
-            failure = failure or check_turn(new, truth, self.text_rules)
+            failure = failure or check_turn(new, truth, rules)
             if failure is None:
                 state.rejects.append(untrue.reject())
                 slots[untrue.number - 1] = new

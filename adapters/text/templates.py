@@ -6,12 +6,13 @@ missing variable is an error, never an empty string. Each template exports two l
 number of phrasings whatever its variables (a plural label or several boxes change the words of
 a phrasing, never how many there are).
 
-The text is written to pass every rule of :mod:`medgrit.core.verify` by construction: it names
-only the labels it is given (always the exact label text, never re-inflected), states position,
-size, side, modality and plane only through its variables, and says "left"/"right" only inside a
-label, a grid phrase or "the patient's left/right". An RC turn may state one relation of its
-region to another (``medgrit.core.relations``: the first by priority, "within the liver"), which
-names that other region's label.
+The text is written to pass every rule of :mod:`medgrit.core.verify` by construction: it names only
+the labels it is given (always the exact label text, never re-inflected), states position, size,
+side, modality, plane and sequence only through its variables (the sequence inside ``modality`` and
+``view``: "FLAIR MRI"), and says "left"/"right" only inside a label, a grid phrase or "the
+patient's left/right". An RC turn may state one relation of its region to another
+(``medgrit.core.relations``: the first by priority, "within the liver"), which names that other
+region's label.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from medgrit.core.generation import (
 )
 from medgrit.core.ids import derive_seed
 from medgrit.core.relations import first_relation_phrase
+from medgrit.core.sequences import sequence_phrase
 from medgrit.core.text import MODALITY_NAMES, format_box, laterality_of
 
 TEMPLATE_FILES: dict[str, str] = {"VG": "vg.j2", "ROC": "roc.j2", "RC": "rc.j2", "MIA": "mia.j2"}
@@ -71,7 +73,7 @@ def combined_hash(hashes: dict[str, str]) -> str:
 # the reverse ("an hour").
 _CONSONANT_SOUND = ("uni", "use", "usu", "ure", "uri", "uro", "ute", "eu", "one")
 _VOWEL_SOUND = ("hour", "honest", "heir")
-_SAID_AS_WORDS = frozenset({"PET", "SPECT", "FLAIR"})  # acronyms not spelled out
+_SAID_AS_WORDS = frozenset({"PET", "SPECT", "FLAIR", "STIR"})  # acronyms not spelled out
 
 
 def with_article(phrase: str) -> str:
@@ -142,9 +144,12 @@ def number_word(count: int) -> str:
     return _NUMBER_WORDS[count] if 0 <= count < len(_NUMBER_WORDS) else str(count)
 
 
-def view_variables(modality: str, plane: str) -> dict[str, str]:
-    """Template variables that name the kind of image (``2d`` images have no plane words)."""
-    name = MODALITY_NAMES[modality]
+def view_variables(modality: str, plane: str, sequence: str = "") -> dict[str, str]:
+    """Template variables that name the kind of image (``2d`` images have no plane words); the
+    image's ``sequence`` comes before its modality ("FLAIR MRI", "axial T2-weighted MRI") where
+    the text may name it (:func:`medgrit.core.sequences.sequence_phrase`)."""
+    phrase = sequence_phrase(sequence) if sequence else ""
+    name = f"{phrase} {MODALITY_NAMES[modality]}" if phrase else MODALITY_NAMES[modality]
     if plane == "2d":
         return {"modality": name, "view": name, "frame": "image", "plane_phrase": ""}
     return {
@@ -234,7 +239,7 @@ class TemplateGenerator:
     def render_turn(self, image: ImageFacts, plan: TurnPlan, by_id: dict[str, RegionFacts]) -> QA:
         """Render one planned turn to a question and an answer."""
         refs = [by_id[rid] for rid in plan.region_ids]
-        common = view_variables(image.modality, image.plane)
+        common = view_variables(image.modality, image.plane, image.sequence)
         if plan.task == "MIA":
             listed = [
                 {
