@@ -42,6 +42,13 @@ FORMATS: tuple[Format, ...] = (
     Format("dicom", {"dicom": "folder of DICOM files with SEG, RTSTRUCT or PNG masks"}),
     Format("samed2d", {"samed2d": "SA-Med2D-20M release (images, masks, SAMed2D_v1.json)"}),
     Format("images", {"images": "folder of 2D images and masks with labels.json"}),
+    Format(
+        "totalseg",
+        {
+            "totalseg": "TotalSegmentator dataset or output (case folders with ct.nii.gz or "
+            "mri.nii.gz and segmentations/ or segmentations.nii.gz; meta.csv splits)"
+        },
+    ),
 )
 
 # Source kind -> (format, help line), in the order ``--help`` lists them.

@@ -80,6 +80,12 @@ def _images() -> type[Reader]:
     return ImageFolderReader
 
 
+def _totalseg() -> type[Reader]:
+    from medgrit.adapters.sources.totalseg import TotalSegReader
+
+    return TotalSegReader
+
+
 class LazyReaders(Mapping[str, type[Reader]]):
     """Source kind -> its reader class; the class's module is imported on first look-up."""
 
@@ -103,5 +109,6 @@ READERS: Mapping[str, type[Reader]] = LazyReaders(
         "dicom": _dicom,
         "samed2d": _samed2d,
         "images": _images,
+        "totalseg": _totalseg,
     }
 )
