@@ -1,6 +1,6 @@
-"""The bundled demo: real brain MR (nilearn's MNI152) and a synthetic CT phantom.
+"""The bundled demo: real brain MR (nilearn's MNI152), synthetic phantoms of the other kinds.
 
-``ensure_demo_data`` writes, once, two datasets in their native layouts:
+``ensure_demo_data`` writes, once, datasets in their native layouts, among them:
 
 - ``Task900_MNI152BrainMR`` (Medical Segmentation Decathlon layout): the MNI152 2009 T1 template
   that nilearn ships, with a label map from its grey- and white-matter probability maps inside
@@ -9,6 +9,10 @@
   Hounsfield units with anatomically placed organs (body, lungs, liver, spleen, right and left
   kidney, spine). They are stored in LPS voxel order so that reading them exercises the
   reorientation to RAS+; the liver and right kidney lie on the patient's right.
+- ``SyntheticTotalSegmentatorPhantom`` (TotalSegmentator's dataset layout, one mask file per
+  class) and ``Dataset902_SyntheticBraTSStyleMR`` (nnU-Net v2 raw layout: four MR channels,
+  region-based labels of a synthetic tumour on the MNI152 template): see
+  :mod:`medgrit.adapters.synthetic.demo_layouts`.
 
 The content is a pure function of this module's version, so the files are cached.
 """
@@ -28,7 +32,7 @@ from PIL import Image
 
 from medgrit.core import phantoms
 
-DEMO_VERSION = "demo-v2"
+DEMO_VERSION = "demo-v3"
 CT_CASES = 8
 CT_LABELS = {
     "background": 0,
@@ -78,10 +82,17 @@ def ensure_demo_data(root: Path | None = None) -> Path:
     root.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{root.name}.", dir=root.parent))
     try:
+        from medgrit.adapters.synthetic.demo_layouts import (
+            write_brats_style_mr,
+            write_totalseg_phantom,
+        )
+
         write_mni152_mr(staging / "Task900_MNI152BrainMR")
         write_ct_phantoms(staging / "Dataset901_SyntheticCTPhantom")
         write_planar_demos(staging)
         write_dicom_demos(staging)
+        write_totalseg_phantom(staging / "SyntheticTotalSegmentatorPhantom")
+        write_brats_style_mr(staging / "Dataset902_SyntheticBraTSStyleMR")
         (staging / ".complete").write_text(DEMO_VERSION + "\n")
         if root.exists():
             root.rmdir()  # empty (checked above); fails rather than delete anything
@@ -360,6 +371,8 @@ def demo_source_specs(root: Path) -> list[str]:
     specs = [
         f"msd:{root / 'Task900_MNI152BrainMR'}",
         f"nnunet:{root / 'Dataset901_SyntheticCTPhantom'}",
+        f"totalseg:{root / 'SyntheticTotalSegmentatorPhantom'}",
+        f"nnunet:{root / 'Dataset902_SyntheticBraTSStyleMR'}",
     ]
     specs += [f"dicom:{root / folder}" for folder in DICOM_DEMOS]
     specs += [f"images:{root / folder}" for folder, *_ in PLANAR_DEMOS]
