@@ -242,19 +242,24 @@ def describe_regions(
     if not known.any():
         rejects.append(Reject("regions", "no_regions", "no region left after filtering"))
         return DescribedRegions((), (), tuple(rejects))
-    boxes_1000 = to_bbox_1000(table.bbox, width, height)
+    rows = np.flatnonzero(known)
+    # As Python ints once for all regions (an image may hold dozens).
+    all_boxes = table.bbox[rows].tolist()
+    all_boxes_1000 = to_bbox_1000(table.bbox[rows], width, height).tolist()
+    label_ids, instances = table.label_id[rows].tolist(), table.instance[rows].tolist()
+    areas = table.area[rows].tolist()
     facts: list[RegionFacts] = []
     bboxes: list[tuple[int, int, int, int]] = []
-    for row in np.flatnonzero(known):
-        bbox = tuple(int(v) for v in table.bbox[row])
-        area = int(table.area[row])
+    for k in range(len(rows)):
+        bbox = tuple(all_boxes[k])
+        area = areas[k]
         facts.append(
             RegionFacts(
                 region_id=region_id_for(image_id, len(facts)),
-                label=names[int(table.label_id[row])],
-                label_id=int(table.label_id[row]),
-                instance=int(table.instance[row]),
-                bbox_1000=tuple(int(v) for v in boxes_1000[row]),  # type: ignore[arg-type]
+                label=names[label_ids[k]],
+                label_id=label_ids[k],
+                instance=instances[k],
+                bbox_1000=tuple(all_boxes_1000[k]),  # type: ignore[arg-type]
                 area=area,
                 position=position_word(bbox, width, height),  # type: ignore[arg-type]
                 size=size_word(area, width, height),

@@ -5,11 +5,12 @@
 dtype, Fortran-ordered as NIfTI stores them; nothing converted to float), after checking that
 the mask lies on the image's grid: the same shape, and an affine within
 :data:`AFFINE_TOLERANCE` mm of the image's. A ``.nii.gz`` mask is gunzipped in memory (at most
-the bytes a volume of the image's shape can hold), its header read with nibabel's header class,
-and its voxels viewed in place (read-only) when stored unscaled: on a 128x128x48 mask that takes
-less than half the time of nibabel's general reader, on a 256x256x300 one about 0.85 of it
-(decompression dominates; ``benchmarks/bench_totalseg.py`` times whole cases). Uncompressed and
-scaled masks are read by nibabel as usual.
+the bytes a volume of the image's shape can hold), its header read with nibabel's header class
+(without its fixes: the parts read are checked here), and its voxels viewed in place
+(read-only) when stored unscaled: on a 128x128x48 mask that takes less than half the time of
+nibabel's general reader, on a 256x256x300 one about 0.85 of it (decompression dominates;
+``benchmarks/bench_totalseg.py`` times whole cases). Uncompressed and scaled masks are read by
+nibabel as usual.
 """
 
 from __future__ import annotations
@@ -70,6 +71,21 @@ def _image_class(raw: bytes) -> type[nib.Nifti1Image]:
     return nib.Nifti2Image if nifti2 else nib.Nifti1Image
 
 
+def _header(raw: bytes, name: str) -> nib.Nifti1Header:
+    """The header of a single-file NIfTI held in ``raw``. nibabel's checks and fixes of a
+    header are left out (a third of a small mask's reading): what this module reads of it
+    (magic, shape, affine, voxel type, scaling and offset) is checked where it is used.
+
+    Raises:
+        UnreadableImage: ``mask_unreadable``, when it is no single-file NIfTI-1 or NIfTI-2.
+    """
+    image_class = _image_class(raw)
+    header = image_class.header_class.from_fileobj(io.BytesIO(raw), check=False)
+    if bytes(header["magic"]).rstrip(b"\0")[:3] not in (b"n+1", b"n+2"):
+        raise UnreadableImage("mask_unreadable", f"{name} is no single-file NIfTI")
+    return header
+
+
 def read_grid_mask(
     path: str | Path, shape: tuple[int, ...], affine: np.ndarray, shown: str | None = None
 ) -> np.ndarray:
@@ -98,14 +114,14 @@ def read_grid_mask(
         if path.name.endswith(".gz"):
             limit = _HEADER_ROOM + math.prod(shape) * 16  # no voxel type is wider than 16 bytes
             raw = _gunzip(path.read_bytes(), limit, name)
-            header = _image_class(raw).header_class.from_fileobj(io.BytesIO(raw))
+            header = _header(raw, name)
         else:
             image = nib.load(path)
             header = image.header
         found = tuple(int(n) for n in header.get_data_shape())
         if found[:3] != shape or any(n != 1 for n in found[3:]):
             raise UnreadableImage("mask_shape_mismatch", f"{name}: mask {found} vs image {shape}")
-        if not np.allclose(header.get_best_affine(), affine, atol=AFFINE_TOLERANCE):
+        if not float(np.abs(header.get_best_affine() - affine).max()) <= AFFINE_TOLERANCE:
             raise UnreadableImage(
                 "mask_shape_mismatch", f"{name}: its affine differs from the image's"
             )
@@ -114,6 +130,8 @@ def read_grid_mask(
             raise UnreadableImage("mask_unreadable", f"{name} stores {stored} values")
         if raw is not None and header.get_slope_inter() in ((None, None), (1.0, 0.0)):
             offset = int(header.get_data_offset())
+            if offset < header.sizeof_hdr:
+                raise UnreadableImage("mask_unreadable", f"{name}: voxel offset {offset}")
             data = np.frombuffer(raw, stored, count=math.prod(found), offset=offset)
             return data.reshape(shape, order="F")  # NIfTI stores voxels x fastest
         if image is None:
