@@ -29,6 +29,7 @@ from medgrit.adapters.sources.nifti import NiftiCase
 from medgrit.adapters.synthetic.demo import default_demo_dir, demo_source_specs, ensure_demo_data
 from medgrit.core.cases import Case
 from medgrit.core.fsnames import escape_name
+from medgrit.core.sequences import known_sequence
 
 # nnU-Net's image file of one channel: ``{case}_{XXXX}{file_ending}``.
 _CHANNEL_FILE = re.compile(r"_([0-9]{4})\.[^_]+$")
@@ -80,18 +81,29 @@ def channel_index(case: Case) -> int | None:
 
 def _channels_of(source: Source) -> list[tuple[int | None, str]]:
     """The channels a source's cases show, (index, name as written), by index: those of its
-    cases that name their sequence."""
-    found = {(channel_index(c), c.sequence) for c in source.cases if c.sequence}
+    cases that name their sequence or are one channel of a multi-channel image (a CT and PET
+    pair names no sequence)."""
+    found = {
+        (channel_index(c), c.sequence)
+        for c in source.cases
+        if c.sequence or channel_index(c) is not None
+    }
     return sorted(found, key=lambda c: (c[0] is None, c[0] or 0, c[1].casefold()))
 
 
 def _shown(channels: list[tuple[int | None, str]]) -> str:
-    return ", ".join(escape_name(n) if i is None else f"{i} {escape_name(n)}" for i, n in channels)
+    return ", ".join(
+        escape_name(n) if i is None else f"{i} {escape_name(n)}".strip() for i, n in channels
+    )
 
 
 def _lists(given: str, index: int | None, name: str) -> bool:
-    """Whether a listed channel (a name, any case, or an index) is the channel (index, name)."""
+    """Whether a listed channel (a name, any case, or an index) is the channel (index, name):
+    names match as written or as the sequence they name (``T1Gd`` lists ``T1ce``)."""
     if name and name.casefold() == given.casefold():
+        return True
+    kind = known_sequence(name) if name else None
+    if kind is not None and kind == known_sequence(given):
         return True
     return index is not None and given.isascii() and given.isdigit() and index == int(given)
 

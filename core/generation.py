@@ -95,6 +95,14 @@ class TurnPlan:
     answer_variant: int
 
 
+def _shared_boxes(regions: list[RegionFacts]) -> set[tuple[int, int, int, int]]:
+    """The boxes that regions of two or more labels have (nested regions can)."""
+    labels: dict[tuple[int, int, int, int], set[int]] = {}
+    for r in regions:
+        labels.setdefault(r.bbox_1000, set()).add(r.label_id)
+    return {box for box, ids in labels.items() if len(ids) > 1}
+
+
 def plan_conversation(
     image: ImageFacts,
     regions: list[RegionFacts],
@@ -133,10 +141,13 @@ def plan_conversation(
     for r in regions:
         by_label.setdefault(r.label_id, []).append(r)
     label_order = [merged[i].label_id for i in rng.permutation(len(merged))]
+    shared = _shared_boxes(regions)
     for label_id in label_order[:max_region_turns]:
         task = REGION_TASKS[int(rng.integers(len(REGION_TASKS)))]
         rows = by_label[label_id]
         instances = [r for r in rows if r.instance > 0]
+        if task != "VG" and shared and any(r.bbox_1000 in shared for r in instances or rows):
+            task = "VG"  # its box is another label's too (nested regions): ask for the box
         if task == "VG":
             chosen = instances or rows
             region_ids = tuple(r.region_id for r in chosen)

@@ -300,15 +300,9 @@ def extend_plan(
     case_ids = [pseudonymise_case(c.dataset, c.case, key) for c in cases]
     patient_ids = [pseudonymise_case(c.dataset, c.patient or c.case, key) for c in cases]
     relabelled = label_map_changes(recorded.sources, cases)
+    ids = (case_ids, patient_ids)
     review = _review(
-        recorded.shards,
-        cases,
-        case_ids,
-        patient_ids,
-        relabelled,
-        estimate_images,
-        fingerprint,
-        rebuild_changed,
+        recorded.shards, cases, *ids, relabelled, estimate_images, fingerprint, rebuild_changed
     )
     if review is None:
         return None
@@ -317,11 +311,7 @@ def extend_plan(
         raise conflict
     new = [i for i in range(len(cases)) if i not in review.placed]
     patients = [(c.dataset, p) for c, p in zip(cases, patient_ids, strict=True)]
-    # A new patient whose source assigns its split keeps it; a recorded patient keeps its own.
-    assigned = source_splits([cases[i] for i in new], [patients[i] for i in new])
-    patient_split = _split_new_patients(
-        {**assigned, **review.patient_split}, [patients[i] for i in new], config
-    )
+    patient_split = _splits_with_new(cases, patients, new, review.patient_split, config)
     quotas = _quotas_of_new_cases(cases, new, review, config.max_images, count_images)
     planned = [i for i in new if quotas[i] != 0]
     tasks = [
@@ -343,6 +333,19 @@ def extend_plan(
     generations = {**review.generations, **dict.fromkeys((id_ for id_, _ in shards), generation)}
     rebuilt = sum(1 for i in planned if i in review.seen)
     return ExtendedPlan(plan, generations, len(planned) - rebuilt, rebuilt, retired)
+
+
+def _splits_with_new(
+    cases: Sequence[Case],
+    patients: Sequence[tuple[str, str]],
+    new: Sequence[int],
+    recorded: Mapping[tuple[str, str], str],
+    config: PlanSettings,
+) -> dict[tuple[str, str], str]:
+    """The split of every patient, the new cases' (``new``: their indices) included: a recorded
+    patient keeps its own; a new one takes the split its source assigns, else is drawn."""
+    assigned = source_splits([cases[i] for i in new], [patients[i] for i in new])
+    return _split_new_patients({**assigned, **recorded}, [patients[i] for i in new], config)
 
 
 def _split_new_patients(

@@ -8,7 +8,8 @@ and "t1gd" are one name). Known sequences:
 =============  ===============================  ===========================================
 sequence       phrase                           names
 =============  ===============================  ===========================================
-T1             T1-weighted                      T1, T1w, T1WI, T1-weighted, T1 pre
+T1             T1-weighted                      T1, T1w, T1WI, T1-weighted
+T1 native      T1-weighted                      T1pre, T1native, T1-precontrast
 T1 + contrast  contrast-enhanced T1-weighted    T1Gd, T1ce, T1c, T1post, T1-Gd, T1+C, T1CE
 T2             T2-weighted                      T2, T2w, T2WI, T2-weighted
 FLAIR          FLAIR                            FLAIR, T2-FLAIR, T2w-FLAIR
@@ -19,6 +20,8 @@ SWI            susceptibility-weighted          SWI
 STIR           STIR                             STIR
 =============  ===============================  ===========================================
 
+A plain "T1" says nothing of contrast: no contrast word is true of it. A name that holds any
+character but letters, digits, separators and "+" ("T2*", a sequence of its own) is not known.
 A name medgrit does not know is written as it is, when it could name a label
 (:func:`medgrit.core.label_names.label_name_problem`), holds a letter and reads as no claim and
 no structure ("MPRAGE", "DCE"); otherwise, and for the names nnU-Net gives its intensity schemes
@@ -28,6 +31,7 @@ unknown sequence.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -49,8 +53,9 @@ class SequenceKind:
 _T1 = ("t1", "t1 weighted", "t1w")
 # Each known sequence: its phrase and the sequence words true of it.
 _WORDS: dict[str, tuple[str, tuple[str, ...]]] = {
-    "t1": ("T1-weighted", (*_T1, "non contrast", "noncontrast", "unenhanced", "pre contrast",
-                           "precontrast")),
+    "t1": ("T1-weighted", _T1),
+    "t1pre": ("T1-weighted", (*_T1, "non contrast", "noncontrast", "unenhanced", "pre contrast",
+                              "precontrast")),
     "t1gd": ("contrast-enhanced T1-weighted",
              (*_T1, "contrast enhanced", "post contrast", "postcontrast", "gadolinium",
               "gadolinium enhanced", "post gadolinium", "t1 contrast", "t1 contrast enhanced",
@@ -69,7 +74,8 @@ KINDS: dict[str, SequenceKind] = {
 
 # Each name a source may give a known sequence, as its letters and digits in lower case.
 _NAMES: dict[str, tuple[str, ...]] = {
-    "t1": ("t1", "t1w", "t1wi", "t1weighted", "t1pre", "t1precontrast", "t1native"),
+    "t1": ("t1", "t1w", "t1wi", "t1weighted"),
+    "t1pre": ("t1pre", "t1precontrast", "t1native", "t1wpre"),
     "t1gd": ("t1gd", "t1ce", "t1c", "t1post", "t1postcontrast", "t1contrast", "t1gad",
              "t1wgd", "t1wce", "t1wc", "t1wpost", "t1cgd", "cet1", "cet1w", "t1contrastenhanced"),
     "t2": ("t2", "t2w", "t2wi", "t2weighted"),
@@ -90,9 +96,16 @@ def _key(name: str) -> str:
     return "".join(words_of(name))
 
 
+# Characters a known sequence's name may hold besides letters and digits: separators, and the
+# plus of "T1+C". Any other ("T2*", a different sequence than T2) makes the name unknown.
+_OTHER_CHARACTERS = re.compile(r"[^\w\s.+-]")
+
+
 def known_sequence(name: str) -> str | None:
     """The key in :data:`KINDS` of the sequence a source's name gives (``"T1-Gd"`` ->
     ``"t1gd"``), or None when medgrit does not know it."""
+    if _OTHER_CHARACTERS.search(name):
+        return None
     return _KIND_OF.get(_key(name))
 
 

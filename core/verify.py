@@ -18,6 +18,8 @@ failure is a stable snake_case reason stored in reject rows, checked in this ord
   after ``<ref>X</ref>`` or after the name X is not a box, merged or instance, of a region X);
 - the asked region: ``question_box_missing`` (an ROC or RC question gives no box),
   ``question_box_mismatch`` (a question box is not the box of a region in ``region_ids``),
+  ``ambiguous_box`` (an ROC or RC question's box is the box of regions of two labels, as nested
+  regions may be: "the tumor core" and "the enhancing tumor" would both answer it),
   ``roc_label_missing`` / ``rc_label_missing`` (the answer does not name the asked region's label
   or a synonym of it; an RC answer may give its box instead), ``ambiguous_name`` (a broader word
   that fits two labels, "the lesion" of a cyst and a polyp), ``other_structure_named`` (an ROC
@@ -352,6 +354,9 @@ def _check_asked(qa: QA, truth: ImageTruth, question: _Read, answer: _Read) -> F
     if qa.task in ("ROC", "RC"):
         if not question.claims.boxes:
             return Failure("question_box_missing")
+        for box in question.claims.boxes:
+            if len(truth.labels_of(truth.by_box[box])) > 1:
+                return Failure("ambiguous_box", format_box(box))
         boxed = {rid for box in question.claims.boxes for rid in truth.by_box[box]}
         for rid in qa.region_ids:
             if rid not in boxed:  # the asked regions are those of the question's boxes

@@ -88,6 +88,7 @@ VerifyReason = Literal[
     "ref_box_mismatch",
     "question_box_missing",
     "question_box_mismatch",
+    "ambiguous_box",
     "roc_label_missing",
     "rc_label_missing",
     "other_structure_named",

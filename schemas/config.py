@@ -203,7 +203,8 @@ class BuildConfig(BaseModel):
             raise ValueError(
                 "give channel names or indices separated by commas, e.g. FLAIR,T1Gd or 0,3"
             )
-        return names
+        # A set of channels, recorded one way whatever order it was typed in.
+        return sorted(set(names), key=lambda name: (name.casefold(), name))
 
     @field_validator("sources")
     @classmethod

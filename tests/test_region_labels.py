@@ -109,6 +109,18 @@ def test_region_labels_are_labels_whose_pixels_are_their_stored_values(tmp_path:
         check_distinct([open_nnunet("nnunet:a", root), open_nnunet("nnunet:b", same_name)])
 
 
+def test_nnunets_ignore_label_is_no_structure(tmp_path: Path) -> None:
+    # As nnU-Net's own region-based example writes it: "ignore" has no regions_class_order
+    # entry, and names voxels nobody annotated.
+    labels = {"background": 0, "hippocampus": [1, 2], "anterior": 1, "ignore": 3}
+    root = _nnunet(tmp_path / "R", labels, {"0": "MRI"}, ["a"], regions_class_order=[2, 1])
+    source = open_nnunet("nnunet:r", root)
+    assert source.labels == ((1, "anterior"), (2, "hippocampus"))
+    assert source.cases[0].label_groups == ((1, (1,)), (2, (1, 2)))
+    plain = _nnunet(tmp_path / "P", {"background": 0, "liver": 1, "ignore": 2}, {"0": "CT"}, ["a"])
+    assert open_nnunet("nnunet:p", plain).labels == ((1, "liver"),)
+
+
 @pytest.mark.parametrize(
     ("labels", "order", "message"),
     [
@@ -295,9 +307,18 @@ def test_nested_regions_give_their_boxes_relations_and_true_turns(tmp_path: Path
     assert check("RC", f"Describe the region {core_box}.", wrong, ((T, 1),)) == "wrong_relation"
     touching = f"The {E} in {enhancing_box} is adjacent to the {T}."
     assert check("RC", describe, touching, ((E, 1),)) == "wrong_relation"
-    for label, instance in ((W, 2), (T, 2), (E, 2)):  # one box, three true names
+    for label, instance in ((W, 2), (T, 2), (E, 2)):  # one box, three true names:
+        # a question about the box has no one answer; asking for each name's box has.
         answer = f"<ref>{label}</ref>{island}"
-        assert check("ROC", f"What is shown at {island}?", answer, ((label, instance),)) is None
+        asked = ((label, instance),)
+        roc = check("ROC", f"What is shown at {island}?", answer, asked)
+        assert roc == "ambiguous_box"
+        assert check("VG", f"Where is the {label}?", answer, asked) is None
+    # The templates ask for the box of a region whose box is another label's, never about it.
+    for conversation in rows.conversations:
+        for turn in conversation["qa"]:
+            if turn["task"] in ("ROC", "RC"):
+                assert island not in turn["question"], turn
 
 
 def test_overlapping_regions_neither_inside_the_other_are_not_adjacent() -> None:

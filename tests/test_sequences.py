@@ -59,7 +59,8 @@ PHRASES = {
 TRUE = {
     "T1Gd": {"t1", "t1 weighted", "t1w", "contrast enhanced", "post contrast", "postcontrast",
              "gadolinium"},
-    "T1": {"t1", "t1 weighted", "t1w", "non contrast", "noncontrast", "unenhanced"},
+    "T1": {"t1", "t1 weighted", "t1w"},
+    "T1pre": {"t1", "t1 weighted", "non contrast", "noncontrast", "unenhanced"},
     "T2w": {"t2", "t2 weighted", "t2w"},
     "FLAIR": {"flair"},
     "ADC": {"adc"},
@@ -70,7 +71,9 @@ TRUE = {
 # ... and some that are not.
 FALSE = {
     "T1Gd": {"non contrast", "unenhanced", "t2", "flair"},
-    "T1": {"contrast enhanced", "gadolinium", "t2"},
+    # A plain T1 says nothing of contrast: neither kind of contrast word holds.
+    "T1": {"contrast enhanced", "gadolinium", "t2", "non contrast", "unenhanced"},
+    "T2*": {"t2", "t2 weighted"},  # T2* is a sequence of its own
     "T2w": {"t1", "flair", "contrast enhanced"},
     "FLAIR": {"t2 weighted", "t1", "adc"},
 }
@@ -271,6 +274,8 @@ def test_channels_select_cases_of_multi_channel_sources(tmp_path: Path) -> None:
         select_channels([every, msd], ["T2w"])  # the MSD task has no T2w
     (kept,) = select_channels([every], ["T1GD"])
     assert {c.sequence for c in kept.cases} == {"t1gd"}
+    (kept,) = select_channels([every], ["T1ce"])  # another name of the same sequence
+    assert {c.sequence for c in kept.cases} == {"t1gd"}
     with pytest.raises(SourceError, match="no source gives several channels"):
         select_channels([ct], ["0"])
 
@@ -278,9 +283,9 @@ def test_channels_select_cases_of_multi_channel_sources(tmp_path: Path) -> None:
 def test_channels_setting_is_recorded_only_when_given_and_keys_listings() -> None:
     every = BuildConfig(out="/tmp/x")
     some = BuildConfig.model_validate({"out": "/tmp/x", "channels": [" FLAIR", "0"]})
-    assert some.channels == ["FLAIR", "0"]
+    assert some.channels == ["0", "FLAIR"]  # a set, recorded one way
     assert "channels" not in every.model_dump(mode="json")
-    assert some.model_dump(mode="json")["channels"] == ["FLAIR", "0"]
+    assert some.model_dump(mode="json")["channels"] == ["0", "FLAIR"]
     assert content_config(every.model_dump(mode="json")) != content_config(
         some.model_dump(mode="json")
     )

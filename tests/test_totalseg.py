@@ -244,6 +244,11 @@ def test_bad_masks_are_rejects_and_bad_folders_are_one_line_errors(tmp_path: Pat
     cut = _case(root / "cut", "ct.nii.gz", {"liver": _mask((1, 1, 1))}) / "segmentations"
     whole = (cut / "liver.nii.gz").read_bytes()
     (cut / "liver.nii.gz").write_bytes(whole[: len(whole) // 2])
+    # A multilabel file of the image's shape but shifted by 5 mm: not on the image's grid.
+    _nifti(root / "moved" / "ct.nii.gz", np.full(SHAPE, 40, np.int16))
+    shifted = LPS.copy()
+    shifted[0, 3] += 5.0
+    nib.save(nib.Nifti1Image(_mask((1, 1, 1)), shifted), root / "moved" / "segmentations.nii.gz")
     source = open_source(f"totalseg:{root}")
     (root / "gone" / "segmentations" / "spleen.nii.gz").unlink()
     reasons = {}
@@ -254,6 +259,7 @@ def test_bad_masks_are_rejects_and_bad_folders_are_one_line_errors(tmp_path: Pat
     assert reasons == {
         "cut": "mask_unreadable",
         "gone": "mask_missing",
+        "moved": "mask_shape_mismatch",
         "torn": "mask_unreadable",
         "wide": "mask_shape_mismatch",
     }

@@ -171,6 +171,9 @@ def _label_pairs(
     for name, value in raw_labels.items():
         if isinstance(value, bool) or not isinstance(value, int | list):
             raise SourceError(f"{where}: label {name!r} has id {value!r}")
+    # nnU-Net's "ignore" label marks voxels nobody annotated: no structure, and no region of
+    # ``regions_class_order``. Its voxels are values no label names (``unknown_label``).
+    raw_labels = {n: v for n, v in raw_labels.items() if n.strip().casefold() != "ignore"}
     if not any(isinstance(v, list) for v in raw_labels.values()):
         return [(value, name) for name, value in raw_labels.items()], ()
     background = [(0, n) for n, v in raw_labels.items() if v == 0]

@@ -55,7 +55,7 @@ import numpy as np
 from nibabel.filebasedimages import ImageFileError
 
 from medgrit.adapters.sources.nifti import NiftiReader
-from medgrit.adapters.sources.nifti_masks import read_grid_mask
+from medgrit.adapters.sources.nifti_masks import AFFINE_TOLERANCE, read_grid_mask
 from medgrit.adapters.sources.totalseg_labels import (
     CLASS_MAP_OF_MODALITY,
     class_map,
@@ -421,6 +421,12 @@ def read_case(case: TotalSegCase) -> LoadedCase:
     image = reader.read(case.image)
     if isinstance(case.segmentations, MultilabelFile):
         labels = reader.read(case.segmentations.path, as_labels=True)
+        same_shape = labels.data.shape == image.data.shape
+        if same_shape and float(np.abs(labels.affine - image.affine).max()) > AFFINE_TOLERANCE:
+            name = escape_name(Path(case.segmentations.path).name)
+            raise UnreadableImage(
+                "mask_shape_mismatch", f"{name}: its affine differs from the image's"
+            )
     else:
         labels = _painted_labels(case, case.segmentations, image)
     intensity = "hu" if case.modality == "ct" else "percentile"

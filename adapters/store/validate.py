@@ -16,9 +16,9 @@ rules the build keeps turns by (:func:`medgrit.core.verify.check_turn`, names re
 manifest's ``vocabulary``; the LLM generator's length and copying bounds are its own), each
 failure reported as table part, row (0-based), turn and reason; the shard's recorded stats
 equal its tables. Over the dataset: the build config is valid, image ids are unique, no case is
-in both splits, each label id has one name across all shards (within its dataset; within its
-case where ids are numbered per case, as DICOM SEG segments are), and ``totals`` equal the
-tables.
+in both splits, each label id has one name, in words and as its source writes it, across all
+shards (within its dataset; within its case where ids are numbered per case, as DICOM SEG
+segments are), and ``totals`` equal the tables.
 
 Shards are read one at a time, so memory stays bounded by the largest shard.
 """
@@ -352,7 +352,10 @@ def _check_regions(
         if r["region_id"] in by_image[r["image_id"]]:
             problems.append(f"region {r['region_id']}: duplicate id")
         scope = image["case_id"] if image["case_id"] in seen.per_case else ""
-        seen.names[(image["dataset"], scope, r["label_id"])].setdefault(r["label"], shard_id)
+        # The name as the source writes it is part of the label's meaning too (schema 3 on).
+        written = r.get("source_label")
+        name = r["label"] if written in (None, r["label"]) else f"{r['label']} ({written})"
+        seen.names[(image["dataset"], scope, r["label_id"])].setdefault(name, shard_id)
         by_image[r["image_id"]][r["region_id"]] = region_facts(r)
     for regions in by_image.values():
         problems += _relation_problems(regions)
