@@ -8,7 +8,6 @@ from pathlib import Path
 
 import nibabel as nib
 import numpy as np
-import pyarrow.parquet as pq
 import pytest
 from pydantic import ValidationError
 
@@ -63,34 +62,15 @@ def test_a_users_words_follow_the_label_name_rules() -> None:
             BuildConfig(out="x", label_names=bad)
 
 
-def test_a_build_keeps_the_written_name_and_uses_the_users_words(tmp_path: Path, medgrit) -> None:
+def test_a_label_names_file_that_is_no_mapping_is_one_line(tmp_path: Path, medgrit_offline) -> None:
     source = _dataset(tmp_path / "Dataset010_Words")
     words = tmp_path / "names.json"
-    words.write_text(json.dumps({"GTVp": "primary tumor volume"}))
-    out = tmp_path / "out"
-
-    done = medgrit("build", f"nnunet:{source}", "--out", str(out), "--label-names", str(words))
-    assert done.returncode == 0, done.stderr
-
-    regions = pq.read_table(out / "regions").to_pylist()
-    pairs = {(r["label"], r["source_label"]) for r in regions}
-    assert pairs == {
-        ("left kidney", "kidney_left"),
-        ("primary tumor volume", "GTVp"),
-        ("L1 vertebra", "vertebrae_L1"),
-    }
-    assert {r["laterality"] for r in regions if r["label"] == "left kidney"} == {"left"}
-    images = pq.read_table(out / "images", columns=["sequence"]).to_pylist()
-    assert images and all(row["sequence"] is None for row in images)
-    (recorded,) = json.loads((out / "dataset.json").read_text())["sources"]
-    maps = recorded["label_maps"]["Dataset010_Words"]
-    words_of = recorded["label_words"]["Dataset010_Words"]
-    assert (maps["2"], words_of["2"]) == ("GTVp", "primary tumor volume")
-    assert (maps["3"], words_of["3"]) == ("vertebrae_L1", "L1 vertebra")
-    assert medgrit("validate", str(out)).returncode == 0
-
-    words.write_text(json.dumps({"GTVp": ["not", "words"]}))
-    refused = medgrit("build", f"nnunet:{source}", "--out", str(out), "--label-names", str(words))
-    assert refused.returncode == 2
-    assert len(refused.stderr.strip().splitlines()) == 1
-    assert "maps each name" in refused.stderr
+    for text in (json.dumps({"GTVp": ["not", "words"]}), "{not json", json.dumps(["GTVp"])):
+        words.write_text(text)
+        out = tmp_path / "out"
+        refused = medgrit_offline(
+            "build", f"nnunet:{source}", "--out", str(out), "--label-names", str(words)
+        )
+        assert refused.returncode == 2, refused.stderr
+        assert len(refused.stderr.strip().splitlines()) == 1, refused.stderr
+        assert "names.json" in refused.stderr and not out.exists()

@@ -297,9 +297,10 @@ def test_the_cli_builds_a_totalseg_dataset_that_validates(medgrit, tmp_path: Pat
     root = tmp_path / "TinyTotalSeg"
     shape = (32, 32, 8)
     for i in range(3):
-        liver, kidney = np.zeros(shape, np.uint8), np.zeros(shape, np.uint8)
+        liver, kidney, bone = (np.zeros(shape, np.uint8) for _ in range(3))
         liver[4:14, 6:20, 1:7] = 1
         kidney[18:26, 10:18, 2:6] = 1
+        bone[14:18, 24:30, 1:7] = 1
         folder = root / f"s000{i}"
         image = np.full(shape, -1000, np.int16)
         image[2:30, 2:30, :] = 30
@@ -307,12 +308,15 @@ def test_the_cli_builds_a_totalseg_dataset_that_validates(medgrit, tmp_path: Pat
         nib.save(nib.Nifti1Image(image, LPS), _mkdir(folder) / "ct.nii.gz")
         nib.save(nib.Nifti1Image(liver, LPS), _mkdir(folder / "segmentations") / "liver.nii.gz")
         nib.save(nib.Nifti1Image(kidney, LPS), folder / "segmentations" / "kidney_left.nii.gz")
+        nib.save(nib.Nifti1Image(bone, LPS), folder / "segmentations" / "vertebrae_L1.nii.gz")
     (root / "meta.csv").write_text(
         "image_id;split\n"
         + "".join(f"s000{i};{s}\n" for i, s in enumerate(("test", "test", "val")))
     )
     out = tmp_path / "out"
-    result = medgrit("build", f"totalseg:{root}", "--out", str(out))
+    words = tmp_path / "names.json"
+    words.write_text(json.dumps({"liver": "hepatic parenchyma"}))  # a user's own words
+    result = medgrit("build", f"totalseg:{root}", "--out", str(out), "--label-names", str(words))
     assert result.returncode == 0, result.stderr[-3000:]
     images = [
         r for p in sorted((out / "images").glob("*.parquet")) for r in pq.read_table(p).to_pylist()
@@ -325,8 +329,18 @@ def test_the_cli_builds_a_totalseg_dataset_that_validates(medgrit, tmp_path: Pat
     regions = [
         r for p in sorted((out / "regions").glob("*.parquet")) for r in pq.read_table(p).to_pylist()
     ]
-    named = readable_labels(((3, "kidney_left"), (5, "liver")))
-    assert {r["label"] for r in regions} == {name for _, name in named}
+    assert {(r["label"], r["source_label"]) for r in regions} == {
+        ("left kidney", "kidney_left"),
+        ("hepatic parenchyma", "liver"),
+        ("L1 vertebra", "vertebrae_L1"),
+    }
+    assert {r["laterality"] for r in regions if r["source_label"] == "kidney_left"} == {"left"}
+    assert all(r["sequence"] is None for r in images)
+    (recorded,) = json.loads((out / "dataset.json").read_text())["sources"]
+    maps, words_of = recorded["label_maps"]["TinyTotalSeg"], recorded["label_words"]["TinyTotalSeg"]
+    # TotalSegmentator's ids: kidney_left 3, liver 5, vertebrae_L1 31
+    assert maps == {"3": "kidney_left", "5": "liver", "31": "vertebrae_L1"}
+    assert words_of == {"3": "left kidney", "5": "hepatic parenchyma", "31": "L1 vertebra"}
     result = medgrit("validate", str(out))
     assert result.returncode == 0, result.stdout + result.stderr[-2000:]
 
