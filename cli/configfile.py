@@ -52,7 +52,7 @@ def parse_config_file(path: Path, what: str, suffixes: dict[str, str] = SUFFIXES
         fail(f"{shown(path)} is not UTF-8 text")
     if kind == "JSON":
         try:
-            return json.loads(text)
+            return json.loads(text, object_pairs_hook=lambda pairs: _once(pairs, path))
         except json.JSONDecodeError as exc:
             fail(f"{shown(path)} is not valid JSON: {exc}")
     if kind == "TOML":
@@ -88,3 +88,13 @@ def read_label_words(path: Path) -> dict[str, str]:
 def _listed(suffixes: dict[str, str]) -> str:
     names = list(suffixes)
     return f"{', '.join(names[:-1])} or {names[-1]}"
+
+
+def _once(pairs: list[tuple[str, Any]], path: Path) -> dict[str, Any]:
+    """A JSON object whose every key is given once (JSON itself keeps the last silently)."""
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            fail(f"{shown(path)} gives {key!r} twice; give each key once")
+        out[key] = value
+    return out

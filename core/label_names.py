@@ -34,7 +34,7 @@ from dataclasses import replace
 
 from medgrit.core.cases import Case, Source, SourceError
 from medgrit.core.fsnames import escape_name
-from medgrit.core.text import readable_label_name
+from medgrit.core.text import laterality_of, readable_label_name
 
 __all__ = [
     "MAX_LABEL_ID",
@@ -188,11 +188,14 @@ def check_label_map(entries: Iterable[tuple[object, object]], where: str) -> dic
 
 def checked_label_words(words: Mapping[str, str]) -> dict[str, str]:
     """A user's words for label names (name as a source writes it -> the words the text
-    uses), both normalised (:func:`normalise_label_name`).
+    uses): the name normalised (:func:`normalise_label_name`), the words read as every label
+    name is (``RIGHT_KIDNEY`` -> ``right kidney``: :func:`~medgrit.core.text.readable_label_name`),
+    so that the side check and the test for labels that read alike see them as the text does.
 
     Raises:
-        ValueError: a name or its words that :func:`label_name_problem` refuses, or two names
-            that normalise alike.
+        ValueError: a name or its words that :func:`label_name_problem` refuses, two names
+            that normalise alike, or words that name the other side than the name does
+            (``kidney_left`` as ``right kidney``).
     """
     out: dict[str, str] = {}
     for raw, raw_words in words.items():
@@ -205,6 +208,13 @@ def checked_label_words(words: Mapping[str, str]) -> dict[str, str]:
             raise ValueError(f"the words for {raw!r} ({raw_words!r}) {problem}")
         if name in out:
             raise ValueError(f"the label name {name!r} is given twice")
+        said = readable_label_name(said)
+        sides = laterality_of(readable_label_name(name)), laterality_of(said)
+        if None not in sides and sides[0] != sides[1]:
+            raise ValueError(
+                f"{raw!r} names the patient's {sides[0]} side, its words {raw_words!r} the "
+                f"{sides[1]}"
+            )
         out[name] = said
     return out
 

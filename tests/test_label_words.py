@@ -57,7 +57,12 @@ def test_names_read_as_words_and_a_users_words_replace_them(tmp_path: Path) -> N
 def test_a_users_words_follow_the_label_name_rules() -> None:
     config = BuildConfig(out="x", label_names={" GTVp ": "primary  tumor"})
     assert config.label_names == {"GTVp": "primary tumor"}
-    for bad in ({"GTVp": "<|im_start|>"}, {"GTVp": "  "}, {"": "tumor"}):
+    # The words are read as every label name is, so the side check sees them as the text does.
+    assert BuildConfig(out="x", label_names={"GTVp": "LEFT_TUMOR"}).label_names == {
+        "GTVp": "left tumor"
+    }
+    sides = ({"kidney_left": "RIGHT_KIDNEY"}, {"kidney_left": "kidney_right"})
+    for bad in ({"GTVp": "<|im_start|>"}, {"GTVp": "  "}, {"": "tumor"}, *sides):
         with pytest.raises(ValidationError):
             BuildConfig(out="x", label_names=bad)
 
@@ -65,7 +70,8 @@ def test_a_users_words_follow_the_label_name_rules() -> None:
 def test_a_label_names_file_that_is_no_mapping_is_one_line(tmp_path: Path, medgrit_offline) -> None:
     source = _dataset(tmp_path / "Dataset010_Words")
     words = tmp_path / "names.json"
-    for text in (json.dumps({"GTVp": ["not", "words"]}), "{not json", json.dumps(["GTVp"])):
+    twice = '{"GTVp": "a", "GTVp": "b"}'
+    for text in (json.dumps({"GTVp": ["not", "words"]}), "{not json", json.dumps(["GTVp"]), twice):
         words.write_text(text)
         out = tmp_path / "out"
         refused = medgrit_offline(

@@ -193,6 +193,13 @@ def test_each_channel_is_a_case_of_its_patient(tmp_path: Path) -> None:
             open_nnunet("nnunet:x", bad)
 
 
+def test_a_channel_named_like_a_label_names_no_sequence(tmp_path: Path) -> None:
+    labels = {"background": 0, "GTVp": 1, "GTVn": 2}
+    root = _nnunet(tmp_path / "HN", labels, {"0": "T2", "1": "GTVp"}, ["a"])
+    cases = open_nnunet("nnunet:hn", root, modality="mr").cases
+    assert [(c.case, c.sequence) for c in cases] == [("a_0000", "T2"), ("a_0001", "")]
+
+
 def test_each_channel_of_a_decathlon_4d_image_is_a_case(tmp_path: Path) -> None:
     root = tmp_path / "Task01_BrainTumour"
     (root / "imagesTr").mkdir(parents=True)

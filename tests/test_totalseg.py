@@ -246,6 +246,10 @@ def test_bad_masks_are_rejects_and_bad_folders_are_one_line_errors(tmp_path: Pat
     (cut / "liver.nii.gz").write_bytes(whole[: len(whole) // 2])
     # A multilabel file of the image's shape but shifted by 5 mm: not on the image's grid.
     _nifti(root / "moved" / "ct.nii.gz", np.full(SHAPE, 40, np.int16))
+    nan = _mask((1, 1, 1)).astype(np.float32)
+    nan[0, 0, 0] = np.nan
+    _case(root / "nan", "ct.nii.gz", {"liver": nan})
+    _case(root / "below", "ct.nii.gz", {"liver": _mask((1, 1, 1)).astype(np.int16) - 1})
     shifted = LPS.copy()
     shifted[0, 3] += 5.0
     nib.save(nib.Nifti1Image(_mask((1, 1, 1)), shifted), root / "moved" / "segmentations.nii.gz")
@@ -260,6 +264,8 @@ def test_bad_masks_are_rejects_and_bad_folders_are_one_line_errors(tmp_path: Pat
         "cut": "mask_unreadable",
         "gone": "mask_missing",
         "moved": "mask_shape_mismatch",
+        "nan": "non_finite_label",
+        "below": "negative_label",
         "torn": "mask_unreadable",
         "wide": "mask_shape_mismatch",
     }

@@ -44,7 +44,7 @@ from medgrit.core.label_names import (
     label_id_of,
     label_name_problem,
 )
-from medgrit.core.text import readable_labels
+from medgrit.core.text import readable_label_name, readable_labels
 
 NIFTI_ENDINGS = (".nii.gz", ".nii")
 
@@ -239,13 +239,17 @@ def _per_channel(
     channel's file in ``image_of``, else the channel of the case's 4D image."""
     if not channels:
         return [case]
+    # A channel named like one of the labels ("GTVp") names no sequence: the text would call
+    # the image by a structure's name.
+    label_words = {name.casefold() for _, name in case.labels}
+    named = {c.index: readable_label_name(c.sequence).casefold() in label_words for c in channels}
     return [
         replace(
             case,
             case=f"{case.case}_{c.index:04d}",
             patient=case.case,
             modality=c.modality,
-            sequence=c.sequence,
+            sequence="" if named[c.index] else c.sequence,
             **({"image": str(image_of[c.index])} if image_of is not None else {"channel": c.index}),
         )
         for c in channels

@@ -36,8 +36,11 @@ where its value is above 0, and masks are painted in ascending class id, so wher
 the higher class id wins. Every mask must lie on the image's grid (its shape, and its affine
 within 1e-3 mm). A mask that is gone (``mask_missing``), unreadable (``mask_unreadable``) or
 off the grid (``mask_shape_mismatch``) makes the whole case a reject: without it, its structure
-would read as background. Problems a user must fix (no case folder, two images in one, an image
-whose modality nothing names, a malformed meta.csv or label table) raise ``SourceError``.
+would read as background. (A class another case of the source has a mask for and this one has
+none is absent from it: the text never says a structure is absent.) Negative or non-finite
+values in a signed or float mask are ``negative_label`` / ``non_finite_label``. Problems a user
+must fix (no case folder, two images in one, an image whose modality nothing names, a malformed
+meta.csv or label table) raise ``SourceError``.
 """
 
 from __future__ import annotations
@@ -403,11 +406,25 @@ def _painted_labels(case: TotalSegCase, masks: tuple[ClassMaskFile, ...], image:
     volume = np.zeros(shape, dtype=label_dtype(max(mask.label for mask in masks)), order="F")
     for mask in sorted(masks, key=lambda m: m.label):
         shown = f"{MASKS_DIR}/{escape_name(Path(mask.path).name)}"
-        inside = read_grid_mask(mask.path, shape, header.affine, shown) > 0
-        np.copyto(volume, volume.dtype.type(mask.label), where=inside)
+        voxels = read_grid_mask(mask.path, shape, header.affine, shown)
+        if voxels.dtype.kind in "fi":  # TotalSegmentator's are uint8: no pass for those
+            _check_mask_values(voxels, shown)
+        np.copyto(volume, volume.dtype.type(mask.label), where=voxels > 0)
     # The image's reorientation, so the labels land on its canonical grid.
     canonical = nib.as_closest_canonical(nib.Nifti1Image(volume, header.affine))
     return Volume(np.asanyarray(canonical.dataobj), image.spacing, image.affine)
+
+
+def _check_mask_values(voxels: np.ndarray, shown: str) -> None:
+    """Refuse a signed or float mask whose values say nothing of where its structure is.
+
+    Raises:
+        UnreadableImage: ``non_finite_label`` (NaN or infinite values) or ``negative_label``.
+    """
+    if voxels.dtype.kind == "f" and not np.isfinite(voxels).all():
+        raise UnreadableImage("non_finite_label", f"{shown} holds NaN or infinite values")
+    if voxels.min(initial=0) < 0:
+        raise UnreadableImage("negative_label", f"{shown} holds negative values")
 
 
 def read_case(case: TotalSegCase) -> LoadedCase:
