@@ -101,8 +101,11 @@ def _check_brats(root: Path) -> None:
         "name": "SyntheticBraTSStyleMR",
     }
     label_img = nib.load(root / "labelsTr" / "brats_001.nii.gz")
-    # MNI152 at 1 mm is 197 x 233 x 189; every second voxel at 2 mm.
-    assert label_img.shape == (99, 117, 95) and label_img.header.get_zooms() == (2.0, 2.0, 2.0)
+    # MNI152 at 1 mm is 197 x 233 x 189; every second voxel at 2 mm, in a slab of 9 slices
+    # around the tumour, whose centre stays where it was placed (world z = 22 mm).
+    assert label_img.shape == (99, 117, 9) and label_img.header.get_zooms() == (2.0, 2.0, 2.0)
+    centre = np.argwhere(np.asarray(label_img.dataobj) == 3).mean(axis=0)
+    assert abs((label_img.affine @ [*centre, 1.0])[2] - 22.0) <= 2.0
     assert nib.aff2axcodes(label_img.affine) == ("R", "A", "S")
     images = [nib.load(p) for p in channels]
     for img in images:

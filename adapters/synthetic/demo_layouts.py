@@ -154,6 +154,12 @@ def write_brats_style_mr(folder: Path) -> None:
     affine = template.affine.copy()
     affine[:3, :3] *= 2.0  # every second voxel: the same origin, twice the spacing
     tumour = _brats_tumour(t1.shape, affine, brain)
+    # A slab of the brain around the tumour: its slices and two more on either side, so the
+    # listing's estimate of a case's images (its slices) stays near what it gives.
+    z = np.flatnonzero(tumour.any(axis=(0, 1)))
+    slab = slice(max(int(z[0]) - 2, 0), int(z[-1]) + 3)
+    t1, brain, tumour = t1[..., slab], brain[..., slab], tumour[..., slab]
+    affine[:3, 3] += affine[:3, 2] * slab.start
     (folder / "imagesTr").mkdir(parents=True)
     (folder / "labelsTr").mkdir()
     for index, channel in enumerate(_brats_channels(t1, brain, tumour)):
