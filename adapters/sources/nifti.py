@@ -143,13 +143,18 @@ class NiftiCase(Case):
 _PLANE_CODES = {"axial": "SI", "coronal": "AP", "sagittal": "LR"}
 
 
-def estimate_images(case: NiftiCase, plane: str) -> int:
-    """Slices of the label map along ``plane``, from its header (no voxel is read)."""
-    header = nib.load(case.label)
+def slices_along(path: str | Path, plane: str) -> int:
+    """Slices of a NIfTI file along ``plane``, from its header (no voxel is read)."""
+    header = nib.load(path)
     codes = nib.aff2axcodes(header.affine)
     wanted = _PLANE_CODES.get(plane, "SI")
     axis = next((i for i, c in enumerate(codes[:3]) if c in wanted), 2)
     return int(header.shape[axis])
+
+
+def estimate_images(case: NiftiCase, plane: str) -> int:
+    """Slices of the label map along ``plane``, from its header (no voxel is read)."""
+    return slices_along(case.label, plane)
 
 
 def read_case(case: NiftiCase) -> LoadedCase:

@@ -57,7 +57,7 @@ import nibabel as nib
 import numpy as np
 from nibabel.filebasedimages import ImageFileError
 
-from medgrit.adapters.sources.nifti import NiftiReader
+from medgrit.adapters.sources.nifti import NiftiReader, slices_along
 from medgrit.adapters.sources.nifti_masks import AFFINE_TOLERANCE, read_grid_mask
 from medgrit.adapters.sources.totalseg_labels import (
     CLASS_MAP_OF_MODALITY,
@@ -90,7 +90,6 @@ NIFTI_ENDINGS: tuple[str, ...] = (".nii.gz", ".nii")
 # meta.csv's splits: its validation cases are training data here (medgrit holds out test only).
 _SPLITS = {"train": "train", "val": "train", "test": "test"}
 _NIFTI_ERRORS = (OSError, EOFError, ValueError, zlib.error, ImageFileError)
-_PLANE_CODES = {"axial": "SI", "coronal": "AP", "sagittal": "LR"}
 
 
 @dataclass(frozen=True)
@@ -452,10 +451,7 @@ def read_case(case: TotalSegCase) -> LoadedCase:
 
 def estimate_images(case: TotalSegCase, plane: str) -> int:
     """Slices of the image along ``plane``, from its header (no voxel is read)."""
-    header = nib.load(case.image)
-    codes = nib.aff2axcodes(header.affine)
-    wanted = _PLANE_CODES.get(plane, "SI")
-    return int(header.shape[next((i for i, c in enumerate(codes[:3]) if c in wanted), 2)])
+    return slices_along(case.image, plane)
 
 
 class TotalSegReader:
