@@ -5,7 +5,9 @@ arrives, and the build's end.
 ``medgrit.adapters.store.bookkeeping.resume_manifest``); :meth:`BuildBook.record` keeps a finished
 shard (an O(1) record file, whatever the build's size); :meth:`BuildBook.salvage` keeps what
 finished when the build stops or breaks; :meth:`BuildBook.finish` writes the totals and says
-how the build ended.
+how the build ended. Progress goes to ``medgrit.adapters.runtime.progress``: the images the
+pending shards are planned to give (an estimate, unless ``--max-images`` set quotas), and each
+recorded shard's counts settled (a failed shard's advances withdrawn).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from medgrit.adapters.planning import PreparedBuild
+from medgrit.adapters.runtime import progress
 from medgrit.adapters.runtime.interrupt import BuildInterrupted, request_stop, stop_requested
 from medgrit.adapters.shard import ShardJob
 from medgrit.adapters.store.bookkeeping import (
@@ -43,6 +46,21 @@ ProgressHook = Callable[[Manifest, "ShardEntry | None"], None]
 failed."""
 
 Logger = logging.Logger | logging.LoggerAdapter
+
+COUNTERS = ("images", "qa_pairs", "rejects", "llm_requests", "spend_usd")
+"""The progress counters of a build (``medgrit.adapters.runtime.progress``)."""
+
+
+def _progress_counts(entry: ShardEntry) -> dict[str, float]:
+    """What a done shard adds to each progress counter, as its entry records it."""
+    counts = entry.counts()
+    return {
+        "images": counts.rows.get("images", 0),
+        "qa_pairs": qa_pairs(counts.stats),
+        "rejects": counts.rows.get("rejects", 0),
+        "llm_requests": counts.tokens.get("requests") or 0,
+        "spend_usd": counts.tokens.get("cost_usd") or 0,
+    }
 
 
 class BuildBook:
@@ -173,7 +191,32 @@ class BuildBook:
             len(jobs),
             self.total - len(jobs),
         )
+        self._expect(jobs)
         return jobs
+
+    def _expect(self, jobs: list[ShardJob]) -> None:
+        """Tell the progress display what the build will make: the images its plan gives the
+        pending shards (their quotas, else their listings' estimates) and, for an LLM build, as
+        many requests (one per image, before retries and cache hits), on top of what the
+        shards done before hold, which count as done."""
+        if not progress.active():
+            return
+        planned = sum(
+            task.quota if task.quota is not None else (task.listed or 1)
+            for job in jobs
+            for task in job.cases
+        )
+        before = [e for e in self.entries.values() if e.status == "done"]
+        done = {counter: sum(_progress_counts(e)[counter] for e in before) for counter in COUNTERS}
+        earlier = f" ({len(before)} of {self.total} done before)" if before else ""
+        shards = f"{len(jobs)} shard{'s' if len(jobs) != 1 else ''}"
+        progress.phase(f"building {planned} images in {shards}{earlier}")
+        llm = self.plan.config.get("generator") == "llm"
+        for counter in COUNTERS:
+            if counter == "images" or (llm and counter == "llm_requests"):
+                progress.expect(counter, planned + done[counter], done[counter])
+            else:
+                progress.advance(counter, done[counter])
 
     def progress(self, shard: str | None = None) -> None:
         """Tell the progress hook; what it raises is logged, never the build's end."""
@@ -218,7 +261,10 @@ class BuildBook:
                 rows.get("rejects", 0),
                 entry.seconds or 0.0,
             )
+            for counter, total in _progress_counts(entry).items():
+                progress.settle(counter, shard, total)
         elif status == "failed":
+            progress.forget(shard)
             self.logger.error("shard %s failed: %s", shard, entry.error)
             if self.disk_full is None and isinstance(outcome, OSError) and is_disk_full(outcome):
                 self.disk_full = outcome

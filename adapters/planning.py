@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 
+from medgrit.adapters.runtime import progress
 from medgrit.adapters.runtime.keys import load_or_create_key
 from medgrit.adapters.source_specs import open_sources
 from medgrit.adapters.sources import Source, estimate_images, load_case
@@ -173,6 +174,7 @@ def prepare_build(
     handed = listing.sources_for(config, key) if listing is not None else None
     sources = handed if handed is not None else _open(config, key)
     cases = [case for source in sources for case in source.cases]
+    progress.phase(f"planning shards for {len(cases)} case{'s' if len(cases) != 1 else ''}")
     fingerprint = source_fingerprints(config, cases)
 
     def count(case: Case) -> int:

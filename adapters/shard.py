@@ -1,12 +1,19 @@
 """One shard: the pure shard pipeline (``medgrit.core.pipeline``) with the real I/O passed in,
-then the Parquet writer. What every mapper runs, in this process or on a worker."""
+then the Parquet writer. What every mapper runs, in this process or on a worker.
+
+Where a progress display listens (``medgrit.adapters.runtime.progress``: in the process of the
+command line, so with threads, not on Dask workers) the shard advances its ``images``,
+``rejects`` and ``qa_pairs`` as it makes them, under its shard id; the build settles each
+shard's counts when it records the shard (``medgrit.adapters.book``)."""
 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from functools import partial
 from pathlib import Path
 
+from medgrit.adapters.runtime import progress
 from medgrit.adapters.runtime.interrupt import check_stop
 from medgrit.adapters.sources import load_case
 from medgrit.adapters.store.parquet import ParquetShardWriter
@@ -33,6 +40,10 @@ class ShardJob:
     llm_share: int = 1  # worker processes sharing the LLM limits (see ``make_generator``)
 
 
+def _advance(shard: str, counter: str, amount: int) -> None:
+    progress.advance(counter, amount, unit=shard)
+
+
 def build_one_shard(job: ShardJob) -> dict:
     """Build and write one shard; returns its manifest entry (files, row counts, stats, tokens,
     and the seconds it took, which live only in ``dataset.json``)."""
@@ -40,7 +51,9 @@ def build_one_shard(job: ShardJob) -> dict:
     generator = make_generator(
         job.config, job.shard, job.known_batches, job.vocabulary, llm_share=job.llm_share
     )
-    rows = build_shard_rows(job.cases, job.config, generator, SHARD_IO, job.vocabulary)
+    progress.forget(job.shard)  # a retry: the attempt before it counts no more
+    io = replace(SHARD_IO, counted=partial(_advance, job.shard)) if progress.active() else SHARD_IO
+    rows = build_shard_rows(job.cases, job.config, generator, io, job.vocabulary)
     tables = rows.as_tables()
     check_stop()
     written = ParquetShardWriter(Path(job.config.out)).write_shard(job.shard, tables)

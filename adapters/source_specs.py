@@ -18,6 +18,7 @@ import re
 from collections.abc import Sequence
 from pathlib import Path
 
+from medgrit.adapters.runtime import progress
 from medgrit.adapters.sources import (
     Source,
     SourceError,
@@ -55,14 +56,16 @@ def open_sources(
     Raises:
         SourceError: on the first source a user must fix, or channels that select nothing.
     """
-    out: list[Source] = []
+    listed: list[tuple[str, str | None]] = []  # each source's spec and modality, demo expanded
     for spec in specs:
         kind, path = parse_source_spec(spec)
         if kind == "demo":
             root = Path(path) if path else (demo_dir or default_demo_dir())
-            out.extend(open_demo_sources(root, key))
+            listed += [(demo, None) for demo in written_demo_specs(root)]
         else:
-            out.append(open_source(spec, modality, key))
+            listed.append((spec, modality))
+    progress.phase(f"reading {len(listed)} source{'s' if len(listed) != 1 else ''}")
+    out = [open_source(spec, given, key) for spec, given in listed]
     check_distinct(out)
     return out if channels is None else select_channels(out, channels)
 
@@ -152,8 +155,9 @@ def select_channels(sources: list[Source], channels: Sequence[str]) -> list[Sour
     return out
 
 
-def open_demo_sources(root: Path, key: bytes = b"") -> list[Source]:
-    """The demo's sources under ``root``, written there first if they are not there yet.
+def written_demo_specs(root: Path) -> list[str]:
+    """The specs of the demo's sources under ``root``, written there first if they are not
+    there yet.
 
     Raises:
         SourceError: ``root`` holds something other than the demo.
@@ -165,4 +169,4 @@ def open_demo_sources(root: Path, key: bytes = b"") -> list[Source]:
             f"the demo folder {escape_name(str(root))} holds something else; point "
             "$MEDGRIT_DEMO_DIR (or demo:PATH) at a new folder"
         ) from None
-    return [open_source(spec, None, key) for spec in demo_source_specs(root)]
+    return demo_source_specs(root)

@@ -9,11 +9,10 @@ disk) prints one line and exits with code 1; SIGINT and SIGTERM stop it cleanly 
 
 from __future__ import annotations
 
-import json
 import sys
 from contextlib import ExitStack
 from pathlib import Path
-from typing import Annotated, Any, NoReturn
+from typing import Annotated, Any, Literal, NoReturn
 
 import typer
 from pydantic import ValidationError
@@ -23,6 +22,7 @@ from medgrit.cli.configfile import read_label_words
 from medgrit.cli.evaluate import evaluate
 from medgrit.cli.export import export
 from medgrit.cli.finetune import finetune
+from medgrit.cli.inspect import inspect
 from medgrit.cli.llm_options import with_llm_options
 from medgrit.cli.messages import EXIT_USER_ERROR, fail, reason_of, shown
 from medgrit.cli.predict import predict_baseline
@@ -36,9 +36,9 @@ from medgrit.cli.preflight import (
     writing,
 )
 from medgrit.cli.report import report as report_command
-from medgrit.cli.running import build_replacing, report, run_flow, shard_runner, summary_text
+from medgrit.cli.running import build_replacing, report, run_flow, shard_runner
 from medgrit.cli.serve import serve
-from medgrit.core.fsnames import escape_name
+from medgrit.cli.status import status
 from medgrit.core.markdown import printable_text
 from medgrit.schemas.config import BuildConfig
 from medgrit.schemas.sources import kinds_help
@@ -50,6 +50,36 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
+
+
+def _show_version(value: bool) -> None:
+    if value:
+        from importlib.metadata import version
+
+        typer.echo(f"medgrit {version('medgrit')}")
+        raise typer.Exit()
+
+
+_QUIET = typer.Option(
+    "--quiet", "-q", metavar="", help="Print no progress and no log below warnings: the result."
+)
+_VERSION = typer.Option(
+    "--version", "-V", metavar="", callback=_show_version, is_eager=True, help="Print the version."
+)
+
+
+@app.callback()
+def _everywhere(
+    ctx: typer.Context,
+    quiet: Annotated[bool, _QUIET] = False,
+    version: Annotated[bool, _VERSION] = False,
+) -> None:
+    """Progress goes to stderr (bars on a terminal, plain lines elsewhere) unless --quiet."""
+    from medgrit.cli.terminal import showing_progress
+
+    # Phase lines of checks wait for --out to be taken: a user error stays the only line.
+    checked = ctx.invoked_subcommand in ("build", "resume", "serve", "inspect")
+    ctx.with_resource(showing_progress(quiet, (lambda: not writing) if checked else None))
 
 
 def _pair(text: str | None, flag: str) -> tuple[float, float] | None:
@@ -70,7 +100,9 @@ def _config_error(exc: ValidationError) -> NoReturn:
     fail(f"{where.replace('_', '-')}: {msg}" if where else msg)
 
 
-@app.command()
+@app.command(  # the listing of commands would show the docstring's text after \f too
+    short_help="Build a dataset from segmentation sources (the bundled demo when none is given)."
+)
 @with_llm_options
 def build(
     sources: Annotated[
@@ -80,17 +112,22 @@ def build(
     out: Annotated[Path, typer.Option("--out", "-o", help="Dataset directory to write.")] = ...,  # type: ignore[assignment]
     max_images: Annotated[int | None, typer.Option(help="Take at most N images (trials).")] = None,
     seed: Annotated[int, typer.Option(help="Seed of phrasing and task choices.")] = 0,
-    plane: Annotated[str, typer.Option(help="Slice plane: axial, coronal or sagittal.")] = "axial",
+    plane: Annotated[
+        Literal["axial", "coronal", "sagittal"],
+        typer.Option(case_sensitive=False, help="Slice plane."),
+    ] = "axial",
     slice_stride: Annotated[int, typer.Option(help="Take every N-th slice with foreground.")] = 1,
     max_slices_per_case: Annotated[
         int | None, typer.Option(help="At most N slices per case, spread evenly.")
     ] = None,
     min_area: Annotated[int, typer.Option(help="Drop region instances under N pixels.")] = 16,
     ct_window: Annotated[
-        str | None, typer.Option(help="CT window LEVEL,WIDTH in HU (default 40,400).")
+        str | None,
+        typer.Option(metavar="LEVEL,WIDTH", help="CT window in HU (default 40,400)."),
     ] = None,
     percentiles: Annotated[
-        str | None, typer.Option(help="MR/PET intensity percentiles LOW,HIGH (default 0.5,99.5).")
+        str | None,
+        typer.Option(metavar="LOW,HIGH", help="MR/PET intensity percentiles (default 0.5,99.5)."),
     ] = None,
     modality: Annotated[
         str | None,
@@ -130,10 +167,11 @@ def build(
         int, typer.Option(help="Shards built at once (--runner dask: local worker processes).")
     ] = 2,
     runner: Annotated[
-        str,
+        Literal["threads", "dask"],
         typer.Option(
+            case_sensitive=False,
             help="threads (in this process) or dask (worker processes: a local cluster of "
-            "--workers, or the cluster at --dask-address)."
+            "--workers, or the cluster at --dask-address).",
         ),
     ] = "threads",
     dask_address: Annotated[
@@ -144,26 +182,41 @@ def build(
         ),
     ] = None,
     overwrite: Annotated[
-        bool, typer.Option(help="Replace an existing medgrit dataset in --out.")
+        bool, typer.Option(metavar="", help="Replace an existing medgrit dataset in --out.")
     ] = False,
     rebuild_changed: Annotated[
         bool,
         typer.Option(
+            metavar="",
             help="Building into a dataset whose sources changed since (a label map, a case's "
             "files): rebuild the changed cases as new shards and retire the old ones "
-            "(default: refuse)."
+            "(default: refuse).",
         ),
     ] = False,
     verify_sources: Annotated[
         bool,
         typer.Option(
+            metavar="",
             help="Tell changed cases by a sha256 of their files (reads every file), not only "
-            "by sizes and modification times."
+            "by sizes and modification times.",
         ),
     ] = False,
     generator: Annotated[
-        str, typer.Option(help="template (no network) or llm (an OpenAI-compatible endpoint).")
+        Literal["template", "llm"],
+        typer.Option(
+            case_sensitive=False,
+            help="template (no network) or llm (an OpenAI-compatible endpoint).",
+        ),
     ] = "template",
+    no_prefect: Annotated[
+        bool,
+        typer.Option(
+            "--no-prefect",
+            metavar="",
+            help="Run the build in this process without Prefect: no server start, no UI; "
+            "the same tables. For trials.",
+        ),
+    ] = False,
     # The --llm-* options (with_llm_options): by LLMConfig field, None without --llm-model.
     llm: dict[str, Any] | None = None,
 ) -> None:
@@ -209,12 +262,14 @@ def build(
         config = BuildConfig(**fields)
     except ValidationError as exc:
         _config_error(exc)
-    _build_into(out, config, overwrite)
+    if no_prefect and config.runner == "dask":
+        fail("--no-prefect builds on threads in this process; leave out --runner dask")
+    _build_into(out, config, overwrite, prefect=not no_prefect)
 
 
-def _build_into(out: Path, config: BuildConfig, overwrite: bool) -> None:
+def _build_into(out: Path, config: BuildConfig, overwrite: bool, prefect: bool = True) -> None:
     """Check --out and the sources, then build into --out: a new dataset, more of an existing
-    one, or (with --overwrite) a replacement of one."""
+    one, or (with --overwrite) a replacement of one; ``prefect`` False: without Prefect."""
     listing = open_checked(config, out)
     opened = listing.sources
     replace = check_out(out, [Path(s.root) for s in opened], overwrite)
@@ -225,7 +280,7 @@ def _build_into(out: Path, config: BuildConfig, overwrite: bool) -> None:
     with ExitStack() as stack:
         task_runner = stack.enter_context(shard_runner(config, [s.root for s in opened]))
         if replace:
-            build_replacing(config, out, task_runner, listing)
+            build_replacing(config, out, task_runner, listing, prefect)
             return
         take_out(out, stack, "build")
         if not existing and holds_more_than_locks(out):
@@ -233,7 +288,7 @@ def _build_into(out: Path, config: BuildConfig, overwrite: bool) -> None:
                 f"--out {shown(out)} was filled by another process meanwhile; choose another folder"
             )
         create_key(config)
-        report(out, run_flow(config, task_runner=task_runner, listing=listing))
+        report(out, run_flow(config, task_runner=task_runner, listing=listing, prefect=prefect))
 
 
 def _check_same_settings(out: Path, config: BuildConfig) -> None:
@@ -281,7 +336,8 @@ def _check_sources_unchanged(
 def resume(
     out: Annotated[Path, typer.Argument(help="Dataset directory of an interrupted build.")],
     runner: Annotated[
-        str | None, typer.Option(help="threads or dask (default: as the build ran).")
+        Literal["threads", "dask"] | None,
+        typer.Option(case_sensitive=False, help="How shards run (default: as the build ran)."),
     ] = None,
     dask_address: Annotated[
         str | None,
@@ -296,13 +352,16 @@ def resume(
     rebuild_changed: Annotated[
         bool,
         typer.Option(
+            metavar="",
             help="Sources changed since the build began (a label map, a case's files): "
-            "rebuild the changed cases as new shards and retire the old ones (default: refuse)."
+            "rebuild the changed cases as new shards and retire the old ones (default: refuse).",
         ),
     ] = False,
     verify_sources: Annotated[
         bool,
-        typer.Option(help="Tell changed cases by a sha256 of their files (reads every file)."),
+        typer.Option(
+            metavar="", help="Tell changed cases by a sha256 of their files (reads every file)."
+        ),
     ] = False,
 ) -> None:
     """Finish an interrupted or failed build: only shards not yet done are built.
@@ -345,62 +404,7 @@ def resume(
         )
 
 
-@app.command()
-def status(
-    out: Annotated[Path, typer.Argument(help="Dataset directory.")],
-    as_json: Annotated[bool, typer.Option("--json", help="Print JSON (for scripts).")] = False,
-) -> None:
-    """Show how far a build got: each shard, the totals, and why shards failed.
-
-    A table of the shards (done, pending or failed; cases, images, QA pairs, rejects, tokens),
-    the totals, and the reason of each failed shard; --json gives the same for scripts.
-
-    Exit code: 0 when every shard is done, 1 while any shard failed, 3 while any is pending.
-    """
-    from medgrit.adapters.store.bookkeeping import load_dataset
-    from medgrit.adapters.store.dataset_dir import current_writer
-    from medgrit.adapters.store.manifest import ManifestError
-    from medgrit.core.status import (
-        ShardStatus,
-        build_state,
-        exit_code,
-        render_status_table,
-        retired_line,
-        status_json,
-    )
-
-    try:
-        manifest = load_dataset(out)
-    except ManifestError as exc:
-        fail(str(exc))
-    shards = [ShardStatus.of(e.id, len(e.cases), e.counts(), e.error) for e in manifest.shards]
-    state = build_state(shards)
-    totals = manifest.totals.to_json() if manifest.totals is not None else None
-    retired = [r.to_json() for r in manifest.retired or []]
-    if as_json:
-        document = status_json(shown(out), shards, totals, current_writer(out), retired)
-        typer.echo(json.dumps(document, indent=2))
-        raise typer.Exit(exit_code(state))
-    counts = {k: sum(s.status == k for s in shards) for k in ("done", "pending", "failed")}
-    typer.echo(
-        f"shards: {counts['done']} done, {counts['pending']} pending, "
-        f"{counts['failed']} failed (of {len(shards)})"
-    )
-    typer.echo(render_status_table(shards))
-    retired_shards = retired_line(retired)
-    if retired_shards:
-        typer.echo(retired_shards)
-    if totals and state == "complete":
-        typer.echo("")
-        typer.echo(summary_text(out))
-    elif state != "complete":
-        typer.echo("")
-        writer = current_writer(out)
-        if writer is not None:
-            typer.echo(f"a build is writing {shown(out)} now{f' ({writer})' if writer else ''}")
-        else:
-            typer.echo(f"`medgrit resume {shown(out)}` builds the shards not yet done")
-    raise typer.Exit(exit_code(state))
+app.command()(status)
 
 
 @app.command()
@@ -445,6 +449,7 @@ def demo_data(
 
 
 app.command()(serve)
+app.command()(inspect)
 app.command()(export)
 app.command()(evaluate)
 app.command()(report_command)
@@ -468,9 +473,11 @@ def _continue_hint() -> str:
 def main() -> None:
     """Entry point of the ``medgrit`` console script."""
     from medgrit.adapters.runtime.interrupt import exit_code, install_stop_handlers, signalled
-    from medgrit.flows.prefect_env import apply_prefect_defaults
+    from medgrit.cli.messages import error_line
+    from medgrit.flows.prefect_env import apply_prefect_defaults, quiet_prefect_when_stopped
 
     apply_prefect_defaults()
+    quiet_prefect_when_stopped()  # a stop is said in medgrit's one line, not in Prefect's logs
     install_stop_handlers()
     try:
         code = app(standalone_mode=False, prog_name="medgrit")
@@ -478,7 +485,7 @@ def main() -> None:
         message = exc.format_message() if hasattr(exc, "format_message") else str(exc)
         ctx = getattr(exc, "ctx", None)
         hint = f" (see `{ctx.command_path} --help`)" if ctx is not None else ""
-        typer.echo(f"medgrit: error: {escape_name(' '.join(message.split()))}{hint}", err=True)
+        error_line(f"{printable_text(' '.join(message.split()))}{hint}")
         sys.exit(getattr(exc, "exit_code", EXIT_USER_ERROR) or EXIT_USER_ERROR)
     except (KeyboardInterrupt, typer.Abort):
         code = 130

@@ -4,7 +4,8 @@ With ``--task`` every line is scored as that task (lines whose own ``task`` fiel
 task are left out); without it every line must carry a ``task`` field and each task found is
 scored. User errors (a missing file, a malformed line, an unknown task, a ``--json`` path that
 cannot be written) print one line and exit with code 2, before any line is scored. The caption
-scorers (Java) start only when an RC or MIA line is scored.
+scorers (Java) start only when an RC or MIA line is scored; their start and each task scored are
+progress phases.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from typing import Annotated
 
 import typer
 
+from medgrit.adapters.runtime import progress
 from medgrit.cli.messages import fail, reason_of, shown
 from medgrit.cli.outputs import check_output
 from medgrit.core.vocab import TASKS
@@ -70,8 +72,11 @@ def evaluate(
         if "RC" in groups or "MIA" in groups:
             from medgrit.adapters.evaluation.captions import CaptionScorer
 
+            progress.phase("starting the caption scorers (METEOR and the PTB tokenizer run Java)")
             caption_score = stack.enter_context(CaptionScorer()).score
         for name, group in groups.items():
+            plural = "s" if len(group) != 1 else ""
+            progress.phase(f"scoring {len(group)} {name} prediction{plural}")
             try:
                 reports.append(score_task(name, group, caption_score))
             except PredictionFileError as exc:

@@ -30,12 +30,22 @@ def speaking_of(subject: str) -> Iterator[None]:
 
 
 def fail(message: str, code: int = EXIT_USER_ERROR) -> NoReturn:
-    """Print one error line to stderr (names escaped) and exit."""
+    """Print one error line to stderr (names escaped; the progress display taken away first,
+    ``medgrit: error:`` in red on a terminal) and exit."""
     if _subjects:
         message = f"{': '.join(_subjects)}: {message}"
-    # One line, and nothing a terminal acts on (an escape code in a folder name, say).
-    typer.echo(f"medgrit: error: {printable_text(' '.join(message.split()))}", err=True)
+    error_line(printable_text(" ".join(message.split())))
     raise typer.Exit(code)
+
+
+def error_line(text: str) -> None:
+    """Print ``medgrit: error: TEXT`` to stderr after taking the progress display away;
+    ``text`` must be one line with nothing a terminal acts on (an escape code in a folder
+    name, say): :func:`~medgrit.core.markdown.printable_text` of it."""
+    from medgrit.cli.terminal import error_prefix, stop_progress
+
+    stop_progress()
+    typer.echo(f"{error_prefix()} {text}", err=True)
 
 
 def shown(path: Path | str) -> str:

@@ -7,8 +7,9 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator, Sequence
 from contextlib import ExitStack, contextmanager
+from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NoReturn
 
 import typer
 
@@ -45,6 +46,7 @@ def run_flow(
     task_runner: TaskRunner | None = None,
     add_new_cases: bool = True,
     listing: SourceListing | None = None,
+    prefect: bool = True,
 ) -> dict:
     """Run the build flow; the failures a user can act on end in one line.
 
@@ -53,58 +55,136 @@ def run_flow(
     :func:`shard_runner` (default: a thread pool). ``add_new_cases``: a build (True) adds the
     cases its sources gained to a dataset of the same settings; a resume (False) finishes only
     what was planned. ``listing``: the sources the checks opened, for the build to take.
+    ``prefect``: False runs the build in this process without Prefect (``--no-prefect``: no
+    server, no UI, the same tables; ``task_runner`` must be None).
     """
-    from prefect.task_runners import ThreadPoolTaskRunner
-
-    from medgrit.adapters.llm.dispatch import shards_in_flight
-    from medgrit.adapters.llm.formats import LLMEndpointError
-    from medgrit.adapters.runtime.interrupt import signalled
-    from medgrit.adapters.store.dataset_dir import DatasetBusy
-    from medgrit.adapters.store.manifest import ManifestError
-    from medgrit.core.failures import StopRequested, is_disk_full
-    from medgrit.flows.build import BuildFailed, DatasetMismatch, build_dataset
-
     out = Path(config.out)
-    # LLM shards share one limiter and in-flight window (medgrit.adapters.llm.dispatch): more
-    # shards run at once than there are cores, so enough requests are pending to fill it.
-    workers = shards_in_flight(config)
-    if task_runner is not None:  # workers elsewhere: their working folder is not ours
-        config = config.model_copy(update={"out": str(out.absolute())})
-    task_runner = task_runner or ThreadPoolTaskRunner(max_workers=workers)
-    flow = build_dataset.with_options(task_runner=task_runner)
-    try:
-        return flow(
+    workers = config.workers
+    if config.generator == "llm":  # (the LLM client's imports are slow: only then)
+        from medgrit.adapters.llm.dispatch import shards_in_flight
+
+        # LLM shards share one limiter and in-flight window (medgrit.adapters.llm.dispatch):
+        # more shards run at once than there are cores, so enough requests fill it.
+        workers = shards_in_flight(config)
+    if prefect:
+        from prefect.task_runners import ThreadPoolTaskRunner
+
+        from medgrit.flows.build import build_dataset
+        from medgrit.flows.prefect_env import announce_prefect_server
+
+        if task_runner is not None:  # workers elsewhere: their working folder is not ours
+            config = config.model_copy(update={"out": str(out.absolute())})
+        task_runner = task_runner or ThreadPoolTaskRunner(max_workers=workers)
+        flow = build_dataset.with_options(task_runner=task_runner)
+        announce_prefect_server()  # a temporary server's start takes a while: say so
+        run = partial(
+            flow,
             config=config,
             rebuild_if_changed=fresh,
             add_new_cases=add_new_cases,
             listing=listing,
         )
-    except DatasetMismatch as exc:
+    else:
+        run = partial(_run_here, config, workers, fresh, add_new_cases, listing)
+    try:
+        return run()
+    except build_ends() as exc:
+        fail_build(out, exc)
+
+
+def _run_here(
+    config: BuildConfig,
+    workers: int,
+    fresh: bool,
+    add_new_cases: bool,
+    listing: SourceListing | None,
+) -> dict:
+    """The build in this process, shards on a pool of ``workers`` threads, with no Prefect:
+    what the build flow runs (``medgrit.adapters.build.run_build``), without its server, UI,
+    artifacts and task retries. Its log goes to stderr unless logging is set up already."""
+    import logging
+
+    from medgrit.adapters.build import run_build
+    from medgrit.adapters.planning import with_absolute_paths
+    from medgrit.adapters.runtime.mappers import ThreadMapper
+
+    logger = logging.getLogger("medgrit.build")
+    if not logger.handlers and not logging.getLogger().handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%H:%M:%S"))
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
+    return run_build(
+        with_absolute_paths(config),  # as the flow takes it
+        ThreadMapper(workers),
+        rebuild_if_changed=fresh,
+        logger=logger,
+        append=add_new_cases,
+        listing=listing,
+    )
+
+
+def build_ends() -> tuple[type[BaseException], ...]:
+    """The ends of a build that :func:`fail_build` says in one line (imported when asked)."""
+    from medgrit.adapters.llm.formats import LLMEndpointError
+    from medgrit.adapters.store.bookkeeping import BuildFailed, DatasetMismatch
+    from medgrit.adapters.store.dataset_dir import DatasetBusy
+    from medgrit.adapters.store.manifest import ManifestError
+    from medgrit.core.failures import StopRequested
+
+    return (
+        DatasetMismatch,
+        LLMEndpointError,
+        BuildFailed,
+        DatasetBusy,
+        ManifestError,
+        StopRequested,
+        OSError,
+    )
+
+
+def fail_build(out: Path, exc: BaseException) -> NoReturn:
+    """End a build of ``out`` that raised ``exc`` (one of :func:`build_ends`) with one line and
+    its exit code, whichever way it ran: 2 for what a user must fix first, 1 for a build that
+    failed or stopped (``medgrit resume`` continues it); a signal's stop becomes
+    KeyboardInterrupt (``main()`` says how to continue).
+
+    Raises:
+        typer.Exit: with the exit code, after the line.
+        KeyboardInterrupt: for a build stopped by a signal.
+    """
+    from medgrit.adapters.llm.formats import LLMEndpointError
+    from medgrit.adapters.runtime.interrupt import signalled
+    from medgrit.adapters.store.bookkeeping import BuildFailed, DatasetMismatch
+    from medgrit.adapters.store.dataset_dir import DatasetBusy
+    from medgrit.adapters.store.manifest import ManifestError
+    from medgrit.core.failures import StopRequested, is_disk_full
+
+    if isinstance(exc, DatasetMismatch):
         fail(str(exc))
-    except LLMEndpointError as exc:
+    if isinstance(exc, LLMEndpointError):
         fail(str(exc), code=1)
-    except BuildFailed as exc:
+    if isinstance(exc, BuildFailed):
         typer.echo(summary_text(out))
         fail(str(exc), code=1)
-    except (DatasetBusy, ManifestError) as exc:
-        fail(str(exc))
-    except StopRequested:
+    if isinstance(exc, StopRequested):
         if signalled():
-            raise KeyboardInterrupt from None  # main() says how to continue
+            raise KeyboardInterrupt from None
         fail(f"the build stopped; run `medgrit resume {shown(out)}` to finish it", code=1)
-    except OSError as exc:
-        if is_disk_full(exc):
-            fail(
-                f"no space left on {_mount_point(out)} (the disk holding {shown(out)}); "
-                f"free some space, then run `medgrit resume {shown(out)}`",
-                code=1,
-            )
-        where = f" ({shown(exc.filename)})" if exc.filename else ""
+    if isinstance(exc, DatasetBusy | ManifestError) or not isinstance(exc, OSError):
+        fail(str(exc))
+    if is_disk_full(exc):
         fail(
-            f"the build of {shown(out)} failed: {exc.strerror or exc}{where}; "
-            f"fix it, then run `medgrit resume {shown(out)}`",
+            f"no space left on {_mount_point(out)} (the disk holding {shown(out)}); "
+            f"free some space, then run `medgrit resume {shown(out)}`",
             code=1,
         )
+    where = f" ({shown(exc.filename)})" if exc.filename else ""
+    fail(
+        f"the build of {shown(out)} failed: {exc.strerror or exc}{where}; "
+        f"fix it, then run `medgrit resume {shown(out)}`",
+        code=1,
+    )
 
 
 def _mount_point(path: Path) -> str:
@@ -120,6 +200,9 @@ def _mount_point(path: Path) -> str:
 
 def report(out: Path, manifest: dict) -> None:
     """Print the summary of a finished build; exit 1 when it kept no image at all."""
+    from medgrit.cli.terminal import end_progress
+
+    end_progress()  # its last lines (or full bars) come before the summary
     typer.echo(summary_text(out))
     rows = (manifest.get("totals") or {}).get("rows", {})
     if not rows.get("images"):
@@ -134,20 +217,26 @@ def report(out: Path, manifest: dict) -> None:
 
 
 def summary_text(out: Path) -> str:
-    """The markdown summary of the build in ``out``, from its recorded totals."""
+    """The summary of the build in ``out``, from its recorded totals, as stdout shows it: rich
+    tables on a terminal, plain aligned text elsewhere (the Markdown is for the artifacts).
+    The progress display is taken away first: the summary is printed next."""
     from medgrit.adapters.store.bookkeeping import load_dataset
-    from medgrit.core.summary import render_summary
+    from medgrit.cli.tables import summary_for_stdout
+    from medgrit.cli.terminal import stop_progress
+    from medgrit.core.summary import summarise_build
     from medgrit.schemas.manifest import Totals
 
+    stop_progress()
     manifest = load_dataset(out)
     totals = manifest.totals or Totals()
     done = sum(s.status == "done" for s in manifest.shards)
     failed = [s.id for s in manifest.shards if s.status == "failed"]
     generator = manifest.config.get("generator")
     llm = totals.llm.to_json() if totals.llm is not None and generator == "llm" else None
-    return render_summary(
+    summary = summarise_build(
         shown(out), totals.rows, totals.model_dump(), done, len(manifest.shards), failed, llm=llm
     )
+    return summary_for_stdout(summary)
 
 
 def build_replacing(
@@ -155,9 +244,10 @@ def build_replacing(
     out: Path,
     task_runner: TaskRunner | None = None,
     listing: SourceListing | None = None,
+    prefect: bool = True,
 ) -> None:
     """--overwrite: build beside ``out`` and swap the new dataset in once it is complete
-    (``listing``: the sources the checks opened)."""
+    (``listing``: the sources the checks opened; ``prefect``: as :func:`run_flow`)."""
     from medgrit.adapters.runtime.interrupt import signalled
     from medgrit.adapters.store.dataset_dir import foreign_entries, prepare_staging, swap_in
     from medgrit.adapters.store.manifest import replace_manifest
@@ -178,7 +268,7 @@ def build_replacing(
         create_key(config)
         try:
             staged = config.model_copy(update={"out": str(staging)})
-            manifest = run_flow(staged, True, task_runner, listing=listing)
+            manifest = run_flow(staged, True, task_runner, listing=listing, prefect=prefect)
         except typer.Exit as exc:
             if exc.exit_code == 1:
                 typer.echo(

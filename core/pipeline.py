@@ -66,6 +66,10 @@ def _go_on() -> None:
     """The stop check of a shard nobody stops."""
 
 
+def _count_nothing(counter: str, amount: int) -> None:
+    """The progress of a shard nobody watches."""
+
+
 @dataclass(frozen=True)
 class ShardIO:
     """The I/O a shard needs, passed in.
@@ -75,11 +79,16 @@ class ShardIO:
             ``UnreadableImage`` for a case it cannot read.
         encode_png: 8-bit grey (H, W) or RGB (H, W, 3) pixels -> PNG bytes.
         check_stop: raises when the build was asked to stop (called between records).
+        counted: told what the shard's rows gained, as ``(counter, amount)`` with counters
+            ``images``, ``rejects`` (after each case, then after the conversations, when images
+            left without one are dropped: a negative amount) and ``qa_pairs`` (once the
+            conversations are written); the amounts add up to the shard's tables.
     """
 
     load: Callable[[Case], LoadedCase]
     encode_png: Callable[[np.ndarray], bytes]
     check_stop: Callable[[], None] = _go_on
+    counted: Callable[[str, int], None] = _count_nothing
 
 
 @dataclass(frozen=True)
@@ -385,10 +394,21 @@ def build_shard_rows(
     rows = ShardRows()
     for task in cases:
         io.check_stop()
+        before = len(rows.images), len(rows.rejects)
         guarded(rows, task, "load", None, lambda task=task: build_case(task, config, io, rows))
+        _tell_gains(io, rows, before)
     io.check_stop()
+    before = len(rows.images), len(rows.rejects)
     write_conversations(generator, rows, vocabulary)
+    _tell_gains(io, rows, before)
+    io.counted("qa_pairs", sum(len(conversation["qa"]) for conversation in rows.conversations))
     return rows
+
+
+def _tell_gains(io: ShardIO, rows: ShardRows, before: tuple[int, int]) -> None:
+    """Tell ``io.counted`` the images and rejects ``rows`` gained since ``before``."""
+    io.counted("images", len(rows.images) - before[0])
+    io.counted("rejects", len(rows.rejects) - before[1])
 
 
 def build_vocabulary(cases: list[CaseTask]) -> Vocabulary:

@@ -117,15 +117,14 @@ def _sums(shards: list[ShardStatus]) -> dict[str, int]:
 
 
 _COLUMNS = ("shard", "status", "cases", "images", "qa", "rejects", "tokens")
+STATUS_ALIGN = ("left", "left", "right", "right", "right", "right", "right")
+"""How each column of the status table is aligned."""
 
 
-def render_status_table(shards: list[ShardStatus]) -> str:
-    """A plain-text table of the shards with a totals row; failed shards' reasons below it.
-
-    Ids, statuses and reasons come from ``dataset.json``: they are shown on one line each with
-    control characters escaped (:func:`~medgrit.core.markdown.printable_text`), so no text
-    read from a file moves the terminal's cursor or colours it.
-    """
+def status_rows(
+    shards: list[ShardStatus],
+) -> tuple[tuple[str, ...], list[tuple[object, ...]], tuple[object, ...]]:
+    """The status table's data: its column names, one row per shard, and the totals row."""
     body = [(s.id, s.status, s.cases, s.images, s.qa, s.rejects, s.tokens) for s in shards]
     sums = _sums(shards)
     total = (
@@ -137,8 +136,30 @@ def render_status_table(shards: list[ShardStatus]) -> str:
         sums["rejects"],
         sums["tokens"],
     )
-    cells = [tuple(printable_text(str(c)) for c in row) for row in [_COLUMNS, *body, total]]
-    widths = [max(len(row[i]) for row in cells) for i in range(len(_COLUMNS))]
+    return _COLUMNS, body, total
+
+
+def failed_lines(shards: list[ShardStatus]) -> list[str]:
+    """Why each failed shard failed, one line each (none when no shard failed)."""
+    failed = [s for s in shards if s.status == "failed"]
+    if not failed:
+        return []
+    lines = ["failed shards:"]
+    for s in failed:
+        lines.append(f"  {printable_text(s.id)}: {printable_text(s.error or 'failed')}")
+    return lines
+
+
+def render_status_table(shards: list[ShardStatus]) -> str:
+    """A plain-text table of the shards with a totals row; failed shards' reasons below it.
+
+    Ids, statuses and reasons come from ``dataset.json``: they are shown on one line each with
+    control characters escaped (:func:`~medgrit.core.markdown.printable_text`), so no text
+    read from a file moves the terminal's cursor or colours it.
+    """
+    header, body, total = status_rows(shards)
+    cells = [tuple(printable_text(str(c)) for c in row) for row in [header, *body, total]]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(header))]
 
     def line(row: tuple[str, ...]) -> str:
         first, second, *numbers = row
@@ -148,10 +169,5 @@ def render_status_table(shards: list[ShardStatus]) -> str:
 
     rule = "  ".join("-" * w for w in widths)
     lines = [line(cells[0]), rule, *(line(r) for r in cells[1:-1]), rule, line(cells[-1])]
-    failed = [s for s in shards if s.status == "failed"]
-    if failed:
-        lines.append("")
-        lines.append("failed shards:")
-        for s in failed:
-            lines.append(f"  {printable_text(s.id)}: {printable_text(s.error or 'failed')}")
-    return "\n".join(lines)
+    failed = failed_lines(shards)
+    return "\n".join([*lines, *(["", *failed] if failed else [])])

@@ -1,4 +1,4 @@
-"""Counts of a build (per shard and in total) and their markdown summary.
+"""Counts of a build (per shard and in total) and their summary, as Markdown or plain text.
 
 :func:`build_totals` is the one place a build's totals are counted from its shards (the
 manifest's ``totals``, ``status``'s sums, the dashboard's running tallies): rows, images per
@@ -9,11 +9,11 @@ over the shards that are done; LLM requests, tokens and cost over every shard th
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from medgrit.core.markdown import escape_markdown, markdown_code, markdown_table
+from medgrit.core.markdown import escape_markdown, markdown_code, markdown_table, printable_text
 from medgrit.core.vocab import TASKS
 
 
@@ -93,6 +93,91 @@ def qa_pairs(totals: Mapping[str, Any]) -> int:
     return sum(int(n) for per in qa.values() for n in per.values())
 
 
+@dataclass(frozen=True)
+class SummaryTable:
+    """One table of a summary: column names, rows (cells as numbers or words a source wrote)
+    and each column's alignment (``"left"`` or ``"right"``)."""
+
+    header: tuple[str, ...]
+    rows: tuple[tuple[object, ...], ...]
+    align: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class BuildSummary:
+    """What a build's summary says, for any rendering: the dataset folder, facts as
+    (name, text) lines whose words from sources are already made inert for the rendering
+    asked for (see :func:`summarise_build`), and the tables (per modality and task; rejects by
+    reason when there are any), whose cells each rendering makes inert itself."""
+
+    out_dir: str
+    facts: tuple[tuple[str, str], ...]
+    tables: tuple[SummaryTable, ...]
+
+
+def summarise_build(
+    out_dir: str,
+    rows: Mapping[str, int],
+    totals: Mapping[str, Any],
+    shards_done: int,
+    shards_total: int,
+    failed: Sequence[str],
+    llm: Mapping[str, Any] | None = None,
+    escape: Callable[[str], str] = printable_text,
+) -> BuildSummary:
+    """A build's summary from its totals (``dataset.json``'s layout); ``escape`` makes the
+    words of sources in the facts inert where they land (:func:`printable_text` for a
+    terminal, ``escape_markdown`` for Markdown).
+
+    ``llm`` holds what an LLM build sent and spent (requests, cache hits, tokens, cost).
+    """
+    splits = ", ".join(f"{escape(k)} {v}" for k, v in totals["images_by_split"].items())
+    facts = [
+        (
+            "shards",
+            f"{shards_done}/{shards_total} done"
+            + (f", failed: {', '.join(escape(f) for f in failed)}" if failed else ""),
+        ),
+        ("images", f"{rows.get('images', 0)} ({splits})"),
+        ("regions", str(rows.get("regions", 0))),
+        ("conversations", str(rows.get("conversations", 0))),
+        ("rejects", str(rows.get("rejects", 0))),
+    ]
+    if totals.get("non_finite_values"):
+        facts.append(
+            (
+                "non-finite intensities (NaN, inf) left out of the mapping",
+                str(totals["non_finite_values"]),
+            )
+        )
+    if llm is not None:
+        facts.append(
+            (
+                "LLM",
+                f"{llm.get('requests', 0)} requests sent, {llm.get('cache_hits', 0)} answered "
+                f"from the cache, {llm.get('prompt', 0)} prompt + {llm.get('completion', 0)} "
+                f"completion tokens, estimated cost ${llm.get('cost_usd', 0):.4f}",
+            )
+        )
+    qa = totals["qa_by_modality_task"]
+    by_modality = []
+    for modality, n_images in totals["images_by_modality"].items():
+        per = qa.get(modality, {})
+        counts = [per.get(t, 0) for t in TASKS]
+        by_modality.append((modality, n_images, *counts, sum(counts)))
+    tables = [
+        SummaryTable(
+            ("modality", "images", *TASKS, "QA"),
+            tuple(by_modality),
+            ("left", *["right"] * (len(TASKS) + 2)),
+        )
+    ]
+    if totals["rejects_by_reason"]:
+        rejects = tuple(tuple(item) for item in totals["rejects_by_reason"].items())
+        tables.append(SummaryTable(("reject reason", "rows"), rejects, ("left", "right")))
+    return BuildSummary(out_dir, tuple(facts), tuple(tables))
+
+
 def render_summary(
     out_dir: str,
     rows: dict[str, int],
@@ -102,53 +187,55 @@ def render_summary(
     failed: list[str],
     llm: dict | None = None,
 ) -> str:
-    """A short markdown summary of a build (for the CLI and the Prefect artifact).
+    """A short markdown summary of a build (for the Prefect artifact and ``dataset.json``'s
+    readers; the terminal shows :func:`render_summary_text` or rich tables).
 
     ``llm`` holds what an LLM build sent and spent (requests, cache hits, tokens, cost). The
     path, shard ids, modalities and reasons are escaped (:mod:`medgrit.core.markdown`).
     """
-    tasks = TASKS
-    lines = [
-        f"## medgrit dataset {markdown_code(out_dir)}",
-        "",
-        f"- shards: {shards_done}/{shards_total} done"
-        + (f", failed: {', '.join(escape_markdown(f) for f in failed)}" if failed else ""),
-        f"- images: {rows.get('images', 0)} "
-        + "("
-        + ", ".join(f"{escape_markdown(k)} {v}" for k, v in totals["images_by_split"].items())
-        + ")",
-        f"- regions: {rows.get('regions', 0)}",
-        f"- conversations: {rows.get('conversations', 0)}",
-        f"- rejects: {rows.get('rejects', 0)}",
-        *(
-            [
-                f"- non-finite intensities (NaN, inf) left out of the mapping: "
-                f"{totals['non_finite_values']}"
-            ]
-            if totals.get("non_finite_values")
-            else []
-        ),
-        *(
-            [
-                f"- LLM: {llm.get('requests', 0)} requests sent, {llm.get('cache_hits', 0)} "
-                f"answered from the cache, {llm.get('prompt', 0)} prompt + "
-                f"{llm.get('completion', 0)} completion tokens, "
-                f"estimated cost ${llm.get('cost_usd', 0):.4f}"
-            ]
-            if llm is not None
-            else []
-        ),
-        "",
-    ]
-    qa = totals["qa_by_modality_task"]
-    rows = []
-    for modality, n_images in totals["images_by_modality"].items():
-        per = qa.get(modality, {})
-        counts = [per.get(t, 0) for t in tasks]
-        rows.append([modality, n_images, *counts, sum(counts)])
-    numbers = ["right"] * (len(tasks) + 2)
-    lines.append(markdown_table(["modality", "images", *tasks, "QA"], rows, ["left", *numbers]))
-    if totals["rejects_by_reason"]:
-        rejects = totals["rejects_by_reason"].items()
-        lines += ["", markdown_table(["reject reason", "rows"], rejects, ["left", "right"])]
+    summary = summarise_build(
+        out_dir, rows, totals, shards_done, shards_total, failed, llm, escape_markdown
+    )
+    lines = [f"## medgrit dataset {markdown_code(out_dir)}", ""]
+    lines += [f"- {name}: {text}" for name, text in summary.facts]
+    for table in summary.tables:
+        lines += ["", markdown_table(table.header, table.rows, table.align)]
     return "\n".join(lines) + "\n"
+
+
+def render_summary_text(summary: BuildSummary) -> str:
+    """The summary as plain text for logs and pipes: a title, the facts, and each table with
+    aligned columns under a rule of dashes (every cell on one line, control characters
+    escaped: :func:`~medgrit.core.markdown.printable_text`). Give it the summary
+    :func:`summarise_build` made with ``printable_text``."""
+    lines = [f"medgrit dataset {printable_text(summary.out_dir)}", ""]
+    lines += [f"- {name}: {text}" for name, text in summary.facts]
+    for table in summary.tables:
+        lines += ["", text_table(table.header, table.rows, table.align)]
+    return "\n".join(lines) + "\n"
+
+
+def text_table(
+    header: Sequence[object], rows: Iterable[Sequence[object]], align: Sequence[str]
+) -> str:
+    """A plain-text table: columns two spaces apart, padded to their widest cell (``"left"``
+    or ``"right"`` per column), the header over a rule of dashes; every cell is
+    :func:`~medgrit.core.markdown.printable_text` of ``str(cell)``.
+
+    Raises:
+        ValueError: a row or ``align`` whose length is not the header's.
+    """
+    cells = [tuple(printable_text(str(c)) for c in row) for row in [header, *rows]]
+    if len(align) != len(header) or any(len(row) != len(header) for row in cells):
+        raise ValueError("every row and the alignment need one entry per column")
+    widths = [max(len(row[i]) for row in cells) for i in range(len(header))]
+
+    def line(row: tuple[str, ...]) -> str:
+        padded = (
+            c.rjust(w) if a == "right" else c.ljust(w)
+            for c, w, a in zip(row, widths, align, strict=True)
+        )
+        return "  ".join(padded).rstrip()
+
+    rule = "  ".join("-" * w for w in widths)
+    return "\n".join([line(cells[0]), rule, *(line(row) for row in cells[1:])])

@@ -12,6 +12,7 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -28,6 +29,13 @@ pytestmark = pytest.mark.slow
 
 TIMES = 4  # runs of each command
 CONCURRENT = 4
+# What a command off a terminal says of its progress before it ends (``images: 20/20 (100%)``).
+PROGRESS = re.compile(r"^images: \d+(/\d+ \(\d+%\)| \(estimated \d+\))?(, .*)?$")
+
+
+def _ending(stderr: str) -> list[str]:
+    """The lines of stderr that end a command: those after its progress lines."""
+    return [line for line in stderr.strip().splitlines() if not PROGRESS.match(line)]
 
 
 def _first_part(ds: Path, table: str) -> Path:
@@ -166,7 +174,7 @@ def test_every_command_ends_with_its_code_on_damaged_tables_under_load(
     ]
     assert not signalled, f"{len(signalled)} of {len(runs)} runs ended on a signal: {signalled}"
     for run, done in zip(runs, results, strict=True):
-        lines = done.stderr.strip().splitlines()
+        lines = _ending(done.stderr)
         assert done.returncode == run.code, (run.args, done.returncode, done.stderr[-2000:])
         assert len(lines) == 1 and run.says in lines[0], (run.args, done.stderr[-2000:])
         if run.code == 2:
@@ -192,7 +200,7 @@ def test_a_missing_table_part_is_refused_before_anything_is_written(
     for command, target in targets.items():
         args = [command, str(ds), "--out", str(target)]
         done = run_cli(*args, *(["-f", "bird"] if command == "export" else []), env=env)
-        lines = done.stderr.strip().splitlines()
+        lines = _ending(done.stderr)
         assert done.returncode == 2 and len(lines) == 1, (command, done.stderr)
         assert f"lacks regions/{lost.name}" in lines[0], lines
         assert f"medgrit validate {ds}" in lines[0], lines

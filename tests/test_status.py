@@ -56,7 +56,9 @@ def test_a_complete_build_shows_every_shard_and_exits_0(built: Path, medgrit_off
         ]
     total = next(line for line in lines if line.startswith("total"))
     assert f" {manifest['totals']['rows']['images']} " in total
-    assert "| modality |" in result.stdout  # the totals per modality and task follow
+    modality = next(line for line in lines if line.startswith("modality"))  # the totals follow
+    assert modality.split() == ["modality", "images", "VG", "ROC", "RC", "MIA", "QA"]
+    assert "|" not in result.stdout  # plain text off a terminal, not Markdown
 
 
 def test_json_lists_each_shard_and_the_totals(built: Path, medgrit_offline) -> None:

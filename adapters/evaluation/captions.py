@@ -5,7 +5,8 @@ corpus score of its EVAL line), ROUGE-L (mean of per-answer F with beta 1.2) and
 (mean; document frequencies from the references of the same call, so scores depend on the
 set of answers scored together: BiRD scores each modality separately, and so does medgrit).
 Both texts are lower-cased and tokenised by the Stanford PTB tokenizer with punctuation
-removed, as COCOEvalCap does. SPICE is left out: it needs a separate download.
+removed, as COCOEvalCap does (:func:`ptb_tokenize`, which keeps the tokenizer's notes off the
+terminal). SPICE is left out: it needs a separate download.
 
 METEOR runs as a Java subprocess that takes seconds to load its paraphrase table, so one
 ``CaptionScorer`` keeps one alive for all modalities and tasks; close it (or use it as a
@@ -15,14 +16,16 @@ context manager) to end the process.
 from __future__ import annotations
 
 import math
+import subprocess
 from collections.abc import Sequence
+from pathlib import Path
 from types import TracebackType
 
 from pycocoevalcap.bleu.bleu import Bleu
 from pycocoevalcap.cider.cider import Cider
 from pycocoevalcap.meteor.meteor import Meteor
 from pycocoevalcap.rouge.rouge import Rouge
-from pycocoevalcap.tokenizer.ptbtokenizer import PTBTokenizer
+from pycocoevalcap.tokenizer import ptbtokenizer
 
 CAPTION_METRICS: tuple[str, ...] = (
     "Bleu_1",
@@ -33,6 +36,42 @@ CAPTION_METRICS: tuple[str, ...] = (
     "ROUGE_L",
     "CIDEr",
 )
+
+
+def ptb_tokenize(texts: Sequence[str]) -> list[str]:
+    """Each text tokenised as COCOEvalCap does: the Stanford PTBTokenizer that pycocoevalcap
+    ships (one line per text, ``-preserveLines -lowerCase``), its punctuation tokens removed.
+    The tokenizer's note on stderr (``PTBTokenizer tokenized N tokens ...``) is kept, not
+    printed: it is read only when Java fails.
+
+    Raises:
+        RuntimeError: Java could not run the tokenizer (with its last words on stderr).
+    """
+    command = [
+        "java",
+        "-cp",
+        ptbtokenizer.STANFORD_CORENLP_3_4_1_JAR,
+        "edu.stanford.nlp.process.PTBTokenizer",
+        "-preserveLines",
+        "-lowerCase",
+    ]
+    lines = "\n".join(t.replace("\n", " ") for t in texts)
+    try:
+        done = subprocess.run(
+            command,
+            cwd=Path(ptbtokenizer.__file__).parent,
+            input=lines.encode("utf-8"),
+            capture_output=True,
+            check=False,
+        )
+    except OSError as exc:
+        raise RuntimeError(f"cannot run the PTB tokenizer (java): {exc.strerror}") from None
+    if done.returncode != 0:
+        said = done.stderr.decode("utf-8", "replace").strip().splitlines()
+        raise RuntimeError(f"the PTB tokenizer failed: {said[-1] if said else done.returncode}")
+    punctuation = set(ptbtokenizer.PUNCTUATIONS)
+    tokens = done.stdout.decode("utf-8").split("\n")[: len(texts)]
+    return [" ".join(w for w in t.rstrip().split(" ") if w not in punctuation) for t in tokens]
 
 
 class CaptionScorer:
@@ -74,9 +113,9 @@ class CaptionScorer:
         keep = [i for i, t in enumerate(texts) if t.strip()]
         out = [""] * len(texts)
         if keep:
-            tokens = PTBTokenizer().tokenize({i: [{"caption": texts[i]}] for i in keep})
-            for i in keep:
-                out[i] = tokens[i][0]
+            tokens = ptb_tokenize([texts[i] for i in keep])
+            for i, line in zip(keep, tokens, strict=True):
+                out[i] = line
         return out
 
     def score(self, references: Sequence[str], responses: Sequence[str]) -> dict[str, float]:

@@ -1,6 +1,7 @@
 """The shapes of one chat completion: the settings of a model (:class:`LLMSettings`), a request
 (:class:`ChatRequest`), its answer (:class:`ChatResult`) and the counts of a client
-(:class:`Usage`); a request's cache key (:func:`request_hash`) and HTTP body (:func:`chat_body`).
+(:class:`Usage`), what a generator sent and spent (:class:`Spend`, :func:`count_answer`); a
+request's cache key (:func:`request_hash`) and HTTP body (:func:`chat_body`).
 
 The API key is no part of them. Units: times in seconds, limits per minute, prices in USD per
 million tokens. :mod:`medgrit.adapters.llm.client` sends the requests.
@@ -10,8 +11,10 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
+
+from medgrit.adapters.runtime import progress
 
 RESPONSE_FORMATS = ("json_schema", "json_object", "json_object_schema", "none")
 
@@ -123,6 +126,39 @@ def estimate_cost(settings: LLMSettings, usage: Usage) -> float:
         usage.prompt_tokens * settings.price_input_per_million
         + usage.completion_tokens * settings.price_output_per_million
     ) / 1e6
+
+
+@dataclass
+class Spend:
+    """What a run sent and spent (cache hits cost nothing)."""
+
+    requests: int = 0
+    cache_hits: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cost_usd: float = 0.0
+    batches: list[str] = field(default_factory=list)
+
+    def as_dict(self) -> dict:
+        """JSON-ready counts for the manifest."""
+        return {
+            "requests": self.requests,
+            "cache_hits": self.cache_hits,
+            "prompt": self.prompt_tokens,
+            "completion": self.completion_tokens,
+            "cost_usd": round(self.cost_usd, 6),
+        }
+
+
+def count_answer(settings: LLMSettings, result: ChatResult, unit: str | None = None) -> None:
+    """Advance the ``llm_requests`` and ``spend_usd`` progress counters
+    (``medgrit.adapters.runtime.progress``) by an answer sent for (one request and its cost;
+    failures and cache hits count nothing); ``unit``: the shard it belongs to."""
+    if result.content is None or result.from_cache:
+        return
+    tokens = Usage(prompt_tokens=result.prompt_tokens, completion_tokens=result.completion_tokens)
+    progress.advance("llm_requests", 1, unit=unit)
+    progress.advance("spend_usd", estimate_cost(settings, tokens), unit=unit)
 
 
 def request_hash(settings: LLMSettings, request: ChatRequest) -> str:

@@ -49,7 +49,7 @@ import logging
 import random
 import re
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from types import TracebackType
 from typing import Any
 
@@ -352,14 +352,26 @@ class OpenAICompatibleClient:
 
     # -- requests ------------------------------------------------------------------------------
 
-    async def complete_all(self, requests: Sequence[ChatRequest]) -> list[ChatResult]:
-        """All ``requests`` concurrently (bounded by ``max_concurrency``), results in input order.
+    async def complete_all(
+        self,
+        requests: Sequence[ChatRequest],
+        on_result: Callable[[ChatResult], None] | None = None,
+    ) -> list[ChatResult]:
+        """All ``requests`` concurrently (bounded by ``max_concurrency``), results in input order;
+        ``on_result`` is called with each result as it arrives (on this client's loop).
 
         A request that fails for good gives a result with ``error`` set; nothing is raised for
         it. Unexpected exceptions (bugs) cancel the other requests and propagate.
         """
+
+        async def one(request: ChatRequest) -> ChatResult:
+            result = await self.complete(request)
+            if on_result is not None:
+                on_result(result)
+            return result
+
         async with asyncio.TaskGroup() as group:
-            tasks = [group.create_task(self.complete(request)) for request in requests]
+            tasks = [group.create_task(one(request)) for request in requests]
         return [task.result() for task in tasks]
 
     async def complete(self, request: ChatRequest) -> ChatResult:

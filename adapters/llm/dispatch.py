@@ -17,7 +17,7 @@ import asyncio
 import atexit
 import hashlib
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from medgrit.adapters.llm.chat import ChatRequest, ChatResult, LLMSettings
 from medgrit.adapters.llm.client import OpenAICompatibleClient
@@ -58,15 +58,20 @@ class SharedClient:
     async def _open(settings: LLMSettings, api_key: str) -> OpenAICompatibleClient:
         return OpenAICompatibleClient(settings, api_key)  # created on its own loop
 
-    async def complete_all(self, requests: Sequence[ChatRequest]) -> list[ChatResult]:
-        """``OpenAICompatibleClient.complete_all`` on the shared client, awaited from any loop.
+    async def complete_all(
+        self,
+        requests: Sequence[ChatRequest],
+        on_result: Callable[[ChatResult], None] | None = None,
+    ) -> list[ChatResult]:
+        """``OpenAICompatibleClient.complete_all`` on the shared client, awaited from any loop
+        (``on_result`` is called on the client's loop thread).
 
         Raises:
             StopRequested: the client was closed because the build is stopping.
             ClientClosed: the client was closed while these requests were pending.
         """
         future = asyncio.run_coroutine_threadsafe(
-            self.client.complete_all(list(requests)), self.loop
+            self.client.complete_all(list(requests), on_result), self.loop
         )
         try:
             return await asyncio.wrap_future(future)

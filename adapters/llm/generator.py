@@ -20,7 +20,8 @@ answer that is not the JSON asked for is asked for again whole, with that fed ba
 Cache: every answer that parses is stored, content-addressed by the request, inside the dataset
 directory; a rerun or a resume answers those requests from the cache and sends nothing. Table
 rows record the tokens of the answers they use, so a rerun from the cache writes identical
-tables; what a run actually spent is in :meth:`LLMGenerator.spend`.
+tables; what a run actually spent is in :meth:`LLMGenerator.spend`; each answer sent for also
+advances the progress counters as it arrives (``medgrit.adapters.llm.chat.count_answer``).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 from pydantic import ValidationError
@@ -37,11 +39,14 @@ from medgrit.adapters.llm.chat import (
     ChatRequest,
     ChatResult,
     LLMSettings,
+    Spend,
     Usage,
+    count_answer,
     estimate_cost,
 )
 from medgrit.adapters.llm.dispatch import shared_client
 from medgrit.adapters.llm.formats import LLMEndpointError, refused_message, response_format_for
+from medgrit.adapters.runtime import progress
 from medgrit.adapters.runtime.interrupt import check_stop
 from medgrit.adapters.text.templates import (
     combined_hash,
@@ -140,28 +145,6 @@ class _Item:
     done: bool = False
 
 
-@dataclass
-class Spend:
-    """What a run sent and spent (cache hits cost nothing)."""
-
-    requests: int = 0
-    cache_hits: int = 0
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    cost_usd: float = 0.0
-    batches: list[str] = field(default_factory=list)
-
-    def as_dict(self) -> dict:
-        """JSON-ready counts for the manifest."""
-        return {
-            "requests": self.requests,
-            "cache_hits": self.cache_hits,
-            "prompt": self.prompt_tokens,
-            "completion": self.completion_tokens,
-            "cost_usd": round(self.cost_usd, 6),
-        }
-
-
 def _in_prompt_ids(text: str, ids: dict[str, str]) -> str:
     """``text`` with region ids written as the prompt's short ids (``r0``) the model knows."""
     for short, rid in sorted(ids.items(), key=lambda item: -len(item[1])):
@@ -197,6 +180,8 @@ class LLMGenerator:
         vocabulary: the build's label names and their synonyms (a turn naming one its image
             lacks is untrue).
         share: the processes that share the provider's limits; this one takes 1/share of them.
+        progress_unit: the piece of work (a shard id) its requests and spend count towards on
+            the progress display.
     """
 
     name = "llm"
@@ -211,8 +196,10 @@ class LLMGenerator:
         on_batch: Callable[[str], None] | None = None,
         vocabulary: Vocabulary = NO_VOCABULARY,
         share: int = 1,
+        progress_unit: str | None = None,
     ) -> None:
         self.config = config
+        self.progress_unit = progress_unit
         self.lexicon = vocabulary.lexicon()
         self.settings = settings_from_config(config, share)
         self._api_key = api_key
@@ -416,9 +403,13 @@ class LLMGenerator:
                 fresh = await runner.run(
                     pending, known_batch_ids=self.known_batches, on_batch=self._record_batch
                 )
+                for result in fresh:
+                    count_answer(self.settings, result, self.progress_unit)
             else:
                 # Every shard of this process shares one client: one limiter, one window.
-                fresh = await shared_client(self.settings, self._api_key).complete_all(pending)
+                client = shared_client(self.settings, self._api_key)
+                count = partial(count_answer, self.settings, unit=self.progress_unit)
+                fresh = await client.complete_all(pending, count if progress.active() else None)
         results: list[ChatResult | None] = [None] * len(requests)
         for i, result in cached.items():
             results[i] = result

@@ -20,7 +20,8 @@ in both splits, each label id has one name, in words and as its source writes it
 shards (within its dataset; within its case where ids are numbered per case, as DICOM SEG
 segments are), and ``totals`` equal the tables.
 
-Shards are read one at a time, so memory stays bounded by the largest shard.
+Shards are read one at a time, so memory stays bounded by the largest shard; each one checked
+advances the ``images`` progress counter (``medgrit.adapters.runtime.progress``) by its images.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ import pyarrow as pa
 from PIL import Image
 from pydantic import ValidationError
 
+from medgrit.adapters.runtime import progress
 from medgrit.adapters.store.bookkeeping import load_dataset
 from medgrit.adapters.store.parquet import (
     UnreadablePart,
@@ -123,9 +125,9 @@ def validate_dataset(out_dir: str | Path) -> list[str]:
 
     lexicon = Vocabulary.recorded(manifest.vocabulary or [], manifest.synonyms).lexicon()
     seen = _Seen(_cases_numbered_per_case(manifest))
-    for shard in shards:
-        if shard.status != "done":
-            continue
+    done = [s for s in shards if s.status == "done"]
+    progress.expect("images", sum((s.rows or {}).get("images", 0) for s in done))
+    for shard in done:
         # A shard appended later is read with its own names and synonyms.
         own = (
             lexicon
@@ -133,6 +135,7 @@ def validate_dataset(out_dir: str | Path) -> list[str]:
             else Vocabulary.recorded(shard.vocabulary, shard.synonyms).lexicon()
         )
         problems += _check_shard(out, shard, seen, own, manifest.schema_version)
+        progress.advance("images", (shard.rows or {}).get("images", 0))  # checked
     problems += _label_meanings(seen.names)
     for (dataset, case_id), splits in sorted(seen.case_splits.items()):
         if len(splits) > 1:

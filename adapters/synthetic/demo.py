@@ -14,7 +14,8 @@
   region-based labels of a synthetic tumour on the MNI152 template): see
   :mod:`medgrit.adapters.synthetic.demo_layouts`.
 
-The content is a pure function of this module's version, so the files are cached.
+The content is a pure function of this module's version, so the files are cached. Writing them
+takes a while: each dataset is announced as a phase of ``medgrit.adapters.runtime.progress``.
 """
 
 from __future__ import annotations
@@ -24,12 +25,14 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 from PIL import Image
 
+from medgrit.adapters.runtime import progress
 from medgrit.core import phantoms
 
 DEMO_VERSION = "demo-v3"
@@ -87,12 +90,27 @@ def ensure_demo_data(root: Path | None = None) -> Path:
             write_totalseg_phantom,
         )
 
-        write_mni152_mr(staging / "Task900_MNI152BrainMR")
-        write_ct_phantoms(staging / "Dataset901_SyntheticCTPhantom")
-        write_planar_demos(staging)
-        write_dicom_demos(staging)
-        write_totalseg_phantom(staging / "SyntheticTotalSegmentatorPhantom")
-        write_brats_style_mr(staging / "Dataset902_SyntheticBraTSStyleMR")
+        writers: list[tuple[str, Callable[[], None]]] = [
+            ("MNI152 brain MR", lambda: write_mni152_mr(staging / "Task900_MNI152BrainMR")),
+            (
+                "CT phantoms",
+                lambda: write_ct_phantoms(staging / "Dataset901_SyntheticCTPhantom"),
+            ),
+            ("endoscopy, dermoscopy and fundus images", lambda: write_planar_demos(staging)),
+            ("PET, X-ray and ultrasound DICOM", lambda: write_dicom_demos(staging)),
+            (
+                "TotalSegmentator phantom",
+                lambda: write_totalseg_phantom(staging / "SyntheticTotalSegmentatorPhantom"),
+            ),
+            (
+                "BraTS-style MR",
+                lambda: write_brats_style_mr(staging / "Dataset902_SyntheticBraTSStyleMR"),
+            ),
+        ]
+        progress.phase(f"writing the demo sources to {root} (once)")
+        for number, (name, write) in enumerate(writers, 1):
+            progress.phase(f"writing demo dataset {number}/{len(writers)}: {name}")
+            write()
         (staging / ".complete").write_text(DEMO_VERSION + "\n")
         if root.exists():
             root.rmdir()  # empty (checked above); fails rather than delete anything

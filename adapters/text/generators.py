@@ -37,6 +37,7 @@ def make_generator(
         on_batch=lambda batch_id: record_batch(out, shard, batch_id),
         vocabulary=vocabulary,
         share=llm_share,
+        progress_unit=shard,
     )
 
 
