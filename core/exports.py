@@ -26,6 +26,11 @@ the regions' own boxes, found by value among the turn's regions, never by rewrit
 - ``qwen2.5-json``: Qwen2.5-VL's grounding JSON, ``{"bbox_2d": [x1, y1, x2, y2], "label":
   "liver"}`` for a named box, ``{"bbox_2d": [x1, y1, x2, y2]}`` for a bare one, and just the
   name for a ``<ref>`` without a box.
+
+:func:`model_text` writes a turn's text in a box format from the image's regions: the one
+function ``medgrit finetune`` and ``medgrit export`` both write text with, so an export's boxes
+are the boxes a fine-tune trains on. :data:`EXPORT_BOX_FORMATS` says which box formats each
+export format writes (its default first).
 """
 
 from __future__ import annotations
@@ -35,14 +40,33 @@ import re
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
-from medgrit.core.vlm import BOX_FORMATS
+from medgrit.core.vlm import (
+    BOX_FORMATS,
+    BOX_FRAME,
+    DEFAULT_MAX_PIXELS,
+    DEFAULT_MIN_PIXELS,
+    RESIZE_FACTOR,
+    RESIZED_PIXEL_FRAME,
+    written_box,
+)
 from medgrit.core.vocab import BIRD_MODALITY, TASKS, Task
 
 Box = tuple[int, int, int, int]
 
 MEDGRIT_MODALITY: Mapping[str, str] = {v: k for k, v in BIRD_MODALITY.items()}
 PLANE_AXIS: Mapping[str, str] = {"sagittal": "x", "coronal": "y", "axial": "z", "2d": "z"}
+# The box formats each export format writes, its default first: ``bird`` is BiRD's Qwen-VL data;
+# ``qwen2vl`` speaks Qwen2-VL's tokens; ``trl`` matches ``medgrit finetune``'s default model
+# (Qwen2.5-VL); ``llava`` and ``hf`` keep the dataset's own text.
+EXPORT_BOX_FORMATS: Mapping[str, tuple[str, ...]] = {
+    "bird": ("qwen-vl",),
+    "llava": BOX_FORMATS,
+    "trl": ("qwen2.5-absolute", *(f for f in BOX_FORMATS if f != "qwen2.5-absolute")),
+    "qwen2vl": ("qwen2-tokens", *(f for f in BOX_FORMATS if f != "qwen2-tokens")),
+    "hf": BOX_FORMATS,
+}
 # BiRD's test file of each task.
 BIRD_TEST_FILES: Mapping[Task, str] = {
     "VG": "Test_VG.json",
@@ -169,6 +193,113 @@ def model_box_text(text: str, regions: Sequence[TextRegion], box_format: str) ->
     if box_format == "qwen2.5-json":
         return _json_text(text, regions)
     raise ValueError(f"unknown box format {box_format!r}; expected one of {BOX_FORMATS}")
+
+
+class BoxedRegion(Protocol):
+    """A region as :func:`model_text` reads it: its label, its half-open pixel box and its
+    Qwen-VL box."""
+
+    @property
+    def label(self) -> str: ...
+
+    @property
+    def bbox(self) -> Box: ...
+
+    @property
+    def bbox_1000(self) -> Box: ...
+
+
+def model_text(
+    text: str,
+    regions: Mapping[str, BoxedRegion],
+    region_ids: Sequence[str],
+    box_format: str,
+    size: tuple[int, int],
+    resized: tuple[int, int],
+) -> str:
+    """A turn's text (the dataset's, with Qwen-VL boxes) as a model of ``box_format`` reads and
+    writes it, each box written from its region (:func:`model_box_text`,
+    :func:`medgrit.core.vlm.written_box`).
+
+    Args:
+        text: a question or answer of the turn.
+        regions: the image's regions by region id.
+        region_ids: the turn's own regions, looked up first, so that a box two regions share is
+            read as the turn's.
+        box_format: one of :data:`medgrit.core.vlm.BOX_FORMATS`.
+        size: the image's (width, height).
+        resized: its (width, height) as the model sees it
+            (:func:`medgrit.core.vlm.resized_size`); read only by the pixel formats.
+
+    Raises:
+        ValueError: for an unknown box format, or a box that is no box of the regions.
+    """
+    if box_format == "qwen-vl":
+        return text
+    own = [i for i in region_ids if i in regions]
+    order = [*own, *(i for i in regions if i not in set(own))]
+    boxed = [
+        TextRegion(r.label, r.bbox_1000, written_box(box_format, r.bbox, size, resized))
+        for r in (regions[i] for i in order)
+    ]
+    return model_box_text(text, boxed, box_format)
+
+
+def export_box_format(export_format: str, box_format: str | None) -> str:
+    """The box format an export of ``export_format`` writes: ``box_format``, or the format's
+    default (:data:`EXPORT_BOX_FORMATS`) when None.
+
+    Raises:
+        ValueError: one line, for an unknown export format or a box format it cannot carry.
+    """
+    allowed = EXPORT_BOX_FORMATS.get(export_format)
+    if allowed is None:
+        known = ", ".join(EXPORT_BOX_FORMATS)
+        raise ValueError(f"unknown export format {export_format!r}; choose one of {known}")
+    if box_format is None:
+        return allowed[0]
+    if box_format not in BOX_FORMATS:
+        raise ValueError(f"unknown --boxes {box_format!r}; choose one of {', '.join(BOX_FORMATS)}")
+    if box_format not in allowed:
+        others = [f for f, boxes in EXPORT_BOX_FORMATS.items() if box_format in boxes]
+        raise ValueError(
+            f"--format {export_format} writes --boxes {' or '.join(allowed)} only (what its "
+            f"training code reads); for {box_format} boxes use one of --format "
+            f"{', '.join(others)}"
+        )
+    return box_format
+
+
+def box_format_note(box_format: str, max_pixels: int = DEFAULT_MAX_PIXELS) -> str:
+    """One Markdown sentence on how an export's text writes boxes (for a dataset card).
+
+    Raises:
+        ValueError: for an unknown box format.
+    """
+    if box_format == "qwen-vl":
+        return (
+            "Boxes in text are Qwen-VL boxes `<ref>label</ref><box>(x1,y1),(x2,y2)</box>` in "
+            "0-1000 coordinates (`bbox_1000`)."
+        )
+    if box_format == "qwen2-tokens":
+        return (
+            "Boxes in text are Qwen2-VL's box tokens `<|object_ref_start|>label<|object_ref_end|>"
+            "<|box_start|>(x1,y1),(x2,y2)<|box_end|>` in 0-1000 coordinates (`bbox_1000`)."
+        )
+    if BOX_FRAME.get(box_format) != RESIZED_PIXEL_FRAME:
+        raise ValueError(f"unknown box format {box_format!r}; expected one of {BOX_FORMATS}")
+    syntax = (
+        "Qwen2.5-VL's box tokens `<|object_ref_start|>label<|object_ref_end|><|box_start|>"
+        "(x1,y1),(x2,y2)<|box_end|>`"
+        if box_format == "qwen2.5-absolute"
+        else 'Qwen2.5-VL\'s grounding JSON `{"bbox_2d": [x1, y1, x2, y2], "label": "label"}`'
+    )
+    return (
+        f"Boxes in text are {syntax} in pixels of the image as the model sees it: resized to "
+        f"sides that are multiples of {RESIZE_FACTOR}, at least {DEFAULT_MIN_PIXELS} and at most "
+        f"{max_pixels} pixels (the image processor's `min_pixels` and `max_pixels`; train with "
+        "the same)."
+    )
 
 
 def format_ref_box(label: str, box: Box) -> str:

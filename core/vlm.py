@@ -25,7 +25,9 @@ score in. A pixel box ``[x0, y0, x1, y1)`` of the image becomes, in each format:
   ``<|object_ref_start|>liver<|object_ref_end|><|box_start|>(200,150),(550,450)<|box_end|>``.
   Read back with each value clamped to 0-999 (Qwen2-VL may write 1000).
 - ``qwen2.5-absolute``: the same tokens with absolute pixel coordinates of the image *as the
-  model sees it*, after :func:`smart_resize`: the box scaled by the resize factors and rounded
+  model sees it*, after :func:`smart_resize` (:func:`resized_size`: sides rounded to multiples
+  of 28, at least 56 * 56 and by default at most 1280 * 28 * 28 pixels, as ``medgrit finetune``
+  and ``medgrit export`` resize): the box scaled by the resize factors and rounded
   (:func:`scale_box`), as Qwen2.5-VL grounds. Read back as ``floor(1000 * v / resized_size)``
   clamped to 0-999.
 - ``qwen2.5-json``: those resized pixels as the JSON Qwen2.5-VL writes its grounding answers in,
@@ -58,6 +60,13 @@ BOX_FRAME: Mapping[str, str] = {
     "qwen2.5-absolute": RESIZED_PIXEL_FRAME,
     "qwen2.5-json": RESIZED_PIXEL_FRAME,
 }
+# The resize of Qwen2-VL-family image processors (:func:`resized_size`): 14-pixel patches merged
+# 2x2, so both sides are multiples of 28; at least 56 * 56 pixels (the processors' and
+# Qwen2.5-VL's own ``min_pixels``); at most ``medgrit finetune``'s default ``max_pixels``, 1280
+# merged patches (Qwen2.5-VL's own allows 12845056).
+RESIZE_FACTOR = 28
+DEFAULT_MIN_PIXELS = 56 * 56
+DEFAULT_MAX_PIXELS = 1280 * 28 * 28
 # The native box format of each transformers ``model_type``.
 MODEL_BOX_FORMATS: Mapping[str, str] = {
     "qwen2_vl": "qwen2-tokens",
@@ -110,6 +119,23 @@ def smart_resize(
         h = math.ceil(height * beta / factor) * factor
         w = math.ceil(width * beta / factor) * factor
     return h, w
+
+
+def resized_size(
+    width: int,
+    height: int,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    min_pixels: int = DEFAULT_MIN_PIXELS,
+) -> tuple[int, int]:
+    """(width, height) of an image of ``width`` x ``height`` as a Qwen2-VL-family model sees it
+    (:func:`smart_resize` with factor 28): by default as ``medgrit finetune`` resizes it, whose
+    absolute boxes are pixels of this size.
+
+    Raises:
+        ValueError: for an empty image or an aspect ratio above 200.
+    """
+    h, w = smart_resize(height, width, RESIZE_FACTOR, min_pixels, max_pixels)
+    return w, h
 
 
 def image_token_count(

@@ -5,7 +5,16 @@ record per image, whose first question starts with ``Picture 1: <img>NAME.png</i
 ``Test_VG.json``, ``Test_RO.json``, ``Test_GC.json``, ``Test_MII.json`` (BiRD's names for VG, ROC,
 RC, MIA): one record per test turn, ``{"id": NAME, "conversations": [[question, answer]]}``, the
 question again with the image prefix; an image with two turns of a task has two records of the
-same id. Images: ``images/NAME.png``. Text is the dataset's own (Qwen-VL boxes, ``bbox_1000``).
+same id. Images: ``images/NAME.png``. Text is the dataset's own (Qwen-VL boxes, ``bbox_1000``),
+the only box format BiRD's Qwen-VL code reads.
+
+The files name no image path but the ``id``; from any working directory, load them as::
+
+    import datasets
+    folder = "/abs/path/to/export"
+    ds = datasets.load_dataset("json", data_files={"train": f"{folder}/train.json"})
+    ds = ds.map(lambda r: {"image": f"{folder}/images/{r['id']}.png"})
+    ds = ds.cast_column("image", datasets.Image())
 """
 
 from __future__ import annotations

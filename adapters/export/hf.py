@@ -3,9 +3,12 @@
 One row per image: ``id`` (the sample name), ``image`` (an ``Image`` feature: PNG bytes),
 ``image_id``, ``dataset``, ``case_id`` (pseudonymous), ``modality``, ``plane``, ``slice_index``,
 ``width``, ``height``, ``qa`` (the turns: task, question, answer, region_ids) and ``regions``
-(region_id, label, bbox, bbox_1000). ``datasets.load_dataset(FOLDER)`` reads it offline: the card's
-YAML front matter names the split files, and the Parquet metadata carries the features. Both
-split files are written in one pass over the images parts, row group by row group.
+(region_id, label, bbox, bbox_1000). ``datasets.load_dataset("/abs/path/to/FOLDER")`` reads it
+offline from any working directory, images decoded (their bytes are in the Parquet files): the
+card's YAML front matter names the split files, and the Parquet metadata carries the features.
+Both split files are written in one pass over the images parts, row group by row group. The
+turns' text has its boxes in the box format a :class:`~medgrit.adapters.export.records.TurnText`
+writes (``qwen-vl`` by default, the dataset's own text); the card says which.
 
 The card (``README.md``) gives the counts per split, modality and task, the sources (names,
 kinds, modalities and case counts, never local paths), the licences the user names, and the
@@ -33,8 +36,15 @@ from medgrit.adapters.export.hfparquet import (
     ParquetRowGroupWriter,
     with_features,
 )
-from medgrit.adapters.export.records import SPLITS, DatasetRecords, ExportRecord, iter_images
+from medgrit.adapters.export.records import (
+    SPLITS,
+    DatasetRecords,
+    ExportRecord,
+    TurnText,
+    iter_images,
+)
 from medgrit.adapters.store.bookkeeping import content_config
+from medgrit.core.exports import box_format_note
 from medgrit.core.markdown import escape_markdown, markdown_table
 from medgrit.core.vocab import TASKS
 from medgrit.schemas.manifest import Manifest
@@ -82,7 +92,10 @@ SCHEMA = with_features(
 )
 
 
-def _row(r: ExportRecord, png: bytes) -> dict:
+DATASET_TEXT = TurnText()  # the dataset's own text: Qwen-VL boxes
+
+
+def _row(r: ExportRecord, png: bytes, text: TurnText) -> dict:
     return {
         "id": r.name,
         "image": {"bytes": png, "path": f"{r.name}.png"},
@@ -97,8 +110,8 @@ def _row(r: ExportRecord, png: bytes) -> dict:
         "qa": [
             {
                 "task": q.task,
-                "question": q.question,
-                "answer": q.answer,
+                "question": text(q.question, r, q),
+                "answer": text(q.answer, r, q),
                 "region_ids": list(q.region_ids),
             }
             for q in r.qa
@@ -173,9 +186,13 @@ def _licence_id(overall: str | None) -> str:
 
 
 def dataset_card(
-    records: DatasetRecords, overall: str | None, per_source: Mapping[str, str]
+    records: DatasetRecords,
+    overall: str | None,
+    per_source: Mapping[str, str],
+    text: TurnText = DATASET_TEXT,
 ) -> str:
-    """The card's text: YAML front matter (configs, splits, licence) and the counts."""
+    """The card's text: YAML front matter (configs, splits, licence), how to load it, the box
+    format of the text (``text``'s) and the counts."""
     manifest = records.manifest
     front = [
         "---",
@@ -222,10 +239,12 @@ def dataset_card(
         "",
         "Instruction data for visual grounding (VG), referring object classification (ROC), "
         "referring captioning (RC) and medical image analysis (MIA), built by medgrit from "
-        "segmentation masks. Boxes in text are Qwen-VL boxes "
-        "`<ref>label</ref><box>(x1,y1),(x2,y2)</box>` in 0-1000 coordinates (`bbox_1000`); "
-        "`regions.bbox` is the half-open pixel box. Cases are pseudonymised and train and test "
-        "are split by case.",
+        f"segmentation masks. {box_format_note(text.box_format, text.max_pixels)} "
+        "`regions.bbox` is the half-open pixel box of the image as stored, `regions.bbox_1000` "
+        "its Qwen-VL box. Cases are pseudonymised and train and test are split by case.",
+        "",
+        'Load it with `datasets.load_dataset("path/to/this/folder")` from any working '
+        "directory: the images decode to PIL images.",
         "",
         f"Licence: {escape_markdown(overall) if overall else 'not given'}.",
         "",
@@ -247,8 +266,11 @@ def dataset_card(
     return "\n".join(front + body)
 
 
-def write_hf(records: DatasetRecords, folder: Path, licences: list[str]) -> dict[str, int]:
-    """Write the Hugging Face dataset folder; returns rows per file.
+def write_hf(
+    records: DatasetRecords, folder: Path, licences: list[str], text: TurnText = DATASET_TEXT
+) -> dict[str, int]:
+    """Write the Hugging Face dataset folder, boxes as ``text`` writes them; returns rows per
+    file.
 
     Raises:
         ValueError: for ``licences`` that :func:`split_licences` or
@@ -264,7 +286,8 @@ def write_hf(records: DatasetRecords, folder: Path, licences: list[str]) -> dict
         }
         for record, png in iter_images(records):
             if record.split in writers:
-                writers[record.split].add(_row(record, png))
+                writers[record.split].add(_row(record, png, text))
     counts = {names[s]: w.count for s, w in writers.items()}
-    (folder / "README.md").write_text(dataset_card(records, overall, per_source), encoding="utf-8")
+    card = dataset_card(records, overall, per_source, text)
+    (folder / "README.md").write_text(card, encoding="utf-8")
     return counts

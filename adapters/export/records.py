@@ -18,10 +18,12 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from medgrit.adapters.runtime import progress
 from medgrit.adapters.store.bookkeeping import load_dataset
 from medgrit.adapters.store.parquet import open_parquet, part_path, read_parquet, require_parts
 from medgrit.adapters.store.validate import read_table
-from medgrit.core.exports import Box, TextRegion, sample_name
+from medgrit.core.exports import Box, model_text, sample_name
+from medgrit.core.vlm import BOX_FRAME, DEFAULT_MAX_PIXELS, RESIZED_PIXEL_FRAME, resized_size
 from medgrit.schemas.manifest import Manifest
 from medgrit.schemas.tables import TABLES
 
@@ -81,15 +83,35 @@ class ExportRecord:
     qa: tuple[ExportQA, ...]
     regions: Mapping[str, ExportRegion]
 
-    def text_regions(self, absolute: bool = False, first: tuple[str, ...] = ()) -> list[TextRegion]:
-        """The image's regions as box lookups, the turn's own (``first``) before the others so a
-        box two regions share is read as the turn's; ``absolute`` writes pixel ``bbox`` values."""
-        order = [i for i in first if i in self.regions]
-        order += [i for i in self.regions if i not in set(first)]
-        return [
-            TextRegion(r.label, r.bbox_1000, r.bbox if absolute else r.bbox_1000)
-            for r in (self.regions[i] for i in order)
-        ]
+
+@dataclass(frozen=True)
+class TurnText:
+    """How an export writes a turn's text: boxes in ``box_format`` (one of
+    :data:`medgrit.core.vlm.BOX_FORMATS`), those in pixels in the frame of the image resized as
+    a Qwen2-VL-family image processor with ``max_pixels`` does (``medgrit finetune``'s default),
+    through :func:`medgrit.core.exports.model_text`, as ``finetune`` writes them."""
+
+    box_format: str = "qwen-vl"
+    max_pixels: int = DEFAULT_MAX_PIXELS
+
+    def __call__(self, text: str, record: ExportRecord, qa: ExportQA) -> str:
+        """``text`` (a question or answer of ``qa``, a turn of ``record``) in the box format.
+
+        Raises:
+            ExportError: for an image a Qwen2-VL-family model cannot take (pixel formats only).
+            ValueError: for an unknown box format, or a box that is no box of the image.
+        """
+        size = (record.width, record.height)
+        resized = size
+        if BOX_FRAME.get(self.box_format) == RESIZED_PIXEL_FRAME:
+            try:
+                resized = resized_size(*size, max_pixels=self.max_pixels)
+            except ValueError as exc:
+                raise ExportError(
+                    f"{record.name}: {exc}, so it has no {self.box_format} boxes; "
+                    "export with --boxes qwen-vl or qwen2-tokens"
+                ) from None
+        return model_text(text, record.regions, qa.region_ids, self.box_format, size, resized)
 
 
 @dataclass(frozen=True)
@@ -187,6 +209,7 @@ def iter_images(records: DatasetRecords) -> Iterator[tuple[ExportRecord, bytes]]
                             f"{records.root / part} changed while exporting; export again"
                         )
                     yield record, pngs[i].as_py()
+                    progress.advance("images")  # the caller is done with it
                     row += 1
 
 

@@ -5,11 +5,30 @@ whose parts are ``{"type": "image"}`` (only at the start of the first user turn)
 ``{"type": "text", "text": ...}``, and ``images``, the list of the row's one image.
 
 Parquet (default): ``train.parquet``, ``test.parquet``; images as ``{bytes, path}`` structs with
-``datasets`` features, so ``load_dataset("parquet", ...)`` gives PIL images; in Parquet every
-content part has both keys (``text`` is null on the image part), as on TRL's own hub datasets.
+``datasets`` features, so they load with images decoded from any working directory::
+
+    datasets.load_dataset("parquet", data_files={"train": "/abs/trl/train.parquet", ...})
+
+In Parquet every content part has both keys (``text`` is null on the image part), as on TRL's
+own hub datasets. Both Parquet files are written in one pass over the images parts, row group
+by row group.
+
 JSONL (``jsonl=True``): ``train.jsonl``, ``test.jsonl`` with images as paths relative to the
-folder (``images/NAME.png``, written alongside). Text is the dataset's own (Qwen-VL boxes).
-Both Parquet files are written in one pass over the images parts, row group by row group.
+folder the JSONL files are in (``images/NAME.png``, written alongside). ``datasets`` does not
+resolve a path against its JSON file, so from anywhere load it as::
+
+    folder = "/abs/path/to/export"
+    files = {split: f"{folder}/{split}.jsonl" for split in ("train", "test")}
+    ds = datasets.load_dataset("json", data_files=files)
+    ds = ds.map(lambda r: {"images": [f"{folder}/{p}" for p in r["images"]]})
+    ds = ds.cast_column("images", datasets.Sequence(datasets.Image()))
+
+Text: boxes in Qwen2.5-VL's absolute pixels by default (``qwen2.5-absolute``, what ``medgrit
+finetune`` trains its default Qwen2.5-VL model on), in the frame of the image resized with
+``max_pixels`` 1280 * 28 * 28: give the processor TRL trains with the same ``max_pixels`` (the
+model's own default is larger), or export with the ``--max-pixels`` it uses. Any box format of
+:data:`medgrit.core.vlm.BOX_FORMATS` can be written instead
+(:class:`~medgrit.adapters.export.records.TurnText`).
 """
 
 from __future__ import annotations
@@ -27,10 +46,12 @@ from medgrit.adapters.export.hfparquet import (
     ParquetRowGroupWriter,
     with_features,
 )
+from medgrit.adapters.export.llava import IMAGES, TextMap
 from medgrit.adapters.export.records import (
     SPLITS,
     DatasetRecords,
     ExportRecord,
+    TurnText,
     iter_images,
     write_pngs,
 )
@@ -44,32 +65,38 @@ SCHEMA = with_features(
         "images": [IMAGE],
     },
 )
+FINETUNE_TEXT = TurnText("qwen2.5-absolute")  # medgrit finetune's boxes for its default model
 
 
-def messages_of(record: ExportRecord) -> list[dict]:
-    """The record's turns as TRL messages (the image part first in the first user turn)."""
+def messages_of(record: ExportRecord, text: TextMap = FINETUNE_TEXT) -> list[dict]:
+    """The record's turns as TRL messages (the image part first in the first user turn), each
+    question and answer as ``text`` writes it."""
     messages = []
     for i, qa in enumerate(record.qa):
-        content = [{"type": "text", "text": qa.question}]
+        content = [{"type": "text", "text": text(qa.question, record, qa)}]
         if i == 0:
             content.insert(0, {"type": "image"})
+        answer = text(qa.answer, record, qa)
         messages.append({"role": "user", "content": content})
-        messages.append({"role": "assistant", "content": [{"type": "text", "text": qa.answer}]})
+        messages.append({"role": "assistant", "content": [{"type": "text", "text": answer}]})
     return messages
 
 
-def _parquet_row(record: ExportRecord, png: bytes) -> dict:
+def _parquet_row(record: ExportRecord, png: bytes, text: TextMap) -> dict:
     return {
         "messages": [
             {"role": m["role"], "content": [{"text": None, **p} for p in m["content"]]}
-            for m in messages_of(record)
+            for m in messages_of(record, text)
         ],
         "images": [{"bytes": png, "path": f"{record.name}.png"}],
     }
 
 
-def write_trl(records: DatasetRecords, folder: Path, jsonl: bool = False) -> dict[str, int]:
-    """Write the TRL layout into ``folder``; returns rows per file."""
+def write_trl(
+    records: DatasetRecords, folder: Path, jsonl: bool = False, text: TextMap = FINETUNE_TEXT
+) -> dict[str, int]:
+    """Write the TRL layout into ``folder``, boxes as ``text`` writes them; returns rows per
+    file."""
     if not jsonl:
         with ExitStack() as stack:
             writers = {
@@ -78,13 +105,13 @@ def write_trl(records: DatasetRecords, folder: Path, jsonl: bool = False) -> dic
             }
             for record, png in iter_images(records):
                 if record.qa and record.split in writers:
-                    writers[record.split].add(_parquet_row(record, png))
+                    writers[record.split].add(_parquet_row(record, png, text))
         return {f"{s}.parquet": w.count for s, w in writers.items()}
-    counts = {"images": write_pngs(records, folder / "images")}
+    counts = {IMAGES: write_pngs(records, folder / IMAGES)}
     for split in SPLITS:
         lines = [
             json.dumps(
-                {"messages": messages_of(r), "images": [f"images/{r.name}.png"]},
+                {"messages": messages_of(r, text), "images": [f"{IMAGES}/{r.name}.png"]},
                 ensure_ascii=False,
             )
             for r in records.splits.get(split, ())

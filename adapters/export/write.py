@@ -22,29 +22,42 @@ from medgrit.adapters.export.bird import write_bird
 from medgrit.adapters.export.hf import write_hf
 from medgrit.adapters.export.llava import write_llava
 from medgrit.adapters.export.qwen2vl import write_qwen2vl
-from medgrit.adapters.export.records import DatasetRecords, read_records
+from medgrit.adapters.export.records import DatasetRecords, TurnText, read_records
 from medgrit.adapters.export.trl import write_trl
 from medgrit.adapters.runtime.atomic import atomic_folder, is_left_by_dead_process, write_atomic
+from medgrit.core.exports import export_box_format
+from medgrit.core.vlm import DEFAULT_MAX_PIXELS
 
 
 @dataclass(frozen=True)
 class ExportOptions:
-    """The flags that apply to one format only (``jsonl``: trl; ``absolute_boxes``: qwen2vl;
-    ``licences``: hf)."""
+    """The options of an export: ``boxes``, the box format of the text (None: the format's
+    default, :data:`medgrit.core.exports.EXPORT_BOX_FORMATS`), with ``max_pixels`` the resize
+    of its pixel boxes; and the flags of one format (``jsonl``: trl; ``licences``: hf)."""
 
     jsonl: bool = False
-    absolute_boxes: bool = False
+    boxes: str | None = None
     licences: tuple[str, ...] = field(default_factory=tuple)
+    max_pixels: int = DEFAULT_MAX_PIXELS
+
+
+def turn_text(fmt: str, options: ExportOptions) -> TurnText:
+    """How an export of ``fmt`` writes its turns' text under ``options``.
+
+    Raises:
+        ValueError: for an unknown format, or a box format ``fmt`` cannot carry.
+    """
+    return TurnText(export_box_format(fmt, options.boxes), options.max_pixels)
 
 
 Writer = Callable[[DatasetRecords, Path, ExportOptions], dict[str, int]]
 
 FORMATS: dict[str, Writer] = {
-    "bird": lambda r, f, o: write_bird(r, f),
-    "llava": lambda r, f, o: write_llava(r, f),
-    "trl": lambda r, f, o: write_trl(r, f, jsonl=o.jsonl),
-    "qwen2vl": lambda r, f, o: write_qwen2vl(r, f, absolute=o.absolute_boxes),
-    "hf": lambda r, f, o: write_hf(r, f, list(o.licences)),
+    "bird": lambda r, f, o: write_bird(r, f),  # Qwen-VL boxes only (``turn_text`` checks)
+    "llava": lambda r, f, o: write_llava(r, f, turn_text("llava", o)),
+    "trl": lambda r, f, o: write_trl(r, f, jsonl=o.jsonl, text=turn_text("trl", o)),
+    "qwen2vl": lambda r, f, o: write_qwen2vl(r, f, turn_text("qwen2vl", o)),
+    "hf": lambda r, f, o: write_hf(r, f, list(o.licences), turn_text("hf", o)),
 }
 
 
@@ -81,9 +94,11 @@ def export_dataset(
 
     Raises:
         KeyError: for an unknown format.
+        ValueError: for a box format (``options.boxes``) the format cannot carry.
         ManifestError, ExportError: for a dataset that is missing or not complete.
     """
     writer = FORMATS[fmt]
+    turn_text(fmt, options)  # a box format the format refuses is refused before reading
     records = read_records(dataset)
     out.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_staging(out.parent)

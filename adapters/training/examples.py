@@ -12,8 +12,9 @@ question, for greedy generation per task. With ``eval_split = "train"``, the tra
 were trained, each asked in its conversation.
 
 Text comes from the dataset: for ``qwen-vl`` as it is; for the other box formats every box
-(questions' and answers') is written from its region's box in the format's frame
-(:func:`medgrit.core.exports.model_box_text`, :func:`medgrit.core.vlm.written_box`).
+(questions' and answers') is written from its region's box in the format's frame, pixel boxes in
+the frame of the image as the processor resizes it (:func:`medgrit.core.exports.model_text`,
+the function ``medgrit export`` writes its text with too).
 """
 
 from __future__ import annotations
@@ -26,8 +27,8 @@ from pathlib import Path
 from medgrit.adapters.export.bird import TestItem, test_items
 from medgrit.adapters.export.records import DatasetRecords, ExportRecord, iter_images
 from medgrit.adapters.training.processor import VisionChatProcessor
-from medgrit.core.exports import TextRegion, bird_question, model_box_text
-from medgrit.core.vlm import chat_pieces, written_box
+from medgrit.core.exports import bird_question, model_text
+from medgrit.core.vlm import chat_pieces
 
 
 class NoExampleFits(ValueError):
@@ -46,22 +47,12 @@ class ExampleStats:
     examples_too_long: int
 
 
-def model_text(
+def _text(
     text: str, record: ExportRecord, region_ids: tuple[str, ...], box_format: str, resized: tuple
 ) -> str:
     """A turn's text as the model reads and writes it (see the module docstring)."""
-    if box_format == "qwen-vl":
-        return text
     size = (record.width, record.height)
-    regions = [
-        TextRegion(r.label, r.bbox_1000, written_box(box_format, r.bbox, size, resized))
-        for r in (
-            record.regions[i]
-            for i in [*region_ids, *[k for k in record.regions if k not in region_ids]]
-            if i in record.regions
-        )
-    ]
-    return model_box_text(text, regions, box_format)
+    return model_text(text, record.regions, region_ids, box_format, size, resized)
 
 
 EXAMPLES_FILE = "train.arrow"
@@ -78,8 +69,8 @@ def _example_rows(
         resized = processor.resized(record.width, record.height)
         turns = [
             (
-                model_text(q.question, record, q.region_ids, box_format, resized),
-                model_text(q.answer, record, q.region_ids, box_format, resized),
+                _text(q.question, record, q.region_ids, box_format, resized),
+                _text(q.answer, record, q.region_ids, box_format, resized),
             )
             for q in record.qa
         ]
@@ -248,11 +239,11 @@ def iter_prompts(
                 continue
             item = items[i]
             plain = item.question.removeprefix(bird_question(record.name, ""))
-            text = model_text(plain, record, item.region_ids, box_format, resized)
+            text = _text(plain, record, item.region_ids, box_format, resized)
             before = record.qa[: at[i]] if split == "train" else ()
             context = [
                 tuple(
-                    model_text(t, record, q.region_ids, box_format, resized)
+                    _text(t, record, q.region_ids, box_format, resized)
                     for t in (q.question, q.answer)
                 )
                 for q in before
@@ -296,7 +287,7 @@ def longest_answers(
         resized = processor.resized(record.width, record.height)
         for q in record.qa:
             tasks.append(q.task)
-            texts.append(model_text(q.answer, record, q.region_ids, box_format, resized))
+            texts.append(_text(q.answer, record, q.region_ids, box_format, resized))
         if len(texts) >= 4096:
             count()
     if texts:
