@@ -8,11 +8,13 @@ leaves nothing half-written.
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
+from medgrit.adapters.runtime import progress
 from medgrit.cli.messages import fail, fail_unreadable_tables, reason_of, shown
 from medgrit.cli.outputs import check_output
 
@@ -38,6 +40,9 @@ def report(
         int, typer.Option(min=0, help="Gallery size: images shown with boxes and conversation.")
     ] = 8,
     seed: Annotated[int, typer.Option(help="Seed of the gallery's choice of images.")] = 0,
+    reject_examples: Annotated[
+        int, typer.Option(min=0, help="Examples shown per reject reason (0: counts only).")
+    ] = 3,
     overwrite: Annotated[
         bool, typer.Option(help="Replace --out when it exists (else an existing file is refused).")
     ] = False,
@@ -46,7 +51,9 @@ def report(
 
     Tables of images per modality, split and dataset, QA pairs per modality and task, labels
     and rejects; histograms of box sizes and centres; sample images (one of each modality
-    first) with their boxes and conversations. One file, nothing fetched: open it anywhere.
+    first) with their boxes and conversations; examples of each reject reason (the image, the
+    rejected turn, the words that broke the rule marked). One file, nothing fetched: open it
+    anywhere.
     """
     from medgrit.adapters.store.dataset_dir import is_medgrit_dataset
     from medgrit.adapters.store.manifest import ManifestError
@@ -58,6 +65,8 @@ def report(
     if not is_medgrit_dataset(dataset):
         fail(f"{shown(dataset)} is not a medgrit dataset (no medgrit dataset.json in it)")
     _check_target(out, dataset, overwrite)
+    if sys.stderr.isatty():  # off a terminal an error stays the only line
+        progress.phase(f"reading {shown(dataset)} and drawing its report")
 
     from pyarrow import ArrowException
 
@@ -65,7 +74,9 @@ def report(
     from medgrit.adapters.store.parquet import MissingPart
 
     try:
-        written = write_report(dataset, out, samples=samples, seed=seed)
+        written = write_report(
+            dataset, out, samples=samples, seed=seed, reject_examples=reject_examples
+        )
     except (ManifestError, MissingPart) as exc:
         fail(str(exc))
     except ArrowException as exc:

@@ -6,29 +6,37 @@ A Content-Security-Policy meta tag allows only inline styles, the one inline scr
 ``data:`` images, so nothing is fetched from anywhere even if the page is opened online.
 
 Tables carry ids, for readers and tests: ``totals``, ``by-modality``, ``by-split``,
-``by-dataset``, ``by-modality-task``, ``labels`` and ``rejects``. The inline script sets
+``by-dataset``, ``by-modality-task``, ``labels`` and ``rejects`` (the rejects part and its
+examples: :mod:`medgrit.adapters.report.rejects`). The inline script sets
 ``data-loaded`` on ``<body>`` to the number of images once all of them decoded (``broken`` when
 one did not), so a headless browser can check the page rendered.
+
+Size: the gallery's pictures, and at most :data:`MAX_REJECT_PICTURES` pictures of reject
+examples (smaller ones), are the page's only images beside three charts.
 
 What is read: see :mod:`medgrit.adapters.report.reader`.
 """
 
 from __future__ import annotations
 
-import base64
 from collections import Counter
 from html import escape
 from pathlib import Path
 
 from medgrit.adapters.report import charts
 from medgrit.adapters.report.gallery import draw_regions
+from medgrit.adapters.report.markup import img_tag as _img
+from medgrit.adapters.report.markup import table as _table
 from medgrit.adapters.report.reader import (
+    RejectExample,
     ReportData,
     Sample,
     done_shards,
+    read_reject_examples,
     read_report_data,
     read_samples,
 )
+from medgrit.adapters.report.rejects import rejects_html
 from medgrit.adapters.runtime.atomic import write_atomic
 from medgrit.core.fsnames import escape_name
 from medgrit.core.report_stats import (
@@ -52,7 +60,16 @@ td.n { text-align: right; font-variant-numeric: tabular-nums; }
 .sample table { flex: 1; margin: 0; }
 .sample td { vertical-align: top; word-break: break-word; }
 .meta { color: #555; font-size: 0.85em; margin: 0 0 0.4em; }
+.reject-example { display: flex; gap: 1em; margin-bottom: 1em; align-items: flex-start; }
+.reject-example img { border: 1px solid #ccc; flex: none; }
+.reject-example table { margin: 0; }
+.reject-example td { vertical-align: top; word-break: break-word; }
+.detail { font-family: ui-monospace, monospace; font-size: 0.85em; word-break: break-word; }
+mark { background: #ffd54f; }
 """
+
+MAX_REJECT_PICTURES = 24
+"""Reject examples shown with their image at most, over all reasons (most frequent first)."""
 
 _CSP = "default-src 'none'; img-src data:; style-src 'unsafe-inline'; script-src 'unsafe-inline'"
 
@@ -63,27 +80,6 @@ window.addEventListener("load", function () {
   document.body.setAttribute("data-loaded", ok ? String(images.length) : "broken");
 });
 """
-
-
-def _png_uri(png: bytes) -> str:
-    return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
-
-
-def _img(png: bytes, alt: str, css_class: str = "chart") -> str:
-    return f'<img class="{css_class}" alt="{escape(alt)}" src="{_png_uri(png)}">'
-
-
-def _table(table_id: str, header: list[str], rows: list[list[object]]) -> str:
-    """A table; ints go in right-aligned number cells, everything else is escaped text."""
-
-    def cell(value: object, tag: str) -> str:
-        if isinstance(value, int):
-            return f'<{tag} class="n">{value}</{tag}>'
-        return f"<{tag}>{escape(str(value))}</{tag}>"
-
-    head = "".join(cell(h, "th") for h in header)
-    body = "".join("<tr>" + "".join(cell(v, "td") for v in row) + "</tr>" for row in rows)
-    return f'<table id="{table_id}"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
 
 
 def _counts(table_id: str, key: str, counts: Counter | dict[str, int]) -> str:
@@ -120,8 +116,14 @@ def _sample_html(sample: Sample) -> str:
     )
 
 
-def render_report(data: ReportData, samples: list[Sample], title: str) -> str:
-    """The whole page as a string (see the module docstring for its ids and guarantees)."""
+def render_report(
+    data: ReportData,
+    samples: list[Sample],
+    title: str,
+    reject_examples: dict[str, list[RejectExample]] | None = None,
+) -> str:
+    """The whole page as a string (see the module docstring for its ids and guarantees);
+    ``reject_examples``: example rows per reject reason (none when not given)."""
     manifest = data.manifest
     shards = manifest.shards
     done = len(done_shards(manifest))
@@ -144,7 +146,7 @@ def render_report(data: ReportData, samples: list[Sample], title: str) -> str:
     )
     labels = ranked(data.labels)
     measures = box_measures(data.bbox_1000)
-    rejects = _counts("rejects", "reason", data.rejects_by_reason)
+    rejects = rejects_html(data.rejects_by_reason, reject_examples or {})
     gallery = "".join(_sample_html(s) for s in samples) or "<p>no images</p>"
     about = (
         f"medgrit {escape(str(manifest.medgrit_version or '?'))} · schema "
@@ -193,7 +195,13 @@ def render_report(data: ReportData, samples: list[Sample], title: str) -> str:
 """
 
 
-def write_report(out_dir: str | Path, target: str | Path, samples: int = 8, seed: int = 0) -> Path:
+def write_report(
+    out_dir: str | Path,
+    target: str | Path,
+    samples: int = 8,
+    seed: int = 0,
+    reject_examples: int = 3,
+) -> Path:
     """Write the report of a dataset to ``target``, atomically (a temp file, then a rename).
 
     Args:
@@ -201,16 +209,20 @@ def write_report(out_dir: str | Path, target: str | Path, samples: int = 8, seed
         target: the HTML file to write; its folder must exist.
         samples: gallery size (one image of each modality first, as far as it reaches).
         seed: seed of the gallery's choice.
+        reject_examples: example rows shown per reject reason (chosen by the data, not the
+            seed: the same rows in every report of the dataset).
 
     Raises:
         ManifestError: ``out_dir`` is not a readable medgrit dataset.
         OSError: ``target`` cannot be written.
     """
-    data = read_report_data(out_dir)
+    data = read_report_data(out_dir, examples=reject_examples)
     chosen = read_samples(
         out_dir, data, choose_samples(data.image_ids, data.modalities, samples, seed)
     )
-    page = render_report(data, chosen, escape_name(Path(out_dir).resolve().name) or "dataset")
+    examples = read_reject_examples(out_dir, data, MAX_REJECT_PICTURES)
+    title = escape_name(Path(out_dir).resolve().name) or "dataset"
+    page = render_report(data, chosen, title, examples)
     target = Path(target)
     write_atomic(target, page, permissions=0o644)
     return target

@@ -2,13 +2,16 @@
 
 What it reads, per done shard: ``images`` (image_id, dataset, modality, split), ``regions``
 (label, bbox_1000), ``conversations`` (image_id and the ``task`` leaf of ``qa``
-only) and ``rejects`` (stage, reason). Image bytes and the full conversations are read only for
-the gallery's images, one row group at a time, and their regions (image_id, label, bbox) from
-the shards that hold them (:func:`read_samples`). So a 75k-image dataset
-costs a few small columns plus the gallery's rows, never the PNGs of every image.
+only) and ``rejects`` (every column; of each shard's rejects only a few candidates for examples
+are kept, :func:`medgrit.core.report_stats.reject_candidates`). Image bytes and the full
+conversations are read only for the gallery's images and the rejects' examples, one row group at
+a time, and their regions (image_id, label, bbox) from the shards that hold them
+(:func:`read_samples`, :func:`read_reject_examples`). So a 75k-image dataset costs a few small
+columns plus the shown rows, never the PNGs of every image.
 
-Never read: source file names (the images' ``image.path``, the rejects' ``source`` and
-``detail``), which may identify a patient; the report shows pseudonymised case ids only.
+Never shown: source file names (the images' ``image.path`` is not read; the rejects' ``source``
+is read only to hide its file name, and the case's name, where a detail quotes them: ``no such
+file: [file]``), which may identify a patient; the report shows pseudonymised case ids only.
 """
 
 from __future__ import annotations
@@ -24,7 +27,17 @@ import pyarrow.parquet as pq
 
 from medgrit.adapters.store.bookkeeping import load_dataset
 from medgrit.adapters.store.parquet import open_parquet, part_path, read_parquet, require_parts
+from medgrit.core.report_stats import (
+    RejectRow,
+    best_units,
+    choose_reject_examples,
+    hide_names,
+    ranked,
+    reject_candidates,
+)
 from medgrit.schemas.manifest import Manifest
+
+_REJECT_COLUMNS = ["stage", "reason", "detail", "source", "dataset", "case_id", "image_id"]
 
 
 @dataclass(frozen=True)
@@ -52,6 +65,8 @@ class ReportData:
     bbox_1000: np.ndarray = field(default_factory=lambda: np.zeros((0, 4), np.int32))
     image_at: dict[str, RowAt] = field(default_factory=dict)
     conversation_at: dict[str, RowAt] = field(default_factory=dict)
+    example_candidates: list[RejectRow] = field(default_factory=list)
+    examples_per_reason: int = 0
 
 
 @dataclass(frozen=True)
@@ -68,6 +83,24 @@ class Sample:
     turns: list[dict]
 
 
+@dataclass(frozen=True)
+class RejectExample:
+    """One reject row shown as an example of its reason.
+
+    Attributes:
+        row: the row.
+        detail: its detail as shown: the source's file and case names hidden.
+        png: its image's PNG bytes, or None when the dataset does not hold the image (or the
+            report's pictures ran out).
+        regions: the image's regions (label and pixel box), as the gallery draws them.
+    """
+
+    row: RejectRow
+    detail: str
+    png: bytes | None = None
+    regions: list[dict] = field(default_factory=list)
+
+
 def _leaves(file: pq.ParquetFile, prefix: str) -> list[str]:
     meta = file.metadata.schema
     return [meta.column(i).path for i in range(len(meta)) if meta.column(i).path.startswith(prefix)]
@@ -78,8 +111,9 @@ def done_shards(manifest: Manifest) -> list[str]:
     return [s.id for s in manifest.shards if s.status == "done"]
 
 
-def read_report_data(out_dir: str | Path) -> ReportData:
-    """Counts, labels and boxes of every done shard (see the module docstring for the columns).
+def read_report_data(out_dir: str | Path, examples: int = 0) -> ReportData:
+    """Counts, labels and boxes of every done shard (see the module docstring for the columns),
+    and candidates for ``examples`` example rows per reject reason.
 
     Raises:
         ManifestError: when ``out_dir`` is not a readable medgrit dataset.
@@ -87,7 +121,7 @@ def read_report_data(out_dir: str | Path) -> ReportData:
         UnreadablePart: when a table part is not readable Parquet.
     """
     out = Path(out_dir)
-    data = ReportData(manifest=load_dataset(out))
+    data = ReportData(manifest=load_dataset(out), examples_per_reason=max(examples, 0))
     require_parts(out, data.manifest)
     modality_of: dict[str, str] = {}
     boxes: list[np.ndarray] = []
@@ -128,12 +162,66 @@ def read_report_data(out_dir: str | Path) -> ReportData:
             at += length
         data.rows["conversations"] += t.num_rows
         data.rows["qa"] += len(tasks)
-        t = read_parquet(out / part_path("rejects", shard), ["reason"])
+        columns = _REJECT_COLUMNS if data.examples_per_reason else ["reason"]
+        t = read_parquet(out / part_path("rejects", shard), columns)
         data.rejects_by_reason.update(_value_counts(t.column("reason")))
         data.rows["rejects"] += t.num_rows
+        if data.examples_per_reason and t.num_rows:
+            rows = _reject_rows(t, modality_of, data.examples_per_reason)
+            data.example_candidates = reject_candidates(
+                [*data.example_candidates, *rows], data.examples_per_reason
+            )
     if boxes:
         data.bbox_1000 = np.concatenate(boxes).astype(np.int32)
     return data
+
+
+def _reject_rows(t: pa.Table, modality_of: dict[str, str], per_group: int) -> list[RejectRow]:
+    """The rows of one shard's rejects that may become examples. A shard may hold millions of
+    rows but few distinct reasons, datasets, images and cases: only the rows of the units
+    :func:`~medgrit.core.report_stats.best_units` keeps, with each unit's first detail, become
+    objects."""
+    unit = pc.coalesce(t.column("image_id"), t.column("case_id"), pa.scalar("", pa.string()))
+    keyed = pa.table(
+        {
+            "reason": t.column("reason"),
+            "dataset": pc.fill_null(t.column("dataset"), ""),
+            "image_id": pc.fill_null(t.column("image_id"), ""),
+            "unit": unit,
+            "detail": t.column("detail"),
+        }
+    )
+    firsts = keyed.group_by(["reason", "dataset", "image_id", "unit"]).aggregate(
+        [("detail", "min")]
+    )
+    groups = firsts.to_pylist()
+    keys = [
+        (g["reason"], g["dataset"] or None, modality_of.get(g["image_id"]), g["unit"])
+        for g in groups
+    ]
+    best = best_units(keys, per_group)
+    wanted = [
+        "\x1f".join((g["reason"], g["dataset"], g["unit"], g["detail_min"]))
+        for g, key in zip(groups, keys, strict=True)
+        if key in best
+    ]
+    joined = pc.binary_join_element_wise(
+        keyed["reason"], keyed["dataset"], keyed["unit"], keyed["detail"], "\x1f"
+    )
+    chosen = t.filter(pc.is_in(joined, pa.array(wanted, pa.string())))
+    return [
+        RejectRow(
+            reason=row["reason"],
+            stage=row["stage"],
+            detail=row["detail"],
+            dataset=row["dataset"],
+            case_id=row["case_id"],
+            image_id=row["image_id"],
+            modality=modality_of.get(row["image_id"] or ""),
+            source=row["source"],
+        )
+        for row in chosen.to_pylist()
+    ]
 
 
 def _value_counts(column: pa.ChunkedArray) -> dict[str, int]:
@@ -172,24 +260,33 @@ def _read_row(out: Path, at: RowAt, columns: list[str]) -> dict:
     raise IndexError(f"row {at.row} is not in {at.part}")
 
 
-def read_samples(out_dir: str | Path, data: ReportData, indices: list[int]) -> list[Sample]:
-    """The gallery's images: PNG bytes, regions and conversation of each chosen image."""
-    out = Path(out_dir)
+def _read_images(out: Path, data: ReportData, image_ids: list[str]) -> dict[str, dict]:
+    """Each image's row (PNG bytes and the columns the page shows) and its regions, under
+    ``regions``; one row group per image, one regions part per shard."""
     by_part: dict[str, set[str]] = {}
-    for i in indices:
-        image_id = data.image_ids[i]
+    for image_id in image_ids:
         by_part.setdefault(data.image_at[image_id].part, set()).add(image_id)
     regions: dict[str, list[dict]] = {}
     for part, ids in by_part.items():
         regions.update(_regions_of(out, part, ids))
+    columns = ["image_id", "dataset", "case_id", "modality", "split", "image.bytes"]
+    return {
+        image_id: {
+            **_read_row(out, data.image_at[image_id], columns),
+            "regions": regions.get(image_id, []),
+        }
+        for image_id in dict.fromkeys(image_ids)
+    }
+
+
+def read_samples(out_dir: str | Path, data: ReportData, indices: list[int]) -> list[Sample]:
+    """The gallery's images: PNG bytes, regions and conversation of each chosen image."""
+    out = Path(out_dir)
+    images = _read_images(out, data, [data.image_ids[i] for i in indices])
     samples = []
     for i in indices:
         image_id = data.image_ids[i]
-        image = _read_row(
-            out,
-            data.image_at[image_id],
-            ["image_id", "dataset", "case_id", "modality", "split", "image.bytes"],
-        )
+        image = images[image_id]
         turns: list[dict] = []
         if image_id in data.conversation_at:
             turns = _read_row(out, data.conversation_at[image_id], ["qa"])["qa"]
@@ -201,8 +298,62 @@ def read_samples(out_dir: str | Path, data: ReportData, indices: list[int]) -> l
                 modality=image["modality"],
                 split=image["split"],
                 png=image["image"]["bytes"],
-                regions=regions.get(image_id, []),
+                regions=image["regions"],
                 turns=turns,
             )
         )
     return samples
+
+
+def _names_in(row: RejectRow, case_names: dict[str, str]) -> dict[str, str]:
+    """The file and case names a row's detail may quote, and what stands for each."""
+    names: dict[str, str] = {}
+    case = case_names.get(row.case_id or "")
+    if case:
+        names.update({case: "[case]", Path(case).name: "[case]"})
+    source = row.source.split("#")[0]
+    reference = source.removeprefix(f"{row.dataset}/") if row.dataset else source
+    file_name = Path(reference).name
+    for name in (source, reference, file_name, file_name.split(".")[0]):
+        if name:
+            names[name] = "[file]"
+    return names
+
+
+def read_reject_examples(
+    out_dir: str | Path, data: ReportData, pictures: int
+) -> dict[str, list[RejectExample]]:
+    """Example rows of each reject reason (:func:`~medgrit.core.report_stats.choose_reject_examples`
+    over what :func:`read_report_data` kept), reasons most frequent first; the first
+    ``pictures`` examples whose image the dataset holds come with it, in that order.
+    """
+    out = Path(out_dir)
+    chosen = choose_reject_examples(data.example_candidates, data.examples_per_reason)
+    case_names = {c.case_id: c.case for s in data.manifest.shards for c in s.cases}
+    ordered = [(reason, chosen.get(reason, [])) for reason in ranked(data.rejects_by_reason)]
+    pictured = [
+        row for _, rows in ordered for row in rows if row.pictured and row.image_id in data.image_at
+    ][:pictures]
+    images = _read_images(out, data, [row.image_id for row in pictured if row.image_id])
+    examples: dict[str, list[RejectExample]] = {}
+    for reason, rows in ordered:
+        examples[reason] = []
+        for row in rows:
+            image = images.get(row.image_id or "") if row in pictured else None
+            examples[reason].append(
+                RejectExample(
+                    row=row,
+                    detail=_shown_detail(row, case_names),
+                    png=image["image"]["bytes"] if image else None,
+                    regions=image["regions"] if image else [],
+                )
+            )
+    return examples
+
+
+def _shown_detail(row: RejectRow, case_names: dict[str, str]) -> str:
+    """A reject's detail as the page shows it: a turn's words as written (a turn never quotes a
+    file), a reader's message with the file and case names it quotes hidden."""
+    if row.stage in ("generate", "verify"):
+        return row.detail
+    return hide_names(row.detail, _names_in(row, case_names))
