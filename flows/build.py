@@ -148,11 +148,16 @@ def build_dataset(
     labels = run_tags(config)
 
     def publish(summary: str) -> None:
-        create_markdown_artifact(
-            key="medgrit-build-summary",
-            markdown=summary_markdown(summary, dashboard, config.out),
-            description=f"medgrit build of {escape_markdown(shown)}",
-        )
+        # Once per run, after the dashboard's final numbers: the last artifact created.
+        try:
+            dashboard.flush()
+            create_markdown_artifact(
+                key="medgrit-build-summary",
+                markdown=summary_markdown(summary, dashboard, config.out),
+                description=f"medgrit build of {escape_markdown(shown)}",
+            )
+        except Exception as exc:  # noqa: BLE001 - the dataset is written; only its card is missing
+            logger.warning("summary not published: %s", escape_name(str(exc))[:200])
 
     mapper = _tagged_mapper(config, dashboard, labels, logger)
     try:

@@ -11,10 +11,12 @@ and always at the first and the last shard, these artifacts of the running flow:
 - ``medgrit-<name>-rejects``: a table of rejected items per reason;
 - ``medgrit-<name>-llm`` (LLM builds): requests, cache hits, tokens and estimated cost so far.
 
-``<name>`` is the dataset folder's name as an artifact key allows (:func:`dataset_name`), so
-every build and resume of one dataset adds versions to the same keys and the UI's artifact page
-of a key is that dataset's history. Tables are created anew under their key (Prefect keeps each
-version and shows the latest); the progress artifact is created once per run and updated.
+``<name>`` is the dataset folder's name as an artifact key allows (:func:`dataset_name`). A run
+creates one artifact per key, in the order above (the build's summary, ``flows/build.py``'s,
+comes last), and updates it in place: its flow run shows one card per kind with the latest
+numbers, and a key's page one version per run of the dataset. (The flow run's tab orders cards
+by artifact id, and Prefect's artifact ids are random: the order is fixed for a run, not chosen
+by the order of creation.)
 
 The ETA is this run's rate: shards built since the plan was known over the time that took.
 Shards a resume found done count toward the totals, not the rate.
@@ -26,6 +28,7 @@ from medgrit.flows.prefect_env import apply_prefect_defaults
 
 apply_prefect_defaults()
 
+import json  # noqa: E402
 import logging  # noqa: E402
 import re  # noqa: E402
 import time  # noqa: E402
@@ -48,9 +51,9 @@ UPDATE_EVERY_S = 2.0
 """Least seconds between two updates of the progress artifact (one API call each); the first
 and the last shard are always published."""
 TABLE_EVERY_FRACTION = 0.05
-"""Tables are re-created at most every ``max(UPDATE_EVERY_S, this * elapsed)`` seconds: each is
-a new version, listed on the flow run's page, so a long build keeps to about 20 versions per
-e-fold of its run time (some 90 in an hour) rather than one every 2 s."""
+"""Tables are updated at most every ``max(UPDATE_EVERY_S, this * elapsed)`` seconds (one API
+call each), so a long build makes about 20 updates per e-fold of its run time (some 90 in an
+hour) rather than one every 2 s."""
 
 _STAGING = re.compile(r"^\.(?P<name>.+)\.medgrit-overwrite$")
 
@@ -363,31 +366,41 @@ class ArtifactSink(Protocol):
 
 
 class PrefectArtifacts:
-    """Artifacts of the running flow: one progress artifact per run, created and then updated;
-    tables created anew under their key (a new version each time).
+    """Artifacts of the running flow, one per key: created at the key's first publication,
+    then updated in place (its id kept: the same artifact, not a new version).
 
     The Prefect UI renders descriptions and a table's string cells as Markdown: both are
     escaped here (:mod:`medgrit.core.markdown`), so the sink's callers pass plain text.
     """
 
     def __init__(self) -> None:
-        self._progress_ids: dict[str, UUID] = {}
+        self._ids: dict[str, UUID] = {}
 
     def progress(self, key: str, percent: float, description: str) -> None:
-        from prefect.artifacts import create_progress_artifact, update_progress_artifact
+        from prefect.artifacts import create_progress_artifact
 
-        known = self._progress_ids.get(key)
-        if known is None:
-            self._progress_ids[key] = create_progress_artifact(
-                percent, key=key, description=escape_markdown(description)
-            )
-        else:
-            update_progress_artifact(known, percent, description=escape_markdown(description))
+        shown = escape_markdown(description)
+        if not self._updated(key, percent, shown):  # a progress artifact's data: the percent
+            self._ids[key] = create_progress_artifact(percent, key=key, description=shown)
 
     def table(self, key: str, rows: list[dict[str, Any]], description: str) -> None:
         from prefect.artifacts import create_table_artifact
 
-        create_table_artifact(escape_cells(rows), key=key, description=escape_markdown(description))
+        cells, shown = escape_cells(rows), escape_markdown(description)
+        if not self._updated(key, json.dumps(cells), shown):  # a table's data: rows as JSON
+            self._ids[key] = create_table_artifact(cells, key=key, description=shown)
+
+    def _updated(self, key: str, data: str | float, description: str) -> bool:
+        """Update the artifact of ``key`` if this run created it; False if it did not."""
+        from prefect.client.orchestration import get_client
+        from prefect.client.schemas.actions import ArtifactUpdate
+
+        if key not in self._ids:
+            return False
+        update = ArtifactUpdate(data=data, description=description)
+        with get_client(sync_client=True) as client:
+            client.update_artifact(self._ids[key], update)
+        return True
 
 
 class BuildDashboard:

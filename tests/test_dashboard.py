@@ -18,10 +18,13 @@ from collections.abc import Iterator
 from pathlib import Path
 from uuid import UUID
 
+import pyarrow.parquet as pq
 import pytest
 from conftest import run_cli, running_prefect_server
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import (
+    ArtifactCollectionFilter,
+    ArtifactCollectionFilterKey,
     ArtifactFilter,
     ArtifactFilterFlowRunId,
     ArtifactFilterKey,
@@ -51,7 +54,7 @@ def on_server(prefect_server: str, demo_dir: Path, monkeypatch: pytest.MonkeyPat
 
 
 def _artifacts(flow_run_id: UUID) -> list:
-    """Every artifact (every version) of a flow run, oldest first."""
+    """Every artifact (every version) of a flow run, the first created first."""
     with get_client(sync_client=True) as client:
         found = client.read_artifacts(
             artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id]))
@@ -59,10 +62,11 @@ def _artifacts(flow_run_id: UUID) -> list:
     return sorted(found, key=lambda a: a.created)
 
 
-def _latest(artifacts: list, key: str):
+def _one(artifacts: list, key: str):
+    """The flow run's artifact of ``key``: there is exactly one."""
     versions = [a for a in artifacts if a.key == key]
-    assert versions, f"no artifact {key}: {[a.key for a in artifacts]}"
-    return versions[-1]
+    assert len(versions) == 1, f"{len(versions)} artifacts {key}: {[a.key for a in artifacts]}"
+    return versions[0]
 
 
 def _table(artifact) -> list[dict]:
@@ -73,18 +77,38 @@ def _qa_as_totals(rows: list[dict]) -> dict:
     return {r["modality"]: {t: r[t] for t in TASKS if r[t]} for r in rows}
 
 
+def _counted_in_tables(out: Path) -> tuple[dict, dict]:
+    """QA pairs per modality and task, and rejects per reason, counted in the dataset's Parquet
+    files."""
+    modality = {}
+    for part in sorted((out / "images").glob("part-*.parquet")):
+        table = pq.read_table(part, columns=["image_id", "modality"]).to_pylist()
+        modality.update((row["image_id"], row["modality"]) for row in table)
+    qa: dict = {}
+    for part in sorted((out / "conversations").glob("part-*.parquet")):
+        for row in pq.read_table(part, columns=["image_id", "qa"]).to_pylist():
+            per = qa.setdefault(modality[row["image_id"]], {})
+            for pair in row["qa"]:
+                per[pair["task"]] = per.get(pair["task"], 0) + 1
+    rejects: dict = {}
+    for part in sorted((out / "rejects").glob("part-*.parquet")):
+        for reason in pq.read_table(part, columns=["reason"]).column("reason").to_pylist():
+            rejects[reason] = rejects.get(reason, 0) + 1
+    return qa, rejects
+
+
 def _assert_artifacts_equal_totals(artifacts: list, name: str, totals: dict) -> None:
-    progress = _latest(artifacts, f"medgrit-{name}-progress")
+    progress = _one(artifacts, f"medgrit-{name}-progress")
     assert progress.type == "progress" and float(progress.data) == 100.0
     rows = totals["rows"]
     description = progress.description
     assert f"{rows['images']} images" in description and f"{rows['rejects']} rejects" in description
     qa_pairs = sum(sum(per.values()) for per in totals["qa_by_modality_task"].values())
     assert f"{qa_pairs} QA pairs" in description
-    qa = _table(_latest(artifacts, f"medgrit-{name}-qa"))
+    qa = _table(_one(artifacts, f"medgrit-{name}-qa"))
     assert _qa_as_totals(qa) == totals["qa_by_modality_task"]
     assert all(r["total"] == sum(r[t] for t in TASKS) for r in qa)
-    rejects = _table(_latest(artifacts, f"medgrit-{name}-rejects"))
+    rejects = _table(_one(artifacts, f"medgrit-{name}-rejects"))
     assert {r["reason"]: r["count"] for r in rejects} == totals["rejects_by_reason"]
 
 
@@ -168,7 +192,7 @@ def test_eta_counts_only_shards_built_in_this_run() -> None:
 def test_a_build_publishes_live_artifacts_equal_to_its_totals(
     on_server: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(dashboard, "UPDATE_EVERY_S", 0.0)  # every shard, to count them
+    monkeypatch.setattr(dashboard, "UPDATE_EVERY_S", 0.0)  # every shard: 7 publications
     monkeypatch.setattr(dashboard, "TABLE_EVERY_FRACTION", 0.0)
     out = tmp_path / "Dash Live"
     state = build_dataset(
@@ -181,15 +205,21 @@ def test_a_build_publishes_live_artifacts_equal_to_its_totals(
     flow_run_id = state.state_details.flow_run_id
     artifacts = _artifacts(flow_run_id)
     _assert_artifacts_equal_totals(artifacts, "dash-live", manifest["totals"])
-    # One table version when the plan was known, then one per shard; one progress artifact,
-    # updated in place.
-    assert len([a for a in artifacts if a.key == "medgrit-dash-live-qa"]) == shards + 1
-    assert _table(next(a for a in artifacts if a.key == "medgrit-dash-live-qa")) == []
-    progress = [a for a in artifacts if a.key == "medgrit-dash-live-progress"]
-    assert len(progress) == 1 and progress[0].updated > progress[0].created
-    assert "llm" not in {a.key.rsplit("-", 1)[-1] for a in artifacts if a.key}
+    # One card per kind, created in this order (the summary last), the dashboard's updated in
+    # place after each shard.
+    kinds = ("progress", "qa", "rejects")
+    assert [a.key for a in artifacts] == [
+        *(f"medgrit-dash-live-{kind}" for kind in kinds),
+        "medgrit-build-summary",
+    ]
+    assert all(a.updated > a.created for a in artifacts[:3])
+    qa_by_modality, rejects_by_reason = _counted_in_tables(out)
+    qa = _table(artifacts[1])
+    assert _qa_as_totals(qa) == qa_by_modality
+    assert sum(r["total"] for r in qa) == sum(sum(per.values()) for per in qa_by_modality.values())
+    assert {r["reason"]: r["count"] for r in _table(artifacts[2])} == rejects_by_reason
 
-    summary = _latest(artifacts, "medgrit-build-summary").data
+    summary = _one(artifacts, "medgrit-build-summary").data
     assert "images: 24" in summary and "| ct |" in summary
     assert out.absolute().as_uri() in summary  # a link to the dataset folder
     assert "- shards: 6/6 done" in summary and "6 built, 0 failed, 0 done before" in summary
@@ -211,7 +241,7 @@ def test_a_resume_shows_the_whole_dataset_and_times_only_its_own_shards(
     first = build_dataset(config, return_state=True)
     assert first.is_failed() and "00001" in first.message
     failed = _artifacts(first.state_details.flow_run_id)
-    assert "(1 failed)" in _latest(failed, "medgrit-dash-resume-progress").description
+    assert "(1 failed)" in _one(failed, "medgrit-dash-resume-progress").description
 
     blocker.rmdir()
     second = build_dataset(config, return_state=True)
@@ -220,14 +250,19 @@ def test_a_resume_shows_the_whole_dataset_and_times_only_its_own_shards(
     artifacts = _artifacts(second.state_details.flow_run_id)
     _assert_artifacts_equal_totals(artifacts, "dash-resume", manifest["totals"])
     done_before = len(manifest["shards"]) - 1
-    progress = _latest(artifacts, "medgrit-dash-resume-progress")
+    progress = _one(artifacts, "medgrit-dash-resume-progress")
     assert f"{done_before} done before this run" in progress.description
-    assert len([a for a in artifacts if a.key == "medgrit-dash-resume-qa"]) == 2  # throttled
     with get_client(sync_client=True) as client:
         history = client.read_artifacts(
             artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["medgrit-dash-resume-qa"]))
         )
-    assert len(history) == 4  # the dataset's history: both runs, under one key
+        [latest] = client.read_latest_artifacts(
+            artifact_filter=ArtifactCollectionFilter(
+                key=ArtifactCollectionFilterKey(any_=["medgrit-dash-resume-qa"])
+            )
+        )
+    assert len(history) == 2  # the dataset's history: one version per run, under one key
+    assert latest.latest_id == _one(artifacts, "medgrit-dash-resume-qa").id  # the resume's
 
 
 def test_a_busy_dataset_ends_the_run_failed_with_one_line(on_server: str, tmp_path: Path) -> None:
@@ -291,7 +326,7 @@ def test_an_llm_build_from_the_cli_shows_its_spend(
         assert len(runs) == 1 and "model:test-model" in runs[0].tags
         artifacts = _artifacts(runs[0].id)
     _assert_artifacts_equal_totals(artifacts, "dash-llm", totals)
-    [spend] = _table(_latest(artifacts, "medgrit-dash-llm-llm"))
+    [spend] = _table(_one(artifacts, "medgrit-dash-llm-llm"))
     llm = totals["llm"]
     assert llm["requests"] > 0 and llm["prompt"] > 0
     assert spend == {
@@ -301,7 +336,7 @@ def test_an_llm_build_from_the_cli_shows_its_spend(
         "completion_tokens": llm["completion"],
         "estimated_cost_usd": llm["cost_usd"],
     }
-    progress = _latest(artifacts, "medgrit-dash-llm-progress").description
+    progress = _one(artifacts, "medgrit-dash-llm-progress").description
     assert f"LLM {llm['requests']} requests" in progress
     assert f"{llm['prompt']} prompt + {llm['completion']} completion tokens" in progress
 
