@@ -343,9 +343,9 @@ def read_case(
     rows = ShardRows()
     io = ShardIO(load=load, encode_png=_no_png, check_stop=check_stop)
     guarded(rows, task, "load", None, lambda: build_case(task, config, io, rows))
-    progress.advance("cases")
     progress.advance("images", len(rows.images))
     progress.advance("rejects", len(rows.rejects))
+    progress.advance("cases")  # last: a line at a step of cases holds this case's counts
     images = tuple((r["plane"], r["modality"], r["sequence"] or "") for r in rows.images)
     regions = tuple(
         (task.ref.dataset, r["label"], r["source_label"], r["image_id"]) for r in rows.regions

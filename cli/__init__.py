@@ -19,6 +19,7 @@ from pydantic import ValidationError
 
 from medgrit.adapters.store.dataset_dir import is_medgrit_dataset
 from medgrit.cli.configfile import read_label_words
+from medgrit.cli.demo import demo_data
 from medgrit.cli.evaluate import evaluate
 from medgrit.cli.export import export
 from medgrit.cli.finetune import finetune
@@ -62,6 +63,11 @@ def _show_version(value: bool) -> None:
 
 _QUIET = typer.Option(
     "--quiet", "-q", metavar="", help="Print no progress and no log below warnings: the result."
+)
+_NO_PREFECT = typer.Option(
+    "--no-prefect",
+    metavar="",
+    help="Run in this process without Prefect: no server start, no UI; the same tables.",
 )
 _VERSION = typer.Option(
     "--version", "-V", metavar="", callback=_show_version, is_eager=True, help="Print the version."
@@ -208,15 +214,7 @@ def build(
             help="template (no network) or llm (an OpenAI-compatible endpoint).",
         ),
     ] = "template",
-    no_prefect: Annotated[
-        bool,
-        typer.Option(
-            "--no-prefect",
-            metavar="",
-            help="Run the build in this process without Prefect: no server start, no UI; "
-            "the same tables. For trials.",
-        ),
-    ] = False,
+    no_prefect: Annotated[bool, _NO_PREFECT] = False,
     # The --llm-* options (with_llm_options): by LLMConfig field, None without --llm-model.
     llm: dict[str, Any] | None = None,
 ) -> None:
@@ -363,6 +361,7 @@ def resume(
             metavar="", help="Tell changed cases by a sha256 of their files (reads every file)."
         ),
     ] = False,
+    no_prefect: Annotated[bool, _NO_PREFECT] = False,
 ) -> None:
     """Finish an interrupted or failed build: only shards not yet done are built.
 
@@ -391,6 +390,8 @@ def resume(
             config = BuildConfig(**{**manifest.config, "out": str(out), **how})
         except ValidationError as exc:
             _config_error(exc)
+    if no_prefect and config.runner == "dask":
+        fail("--no-prefect runs on threads in this process; add --runner threads")
     listing = open_checked(config, out)
     opened = listing.sources
     _check_sources_unchanged(out, config, opened, resume=True)
@@ -400,7 +401,13 @@ def resume(
         create_key(config)
         report(
             out,
-            run_flow(config, task_runner=task_runner, add_new_cases=False, listing=listing),
+            run_flow(
+                config,
+                task_runner=task_runner,
+                add_new_cases=False,
+                listing=listing,
+                prefect=not no_prefect,
+            ),
         )
 
 
@@ -429,25 +436,7 @@ def validate(out: Annotated[Path, typer.Argument(help="Dataset directory.")]) ->
     typer.echo(f"{shown(out)}: valid")
 
 
-@app.command("demo-data")
-def demo_data(
-    out: Annotated[Path, typer.Argument(help="Folder to write the demo sources into.")],
-) -> None:
-    """Write the demo sources (all eight modalities, in their native layouts) to a folder."""
-    from medgrit.adapters.synthetic.demo import demo_source_specs, ensure_demo_data
-
-    if out.exists() and not out.is_dir():
-        fail(f"{shown(out)} is a file, not a folder; choose a new folder")
-    if out.exists() and any(out.iterdir()) and not (out / ".complete").is_file():
-        fail(f"{shown(out)} is not empty; choose a new folder")
-    try:
-        root = ensure_demo_data(out)
-    except OSError as exc:
-        fail(f"cannot write the demo sources to {shown(out)}: {reason_of(exc)}")
-    typer.echo(f"demo sources written to {shown(root.resolve())}; build them with:")
-    typer.echo("  medgrit build " + shown(" ".join(demo_source_specs(root))) + " --out DIR")
-
-
+app.command("demo-data")(demo_data)
 app.command()(serve)
 app.command()(inspect)
 app.command()(export)

@@ -74,7 +74,7 @@ def parse_config_file(path: Path, what: str, suffixes: dict[str, str] = SUFFIXES
 def read_label_words(path: Path) -> dict[str, str]:
     """The words for labels in a ``--label-names`` file: a mapping of the name a source writes
     to the words the text uses (checked further by the build's config)."""
-    data = parse_config_file(path, "label names file", {**SUFFIXES, ".json": "JSON"})
+    data = parse_config_file(path, "label names", {**SUFFIXES, ".json": "JSON"})
     if not isinstance(data, dict) or not all(
         isinstance(k, str) and isinstance(v, str) for k, v in data.items()
     ):

@@ -133,6 +133,7 @@ def _show(config: BuildConfig, sample: int | None, all_cases: bool, as_json: boo
     from medgrit.core.failures import StopRequested
 
     listing, key = _open(config)
+    keyless = not key_path_of(config).exists()
     try:
         found = inspect_sources(
             config, listing, key, None if all_cases else sample or DEFAULT_SAMPLE
@@ -142,6 +143,12 @@ def _show(config: BuildConfig, sample: int | None, all_cases: bool, as_json: boo
     except OSError as exc:
         fail(f"cannot read the sources: {reason_of(exc)}", code=1)
     end_progress()  # the progress lines (or full bars) come before the tables
+    if keyless:
+        typer.echo(
+            f"note: no pseudonymisation key at {shown(key_path_of(config))} yet, so the "
+            "train/test split shown is one of many; the first build creates the key and fixes it",
+            err=True,
+        )
     if as_json:
         typer.echo(json.dumps(found.to_json(), indent=2))
     elif not _print_rich(found):

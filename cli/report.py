@@ -39,7 +39,7 @@ def report(
     samples: Annotated[
         int, typer.Option(min=0, help="Gallery size: images shown with boxes and conversation.")
     ] = 8,
-    seed: Annotated[int, typer.Option(help="Seed of the gallery's choice of images.")] = 0,
+    seed: Annotated[int, typer.Option(min=0, help="Seed of the gallery's choice of images.")] = 0,
     reject_examples: Annotated[
         int, typer.Option(min=0, help="Examples shown per reject reason (0: counts only).")
     ] = 3,

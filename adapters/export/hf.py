@@ -207,7 +207,7 @@ def dataset_card(
         "- config_name: default",
         "  data_files:",
     ]
-    for split in SPLITS:
+    for split in (s for s in SPLITS if records.splits.get(s)):  # an empty split loads as none
         front += [f"  - split: {split}", f"    path: data/{split}-*.parquet"]
     front.append("---")
     counts = {
