@@ -16,6 +16,20 @@ pytest.importorskip("trl", reason="the train extra is part of the test extra")
 
 TASKS = ("VG", "ROC", "RC", "MIA")
 PER_TASK = 3
+# The tiny model's small ops run fastest on one thread a process; two threads each, beside the
+# suite's other worker, spend most of their time waiting on each other.
+ONE_THREAD = {"OMP_NUM_THREADS": "1"}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Runs in this process (resumed training, reloaded adapters) on one thread too."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")
@@ -71,7 +85,7 @@ def finished(tmp_path_factory, medgrit, dataset: Path, model_dir: Path) -> tuple
     failed before, with a LoRA target the model lacks, after its examples."""
     folder = tmp_path_factory.mktemp("ft-run")
     wrong = _config(folder, dataset, model_dir, lora_target_modules=["nope"])
-    failed = medgrit("finetune", "--config", str(wrong))
+    failed = medgrit("finetune", "--config", str(wrong), env=ONE_THREAD)
     assert failed.returncode == 2, failed.stderr[-3000:]
     assert failed.stderr.strip().splitlines()[-1].startswith("medgrit: error: lora_target_modules")
     assert (folder / "run" / "examples").is_dir() and not (folder / "run" / "model").exists()
@@ -84,7 +98,7 @@ def finished(tmp_path_factory, medgrit, dataset: Path, model_dir: Path) -> tuple
         optim="adamw_torch_fused",
         dataloader_num_workers=2,
     )
-    done = medgrit("finetune", "--config", str(config))
+    done = medgrit("finetune", "--config", str(config), env=ONE_THREAD)
     assert done.returncode == 0, done.stderr[-3000:]
     return config, config.parent / "run", done.stdout
 
@@ -197,7 +211,7 @@ def test_the_same_command_again_redoes_nothing(finished, medgrit) -> None:
     config, out, _ = finished
     before = (out / "finetune.json").read_text()
     stamps = {p: p.stat().st_mtime_ns for p in (out / "model").iterdir()}
-    again = medgrit("finetune", "--config", str(config))
+    again = medgrit("finetune", "--config", str(config), env=ONE_THREAD)
     assert again.returncode == 0, again.stderr[-2000:]
     assert json.loads((out / "finetune.json").read_text())["steps"] == json.loads(before)["steps"]
     assert {p: p.stat().st_mtime_ns for p in (out / "model").iterdir()} == stamps
@@ -208,7 +222,7 @@ def test_other_training_settings_are_refused_in_one_line(finished, medgrit) -> N
     text = config.read_text().replace("learning_rate = 0.003", "learning_rate = 0.001")
     other = config.with_name("other.toml")
     other.write_text(text)
-    done = medgrit("finetune", "--config", str(other))
+    done = medgrit("finetune", "--config", str(other), env=ONE_THREAD)
     assert done.returncode == 2
     assert done.stderr.count("\n") == 1 and "learning_rate" in done.stderr
     assert "use a new output_dir" in done.stderr
