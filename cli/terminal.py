@@ -83,10 +83,31 @@ class _Count:
 class _Tally:
     """The counters of one command, shared by both displays (advances come from any thread)."""
 
-    def __init__(self) -> None:
+    def __init__(self, hold: Callable[[], bool] | None = None) -> None:
         self.lock = threading.RLock()
         self.counts: dict[str, _Count] = {}
         self.over = False  # finished or halted: nothing more is shown
+        self.hold = hold  # see PlainProgress
+        self.held: list[str] = []
+
+    def _write(self, line: str) -> None:
+        """Show one line (each display says where)."""
+        raise NotImplementedError
+
+    def _release(self) -> None:
+        held, self.held = self.held, []
+        for line in held:
+            self._write(line)
+
+    def phase(self, text: str) -> None:
+        with self.lock:
+            if self._stopping():
+                return
+            if self.hold is not None and self.hold():
+                self.held.append(printable_text(text))
+                return
+            self._release()
+            self._write(printable_text(text))
 
     def _count(self, counter: str) -> _Count:
         return self.counts.setdefault(counter, _Count())
@@ -161,30 +182,13 @@ class PlainProgress(_Tally):
     """
 
     def __init__(self, stream: TextIO | None = None, hold: Callable[[], bool] | None = None):
-        super().__init__()
+        super().__init__(hold)
         self.stream = stream
-        self.hold = hold
-        self.held: list[str] = []
 
     def _write(self, line: str) -> None:
         stream = self.stream or sys.stderr
         stream.write(line + "\n")
         stream.flush()
-
-    def _release(self) -> None:
-        held, self.held = self.held, []
-        for line in held:
-            self._write(line)
-
-    def phase(self, text: str) -> None:
-        with self.lock:
-            if self._stopping():
-                return
-            if self.hold is not None and self.hold():
-                self.held.append(printable_text(text))
-                return
-            self._release()
-            self._write(printable_text(text))
 
     def expect(self, counter: str, total: float | None, done: float = 0) -> None:
         with self.lock:
@@ -234,10 +238,8 @@ class LiveProgress(_Tally):
     stderr; ``hold``: as :class:`PlainProgress`'s."""
 
     def __init__(self, console: Console, hold: Callable[[], bool] | None = None) -> None:
-        super().__init__()
+        super().__init__(hold)
         self.console = console
-        self.hold = hold
-        self.held: list[str] = []
         self.bars = Progress(
             TextColumn("{task.description}", markup=False),
             BarColumn(),
@@ -253,23 +255,8 @@ class LiveProgress(_Tally):
         self.started = False
         self._restore: Callable[[], None] | None = None
 
-    def _print(self, line: str) -> None:
+    def _write(self, line: str) -> None:
         self.console.print(Text(line), soft_wrap=True)
-
-    def _release(self) -> None:
-        held, self.held = self.held, []
-        for line in held:
-            self._print(line)
-
-    def phase(self, text: str) -> None:
-        with self.lock:
-            if self._stopping():
-                return
-            if self.hold is not None and self.hold():
-                self.held.append(printable_text(text))
-                return
-            self._release()
-            self._print(printable_text(text))
 
     def expect(self, counter: str, total: float | None, done: float = 0) -> None:
         with self.lock:
