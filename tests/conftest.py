@@ -6,6 +6,7 @@ with its own PREFECT_HOME); CLI runs in subprocesses reach it through PREFECT_AP
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import shutil
@@ -48,10 +49,18 @@ def pseudonym_key(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def demo_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The bundled demo sources, written once per session."""
+    """The bundled demo sources (read only), written once per test run: pytest-xdist's workers
+    share one copy, which the first to need it writes while the others wait."""
     from medgrit.adapters.synthetic.demo import ensure_demo_data
 
-    return ensure_demo_data(tmp_path_factory.mktemp("demo") / "demo-data")
+    root = tmp_path_factory.getbasetemp()
+    if _WORKER:
+        root = root.parent  # the run's folder, above each worker's own
+    folder = root / "demo"
+    folder.mkdir(exist_ok=True)
+    with (folder / ".lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        return ensure_demo_data(folder / "demo-data")
 
 
 @pytest.fixture(scope="session")

@@ -36,7 +36,7 @@ def _rows(out: Path, table: str) -> list[dict]:
     ]
 
 
-def _build(medgrit, server, out: Path, *extra: str):
+def _build(medgrit, server, out: Path, *extra: str, env: dict[str, str] | None = None):
     return medgrit(
         "build",
         "--out",
@@ -56,21 +56,22 @@ def _build(medgrit, server, out: Path, *extra: str):
         "--llm-timeout-s",
         "2",
         *extra,
-        env={"OPENAI_API_KEY": API_KEY},
+        env=env or {"OPENAI_API_KEY": API_KEY},
     )
 
 
-# Each fault mix of the provider, by test id. Timeouts and 5xx answers take the same path (a
-# retried infrastructure failure), so one build meets all three; each is counted on its own.
+# Each fault mix of the provider, by test id. Timeouts and 5xx answers take one path (a retried
+# infrastructure failure) and a cut answer another (asked again), so one build meets all four;
+# each is counted, and its outcome checked, on its own.
 FAULT_MIXES: dict[str, dict] = {
     "clean": {},
-    "5xx_and_hangs": {
+    "5xx_hangs_malformed": {
         "fail_500_rate": 0.1,
         "fail_503_rate": 0.1,
         "hang_rate": 0.1,
         "hang_s": 5.0,
+        "malformed_json_rate": 0.3,
     },
-    "malformed": {"malformed_json_rate": 0.3},
     "invented_boxes": {"invented_box_rate": 0.4},
     "wrong_labels": {"wrong_label_rate": 0.4},
 }
@@ -100,10 +101,19 @@ class Built:
     stats: dict
 
 
+KEY_BLOCK = "medgrit-test-llm-key"
+
+
 @pytest.fixture(scope="module")
-def fault_build(llm_server, medgrit, tmp_path_factory) -> Callable[[str], Built]:
+def fault_build(
+    llm_server, medgrit, prefect_server: str, tmp_path_factory
+) -> Callable[[str], Built]:
     """The build of 8 images under a fault mix (:data:`FAULT_MIXES`), made once and shared by the
-    tests that read it; tests that change a build change a copy."""
+    tests that read it; tests that change a build change a copy. The clean build takes its key
+    from a Prefect Secret block, with none in its environment; the others from OPENAI_API_KEY."""
+    from prefect.blocks.system import Secret
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
     done: dict[str, Built] = {}
 
     def get(mix: str) -> Built:
@@ -111,7 +121,13 @@ def fault_build(llm_server, medgrit, tmp_path_factory) -> Callable[[str], Built]
             llm_server.configure(_fault_config(mix))
             llm_server.reset_stats()
             out = tmp_path_factory.mktemp(f"llm-{mix}") / "out"
-            result = _build(medgrit, llm_server, out)
+            if mix == "clean":
+                with temporary_settings(updates={PREFECT_API_URL: prefect_server}):
+                    Secret(value=API_KEY).save(KEY_BLOCK, overwrite=True)
+                block = ("--llm-api-key-block", KEY_BLOCK)
+                result = _build(medgrit, llm_server, out, *block, env={"OPENAI_API_KEY": ""})
+            else:
+                result = _build(medgrit, llm_server, out)
             done[mix] = Built(out, result, llm_server.stats())
         return done[mix]
 
@@ -136,6 +152,10 @@ def test_llm_build_completes_under_each_fault_mix(fault_build, medgrit, mix: str
     if not faults:
         assert sum(stats["faults"].values()) == 0, stats
     rejects = _rows(out, "rejects")
+    if "malformed_json_rate" in faults:
+        # A cut answer was asked for again, or its image rejected (nothing else here asks again).
+        unreadable = [r for r in rejects if r["reason"] == "invalid_json"]
+        assert unreadable or stats.get("feedback_requests", 0) > 0, stats
     if "invented_box_rate" in faults or "wrong_label_rate" in faults:
         # Bad answers were caught: asked again with the error fed back, or rejected.
         caught = [r for r in rejects if r["stage"] == "verify"]
@@ -170,7 +190,7 @@ def test_resume_sends_no_request_twice(fault_build, llm_server, medgrit, tmp_pat
 
 
 def test_api_key_is_never_written_or_logged(fault_build) -> None:
-    built = fault_build("5xx_and_hangs")  # the key went with every retried request too
+    built = fault_build("5xx_hangs_malformed")  # the key went with every retried request too
     result = built.result
     assert result.returncode == 0, result.stderr[-3000:]
     assert API_KEY not in result.stdout + result.stderr
@@ -211,23 +231,10 @@ def test_batch_mode_gives_the_same_conversations(
     assert _rows(batch, "rejects") == _rows(online.out, "rejects")
 
 
-def test_api_key_from_a_prefect_secret_block(
-    llm_server, medgrit, prefect_server: str, tmp_path: Path
-) -> None:
-    from prefect.blocks.system import Secret
-    from prefect.settings import PREFECT_API_URL, temporary_settings
-
-    llm_server.configure(ServerConfig(api_key=API_KEY))
-    with temporary_settings(updates={PREFECT_API_URL: prefect_server}):
-        Secret(value=API_KEY).save("medgrit-test-llm-key", overwrite=True)
-    out = tmp_path / "out"
-    result = medgrit(
-        *("build", "--out", str(out), "--max-images", "3"),
-        *_llm_flags(llm_server.base_url),
-        "--llm-api-key-block",
-        "medgrit-test-llm-key",
-        env={"OPENAI_API_KEY": ""},
-    )
+def test_api_key_from_a_prefect_secret_block(fault_build) -> None:
+    built = fault_build("clean")  # --llm-api-key-block, and OPENAI_API_KEY empty
+    result = built.result
     assert result.returncode == 0, result.stderr[-3000:]
-    assert len(_rows(out, "conversations")) == 3
+    images = _rows(built.out, "images")
+    assert images and len(_rows(built.out, "conversations")) == len(images)
     assert API_KEY not in result.stdout + result.stderr

@@ -16,6 +16,8 @@ import shutil
 import signal
 import subprocess
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import nibabel as nib
@@ -207,11 +209,25 @@ def test_a_killed_overwrite_loses_nothing_and_the_same_command_finishes(
 # --------------------------------------------------------------------------- one writer
 
 
+SLOW = ServerConfig(rpm=6000, tpm=10_000_000, latency_ms=(700, 700))
+
+
 @pytest.fixture(scope="module")
 def slow_llm():
     """An OpenAI-compatible server slow enough that a build takes several seconds."""
-    with serve(ServerConfig(rpm=6000, tpm=10_000_000, latency_ms=(700, 700))) as server:
+    with serve(SLOW) as server:
         yield server
+
+
+@contextmanager
+def answering_at_once(server) -> Iterator[None]:
+    """``server`` without its latency while the block runs: a build needs to be slow only until
+    it has been caught mid-way; what it does after is the same, sooner."""
+    server.configure(SLOW.model_copy(update={"latency_ms": (0.0, 0.0)}))
+    try:
+        yield
+    finally:
+        server.configure(SLOW)
 
 
 def test_a_second_writer_is_refused_while_the_first_builds(
@@ -230,7 +246,8 @@ def test_a_second_writer_is_refused_while_the_first_builds(
         second = medgrit(*args, env={"OPENAI_API_KEY": "sk-test"})
         assert second.returncode == 2
         assert f"another medgrit process (pid {first.pid}" in _one_line(second)
-    _, stderr = first.communicate(timeout=600)
+    with answering_at_once(slow_llm):
+        _, stderr = first.communicate(timeout=600)
     assert first.returncode == 0, stderr[-3000:]
     assert medgrit("validate", str(out)).returncode == 0
 
@@ -642,7 +659,8 @@ def test_sigint_stops_with_130(
     assert proc.returncode == 130, stderr[-3000:]
     assert time.monotonic() - started < 15  # it does not wait for the shard's other requests
     assert not list(out.rglob("*.tmp-*"))
-    resumed = run_cli("resume", str(out), env={**cli_env, "OPENAI_API_KEY": "sk-test"})
+    with answering_at_once(slow_llm):
+        resumed = run_cli("resume", str(out), env={**cli_env, "OPENAI_API_KEY": "sk-test"})
     assert resumed.returncode == 0, resumed.stderr[-3000:]
 
 

@@ -345,7 +345,8 @@ class Served:
     def run(self, name: str, timeout: float = 300):
         from prefect.deployments import run_deployment
 
-        return run_deployment(f"build_dataset/{name}", timeout=timeout)
+        # a state read each second, not Prefect's default five: the run is seen as it ends
+        return run_deployment(f"build_dataset/{name}", timeout=timeout, poll_interval=1)
 
 
 @pytest.fixture(scope="module")
