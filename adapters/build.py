@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 
 from medgrit.adapters.book import BuildBook, ProgressHook
@@ -31,6 +32,7 @@ from medgrit.adapters.runtime.interrupt import (
     stop_on_signals,
 )
 from medgrit.adapters.runtime.mappers import LoopMapper, ShardMapper, outcome_of
+from medgrit.adapters.runtime.processes import close_shard_processes, local_processes
 from medgrit.adapters.store.bookkeeping import DatasetMismatch
 from medgrit.adapters.store.dataset_dir import hold_dataset
 from medgrit.adapters.text.generators import generator_info
@@ -100,7 +102,12 @@ def run_build(
             logger,
             on_progress,
         )
-        futures = {mapper.submit(job): job.shard for job in book.pending_jobs(resolved)}
+        jobs = book.pending_jobs(resolved)
+        processes = min(local_processes(config), len(jobs))
+        if processes > 1:  # (one shard gains nothing from a pool of processes)
+            logger.info("shards run on %d worker processes of this machine", processes)
+            jobs = [replace(job, processes=processes) for job in jobs]
+        futures = {mapper.submit(job): job.shard for job in jobs}
         book.progress()
         try:
             for future in mapper.as_completed(list(futures)):
@@ -120,7 +127,8 @@ def run_build(
 def _holding(out: Path, llm: bool) -> Iterator[None]:
     """The dataset's writer lock and the signal handlers for the length of a build; a stop left
     by an earlier build of this process is cleared before, one this build asked for (a full
-    disk, a failure) after, and an LLM build's shared clients are closed at its end."""
+    disk, a failure) after; the build's worker processes and an LLM build's shared clients are
+    closed at its end."""
     out.mkdir(parents=True, exist_ok=True)
     if not signalled():
         clear_stop()
@@ -128,6 +136,7 @@ def _holding(out: Path, llm: bool) -> Iterator[None]:
         with hold_dataset(out), stop_on_signals():
             yield
     finally:
+        close_shard_processes()
         if llm:
             from medgrit.adapters.llm.dispatch import close_shared_clients
 

@@ -38,6 +38,18 @@ class ShardJob:
     known_batches: list[str] = field(default_factory=list)
     vocabulary: Vocabulary = NO_VOCABULARY
     llm_share: int = 1  # worker processes sharing the LLM limits (see ``make_generator``)
+    processes: int = 0  # > 1: built on a pool of this many processes of this machine
+
+
+def run_one_shard(job: ShardJob) -> dict:
+    """Build and write one shard, on this machine's pool of ``job.processes`` worker processes
+    when that is more than one (``medgrit.adapters.runtime.processes``), else in this thread;
+    returns its manifest entry (see :func:`build_one_shard`)."""
+    if job.processes > 1:
+        from medgrit.adapters.runtime.processes import run_shard
+
+        return run_shard(replace(job, processes=0), job.processes)
+    return build_one_shard(job)
 
 
 def _advance(shard: str, counter: str, amount: int) -> None:

@@ -170,16 +170,17 @@ def build(
         int | None, typer.Option(help="At most this many cases per shard (default: no cap).")
     ] = None,
     workers: Annotated[
-        int, typer.Option(help="Shards built at once (--runner dask: local worker processes).")
+        int, typer.Option(help="Shards built at once (worker processes, threads or Dask workers).")
     ] = 2,
     runner: Annotated[
-        Literal["threads", "dask"],
+        Literal["processes", "threads", "dask"],
         typer.Option(
             case_sensitive=False,
-            help="threads (in this process) or dask (worker processes: a local cluster of "
-            "--workers, or the cluster at --dask-address).",
+            help="processes (--workers worker processes of this machine; an LLM build's shards "
+            "run on threads), threads (in this process) or dask (worker processes: a local "
+            "cluster of --workers, or the cluster at --dask-address).",
         ),
-    ] = "threads",
+    ] = "processes",
     dask_address: Annotated[
         str | None,
         typer.Option(
@@ -261,7 +262,7 @@ def build(
     except ValidationError as exc:
         _config_error(exc)
     if no_prefect and config.runner == "dask":
-        fail("--no-prefect builds on threads in this process; leave out --runner dask")
+        fail("--no-prefect builds on this machine; leave out --runner dask")
     _build_into(out, config, overwrite, prefect=not no_prefect)
 
 
@@ -334,7 +335,7 @@ def _check_sources_unchanged(
 def resume(
     out: Annotated[Path, typer.Argument(help="Dataset directory of an interrupted build.")],
     runner: Annotated[
-        Literal["threads", "dask"] | None,
+        Literal["processes", "threads", "dask"] | None,
         typer.Option(case_sensitive=False, help="How shards run (default: as the build ran)."),
     ] = None,
     dask_address: Annotated[
@@ -365,8 +366,8 @@ def resume(
 ) -> None:
     """Finish an interrupted or failed build: only shards not yet done are built.
 
-    It runs as the build ran (threads or Dask, the same workers) unless told otherwise; how
-    shards run never changes what they hold.
+    It runs as the build ran (processes, threads or Dask, the same workers) unless told
+    otherwise; how shards run never changes what they hold.
     """
     from medgrit.adapters.store.bookkeeping import load_dataset
     from medgrit.adapters.store.manifest import ManifestError
@@ -391,7 +392,7 @@ def resume(
         except ValidationError as exc:
             _config_error(exc)
     if no_prefect and config.runner == "dask":
-        fail("--no-prefect runs on threads in this process; add --runner threads")
+        fail("--no-prefect runs on this machine; add --runner processes")
     listing = open_checked(config, out)
     opened = listing.sources
     _check_sources_unchanged(out, config, opened, resume=True)

@@ -99,7 +99,8 @@ def _run_here(
     add_new_cases: bool,
     listing: SourceListing | None,
 ) -> dict:
-    """The build in this process, shards on a pool of ``workers`` threads, with no Prefect:
+    """The build on this machine, shards on a pool of ``workers`` threads (each waiting for its
+    shard on a worker process with ``runner: processes``), with no Prefect:
     what the build flow runs (``medgrit.adapters.build.run_build``), without its server, UI,
     artifacts and task retries. Its log goes to stderr unless logging is set up already."""
     import logging

@@ -139,10 +139,12 @@ class BuildConfig(BaseModel):
     )
     llm: LLMConfig | None = Field(None, description="Settings of --generator llm.")
     workers: int = Field(2, ge=1, description="Shards processed at once.")
-    runner: Literal["threads", "dask"] = Field(
-        "threads",
-        description="How shards run: threads in this process, or Dask worker processes "
-        "(a local cluster of `workers` processes, or the cluster at `dask_address`).",
+    runner: Literal["processes", "threads", "dask"] = Field(
+        "processes",
+        description="How shards run: `workers` worker processes of this machine (an LLM "
+        "build's shards, which wait on the network, run on threads of this process), threads "
+        "in this process, or Dask worker processes (a local cluster of `workers` processes, or "
+        "the cluster at `dask_address`).",
     )
     dask_address: str | None = Field(
         None,

@@ -10,7 +10,7 @@ from __future__ import annotations
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from medgrit.adapters.shard import ShardJob, build_one_shard
+from medgrit.adapters.shard import ShardJob, run_one_shard
 from medgrit.core.failures import is_disk_full
 
 
@@ -34,5 +34,6 @@ def _retry_on_os_error(task, task_run, state) -> bool:
     retry_condition_fn=_retry_on_os_error,
 )
 def build_shard(job: ShardJob) -> dict:
-    """Build and write one shard; returns its manifest entry (files, row counts, stats, tokens)."""
-    return build_one_shard(job)
+    """Build and write one shard; returns its manifest entry (files, row counts, stats, tokens).
+    With ``job.processes`` > 1 the work runs on a worker process and this task waits for it."""
+    return run_one_shard(job)

@@ -13,6 +13,7 @@ workers learn of the stop at the first signal, not after the flow engine has unw
 
 from __future__ import annotations
 
+import os
 import signal
 import threading
 from collections.abc import Iterator
@@ -23,6 +24,9 @@ from medgrit.core.failures import StopRequested
 
 _stop = threading.Event()
 _signal: list[int] = []
+# In a worker process of the build (``medgrit.adapters.runtime.processes``): the build's stop
+# event, shared with it, and the pid of the build's process.
+_shared: list = []
 
 
 class BuildInterrupted(StopRequested):
@@ -35,9 +39,21 @@ def stop_requested() -> bool:
 
 
 def check_stop() -> None:
-    """Raise :class:`BuildInterrupted` when a stop has been requested."""
+    """Raise :class:`BuildInterrupted` when a stop has been requested (in a worker process:
+    also when the build's process asked for one, or is gone)."""
     if _stop.is_set():
         raise BuildInterrupted("the build was asked to stop")
+    if _shared:
+        event, parent = _shared
+        if event.is_set() or os.getppid() != parent:
+            _stop.set()
+            raise BuildInterrupted("the build was asked to stop")
+
+
+def share_stop(event: object, parent: int) -> None:
+    """In a worker process: stop also when ``event`` (a ``multiprocessing.Event`` the build's
+    process sets) is set, or when the process ``parent`` that started this one is gone."""
+    _shared[:] = [event, parent]
 
 
 def request_stop(signum: int | None = None) -> None:

@@ -18,7 +18,7 @@ from concurrent.futures import as_completed as _futures_completed
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from medgrit.adapters.shard import ShardJob, build_one_shard
+from medgrit.adapters.shard import ShardJob, build_one_shard, run_one_shard
 
 
 class ShardFuture(Protocol):
@@ -116,10 +116,11 @@ def _pool_finished(future: Future) -> bool:
 
 @dataclass
 class ThreadMapper:
-    """Shards on a pool of ``workers`` threads (one pool per build; ``close`` ends it)."""
+    """Shards on a pool of ``workers`` threads (one pool per build; ``close`` ends it); a job
+    with ``processes`` set is built on a worker process while its thread waits."""
 
     workers: int = 2
-    work: Callable[[ShardJob], dict] = build_one_shard
+    work: Callable[[ShardJob], dict] = run_one_shard
     _pool: ThreadPoolExecutor | None = field(default=None, init=False, repr=False)
 
     def submit(self, job: ShardJob) -> ShardFuture:
