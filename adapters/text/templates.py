@@ -173,8 +173,20 @@ def render_relation_answers(env: jinja2.Environment, **variables: object) -> lis
 
 
 RELATION_SHARE = 3
+_MARK = "\ue000"  # (a private-use character) around a box's number in a cached rendering
+_RENDERED_MAX = 100_000  # cached renderings kept by a generator
 """One RC turn in this many, of a region with a relation, states it (drawn apart from the
 other phrasings, so every other turn reads as before)."""
+
+
+def _holds_mark(value: object) -> bool:
+    if isinstance(value, str):
+        return _MARK in value
+    if isinstance(value, dict):
+        return any(_holds_mark(v) for v in value.values())
+    if isinstance(value, list):
+        return any(_holds_mark(v) for v in value)
+    return False
 
 
 class TemplateGenerator:
@@ -191,6 +203,7 @@ class TemplateGenerator:
         self.seed = seed
         self.max_region_turns = max_region_turns
         self.env = make_environment()
+        self._rendered: dict[tuple, tuple[list, list]] = {}
 
     text_rules = None  # templates are checked by the golden tests, not by length rules
 
@@ -268,7 +281,8 @@ class TemplateGenerator:
                 "side": laterality_of(r.label),
                 "relation": None,
             }
-        questions, answers = render_phrasings(self.env, plan.task, **variables)
+        questions, answers = self._phrasings(plan.task, variables)
+        question = questions[plan.question_variant]
         answer = answers[plan.answer_variant]
         if plan.task == "RC" and self._states_relation(image, plan):
             relation = first_relation_phrase(refs[0], list(by_id.values()))
@@ -277,10 +291,43 @@ class TemplateGenerator:
                 answer = render_relation_answers(self.env, **variables)[0]
         return QA(
             task=plan.task,
-            question=questions[plan.question_variant],
+            question=question,
             answer=answer,
             region_ids=plan.region_ids,
         )
+
+    def _phrasings(self, task: str, variables: dict) -> tuple[list[str], list[str]]:
+        """:func:`render_phrasings` of ``task``, rendered once for all turns that differ only
+        in their boxes: the templates only join boxes into the text, so a turn's phrasings are
+        those of a rendering with numbered marks for its boxes, the marks then replaced."""
+        boxes: list[str] = []
+
+        def mark(box: str) -> str:
+            boxes.append(box)
+            return f"{_MARK}{len(boxes) - 1}{_MARK}"
+
+        shown = dict(variables)
+        if "box" in shown:
+            shown["box"] = mark(shown["box"])
+        if "boxes" in shown:
+            shown["boxes"] = [mark(box) for box in shown["boxes"]]
+        if "regions" in shown:
+            shown["regions"] = [{**r, "box": mark(r["box"])} for r in shown["regions"]]
+        if _holds_mark(variables):  # (a label with the mark in it) rendered as it is
+            return render_phrasings(self.env, task, **variables)
+        key = (task, repr(sorted(shown.items())))
+        rendered = self._rendered.get(key)
+        if rendered is None:
+            if len(self._rendered) >= _RENDERED_MAX:
+                self._rendered.clear()
+            rendered = self._rendered[key] = render_phrasings(self.env, task, **shown)
+
+        def unmark(text: str) -> str:
+            parts = text.split(_MARK)
+            parts[1::2] = [boxes[int(i)] for i in parts[1::2]]
+            return "".join(parts)
+
+        return [unmark(q) for q in rendered[0]], [unmark(a) for a in rendered[1]]
 
     def _states_relation(self, image: ImageFacts, plan: TurnPlan) -> bool:
         """Whether an RC turn states its region's relation: one in :data:`RELATION_SHARE`, by
