@@ -210,7 +210,7 @@ def test_quiet_leaves_the_progress_out_and_version_and_help_say_what_they_should
     assert cli.invoke(app, ["-V"]).stdout == version.stdout
 
     shown = cli.invoke(app, ["build", "--help"], env={"COLUMNS": "200"}).stdout
-    for choices in ("<axial|coronal|sagittal>", "<threads|dask>", "<template|llm>"):
+    for choices in ("<axial|coronal|sagittal>", "<processes|threads|dask>", "<template|llm>"):
         assert choices in shown
     assert "--overwrite" in shown and not re.search(r"--no-overwrite\s+<bool>", shown)
     wrong = cli.invoke(app, ["build", "demo", "--plane", "oblique", "--out", str(out)])
