@@ -281,9 +281,9 @@ class TemplateGenerator:
                 "side": laterality_of(r.label),
                 "relation": None,
             }
-        questions, answers = self._phrasings(plan.task, variables)
-        question = questions[plan.question_variant]
-        answer = answers[plan.answer_variant]
+        question, answer = self._phrasings(
+            plan.task, variables, plan.question_variant, plan.answer_variant
+        )
         if plan.task == "RC" and self._states_relation(image, plan):
             relation = first_relation_phrase(refs[0], list(by_id.values()))
             if relation:
@@ -296,10 +296,11 @@ class TemplateGenerator:
             region_ids=plan.region_ids,
         )
 
-    def _phrasings(self, task: str, variables: dict) -> tuple[list[str], list[str]]:
-        """:func:`render_phrasings` of ``task``, rendered once for all turns that differ only
-        in their boxes: the templates only join boxes into the text, so a turn's phrasings are
-        those of a rendering with numbered marks for its boxes, the marks then replaced."""
+    def _phrasings(self, task: str, variables: dict, question: int, answer: int) -> tuple[str, str]:
+        """The ``question``-th and ``answer``-th of :func:`render_phrasings` of ``task``,
+        rendered once for all turns that differ only in their boxes: the templates only join
+        boxes into the text, so a turn's phrasings are those of a rendering with numbered marks
+        for its boxes, the marks then replaced."""
         boxes: list[str] = []
 
         def mark(box: str) -> str:
@@ -314,7 +315,8 @@ class TemplateGenerator:
         if "regions" in shown:
             shown["regions"] = [{**r, "box": mark(r["box"])} for r in shown["regions"]]
         if _holds_mark(variables):  # (a label with the mark in it) rendered as it is
-            return render_phrasings(self.env, task, **variables)
+            questions, answers = render_phrasings(self.env, task, **variables)
+            return questions[question], answers[answer]
         key = (task, repr(sorted(shown.items())))
         rendered = self._rendered.get(key)
         if rendered is None:
@@ -327,7 +329,7 @@ class TemplateGenerator:
             parts[1::2] = [boxes[int(i)] for i in parts[1::2]]
             return "".join(parts)
 
-        return [unmark(q) for q in rendered[0]], [unmark(a) for a in rendered[1]]
+        return unmark(rendered[0][question]), unmark(rendered[1][answer])
 
     def _states_relation(self, image: ImageFacts, plan: TurnPlan) -> bool:
         """Whether an RC turn states its region's relation: one in :data:`RELATION_SHARE`, by
