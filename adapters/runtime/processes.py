@@ -29,6 +29,7 @@ import os
 import pickle
 import signal
 import threading
+import time
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from concurrent.futures.process import BrokenProcessPool
@@ -39,6 +40,7 @@ from medgrit.adapters.runtime import interrupt, progress
 
 _POLL_S = 0.2  # how often a waiting thread looks for a stop request
 _FLUSH_S = 10.0  # the longest a finished shard waits for its last progress counts
+_STOP_S = 2.0  # how long the workers of a broken pool have to stop their shards
 
 
 def local_processes(config: Any) -> int:
@@ -131,11 +133,22 @@ def _pool_of(workers: int) -> _Pool:
 
 
 def _drop(pool: _Pool) -> None:
-    """Forget a broken pool, so the next shard starts a new one."""
+    """Forget a broken pool, so the next shard starts a new one. Its other workers are asked
+    to stop their shards (so they leave no part file behind), then ended: they ignore SIGTERM,
+    which is how the pool would end them."""
     global _pool
     with _lock:
         if _pool is pool:
             _pool = None
+        if pool.closed:
+            return
+    pool.stop.set()
+    processes = list((getattr(pool.executor, "_processes", None) or {}).values())
+    deadline = time.monotonic() + _STOP_S
+    for process in processes:
+        process.join(timeout=max(0.0, deadline - time.monotonic()))
+        if process.is_alive():
+            process.kill()
     _shutdown(pool)
 
 
