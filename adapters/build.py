@@ -103,8 +103,10 @@ def run_build(
             on_progress,
         )
         jobs = book.pending_jobs(resolved)
-        processes = min(local_processes(config), len(jobs))
-        if processes > 1:  # (one shard gains nothing from a pool of processes)
+        # (one shard, or shards built one after another, gain nothing from a pool)
+        looped = isinstance(mapper, LoopMapper)
+        processes = 0 if looped else min(local_processes(config), len(jobs))
+        if processes > 1:
             logger.info("shards run on %d worker processes of this machine", processes)
             jobs = [replace(job, processes=processes) for job in jobs]
         futures = {mapper.submit(job): job.shard for job in jobs}

@@ -9,6 +9,7 @@ import os
 import shutil
 import signal
 import subprocess
+import threading
 from pathlib import Path
 
 import psutil
@@ -115,3 +116,100 @@ def test_a_killed_worker_fails_its_shard_in_one_line_and_resume_finishes(
     resumed = _run("resume", str(out), "--no-prefect", env=env)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert _tables(out) == reference
+
+
+# A build's pool, driven directly: one shard whose job the worker cannot build (it raises there,
+# so it ran), then the pool stays up, idle, while the script sleeps.
+_IDLE_POOL = """
+import signal, sys, time, types
+from medgrit.adapters.runtime.processes import run_shard
+
+if __name__ == "__main__":
+    signal.signal(signal.SIGINT, lambda signum, frame: None)  # (the test's Ctrl-Cs reach it too)
+    print("ready", flush=True)
+    try:
+        run_shard(types.SimpleNamespace(shard="00000"), 2)
+    except AttributeError:
+        print("idle", flush=True)
+    time.sleep(120)
+"""
+
+# A script without a __main__ guard: each spawned process runs it again, and fails there.
+_UNGUARDED = """
+import json, sys, types
+from medgrit.adapters.runtime.processes import WorkerProcessDied, close_shard_processes, run_shard
+
+print("body", file=sys.stderr, flush=True)
+errors = []
+for shard in ("00000", "00001", "00002"):
+    try:
+        run_shard(types.SimpleNamespace(shard=shard), 2)
+    except WorkerProcessDied as exc:
+        errors.append(str(exc))
+close_shard_processes()
+print(json.dumps(errors))
+"""
+
+
+def test_workers_leave_signals_to_the_build_end_with_it_and_an_unguarded_script_is_told(
+    tmp_path: Path, env: dict[str, str]
+) -> None:
+    script = tmp_path / "idle_pool.py"
+    script.write_text(_IDLE_POOL)
+    build = subprocess.Popen(
+        [shutil.which("python") or "python", str(script)],
+        env=env,
+        stdout=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    stop_pressing = threading.Event()
+
+    def press_ctrl_c() -> None:  # as a terminal does, to the whole group, while workers start
+        while not stop_pressing.wait(0.05):
+            os.killpg(build.pid, signal.SIGINT)
+
+    presser = threading.Thread(target=press_ctrl_c, daemon=True)
+    try:
+        assert build.stdout is not None and build.stdout.readline().strip() == "ready"
+        presser.start()
+        assert build.stdout.readline().strip() == "idle"  # its worker lived to run the shard
+        stop_pressing.set()
+        presser.join()
+        workers = [
+            w for w in psutil.Process(build.pid).children() if "spawn_main" in " ".join(w.cmdline())
+        ]
+        assert len(workers) == 1
+        # A terminal's Ctrl-C, hang-up and a service manager's SIGTERM reach every process of
+        # the group: the worker leaves them to the build's process.
+        for sig in (signal.SIGINT, signal.SIGHUP, signal.SIGTERM):
+            workers[0].send_signal(sig)
+        _, alive = psutil.wait_procs(workers, timeout=1)
+        assert alive == workers
+        # The build's process killed outright: its idle worker does not wait for shards forever.
+        build.kill()
+        _, alive = psutil.wait_procs(workers, timeout=15)
+        assert not alive
+    finally:
+        stop_pressing.set()
+        build.kill()
+        build.wait(timeout=30)
+
+    unguarded = tmp_path / "unguarded.py"
+    unguarded.write_text(_UNGUARDED)
+    ran = subprocess.run(
+        [shutil.which("python") or "python", str(unguarded)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert ran.returncode == 0, ran.stderr[-3000:]
+    errors = json.loads(ran.stdout.strip().splitlines()[-1])
+    # Every shard fails with the one line that says what to do ...
+    assert len(errors) == 3 and len(set(errors)) == 1, errors
+    assert "could not start" in errors[0] and 'if __name__ == "__main__":' in errors[0]
+    # ... and once the first pool's worker failed to start, no other was spawned to run the
+    # script again.
+    assert ran.stderr.count("body") == 2, ran.stderr[-3000:]

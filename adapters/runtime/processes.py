@@ -13,13 +13,17 @@ stopped by :func:`close_shard_processes` when the build ends. The workers:
 - stop when the build stops: the waiting thread passes a stop request on through a shared
   event, and a worker's :func:`medgrit.adapters.runtime.interrupt.check_stop` raises at its next
   case or image, so no part file is left half-written;
-- ignore SIGINT and SIGTERM (a terminal's Ctrl-C reaches the whole process group: the build's
-  process decides), and stop at their next image when that process is gone;
+- ignore SIGINT, SIGTERM and SIGHUP (a terminal's Ctrl-C reaches the whole process group: the
+  build's process decides; they are held while a worker starts, so one that comes while it
+  imports cannot end it either), and stop at their next image when that process is gone (killed
+  outright), then end, idle ones too;
 - send the progress of their shard (images, rejects, QA pairs) to the build's process as it is
   made, when a display listens there.
 
 A worker process that dies (killed, out of memory) fails the shard it ran with a one-line error;
-the next shard starts a new pool.
+the next shard starts a new pool. Workers that cannot start at all (an error while a spawned
+process imports the build's ``__main__``, such as a script's build run again there for want of an
+``if __name__ == "__main__":`` guard) fail the build's shards with one line that says so.
 """
 
 from __future__ import annotations
@@ -30,10 +34,12 @@ import pickle
 import signal
 import threading
 import time
+from collections.abc import Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from concurrent.futures.process import BrokenProcessPool
-from dataclasses import dataclass
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from typing import Any
 
 from medgrit.adapters.runtime import interrupt, progress
@@ -41,6 +47,15 @@ from medgrit.adapters.runtime import interrupt, progress
 _POLL_S = 0.2  # how often a waiting thread looks for a stop request
 _FLUSH_S = 10.0  # the longest a finished shard waits for its last progress counts
 _STOP_S = 2.0  # how long the workers of a broken pool have to stop their shards
+_WATCH_S = 0.5  # how often a worker looks whether the build's process is still there
+# Signals a worker ignores: a terminal sends them to the whole process group (Ctrl-C, a closed
+# terminal) and a service manager to the whole control group; the build's process decides.
+_IGNORED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+_DIED = "a worker process ended while it built this shard (killed, or out of memory)"
+_NOT_STARTED = (
+    "the worker processes could not start (see the error they printed); a Python script "
+    'must run a build under `if __name__ == "__main__":`, or use runner threads'
+)
 
 
 def local_processes(config: Any) -> int:
@@ -53,7 +68,9 @@ def local_processes(config: Any) -> int:
 
 
 class WorkerProcessDied(RuntimeError):
-    """A worker process ended while it built a shard (killed, or out of memory)."""
+    """A worker process ended while it built a shard (killed, or out of memory), or the
+    workers could not start (an error while a spawned process imports the build's
+    ``__main__``: a script without a ``__main__`` guard runs its build again there)."""
 
 
 @dataclass
@@ -63,11 +80,14 @@ class _Pool:
     updates: Any | None  # multiprocessing.Queue of (shard, counter, amount), when shown
     reader: threading.Thread | None
     flushed: dict[str, threading.Event]  # by shard: its worker's last count has been read
+    started: Any  # multiprocessing.Event: a worker of the pool has started
+    exit_codes: list[int | None] = field(default_factory=list)  # of its workers, once broken
     closed: bool = False
 
 
 _lock = threading.Lock()
 _pool: _Pool | None = None
+_not_started: list[str] = []  # this build's workers cannot start: its shards fail at once
 
 
 def run_shard(job: Any, workers: int) -> dict:
@@ -79,22 +99,58 @@ def run_shard(job: Any, workers: int) -> dict:
         WorkerProcessDied: the worker process running the shard ended.
         Exception: what the shard raised (an ``OSError`` of the disk, a bug).
     """
-    pool = _pool_of(workers)
     progress.forget(job.shard)  # a retry: the attempt before it counts no more
-    flushed = pool.flushed[job.shard] = threading.Event()
-    try:
-        future = pool.executor.submit(_build_in_worker, job)
-    except BrokenProcessPool:
-        _drop(pool)
-        raise WorkerProcessDied("a worker process of the build ended; run again") from None
+    pool, future = _submit(job, workers)
     try:
         return _wait(future, pool)
     finally:
         # The shard's counts come on another pipe than its result: all of them are read before
-        # the build settles the shard's counts, so none is taken twice.
-        if pool.updates is not None and future.done() and not future.cancelled():
-            flushed.wait(timeout=_FLUSH_S)
+        # the build settles the shard's counts, so none is taken twice. A worker that died
+        # sends no more.
+        if pool.updates is not None and _ran_in_worker(future):
+            pool.flushed[job.shard].wait(timeout=_FLUSH_S)
         pool.flushed.pop(job.shard, None)
+
+
+def _submit(job: Any, workers: int) -> tuple[_Pool, Future]:
+    """Hand ``job`` to this build's pool; to a new one when the pool broke before it took the
+    job (another shard's worker died: this shard never ran there)."""
+    retried = False
+    while True:
+        if _not_started:  # (spawning them again would only run the failing start again)
+            raise WorkerProcessDied(_not_started[0])
+        pool = _pool_of(workers)
+        pool.flushed[job.shard] = threading.Event()
+        try:
+            with _signals_held():  # (the pool spawns its workers as shards are submitted)
+                return pool, pool.executor.submit(_build_in_worker, job)
+        except BrokenProcessPool:
+            pool.flushed.pop(job.shard, None)
+            error = _broken(pool)
+            if retried:
+                raise error from None
+            retried = True
+
+
+def _ran_in_worker(future: Future) -> bool:
+    """Whether a worker process ran the shard to its end (so sent its last count)."""
+    if not future.done() or future.cancelled():
+        return False
+    return not isinstance(future.exception(), BrokenProcessPool)
+
+
+@contextmanager
+def _signals_held() -> Iterator[None]:
+    """The signals a worker ignores held back from this thread for the block: a process
+    spawned in it starts with them held, so a Ctrl-C while it imports cannot end it before
+    :func:`_start_worker` has it ignore them (the build's process sees them still, on its
+    other threads, or here once the block ends). The pool's semaphores started the resource
+    tracker before (whose start unblocks SIGINT and SIGTERM in the thread that starts it)."""
+    before = signal.pthread_sigmask(signal.SIG_BLOCK, _IGNORED)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, before)
 
 
 def _wait(future: Future, pool: _Pool) -> dict:
@@ -105,10 +161,19 @@ def _wait(future: Future, pool: _Pool) -> dict:
             if interrupt.stop_requested():
                 pool.stop.set()
         except BrokenProcessPool:
-            _drop(pool)
-            raise WorkerProcessDied(
-                "a worker process ended while it built this shard (killed, or out of memory)"
-            ) from None
+            raise _broken(pool) from None
+
+
+def _broken(pool: _Pool) -> WorkerProcessDied:
+    """Drop a broken pool; the error of its shards. When none of its workers started and one
+    ended with an error (not a signal), workers cannot start in this build: its other shards
+    fail at once, with that error."""
+    _drop(pool)
+    if pool.started.is_set() or not any(code and code > 0 for code in pool.exit_codes):
+        return WorkerProcessDied(_DIED)
+    with _lock:
+        _not_started[:] = [_NOT_STARTED]
+    return WorkerProcessDied(_NOT_STARTED)
 
 
 def _pool_of(workers: int) -> _Pool:
@@ -116,15 +181,15 @@ def _pool_of(workers: int) -> _Pool:
     with _lock:
         if _pool is None:
             context = multiprocessing.get_context("spawn")
-            stop = context.Event()
+            stop, started = context.Event(), context.Event()
             updates = context.Queue() if progress.active() else None
             executor = ProcessPoolExecutor(
                 max_workers=workers,
                 mp_context=context,
                 initializer=_start_worker,
-                initargs=(stop, updates, os.getpid()),
+                initargs=(stop, updates, os.getpid(), started),
             )
-            _pool = _Pool(executor, stop, updates, None, {})
+            _pool = _Pool(executor, stop, updates, None, {}, started)
             if updates is not None:
                 reader = threading.Thread(target=_read_updates, args=(_pool,), daemon=True)
                 reader.start()
@@ -149,6 +214,8 @@ def _drop(pool: _Pool) -> None:
         process.join(timeout=max(0.0, deadline - time.monotonic()))
         if process.is_alive():
             process.kill()
+            process.join(timeout=_STOP_S)
+    pool.exit_codes = [process.exitcode for process in processes]
     _shutdown(pool)
 
 
@@ -157,6 +224,7 @@ def close_shard_processes() -> None:
     global _pool
     with _lock:
         pool, _pool = _pool, None
+        _not_started.clear()
     if pool is not None:
         _shutdown(pool)
 
@@ -199,6 +267,7 @@ def _read_updates(pool: _Pool) -> None:
 
 _updates: Any | None = None
 _shard: list[str] = [""]
+_busy = threading.Event()  # a shard is being built in this worker
 
 
 class _Forward:
@@ -215,18 +284,35 @@ class _Forward:
             _updates.put((_shard[0], counter, amount))
 
 
-def _start_worker(stop: Any, updates: Any | None, parent: int) -> None:
+def _start_worker(stop: Any, updates: Any | None, parent: int, started: Any) -> None:
     global _updates
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    for sig in _IGNORED:
+        signal.signal(sig, signal.SIG_IGN)
+    # Spawned with them held (:func:`_signals_held`): one that came since is dropped now.
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, _IGNORED)
     _updates = updates
     interrupt.share_stop(stop, parent)
+    started.set()
+    threading.Thread(target=_watch_build, args=(parent,), daemon=True).start()
+
+
+def _watch_build(parent: int) -> None:
+    """End this worker once the build's process is gone (killed, it could not end its pool:
+    an idle worker would wait for shards forever). A shard running here stops first, at its
+    next image, so it leaves no part file behind."""
+    while os.getppid() == parent:
+        time.sleep(_WATCH_S)
+    interrupt.request_stop()
+    while _busy.is_set():
+        time.sleep(_WATCH_S)
+    os._exit(0)
 
 
 def _build_in_worker(job: Any) -> dict:
     from medgrit.adapters.shard import build_one_shard
 
     _shard[0] = job.shard
+    _busy.set()
     try:
         if _updates is None:
             return build_one_shard(job)
@@ -237,6 +323,7 @@ def _build_in_worker(job: Any) -> dict:
     finally:
         if _updates is not None:
             _updates.put((job.shard, None, 0))
+        _busy.clear()
 
 
 def _picklable(exc: BaseException) -> BaseException:
