@@ -13,13 +13,14 @@ recorded shard's counts settled (a failed shard's advances withdrawn).
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
 from medgrit.adapters.planning import PreparedBuild
 from medgrit.adapters.runtime import progress
 from medgrit.adapters.runtime.interrupt import BuildInterrupted, request_stop, stop_requested
 from medgrit.adapters.shard import ShardJob
+from medgrit.adapters.store import bookkeeping
 from medgrit.adapters.store.bookkeeping import (
     BuildFailed,
     DatasetMismatch,
@@ -30,12 +31,16 @@ from medgrit.adapters.store.bookkeeping import (
     now,
     plan_manifest,
     resume_manifest,
-    shard_outcome,
+    shard_error,
     write_record,
 )
+from medgrit.adapters.store.dataset_dir import RECORDS_DIR
+from medgrit.adapters.store.manifest import CaseListFiles, write_plan_cases
 from medgrit.adapters.store.parquet import ParquetShardWriter
-from medgrit.core.failures import is_disk_full
+from medgrit.core.failures import StopRequested, is_disk_full
 from medgrit.core.fsnames import escape_name
+from medgrit.core.shard_rows import CaseTask
+from medgrit.core.sharding import CompactPlan
 from medgrit.core.summary import qa_pairs
 from medgrit.schemas.config import BuildConfig
 from medgrit.schemas.manifest import GeneratorEntry, Manifest, RetiredShard, ShardEntry
@@ -63,6 +68,22 @@ def _progress_counts(entry: ShardEntry) -> dict[str, float]:
     }
 
 
+def shard_outcome(entry: ShardEntry, outcome: dict | BaseException) -> tuple[ShardEntry, str]:
+    """A shard's entry with its outcome (its result: rows, files, stats, tokens, seconds; or
+    what it raised) recorded.
+
+    Returns:
+        The entry, and ``done``, ``failed``, or ``stopped`` (a stop request: the entry stays
+        as it was, pending for the resume).
+    """
+    if isinstance(outcome, StopRequested):
+        return entry, "stopped"
+    if isinstance(outcome, BaseException):
+        return entry.evolve(status="failed", error=shard_error(outcome)), "failed"
+    done = entry.evolve(drop=("error",), status="done", finished_at=now(), **outcome)
+    return done, "done"
+
+
 class BuildBook:
     """The manifest of one build in memory, and the records of its shards in OUT.
 
@@ -82,6 +103,7 @@ class BuildBook:
         self.logger, self.on_progress = logger, on_progress
         self.shown = escape_name(str(out))
         self.entries: dict[str, ShardEntry] = {e.id: e for e in manifest.shards}
+        self.plan_ids = [e.id for e in manifest.shards]
         self.vocabularies = prepared.vocabularies
         self.total = len(prepared.plan)
         self.finished = sum(1 for e in manifest.shards if e.status == "done")
@@ -118,6 +140,16 @@ class BuildBook:
             *((previous.retired or []) if previous is not None else []),
             *(RetiredShard.model_validate(shard.record(now())) for shard in prepared.retired),
         ]
+        # A large plan's case lists are written now, shard by shard, and kept out of the
+        # manifest (``medgrit.adapters.store.bookkeeping.INLINE_CASES``).
+        lists = prepared.case_lists  # a resumed plan's, as OUT holds them
+        if lists is None and planned_cases(prepared.plan) > bookkeeping.INLINE_CASES:
+            try:
+                lists = write_plan_cases(out, prepared.plan)
+            except OSError as exc:  # files written before it are not named: removed later
+                if is_disk_full(exc):
+                    raise DiskFull(exc.errno, exc.strerror, escape_name(str(out))) from exc
+                raise
         manifest = plan_manifest(
             config,
             prepared.sources,
@@ -126,12 +158,18 @@ class BuildBook:
             vocabularies.get(0, ()),
             {s: (g, vocabularies[g]) for s, g in prepared.generations.items() if g},
             retired,
+            lists,
         )
-        if prepared.new_cases and not append:  # a resume finishes the plan it was given
-            shown = escape_name(str(out))
-            before = previous if previous is not None else manifest.evolve(shards=[])
-            raise DatasetMismatch(mismatch_message(before, manifest, True, shown))
-        manifest = resume_manifest(out, manifest, rebuild_if_changed, extends=previous is not None)
+        try:
+            if prepared.new_cases and not append:  # a resume finishes the plan it was given
+                shown = escape_name(str(out))
+                before = previous if previous is not None else manifest.evolve(shards=[])
+                raise DatasetMismatch(mismatch_message(before, manifest, True, shown, out))
+            extends = previous is not None
+            manifest = resume_manifest(out, manifest, rebuild_if_changed, extends)
+        except DatasetMismatch:
+            _remove_created(out, lists)  # OUT holds another build: left as it was
+            raise
         book = cls(out, manifest, prepared, logger, on_progress)
         book._say_what_changed()
         book._remove_leftovers()
@@ -151,7 +189,7 @@ class BuildBook:
             )
         if prepared.new_cases:
             newest = max(self.vocabularies)
-            added = sum(1 for s, _ in prepared.plan if prepared.generations.get(s) == newest)
+            added = sum(1 for g in prepared.generations.values() if g == newest)
             logger.info(
                 "the sources gained %d cases since the dataset was built: %d new shards",
                 prepared.new_cases,
@@ -173,16 +211,16 @@ class BuildBook:
 
     def pending_jobs(self, config: BuildConfig) -> list[ShardJob]:
         """The shards not yet done, as jobs run with ``config`` (the resolved one)."""
-        prepared = self.prepared
+        prepared, plan = self.prepared, self.prepared.plan
         jobs = [
             ShardJob(
                 shard,
-                cases,
+                _tasks(plan, i),
                 config,
                 list(self.entries[shard].batches or []),
                 self.vocabularies[prepared.generations.get(shard, 0)],
             )
-            for shard, cases in prepared.plan
+            for i, shard in enumerate(self.plan_ids)
             if self.entries[shard].status != "done"
         ]
         self.logger.info(
@@ -318,3 +356,25 @@ class BuildBook:
                 f"run `medgrit resume {self.shown}` to retry them"
             )
         return manifest
+
+
+def planned_cases(plan: Sequence[tuple[str, list[CaseTask]]]) -> int:
+    """How many cases a plan holds (a compact plan counts them without making its tasks)."""
+    if isinstance(plan, CompactPlan):
+        return len(plan.case_ids)
+    return sum(len(cases) for _, cases in plan)
+
+
+def _tasks(plan: Sequence[tuple[str, list[CaseTask]]], shard: int) -> list[CaseTask]:
+    """The tasks of shard number ``shard`` of ``plan``, to build it (fingerprints, which only
+    the manifest records, are not taken again)."""
+    if isinstance(plan, CompactPlan):
+        return plan.tasks(shard, fingerprints=False)
+    return plan[shard][1]
+
+
+def _remove_created(out: Path, lists: CaseListFiles | None) -> None:
+    """Remove the case-list files a refused build wrote (never those that were there)."""
+    for name in lists.created if lists is not None else ():
+        if name.startswith(f"{RECORDS_DIR}/"):
+            (out / name).unlink(missing_ok=True)

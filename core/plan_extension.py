@@ -48,14 +48,15 @@ class RecordedPlan:
 
     Attributes:
         shards: the shard entries, in order (``id``, ``cases`` with ``source``, ``case``,
-            ``case_id``, ``split``, ``quota`` and what tells a changed case; ``generation``).
+            ``case_id``, ``split``, ``quota`` and what tells a changed case; ``generation``);
+            read once, in order (they may be read from files as they come).
         sources: the manifest's ``sources`` (``spec``, ``kind``, ``label_maps``,
             ``label_words``; see ``medgrit.core.changes.label_map_changes``).
         retired: entries of shards retired before (``id``, ``generation``): their ids and
             generations are never used again.
     """
 
-    shards: Sequence[Mapping]
+    shards: Iterable[Mapping]
     sources: Sequence[Mapping] = ()
     retired: Sequence[Mapping] = ()
 
@@ -127,7 +128,8 @@ class _Review:
 
     ``plan``/``generations``: the shards kept; ``placed``: the cases in them; ``seen``: every
     recorded case still in the sources (kept or to be built again); ``patient_split`` and
-    ``recorded_quota``: as recorded; ``spent``: the images the kept shards were given.
+    ``recorded_quota``: as recorded; ``spent``: the images the kept shards were given;
+    ``outline``: each recorded shard's id and generation, kept or retired.
     """
 
     plan: list[tuple[str, list[CaseTask]]] = field(default_factory=list)
@@ -141,6 +143,7 @@ class _Review:
     changed: list[str] = field(default_factory=list)
     unreadable: list[str] = field(default_factory=list)
     spent: int = 0
+    outline: list[tuple[str, int]] = field(default_factory=list)
 
     def conflict(
         self,
@@ -182,7 +185,7 @@ class _Review:
 
 
 def _review(
-    shards: Sequence[Mapping],
+    shards: Iterable[Mapping],
     cases: Sequence[Case],
     case_ids: list[str],
     patient_ids: list[str],
@@ -202,6 +205,7 @@ def _review(
         for shard in shards:
             shard_id = str(shard["id"])
             generation = int(shard.get("generation") or 0)
+            review.outline.append((shard["id"], generation))
             kept: list[tuple[int, CaseTask]] = []
             why_retired: list[str] = []
             for entry in shard["cases"]:
@@ -299,7 +303,7 @@ def extend_plan(
     """
     case_ids = [pseudonymise_case(c.dataset, c.case, key) for c in cases]
     patient_ids = [pseudonymise_case(c.dataset, c.patient or c.case, key) for c in cases]
-    relabelled = label_map_changes(recorded.sources, cases)
+    relabelled = label_map_changes(recorded.sources, label_examples(cases))
     ids = (case_ids, patient_ids)
     review = _review(
         recorded.shards, cases, *ids, relabelled, estimate_images, fingerprint, rebuild_changed
@@ -328,7 +332,7 @@ def extend_plan(
     retired = tuple(review.retired)
     if not tasks:
         return ExtendedPlan(review.plan, review.generations, 0, 0, retired)
-    shards, generation = _new_shards(tasks, recorded, config)
+    shards, generation = _new_shards(tasks, review.outline, recorded.retired, config)
     plan = [*review.plan, *shards]
     generations = {**review.generations, **dict.fromkeys((id_ for id_, _ in shards), generation)}
     rebuilt = sum(1 for i in planned if i in review.seen)
@@ -395,14 +399,29 @@ def _quotas_of_new_cases(
 
 
 def _new_shards(
-    tasks: list[CaseTask], recorded: RecordedPlan, config: PlanSettings
+    tasks: list[CaseTask],
+    outline: Sequence[tuple[object, int]],
+    retired: Sequence[Mapping],
+    config: PlanSettings,
 ) -> tuple[list[tuple[str, list[CaseTask]]], int]:
-    """``tasks`` packed into shards sized by work, numbered after every recorded shard (retired
-    ones too), and the plan generation after theirs that they belong to."""
+    """``tasks`` packed into shards sized by work, numbered after every recorded shard
+    (``outline``: each one's id and generation; ``retired`` ones too), and the plan generation
+    after theirs that they belong to."""
     work = [t.quota if t.quota is not None else (t.listed or 1) for t in tasks]
-    every = [*recorded.shards, *recorded.retired]
-    first = 1 + max((int(str(s["id"])) for s in every), default=-1)
-    generation = 1 + max((int(s.get("generation") or 0) for s in every), default=-1)
+    every = [*outline, *((s["id"], int(s.get("generation") or 0)) for s in retired)]
+    first = 1 + max((int(str(shard)) for shard, _ in every), default=-1)
+    generation = 1 + max((g for _, g in every), default=-1)
     ranges = plan_shards(work, config.images_per_shard, config.cases_per_shard)
     shards = [(shard_name(first + n), tasks[start:stop]) for n, (start, stop) in enumerate(ranges)]
     return shards, generation
+
+
+def label_examples(cases: Iterable[Case]) -> list[Case]:
+    """The first case of each source, dataset and set of label objects (names, as written,
+    groups), in order: what ``medgrit.core.changes.label_maps_of`` reads of all the cases (it
+    reads each label object once), without a list of every case."""
+    firsts: dict[tuple, Case] = {}  # holds each case's label objects: their ids stay theirs
+    for case in cases:
+        labels = (case.labels, case.written_labels, case.label_groups)
+        firsts.setdefault((case.source, type(case), case.dataset, *map(id, labels)), case)
+    return list(firsts.values())

@@ -7,10 +7,17 @@ extended by :mod:`medgrit.core.plan_extension`, which packs the new cases with t
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping, Sequence
+import hashlib
+import hmac
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import overload
+
+import numpy as np
 
 from medgrit.core.cases import Case
-from medgrit.core.ids import pseudonymise_case, unit_hash
+from medgrit.core.fsnames import name_bytes
+from medgrit.core.ids import unit_hash
 from medgrit.core.settings import PlanSettings
 from medgrit.core.shard_rows import CaseTask
 
@@ -167,6 +174,10 @@ Fingerprint = Callable[[Case], "tuple[str, str | None]"]
 """A case's (fingerprint, content digest or None) now, as ``medgrit.adapters.sources.
 fingerprints`` computes them; ``medgrit.core.changes.case_change`` compares them."""
 
+Fingerprints = Callable[[Sequence[Case]], "Sequence[tuple[str, str | None]]"]
+""":data:`Fingerprint` of several cases at once, in order (``medgrit.adapters.sources.
+fingerprints.fingerprint_cases``)."""
+
 
 def plan_build(
     cases: Sequence[Case],
@@ -186,6 +197,8 @@ def plan_build(
     :func:`assign_new_splits`, counting the assigned ones of their dataset as kept (with none
     assigned, as :func:`assign_splits` draws them).
 
+    This is :func:`plan_cases`'s plan as a list (a :class:`CaseTask` per planned case).
+
     Args:
         cases: every case of the build's sources, in source order.
         config: the build config.
@@ -196,31 +209,236 @@ def plan_build(
             header, without reading its pixels); default 1 per case.
         fingerprint: what each planned case records to tell later that it changed.
     """
-    case_ids = [pseudonymise_case(c.dataset, c.case, key) for c in cases]
-    # Split by patient: all cases of one patient land on the same side. Patients whose source
-    # assigns their split keep it; the others are drawn around them.
-    patients = [(c.dataset, pseudonymise_case(c.dataset, c.patient or c.case, key)) for c in cases]
-    decided = source_splits(cases, patients)
-    kept: dict[str, list[str]] = {}
-    for (dataset, _), split in decided.items():
-        kept.setdefault(dataset, []).append(split)
-    unique = sorted(set(patients) - set(decided))
-    ids, groups = [p for _, p in unique], [d for d, _ in unique]
-    drawn = assign_new_splits(ids, groups, kept, config.test_fraction, config.split_seed)
-    patient_split = {**dict(zip(unique, drawn, strict=True)), **decided}
-    splits = [patient_split[p] for p in patients]
-    quotas: list[int | None] = [None] * len(cases)
+    batch = None if fingerprint is None else (lambda refs: [fingerprint(c) for c in refs])
+    return list(plan_cases(cases, config, key, count_images, estimate_images, batch))
+
+
+class CompactPlan(Sequence[tuple[str, list[CaseTask]]]):
+    """A plan held in arrays, read as the list of ``(shard id, case tasks)`` that
+    :func:`plan_build` returns: a shard's :class:`CaseTask` objects (and fingerprints) are made
+    when it is read, so a plan of millions of cases holds no object per case.
+
+    Planned case ``j`` (in plan order) is ``cases[index[j]]`` (no ``index``: ``cases[j]``,
+    every case is planned); ``case_ids[j]`` is its id (the
+    16 hex digits of :func:`~medgrit.core.ids.pseudonymise_case` as an unsigned 64-bit
+    number), ``test[j]`` its split (test, else train), ``quotas[j]`` its image quota (None: no
+    cap) and ``listed[j]`` the images its listing shows (None: not estimated). Shard ``s``
+    (``shard_name(s)``) holds planned cases ``bounds[s]:bounds[s + 1]``. ``label_cases``: the
+    listing index of one planned case per distinct set of label names and synonyms (what a
+    build's vocabulary is made of).
+
+    Memory: the listing ``cases`` (its sources hold it anyway), 17 bytes per planned case (33
+    under a quota, with ``index``) and 8 per shard.
+    """
+
+    def __init__(
+        self,
+        cases: Sequence[Case],
+        index: np.ndarray | None,
+        case_ids: np.ndarray,
+        test: np.ndarray,
+        quotas: np.ndarray | None,
+        listed: np.ndarray | None,
+        bounds: np.ndarray,
+        label_cases: Sequence[int] = (),
+        fingerprints: Fingerprints | None = None,
+    ) -> None:
+        self.cases, self.index, self.case_ids, self.test = cases, index, case_ids, test
+        self.quotas, self.listed, self.bounds = quotas, listed, bounds
+        self.label_cases, self.fingerprints = tuple(label_cases), fingerprints
+
+    def __len__(self) -> int:
+        return len(self.bounds) - 1
+
+    @overload
+    def __getitem__(self, shard: int) -> tuple[str, list[CaseTask]]: ...
+
+    @overload
+    def __getitem__(self, shard: slice) -> list[tuple[str, list[CaseTask]]]: ...
+
+    def __getitem__(self, shard: int | slice):  # type: ignore[override]
+        if isinstance(shard, slice):
+            return [self[s] for s in range(*shard.indices(len(self)))]
+        if shard < 0:
+            shard += len(self)
+        if not 0 <= shard < len(self):
+            raise IndexError("shard out of range")
+        return shard_name(shard), self.tasks(shard)
+
+    def __iter__(self) -> Iterator[tuple[str, list[CaseTask]]]:
+        for shard in range(len(self)):
+            yield shard_name(shard), self.tasks(shard)
+
+    def tasks(self, shard: int, fingerprints: bool = True) -> list[CaseTask]:
+        """The tasks of shard number ``shard``; ``fingerprints``: with each case's fingerprint
+        taken now (False: without, for work that does not record them)."""
+        lo, hi = int(self.bounds[shard]), int(self.bounds[shard + 1])
+        if self.index is None:
+            refs = list(self.cases[lo:hi])
+        else:
+            refs = [self.cases[i] for i in self.index[lo:hi].tolist()]
+        n = len(refs)
+        stamps: Sequence[tuple[str | None, str | None]] = [(None, None)] * n
+        if fingerprints and self.fingerprints is not None:
+            stamps = self.fingerprints(refs)
+        quotas = self.quotas[lo:hi].tolist() if self.quotas is not None else [None] * n
+        listed = self.listed[lo:hi].tolist() if self.listed is not None else [None] * n
+        rows = zip(
+            refs,
+            self.case_ids[lo:hi].tolist(),
+            self.test[lo:hi].tolist(),
+            quotas,
+            listed,
+            stamps,
+            strict=True,
+        )
+        return [
+            CaseTask(ref, f"{cid:016x}", "test" if test else "train", quota, seen, *stamp)
+            for ref, cid, test, quota, seen, stamp in rows
+        ]
+
+
+def plan_cases(
+    cases: Sequence[Case],
+    config: PlanSettings,
+    key: bytes,
+    count_images: Callable[[Case], int],
+    estimate_images: Callable[[Case], int] | None = None,
+    fingerprints: Fingerprints | None = None,
+) -> CompactPlan:
+    """The plan of :func:`plan_build` (the same shards, cases, splits and quotas), held compact.
+
+    ``cases`` is read once in order (a source may make its cases as they are read), and
+    again by index when a shard's tasks are made; ``count_images`` only under
+    ``config.max_images``. Peak memory beyond the listing: about 100 bytes per case, while the
+    splits are drawn.
+
+    Raises:
+        ValueError: ``config.test_fraction`` is not in [0, 1), or a shard size is below 1.
+    """
+    scan = _scan_cases(cases, key, estimate_images)
+    test = _draw_test(scan, config)
+    case_ids, listed, label_codes = scan.case_ids, scan.listed, scan.label_codes
+    del scan  # its patients, datasets and assigned splits are drawn: their memory goes
+    n = len(test)
+    planned = None  # every case
+    quotas = None
     if config.max_images is not None:
-        taken = allocate_images((count_images(c) for c in cases), len(cases), config.max_images)
-        quotas = [*taken, *([0] * (len(cases) - len(taken)))]
-    tasks = [
-        case_task(case, cid, split, quota, estimate_images, fingerprint)
-        for case, cid, split, quota in zip(cases, case_ids, splits, quotas, strict=True)
-        if quota != 0
-    ]
-    work = [t.quota if t.quota is not None else (t.listed or 1) for t in tasks]
-    ranges = plan_shards(work, config.images_per_shard, config.cases_per_shard)
-    return [(shard_name(i), tasks[start:stop]) for i, (start, stop) in enumerate(ranges)]
+        taken = allocate_images((count_images(c) for c in cases), n, config.max_images)
+        every = np.zeros(n, np.int64)
+        every[: len(taken)] = taken
+        planned = np.flatnonzero(every)
+        quotas = every[planned]
+        case_ids, test = case_ids[planned], test[planned]
+        listed = listed[planned] if listed is not None else None
+        label_codes = label_codes[planned]
+    if quotas is not None:
+        work = quotas
+    elif listed is not None:
+        work = np.where(listed > 0, listed, 1)  # a task's ``listed or 1``
+    else:
+        work = np.ones(n, np.int64)
+    ranges = plan_shards(work.tolist(), config.images_per_shard, config.cases_per_shard)
+    del work
+    bounds = np.array([0, *(stop for _, stop in ranges)], np.int64)
+    _, first = np.unique(label_codes, return_index=True)
+    label_cases = sorted((first if planned is None else planned[first]).tolist())
+    return CompactPlan(
+        cases, planned, case_ids, test, quotas, listed, bounds, label_cases, fingerprints
+    )
+
+
+@dataclass(frozen=True, eq=False)
+class _Scan:
+    """What one pass over the listing finds of each case: its id and its patient's (as
+    numbers), its dataset (a code), the split its source assigns (2 test, 1 train, 0 none),
+    its listed images, and its set of label names and synonyms (a code)."""
+
+    case_ids: np.ndarray
+    patients: np.ndarray
+    groups: np.ndarray
+    assigned: np.ndarray
+    listed: np.ndarray | None
+    label_codes: np.ndarray
+
+
+def _scan_cases(
+    cases: Sequence[Case], key: bytes, estimate_images: Callable[[Case], int] | None
+) -> _Scan:
+    """One pass over ``cases`` (see :class:`_Scan`)."""
+    n = len(cases)
+    case_ids, patients = np.empty(n, np.uint64), np.empty(n, np.uint64)
+    groups, label_codes = np.empty(n, np.int32), np.empty(n, np.int32)
+    assigned = np.zeros(n, np.int8)
+    listed = np.empty(n, np.int64) if estimate_images is not None else None
+    datasets: dict[str, int] = {}
+    label_sets: dict[tuple, int] = {}
+    last: tuple = (None, None, 0)  # the label objects of the case before, and their code
+    keyed = hmac.new(key, digestmod=hashlib.sha256)
+    for i, case in enumerate(cases):
+        dataset, name, patient = case.dataset, case.case, case.patient
+        cid = _id_number(keyed, dataset, name)
+        pid = cid if not patient or patient == name else _id_number(keyed, dataset, patient)
+        case_ids[i], patients[i] = cid, pid
+        groups[i] = datasets.setdefault(dataset, len(datasets))
+        if case.split:
+            assigned[i] = 2 if case.split == "test" else 1
+        if listed is not None:
+            listed[i] = estimate_images(case)  # type: ignore[misc]
+        labels, synonyms = case.labels, case.synonyms
+        if labels is not last[0] or synonyms is not last[1]:
+            last = (labels, synonyms, label_sets.setdefault((labels, synonyms), len(label_sets)))
+        label_codes[i] = last[2]
+    return _Scan(case_ids, patients, groups, assigned, listed, label_codes)
+
+
+def _draw_test(scan: _Scan, config: PlanSettings) -> np.ndarray:
+    """Whether each case is test, drawn by patient as :func:`plan_build` says: the patients of
+    each dataset whose source assigns no split are ranked by a keyed hash of their id (then
+    the id) and the first go to test, as :func:`assign_new_splits` draws them."""
+    if not 0.0 <= config.test_fraction < 1.0:
+        raise ValueError("test_fraction must be in [0, 1)")
+    n = len(scan.case_ids)
+    if n == 0:
+        return np.zeros(0, bool)
+    order = np.lexsort((scan.patients, scan.groups))
+    groups, pids = scan.groups[order], scan.patients[order]
+    first = np.ones(n, bool)
+    first[1:] = (groups[1:] != groups[:-1]) | (pids[1:] != pids[:-1])
+    starts = np.flatnonzero(first)
+    u_groups, u_pids = groups[starts], pids[starts]
+    decided = np.maximum.reduceat(scan.assigned[order], starts)
+    u_test = decided == 2
+    edges = np.flatnonzero(np.r_[True, u_groups[1:] != u_groups[:-1], True])
+    for lo, hi in zip(edges[:-1].tolist(), edges[1:].tolist(), strict=True):
+        _draw_group(u_test[lo:hi], u_pids[lo:hi], decided[lo:hi], config)
+    patient_of = np.empty(n, np.intp)
+    patient_of[order] = np.cumsum(first) - 1
+    return u_test[patient_of]
+
+
+def _draw_group(
+    test: np.ndarray, pids: np.ndarray, decided: np.ndarray, config: PlanSettings
+) -> None:
+    """Mark in ``test`` (a view) the drawn test patients of one dataset (sorted by id, with the
+    split their source assigned: ``decided``), as :func:`assign_new_splits` does."""
+    undecided = np.flatnonzero(decided == 0)
+    m = len(undecided)
+    if m == 0:
+        return
+    before_test = int(np.count_nonzero(decided == 2))
+    total = len(decided)
+    k = _test_target(total, config.test_fraction) - before_test
+    k = max(0, min(k, m))
+    if before_test + k == total and total > 1:  # never all of a group
+        k -= 1
+    if k == 0:
+        return
+    drawn = pids[undecided]
+    prefix = hashlib.sha256(name_bytes(f"split\x1f{config.split_seed}\x1f"))
+    hashes = np.array([_split_hash(prefix, f"{p:016x}") for p in drawn.tolist()])
+    ranked = undecided[np.lexsort((drawn, hashes))]
+    test[ranked[:k]] = True
 
 
 def case_task(
@@ -235,3 +453,19 @@ def case_task(
     stamp, content = fingerprint(case) if fingerprint else (None, None)
     listed = estimate_images(case) if estimate_images else None
     return CaseTask(case, case_id, split, quota, listed, stamp, content)
+
+
+def _id_number(keyed: hmac.HMAC, dataset: str, case: str) -> int:
+    """:func:`~medgrit.core.ids.pseudonymise_case` of ``dataset`` and ``case`` under the key
+    of ``keyed`` (an HMAC of no message yet), as the number its 16 hex digits write."""
+    mac = keyed.copy()
+    mac.update(name_bytes(f"{dataset}\x1f{case}"))
+    return int.from_bytes(mac.digest()[:8], "big")
+
+
+def _split_hash(prefix: hashlib._Hash, case_id: str) -> float:
+    """``unit_hash("split", seed, case_id)`` (``medgrit.core.ids``), ``prefix`` being the
+    sha256 of ``split\x1f{seed}\x1f``."""
+    digest = prefix.copy()
+    digest.update(name_bytes(case_id))
+    return int.from_bytes(digest.digest()[:8], "big") / float(1 << 64)

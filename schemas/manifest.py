@@ -11,12 +11,13 @@ shard records may list a shard's keys in another order: the same JSON object, ot
 Layout (schema version 1; ``?``: optional)::
 
     Manifest      format?, schema_version, medgrit_version?, config, sources, generator?,
-                  vocabulary?, synonyms?, vocabulary_version?, tables?, shards, retired?,
-                  created_at?, host?, totals?, status?, updated_at?
+                  vocabulary?, synonyms?, vocabulary_version?, tables?, case_lists?, shards,
+                  retired?, created_at?, host?, totals?, status?, updated_at?
     SourceEntry   spec, kind?, dataset?, modality?, cases?, label_maps?, label_map_sha256?,
                   label_words?, datasets?
-    ShardEntry    id, cases, status, generation?, vocabulary?, synonyms?, error?, batches?,
-                  finished_at?, rows?, files?, stats?, tokens?, seconds?
+    ShardEntry    id, cases?, case_count?, plan_sha256?, status, generation?, vocabulary?,
+                  synonyms?, error?, batches?, finished_at?, rows?, files?, stats?, tokens?,
+                  seconds?
     ShardRecord   status, rows?, files?, stats?, tokens?, seconds?, finished_at?, error?, id, key
     RetiredShard  id (digits), generation, cases, reason, retired_at
     Totals        rows, images_by_modality, images_by_split, qa_by_modality_task,
@@ -28,6 +29,13 @@ them (``{label: [synonym, ...]}``), which every turn was read with; a shard appe
 (``medgrit.core.lexicon.VOCABULARY_VERSION``) the dataset was read with; datasets written before
 it was recorded lack it.
 
+Case lists. A shard's entry lists its ``cases``, except in a dataset of a large plan
+(``medgrit.adapters.store.bookkeeping.INLINE_CASES``): there ``case_lists`` names the files
+(``shards/cases-*.json``, each ``{"shards": [{"id", "cases"}, ...]}``) that hold them, and each
+entry has instead ``case_count`` and ``plan_sha256`` (a digest of what it plans per case:
+``bookkeeping.plan_digest``), so that the manifest stays small per shard. Readers get the cases
+merged back (``bookkeeping.load_dataset``).
+
 ``config`` stays the plain JSON of ``medgrit.schemas.config.BuildConfig``: ``validate`` reports
 a config that no longer validates as a problem of the dataset, not as an unreadable manifest.
 """
@@ -37,7 +45,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from typing import Annotated, Any, Literal, Self
 
-from pydantic import BaseModel, ConfigDict, StringConstraints
+from pydantic import BaseModel, ConfigDict, StringConstraints, model_validator
 
 from medgrit.core.summary import ShardCounts, build_totals
 from medgrit.schemas.tables import TABLES
@@ -163,10 +171,13 @@ class ShardRecord(ShardOutcome):
 
 
 class ShardEntry(ManifestModel):
-    """One shard of the plan: its cases, and once it ran, its outcome."""
+    """One shard of the plan: its cases (or, where the manifest's ``case_lists`` hold them, how
+    many and their digest), and once it ran, its outcome."""
 
     id: str
-    cases: list[CaseEntry]
+    cases: list[CaseEntry] = []
+    case_count: int | None = None
+    plan_sha256: str | None = None
     status: Literal["pending", "done", "failed"]
     generation: int | None = None
     vocabulary: list[str] | None = None
@@ -179,6 +190,19 @@ class ShardEntry(ManifestModel):
     stats: ShardStats | None = None
     tokens: Tokens | None = None
     seconds: Number | None = None
+
+    @model_validator(mode="after")
+    def _lists_or_counts_its_cases(self) -> Self:
+        if "cases" not in self.model_fields_set and (
+            self.case_count is None or self.plan_sha256 is None
+        ):
+            raise ValueError("a shard lists its cases, or counts and digests them")
+        return self
+
+    @property
+    def n_cases(self) -> int:
+        """How many cases the shard holds (whether or not they are listed here)."""
+        return self.case_count if self.case_count is not None else len(self.cases)
 
     def counts(self) -> ShardCounts:
         """What this shard adds to the build's totals."""
@@ -246,6 +270,7 @@ class Manifest(ManifestModel):
     synonyms: dict[str, list[str]] | None = None
     vocabulary_version: int | None = None
     tables: list[str] | None = None
+    case_lists: list[str] | None = None
     shards: list[ShardEntry]
     retired: list[RetiredShard] | None = None
     created_at: str | None = None
@@ -253,6 +278,12 @@ class Manifest(ManifestModel):
     totals: Totals | None = None
     status: str | None = None
     updated_at: str | None = None
+
+    @model_validator(mode="after")
+    def _case_lists_hold_unlisted_cases(self) -> Self:
+        if self.case_lists is None and any("cases" not in s.model_fields_set for s in self.shards):
+            raise ValueError("a shard whose cases are not listed needs the case_lists holding them")
+        return self
 
     def with_shard(self, entry: ShardEntry) -> Manifest:
         """This manifest with ``entry`` in place of the entry of the same id."""

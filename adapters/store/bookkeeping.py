@@ -8,10 +8,11 @@ shard, whatever the size of the build. ``dataset.json`` is compacted from the re
 of a build and when a build or resume starts; :func:`load_dataset` reads the manifest with the
 records merged, so ``status``, ``validate`` and resume see every finished shard even when a
 build was killed between a record and the compaction. A record counts only for the shard, cases
-and content settings it was written for (its ``key``). An interrupted build can be resumed: a
-rerun over the same directory and settings keeps the shards whose files are present with their
-recorded sha256. A directory holding a build of other sources
-or settings is :class:`DatasetMismatch` (finished shards are never thrown away) unless the
+and content settings it was written for (its ``key``). A plan of more than :data:`INLINE_CASES`
+cases keeps its shards' case lists in ``shards/cases-*.json`` (``manifest.write_case_lists``).
+An interrupted build can be resumed: a rerun over the same directory and settings keeps the
+shards whose files are present with their recorded sha256. A directory holding a build of other
+sources or settings is :class:`DatasetMismatch` (finished shards are never thrown away) unless the
 caller owns it (medgrit's staging folder). Names from the sources are escaped wherever people or
 other tools read them.
 
@@ -25,22 +26,30 @@ import datetime as _dt
 import hashlib
 import json
 import socket
+from collections.abc import Sequence
 from pathlib import Path
 
 from medgrit.adapters.runtime.atomic import atomic_file, is_stale_temporary
 from medgrit.adapters.store.dataset_dir import RECORDS_DIR
 from medgrit.adapters.store.manifest import (
+    CASE_LISTS_PREFIX,
     FORMAT_MARKER,
     MANIFEST,
+    CaseListFiles,
     ManifestError,
+    case_json,
+    case_keys,
     check_shard_files,
     load_manifest,
+    plan_digest,
     replace_manifest,
+    with_case_lists,
+    with_recorded_batches,
 )
 from medgrit.adapters.store.parquet import sha256_file
-from medgrit.core.cases import NO_VOCABULARY, Source, Vocabulary
+from medgrit.core.cases import NO_VOCABULARY, Case, Source, Vocabulary
 from medgrit.core.changes import label_map_digest, label_maps_of
-from medgrit.core.failures import StopRequested, is_disk_full
+from medgrit.core.failures import is_disk_full
 from medgrit.core.fsnames import escape_name
 from medgrit.core.lexicon import VOCABULARY_VERSION
 from medgrit.core.shard_rows import CaseTask
@@ -66,7 +75,11 @@ try:
 except Exception:  # noqa: BLE001 - running from a source tree without metadata
     MEDGRIT_VERSION = "unknown"
 
-Plan = list[tuple[str, list[CaseTask]]]
+Plan = Sequence[tuple[str, list[CaseTask]]]
+
+INLINE_CASES = 50_000
+"""A plan of more cases keeps its shards' case lists out of ``dataset.json`` (~250 bytes a
+case there), which then stays small per shard however many cases each shard holds."""
 
 
 class BuildFailed(RuntimeError):
@@ -100,18 +113,7 @@ def shard_is_done(out: Path, entry: ShardEntry) -> bool:
 def store_manifest(out: Path, manifest: Manifest) -> Manifest:
     """Write the build's manifest, keeping batch ids that shard tasks recorded meanwhile;
     returns what was written."""
-
-    def change(on_disk: Manifest | None) -> Manifest:
-        recorded = {s.id: s.batches or [] for s in on_disk.shards} if on_disk else {}
-        entries = []
-        for entry in manifest.shards:
-            merged = list(dict.fromkeys([*(entry.batches or []), *recorded.get(entry.id, [])]))
-            if merged and merged != entry.batches:
-                entry = entry.evolve(batches=merged)
-            entries.append(entry)
-        return manifest.evolve(shards=entries)
-
-    return replace_manifest(out, change)
+    return replace_manifest(out, lambda on_disk: with_recorded_batches(out, manifest, on_disk))
 
 
 # Build settings that change how a build runs or what it compares, never what its tables hold:
@@ -133,9 +135,10 @@ def _settings_digest(config: dict) -> str:
 
 
 def record_key(settings_digest: str, entry: ShardEntry) -> str:
-    """What a completion record is valid for: the shard id, its cases and the build's content
-    settings (``settings_digest`` of the manifest's config)."""
-    cases = [c.to_json() for c in entry.cases]
+    """What a completion record is valid for: the shard id, its cases (their digest, where the
+    manifest keeps them in case lists) and the build's content settings (``settings_digest`` of
+    the manifest's config)."""
+    cases = entry.plan_sha256 or [c.to_json() for c in entry.cases]
     canonical = json.dumps(
         [settings_digest, entry.id, cases], sort_keys=True, separators=(",", ":")
     )
@@ -190,9 +193,13 @@ def with_records(out: Path, manifest: Manifest) -> tuple[Manifest, int]:
     return (manifest.evolve(shards=entries) if merged else manifest), merged
 
 
-def clear_records(out: Path, keep: set[str] = frozenset()) -> None:  # type: ignore[assignment]
-    """Remove completion records (after a compaction wrote them into ``dataset.json``), and
-    temporaries of writers that are gone; ``keep``: shard ids whose records stay."""
+def clear_records(
+    out: Path, keep: frozenset[str] = frozenset(), case_lists: set[str] | None = None
+) -> None:
+    """Remove completion records and batch files (after a compaction wrote them into
+    ``dataset.json``), and temporaries of writers that are gone; ``keep``: shard ids whose
+    records stay. ``case_lists``: the case-list files the manifest names; others are removed
+    (None: every case-list file stays)."""
     folder = out / RECORDS_DIR
     if not folder.is_dir():
         return
@@ -201,48 +208,67 @@ def clear_records(out: Path, keep: set[str] = frozenset()) -> None:  # type: ign
         if name.startswith("."):
             if is_stale_temporary(name):
                 path.unlink(missing_ok=True)
+        elif name.startswith(CASE_LISTS_PREFIX):
+            if case_lists is not None and f"{RECORDS_DIR}/{name}" not in case_lists:
+                path.unlink(missing_ok=True)
         elif name.endswith(".json") and name[:-5] not in keep:
             path.unlink(missing_ok=True)
 
 
 def compact_manifest(out: Path, manifest: Manifest) -> Manifest:
-    """Write ``dataset.json`` with every shard's state, then drop the records it now holds;
-    returns what was written."""
-    written = store_manifest(out, manifest)
-    clear_records(out)
-    return written
+    """Write ``dataset.json`` with every shard's state, then drop the records (and batch
+    files) it now holds, and case lists it no longer names; returns what was written."""
+    return replace_manifest(
+        out,
+        lambda on_disk: with_recorded_batches(out, manifest, on_disk),
+        lambda written: clear_records(out, case_lists=set(written.case_lists or ())),
+    )
 
 
-def load_dataset(out: str | Path) -> Manifest:
-    """``dataset.json`` with the shards' completion records merged: the state of a dataset
-    directory, also while a build runs or after one was killed.
+def load_dataset(out: str | Path, cases: bool = True) -> Manifest:
+    """``dataset.json`` with the shards' completion records and batch ids merged: the state of
+    a dataset directory, also while a build runs or after one was killed. ``cases``: with the
+    cases of shards whose cases are in case lists (False: their count and digest only).
 
     Raises:
-        ManifestError: see ``medgrit.adapters.store.manifest.load_manifest``.
+        ManifestError: see ``manifest.load_manifest`` and ``manifest.with_case_lists``.
     """
-    return with_records(Path(out), load_manifest(out))[0]
-
-
-def _datasets_of(source: Source) -> dict[str, DatasetEntry]:
-    """Per dataset of a source: case count, modalities and label names known at discovery
-    (for people; ``label_maps`` beside it is what a later build compares)."""
-    found: dict[str, dict] = {}
-    for case in source.cases:
-        entry = found.setdefault(
-            escape_name(case.dataset), {"cases": 0, "modalities": [], "labels": {}}
-        )
-        entry["cases"] += 1
-        if case.modality not in entry["modalities"]:
-            entry["modalities"].append(case.modality)
-        entry["labels"].update({str(i): n for i, n in case.labels})
-    return {name: DatasetEntry.model_validate(entry) for name, entry in found.items()}
+    out = Path(out)
+    manifest = load_manifest(out)
+    if cases and manifest.case_lists is not None:
+        manifest = with_case_lists(out, manifest)
+    return with_records(out, with_recorded_batches(out, manifest, None))[0]
 
 
 def _source_entry(source: Source) -> SourceEntry:
     """A source as the manifest records it, with the label map of each of its datasets as its
     label files write it (and its sha256) and as the text words it (cases whose ids are
-    numbered per case, as DICOM SEG segments are, keep their names in their fingerprints)."""
-    maps = label_maps_of(source.cases)
+    numbered per case, as DICOM SEG segments are, keep their names in their fingerprints), and
+    per dataset its case count, modalities and label names known at discovery (for people).
+
+    One pass over the listing, in which a label object that cases share is read once: the
+    label maps of one case per distinct set of label objects are the maps of all."""
+    found: dict[str, dict] = {}
+    entry_of: dict[str, tuple[dict, list]] = {}  # dataset -> its entry, labels last added
+    firsts: dict[tuple, Case] = {}  # the first case of each set of label objects (kept alive)
+    for case in source.cases:
+        held = entry_of.get(case.dataset)
+        if held is None:  # datasets whose names escape alike share one entry
+            name = escape_name(case.dataset)
+            same = [held for d, held in entry_of.items() if escape_name(d) == name]
+            entry = found.setdefault(name, {"cases": 0, "modalities": [], "labels": {}})
+            held = entry_of[case.dataset] = same[0] if same else (entry, [None])
+        entry, added = held
+        entry["cases"] += 1
+        if case.modality not in entry["modalities"]:
+            entry["modalities"].append(case.modality)
+        if added[0] is not case.labels:  # adding the same names again changes nothing
+            entry["labels"].update({str(i): n for i, n in case.labels})
+            added[0] = case.labels
+        labels = (case.labels, case.written_labels, case.label_groups)
+        firsts.setdefault((type(case), case.dataset, *map(id, labels)), case)
+    kept = list(firsts.values())
+    maps = label_maps_of(kept)
     return SourceEntry(
         spec=escape_name(source.spec),
         kind=source.kind,
@@ -251,25 +277,8 @@ def _source_entry(source: Source) -> SourceEntry:
         cases=len(source.cases),
         label_maps=maps,
         label_map_sha256=label_map_digest(maps),
-        label_words=label_maps_of(source.cases, words=True),
-        datasets=_datasets_of(source),
-    )
-
-
-def _case_entry(c: CaseTask) -> CaseEntry:
-    """A planned case as its shard's entry records it."""
-    return CaseEntry.model_validate(
-        {
-            "source": escape_name(c.ref.source),
-            "case": escape_name(c.ref.case),
-            "case_id": c.case_id,
-            "split": c.split,
-            "quota": c.quota,
-            **({} if c.listed is None else {"listed_images": c.listed}),
-            **({} if c.fingerprint is None else {"fingerprint": c.fingerprint}),
-            **({} if c.content is None else {"content_sha256": c.content}),
-            **({"labels_per_case": True} if c.ref.labels_per_case else {}),
-        }
+        label_words=label_maps_of(kept, words=True),
+        datasets={name: DatasetEntry.model_validate(e) for name, e in found.items()},
     )
 
 
@@ -281,6 +290,7 @@ def plan_manifest(
     vocabulary: Vocabulary = NO_VOCABULARY,
     appended: dict[str, tuple[int, Vocabulary]] | None = None,
     retired: list[RetiredShard] | None = None,
+    case_lists: CaseListFiles | None = None,
 ) -> Manifest:
     """The manifest of a build that has not started: every shard pending. ``vocabulary`` (the
     build's label names and their synonyms, which every turn was read with) and the version of
@@ -288,18 +298,31 @@ def plan_manifest(
     ``appended``: shards that extend the dataset (``medgrit.core.plan_extension.extend_plan``), with
     their plan generation and the vocabulary they are read with, recorded in their entries.
     ``retired``: shards no longer part of the dataset (their cases changed and were planned
-    again), oldest first: their ids are never used again."""
+    again), oldest first: their ids are never used again. ``case_lists``: the case lists
+    written (``manifest.write_plan_cases``): entries count and digest their cases instead."""
     appended = appended or {}
 
-    def shard_entry(shard: str, cases: list[CaseTask]) -> ShardEntry:
-        extra: dict = {}
-        if shard in appended:
-            generation, words = appended[shard]
-            extra = {"generation": generation, **_recorded_vocabulary(words)}
-        return ShardEntry(
-            id=shard, cases=[_case_entry(c) for c in cases], status="pending", **extra
-        )
+    def extra(shard: str) -> dict:
+        if shard not in appended:
+            return {}
+        generation, words = appended[shard]
+        return {"generation": generation, **_recorded_vocabulary(words)}
 
+    if case_lists is None:
+        shards = [
+            ShardEntry(
+                id=shard,
+                cases=[CaseEntry.model_validate(case_json(c)) for c in cases],
+                status="pending",
+                **extra(shard),
+            )
+            for shard, cases in plan
+        ]
+    else:
+        shards = [
+            ShardEntry(id=shard, case_count=n, plan_sha256=digest, status="pending", **extra(shard))
+            for shard, n, digest in case_lists.shards
+        ]
     return Manifest(
         format=FORMAT_MARKER,
         schema_version=SCHEMA_VERSION,
@@ -310,7 +333,8 @@ def plan_manifest(
         **_recorded_vocabulary(vocabulary),
         vocabulary_version=VOCABULARY_VERSION,
         tables=sorted(TABLES),
-        shards=[shard_entry(shard, cases) for shard, cases in plan],
+        **({"case_lists": case_lists.names} if case_lists is not None else {}),
+        shards=shards,
         **({"retired": retired} if retired else {}),
         created_at=now(),
         host=socket.gethostname(),
@@ -329,12 +353,11 @@ def _recorded_vocabulary(vocabulary: Vocabulary) -> dict:
     }
 
 
-def _case_keys(shards: list[ShardEntry]) -> set[tuple]:
-    return {(c.source, c.case, c.case_id) for s in shards for c in s.cases}
-
-
-def mismatch_message(previous: Manifest, manifest: Manifest, same_config: bool, shown: str) -> str:
-    """Why ``previous`` (OUT's build) cannot be finished as ``manifest``, and what to do."""
+def mismatch_message(
+    previous: Manifest, manifest: Manifest, same_config: bool, shown: str, out: Path | None = None
+) -> str:
+    """Why ``previous`` (OUT's build) cannot be finished as ``manifest``, and what to do;
+    ``out``: where the case lists of manifests that keep their cases there are."""
     hint = (
         "Restore the sources, build into a new folder, or replace it with "
         "`medgrit build ... --overwrite`"
@@ -348,7 +371,7 @@ def mismatch_message(previous: Manifest, manifest: Manifest, same_config: bool, 
     elif not same_config:
         what = "the build settings differ from the ones it was built with"
     else:
-        before, now_ = _case_keys(previous.shards), _case_keys(manifest.shards)
+        before, now_ = case_keys(previous, out), case_keys(manifest, out)
         gone, added = len(before - now_), len(now_ - before)
         what = f"its sources changed since it was built ({len(before)} cases then, {len(now_)} now"
         what += f": {gone} gone, {added} new)" if gone or added else ")"
@@ -360,10 +383,15 @@ def mismatch_message(previous: Manifest, manifest: Manifest, same_config: bool, 
     return f"{shown} holds another build: {what}; nothing was changed. {hint}"
 
 
-def _plan_of(shard: ShardEntry) -> tuple:
-    """What a shard entry plans: its id and, per case, what it builds and how (not what tells
-    a changed case, which a dataset written before fingerprints were recorded lacks)."""
-    return (shard.id, [(c.source, c.case, c.case_id, c.split, c.quota) for c in shard.cases])
+_CASE_FIELDS = {"cases", "case_count", "plan_sha256"}
+"""The fields of a shard's entry that say which cases it holds (its plan's own, not carried)."""
+
+
+def _plan_of(shard: ShardEntry) -> tuple[str, str]:
+    """What a shard entry plans: its id and the digest of what it builds and how, case by case
+    (``medgrit.adapters.store.manifest.plan_digest``: not what tells a changed case, which a
+    dataset written before fingerprints were recorded lacks)."""
+    return (shard.id, shard.plan_sha256 or plan_digest(c.to_json() for c in shard.cases))
 
 
 def resume_manifest(
@@ -379,7 +407,7 @@ def resume_manifest(
         DiskFull: the manifest could not be written for want of space.
     """
     if (out / MANIFEST).is_file():
-        previous = load_dataset(out)
+        previous = load_dataset(out, cases=False)
         same_config = content_config(previous.config) == content_config(manifest.config)
         # The same plan, or that plan with new shards after it (sources that gained cases),
         # less the shards the plan retires (their cases changed and are planned again).
@@ -397,7 +425,7 @@ def resume_manifest(
             for i, old in enumerate(kept[: len(entries)]):
                 if shard_is_done(out, old):
                     # The same cases (same plan); what tells them changed is the build's own.
-                    given = {k: getattr(old, k) for k in old.model_fields_set - {"cases"}}
+                    given = {k: getattr(old, k) for k in old.model_fields_set - _CASE_FIELDS}
                     entries[i] = entries[i].evolve(**given)
                     carried = True
                 elif old.batches:
@@ -410,7 +438,7 @@ def resume_manifest(
                 manifest = _with_version_of(previous, manifest)
         elif not rebuild_if_changed:
             raise DatasetMismatch(
-                mismatch_message(previous, manifest, same_config, escape_name(str(out)))
+                mismatch_message(previous, manifest, same_config, escape_name(str(out)), out)
             )
     try:
         return compact_manifest(out, manifest)  # dataset.json now holds every record
@@ -438,22 +466,6 @@ def shard_error(exc: BaseException) -> str:
     if isinstance(exc, OSError) and exc.strerror:
         return f"{type(exc).__name__}: [Errno {exc.errno}] {exc.strerror}"
     return escape_name(f"{type(exc).__name__}: {exc}")[:500]
-
-
-def shard_outcome(entry: ShardEntry, outcome: dict | BaseException) -> tuple[ShardEntry, str]:
-    """A shard's entry with its outcome (its result: rows, files, stats, tokens, seconds; or
-    what it raised) recorded.
-
-    Returns:
-        The entry, and ``done``, ``failed``, or ``stopped`` (a stop request: the entry stays
-        as it was, pending for the resume).
-    """
-    if isinstance(outcome, StopRequested):
-        return entry, "stopped"
-    if isinstance(outcome, BaseException):
-        return entry.evolve(status="failed", error=shard_error(outcome)), "failed"
-    done = entry.evolve(drop=("error",), status="done", finished_at=now(), **outcome)
-    return done, "done"
 
 
 def finalise_manifest(out: Path, manifest: Manifest) -> tuple[Manifest, str]:
