@@ -13,12 +13,17 @@ may start when both buckets hold its cost; the cost is then taken at once. Sched
 per request: :meth:`RateLimiter.delay` says how long the head of the queue must wait,
 :meth:`RateLimiter.take` spends the cost.
 
-Staying under the server's bucket while requests reach it with a few milliseconds of jitter:
+Staying under the server's bucket while requests reach it late by a varying delay:
 
-* the local bucket holds ``(1 - reserve)`` of the nominal capacity (10% less), so the
-  server's bucket stays that far ahead of the local one, and requests that reach it late while
-  it was full (and so gained nothing) still find room: 100 ms of delay variation tolerated at
-  ``burst_s = 1``, at no cost in steady-state rate;
+* the local bucket holds ``(1 - reserve)`` of the nominal capacity (half), so the server's
+  bucket stays that far ahead of the local one, and requests that reach it late while it was
+  full (and so gained nothing) still find room: half a second of delay variation tolerated at
+  ``burst_s = 1``, at no cost in steady-state rate. Such delays are real: after an idle time a
+  burst of requests opens new connections, and a busy client or provider takes each request
+  some hundreds of milliseconds late (a build's image work shares the client's CPU). The other
+  half is what the client catches up after its own stalls. A smaller burst is also what a
+  provider that counts its minute as a sliding or fixed window of its own tolerates: a client
+  paced at the limit exceeds any minute's count by at most the burst it started with;
 * a request that costs more than the bucket holds (a low RPM, or ``max_tokens`` above a
   second's worth of TPM) starts when the bucket has been full for ``margin_s`` more (5 ms) and
   drives it negative, so the long-run rate still equals the limit;
@@ -49,7 +54,8 @@ by :mod:`medgrit.core.ratelimit_headers`):
   pausing until "full" each time would idle the client for up to a second per request;
 * a 429 (:meth:`RateLimiter.pause`) stops every request for ``Retry-After`` (``retry-after-ms``
   when given) and restarts both buckets from empty less the reserve, so in-flight work does not
-  hammer a server that has already said no, and the server is ahead again when it resumes.
+  hammer a server that has already said no, and the server is ahead again when it resumes
+  (half a second without requests: the price of a 429, besides the request itself).
 """
 
 from __future__ import annotations
@@ -60,7 +66,7 @@ from collections.abc import Iterable, Mapping
 from medgrit.core.ratelimit_headers import RateLimitHeaders
 
 DEFAULT_BURST_S = 1.0
-DEFAULT_RESERVE = 0.1
+DEFAULT_RESERVE = 0.5
 DEFAULT_MARGIN_S = 0.005
 DEFAULT_INITIAL_FILL = 0.5
 _EPSILON = 1e-9  # units of a bucket short that count as there (float rounding of refills)

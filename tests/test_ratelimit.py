@@ -112,15 +112,15 @@ def test_burst_is_about_one_second_of_the_limit_not_a_minute():
 
     burst = drain(limiter, 1, 0.0)
 
-    assert limiter.requests_capacity == pytest.approx(18.0)  # 20/s less the 10% reserve
-    assert burst == 18
-    assert drain(limiter, 1, 10.0) == 18  # never more after a long idle time
+    assert limiter.requests_capacity == pytest.approx(10.0)  # half of the server's 20/s
+    assert burst == 10
+    assert drain(limiter, 1, 10.0) == 10  # never more after a long idle time
 
 
 def test_a_new_limiter_starts_half_full():
     limiter = RateLimiter(1200, BIG, now=0.0)
 
-    assert drain(limiter, 1, 0.0) == 9
+    assert drain(limiter, 1, 0.0) == 5
     assert drain(limiter, 1, 0.5) == 10
 
 
@@ -130,10 +130,10 @@ def test_requests_are_paced_at_the_limit():
     times = send_greedily(limiter, 2000)
 
     in_first_minute = sum(t < 60.0 for t in times)
-    assert in_first_minute <= 1200 + 18
-    steady = (len(times) - 19) / (times[-1] - times[18])
+    assert in_first_minute <= 1200 + 10
+    steady = (len(times) - 11) / (times[-1] - times[10])
     assert steady == pytest.approx(20.0, rel=1e-3)
-    assert all(b - a >= 0.05 - 1e-9 for a, b in itertools.pairwise(times[18:]))
+    assert all(b - a >= 0.05 - 1e-9 for a, b in itertools.pairwise(times[10:]))
 
 
 def test_tokens_are_paced_at_the_limit_with_oversized_requests():
@@ -148,14 +148,14 @@ def test_tokens_are_paced_at_the_limit_with_oversized_requests():
 
 
 def test_an_oversized_request_waits_for_a_full_bucket_then_leaves_it_in_debt():
-    limiter = RateLimiter(BIG, 6_000, now=0.0, initial_fill=1.0)  # 100 tokens/s, 90 held locally
+    limiter = RateLimiter(BIG, 6_000, now=0.0, initial_fill=1.0)  # 100 tokens/s, 50 held locally
     assert limiter.delay(500, 0.0) == 0.0
 
     limiter.take(500, 0.0)
 
-    assert limiter.levels(0.0)[1] == pytest.approx(90 - 500)
+    assert limiter.levels(0.0)[1] == pytest.approx(50 - 500)
     assert limiter.delay(500, 0.0) == pytest.approx(5.0 + 0.005)  # full again, plus the margin
-    assert limiter.delay(50, 0.0) == pytest.approx((500 - 90 + 50) / 100)
+    assert limiter.delay(40, 0.0) == pytest.approx((500 - 50 + 40) / 100)
 
 
 def test_low_rpm_sends_one_request_per_interval():
@@ -196,7 +196,7 @@ def test_try_take_admits_or_names_the_limit_that_refuses_and_spends_nothing_then
 
 
 def test_unused_tokens_are_refunded_when_the_server_reports_no_remaining_tokens():
-    limiter = RateLimiter(BIG, 60_000, now=0.0, initial_fill=1.0)  # capacity 900 tokens
+    limiter = RateLimiter(BIG, 60_000, now=0.0, reserve=0.1, initial_fill=1.0)  # holds 900
     grant = limiter.take(800, 0.0)
 
     limiter.settle(grant, actual_tokens=300, now=0.0)
@@ -205,7 +205,7 @@ def test_unused_tokens_are_refunded_when_the_server_reports_no_remaining_tokens(
 
 
 def test_an_underestimate_is_charged():
-    limiter = RateLimiter(BIG, 60_000, now=0.0, initial_fill=1.0)
+    limiter = RateLimiter(BIG, 60_000, now=0.0, reserve=0.1, initial_fill=1.0)
     grant = limiter.take(100, 0.0)
 
     limiter.settle(grant, actual_tokens=400, now=0.0)
@@ -215,7 +215,7 @@ def test_an_underestimate_is_charged():
 
 def test_refunds_wait_for_the_servers_confirmation_when_it_reports_remaining_tokens():
     limiter = RateLimiter(
-        BIG, 60_000, now=0.0, initial_fill=1.0
+        BIG, 60_000, now=0.0, reserve=0.1, initial_fill=1.0
     )  # nominal 1000, local 900, reserve 100
     first = limiter.take(800, 0.0)  # local level 100
     limiter.observe(first, RateLimitHeaders(remaining_tokens=200), 0.0)  # agrees
@@ -239,12 +239,13 @@ def test_a_lower_limit_in_the_headers_is_adopted_and_a_higher_one_ignored():
 
     assert limiter.requests_per_minute == 1200
     assert limiter.tokens_per_minute == 200_000
-    assert limiter.requests_capacity == pytest.approx(18.0)
-    assert drain(limiter, 1, 0.0) <= 18
+    assert limiter.requests_capacity == pytest.approx(10.0)
+    assert drain(limiter, 1, 0.0) <= 10
 
 
 def test_a_lower_remaining_count_lowers_the_local_bucket_once():
-    limiter = RateLimiter(1200, BIG, now=0.0, initial_fill=1.0)  # local 18, nominal 20, reserve 2
+    # local 18, nominal 20, reserve 2
+    limiter = RateLimiter(1200, BIG, now=0.0, reserve=0.1, initial_fill=1.0)
     grants = [limiter.take(1, 0.0) for _ in range(3)]  # local level 15
     assert limiter.levels(0.0)[0] == pytest.approx(15)
 
@@ -259,7 +260,8 @@ def test_a_lower_remaining_count_lowers_the_local_bucket_once():
 
 
 def test_remaining_zero_uses_the_reset_time_to_find_the_servers_debt():
-    limiter = RateLimiter(BIG, 60_000, now=0.0, initial_fill=1.0)  # 1000 tokens/s, nominal 1000
+    # 1000 tokens/s, nominal 1000, local 900
+    limiter = RateLimiter(BIG, 60_000, now=0.0, reserve=0.1, initial_fill=1.0)
     grant = limiter.take(100, 0.0)  # local 800
 
     # the server is 2,000 tokens short of full: 1,000 in debt
@@ -270,7 +272,7 @@ def test_remaining_zero_uses_the_reset_time_to_find_the_servers_debt():
 
 
 def test_remaining_zero_at_the_limit_does_not_pause_until_the_bucket_is_full():
-    limiter = RateLimiter(1200, BIG, now=0.0, initial_fill=1.0)
+    limiter = RateLimiter(1200, BIG, now=0.0, reserve=0.1, initial_fill=1.0)  # 2 held back
     drain(limiter, 1, 0.0)
     grant = limiter.take(1, limiter.delay(1, 0.0))
     now = grant.time
@@ -289,7 +291,7 @@ def test_a_429_pauses_every_request_for_retry_after():
     assert limiter.delay(1, 0.0) == pytest.approx(1.5)
     assert limiter.delay(1, 1.0) == pytest.approx(0.5)
     # the buckets restarted empty (less the reserve) at the 429 and refilled meanwhile
-    assert drain(limiter, 1, 1.5) == 18
+    assert drain(limiter, 1, 1.5) == 10
 
 
 def test_a_short_429_pause_restarts_from_an_empty_bucket():
@@ -297,7 +299,8 @@ def test_a_short_429_pause_restarts_from_an_empty_bucket():
 
     limiter.pause(0.05, now=0.0)
 
-    assert limiter.delay(1, 0.05) == pytest.approx(0.1)  # 2 reserve + 1 request at 20/s
+    # 10 of reserve (the server is half a second ahead again) and 1 request, at 20/s
+    assert limiter.delay(1, 0.05) == pytest.approx(0.5)
 
 
 def test_answers_sent_before_a_429_do_not_correct_the_bucket_again():
@@ -340,12 +343,49 @@ class ProviderBucket:
         )
 
 
-def simulate(configured: float, true_limit: float, n: int, seed: int = 0, jitter_s: float = 0.02):
-    """A client with 64 slots sends ``n`` requests; each reaches the provider after 0 to
-    ``jitter_s`` and is answered 50-300 ms later (a 429 at once). Returns (429s, duration)."""
+class ProviderWindow:
+    """A provider that counts a minute as a window: at most ``limit`` requests admitted in any
+    60 s (``sliding``) or in each minute of its clock (fixed, the minute starting at
+    ``offset``); it sends only ``x-ratelimit-limit-requests``."""
+
+    def __init__(self, limit: float, sliding: bool, offset: float = 0.0) -> None:
+        self.limit, self.sliding, self.offset = limit, sliding, offset
+        self.admitted: list[float] = []
+
+    def admit(self, cost: float, now: float) -> float:
+        if self.sliding:
+            start = now - 60.0
+            while self.admitted and self.admitted[0] <= start:
+                self.admitted.pop(0)
+            count = len(self.admitted)
+            wait = self.admitted[0] - start if self.admitted else 0.0
+        else:
+            minute = math.floor((now - self.offset) / 60.0)
+            count = sum(1 for t in self.admitted if math.floor((t - self.offset) / 60.0) == minute)
+            wait = (minute + 1) * 60.0 + self.offset - now
+        if count + 1 <= self.limit:
+            self.admitted.append(now)
+            return 0.0
+        return max(wait, 0.001)
+
+    def headers(self) -> RateLimitHeaders:
+        return RateLimitHeaders(limit_requests=int(self.limit))
+
+
+def simulate(
+    configured: float,
+    true_limit: float,
+    n: int,
+    seed: int = 0,
+    jitter_s: float = 0.02,
+    server: ProviderBucket | ProviderWindow | None = None,
+):
+    """A client with 64 slots sends ``n`` requests; each reaches the provider (default: a
+    :class:`ProviderBucket`) after 0 to ``jitter_s`` and is answered 50-300 ms later (a 429 at
+    once). Returns (429s, duration)."""
     rng = random.Random(seed)
     limiter = RateLimiter(configured, BIG, now=0.0)
-    server = ProviderBucket(true_limit)
+    server = server or ProviderBucket(true_limit)
     events: list = []
     seq = 0
 
@@ -412,3 +452,38 @@ def test_a_client_configured_at_twice_the_limit_adopts_the_servers_limit():
 
     assert limited <= 0.02 * 2000
     assert 2000 / duration * 60 >= 0.95 * 1200
+
+
+def test_after_an_idle_time_a_provider_that_takes_requests_late_still_admits_them():
+    # A busy provider takes what reached it in each 0.4 s at the end of it: its full bucket
+    # gains nothing meanwhile. The client's burst after the idle time is half a second's worth,
+    # so the provider's bucket (one second's worth) still holds everything it finds.
+    limiter = RateLimiter(1200, BIG, now=0.0)
+    server = ProviderBucket(1200)
+    times = send_greedily(limiter, 60, start=10.0)  # idle for 10 s: both buckets full
+
+    refused = sum(
+        server.admit(1, 10.0 + 0.4 * (math.floor((t - 10.0) / 0.4) + 1)) > 0 for t in times
+    )
+
+    assert refused == 0
+    assert times[-1] == pytest.approx(10.0 + (60 - 10) / 20, abs=0.01)  # 10 at once, then 20/s
+
+
+@pytest.mark.parametrize(
+    "provider",
+    [
+        ProviderWindow(1200, sliding=True),
+        ProviderWindow(1200, sliding=False),
+        ProviderWindow(1200, sliding=False, offset=17.3),
+    ],
+    ids=["sliding-minute", "fixed-minute", "fixed-minute-offset"],
+)
+def test_a_provider_counting_minutes_as_windows_gets_almost_no_429s(provider):
+    # Three minutes at the limit: the pacing never exceeds a minute's count by more than the
+    # small burst it starts with, and the first 429 restarts it below the limit.
+    n = 3600
+    limited, duration = simulate(configured=1200, true_limit=1200, n=n, server=provider)
+
+    assert limited <= 0.005 * n
+    assert n / duration * 60 >= 0.98 * 1200

@@ -13,18 +13,26 @@ transport only.
 Writes are atomic (``medgrit.adapters.runtime.atomic``: a temporary file of its own in the same
 folder, then ``os.replace``), so a reader, a concurrent writer thread or an interrupted run never
 sees half a record. Two writers of the same key write the same content; the last replace wins.
+Each write waits for its file and folder to reach the disk (two fsyncs, milliseconds each), so
+:meth:`AnswerCache.store_all` writes the answers of a shard's round on a few threads at once:
+one after another they would hold the shard, and its place among the shards in flight, for
+seconds after its last answer.
 """
 
 from __future__ import annotations
 
 import json
 import re
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from medgrit.adapters.llm.chat import ChatRequest, ChatResult, LLMSettings, request_hash
 from medgrit.adapters.runtime.atomic import write_atomic
 
 _KEY = re.compile(r"[0-9a-f]{8,128}")
+STORE_THREADS = 8
+"""Records :meth:`AnswerCache.store_all` writes at once (their fsyncs overlap)."""
 
 
 class ResponseCache:
@@ -138,3 +146,21 @@ class AnswerCache:
                 "model": self.settings.model,
             },
         )
+
+    def store_all(self, answers: Sequence[tuple[ChatRequest, ChatResult]]) -> None:
+        """:meth:`store` for each ``(request, result)`` pair, ``STORE_THREADS`` at a time.
+
+        Raises:
+            ValueError: a result has no content (nothing is stored then).
+            OSError: a record could not be written (the others may have been).
+        """
+        for request, result in answers:
+            if result.content is None:
+                raise ValueError(f"request {request.custom_id!r} has no answer to cache")
+        if len(answers) <= 1:
+            for request, result in answers:
+                self.store(request, result)
+            return
+        with ThreadPoolExecutor(min(STORE_THREADS, len(answers))) as pool:
+            for _ in pool.map(lambda pair: self.store(*pair), answers):
+                pass  # re-raises the first failure

@@ -8,10 +8,13 @@ which the generator asks first). Each request:
 1. a slot of the in-flight window: ``max_concurrency`` requests at most when set, else sized
    by Little's law from the limit in force and the observed latency
    (``medgrit.core.ratelimit.littles_law_window``), so that the limiter, not the window, binds;
-2. the shared RPM/TPM limiter (:mod:`medgrit.core.ratelimit`): its token cost is estimated as
+2. the shared RPM/TPM limiter (:mod:`medgrit.core.ratelimit`), whose grant a request hook of
+   the HTTP client takes after the SDK has built the request, just before it is written
+   (:mod:`medgrit.adapters.llm.pacing`): its token cost is estimated as
    ``ceil(chars / 4) + max_tokens`` and corrected from ``usage`` after the call; the
    ``x-ratelimit-*`` headers of every response (429s included) lower the limits and levels when
-   the server is stricter than the settings;
+   the server is stricter than the settings. A retry goes before every first attempt that
+   waits for a slot or a grant;
 3. the call, through ``openai.AsyncOpenAI`` with the SDK's own retries off (``max_retries=0``,
    so retries are not multiplied and every 429 reaches the limiter) over HTTP connection pools
    of at most ``POOL_CONNECTIONS`` connections each (a request goes to the least busy pool; a
@@ -72,7 +75,14 @@ from medgrit.adapters.llm.chat import (
     estimate_cost,
     request_hash,
 )
-from medgrit.adapters.llm.pacing import AsyncRateLimiter, InFlightWindow
+from medgrit.adapters.llm.pacing import (
+    ADMISSION,
+    Admission,
+    AdmissionStopped,
+    AsyncRateLimiter,
+    InFlightWindow,
+    admission_hook,
+)
 from medgrit.adapters.runtime.interrupt import stop_requested
 from medgrit.core.ratelimit import RateLimiter, estimate_tokens, littles_law_window
 from medgrit.core.ratelimit_headers import RateLimitHeaders, parse_retry_after
@@ -198,8 +208,9 @@ def classify_error(error: openai.OpenAIError, wall_now: float) -> RequestFailure
     return RequestFailure("api_error", False)
 
 
-def make_http_client(max_connections: int) -> Any:
-    """The SDK's default async HTTP client with a pool of ``max_connections`` connections."""
+def make_http_client(max_connections: int, event_hooks: dict | None = None) -> Any:
+    """The SDK's default async HTTP client with a pool of ``max_connections`` connections (and
+    the httpx ``event_hooks`` given)."""
     if _httpx2 is not None and issubclass(openai.DefaultAsyncHttpxClient, _httpx2.AsyncClient):
         limits: Any = _httpx2.Limits(
             max_connections=max_connections, max_keepalive_connections=max_connections
@@ -208,7 +219,7 @@ def make_http_client(max_connections: int) -> Any:
         limits = httpx.Limits(
             max_connections=max_connections, max_keepalive_connections=max_connections
         )
-    return openai.DefaultAsyncHttpxClient(limits=limits)
+    return openai.DefaultAsyncHttpxClient(limits=limits, event_hooks=event_hooks)
 
 
 def _response_class() -> type:
@@ -248,6 +259,7 @@ class OpenAICompatibleClient:
         self.latency_s = INITIAL_LATENCY_S
         self.tokens_per_request = 0.0
         self.window = InFlightWindow(settings.max_concurrency or self._sized_window())
+        self._admit = admission_hook(self.limiter, stop_requested)
         self._pools: list[openai.AsyncOpenAI] = []
         self._loads: list[int] = []
         self._client = self._add_pool()
@@ -314,7 +326,7 @@ class OpenAICompatibleClient:
             base_url=self.settings.base_url,
             max_retries=0,
             timeout=self.settings.timeout_s,
-            http_client=make_http_client(size),
+            http_client=make_http_client(size, {"request": [self._admit]}),
         )
         self._pools.append(pool)
         self._loads.append(0)
@@ -387,7 +399,7 @@ class OpenAICompatibleClient:
             attempts += 1
             if attempts > 1:
                 self._retries += 1
-            return await self._attempt(body, tokens)
+            return await self._attempt(body, tokens, retry=attempts > 1)
 
         try:
             content, prompt, completion = await make_retrying(settings.max_attempts)(once)
@@ -396,43 +408,59 @@ class OpenAICompatibleClient:
             return ChatResult(request.custom_id, None, 0, 0, key, error=failure.reason)
         return ChatResult(request.custom_id, content, prompt, completion, key)
 
-    async def _attempt(self, body: bytes, tokens: int) -> tuple[str, int, int]:
-        """One HTTP call inside a pool slot, after the limiter; raises RequestFailure."""
+    def _failure(self, error: openai.OpenAIError, admission: Admission) -> RequestFailure:
+        """The RequestFailure of a failed call; a 429 pauses the limiter, every answer's
+        ``x-ratelimit-*`` headers are observed."""
+        if admission.stopped:  # a client that wraps the hook's exception
+            return RequestFailure("stopped", False)
+        limiter = self.limiter.limiter
+        failure = classify_error(error, time.time())
+        response = getattr(error, "response", None)
+        now = self.limiter.clock()
+        limited = failure.reason == "rate_limited"
+        if response is not None:
+            # A 429 took nothing at the server: adopt its limits, not its levels.
+            headers = RateLimitHeaders.from_headers(response.headers)
+            limiter.observe(None if limited else admission.grant, headers, now)
+        if limited:
+            self._rate_limited += 1
+            limiter.pause(failure.retry_after or 0.0, now)
+        log.info(
+            "LLM attempt failed (%s): %s", failure.reason, redact(str(error), self._secret)[:200]
+        )
+        return failure
+
+    async def _attempt(self, body: bytes, tokens: int, retry: bool) -> tuple[str, int, int]:
+        """One HTTP call inside a slot of the window; raises RequestFailure.
+
+        The limiter's grant is taken by the HTTP client's request hook, just before the request
+        is written (``medgrit.adapters.llm.pacing``). A ``retry`` (an attempt after a failed
+        one) goes before every first attempt waiting for a slot and for the limiter."""
         limiter = self.limiter.limiter
         clock = self.limiter.clock
-        await self.window.acquire()
+        admission = Admission(tokens, retry)
+        await self.window.acquire(retry)
         try:
             if stop_requested():  # the build is stopping: send nothing new
                 raise RequestFailure("stopped", False)
-            grant = await self.limiter.acquire(tokens)
-            if stop_requested():
-                raise RequestFailure("stopped", False)
-            self._requests_sent += 1
-            sent = clock()
+            context = ADMISSION.set(admission)
             try:
                 raw = await self._post(
                     "/chat/completions", cast_to=self._response_class, content=body
                 )
             except openai.OpenAIError as error:
-                failure = classify_error(error, time.time())
-                response = getattr(error, "response", None)
-                now = clock()
-                limited = failure.reason == "rate_limited"
-                if response is not None:
-                    # A 429 took nothing at the server: adopt its limits, not its levels.
-                    headers = RateLimitHeaders.from_headers(response.headers)
-                    limiter.observe(None if limited else grant, headers, now)
-                if limited:
-                    self._rate_limited += 1
-                    limiter.pause(failure.retry_after or 0.0, now)
-                log.info(
-                    "LLM attempt failed (%s): %s",
-                    failure.reason,
-                    redact(str(error), self._secret)[:200],
-                )
-                raise failure from None
+                raise self._failure(error, admission) from None
+            except AdmissionStopped:  # the build stopped while it waited: nothing was sent
+                raise RequestFailure("stopped", False) from None
+            finally:
+                ADMISSION.reset(context)
+                if admission.sent:
+                    self._requests_sent += 1
         finally:
             self.window.release()
+        grant, sent = admission.grant, admission.sent
+        if grant is None:  # the HTTP client skipped its request hooks: a bug, not an outage
+            raise RuntimeError("an LLM request was sent without the rate limiter's grant")
         now = clock()
         self._observe_answer(now - sent, tokens)
         limiter.observe(grant, RateLimitHeaders.from_headers(raw.headers), now)

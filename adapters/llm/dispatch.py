@@ -137,13 +137,18 @@ MAX_LLM_SHARDS_IN_FLIGHT = 32
 
 def shards_in_flight(config: BuildConfig) -> int:
     """How many shards a build runs at once: ``workers``; for an LLM build enough more that
-    the pending requests of the shards in flight fill the limit's in-flight window (requests
-    per second times a generous latency), since the shards' threads mostly wait on the
-    shared client."""
+    the requests of the shards in flight keep the limiter busy, since the shards' threads
+    mostly wait on the shared client.
+
+    Those are the shards whose requests fill the limit's in-flight window (requests per second
+    times a generous latency), and two more: a shard ends only when its last answer is in,
+    and while the shard at the head of the queue waits for its last answers and a finished
+    one is replaced (written, the next one's images read and its prompts rendered: seconds),
+    the others must still hold requests to send."""
     if config.generator != "llm" or config.llm is None or config.llm.batch:
         return config.workers
     window = config.llm.max_concurrency or (
         config.llm.requests_per_minute / 60.0 * LLM_LATENCY_GUESS_S
     )
-    needed = -(-int(window) // config.images_per_shard) + 1
+    needed = -(-int(window) // config.images_per_shard) + 2
     return max(config.workers, min(MAX_LLM_SHARDS_IN_FLIGHT, needed))

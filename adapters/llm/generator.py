@@ -444,6 +444,7 @@ class LLMGenerator:
             last = attempt == self.config.retry_invalid
             unavailable: list[str] = []
             refused = False
+            valid: list[tuple[ChatRequest, ChatResult]] = []  # answers to cache
             for state, sent, result in zip(active, requests, results, strict=True):
                 if attempt == 0:
                     state.prompt_hash = result.request_hash
@@ -466,10 +467,11 @@ class LLMGenerator:
                         state.rejects.append(("invalid_json", result.content[:200]))
                 else:
                     if not result.from_cache:
-                        self.cache.store(sent, result)
+                        valid.append((sent, result))
                     state.feedback = None
                     self._read_answer(state, turns, attempt)
                 state.done = last or (turns is not None and not self._asked(state))
+            self.cache.store_all(valid)
             if "stopped" in unavailable:
                 check_stop()  # answers that arrived are cached above; raises BuildInterrupted
             if refused:  # every request has that shape: the others would be refused too
