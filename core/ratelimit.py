@@ -323,6 +323,14 @@ class RateLimiter:
                 return None, name, wait
         return self.take(tokens, now), None, 0.0
 
+    def refund(self, grant: Grant, now: float) -> None:
+        """Give back what ``grant`` spent: its request was not sent, and will wait for a grant
+        of its own again (the buckets do not exceed their top)."""
+        for bucket, cost in ((self._requests, 1.0), (self._tokens, grant.tokens)):
+            bucket.refill(now)
+            level = bucket.level + cost
+            bucket.level = level if level < bucket.top else bucket.top
+
     # -- feedback ------------------------------------------------------------------------------
 
     def settle(self, grant: Grant, actual_tokens: int, now: float) -> None:

@@ -195,6 +195,17 @@ def test_try_take_admits_or_names_the_limit_that_refuses_and_spends_nothing_then
     assert limiter.try_take(1, 2.0)[1:] == ("paused", pytest.approx(3.0))
 
 
+def test_a_grant_given_back_is_spent_again_by_the_next_request():
+    limiter = RateLimiter(1200, 60_000, now=0.0, initial_fill=1.0)  # 10 requests, 500 tokens
+    drain(limiter, 1, 0.0)  # 10 granted: empty
+    grant = limiter.take(100, 0.5)  # 10 more requests' worth came in: 9 left, 400 tokens
+
+    limiter.refund(grant, 0.5)
+
+    assert limiter.levels(0.5) == pytest.approx((10.0, 500.0))
+    assert drain(limiter, 1, 0.5) == 10
+
+
 def test_unused_tokens_are_refunded_when_the_server_reports_no_remaining_tokens():
     limiter = RateLimiter(BIG, 60_000, now=0.0, reserve=0.1, initial_fill=1.0)  # holds 900
     grant = limiter.take(800, 0.0)

@@ -8,8 +8,8 @@ which the generator asks first). Each request:
 1. a slot of the in-flight window: ``max_concurrency`` requests at most when set, else sized
    by Little's law from the limit in force and the observed latency
    (``medgrit.core.ratelimit.littles_law_window``), so that the limiter, not the window, binds;
-2. the shared RPM/TPM limiter (:mod:`medgrit.core.ratelimit`), whose grant a request hook of
-   the HTTP client takes after the SDK has built the request, just before it is written
+2. the shared RPM/TPM limiter (:mod:`medgrit.core.ratelimit`), whose grant the request waits
+   for once the SDK has built it (and a new connection is open), just before it is written
    (:mod:`medgrit.adapters.llm.pacing`): its token cost is estimated as
    ``ceil(chars / 4) + max_tokens`` and corrected from ``usage`` after the call; the
    ``x-ratelimit-*`` headers of every response (429s included) lower the limits and levels when
@@ -433,9 +433,9 @@ class OpenAICompatibleClient:
     async def _attempt(self, body: bytes, tokens: int, retry: bool) -> tuple[str, int, int]:
         """One HTTP call inside a slot of the window; raises RequestFailure.
 
-        The limiter's grant is taken by the HTTP client's request hook, just before the request
-        is written (``medgrit.adapters.llm.pacing``). A ``retry`` (an attempt after a failed
-        one) goes before every first attempt waiting for a slot and for the limiter."""
+        The limiter's grant is taken through the HTTP client's request hook, just before the
+        request is written (``medgrit.adapters.llm.pacing``). A ``retry`` (an attempt after a
+        failed one) goes before every first attempt waiting for a slot and for the limiter."""
         limiter = self.limiter.limiter
         clock = self.limiter.clock
         admission = Admission(tokens, retry)

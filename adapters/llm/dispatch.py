@@ -129,8 +129,11 @@ def close_shared_clients() -> None:
 atexit.register(close_shared_clients)
 
 
-LLM_LATENCY_GUESS_S = 10.0
-"""A generous request latency for sizing how many LLM shards run at once."""
+LLM_LATENCY_GUESS_S = 20.0
+"""Seconds of requests at the limit that the shards in flight hold: a generous latency, and the
+seconds the others must bridge while finished shards are replaced (measured at 2-8 s on two busy
+cores: the runner starting the next shard, its images read and its prompts rendered, answers the
+cache gives instead of the provider)."""
 MAX_LLM_SHARDS_IN_FLIGHT = 32
 """The most shards an LLM build runs at once, whatever its limit."""
 
@@ -140,11 +143,10 @@ def shards_in_flight(config: BuildConfig) -> int:
     the requests of the shards in flight keep the limiter busy, since the shards' threads
     mostly wait on the shared client.
 
-    Those are the shards whose requests fill the limit's in-flight window (requests per second
-    times a generous latency), and two more: a shard ends only when its last answer is in,
-    and while the shard at the head of the queue waits for its last answers and a finished
-    one is replaced (written, the next one's images read and its prompts rendered: seconds),
-    the others must still hold requests to send."""
+    Those are the shards that hold ``LLM_LATENCY_GUESS_S`` seconds of requests at the limit,
+    and two more: a shard ends only when its last answer is in, and while the shard at the
+    head of the queue waits for its last answers and a finished one is replaced, the others
+    must still hold requests to send."""
     if config.generator != "llm" or config.llm is None or config.llm.batch:
         return config.workers
     window = config.llm.max_concurrency or (

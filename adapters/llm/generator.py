@@ -27,6 +27,7 @@ advances the progress counters as it arrives (``medgrit.adapters.llm.chat.count_
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import partial
@@ -209,6 +210,9 @@ class LLMGenerator:
         self.on_batch = on_batch
         self.env = make_environment()
         system = self.env.get_template("llm_system.j2")
+        # Loaded once: ``get_template`` asks the file system whether the file changed on every
+        # call, which cost more than rendering the prompt (the prompts' hashes are taken once).
+        self.user_template = self.env.get_template("llm_user.j2")
         self.system_prompt = system.render(tasks=list(TASKS))
         self.text_rules = TextRules.for_instructions(self.system_prompt)
         # Images whose facts give a sequence: the same prompt with the rule for naming it.
@@ -221,7 +225,9 @@ class LLMGenerator:
     def __repr__(self) -> str:  # never show the key
         return f"LLMGenerator(model={self.settings.model!r}, base_url={self.settings.base_url!r})"
 
+    @functools.cached_property
     def _response_format(self) -> dict | None:
+        """The requests' ``response_format``, built once (its JSON schema is generated)."""
         return response_format_for(self.config.response_format)
 
     def _item(self, image: ImageFacts, regions: list[RegionFacts]) -> _Item:
@@ -271,7 +277,7 @@ class LLMGenerator:
         asked = self._asked(item)
         if asked:
             variables.update(self._retry_variables(item, asked))
-        user = self.env.get_template("llm_user.j2").render(**variables)
+        user = self.user_template.render(**variables)
         system = self.sequence_system_prompt if item.sequence else self.system_prompt
         return ChatRequest(
             custom_id=f"{item.image.image_id}-a{attempt}",
@@ -279,7 +285,7 @@ class LLMGenerator:
                 {"role": "system", "content": system},
                 {"role": "user", "content": user},
             ),
-            response_format=self._response_format(),
+            response_format=self._response_format,
         )
 
     @staticmethod

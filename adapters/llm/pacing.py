@@ -8,12 +8,14 @@ only when its last request is answered, and a retry that queued behind every req
 shards in flight would hold its shard (and the shard's place in the build) for that whole queue,
 while the shards behind it ran out of requests to send.
 
-The grant is taken as late as possible: by a request hook of the HTTP client, after the SDK has
-built the request and just before it is written to its connection. The provider counts a request
-when it arrives, the limiter when it grants it; building a request costs about a millisecond of
-CPU, so a burst of grants taken before the SDK's work would reach the provider spread over tens
-to hundreds of milliseconds on a busy machine, while the provider's bucket, full and idle, gained
-nothing, and the requests granted after the burst would find it short (429s).
+The grant is taken as late as it safely can be (:func:`admission_hook`): after the SDK has
+built the request, and for a request that opens a new connection, once it is open. The provider
+counts a request when it arrives, the limiter when it grants it. Building a request costs about
+a millisecond of CPU and opening a connection more; a burst of grants taken before that work
+would reach the provider spread over hundreds of milliseconds on a busy machine (measured: a
+build's first second, or the first after an idle time, when every connection is new), while the
+provider's bucket, full and idle, gained nothing, and the requests granted after the burst
+would find it short (429s).
 """
 
 from __future__ import annotations
@@ -158,26 +160,55 @@ class AdmissionStopped(Exception):
     request is not sent."""
 
 
+REGRANT_MIN_BURST = 4
+"""Requests the local bucket must hold for a request that opens a new connection to give its
+grant back and wait for a new one once connected (below, a burst is too small to matter)."""
+
+
 def admission_hook(
     limiter: AsyncRateLimiter, stopping: Callable[[], bool]
 ) -> Callable[[Any], Awaitable[None]]:
-    """An HTTP client ``request`` event hook that waits for the limiter's grant of the current
-    task's :data:`ADMISSION` (requests without one, and a redirect of one already admitted,
-    pass as they are).
+    """An HTTP client ``request`` event hook that makes the request wait for the limiter's
+    grant of the current task's :data:`ADMISSION` (requests without one, and a redirect of
+    one already admitted, pass as they are).
+
+    The grant is taken before the request asks its pool for a connection, so a long wait (a
+    429's pause) holds none. A request that then opens a new connection (TCP, TLS: on a busy
+    machine, a burst of them after an idle time takes hundreds of milliseconds, while the
+    provider's bucket, full, gains nothing) gives its grant back and waits for a new one, ahead
+    of the first attempts, when its headers are about to be written: through the transport's
+    ``trace`` extension, which httpcore calls around each step of a request.
 
     Args:
         limiter: the client's limiter.
-        stopping: whether the build is stopping (checked after the wait).
+        stopping: whether the build is stopping (checked after each wait).
     """
+
+    async def grant(admission: Admission, first: bool) -> None:
+        admission.grant = await limiter.acquire(admission.tokens, admission.retry or not first)
+        if stopping():
+            admission.stopped = True
+            raise AdmissionStopped
+        admission.sent = limiter.clock()
 
     async def admit(request: Any) -> None:
         admission = ADMISSION.get()
         if admission is None or admission.grant is not None:
             return
-        admission.grant = await limiter.acquire(admission.tokens, admission.retry)
-        if stopping():
-            admission.stopped = True
-            raise AdmissionStopped
-        admission.sent = limiter.clock()
+        await grant(admission, first=True)
+        outer = request.extensions.get("trace")
+
+        async def trace(event: str, info: dict) -> None:
+            pure = limiter.limiter
+            if event.endswith("connect_tcp.started") and admission.grant is not None:
+                if pure.requests_capacity >= REGRANT_MIN_BURST:
+                    pure.refund(admission.grant, limiter.clock())
+                    admission.grant = None
+            elif event.endswith("send_request_headers.started") and admission.grant is None:
+                await grant(admission, first=False)
+            if outer is not None:
+                await outer(event, info)
+
+        request.extensions["trace"] = trace
 
     return admit
