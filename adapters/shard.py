@@ -20,7 +20,8 @@ from medgrit.adapters.store.parquet import ParquetShardWriter
 from medgrit.adapters.store.png import encode_png
 from medgrit.adapters.text.generators import make_generator
 from medgrit.core.cases import NO_VOCABULARY, Vocabulary
-from medgrit.core.pipeline import CaseTask, ShardIO, build_shard_rows
+from medgrit.core.pipeline import CaseTask, ShardIO, add_conversations, build_image_rows
+from medgrit.core.shard_rows import ShardRows
 from medgrit.core.summary import shard_stats
 from medgrit.schemas.config import BuildConfig
 
@@ -44,11 +45,20 @@ class ShardJob:
 def run_one_shard(job: ShardJob) -> dict:
     """Build and write one shard, on this machine's pool of ``job.processes`` worker processes
     when that is more than one (``medgrit.adapters.runtime.processes``), else in this thread;
-    returns its manifest entry (see :func:`build_one_shard`)."""
+    returns its manifest entry (see :func:`build_one_shard`).
+
+    An LLM build's shard makes only its image rows on the pool (reading, regions, PNG: CPU
+    work), and its conversations in this thread: its requests go through this process's shared
+    client and rate limiter, which the pool leaves the GIL to."""
     if job.processes > 1:
         from medgrit.adapters.runtime.processes import run_shard
 
-        return run_shard(replace(job, processes=0), job.processes)
+        local = replace(job, processes=0)
+        if job.config.generator == "llm":
+            started = time.perf_counter()
+            rows = run_shard(local, job.processes, images_only=True)
+            return build_one_shard(local, rows, started)
+        return run_shard(local, job.processes)
     return build_one_shard(job)
 
 
@@ -56,16 +66,33 @@ def _advance(shard: str, counter: str, amount: int) -> None:
     progress.advance(counter, amount, unit=shard)
 
 
-def build_one_shard(job: ShardJob) -> dict:
+def _io(shard: str) -> ShardIO:
+    """The shard's I/O, telling a progress display what its rows gain where one listens."""
+    return replace(SHARD_IO, counted=partial(_advance, shard)) if progress.active() else SHARD_IO
+
+
+def shard_image_rows(job: ShardJob) -> ShardRows:
+    """The rows of ``job`` before its conversations (``medgrit.core.pipeline.build_image_rows``),
+    for :func:`build_one_shard` to finish."""
+    progress.forget(job.shard)  # a retry: the attempt before it counts no more
+    return build_image_rows(job.cases, job.config, _io(job.shard))
+
+
+def build_one_shard(
+    job: ShardJob, image_rows: ShardRows | None = None, started: float | None = None
+) -> dict:
     """Build and write one shard; returns its manifest entry (files, row counts, stats, tokens,
-    and the seconds it took, which live only in ``dataset.json``)."""
-    started = time.perf_counter()
+    and the seconds it took, which live only in ``dataset.json``). ``image_rows``: the shard's
+    rows before its conversations when they were made elsewhere (:func:`shard_image_rows`,
+    from ``started``)."""
+    started = time.perf_counter() if started is None else started
+    if image_rows is None:
+        image_rows = shard_image_rows(job)
     generator = make_generator(
         job.config, job.shard, job.known_batches, job.vocabulary, llm_share=job.llm_share
     )
-    progress.forget(job.shard)  # a retry: the attempt before it counts no more
-    io = replace(SHARD_IO, counted=partial(_advance, job.shard)) if progress.active() else SHARD_IO
-    rows = build_shard_rows(job.cases, job.config, generator, io, job.vocabulary)
+    rows = image_rows
+    add_conversations(rows, generator, _io(job.shard), job.vocabulary)
     tables = rows.as_tables()
     check_stop()
     written = ParquetShardWriter(Path(job.config.out)).write_shard(job.shard, tables)

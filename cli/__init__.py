@@ -177,8 +177,9 @@ def build(
         typer.Option(
             case_sensitive=False,
             help="processes (--workers worker processes of this machine; an LLM build's shards "
-            "run on threads), threads (in this process) or dask (worker processes: a local "
-            "cluster of --workers, or the cluster at --dask-address).",
+            "read their images there and ask the LLM from this process), threads (in this "
+            "process) or dask (worker processes: a local cluster of --workers, or the cluster "
+            "at --dask-address).",
         ),
     ] = "processes",
     dask_address: Annotated[

@@ -391,18 +391,34 @@ def build_shard_rows(
     """All rows of a shard, cases in the given order; ``vocabulary`` is the build's label names
     and their synonyms (see :func:`build_vocabulary`), against which every turn's names are
     read."""
+    rows = build_image_rows(cases, config, io)
+    add_conversations(rows, generator, io, vocabulary)
+    return rows
+
+
+def build_image_rows(cases: list[CaseTask], config: ImageSettings, io: ShardIO) -> ShardRows:
+    """A shard's rows before its conversations: its images, regions and rejects, and the images
+    whose conversations are still to be made (:func:`add_conversations`), cases in the given
+    order."""
     rows = ShardRows()
     for task in cases:
         io.check_stop()
         before = len(rows.images), len(rows.rejects)
         guarded(rows, task, "load", None, lambda task=task: build_case(task, config, io, rows))
         _tell_gains(io, rows, before)
+    return rows
+
+
+def add_conversations(
+    rows: ShardRows, generator: Generator, io: ShardIO, vocabulary: Vocabulary = NO_VOCABULARY
+) -> None:
+    """The conversations of the images :func:`build_image_rows` left pending, added to
+    ``rows`` (see :func:`build_shard_rows`)."""
     io.check_stop()
     before = len(rows.images), len(rows.rejects)
     write_conversations(generator, rows, vocabulary)
     _tell_gains(io, rows, before)
     io.counted("qa_pairs", sum(len(conversation["qa"]) for conversation in rows.conversations))
-    return rows
 
 
 def _tell_gains(io: ShardIO, rows: ShardRows, before: tuple[int, int]) -> None:

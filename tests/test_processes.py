@@ -1,5 +1,7 @@
-"""Shards on worker processes (``--runner processes``, the default of a template build): the same
-tables as threads, progress counted once, and a stopped or broken worker loses nothing."""
+"""Shards on worker processes (``--runner processes``, the default): the same tables as threads,
+for a template build and for an LLM build (whose shards read their images there and ask the
+LLM from the build's process), progress counted once, and a stopped or broken worker loses
+nothing."""
 
 from __future__ import annotations
 
@@ -16,6 +18,7 @@ import psutil
 import pytest
 
 from medgrit.adapters.synthetic.samed2d import write_samed2d_release
+from medgrit_testing.openai_server import ServerConfig, serve
 
 
 @pytest.fixture(scope="module")
@@ -83,6 +86,27 @@ def test_processes_write_what_threads_write_and_count_each_image_once(
     # The plain progress lines (stderr is no terminal) end at the dataset's own count.
     counts = [line for line in done.stderr.splitlines() if line.startswith("images: ")]
     assert counts and counts[-1].startswith(f"images: {images}/{images} (100%)"), counts[-3:]
+
+
+def test_an_llm_build_reads_its_images_on_workers_and_writes_what_threads_write(
+    release: Path, env: dict[str, str], tmp_path: Path
+) -> None:
+    key = "sk-processes-test-not-a-secret"
+    llm = {**env, "OPENAI_API_KEY": key}
+    config = ServerConfig(rpm=6000, tpm=6_000_000, latency_ms=(5, 30), api_key=key, seed=3)
+    built: dict[str, dict[str, str]] = {}
+    with serve(config) as server:
+        for runner in ("threads", "processes"):
+            out = tmp_path / runner
+            args = _build(release, out, "--max-images", "48", "--runner", runner)
+            flags = ("--generator", "llm", "--llm-model", "m", "--llm-base-url", server.base_url)
+            done = _run(*args, *flags, "--llm-rpm", "6000", "--llm-tpm", "60000000", env=llm)
+            assert done.returncode == 0, done.stderr[-3000:]
+            assert ("worker processes of this machine" in done.stderr) == (runner == "processes")
+            built[runner] = _tables(out)
+            manifest = json.loads((out / "dataset.json").read_text())
+            assert manifest["totals"]["rows"]["conversations"] > 0
+    assert len(built["threads"]) >= 20 and built["processes"] == built["threads"]
 
 
 def test_a_killed_worker_fails_its_shard_in_one_line_and_resume_finishes(

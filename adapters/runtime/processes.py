@@ -5,7 +5,9 @@ threads of one process take turns on one core. :func:`run_shard` runs a shard's
 :func:`medgrit.adapters.shard.build_one_shard` on a pool of ``workers`` processes of this
 machine instead, while the calling thread (a Prefect task's, or a plain thread mapper's) waits
 for it: Prefect still sees one task per shard, with its state, retries and logs in the flow's
-process, and the shard writes the same files.
+process, and the shard writes the same files. An LLM build's shard makes only its image rows
+there, and its conversations in the calling thread (``images_only``): its requests share this
+process's client and rate limiter, and the GIL is left to them.
 
 The pool is started on first use (``spawn``: no copy of the parent's threads or locks) and
 stopped by :func:`close_shard_processes` when the build ends. The workers:
@@ -60,9 +62,9 @@ _NOT_STARTED = (
 
 def local_processes(config: Any) -> int:
     """The worker processes a build's shards run on in this machine's pool: ``workers`` for a
-    template build with ``runner`` ``processes``, else 0 (shards run on threads: an LLM build's
-    wait on the network and share one rate limiter; Dask has processes of its own)."""
-    if config.runner != "processes" or config.generator == "llm" or config.workers < 2:
+    build with ``runner`` ``processes``, else 0 (Dask has processes of its own). An LLM build's
+    shards make only their image rows there (``medgrit.adapters.shard.run_one_shard``)."""
+    if config.runner != "processes" or config.workers < 2:
         return 0
     return config.workers
 
@@ -90,9 +92,11 @@ _pool: _Pool | None = None
 _not_started: list[str] = []  # this build's workers cannot start: its shards fail at once
 
 
-def run_shard(job: Any, workers: int) -> dict:
+def run_shard(job: Any, workers: int, images_only: bool = False) -> Any:
     """Build ``job`` (a :class:`medgrit.adapters.shard.ShardJob`) on this build's pool of
-    ``workers`` processes and return its entry; the calling thread waits.
+    ``workers`` processes and return its entry; the calling thread waits. ``images_only``: make
+    only its rows before its conversations and return them
+    (``medgrit.adapters.shard.shard_image_rows``).
 
     Raises:
         BuildInterrupted: a stop was requested while the shard ran.
@@ -100,7 +104,7 @@ def run_shard(job: Any, workers: int) -> dict:
         Exception: what the shard raised (an ``OSError`` of the disk, a bug).
     """
     progress.forget(job.shard)  # a retry: the attempt before it counts no more
-    pool, future = _submit(job, workers)
+    pool, future = _submit(job, workers, images_only)
     try:
         return _wait(future, pool)
     finally:
@@ -112,7 +116,7 @@ def run_shard(job: Any, workers: int) -> dict:
         pool.flushed.pop(job.shard, None)
 
 
-def _submit(job: Any, workers: int) -> tuple[_Pool, Future]:
+def _submit(job: Any, workers: int, images_only: bool) -> tuple[_Pool, Future]:
     """Hand ``job`` to this build's pool; to a new one when the pool broke before it took the
     job (another shard's worker died: this shard never ran there)."""
     retried = False
@@ -123,7 +127,7 @@ def _submit(job: Any, workers: int) -> tuple[_Pool, Future]:
         pool.flushed[job.shard] = threading.Event()
         try:
             with _signals_held():  # (the pool spawns its workers as shards are submitted)
-                return pool, pool.executor.submit(_build_in_worker, job)
+                return pool, pool.executor.submit(_build_in_worker, job, images_only)
         except BrokenProcessPool:
             pool.flushed.pop(job.shard, None)
             error = _broken(pool)
@@ -308,16 +312,17 @@ def _watch_build(parent: int) -> None:
     os._exit(0)
 
 
-def _build_in_worker(job: Any) -> dict:
-    from medgrit.adapters.shard import build_one_shard
+def _build_in_worker(job: Any, images_only: bool) -> Any:
+    from medgrit.adapters.shard import build_one_shard, shard_image_rows
 
+    work = shard_image_rows if images_only else build_one_shard
     _shard[0] = job.shard
     _busy.set()
     try:
         if _updates is None:
-            return build_one_shard(job)
+            return work(job)
         with progress.listening(_Forward()):
-            return build_one_shard(job)
+            return work(job)
     except BaseException as exc:  # noqa: BLE001 - re-raised, as something that travels back
         raise _picklable(exc) from None
     finally:
