@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, NoReturn
 
 import typer
 
+from medgrit.adapters.runtime.processes import local_processes
 from medgrit.cli.messages import fail, reason_of, shown
 from medgrit.cli.preflight import create_key, take_out
 from medgrit.schemas.config import BuildConfig
@@ -38,6 +39,10 @@ def shard_runner(config: BuildConfig, source_roots: Sequence[str]) -> Iterator[T
             yield runner
     except RunnerUnavailable as exc:
         fail(str(exc))
+
+
+THREADS_PER_PROCESS = 2
+"""Shard threads per worker process of a ``processes`` build (see :func:`run_flow`)."""
 
 
 def run_flow(
@@ -66,6 +71,11 @@ def run_flow(
         # LLM shards share one limiter and in-flight window (medgrit.adapters.llm.dispatch):
         # more shards run at once than there are cores, so enough requests fill it.
         workers = shards_in_flight(config)
+    elif local_processes(config) > 1:
+        # Each shard's thread waits while a worker process builds it. Twice as many threads
+        # keep a shard queued for each worker while a thread records its task run and starts
+        # the next (Prefect's API calls: seconds at times, while its server writes its own).
+        workers = THREADS_PER_PROCESS * config.workers
     if prefect:
         from prefect.task_runners import ThreadPoolTaskRunner
 

@@ -51,7 +51,7 @@ from medgrit.adapters.runtime import progress
 from medgrit.adapters.runtime.interrupt import check_stop
 from medgrit.adapters.text.templates import (
     combined_hash,
-    make_environment,
+    shared_environment,
     template_hashes,
     view_variables,
 )
@@ -208,7 +208,7 @@ class LLMGenerator:
         self.max_region_turns = max_region_turns
         self.known_batches = list(known_batches)
         self.on_batch = on_batch
-        self.env = make_environment()
+        self.env = shared_environment()
         system = self.env.get_template("llm_system.j2")
         # Loaded once: ``get_template`` asks the file system whether the file changed on every
         # call, which cost more than rendering the prompt (the prompts' hashes are taken once).

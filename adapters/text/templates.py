@@ -17,6 +17,7 @@ region's label.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from functools import cached_property
 
@@ -51,6 +52,13 @@ def make_environment() -> jinja2.Environment:
     env.filters["number_word"] = number_word
     env.tests["plural"] = is_plural
     return env
+
+
+@functools.lru_cache(maxsize=1)
+def shared_environment() -> jinja2.Environment:
+    """One :func:`make_environment` for this process's generators: each template is compiled
+    once, not once per shard (compiling took more time than a shard's rendering)."""
+    return make_environment()
 
 
 def template_hashes(names: list[str]) -> dict[str, str]:
@@ -202,7 +210,7 @@ class TemplateGenerator:
     def __init__(self, seed: int = 0, max_region_turns: int = 3) -> None:
         self.seed = seed
         self.max_region_turns = max_region_turns
-        self.env = make_environment()
+        self.env = shared_environment()
         self._rendered: dict[tuple, tuple[list, list]] = {}
 
     text_rules = None  # templates are checked by the golden tests, not by length rules
