@@ -169,11 +169,12 @@ def _wait(future: Future, pool: _Pool) -> dict:
 
 
 def _broken(pool: _Pool) -> WorkerProcessDied:
-    """Drop a broken pool; the error of its shards. When none of its workers started and one
-    ended with an error (not a signal), workers cannot start in this build: its other shards
-    fail at once, with that error."""
+    """Drop a broken pool; the error of its shards. When none of its workers started and none
+    is known to have ended by a signal (killed), workers cannot start in this build (an error
+    while they import the build's ``__main__``): its other shards fail at once, with that
+    error. (A worker's exit code may be unknown: the pool's own thread may reap it first.)"""
     _drop(pool)
-    if pool.started.is_set() or not any(code and code > 0 for code in pool.exit_codes):
+    if pool.started.is_set() or any(code is not None and code < 0 for code in pool.exit_codes):
         return WorkerProcessDied(_DIED)
     with _lock:
         _not_started[:] = [_NOT_STARTED]
@@ -214,12 +215,15 @@ def _drop(pool: _Pool) -> None:
     pool.stop.set()
     processes = list((getattr(pool.executor, "_processes", None) or {}).values())
     deadline = time.monotonic() + _STOP_S
+    ended = []  # (the exit codes of the workers that ended on their own, not by this kill)
     for process in processes:
         process.join(timeout=max(0.0, deadline - time.monotonic()))
         if process.is_alive():
             process.kill()
             process.join(timeout=_STOP_S)
-    pool.exit_codes = [process.exitcode for process in processes]
+        else:
+            ended.append(process.exitcode)
+    pool.exit_codes = ended
     _shutdown(pool)
 
 
