@@ -53,6 +53,8 @@ def _build(medgrit, server, out: Path, *extra: str, env: dict[str, str] | None =
         server.base_url,
         "--llm-rpm",
         "3000",
+        "--llm-tpm",
+        "3000000",
         "--llm-timeout-s",
         "2",
         *extra,

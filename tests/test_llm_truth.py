@@ -33,6 +33,8 @@ def _build(medgrit, server, out: Path, *extra: str):
         server.base_url,
         "--llm-rpm",
         "6000",
+        "--llm-tpm",
+        "60000000",
         *extra,
         env={"OPENAI_API_KEY": API_KEY},
     )
