@@ -86,12 +86,10 @@ def build_one_shard(
     rows before its conversations when they were made elsewhere (:func:`shard_image_rows`,
     from ``started``)."""
     started = time.perf_counter() if started is None else started
-    if image_rows is None:
-        image_rows = shard_image_rows(job)
     generator = make_generator(
         job.config, job.shard, job.known_batches, job.vocabulary, llm_share=job.llm_share
     )
-    rows = image_rows
+    rows = image_rows if image_rows is not None else shard_image_rows(job)
     add_conversations(rows, generator, _io(job.shard), job.vocabulary)
     tables = rows.as_tables()
     check_stop()

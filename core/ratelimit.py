@@ -148,6 +148,11 @@ class _Bucket:
             self.updated = now
         return self.level
 
+    def give_back(self, amount: float, now: float) -> None:
+        """Add ``amount`` back to the level (after refilling it to ``now``), up to the top."""
+        level = self.refill(now) + amount
+        self.level = level if level < self.top else self.top
+
     def delay(self, cost: float, now: float) -> float:
         need = (cost if cost < self.capacity else self.top) - self.refill(now)
         return need / self.rate if need > _EPSILON else 0.0
@@ -326,10 +331,8 @@ class RateLimiter:
     def refund(self, grant: Grant, now: float) -> None:
         """Give back what ``grant`` spent: its request was not sent, and will wait for a grant
         of its own again (the buckets do not exceed their top)."""
-        for bucket, cost in ((self._requests, 1.0), (self._tokens, grant.tokens)):
-            bucket.refill(now)
-            level = bucket.level + cost
-            bucket.level = level if level < bucket.top else bucket.top
+        self._requests.give_back(1.0, now)
+        self._tokens.give_back(grant.tokens, now)
 
     # -- feedback ------------------------------------------------------------------------------
 
@@ -347,9 +350,7 @@ class RateLimiter:
         elif self.server_reports_tokens:
             t.pool += diff
         else:
-            t.refill(now)
-            level = t.level + diff
-            t.level = level if level < t.top else t.top
+            t.give_back(diff, now)
 
     def observe(self, grant: Grant | None, headers: RateLimitHeaders | None, now: float) -> None:
         """Adopt what a response's ``x-ratelimit-*`` headers say when it is stricter.

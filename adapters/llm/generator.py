@@ -27,10 +27,9 @@ advances the progress counters as it arrives (``medgrit.adapters.llm.chat.count_
 from __future__ import annotations
 
 import asyncio
-import functools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from functools import partial
+from functools import cached_property, partial
 from pathlib import Path
 
 from pydantic import ValidationError
@@ -225,7 +224,7 @@ class LLMGenerator:
     def __repr__(self) -> str:  # never show the key
         return f"LLMGenerator(model={self.settings.model!r}, base_url={self.settings.base_url!r})"
 
-    @functools.cached_property
+    @cached_property
     def _response_format(self) -> dict | None:
         """The requests' ``response_format``, built once (its JSON schema is generated)."""
         return response_format_for(self.config.response_format)

@@ -17,9 +17,8 @@ region's label.
 
 from __future__ import annotations
 
-import functools
 import hashlib
-from functools import cached_property
+from functools import cached_property, lru_cache
 
 import jinja2
 
@@ -54,7 +53,7 @@ def make_environment() -> jinja2.Environment:
     return env
 
 
-@functools.lru_cache(maxsize=1)
+@lru_cache(maxsize=1)
 def shared_environment() -> jinja2.Environment:
     """One :func:`make_environment` for this process's generators: each template is compiled
     once, not once per shard (compiling took more time than a shard's rendering)."""
