@@ -41,6 +41,7 @@ from medgrit.cli.running import build_replacing, report, run_flow, shard_runner
 from medgrit.cli.serve import serve
 from medgrit.cli.status import status
 from medgrit.core.markdown import printable_text
+from medgrit.flows.temporary_server import temporary_prefect_server
 from medgrit.schemas.config import BuildConfig
 from medgrit.schemas.sources import kinds_help
 
@@ -278,6 +279,8 @@ def _build_into(out: Path, config: BuildConfig, overwrite: bool, prefect: bool =
         _check_same_settings(out, config)
         _check_sources_unchanged(out, config, opened)
     with ExitStack() as stack:
+        if prefect:  # (it starts while the build gets ready)
+            stack.enter_context(temporary_prefect_server())
         task_runner = stack.enter_context(shard_runner(config, [s.root for s in opened]))
         if replace:
             build_replacing(config, out, task_runner, listing, prefect)
@@ -398,6 +401,8 @@ def resume(
     opened = listing.sources
     _check_sources_unchanged(out, config, opened, resume=True)
     with ExitStack() as stack:
+        if not no_prefect:  # (it starts while the resume gets ready)
+            stack.enter_context(temporary_prefect_server())
         task_runner = stack.enter_context(shard_runner(config, [s.root for s in opened]))
         take_out(out, stack, "resume")
         create_key(config)

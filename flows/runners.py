@@ -20,6 +20,7 @@ machines need a Prefect server they can reach (``prefect server start --host 0.0
 from __future__ import annotations
 
 from medgrit.flows.prefect_env import apply_prefect_defaults
+from medgrit.flows.temporary_server import temporary_server_settings
 
 apply_prefect_defaults()
 
@@ -101,6 +102,9 @@ def _shared_api(stack: ExitStack) -> tuple[str, bool]:
     """The Prefect API URL of the build, and whether it is an ephemeral server started here."""
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
+    started = stack.enter_context(temporary_server_settings())  # the command started it
+    if started is not None:
+        return started, True
     url = PREFECT_API_URL.value()
     if url:
         return str(url), False

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import sqlite3
 from collections import Counter
 from pathlib import Path
 
@@ -299,6 +300,21 @@ def test_build_runs_on_an_ephemeral_prefect_server(demo_dir: Path, tmp_path: Pat
     result = run_cli("build", "--out", str(out), "--max-images", "5", env=env)
     assert result.returncode == 0, result.stderr[-3000:]
     assert len(_read(out, "images")) == 5
+    # The flow ran on the temporary server of that home: its database records the run.
+    with sqlite3.connect(tmp_path / "prefect-home" / "prefect.db") as db:
+        states = db.execute("SELECT state_type FROM flow_run").fetchall()
+    assert states == [("COMPLETED",)]
+    assert "View at" not in result.stdout + result.stderr  # the server serves no UI
+    # The server ended with the command: no process still runs on that home.
+    left = []
+    for entry in Path("/proc").iterdir():
+        try:
+            environ = (entry / "environ").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if f"PREFECT_HOME={tmp_path / 'prefect-home'}".encode() in environ:
+            left.append(entry.name)
+    assert not left
 
 
 def test_demo_data_writes_every_layout(medgrit_offline, tmp_path: Path) -> None:

@@ -70,9 +70,9 @@ def test_a_local_cluster_builds_the_same_tables_on_the_ephemeral_server(
     assert "shards run on 2 worker processes" in result.stderr
     _assert_same_tables(out, threads_build)
     assert json.loads((out / "dataset.json").read_text())["config"]["runner"] == "dask"
-    # The workers reported to the one server the CLI started, rather than each to its own.
-    servers = set(re.findall(r"temporary server on (\S+)", result.stderr))
-    assert len(servers) == 1, result.stderr[-3000:]
+    # The workers reported to the one server the CLI started, rather than each to its own:
+    # no process left to Prefect's own start of a temporary server (which says so) started one.
+    assert not re.findall(r"temporary server on (\S+)", result.stderr), result.stderr[-3000:]
     with sqlite3.connect(home / "prefect.db") as db:
         runs = db.execute("SELECT name, state_type FROM task_run").fetchall()
     assert sorted(runs) == [(f"build_shard-0000{i} (dask)", "COMPLETED") for i in range(4)]
