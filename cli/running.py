@@ -13,9 +13,10 @@ from typing import TYPE_CHECKING, NoReturn
 
 import typer
 
-from medgrit.adapters.runtime.processes import local_processes
+from medgrit.adapters.runtime.processes import local_processes, start_workers
 from medgrit.cli.messages import fail, reason_of, shown
 from medgrit.cli.preflight import create_key, take_out
+from medgrit.flows.temporary_server import temporary_server_settings
 from medgrit.schemas.config import BuildConfig
 
 if TYPE_CHECKING:
@@ -97,9 +98,27 @@ def run_flow(
     else:
         run = partial(_run_here, config, workers, fresh, add_new_cases, listing)
     try:
-        return run()
+        if not prefect:
+            return run()
+        if _several_new_shards(config, listing):
+            # their imports run on the cores this process leaves idle while it waits
+            start_workers(local_processes(config))
+        with temporary_server_settings():  # the server the command started, if it needs one
+            return run()
     except build_ends() as exc:
         fail_build(out, exc)
+
+
+def _several_new_shards(config: BuildConfig, listing: SourceListing | None) -> bool:
+    """Whether a build will surely run several shards on worker processes: a new dataset
+    whose sources list more cases than a shard's images (each case gives one image or more)."""
+    if local_processes(config) < 2 or listing is None:
+        return False
+    if (Path(config.out) / "dataset.json").exists():
+        return False  # more of a dataset: maybe little is left to build
+    cases = sum(len(source.cases) for source in listing.sources)
+    limit = min(cases, config.max_images if config.max_images is not None else cases)
+    return limit > config.images_per_shard
 
 
 def _run_here(

@@ -116,6 +116,21 @@ def run_shard(job: Any, workers: int, images_only: bool = False) -> Any:
         pool.flushed.pop(job.shard, None)
 
 
+def start_workers(workers: int) -> None:
+    """Start this build's pool of ``workers`` processes now, each importing the shard code, so
+    that its first shards do not wait for that (the build calls it while it waits for something
+    else: Prefect's temporary server). A pool that breaks here is told by the first shard."""
+    if _not_started:
+        return
+    pool = _pool_of(workers)
+    try:
+        with _signals_held():
+            for _ in range(workers):
+                pool.executor.submit(_import_shard_code)
+    except BrokenProcessPool:
+        pass
+
+
 def _submit(job: Any, workers: int, images_only: bool) -> tuple[_Pool, Future]:
     """Hand ``job`` to this build's pool; to a new one when the pool broke before it took the
     job (another shard's worker died: this shard never ran there)."""
@@ -314,6 +329,10 @@ def _watch_build(parent: int) -> None:
     while _busy.is_set():
         time.sleep(_WATCH_S)
     os._exit(0)
+
+
+def _import_shard_code() -> None:
+    import medgrit.adapters.shard  # noqa: F401 - imported ahead of the first shard
 
 
 def _build_in_worker(job: Any, images_only: bool) -> Any:
