@@ -27,6 +27,10 @@ Rows, all measured in the same run:
   orchestration under 10%.
 - **1x, --no-prefect**: the same 1x build without Prefect (no server start, no task runs):
   what Prefect costs;
+- **1x, running Prefect server** (``--running-server``): the same 1x build on a Prefect
+  server that was already running (``prefect server start``, started and warmed up before,
+  untimed; ``PREFECT_API_URL`` names it), as a user who watches builds in Prefect's UI runs
+  them: what Prefect costs without its start;
 - **1x, --runner threads** (``--threads``): shards on threads of one process, as builds ran
   before worker processes;
 - **1x, 4 images/shard**: the same 1x build with ``--images-per-shard 4``, the shard size a
@@ -48,6 +52,7 @@ Run (from the repository root)::
 
     python benchmarks/bench_build.py                  # 7,500 and 75,000 images (about 15 min)
     python benchmarks/bench_build.py --images 1000 --dask --dask-workers 1,2
+    python benchmarks/bench_build.py --skip-small-shards --running-server --threads
 """
 
 from __future__ import annotations
@@ -57,10 +62,14 @@ import json
 import os
 import platform
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from build_floor import ProcessTreeMemory  # benchmarks/, the folder of this script
@@ -154,6 +163,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--threads", action="store_true", help="also time the 1x build on threads of one process"
     )
+    parser.add_argument(
+        "--running-server",
+        action="store_true",
+        help="also time the 1x build on a Prefect server started before it",
+    )
     parser.add_argument("--keep", type=Path, help="write releases and datasets here, keep them")
     args = parser.parse_args(argv)
 
@@ -186,8 +200,16 @@ def main(argv: list[str] | None = None) -> None:
                 if not args.keep:
                     shutil.rmtree(floor_out, ignore_errors=True)
             shutil.rmtree(out, ignore_errors=True)
-            print(f"{label} ({_load()}): ", end="", flush=True)
-            result = _build(releases[size], out, env, extra)
+            if label == RUNNING_SERVER:
+                with _running_server(root / "prefect-running", env) as url:
+                    server_env = {**env, "PREFECT_API_URL": url}
+                    _build(releases["1x"], root / "warm-up-running", server_env, warm_up)
+                    shutil.rmtree(root / "warm-up-running", ignore_errors=True)
+                    print(f"{label} ({_load()}): ", end="", flush=True)
+                    result = _build(releases[size], out, server_env, extra)
+            else:
+                print(f"{label} ({_load()}): ", end="", flush=True)
+                result = _build(releases[size], out, env, extra)
             plan = _plan_seconds(releases[size], root, key_file)
             rows.append((label, result, plan))
             print(f"{result['wall_s']:.1f} s", flush=True)
@@ -216,6 +238,8 @@ def _runs(args: argparse.Namespace) -> list[tuple[str, str, list[str]]]:
     """(label, release, CLI options) of each build, in the order they run."""
     common = ["--workers", str(args.workers)]
     runs = [("1x", "1x", common), ("1x, --no-prefect", "1x", [*common, "--no-prefect"])]
+    if args.running_server:
+        runs.append((RUNNING_SERVER, "1x", common))
     if args.threads:
         runs.append(("1x, --runner threads", "1x", [*common, "--runner", "threads"]))
     if not args.skip_small_shards:
@@ -227,6 +251,48 @@ def _runs(args: argparse.Namespace) -> list[tuple[str, str, list[str]]]:
         runs.append((label, "1x", ["--workers", str(n), "--runner", "dask"]))
     runs.append((f"{args.scale}x", f"{args.scale}x", common))
     return runs
+
+
+RUNNING_SERVER = "1x, running Prefect server"
+
+
+@contextmanager
+def _running_server(home: Path, env: dict[str, str]) -> Iterator[str]:
+    """``prefect server start`` (no background services) on a free port with its own home;
+    yields its API URL once it answers, and stops it after."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    url = f"http://127.0.0.1:{port}/api"
+    cmd = [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1"]
+    cmd += ["--port", str(port), "--no-services"]
+    server = subprocess.Popen(
+        cmd,
+        env={**env, "PREFECT_HOME": str(home)},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        stdin=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 240
+        while True:
+            try:
+                with urllib.request.urlopen(f"{url}/health", timeout=2) as response:
+                    if response.status == 200:
+                        break
+            except OSError:
+                pass
+            if server.poll() is not None or time.monotonic() > deadline:
+                raise SystemExit(f"the Prefect server did not start: {' '.join(cmd)}")
+            time.sleep(0.2)
+        yield url
+    finally:
+        server.terminate()
+        try:
+            server.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait()
 
 
 def _environment(root: Path) -> dict[str, str]:
@@ -304,13 +370,15 @@ def _print_floors(rows: list[tuple[str, dict, float]], floors: dict[str, dict]) 
             f"{build['images_per_s'] / floor['images_per_s']:.2f} | "
             f"{floor['peak_rss_mb']:.0f} | {build['tree_rss_mb']:.0f} |"
         )
-    if "1x, --no-prefect" in by and "1x" in floors:
-        bare = by["1x, --no-prefect"]
+    for label in ("1x, --no-prefect", RUNNING_SERVER):
+        if label not in by or "1x" not in floors:
+            continue
+        other = by[label]
         print(
-            f"| 1x, --no-prefect | {floors['1x']['images']} | {floors['1x']['processes']} | | | "
-            f"{bare['images_per_s']:.0f} | "
-            f"{bare['images_per_s'] / floors['1x']['images_per_s']:.2f} | | "
-            f"{bare['tree_rss_mb']:.0f} |"
+            f"| {label} | {floors['1x']['images']} | {floors['1x']['processes']} | | | "
+            f"{other['images_per_s']:.0f} | "
+            f"{other['images_per_s'] / floors['1x']['images_per_s']:.2f} | | "
+            f"{other['tree_rss_mb']:.0f} |"
         )
     print()
     print("- build / floor images/s: target >= 0.8 at each size")
