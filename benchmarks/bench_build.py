@@ -108,6 +108,7 @@ def _build(release: Path, out: Path, env: dict[str, str], extra: list[str]) -> d
         "images_per_s": images / wall,
         "peak_rss_mb": usage.ru_maxrss / 1024,
         "tree_rss_mb": tree.peak_mb,
+        "rss_by_role_mb": tree.peak_by_role,
         "orchestration": max(0.0, 1.0 - shard_seconds / (workers * wall)),
     }
 
@@ -337,6 +338,10 @@ def _print_results(rows: list[tuple[str, dict, float]], scale: int) -> None:
         "(target <= 1.2)"
     )
     print(f"- {scale}x build: {large['wall_s']:.0f} s (target < 600 s at 75,000 images)")
+    for role in ("main", "worker", "prefect server"):
+        if role in small["rss_by_role_mb"] and role in large["rss_by_role_mb"]:
+            a, b = small["rss_by_role_mb"][role], large["rss_by_role_mb"][role]
+            print(f"- largest {role} process RSS: {a:.0f} MB at 1x, {b:.0f} MB at {scale}x")
     if "1x, 4 images/shard" in by:
         tiny = by["1x, 4 images/shard"]
         print(f"- 4 images/shard / default, wall time: {tiny['wall_s'] / small['wall_s']:.2f}")

@@ -81,13 +81,19 @@ class ProcessTreeMemory:
     """The peak of the summed RSS of process ``pid`` and all its descendants, sampled in a
     background thread from Linux's ``/proc`` (0 elsewhere).
 
-    Use as a context manager; ``peak_mb`` holds the peak after (and during) the ``with``.
+    Use as a context manager; ``peak_mb`` holds the peak after (and during) the ``with``, and
+    ``peak_by_role`` the largest RSS one process of each role reached in the samples: ``main``
+    (process ``pid``), ``worker`` (a ``multiprocessing`` child: a build's worker process, or
+    one that Dask spawned), ``prefect server`` (a ``uvicorn`` process), ``dask`` (a Dask
+    process started by its own command), ``other``.
     """
 
     def __init__(self, pid: int, interval_s: float = 0.2) -> None:
         self.pid = pid
         self.interval_s = interval_s
         self.peak_mb = 0.0
+        self.peak_by_role: dict[str, float] = {}
+        self._roles: dict[int, str] = {}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._sample_until_stopped, daemon=True)
         self._page_mb = os.sysconf("SC_PAGE_SIZE") / 2**20 if hasattr(os, "sysconf") else 0.0
@@ -128,10 +134,34 @@ class ProcessTreeMemory:
             todo.extend(children.get(pid, ()))
             try:
                 with open(f"/proc/{pid}/statm") as f:
-                    total += int(f.read().split()[1])
+                    pages = int(f.read().split()[1])
             except (OSError, IndexError, ValueError):
                 continue
+            total += pages
+            role = self._role(pid)
+            mb = pages * self._page_mb
+            self.peak_by_role[role] = max(self.peak_by_role.get(role, 0.0), mb)
         return total * self._page_mb
+
+    def _role(self, pid: int) -> str:
+        if pid not in self._roles:
+            try:
+                with open(f"/proc/{pid}/cmdline", "rb") as f:
+                    command = f.read()
+            except OSError:
+                command = b""
+            if pid == self.pid:
+                role = "main"
+            elif b"uvicorn" in command or (b"prefect" in command and b"server" in command):
+                role = "prefect server"
+            elif b"distributed" in command or b"dask" in command:
+                role = "dask"
+            elif b"multiprocessing" in command:
+                role = "worker"
+            else:
+                return "other"  # (maybe sampled between its fork and its exec: asked again)
+            self._roles[pid] = role
+        return self._roles[pid]
 
 
 def _list_release(release: Path) -> tuple[list[tuple[str, list[str]]], dict[str, list[str]]]:

@@ -13,7 +13,11 @@ from typing import TYPE_CHECKING, NoReturn
 
 import typer
 
-from medgrit.adapters.runtime.processes import local_processes, start_workers
+from medgrit.adapters.runtime.processes import (
+    close_shard_processes,
+    local_processes,
+    start_workers,
+)
 from medgrit.cli.messages import fail, reason_of, shown
 from medgrit.cli.preflight import create_key, take_out
 from medgrit.flows.temporary_server import temporary_server_settings
@@ -100,25 +104,32 @@ def run_flow(
     try:
         if not prefect:
             return run()
-        if _several_new_shards(config, listing):
+        shards = _new_shards_at_least(config, listing)
+        if shards > 1:
             # their imports run on the cores this process leaves idle while it waits
-            start_workers(local_processes(config))
-        with temporary_server_settings():  # the server the command started, if it needs one
-            return run()
+            start_workers(local_processes(config), shards)
+        try:
+            with temporary_server_settings():  # the server the command started, if any
+                return run()
+        except BaseException:
+            if shards > 1:
+                close_shard_processes()  # (the build closes them itself once it started)
+            raise
     except build_ends() as exc:
         fail_build(out, exc)
 
 
-def _several_new_shards(config: BuildConfig, listing: SourceListing | None) -> bool:
-    """Whether a build will surely run several shards on worker processes: a new dataset
-    whose sources list more cases than a shard's images (each case gives one image or more)."""
+def _new_shards_at_least(config: BuildConfig, listing: SourceListing | None) -> int:
+    """How many shards a build on worker processes will run at least, as far as its listing
+    tells (each case gives one image or more); 0 for more of an existing dataset (maybe little
+    is left to build) and for builds on no worker processes."""
     if local_processes(config) < 2 or listing is None:
-        return False
+        return 0
     if (Path(config.out) / "dataset.json").exists():
-        return False  # more of a dataset: maybe little is left to build
+        return 0
     cases = sum(len(source.cases) for source in listing.sources)
-    limit = min(cases, config.max_images if config.max_images is not None else cases)
-    return limit > config.images_per_shard
+    images = min(cases, config.max_images if config.max_images is not None else cases)
+    return -(-images // config.images_per_shard)
 
 
 def _run_here(

@@ -12,8 +12,9 @@ cases are listed and pseudonymised there before any shard runs, and no worker re
 Workers report their task runs to the flow's Prefect API: prefect-dask sends the flow's Prefect
 settings with every task. With no ``PREFECT_API_URL`` those settings name no server, and each
 worker process would start an ephemeral server of its own (on another machine, with another
-database); :func:`dask_runner` therefore starts the ephemeral server first and sets
-``PREFECT_API_URL`` to it for the build. That server listens on 127.0.0.1 only: workers on other
+database). The build therefore runs on one temporary server, started before the cluster (by
+the command line, ``medgrit.flows.temporary_server``, else by :func:`dask_runner`), and
+``PREFECT_API_URL`` names it for the build. That server listens on 127.0.0.1 only: workers on other
 machines need a Prefect server they can reach (``prefect server start --host 0.0.0.0``).
 """
 

@@ -3,13 +3,14 @@
 With no Prefect API configured (no ``PREFECT_API_URL`` in the environment or the profile) a
 flow run starts Prefect's temporary server, a ``uvicorn`` process serving
 ``prefect.server.api.server:create_app`` without its UI. Left to Prefect, that happens when
-the first flow runs: after the command has imported Prefect, checked its sources and planned,
-and after this process has imported Prefect's whole server (seconds of CPU spent only to start
-a subprocess), so nothing else runs while the server starts.
+the first flow run starts: after the command has imported Prefect and checked its sources, and
+after this process has imported Prefect's whole server (seconds of CPU spent only to start a
+subprocess), and the command waits while the server starts.
 
 :func:`temporary_prefect_server` starts the same server, with the same settings, as soon as
 the command's checks have passed: it starts on the other core while the command goes on
-(imports, the dataset's lock, the plan). A flow run waits only for what is left of its start
+(its imports, the dataset's lock, the build's worker processes). A flow run waits only for
+what is left of its start
 (:func:`temporary_server_settings`, which also points Prefect's settings at it). It stops when
 this process exits, as Prefect's own does (after Prefect has sent the logs and events it still
 holds), or at once when no flow used it.
@@ -28,10 +29,15 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from medgrit.flows.prefect_env import apply_prefect_defaults
+
 __all__ = ["TemporaryServer", "temporary_prefect_server", "temporary_server_settings"]
 
-PORT_IN_USE_EXIT = 3
-"""uvicorn's exit code when its port was taken meanwhile (then another port is tried)."""
+STARTUP_FAILED_EXIT = 3
+"""uvicorn's exit code when its start failed: its port taken meanwhile (then another port is
+tried, up to :data:`PORT_RETRIES` times), or the app's own start."""
+
+PORT_RETRIES = 3
 
 _STOP_WAIT_S = 5.0
 
@@ -93,11 +99,13 @@ class TemporaryServer:
         import httpx
 
         deadline = time.monotonic() + timeout_s
+        retries = PORT_RETRIES
         with httpx.Client() as client:
             while not self.ready:
                 assert self.process is not None
                 code = self.process.poll()
-                if code == PORT_IN_USE_EXIT:
+                if code == STARTUP_FAILED_EXIT and retries and not _port_free(self.port):
+                    retries -= 1
                     self.start()  # the port was taken between choosing and binding it
                     continue
                 if code is not None:
@@ -118,17 +126,27 @@ class TemporaryServer:
                     time.sleep(0.1)
 
     def stop(self) -> None:
-        """Stop the server (at once when it never answered) and reap it; safe to call twice."""
-        process, self.process = self.process, None
+        """Stop the server and reap it; safe to call twice."""
+        process = self.process
         if process is None:
             return
-        atexit.unregister(self.stop)
         process.terminate()
         try:
             process.wait(timeout=_STOP_WAIT_S)
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
+        self.process = None
+        atexit.unregister(self.stop)
+
+
+def _port_free(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
 
 
 def _free_port() -> int:
@@ -146,6 +164,7 @@ def temporary_prefect_server() -> Iterator[None]:
     """Start Prefect's temporary server now when the flows run inside would start one (no
     Prefect API configured, Prefect's ephemeral mode on); they use it through
     :func:`temporary_server_settings`. One that no flow used stops when the block ends."""
+    apply_prefect_defaults()  # (before Prefect reads its settings: the server gets them too)
     if os.environ.get("PREFECT_API_URL"):
         yield
         return

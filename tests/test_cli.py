@@ -297,24 +297,58 @@ def test_build_runs_on_an_ephemeral_prefect_server(demo_dir: Path, tmp_path: Pat
     env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
     env.update(MEDGRIT_DEMO_DIR=str(demo_dir), PREFECT_HOME=str(tmp_path / "prefect-home"))
     out = tmp_path / "out"
-    result = run_cli("build", "--out", str(out), "--max-images", "5", env=env)
+    # (several shards: the build starts its worker processes while the server starts)
+    args = ["--max-images", "5", "--images-per-shard", "2"]
+    result = run_cli("build", "--out", str(out), *args, env=env)
     assert result.returncode == 0, result.stderr[-3000:]
     assert len(_read(out, "images")) == 5
+    assert "shards run on 2 worker processes" in result.stderr
+    # medgrit started the server when its checks passed, not Prefect at the flow's start
+    assert "Starting temporary server" not in result.stderr
     # The flow ran on the temporary server of that home: its database records the run.
     with sqlite3.connect(tmp_path / "prefect-home" / "prefect.db") as db:
         states = db.execute("SELECT state_type FROM flow_run").fetchall()
     assert states == [("COMPLETED",)]
     assert "View at" not in result.stdout + result.stderr  # the server serves no UI
-    # The server ended with the command: no process still runs on that home.
-    left = []
+    assert not _processes_on(tmp_path / "prefect-home")  # the server ended with the command
+
+
+def _processes_on(home: Path) -> list[str]:
+    """The processes whose environment names ``home`` as PREFECT_HOME."""
+    found = []
     for entry in Path("/proc").iterdir():
         try:
             environ = (entry / "environ").read_bytes().split(b"\0")
         except OSError:
             continue
-        if f"PREFECT_HOME={tmp_path / 'prefect-home'}".encode() in environ:
-            left.append(entry.name)
-    assert not left
+        if f"PREFECT_HOME={home}".encode() in environ:
+            found.append(entry.name)
+    return found
+
+
+def test_a_build_refused_after_the_server_started_leaves_no_server(
+    demo_dir: Path, tmp_path: Path
+) -> None:
+    """The temporary server starts once the checks of sources and --out pass; a build refused
+    after that (its dataset held by another writer) stops it before it ends."""
+    import os
+
+    from conftest import run_cli
+
+    from medgrit.adapters.store.dataset_dir import hold_dataset
+
+    home = tmp_path / "prefect-home"
+    env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
+    env.update(MEDGRIT_DEMO_DIR=str(demo_dir), PREFECT_HOME=str(home))
+    out = tmp_path / "out"
+    out.mkdir()
+    with hold_dataset(out):
+        result = run_cli("build", "--out", str(out), "--max-images", "5", env=env)
+    assert result.returncode == 2, result.stderr[-3000:]
+    lines = [line for line in result.stderr.splitlines() if line.startswith("medgrit:")]
+    assert len(lines) == 1 and "medgrit: error: " in lines[0], result.stderr[-3000:]
+    assert not _processes_on(home)
+    assert not (out / "dataset.json").exists()
 
 
 def test_demo_data_writes_every_layout(medgrit_offline, tmp_path: Path) -> None:

@@ -9,8 +9,9 @@ process, and the shard writes the same files. An LLM build's shard makes only it
 there, and its conversations in the calling thread (``images_only``): its requests share this
 process's client and rate limiter, and the GIL is left to them.
 
-The pool is started on first use (``spawn``: no copy of the parent's threads or locks) and
-stopped by :func:`close_shard_processes` when the build ends. The workers:
+The pool is started on first use, or ahead of it by :func:`start_workers` (``spawn``: no copy
+of the parent's threads or locks), and stopped by :func:`close_shard_processes` when the build
+ends. The workers:
 
 - stop when the build stops: the waiting thread passes a stop request on through a shared
   event, and a worker's :func:`medgrit.adapters.runtime.interrupt.check_stop` raises at its next
@@ -116,16 +117,17 @@ def run_shard(job: Any, workers: int, images_only: bool = False) -> Any:
         pool.flushed.pop(job.shard, None)
 
 
-def start_workers(workers: int) -> None:
-    """Start this build's pool of ``workers`` processes now, each importing the shard code, so
-    that its first shards do not wait for that (the build calls it while it waits for something
-    else: Prefect's temporary server). A pool that breaks here is told by the first shard."""
+def start_workers(workers: int, shards: int) -> None:
+    """Start this build's pool of ``workers`` processes now, as many of them as ``shards`` (the
+    shards it will run at least) need, each importing the shard code, so that its first shards
+    do not wait for that (the build calls it while it waits for something else: Prefect's
+    temporary server). A pool that breaks here is told by the first shard."""
     if _not_started:
         return
     pool = _pool_of(workers)
     try:
         with _signals_held():
-            for _ in range(workers):
+            for _ in range(min(workers, shards)):  # (the pool starts a process per job queued)
                 pool.executor.submit(_import_shard_code)
     except BrokenProcessPool:
         pass
