@@ -62,14 +62,10 @@ import json
 import os
 import platform
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 from build_floor import ProcessTreeMemory  # benchmarks/, the folder of this script
@@ -77,6 +73,7 @@ from build_floor import ProcessTreeMemory  # benchmarks/, the folder of this scr
 from medgrit.adapters.planning import prepare_build
 from medgrit.adapters.synthetic.samed2d import write_samed2d_release
 from medgrit.schemas.config import BuildConfig
+from medgrit_testing.prefect_server import running_prefect_server
 
 FLOOR_SCRIPT = Path(__file__).resolve().with_name("build_floor.py")
 
@@ -202,7 +199,7 @@ def main(argv: list[str] | None = None) -> None:
                     shutil.rmtree(floor_out, ignore_errors=True)
             shutil.rmtree(out, ignore_errors=True)
             if label == RUNNING_SERVER:
-                with _running_server(root / "prefect-running", env) as url:
+                with running_prefect_server(root / "prefect-running") as url:
                     server_env = {**env, "PREFECT_API_URL": url}
                     _build(releases["1x"], root / "warm-up-running", server_env, warm_up)
                     shutil.rmtree(root / "warm-up-running", ignore_errors=True)
@@ -255,45 +252,6 @@ def _runs(args: argparse.Namespace) -> list[tuple[str, str, list[str]]]:
 
 
 RUNNING_SERVER = "1x, running Prefect server"
-
-
-@contextmanager
-def _running_server(home: Path, env: dict[str, str]) -> Iterator[str]:
-    """``prefect server start`` (no background services) on a free port with its own home;
-    yields its API URL once it answers, and stops it after."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    url = f"http://127.0.0.1:{port}/api"
-    cmd = [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1"]
-    cmd += ["--port", str(port), "--no-services"]
-    server = subprocess.Popen(
-        cmd,
-        env={**env, "PREFECT_HOME": str(home)},
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        stdin=subprocess.DEVNULL,
-    )
-    try:
-        deadline = time.monotonic() + 240
-        while True:
-            try:
-                with urllib.request.urlopen(f"{url}/health", timeout=2) as response:
-                    if response.status == 200:
-                        break
-            except OSError:
-                pass
-            if server.poll() is not None or time.monotonic() > deadline:
-                raise SystemExit(f"the Prefect server did not start: {' '.join(cmd)}")
-            time.sleep(0.2)
-        yield url
-    finally:
-        server.terminate()
-        try:
-            server.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait()
 
 
 def _environment(root: Path) -> dict[str, str]:

@@ -10,16 +10,13 @@ import fcntl
 import json
 import os
 import shutil
-import socket
 import subprocess
-import sys
-import time
-import urllib.request
 from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
+
+from medgrit_testing.prefect_server import running_prefect_server
 
 MRICRON = Path("/usr/share/mricron/templates")
 
@@ -31,12 +28,6 @@ if _WORKER and not os.environ.get("MEDGRIT_TESTS_PREFECT_HOME"):  # once: tests 
     _home = Path(os.environ.get("PREFECT_HOME") or Path.home() / ".prefect") / "xdist" / _WORKER
     _home.mkdir(parents=True, exist_ok=True)
     os.environ["PREFECT_HOME"] = os.environ["MEDGRIT_TESTS_PREFECT_HOME"] = str(_home)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -88,50 +79,6 @@ def aal_nnunet(tmp_path_factory: pytest.TempPathFactory) -> Path:
     }
     (root / "dataset.json").write_text(json.dumps(meta))
     return root
-
-
-@contextmanager
-def running_prefect_server(
-    home: Path, extra_env: dict[str, str] | None = None, services: bool = False
-) -> Iterator[str]:
-    """``prefect server start`` on a free port of 127.0.0.1 with its own PREFECT_HOME; yields
-    its API URL and stops it at the end. ``extra_env`` may use ``{url}`` (the API URL)."""
-    port = _free_port()
-    url = f"http://127.0.0.1:{port}/api"
-    env = {
-        **os.environ,
-        "PREFECT_HOME": str(home),
-        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-        "DO_NOT_TRACK": "1",
-        **{k: v.format(url=url) for k, v in (extra_env or {}).items()},
-    }
-    env.pop("PREFECT_API_URL", None)
-    log = (home / "server.log").open("w")
-    cmd = [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1"]
-    cmd += ["--port", str(port), *([] if services else ["--no-services"])]
-    proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + 240
-    while True:
-        try:
-            with urllib.request.urlopen(f"{url}/health", timeout=2) as response:
-                if response.status == 200:
-                    break
-        except OSError:
-            pass
-        if proc.poll() is not None or time.monotonic() > deadline:
-            proc.kill()
-            tail = (home / "server.log").read_text()[-2000:]
-            pytest.fail(f"Prefect server did not start: {tail}")
-        time.sleep(0.5)
-    try:
-        yield url
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        log.close()
 
 
 @pytest.fixture(scope="session")
