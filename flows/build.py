@@ -25,6 +25,8 @@ from prefect.artifacts import create_markdown_artifact  # noqa: E402
 from prefect.context import FlowRunContext  # noqa: E402
 from prefect.futures import PrefectFuture, as_completed  # noqa: E402
 from prefect.states import Failed  # noqa: E402
+from prefect.task_runners import ThreadPoolTaskRunner  # noqa: E402
+from prefect.utilities.annotations import quote  # noqa: E402
 from pydantic.json_schema import SkipJsonSchema  # noqa: E402
 
 from medgrit.adapters.build import run_build  # noqa: E402
@@ -92,12 +94,14 @@ class PrefectMapper:
     ``llm_share``: the worker processes the shards run on; each takes 1/llm_share of the
     build's LLM rate limits, so together they keep to them. ``dataset``: the dataset's name in
     task run names; ``tags``: the task runs' tags (also on Dask workers, where the flow's tag
-    context does not reach).
+    context does not reach); ``quote_jobs``: pass each job quoted (on a thread pool task
+    runner, see :meth:`submit`).
     """
 
     llm_share: int = 1
     dataset: str = "dataset"
     tags: tuple[str, ...] = ()
+    quote_jobs: bool = False
 
     def submit(self, job: ShardJob) -> RunnerFuture:
         if self.llm_share != job.llm_share:
@@ -105,7 +109,12 @@ class PrefectMapper:
         task = build_shard.with_options(
             task_run_name=shard_task_run_name(job.shard, self.dataset), tags=set(self.tags)
         )
-        return _SharedFuture(task.submit(job), Path(job.config.out))
+        # Quoted, on this process's task runner: Prefect would otherwise walk every case of
+        # the job, twice per task run (looking for futures among its parameters), seconds of
+        # this process's CPU per thousand shards; its task engine hands the task the job
+        # itself. (prefect-dask would hand it the quote: jobs to Dask go as they are.)
+        parameter = quote(job) if self.quote_jobs else job
+        return _SharedFuture(task.submit(parameter), Path(job.config.out))
 
     def as_completed(self, futures: list) -> Iterator[RunnerFuture]:
         return in_completion_order(futures, as_completed)
@@ -210,7 +219,8 @@ def _tagged_mapper(
     if processes > 1:
         split = "; each takes its share of the LLM rate limits" if config.generator == "llm" else ""
         logger.info("shards run on %d worker processes%s", processes, split)
-    return PrefectMapper(processes, dashboard.name, tuple(labels))
+    threads = context is not None and isinstance(context.task_runner, ThreadPoolTaskRunner)
+    return PrefectMapper(processes, dashboard.name, tuple(labels), quote_jobs=threads)
 
 
 def summary_markdown(summary: str, dashboard: BuildDashboard, out: str) -> str:
